@@ -1,0 +1,160 @@
+"""``ccpulse``: the operator's command line (OPERATIONS.md).
+
+Every command turns a wrong setting or an unreachable service into one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ccpulse.config import ConfigError, Settings, load_settings
+
+
+class CommandError(RuntimeError):
+    """A failure the user can act on; printed as one line."""
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from sinks.clickhouse import ClickHouseUnavailable
+    from streams.app import create_app
+    from streams.topics import KafkaUnavailable, ensure_topics
+
+    try:
+        ensure_topics(settings)
+    except KafkaUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    app = create_app(settings)
+    writer = app.pipeline.writer  # type: ignore[attr-defined]
+    if writer is not None:
+        try:
+            writer.open()
+        except ClickHouseUnavailable as exc:
+            raise CommandError(str(exc)) from None
+    import faust
+
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    code = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    finally:
+        if writer is not None:
+            writer.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Faust has stopped every service and committed by now, but aiokafka's
+        # consumer thread can outlive the loop and keep the interpreter alive.
+        os._exit(code)
+    return code
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ccpulse import simulate
+
+    settings = _settings()
+    try:
+        cfg, duration, speed = simulate.config_from_args(args)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    topic = settings.topics.name("calls")
+    sent = asyncio.run(_publish_until_interrupted(
+        simulate.publish, simulate.generate_call_events(cfg, duration), settings, topic, speed))
+    print(f"published {sent} events to {topic}", file=sys.stderr)
+    return 0
+
+
+async def _publish_until_interrupted(publish: Callable, events, settings: Settings,  # type: ignore[no-untyped-def]
+                                     topic: str, speed: float | None) -> int:
+    from streams.topics import KafkaUnavailable, ensure_topics_async
+
+    try:
+        await ensure_topics_async(settings)
+    except KafkaUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    return await publish(events, settings.kafka.bootstrap, topic, speed)
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from ccpulse import local_kafka
+
+    settings = _settings()
+    state = Path(settings.state_dir) / "kafka"
+    try:
+        if args.action == "start":
+            info = local_kafka.start(state, port=args.port, fresh=args.fresh)
+            print(info.bootstrap)
+            print(f"broker pid {info.pid}, log {info.log_path}; "
+                  f"export CCPULSE_KAFKA_BOOTSTRAP={info.bootstrap}", file=sys.stderr)
+        elif args.action == "stop":
+            stopped = local_kafka.stop(state)
+            print("stopped" if stopped else "no local broker was running", file=sys.stderr)
+        else:
+            info = local_kafka.status(state)
+            if info is None:
+                print("no local broker running", file=sys.stderr)
+                return 1
+            print(info.bootstrap)
+    except local_kafka.LocalKafkaError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ccpulse.demo import run_demo
+
+    return run_demo(_settings(), duration=args.duration, rate=args.rate, agents=args.agents)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccpulse", description="Real-time contact-center KPIs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run broker, worker, embedded ClickHouse and simulator together")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--rate", type=float, default=3.0, help="calls per second (default %(default)s)")
+    demo.add_argument("--agents", type=int, default=8, help="agents per queue (default %(default)s)")
+    demo.set_defaults(func=cmd_demo)
+
+    worker = sub.add_parser("worker", help="the Faust worker (all agents)")
+    worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    worker.set_defaults(func=cmd_worker)
+
+    from ccpulse import simulate
+
+    sim = sub.add_parser("simulate", help="publish realistic call events")
+    simulate.add_arguments(sim)
+    sim.set_defaults(func=cmd_simulate)
+
+    kafka = sub.add_parser("kafka", help="the local single-node Kafka broker")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.add_argument("--port", type=int, default=None, help="listener port (default 9092 if free)")
+    kafka.add_argument("--fresh", action="store_true", help="wipe the broker's data first")
+    kafka.set_defaults(func=cmd_kafka)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CommandError) as exc:
+        print(f"ccpulse {args.command}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

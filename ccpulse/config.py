@@ -1,0 +1,276 @@
+"""Settings: one TOML file plus environment overrides (environment wins).
+
+Every setting is validated when loaded; a wrong one raises ``ConfigError`` whose
+message names the key, so the CLI can print one line and exit non-zero.
+The environment variable names are fixed by OPERATIONS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+SERVICE_LEVEL_FORMULAS = (
+    "answered_over_exits",
+    "abandons_within_target_neutral",
+    "abandons_within_target_positive",
+    "answered_only",
+)
+CHANNELS = ("voice", "chat", "email", "web", "social")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-channel KPI thresholds (METRICS.md), overridable per queue."""
+
+    service_level_seconds: float = 20.0
+    short_abandon_seconds: float = 5.0
+    immediate_seconds: float = 0.0
+    service_level_formula: str = "answered_over_exits"
+
+
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "voice": Thresholds(20.0, 5.0, 0.0),
+    "chat": Thresholds(60.0, 10.0, 0.0),
+    # Tickets: every non-voice, non-chat channel (email, web, social, ...).
+    "ticket": Thresholds(86400.0, 0.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "localhost:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    # Partitions of the topics ccpulse creates itself (internal and aggregate).
+    partitions: int = 4
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    prefix: str = ""
+    calls: str = "calls"
+    chats: str = "chats"
+    tickets: str = "tickets"
+    dead_letter: str = "events.dead-letter"
+    kpi_windows: str = "kpi.windows"
+    kpi_queue_state: str = "kpi.queue-state"
+    sla_breaches: str = "sla.breaches"
+
+    def name(self, attr: str) -> str:
+        return self.prefix + getattr(self, attr)
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    dsn: str = "chdb://./.ccpulse/clickhouse"
+    enabled: bool = True
+    batch_size: int = 5000
+    flush_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    # Window sizes in seconds; the foundation computes the 1-minute window.
+    sizes: tuple[int, ...] = (60,)
+    allowed_lateness_seconds: float = 120.0
+    # Snapshots of open windows are published at most this often per key.
+    publish_interval_seconds: float = 1.0
+    # A stream that went quiet this long (wall clock) lets event time advance
+    # with the wall clock so its last windows still close.
+    idle_close_seconds: float = 30.0
+    # Interactions idle (event time) longer than this are expired.
+    interaction_horizon_seconds: float = 86400.0
+    timezone: str = "UTC"
+    day_start_hour: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+    windows: WindowSettings = field(default_factory=WindowSettings)
+    web_port: int = 6066
+    state_dir: str = ".ccpulse"
+    app_id: str = "ccpulse"
+    max_future_seconds: float = 86400.0
+    thresholds: Mapping[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # (queue, channel kind) -> Thresholds overriding the channel's.
+    queue_thresholds: Mapping[tuple[str, str], Thresholds] = field(default_factory=dict)
+
+    def thresholds_for(self, queue: str, channel: str) -> Thresholds:
+        kind = channel_kind(channel)
+        return self.queue_thresholds.get((queue, kind)) or self.thresholds[kind]
+
+
+def channel_kind(channel: str) -> str:
+    """voice and chat are their own kind; every ticket channel shares 'ticket'."""
+    return channel if channel in ("voice", "chat") else "ticket"
+
+
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "CCPULSE_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "CCPULSE_KAFKA_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
+    "CCPULSE_KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
+    "CCPULSE_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
+    "CCPULSE_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "CCPULSE_KAFKA_PARTITIONS": ("kafka", "partitions"),
+    "CCPULSE_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+    "CCPULSE_TOPIC_PREFIX": ("topics", "prefix"),
+    "CCPULSE_WEB_PORT": ("", "web_port"),
+    "CCPULSE_STATE_DIR": ("", "state_dir"),
+    "CCPULSE_APP_ID": ("", "app_id"),
+}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (``CCPULSE_CONFIG`` or ./ccpulse.toml if present), then the environment."""
+    env = os.environ if env is None else env
+    doc: dict[str, Any] = {}
+    chosen = path or env.get("CCPULSE_CONFIG")
+    if chosen is None and Path("ccpulse.toml").is_file():
+        chosen = "ccpulse.toml"
+    if chosen is not None:
+        try:
+            doc = tomllib.loads(Path(chosen).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {chosen}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {chosen}: not valid TOML ({exc})") from None
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in env:
+            target = doc.setdefault(section, {}) if section else doc
+            if not isinstance(target, dict):
+                raise ConfigError(f"{section}: must be a table")
+            target[key] = env[var]
+    return _build(doc)
+
+
+def _build(doc: dict[str, Any]) -> Settings:
+    known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues",
+             "web_port", "state_dir", "app_id", "max_future_seconds"}
+    for key in doc:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for kind, table in _table(doc, "channels").items():
+        if kind not in thresholds:
+            raise ConfigError(f"channels.{kind}: unknown channel kind (voice, chat, ticket)")
+        thresholds[kind] = _section(Thresholds, _as_table(table, f"channels.{kind}"),
+                                    f"channels.{kind}", thresholds[kind])
+    queue_thresholds: dict[tuple[str, str], Thresholds] = {}
+    for queue, per_kind in _table(doc, "queues").items():
+        for kind, table in _as_table(per_kind, f"queues.{queue}").items():
+            if kind not in thresholds:
+                raise ConfigError(f"queues.{queue}.{kind}: unknown channel kind (voice, chat, ticket)")
+            queue_thresholds[(queue, kind)] = _section(
+                Thresholds, _as_table(table, f"queues.{queue}.{kind}"),
+                f"queues.{queue}.{kind}", thresholds[kind])
+    settings = Settings(
+        kafka=_section(KafkaSettings, _table(doc, "kafka"), "kafka", KafkaSettings()),
+        topics=_section(TopicSettings, _table(doc, "topics"), "topics", TopicSettings()),
+        clickhouse=_section(ClickHouseSettings, _table(doc, "clickhouse"), "clickhouse", ClickHouseSettings()),
+        windows=_section(WindowSettings, _table(doc, "windows"), "windows", WindowSettings()),
+        web_port=_coerce(doc.get("web_port", 6066), int, "web_port"),
+        state_dir=_coerce(doc.get("state_dir", ".ccpulse"), str, "state_dir"),
+        app_id=_coerce(doc.get("app_id", "ccpulse"), str, "app_id"),
+        max_future_seconds=_coerce(doc.get("max_future_seconds", 86400.0), float, "max_future_seconds"),
+        thresholds=thresholds,
+        queue_thresholds=queue_thresholds,
+    )
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if not 1 <= s.web_port <= 65535:
+        raise ConfigError(f"web_port: {s.web_port} is not a TCP port (1-65535)")
+    if s.kafka.partitions < 1:
+        raise ConfigError("kafka.partitions: must be at least 1")
+    if s.kafka.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"kafka.security_protocol: {s.kafka.security_protocol!r} is not one of "
+                          "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    if not (s.clickhouse.dsn.startswith("chdb://") or s.clickhouse.dsn.startswith(("http://", "https://"))):
+        raise ConfigError(f"clickhouse.dsn: {s.clickhouse.dsn!r} must start with chdb://, http:// or https://")
+    if s.clickhouse.batch_size < 1 or s.clickhouse.flush_seconds <= 0:
+        raise ConfigError("clickhouse.batch_size and clickhouse.flush_seconds: must be positive")
+    w = s.windows
+    if not w.sizes or any(size <= 0 or 86400 % size for size in w.sizes):
+        raise ConfigError(f"windows.sizes: {list(w.sizes)} must be positive divisors of one day in seconds")
+    if w.allowed_lateness_seconds < 0:
+        raise ConfigError("windows.allowed_lateness_seconds: must not be negative")
+    if w.publish_interval_seconds <= 0:
+        raise ConfigError("windows.publish_interval_seconds: must be positive")
+    if not 0 <= w.day_start_hour <= 23:
+        raise ConfigError("windows.day_start_hour: must be 0-23")
+    try:
+        from zoneinfo import ZoneInfo
+        ZoneInfo(w.timezone)
+    except Exception:
+        raise ConfigError(f"windows.timezone: {w.timezone!r} is not a known time zone") from None
+    for where, t in [(f"channels.{k}", t) for k, t in s.thresholds.items()] + \
+                    [(f"queues.{q}.{k}", t) for (q, k), t in s.queue_thresholds.items()]:
+        if t.service_level_formula not in SERVICE_LEVEL_FORMULAS:
+            raise ConfigError(f"{where}.service_level_formula: {t.service_level_formula!r} is not one of "
+                              + ", ".join(SERVICE_LEVEL_FORMULAS))
+        for name in ("service_level_seconds", "short_abandon_seconds", "immediate_seconds"):
+            if getattr(t, name) < 0:
+                raise ConfigError(f"{where}.{name}: must not be negative")
+
+
+def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    return _as_table(doc.get(key, {}), key)
+
+
+def _as_table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a table")
+    return value
+
+
+def _section(cls: type, table: dict[str, Any], where: str, base: Any) -> Any:
+    types = {f.name: f.type for f in fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in types:
+            raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(types)})")
+        changes[key] = _coerce(value, _py_type(types[key]), f"{where}.{key}")
+    return replace(base, **changes)
+
+
+def _py_type(annotation: Any) -> type:
+    text = str(annotation)
+    if text.startswith("tuple"):
+        return tuple
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(text, str)
+
+
+def _coerce(value: Any, typ: type, where: str) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise ValueError
+        if typ is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(item) for item in items)
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if typ in (int, float) and isinstance(value, bool):
+            raise ValueError
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {typ.__name__}") from None

@@ -1,0 +1,221 @@
+"""The input wire contract of EVENTS.md: decoding and validating one Kafka message.
+
+Pure: no I/O. ``decode`` never raises; a message that breaks the contract comes back
+as a ``Rejection`` with a machine-readable reason (the dead-letter record's
+``reason`` and the label of the invalid-events counter).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_ID_CHARS = 128
+
+# Which event types each input topic carries, and the lifecycle step each maps to.
+# The KPI engine only knows the steps; channel adapters live here, in one table.
+TYPES: dict[str, str] = {
+    "call.offered": "offered", "call.answered": "answered", "call.abandoned": "abandoned",
+    "call.transferred": "transferred", "call.ended": "ended", "call.rated": "rated",
+    "chat.offered": "offered", "chat.answered": "answered", "chat.abandoned": "abandoned",
+    "chat.transferred": "transferred", "chat.ended": "ended", "chat.message": "message",
+    "chat.rated": "rated",
+    "ticket.created": "offered", "ticket.replied": "replied", "ticket.assigned": "assigned",
+    "ticket.solved": "solved", "ticket.reopened": "reopened", "ticket.closed": "closed",
+    "ticket.rated": "rated",
+}
+FAMILY_CHANNEL = {"call": "voice", "chat": "chat"}  # tickets carry their own channel
+
+REASONS = (
+    "too_large", "not_utf8", "not_json", "not_object", "missing_field", "wrong_type",
+    "invalid_value", "unknown_type", "wrong_topic", "bad_timestamp", "future_timestamp",
+)
+
+_TS = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid input event, normalised. Times are integer epoch milliseconds."""
+
+    event_id: str
+    type: str
+    step: str
+    channel: str
+    occurred_at_ms: int
+    interaction_id: str
+    queue: str | None = None
+    agent_id: str | None = None
+    customer_id: str | None = None
+    schema_version: int = 1
+    # Type-specific fields (to_queue, to_agent, wrapup_seconds, sender, public, csat, nps).
+    details: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str  # one of REASONS
+    detail: str
+
+
+def decode(raw: bytes | None, family: str, now_ms: int,
+           max_future_ms: int = 86_400_000) -> Event | Rejection:
+    """Decode one message read from the topic of ``family`` ("call", "chat" or "ticket")."""
+    if raw is None:
+        return Rejection("not_json", "empty message (no value)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection("not_utf8", "message is not UTF-8")
+        return Rejection("not_json", str(exc)[:200])
+    if not isinstance(doc, dict):
+        return Rejection("not_object", f"JSON {type(doc).__name__}, expected an object")
+    return validate(doc, family, now_ms, max_future_ms)
+
+
+def validate(doc: dict[str, Any], family: str, now_ms: int,
+             max_future_ms: int = 86_400_000) -> Event | Rejection:
+    try:
+        event_id = _ident(doc, "event_id", required=True)
+        etype = _string(doc, "type", required=True)
+        step = TYPES.get(etype)
+        if step is None:
+            return Rejection("unknown_type", f"type {etype[:64]!r} is not in EVENTS.md")
+        if etype.split(".", 1)[0] != family:
+            return Rejection("wrong_topic", f"{etype} does not belong on the {family} topic")
+        ts_text = _string(doc, "occurred_at", required=True)
+        occurred = parse_timestamp_ms(ts_text)
+        if occurred is None:
+            return Rejection("bad_timestamp", f"occurred_at {ts_text[:64]!r} is not RFC 3339")
+        if occurred > now_ms + max_future_ms:
+            return Rejection("future_timestamp", f"occurred_at {ts_text} is more than "
+                                                 f"{max_future_ms // 1000} s ahead of the worker clock")
+        interaction_id = _ident(doc, "interaction_id", required=True)
+        queue = _ident(doc, "queue", required=step == "offered")
+        agent_id = _ident(doc, "agent_id", required=step == "answered")
+        customer_id = _string(doc, "customer_id", required=False)
+        version = doc.get("schema_version", 1)
+        if type(version) is not int:
+            raise _Bad("wrong_type", "schema_version must be an integer")
+        attributes = doc.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise _Bad("wrong_type", "attributes must be an object")
+        if family == "ticket":
+            channel = _string(doc, "channel", required=False) or "email"
+            if channel in ("voice", "chat"):
+                raise _Bad("invalid_value", "a ticket's channel cannot be voice or chat")
+        else:
+            channel = FAMILY_CHANNEL[family]
+        details = _details(doc, step)
+    except _Bad as bad:
+        return Rejection(bad.reason, bad.detail)
+    return Event(event_id, etype, step, channel, occurred, interaction_id, queue, agent_id,
+                 customer_id, version, details, attributes)
+
+
+def parse_timestamp_ms(text: str) -> int | None:
+    """RFC 3339 with ``Z`` or an offset; fractions below a millisecond are truncated."""
+    m = _TS.match(text)
+    if m is None:
+        return None
+    y, mo, d, h, mi, s, frac, z, sign, oh, om = m.groups()
+    try:
+        moment = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    if not z:
+        if int(oh) > 23 or int(om) > 59:
+            return None
+        offset = timedelta(hours=int(oh), minutes=int(om))
+        moment = moment - offset if sign == "+" else moment + offset
+    ms = (moment - _EPOCH) // timedelta(milliseconds=1)
+    return ms + (int((frac or "0")[:3].ljust(3, "0")))
+
+
+def format_ms(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC with milliseconds (the form ccpulse writes)."""
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _string(doc: dict[str, Any], key: str, required: bool) -> Any:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise _Bad("missing_field", f"{key} is required")
+        return None
+    if not isinstance(value, str):
+        raise _Bad("wrong_type", f"{key} must be a string")
+    return value
+
+
+def _ident(doc: dict[str, Any], key: str, required: bool) -> Any:
+    value = _string(doc, key, required)
+    if value is not None and not 1 <= len(value) <= MAX_ID_CHARS:
+        if not value and required:
+            raise _Bad("missing_field", f"{key} is empty")
+        raise _Bad("invalid_value", f"{key} must be 1-{MAX_ID_CHARS} characters")
+    return value or None
+
+
+def _details(doc: dict[str, Any], step: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if step == "transferred":
+        to_queue = _ident(doc, "to_queue", required=False)
+        to_agent = _ident(doc, "to_agent", required=False)
+        if to_queue is None and to_agent is None:
+            raise _Bad("missing_field", "a transfer needs to_queue and/or to_agent")
+        if to_queue:
+            out["to_queue"] = to_queue
+        if to_agent:
+            out["to_agent"] = to_agent
+    elif step == "ended":
+        wrapup = doc.get("wrapup_seconds")
+        if wrapup is not None:
+            if isinstance(wrapup, bool) or not isinstance(wrapup, (int, float)):
+                raise _Bad("wrong_type", "wrapup_seconds must be a number")
+            if not 0 <= wrapup <= 86400:
+                raise _Bad("invalid_value", "wrapup_seconds must be 0-86400")
+            out["wrapup_seconds"] = wrapup
+    elif step in ("message", "replied"):
+        sender = _string(doc, "sender", required=True)
+        if sender not in ("customer", "agent"):
+            raise _Bad("invalid_value", "sender must be customer or agent")
+        out["sender"] = sender
+        if step == "replied":
+            public = doc.get("public", True)
+            if not isinstance(public, bool):
+                raise _Bad("wrong_type", "public must be a boolean")
+            out["public"] = public
+    elif step == "rated":
+        for key, low, high in (("csat", 1, 5), ("nps", 0, 10)):
+            value = doc.get(key)
+            if value is None:
+                continue
+            if type(value) is not int:
+                raise _Bad("wrong_type", f"{key} must be an integer")
+            if not low <= value <= high:
+                raise _Bad("invalid_value", f"{key} must be {low}-{high}")
+            out[key] = value
+        if not out:
+            raise _Bad("missing_field", "a rating needs csat and/or nps")
+    return out

@@ -1,0 +1,135 @@
+"""ClickHouse sink: embedded chDB (``chdb://PATH``) or a server (``http(s)://``), same code.
+
+Writes are batched by the calling agent and retried with backoff until they
+succeed: a failed write is never dropped, and since the agent does not take the
+next batch meanwhile, Kafka consumption stops (backpressure) instead of data
+piling up in memory. Tables are ReplacingMergeTree, so a batch written twice
+(re-delivery after a crash) counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import unquote, urlparse
+
+import clickhouse_connect
+
+log = logging.getLogger(__name__)
+
+# Columns that arrive as RFC 3339 strings and are DateTime64 in ClickHouse.
+TIME_COLUMNS = {
+    "raw_events": ("occurred_at",),
+    "interactions": ("offered_at", "left_queue_at", "ended_at"),
+    "kpi_windows": ("window_start", "window_end", "published_at"),
+}
+
+
+class ClickHouseUnavailable(RuntimeError):
+    """The store cannot be reached or opened (one-line message for the CLI)."""
+
+
+def ddl_statements() -> list[str]:
+    folder = resources.files("schemas") / "clickhouse"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(folder / name).read_text(encoding="utf-8") for name in names]
+
+
+def connect(dsn: str) -> Any:
+    """A clickhouse-connect client for ``chdb://PATH`` or ``http(s)://user:pass@host:port/db``."""
+    try:
+        if dsn.startswith("chdb://"):
+            # clickhouse-connect reads chdb://./x as host "." + database "x"; ccpulse
+            # means a path (relative or absolute), so it is passed as one.
+            path = dsn[len("chdb://"):] or ":memory:"
+            if path not in (":memory:", "memory"):
+                Path(path).mkdir(parents=True, exist_ok=True)
+                path = str(Path(path).resolve())
+            return clickhouse_connect.get_client(interface="chdb", path=path)
+        url = urlparse(dsn)
+        database = unquote(url.path.lstrip("/")) or "default"
+        return clickhouse_connect.get_client(
+            host=url.hostname or "localhost", port=url.port or (8443 if url.scheme == "https" else 8123),
+            username=unquote(url.username or "default"), password=unquote(url.password or ""),
+            database=database, secure=url.scheme == "https")
+    except Exception as exc:  # the driver raises many kinds; the CLI needs one line
+        raise ClickHouseUnavailable(f"ClickHouse at {redact(dsn)} unavailable: "
+                                    f"{str(exc).splitlines()[0][:200]}") from exc
+
+
+def redact(dsn: str) -> str:
+    url = urlparse(dsn)
+    if url.password:
+        return dsn.replace(f":{url.password}@", ":***@")
+    return dsn
+
+
+def _to_datetime(value: Any) -> Any:
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value
+
+
+@dataclass
+class ClickHouseWriter:
+    dsn: str
+    on_write: Callable[[str, int, float], None] = lambda table, rows, seconds: None
+    on_error: Callable[[str, Exception], None] = lambda table, exc: None
+    max_backoff: float = 10.0
+    client: Any = None
+    healthy: bool = True
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _columns: dict[str, list[str]] = field(default_factory=dict)
+
+    def open(self) -> None:
+        self.client = connect(self.dsn)
+        for statement in ddl_statements():
+            self.client.command(statement)
+        for table in TIME_COLUMNS:
+            described = self.client.query(f"DESCRIBE TABLE {table}").result_rows
+            self._columns[table] = [row[0] for row in described if row[2] != "DEFAULT"]
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def insert_now(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        columns = self._columns[table]
+        times = TIME_COLUMNS[table]
+        data = [[_to_datetime(row.get(c)) if c in times else row.get(c) for c in columns]
+                for row in rows]
+        self.client.insert(table, data, column_names=columns)
+
+    async def write(self, table: str, rows: Sequence[dict[str, Any]],
+                    should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Insert ``rows``; on failure retry with backoff until done. False only if stopped first."""
+        if not rows:
+            return True
+        delay = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self._lock:
+                    if self.client is None:
+                        await asyncio.to_thread(self.open)
+                    await asyncio.to_thread(self.insert_now, table, rows)
+            except Exception as exc:  # any driver/engine error: keep the batch and retry
+                self.healthy = False
+                self.on_error(table, exc)
+                log.warning("ClickHouse write to %s failed (%s); retrying in %.1fs",
+                            table, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, delay)
+                if should_stop():
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.healthy = True
+            self.on_write(table, len(rows), time.perf_counter() - started)
+            return True

@@ -1,0 +1,115 @@
+"""Prometheus ``/metrics``: KPI counters and wait histograms, plus pipeline health.
+
+KPI series are *read from the engines' state* at scrape time rather than
+incremented per event: a restarted or newly assigned worker exposes the same
+cumulative values the previous owner did (nothing counted twice after a replay),
+and a partition this worker gave up simply stops being collected. Each series
+carries ``partition`` so ``sum without (instance, partition)`` aggregates across
+workers; labels never carry customer or interaction ids.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from ccpulse.core.engine import PartitionEngine
+from ccpulse.core.kpis import WAIT_BUCKETS_S
+
+# counter name suffix -> (state field, scale, help)
+KPI_COUNTERS = {
+    "offered": ("offered", 1, "Contacts that entered the queue"),
+    "answered": ("answered", 1, "Contacts answered by an agent"),
+    "abandoned": ("abandoned", 1, "Contacts that left before an answer, short abandons excluded"),
+    "short_abandoned": ("short_abandoned", 1, "Abandons within short_abandon_seconds"),
+    "answered_within_target": ("answered_within_target", 1, "Answered with wait <= service_level_seconds"),
+    "abandoned_within_target": ("abandoned_within_target", 1, "Abandoned (not short) within service_level_seconds"),
+    "answered_immediately": ("answered_immediately", 1, "Answered with wait <= immediate_seconds"),
+    "transferred_out": ("transferred_out", 1, "Contacts transferred out of the queue while waiting"),
+    "transfers": ("transfers", 1, "Transfers made by agents after answering"),
+    "handled": ("handled", 1, "Contacts ended after being answered"),
+    "handle_time_seconds": ("handle_ms", 1000, "Handle time of handled contacts (answer to end, plus wrap-up)"),
+    "abandon_wait_seconds": ("wait_abandoned_ms", 1000, "Time to abandon of abandoned contacts"),
+}
+
+
+class PipelineMetrics:
+    """Process-level health metrics, in a registry owned by the app (no global state)."""
+
+    def __init__(self, engines: Callable[[], Mapping[int, PartitionEngine]]) -> None:
+        self.registry = CollectorRegistry()
+        self.events_consumed = Counter(
+            "ccpulse_events_consumed", "Input messages consumed", ["topic"], registry=self.registry)
+        self.events_invalid = Counter(
+            "ccpulse_events_invalid", "Input messages refused, by reason (each is on the dead-letter topic)",
+            ["reason"], registry=self.registry)
+        self.dead_lettered = Counter(
+            "ccpulse_dead_letter_messages", "Messages written to the dead-letter topic", registry=self.registry)
+        self.sink_write_seconds = Histogram(
+            "ccpulse_sink_write_duration_seconds", "Duration of successful sink batch writes",
+            ["sink", "table"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.sink_rows = Counter(
+            "ccpulse_sink_rows_written", "Rows written by sinks", ["sink", "table"], registry=self.registry)
+        self.sink_errors = Counter(
+            "ccpulse_sink_write_errors", "Failed sink writes (each retried)", ["sink", "table"],
+            registry=self.registry)
+        self.registry.register(KpiCollector(engines))
+
+
+class KpiCollector(Collector):
+    def __init__(self, engines: Callable[[], Mapping[int, PartitionEngine]]) -> None:
+        self._engines = engines
+
+    def collect(self) -> Iterable:
+        engines = dict(self._engines())
+        labels = ["queue", "channel", "partition"]
+        families = {
+            suffix: CounterMetricFamily(f"ccpulse_queue_{suffix}", text, labels=labels)
+            for suffix, (_f, _s, text) in KPI_COUNTERS.items()
+        }
+        waits = HistogramMetricFamily(
+            "ccpulse_queue_answer_wait_seconds", "Wait of answered contacts (queue entry to answer)",
+            labels=labels)
+        late = CounterMetricFamily("ccpulse_late_events", "Events whose window was already final",
+                                   labels=["partition"])
+        dups = CounterMetricFamily("ccpulse_duplicate_events", "Events seen again (same event_id)",
+                                   labels=["partition"])
+        expired = CounterMetricFamily("ccpulse_interactions_expired",
+                                      "Interactions forgotten after going idle, by kind",
+                                      labels=["partition", "kind"])
+        lag = GaugeMetricFamily("ccpulse_event_time_lag_seconds",
+                                "Wall clock minus the partition's event-time watermark",
+                                labels=["partition"])
+        now = time.time()
+        for partition, engine in sorted(engines.items()):
+            p = str(partition)
+            for queue, channel, counts in engine.running_totals():
+                values = [queue, channel, p]
+                for suffix, (name, scale, _t) in KPI_COUNTERS.items():
+                    families[suffix].add_metric(values, counts.get(name, 0) / scale)
+                buckets, cumulative = [], 0
+                for i, bound in enumerate(WAIT_BUCKETS_S):
+                    cumulative += counts.get(f"wait_bucket_{i}", 0)
+                    buckets.append((_bound(bound), cumulative))
+                cumulative += counts.get(f"wait_bucket_{len(WAIT_BUCKETS_S)}", 0)
+                buckets.append(("+Inf", cumulative))
+                waits.add_metric(values, buckets, counts.get("wait_answered_ms", 0) / 1000)
+            rec = engine.record
+            late.add_metric([p], rec.late_events)
+            dups.add_metric([p], rec.duplicates)
+            expired.add_metric([p, "completed"], rec.expired - rec.expired_orphans - rec.expired_unfinished)
+            expired.add_metric([p, "orphan"], rec.expired_orphans)
+            expired.add_metric([p, "unfinished"], rec.expired_unfinished)
+            if rec.watermark:
+                lag.add_metric([p], now - rec.watermark / 1000)
+        yield from families.values()
+        yield from (waits, late, dups, expired, lag)
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)

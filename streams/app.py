@@ -1,0 +1,142 @@
+"""The Faust app: topics, tables and the agents of every stage, built from Settings.
+
+    calls ──ingest──▶ <app>-events (keyed by interaction) ──lifecycle──▶ <app>-window-partials
+      │                    │                                   │            │
+      ▼                    ▼                                   ▼          merge
+ events.dead-letter   raw_events (CH)                <app>-interactions     ▼
+                                                       interactions (CH)   kpi.windows ──▶ kpi_windows (CH)
+
+Everything mutable lives on the ``Pipeline`` object owned by the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import faust
+
+from ccpulse.config import Settings
+from ccpulse.core.engine import PartitionEngine, PartitionRecord
+from ccpulse.core.lifecycle import Interaction
+from sinks.clickhouse import ClickHouseWriter
+from sinks.prometheus import PipelineMetrics
+from streams import codecs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    app: faust.App
+    topics: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+    engines: dict[int, PartitionEngine] = field(default_factory=dict)
+    metrics: PipelineMetrics | None = None
+    writer: ClickHouseWriter | None = None
+    # window record key -> True when the merged record must be re-published
+    merged_dirty: set[str] = field(default_factory=set)
+    consuming: bool = False
+
+    def internal(self, suffix: str) -> str:
+        return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
+
+
+def broker_credentials(settings: Settings) -> dict[str, Any]:
+    """Faust broker settings for SASL/SSL (managed Kafka); empty for PLAINTEXT."""
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return {}
+    context = ssl.create_default_context() if "SSL" in k.security_protocol else None
+    if k.security_protocol.startswith("SASL"):
+        return {"broker_credentials": faust.SASLCredentials(
+            username=k.sasl_username, password=k.sasl_password,
+            mechanism=k.sasl_mechanism or "PLAIN", ssl_context=context)}
+    return {"broker_credentials": faust.SSLCredentials(context)}
+
+
+def create_app(settings: Settings) -> faust.App:
+    codecs.register()
+    bootstrap = ";".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(","))
+    app = faust.App(
+        settings.app_id,
+        broker=bootstrap,
+        store="memory://",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=1,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        web_enabled=True,
+        # Offsets are committed often: each commit first flushes everything the
+        # stage produced, so a crash replays little.
+        broker_commit_interval=1.0,
+        broker_commit_every=1000,
+        stream_wait_empty=False,
+        producer_linger_ms=5,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        logging_config=None,
+        datadir=f"{settings.state_dir}/faust",
+        **broker_credentials(settings),
+    )
+    pipe = Pipeline(settings, app)
+    pipe.metrics = PipelineMetrics(lambda: pipe.engines)
+    app.pipeline = pipe  # type: ignore[attr-defined]
+
+    t = settings.topics
+    internal = dict(partitions=settings.kafka.partitions, internal=True, replicas=1)
+    pipe.topics["calls"] = app.topic(t.name("calls"), value_serializer="raw", key_serializer="raw")
+    pipe.topics["events"] = app.topic(pipe.internal("events"), value_serializer="raw",
+                                      key_serializer="raw", **internal)
+    pipe.topics["partials"] = app.topic(pipe.internal("window-partials"), value_serializer="orjson",
+                                        key_serializer="raw", **internal)
+    pipe.topics["interactions"] = app.topic(pipe.internal("interactions"), value_serializer="orjson",
+                                            key_serializer="raw", compacting=True, **internal)
+    pipe.topics["kpi_windows"] = app.topic(t.name("kpi_windows"), value_serializer="orjson",
+                                           key_serializer="raw")
+    pipe.topics["dead_letter"] = app.topic(t.name("dead_letter"), value_serializer="orjson",
+                                           key_serializer="raw")
+
+    pipe.tables["interactions"] = _table(app, "interactions", "ccpulse_interaction", settings,
+                                         Interaction.from_dict)
+    pipe.tables["partitions"] = _table(app, "partition-records", "ccpulse_partition_record", settings,
+                                       PartitionRecord.from_dict)
+    pipe.tables["merged"] = _table(app, "merged-windows", "orjson", settings, None)
+
+    from streams import ingest, lifecycle, merge, storage, web
+    ingest.register(pipe)
+    lifecycle.register(pipe)
+    merge.register(pipe)
+    if settings.clickhouse.enabled:
+        storage.register(pipe)
+    web.register(pipe)
+    return app
+
+
+def _table(app: faust.App, name: str, value_serializer: str, settings: Settings,
+           from_dict: Callable[[dict], Any] | None) -> Any:
+    table = app.Table(name, partitions=settings.kafka.partitions,
+                      schema=faust.Schema(key_serializer="json", value_serializer=value_serializer))
+    # Faust derives the changelog codecs from key_type/value_type, not from the
+    # schema, and may build the changelog topic before we can say otherwise:
+    # writes use ccpulse's codec, and recovery turns whatever it decoded back
+    # into the domain object.
+    table.key_serializer = "json"
+    table.value_serializer = value_serializer
+    if from_dict is not None:
+        table._to_value = lambda v: _recovered(name, v, from_dict)
+    return table
+
+
+def _recovered(table: str, value: Any, from_dict: Callable[[dict], Any]) -> Any:
+    if not isinstance(value, dict):
+        return value
+    try:
+        return from_dict(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        # One unreadable changelog record must not block recovery of the rest.
+        log.error("table %s: skipping an unreadable changelog record (%r)", table, exc)
+        return None

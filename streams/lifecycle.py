@@ -1,0 +1,141 @@
+"""Stage 2: per-interaction lifecycle and partition-local window partials.
+
+Per input partition, a ``PartitionEngine`` (pure, see ccpulse/core/engine.py)
+holds the open windows. Durable state is the ``interactions`` table and one
+``partition-records`` value per partition; the open windows are rebuilt from
+them when a partition is (re)assigned, so they always agree with what was
+persisted. A timer publishes changed windows at most once per interval and the
+final snapshot once the allowed lateness has passed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from ccpulse.core.engine import PartitionEngine, PartitionRecord, Snapshot
+from ccpulse.core.lifecycle import Interaction, Step
+from schemas.records import interaction_rows, window_record_key
+from streams.app import Pipeline
+from streams.tables import delete, put
+
+EXPIRY_SCAN_SECONDS = 10.0
+
+
+class PartitionClock:
+    """Wall-clock bookkeeping so event time still advances when a partition goes quiet."""
+
+    def __init__(self) -> None:
+        self.last_arrival = time.monotonic()
+        self.watermark_at_arrival = 0
+
+    def arrived(self, watermark: int) -> None:
+        self.last_arrival = time.monotonic()
+        self.watermark_at_arrival = watermark
+
+    def idle_watermark(self, idle_close_s: float) -> int | None:
+        quiet = time.monotonic() - self.last_arrival
+        if quiet < idle_close_s or not self.watermark_at_arrival:
+            return None
+        return self.watermark_at_arrival + int(quiet * 1000)
+
+
+def register(pipe: Pipeline) -> None:
+    app, settings = pipe.app, pipe.settings
+    w = settings.windows
+    interactions = pipe.tables["interactions"]
+    records = pipe.tables["partitions"]
+    partials = pipe.topics["partials"]
+    rows_topic = pipe.topics["interactions"]
+    events_topic_name = pipe.topics["events"].get_topic_name()
+    clocks: dict[int, PartitionClock] = {}
+    last_expiry = [time.monotonic()]
+
+    def engine_for(partition: int) -> PartitionEngine:
+        engine = pipe.engines.get(partition)
+        if engine is None:
+            record = records.data.get(str(partition)) or PartitionRecord()
+            engine = PartitionEngine(partition, w.sizes, w.allowed_lateness_seconds,
+                                     settings.thresholds_for, w.interaction_horizon_seconds, record)
+            engine.rebuild(inter for inter in list(interactions.data.values())
+                           if inter is not None and inter.partition == partition)
+            pipe.engines[partition] = engine
+            clocks[partition] = PartitionClock()
+            clocks[partition].arrived(record.watermark)
+        return engine
+
+    def publish(partition: int, snaps: list[Snapshot]) -> list[Any]:
+        futures = []
+        for snap in snaps:
+            futures.append(partials.send_soon(
+                key=window_record_key(snap.key).encode(),
+                value={"key": list(snap.key), "partition": partition, "version": snap.version,
+                       "final": snap.final, "agg": snap.agg.to_dict()}))
+        return futures
+
+    @app.agent(pipe.topics["events"], name="lifecycle")
+    async def lifecycle(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take_events(2000, within=0.05):
+            pipe.consuming = True
+            touched: dict[str, tuple[int, Interaction]] = {}
+            partitions: set[int] = set()
+            for event in batch:
+                msg = event.message
+                doc = orjson.loads(msg.value)
+                engine = engine_for(msg.partition)
+                iid = doc["interaction_id"]
+                inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
+                if inter is None:
+                    inter = Interaction(iid, doc["channel"], partition=msg.partition)
+                details = doc["details"]
+                step = Step(doc["ts"], doc["step"], doc["event_id"], doc["queue"], doc["agent_id"],
+                            details.get("to_queue"), int(details.get("wrapup_seconds", 0) * 1000))
+                engine.apply(inter, step, msg.offset)
+                touched[iid] = (msg.partition, inter)
+                partitions.add(msg.partition)
+            for iid, (partition, inter) in touched.items():
+                put(interactions, partition, iid, inter)
+                for row in interaction_rows(inter, version=len(inter.steps)):
+                    await rows_topic.send(key=f"{iid}|{row['segment']}".encode(), value=row)
+            for partition in partitions:
+                put(records, partition, str(partition), pipe.engines[partition].record)
+                clocks[partition].arrived(pipe.engines[partition].record.watermark)
+
+    @app.timer(w.publish_interval_seconds, name="publish-windows")
+    async def publish_windows() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == events_topic_name:
+                engine_for(tp.partition)
+        expire_now = time.monotonic() - last_expiry[0] >= EXPIRY_SCAN_SECONDS
+        for partition, engine in list(pipe.engines.items()):
+            idle = clocks[partition].idle_watermark(w.idle_close_seconds)
+            if idle is not None:
+                engine.advance(idle)
+            before = engine.record.final_through
+            snaps = engine.close() + engine.take_dirty()
+            publish(partition, snaps)
+            if expire_now:
+                expire(partition, engine)
+            if snaps or engine.record.final_through != before:
+                put(records, partition, str(partition), engine.record)
+        if expire_now:
+            last_expiry[0] = time.monotonic()
+
+    def expire(partition: int, engine: PartitionEngine) -> None:
+        for iid, inter in list(interactions.data.items()):
+            if inter is not None and inter.partition == partition and engine.expirable(inter):
+                engine.count_expired(inter)
+                delete(interactions, partition, iid)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            if tp.topic == events_topic_name:
+                pipe.engines.pop(tp.partition, None)
+                clocks.pop(tp.partition, None)
+
+

@@ -1,0 +1,69 @@
+"""Creating the topics ccpulse reads and writes, with the right partitions and cleanup policy.
+
+Faust creates its own internal topics and changelogs; the input and aggregate
+topics are created here so they do not depend on broker auto-creation defaults
+(``kpi.windows`` must be compacted: one latest record per window key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from ccpulse.config import Settings
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker cannot be reached (one-line message for the CLI)."""
+
+
+def admin_kwargs(settings: Settings) -> dict:
+    k = settings.kafka
+    kwargs: dict = {"bootstrap_servers": k.bootstrap, "security_protocol": k.security_protocol}
+    if k.security_protocol.startswith("SASL"):
+        kwargs.update(sasl_mechanism=k.sasl_mechanism or "PLAIN",
+                      sasl_plain_username=k.sasl_username, sasl_plain_password=k.sasl_password)
+    if "SSL" in k.security_protocol:
+        import ssl
+        kwargs["ssl_context"] = ssl.create_default_context()
+    return kwargs
+
+
+def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
+    t = settings.topics
+    compact = {"cleanup.policy": "compact"}
+    keep_week = {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)}
+    return {
+        t.name("calls"): keep_week,
+        t.name("chats"): keep_week,
+        t.name("tickets"): keep_week,
+        t.name("dead_letter"): {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
+        t.name("kpi_windows"): compact,
+        t.name("kpi_queue_state"): compact,
+        t.name("sla_breaches"): keep_week,
+    }
+
+
+async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list[str]:
+    admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000), **admin_kwargs(settings))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} unreachable: "
+                               f"{type(exc).__name__} {exc}".strip()) from None
+    try:
+        existing = set(await admin.list_topics())
+        specs = topic_specs(settings)
+        missing = [NewTopic(name, settings.kafka.partitions, 1, topic_configs=config)
+                   for name, config in specs.items() if name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+        return [topic.name for topic in missing]
+    finally:
+        await admin.close()
+
+
+def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
+    return asyncio.run(ensure_topics_async(settings, timeout))
