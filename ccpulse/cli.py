@@ -34,6 +34,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ensure_topics(settings)
     except KafkaUnavailable as exc:
         raise CommandError(str(exc)) from None
+    Path(settings.state_dir, "faust").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     writer = app.pipeline.writer  # type: ignore[attr-defined]
     if writer is not None:

@@ -37,7 +37,7 @@ REASONS = (
 )
 
 _TS = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z")
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -110,7 +110,9 @@ def validate(doc: dict[str, Any], family: str, now_ms: int,
         version = doc.get("schema_version", 1)
         if type(version) is not int:
             raise _Bad("wrong_type", "schema_version must be an integer")
-        attributes = doc.get("attributes") or {}
+        attributes = doc.get("attributes")
+        if attributes is None:
+            attributes = {}
         if not isinstance(attributes, dict):
             raise _Bad("wrong_type", "attributes must be an object")
         if family == "ticket":
@@ -140,7 +142,10 @@ def parse_timestamp_ms(text: str) -> int | None:
         if int(oh) > 23 or int(om) > 59:
             return None
         offset = timedelta(hours=int(oh), minutes=int(om))
-        moment = moment - offset if sign == "+" else moment + offset
+        try:
+            moment = moment - offset if sign == "+" else moment + offset
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+            return None
     ms = (moment - _EPOCH) // timedelta(milliseconds=1)
     return ms + (int((frac or "0")[:3].ljust(3, "0")))
 
@@ -148,7 +153,8 @@ def parse_timestamp_ms(text: str) -> int | None:
 def format_ms(ms: int) -> str:
     """Epoch milliseconds as RFC 3339 UTC with milliseconds (the form ccpulse writes)."""
     moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # %Y is not zero-padded below year 1000 on every libc: pad the year ourselves.
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 class _Bad(Exception):

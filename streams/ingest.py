@@ -15,6 +15,8 @@ from schemas.records import dead_letter, event_message
 from streams.app import Pipeline
 
 FAMILIES = {"calls": "call", "chats": "chat", "tickets": "ticket"}
+# A message on the events topic with only this field is a watermark tick, not an event.
+WATERMARK_FIELD = "watermark"
 
 
 def register(pipe: Pipeline) -> None:
@@ -24,6 +26,8 @@ def register(pipe: Pipeline) -> None:
     dlq = pipe.topics["dead_letter"]
     family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
     max_future_ms = int(settings.max_future_seconds * 1000)
+
+    newest = [0, 0]  # newest occurred_at seen, and the value last broadcast
 
     @pipe.app.agent(pipe.topics["calls"], name="ingest")
     async def ingest(stream):  # type: ignore[no-untyped-def]
@@ -40,6 +44,19 @@ def register(pipe: Pipeline) -> None:
                     await dlq.send(key=msg.key, value=dead_letter(
                         raw, result, msg.topic, msg.partition, msg.offset, now_ms))
                     continue
+                newest[0] = max(newest[0], result.occurred_at_ms)
                 await events_topic.send(
                     key=result.interaction_id.encode(),
                     value=orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
+
+    @pipe.app.timer(settings.windows.publish_interval_seconds, name="broadcast-watermark")
+    async def broadcast_watermark() -> None:
+        # Event time is the newest occurred_at on the whole input (METRICS.md), but
+        # each lifecycle partition only sees its own events: a tick on every
+        # partition carries the input's event time to partitions that went quiet.
+        if newest[0] <= newest[1]:
+            return
+        newest[1] = newest[0]
+        value = orjson.dumps({WATERMARK_FIELD: newest[0]})
+        for partition in range(settings.kafka.partitions):
+            await events_topic.send(key=None, value=value, partition=partition)

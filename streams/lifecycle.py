@@ -19,6 +19,7 @@ from ccpulse.core.engine import PartitionEngine, PartitionRecord, Snapshot
 from ccpulse.core.lifecycle import Interaction, Step
 from schemas.records import interaction_rows, window_record_key
 from streams.app import Pipeline
+from streams.ingest import WATERMARK_FIELD
 from streams.tables import delete, put
 
 EXPIRY_SCAN_SECONDS = 10.0
@@ -85,6 +86,10 @@ def register(pipe: Pipeline) -> None:
                 msg = event.message
                 doc = orjson.loads(msg.value)
                 engine = engine_for(msg.partition)
+                if WATERMARK_FIELD in doc:
+                    engine.advance(doc[WATERMARK_FIELD])
+                    partitions.add(msg.partition)
+                    continue
                 iid = doc["interaction_id"]
                 inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
                 if inter is None:

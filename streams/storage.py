@@ -13,6 +13,7 @@ import orjson
 from schemas.events import format_ms
 from sinks.clickhouse import ClickHouseWriter
 from streams.app import Pipeline
+from streams.ingest import WATERMARK_FIELD
 
 
 def raw_event_row(doc: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +46,8 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["events"], name="store-raw-events")
     async def store_raw(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            rows = [raw_event_row(orjson.loads(value)) for value in batch]
+            docs = (orjson.loads(value) for value in batch)
+            rows = [raw_event_row(doc) for doc in docs if WATERMARK_FIELD not in doc]
             await writer.write("raw_events", rows, stopping)
 
     @app.agent(pipe.topics["interactions"], name="store-interactions")

@@ -103,17 +103,20 @@ class PartitionEngine:
         new = interaction_facts(derivation.segments, inter.channel, self.thresholds, self.sizes)
         old = Counter(inter.applied)
         late = False
+        # A change to a final window is refused (the window stays as published) but
+        # still recorded in ``applied``: otherwise every later step of the interaction
+        # would find the same difference again and be counted as late too.
         for fact, n in (old - new).items():  # retractions
             if self.is_final(fact):
                 late = True  # keep it counted: the final window already published it
-                continue
-            self._apply_fact(fact, -n)
+            else:
+                self._apply_fact(fact, -n)
             old[fact] -= n
         for fact, n in (new - old).items():
             if self.is_final(fact):
                 late = True
-                continue
-            self._apply_fact(fact, n)
+            else:
+                self._apply_fact(fact, n)
             old[fact] += n
         inter.applied = {fact: n for fact, n in old.items() if n > 0}
         if late:

@@ -117,6 +117,7 @@ class Interaction:
                 if waiting is not None:
                     waiting.exit, waiting.left = "abandoned", s.ts
                     waiting = None
+                    ended = True  # the customer left: the interaction is over
                 else:
                     orphans += 1
             elif s.step == "transferred":

@@ -1,0 +1,186 @@
+"""Running a real ``ccpulse worker`` process for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def prefix(self) -> str:
+        return self.env["CCPULSE_TOPIC_PREFIX"]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.env["CCPULSE_KAFKA_BOOTSTRAP"]
+
+    @property
+    def clickhouse_path(self) -> str:
+        return self.env["CCPULSE_CLICKHOUSE_DSN"][len("chdb://"):]
+
+    def start(self, timeout: float = 90.0) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ccpulse.cli", "worker", "--loglevel", "info"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}: {self.log_tail()}")
+            status, _ = self.get("/health")
+            if status == 200:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"worker not healthy within {timeout}s: {self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise RuntimeError(f"worker did not stop within {timeout}s: {self.log_tail()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return 0, ""
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Parse /metrics into {(name, sorted labels): value}."""
+        _, text = self.get("/metrics")
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            head, value = line.rsplit(" ", 1)
+            if "{" in head:
+                name, rest = head.split("{", 1)
+                labels = tuple(sorted(
+                    (k, v.strip('"')) for k, v in (item.split("=", 1) for item in _split_labels(rest[:-1]))))
+            else:
+                name, labels = head, ()
+            out[(name, labels)] = float(value)
+        return out
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_bytes()[-chars:].decode(errors="replace")
+
+
+def _split_labels(text: str) -> list[str]:
+    parts, current, quoted = [], "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        parts.append(current)
+    return parts
+
+
+def worker_env(bootstrap: str, tmp: Path, name: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCPULSE_")}
+    env.update({
+        "CCPULSE_KAFKA_BOOTSTRAP": bootstrap,
+        "CCPULSE_TOPIC_PREFIX": f"{name}.",
+        "CCPULSE_APP_ID": name,
+        "CCPULSE_CLICKHOUSE_DSN": f"chdb://{tmp / 'clickhouse'}",
+        "CCPULSE_STATE_DIR": str(tmp / "state"),
+        "CCPULSE_WEB_PORT": str(free_port()),
+        "CCPULSE_CONFIG": str(tmp / "ccpulse.toml"),
+    })
+    env.update(extra)
+    if not Path(env["CCPULSE_CONFIG"]).exists():
+        Path(env["CCPULSE_CONFIG"]).write_text("")
+    return env
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            for key, value in messages:
+                await producer.send_and_wait(topic, value=value, key=key)
+        finally:
+            await producer.stop()
+    asyncio.run(run())
+
+
+def read_topic(bootstrap: str, topic: str, idle_seconds: float = 2.0) -> list[Any]:
+    """Every message of a topic from the beginning, as (key, value) pairs."""
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        out = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=int(idle_seconds * 1000))
+                if not batch:
+                    break
+                for records in batch.values():
+                    out.extend((r.key, r.value) for r in records)
+        finally:
+            await consumer.stop()
+        return out
+    return asyncio.run(run())
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def latest_windows(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
+    """kpi.windows as a compacted consumer sees it: the highest version per key."""
+    best: dict[str, dict[str, Any]] = {}
+    for key, value in read_topic(bootstrap, topic, idle_seconds=1.0):
+        record = json.loads(value)
+        k = key.decode()
+        if k not in best or record["version"] >= best[k]["version"]:
+            best[k] = record
+    return best
