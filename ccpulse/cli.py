@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run broker, worker, embedded ClickHouse and simulator together")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--rate", type=float, default=3.0, help="calls per second (default %(default)s)")
-    demo.add_argument("--agents", type=int, default=8, help="agents per queue (default %(default)s)")
+    demo.add_argument("--rate", type=float, default=1.0, help="calls per second (default %(default)s)")
+    demo.add_argument("--agents", type=int, default=26, help="agents per queue (default %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="the Faust worker (all agents)")

@@ -107,6 +107,15 @@ class ClickHouseWriter:
                 for row in rows]
         self.client.insert(table, data, column_names=columns)
 
+    async def count(self, table: str) -> int | None:
+        """Rows of a table (latest versions), or None while the store is failing."""
+        try:
+            async with self._lock:
+                result = await asyncio.to_thread(self.client.query, f"SELECT count() FROM {table} FINAL")
+            return int(result.result_rows[0][0])
+        except Exception:  # a status probe must never take the worker down
+            return None
+
     async def write(self, table: str, rows: Sequence[dict[str, Any]],
                     should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Insert ``rows``; on failure retry with backoff until done. False only if stopped first."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ccpulse.core.kpis import WindowAgg, kpi_figures
 from streams.app import Pipeline
+from streams.merge import merged_record
 
 
 def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
@@ -24,6 +27,28 @@ def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
                 "partitions": sorted(pipe.engines)}
 
 
+async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
+    """Cumulative KPIs per queue owned by this worker, the newest merged windows, store row count."""
+    totals: dict[tuple[str, str], WindowAgg] = {}
+    for engine in list(pipe.engines.values()):
+        for queue, channel, counts in engine.running_totals():
+            totals.setdefault((queue, channel), WindowAgg()).merge(WindowAgg(dict(counts)))
+    queues = []
+    for (queue, channel), agg in sorted(totals.items()):
+        figures = kpi_figures(agg, pipe.settings.thresholds_for(queue, channel))
+        figures.pop("wait_buckets")
+        queues.append({"queue": queue, "channel": channel, **figures})
+    now_ms = int(time.time() * 1000)
+    entries = sorted(pipe.tables["merged"].data.values(), key=lambda e: e["key"][1], reverse=True)
+    windows = [merged_record(entry, pipe, now_ms) for entry in entries[:recent]]
+    consumed = sum(sample.value for metric in pipe.metrics.events_consumed.collect()
+                   for sample in metric.samples if sample.name.endswith("_total"))
+    body: dict[str, Any] = {"queues": queues, "windows": windows, "events_consumed": consumed}
+    if pipe.writer is not None and pipe.writer.client is not None:
+        body["clickhouse_kpi_rows"] = await pipe.writer.count("kpi_windows")
+    return body
+
+
 def register(pipe: Pipeline) -> None:
     app = pipe.app
     registry = pipe.metrics.registry
@@ -32,6 +57,10 @@ def register(pipe: Pipeline) -> None:
     async def metrics(web, request):  # type: ignore[no-untyped-def]
         return web.bytes(generate_latest(registry),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/api/windows")
+    async def windows_page(web, request):  # type: ignore[no-untyped-def]
+        return web.json(await kpi_summary(pipe))
 
     @app.page("/health")
     async def health_page(web, request):  # type: ignore[no-untyped-def]

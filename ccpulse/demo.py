@@ -1,0 +1,153 @@
+"""``ccpulse demo``: broker, worker, embedded ClickHouse and simulator on one machine.
+
+Starts what is not running yet, prints where to look and a status line every few
+seconds, and on Ctrl-C (or after ``--duration``) stops exactly what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from ccpulse import local_kafka, simulate
+from ccpulse.config import Settings
+
+STATUS_EVERY_SECONDS = 5.0
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def run_demo(settings: Settings, duration: float | None, rate: float, agents: int) -> int:
+    state = Path(settings.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    kafka_state = state / "kafka"
+    started_broker = local_kafka.status(kafka_state) is None
+    worker: subprocess.Popen | None = None
+    try:
+        print("ccpulse demo: starting the local Kafka broker ...", flush=True)
+        broker = local_kafka.start(kafka_state)
+        env = dict(os.environ, CCPULSE_KAFKA_BOOTSTRAP=broker.bootstrap)
+        worker_log = state / "worker.log"
+        print(f"ccpulse demo: starting the worker (log {worker_log}) ...", flush=True)
+        with open(worker_log, "ab") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "ccpulse.cli", "worker", "--loglevel", "info"],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{settings.web_port}"
+        _wait_healthy(worker, base, worker_log)
+        _print_where_to_look(settings, broker.bootstrap, base)
+        cfg = simulate.SimulationConfig(
+            rate=rate, queues=tuple(simulate.QueueModel(name, agents) for name in ("billing", "support", "sales")),
+            service_mean=60.0, wrapup_mean=10.0, patience_mean=90.0,
+            seed=int(time.time()), start=simulate.live_start())
+        asyncio.run(_simulate_and_report(settings, broker.bootstrap, base, cfg, duration, worker))
+    except KeyboardInterrupt:
+        print("\nccpulse demo: stopping ...", flush=True)
+    except (local_kafka.LocalKafkaError, DemoError) as exc:
+        print(f"ccpulse demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        if worker is not None:
+            _stop_worker(worker)
+        if started_broker:
+            local_kafka.stop(kafka_state)
+        print("ccpulse demo: stopped; nothing left running.", flush=True)
+    return 0
+
+
+def _wait_healthy(worker: subprocess.Popen, base: str, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            tail = log.read_bytes()[-400:].decode(errors="replace").strip().splitlines()
+            raise DemoError(f"the worker exited ({worker.returncode}): {tail[-1] if tail else ''} (see {log})")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise DemoError(f"the worker did not become healthy within {timeout:.0f}s (see {log})")
+
+
+def _print_where_to_look(settings: Settings, bootstrap: str, base: str) -> None:
+    dsn = settings.clickhouse.dsn
+    print(f"""
+  Worker metrics     {base}/metrics
+  Worker health      {base}/health
+  KPI windows (JSON) {base}/api/windows
+  Kafka              {bootstrap}  (topics {settings.topics.name('calls')} -> {settings.topics.name('kpi_windows')})
+  ClickHouse         {dsn}  (tables kpi_windows, interactions, raw_events;
+                     the worker holds the embedded store: query it via {base}/api/windows
+                     while running, or with clickhouse-connect after Ctrl-C)
+  Ctrl-C stops everything.
+""", flush=True)
+
+
+async def _simulate_and_report(settings: Settings, bootstrap: str, base: str,
+                               cfg: simulate.SimulationConfig, duration: float | None,
+                               worker: subprocess.Popen) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    horizon = math.inf if duration is None else duration
+    publisher = asyncio.create_task(simulate.publish(
+        simulate.generate_call_events(cfg, horizon), bootstrap, settings.topics.name("calls"),
+        1.0, stop=stop))
+    started = time.monotonic()
+    try:
+        while not stop.is_set() and not publisher.done():
+            try:
+                await asyncio.wait_for(stop.wait(), STATUS_EVERY_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            if worker.poll() is not None:
+                raise DemoError(f"the worker exited ({worker.returncode}); see its log")
+            if duration is not None and time.monotonic() - started >= duration:
+                stop.set()
+            print(await asyncio.to_thread(status_line, base, time.monotonic() - started), flush=True)
+    finally:
+        stop.set()
+        await publisher
+
+
+def status_line(base: str, elapsed: float) -> str:
+    """One line: events in, the busiest queue's KPIs so far, rows in ClickHouse."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/windows", timeout=3) as resp:
+            import json
+            doc = json.loads(resp.read())
+    except OSError as exc:
+        return f"[{elapsed:5.0f}s] worker not answering ({exc})"
+    queues = doc.get("queues", [])
+    if not queues:
+        return f"[{elapsed:5.0f}s] events consumed {doc.get('events_consumed', 0):.0f}; no KPI yet"
+    q = max(queues, key=lambda item: item["offered"])
+    sl = "-" if q["service_level"] is None else f"{q['service_level']:.0%}"
+    ab = "-" if q["abandonment_rate"] is None else f"{q['abandonment_rate']:.0%}"
+    asa = "-" if q["asa_seconds"] is None else f"{q['asa_seconds']:.0f}s"
+    return (f"[{elapsed:5.0f}s] events {doc.get('events_consumed', 0):.0f} | busiest {q['queue']}: "
+            f"offered {q['offered']} answered {q['answered']} SL {sl} abandon {ab} ASA {asa} | "
+            f"ClickHouse kpi_windows rows {doc.get('clickhouse_kpi_rows', '?')}")
+
+
+def _stop_worker(worker: subprocess.Popen, timeout: float = 30.0) -> None:
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
