@@ -63,6 +63,7 @@ class TopicSettings:
     tickets: str = "tickets"
     dead_letter: str = "events.dead-letter"
     kpi_windows: str = "kpi.windows"
+    kpi_agents: str = "kpi.agents"
     kpi_queue_state: str = "kpi.queue-state"
     sla_breaches: str = "sla.breaches"
 
@@ -80,8 +81,8 @@ class ClickHouseSettings:
 
 @dataclass(frozen=True)
 class WindowSettings:
-    # Window sizes in seconds; the foundation computes the 1-minute window.
-    sizes: tuple[int, ...] = (60,)
+    # Window sizes in seconds (1 min, 15 min, 1 h, 1 day); the smallest feeds /metrics.
+    sizes: tuple[int, ...] = (60, 900, 3600, 86400)
     allowed_lateness_seconds: float = 120.0
     # Snapshots of open windows are published at most this often per key.
     publish_interval_seconds: float = 1.0
@@ -90,6 +91,8 @@ class WindowSettings:
     idle_close_seconds: float = 30.0
     # Interactions idle (event time) longer than this are expired.
     interaction_horizon_seconds: float = 86400.0
+    # First-contact resolution: no new interaction of the same customer within this.
+    fcr_horizon_seconds: float = 86400.0
     timezone: str = "UTC"
     day_start_hour: int = 0
 

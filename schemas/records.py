@@ -9,8 +9,8 @@ import base64
 from typing import Any
 
 from ccpulse.config import Thresholds
-from ccpulse.core.kpis import WindowAgg, WindowKey, kpi_figures
-from ccpulse.core.lifecycle import Interaction
+from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures
+from ccpulse.core.lifecycle import Interaction, Step
 from schemas.events import Event, Rejection, format_ms
 
 WINDOW_NAMES = {60: "1m", 900: "15m", 3600: "1h", 86400: "1d"}
@@ -21,24 +21,54 @@ def window_name(size_s: int) -> str:
 
 
 def window_record_key(key: WindowKey) -> str:
-    size, start, queue, channel = key
-    return f"{window_name(size)}|{format_ms(start)}|{queue}|{channel}"
+    """``window|window_start|queue|channel`` (kpi.windows) or the same with the agent (kpi.agents)."""
+    size, start, _scope, name, channel = key
+    return f"{window_name(size)}|{format_ms(start)}|{name}|{channel}"
 
 
-def window_record(key: WindowKey, agg: WindowAgg, th: Thresholds, version: int,
-                  final: bool, now_ms: int) -> dict[str, Any]:
-    """The ``kpi.windows`` value (and the ClickHouse ``kpi_windows`` row)."""
-    size, start, queue, channel = key
+AGENT_FIELDS = ("answered", "handled", "handle_time_sum_seconds", "aht_seconds", "transfers",
+                "transfer_rate", "csat_responses", "csat_satisfied", "csat", "nps_responses",
+                "nps_promoters", "nps_detractors", "nps")
+
+
+def window_record(key: WindowKey, end_ms: int, agg: WindowAgg, th: Thresholds, version: int,
+                  final: bool, now_ms: int, waiting_at_start: int = 0,
+                  waiting_at_end: int = 0) -> dict[str, Any]:
+    """The ``kpi.windows`` value (queue scope) or ``kpi.agents`` value (agent scope)."""
+    size, start, scope, name, channel = key
     record: dict[str, Any] = {
         "window": window_name(size),
         "window_start": format_ms(start),
-        "window_end": format_ms(start + size * 1000),
-        "queue": queue,
-        "channel": channel,
+        "window_end": format_ms(end_ms),
     }
-    record.update(kpi_figures(agg, th))
+    figures = kpi_figures(agg, th)
+    if scope == QUEUE:
+        record.update({"queue": name, "channel": channel,
+                       "waiting_at_start": waiting_at_start, "waiting_at_end": waiting_at_end})
+        record.update(figures)
+    else:
+        record.update({"agent_id": name, "channel": channel})
+        record.update({k: figures[k] for k in AGENT_FIELDS})
     record.update({"version": version, "final": final, "published_at": format_ms(now_ms)})
     return record
+
+
+def queue_state_record(queue: str, channel: str, as_of_ms: int, waiting: int,
+                       oldest_entered_ms: int | None, agents_busy: int, open_tickets: int,
+                       last15: WindowAgg, th: Thresholds, now_ms: int) -> dict[str, Any]:
+    """The ``kpi.queue-state`` value: live state plus the rolling last-15-minutes KPIs."""
+    figures = kpi_figures(last15, th)
+    longest = None if oldest_entered_ms is None else max(0, as_of_ms - oldest_entered_ms) / 1000
+    return {
+        "queue": queue, "channel": channel, "as_of": format_ms(as_of_ms),
+        "waiting": waiting, "longest_wait_seconds": longest, "agents_busy": agents_busy,
+        "open_tickets": open_tickets,
+        "last_15m": {k: figures[k] for k in (
+            "offered", "answered", "abandoned", "service_level", "service_level_seconds",
+            "abandonment_rate", "asa_seconds", "immediate_response_rate",
+            "first_response_avg_seconds", "csat")},
+        "published_at": format_ms(now_ms),
+    }
 
 
 def event_message(ev: Event, raw: bytes, topic: str, partition: int, offset: int) -> dict[str, Any]:
@@ -48,10 +78,20 @@ def event_message(ev: Event, raw: bytes, topic: str, partition: int, offset: int
         "ts": ev.occurred_at_ms, "interaction_id": ev.interaction_id, "queue": ev.queue,
         "agent_id": ev.agent_id, "customer_id": ev.customer_id,
         "schema_version": ev.schema_version, "details": ev.details,
+        "complaint": ev.attributes.get("complaint") is True,
         "source": [topic, partition, offset],
         # The original payload, unknown fields included, for the raw store.
         "payload": raw.decode("utf-8"),
     }
+
+
+def step_from_message(doc: dict[str, Any]) -> Step:
+    """The lifecycle step of a forwarded event (an ``event_message`` dict)."""
+    details = doc["details"]
+    return Step(doc["ts"], doc["step"], doc["event_id"], doc["queue"], doc["agent_id"],
+                details.get("to_queue"), int(details.get("wrapup_seconds", 0) * 1000),
+                details.get("sender"), details.get("public", True), details.get("csat"),
+                details.get("nps"), doc.get("complaint", False), doc.get("customer_id"))
 
 
 def dead_letter(raw: bytes | None, rejection: Rejection, topic: str, partition: int,
@@ -84,6 +124,7 @@ def interaction_rows(inter: Interaction, version: int) -> list[dict[str, Any]]:
             "wait_ms": seg.wait_ms,
             "agent_id": seg.agent,
             "transfers": len(seg.transfer_times),
+            "transfer_times": [format_ms(ts) for ts in seg.transfer_times],
             "ended_at": None if seg.ended is None else format_ms(seg.ended),
             "wrapup_ms": seg.wrapup_ms,
             "handle_ms": seg.handle_ms,

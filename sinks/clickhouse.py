@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 # Columns that arrive as RFC 3339 strings and are DateTime64 in ClickHouse.
 TIME_COLUMNS = {
     "raw_events": ("occurred_at",),
-    "interactions": ("offered_at", "left_queue_at", "ended_at"),
+    "interactions": ("offered_at", "left_queue_at", "ended_at", "transfer_times"),
     "kpi_windows": ("window_start", "window_end", "published_at"),
+    "agent_windows": ("window_start", "window_end", "published_at"),
 }
 
 
@@ -71,6 +72,8 @@ def redact(dsn: str) -> str:
 
 
 def _to_datetime(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_to_datetime(item) for item in value]
     if isinstance(value, str):
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value

@@ -11,7 +11,7 @@ workers; labels never carry customer or interaction ids.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -34,13 +34,28 @@ KPI_COUNTERS = {
     "handled": ("handled", 1, "Contacts ended after being answered"),
     "handle_time_seconds": ("handle_ms", 1000, "Handle time of handled contacts (answer to end, plus wrap-up)"),
     "abandon_wait_seconds": ("wait_abandoned_ms", 1000, "Time to abandon of abandoned contacts"),
+    "first_responses": ("first_responses", 1, "First responses (chat: first customer message to first agent message; tickets: created to first public agent reply)"),
+    "first_response_seconds": ("first_response_ms", 1000, "Sum of first response times"),
+    "agent_responses": ("agent_responses", 1, "Customer messages answered by an agent message (chat)"),
+    "agent_response_seconds": ("agent_response_ms", 1000, "Sum of agent response times (chat)"),
+    "solved": ("solved", 1, "Tickets solved (re-solves included)"),
+    "reopened": ("reopened", 1, "Tickets reopened"),
+    "one_touch": ("one_touch", 1, "Tickets solved after a single public agent reply"),
+    "resolution_seconds": ("resolution_ms", 1000, "Sum of ticket resolution times (created to solved)"),
+    "csat_responses": ("csat_responses", 1, "CSAT survey answers"),
+    "csat_satisfied": ("csat_satisfied", 1, "CSAT answers of 4 or 5"),
+    "nps_responses": ("nps_responses", 1, "NPS survey answers"),
+    "nps_promoters": ("nps_promoters", 1, "NPS answers of 9 or 10"),
+    "nps_detractors": ("nps_detractors", 1, "NPS answers of 0 to 6"),
+    "complaints": ("complaints", 1, "Interactions flagged as complaints"),
 }
 
 
 class PipelineMetrics:
     """Process-level health metrics, in a registry owned by the app (no global state)."""
 
-    def __init__(self, engines: Callable[[], Mapping[int, PartitionEngine]]) -> None:
+    def __init__(self, engines: Callable[[], Mapping[int, PartitionEngine]],
+                 fcr_engines: Callable[[], Mapping[int, Any]] = dict) -> None:
         self.registry = CollectorRegistry()
         self.events_consumed = Counter(
             "ccpulse_events_consumed", "Input messages consumed", ["topic"], registry=self.registry)
@@ -58,12 +73,14 @@ class PipelineMetrics:
         self.sink_errors = Counter(
             "ccpulse_sink_write_errors", "Failed sink writes (each retried)", ["sink", "table"],
             registry=self.registry)
-        self.registry.register(KpiCollector(engines))
+        self.registry.register(KpiCollector(engines, fcr_engines))
 
 
 class KpiCollector(Collector):
-    def __init__(self, engines: Callable[[], Mapping[int, PartitionEngine]]) -> None:
+    def __init__(self, engines: Callable[[], Mapping[int, PartitionEngine]],
+                 fcr_engines: Callable[[], Mapping[int, Any]] = dict) -> None:
         self._engines = engines
+        self._fcr_engines = fcr_engines
 
     def collect(self) -> Iterable:
         engines = dict(self._engines())
@@ -82,6 +99,14 @@ class KpiCollector(Collector):
         expired = CounterMetricFamily("ccpulse_interactions_expired",
                                       "Interactions forgotten after going idle, by kind",
                                       labels=["partition", "kind"])
+        waiting = GaugeMetricFamily("ccpulse_queue_waiting", "Contacts waiting in the queue now",
+                                    labels=labels)
+        longest = GaugeMetricFamily("ccpulse_queue_longest_wait_seconds",
+                                    "Age of the oldest waiting contact (event time)", labels=labels)
+        busy = GaugeMetricFamily("ccpulse_queue_agents_busy",
+                                 "Agents handling a contact of the queue now", labels=labels)
+        open_tickets = GaugeMetricFamily("ccpulse_queue_open_tickets", "Tickets created and not solved",
+                                         labels=labels)
         lag = GaugeMetricFamily("ccpulse_event_time_lag_seconds",
                                 "Wall clock minus the partition's event-time watermark",
                                 labels=["partition"])
@@ -100,6 +125,13 @@ class KpiCollector(Collector):
                 buckets.append(("+Inf", cumulative))
                 waits.add_metric(values, buckets, counts.get("wait_answered_ms", 0) / 1000)
             rec = engine.record
+            for (queue, channel), live in list(engine.live.items()):
+                values = [queue, channel, p]
+                waiting.add_metric(values, sum(live.waiting.values()))
+                oldest = min(live.waiting) if live.waiting else None
+                longest.add_metric(values, 0 if oldest is None else max(0, rec.watermark - oldest) / 1000)
+                busy.add_metric(values, len(live.busy))
+                open_tickets.add_metric(values, live.open_tickets)
             late.add_metric([p], rec.late_events)
             dups.add_metric([p], rec.duplicates)
             expired.add_metric([p, "completed"], rec.expired - rec.expired_orphans - rec.expired_unfinished)
@@ -107,8 +139,17 @@ class KpiCollector(Collector):
             expired.add_metric([p, "unfinished"], rec.expired_unfinished)
             if rec.watermark:
                 lag.add_metric([p], now - rec.watermark / 1000)
+        fcr = {name: CounterMetricFamily(f"ccpulse_fcr_{name}", text, labels=labels) for name, text in (
+            ("contacts", "Contacts with a customer id (first-contact resolution candidates)"),
+            ("decided", "Contacts whose FCR horizon has passed"),
+            ("resolved", "Contacts with no new interaction of the customer within the horizon"))}
+        for partition, fcr_engine in sorted(dict(self._fcr_engines()).items()):
+            for (queue, channel), counts in fcr_engine.running_totals().items():
+                for family, value in zip(fcr.values(), counts):
+                    family.add_metric([queue, channel, f"fcr-{partition}"], value)
         yield from families.values()
-        yield from (waits, late, dups, expired, lag)
+        yield from fcr.values()
+        yield from (waits, waiting, longest, busy, open_tickets, late, dups, expired, lag)
 
 
 def _bound(value: float) -> str:

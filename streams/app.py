@@ -1,6 +1,6 @@
 """The Faust app: topics, tables and the agents of every stage, built from Settings.
 
-    calls ──ingest──▶ <app>-events (keyed by interaction) ──lifecycle──▶ <app>-window-partials
+    calls/chats/tickets ──ingest──▶ <app>-events (keyed by interaction) ──lifecycle──▶ <app>-window-partials
       │                    │                                   │            │
       ▼                    ▼                                   ▼          merge
  events.dead-letter   raw_events (CH)                <app>-interactions     ▼
@@ -20,6 +20,7 @@ import faust
 
 from ccpulse.config import Settings
 from ccpulse.core.engine import PartitionEngine, PartitionRecord
+from ccpulse.core.fcr import FcrEngine
 from ccpulse.core.lifecycle import Interaction
 from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
@@ -39,7 +40,7 @@ class Pipeline:
     writer: ClickHouseWriter | None = None
     # window record key -> True when the merged record must be re-published
     merged_dirty: set[str] = field(default_factory=set)
-    consuming: bool = False
+    fcr_engines: dict[int, FcrEngine] = field(default_factory=dict)
 
     def internal(self, suffix: str) -> str:
         return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
@@ -83,20 +84,27 @@ def create_app(settings: Settings) -> faust.App:
         **broker_credentials(settings),
     )
     pipe = Pipeline(settings, app)
-    pipe.metrics = PipelineMetrics(lambda: pipe.engines)
+    pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines)
     app.pipeline = pipe  # type: ignore[attr-defined]
 
     t = settings.topics
     internal = dict(partitions=settings.kafka.partitions, internal=True, replicas=1)
-    pipe.topics["calls"] = app.topic(t.name("calls"), value_serializer="raw", key_serializer="raw")
+    pipe.topics["input"] = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"),
+                                     value_serializer="raw", key_serializer="raw")
     pipe.topics["events"] = app.topic(pipe.internal("events"), value_serializer="raw",
                                       key_serializer="raw", **internal)
     pipe.topics["partials"] = app.topic(pipe.internal("window-partials"), value_serializer="orjson",
+                                        key_serializer="raw", **internal)
+    pipe.topics["contacts"] = app.topic(pipe.internal("contacts"), value_serializer="raw",
                                         key_serializer="raw", **internal)
     pipe.topics["interactions"] = app.topic(pipe.internal("interactions"), value_serializer="orjson",
                                             key_serializer="raw", compacting=True, **internal)
     pipe.topics["kpi_windows"] = app.topic(t.name("kpi_windows"), value_serializer="orjson",
                                            key_serializer="raw")
+    pipe.topics["kpi_agents"] = app.topic(t.name("kpi_agents"), value_serializer="orjson",
+                                          key_serializer="raw")
+    pipe.topics["kpi_queue_state"] = app.topic(t.name("kpi_queue_state"), value_serializer="orjson",
+                                               key_serializer="raw")
     pipe.topics["dead_letter"] = app.topic(t.name("dead_letter"), value_serializer="orjson",
                                            key_serializer="raw")
 
@@ -105,10 +113,14 @@ def create_app(settings: Settings) -> faust.App:
     pipe.tables["partitions"] = _table(app, "partition-records", "ccpulse_partition_record", settings,
                                        PartitionRecord.from_dict)
     pipe.tables["merged"] = _table(app, "merged-windows", "orjson", settings, None)
+    pipe.tables["fcr_customers"] = _table(app, "fcr-customers", "ccpulse_fcr_customer", settings,
+                                          codecs.customer_from_dict)
+    pipe.tables["fcr_records"] = _table(app, "fcr-records", "orjson", settings, None)
 
-    from streams import ingest, lifecycle, merge, storage, web
+    from streams import fcr, ingest, lifecycle, merge, storage, web
     ingest.register(pipe)
     lifecycle.register(pipe)
+    fcr.register(pipe)
     merge.register(pipe)
     if settings.clickhouse.enabled:
         storage.register(pipe)

@@ -12,6 +12,7 @@ import orjson
 from faust.serializers import codecs
 
 from ccpulse.core.engine import PartitionRecord
+from ccpulse.core.fcr import Contact
 from ccpulse.core.lifecycle import Interaction
 
 
@@ -34,6 +35,22 @@ class PartitionRecordCodec(_ObjectCodec):
     kind = PartitionRecord
 
 
+def customer_from_dict(doc: dict[str, Any]) -> dict[str, Any]:
+    """A customer's FCR contacts as stored: {"p": partition, "contacts": [Contact, ...]}."""
+    return {"p": doc["p"], "contacts": [c if isinstance(c, Contact) else Contact(*c)
+                                        for c in doc["contacts"]]}
+
+
+class FcrCustomerCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes | None:
+        if obj is None:
+            return None
+        return orjson.dumps({"p": obj["p"], "contacts": [c.to_list() for c in obj["contacts"]]})
+
+    def _loads(self, s: bytes) -> Any:
+        return customer_from_dict(orjson.loads(s))
+
+
 class OrjsonCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes | None:
         return None if obj is None else orjson.dumps(obj)
@@ -47,3 +64,4 @@ def register() -> None:
     codecs.register("ccpulse_interaction", InteractionCodec())
     codecs.register("ccpulse_partition_record", PartitionRecordCodec())
     codecs.register("orjson", OrjsonCodec())
+    codecs.register("ccpulse_fcr_customer", FcrCustomerCodec())

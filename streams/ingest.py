@@ -23,13 +23,14 @@ def register(pipe: Pipeline) -> None:
     settings = pipe.settings
     metrics = pipe.metrics
     events_topic = pipe.topics["events"]
+    contacts_topic = pipe.topics["contacts"]
     dlq = pipe.topics["dead_letter"]
     family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
     max_future_ms = int(settings.max_future_seconds * 1000)
 
     newest = [0, 0]  # newest occurred_at seen, and the value last broadcast
 
-    @pipe.app.agent(pipe.topics["calls"], name="ingest")
+    @pipe.app.agent(pipe.topics["input"], name="ingest")
     async def ingest(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             now_ms = int(time.time() * 1000)
@@ -58,5 +59,6 @@ def register(pipe: Pipeline) -> None:
             return
         newest[1] = newest[0]
         value = orjson.dumps({WATERMARK_FIELD: newest[0]})
-        for partition in range(settings.kafka.partitions):
-            await events_topic.send(key=None, value=value, partition=partition)
+        for topic in (events_topic, contacts_topic):
+            for partition in range(settings.kafka.partitions):
+                await topic.send(key=None, value=value, partition=partition)

@@ -10,6 +10,7 @@ final snapshot once the allowed lateness has passed.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -17,7 +18,8 @@ import orjson
 
 from ccpulse.core.engine import PartitionEngine, PartitionRecord, Snapshot
 from ccpulse.core.lifecycle import Interaction, Step
-from schemas.records import interaction_rows, window_record_key
+from ccpulse.core.windowing import Windowing
+from schemas.records import interaction_rows, step_from_message, window_record_key
 from streams.app import Pipeline
 from streams.ingest import WATERMARK_FIELD
 from streams.tables import delete, put
@@ -50,15 +52,17 @@ def register(pipe: Pipeline) -> None:
     records = pipe.tables["partitions"]
     partials = pipe.topics["partials"]
     rows_topic = pipe.topics["interactions"]
+    contacts = pipe.topics["contacts"]
     events_topic_name = pipe.topics["events"].get_topic_name()
     clocks: dict[int, PartitionClock] = {}
+    windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
     last_expiry = [time.monotonic()]
 
     def engine_for(partition: int) -> PartitionEngine:
         engine = pipe.engines.get(partition)
         if engine is None:
             record = records.data.get(str(partition)) or PartitionRecord()
-            engine = PartitionEngine(partition, w.sizes, w.allowed_lateness_seconds,
+            engine = PartitionEngine(partition, windowing, w.allowed_lateness_seconds,
                                      settings.thresholds_for, w.interaction_horizon_seconds, record)
             engine.rebuild(inter for inter in list(interactions.data.values())
                            if inter is not None and inter.partition == partition)
@@ -67,19 +71,28 @@ def register(pipe: Pipeline) -> None:
             clocks[partition].arrived(record.watermark)
         return engine
 
-    def publish(partition: int, snaps: list[Snapshot]) -> list[Any]:
-        futures = []
+    def publish(partition: int, engine: PartitionEngine, snaps: list[Snapshot]) -> None:
+        wm = engine.record.watermark
         for snap in snaps:
-            futures.append(partials.send_soon(
+            partials.send_soon(
                 key=window_record_key(snap.key).encode(),
-                value={"key": list(snap.key), "partition": partition, "version": snap.version,
-                       "final": snap.final, "agg": snap.agg.to_dict()}))
-        return futures
+                value={"kind": "window", "key": list(snap.key), "partition": partition,
+                       "version": snap.version, "final": snap.final, "agg": snap.agg.to_dict(),
+                       "end": windowing.end(snap.key[0], snap.key[1]), "watermark": wm,
+                       "waiting_at_start": snap.waiting_at_start,
+                       "waiting_at_end": snap.waiting_at_end})
+        for (queue, channel), live in engine.take_live():
+            partials.send_soon(
+                key=f"live|{queue}|{channel}".encode(),
+                value={"kind": "live", "queue": queue, "channel": channel, "partition": partition,
+                       "version": engine.version(False), "watermark": wm,
+                       "waiting": sum(live.waiting.values()),
+                       "oldest_entered": min(live.waiting) if live.waiting else None,
+                       "agents": sorted(live.busy), "open_tickets": live.open_tickets})
 
     @app.agent(pipe.topics["events"], name="lifecycle")
     async def lifecycle(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            pipe.consuming = True
             touched: dict[str, tuple[int, Interaction]] = {}
             partitions: set[int] = set()
             for event in batch:
@@ -94,12 +107,17 @@ def register(pipe: Pipeline) -> None:
                 inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
                 if inter is None:
                     inter = Interaction(iid, doc["channel"], partition=msg.partition)
-                details = doc["details"]
-                step = Step(doc["ts"], doc["step"], doc["event_id"], doc["queue"], doc["agent_id"],
-                            details.get("to_queue"), int(details.get("wrapup_seconds", 0) * 1000))
-                engine.apply(inter, step, msg.offset)
+                step = step_from_message(doc)
+                outcome = engine.apply(inter, step, msg.offset)
                 touched[iid] = (msg.partition, inter)
                 partitions.add(msg.partition)
+                d = outcome.derivation
+                if d is not None and d.customer and d.segments and (step.customer or step.step == "offered"):
+                    # Only the steps that can create or change the contact send it again.
+                    contact = {"customer": customer_key(d.customer), "interaction_id": iid,
+                               "ts": d.segments[0].entered, "queue": d.segments[0].queue,
+                               "channel": inter.channel}
+                    await contacts.send(key=contact["customer"].encode(), value=orjson.dumps(contact))
             for iid, (partition, inter) in touched.items():
                 put(interactions, partition, iid, inter)
                 for row in interaction_rows(inter, version=len(inter.steps)):
@@ -122,7 +140,7 @@ def register(pipe: Pipeline) -> None:
                 engine.advance(idle)
             before = engine.record.final_through
             snaps = engine.close() + engine.take_dirty()
-            publish(partition, snaps)
+            publish(partition, engine, snaps)
             if expire_now:
                 expire(partition, engine)
             if snaps or engine.record.final_through != before:
@@ -144,3 +162,9 @@ def register(pipe: Pipeline) -> None:
                 clocks.pop(tp.partition, None)
 
 
+
+
+
+def customer_key(customer_id: str) -> str:
+    """Customers meet on the FCR partition by a hash: the id itself stays in the raw store."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()[:32]

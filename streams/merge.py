@@ -1,4 +1,8 @@
-"""Stage 3: merge the partition-local partials of a window into one ``kpi.windows`` record.
+"""Stage 3: merge the partition-local partials into the published records.
+
+- window partials -> one ``kpi.windows`` (queue) or ``kpi.agents`` (agent) record per window;
+- live partials -> one ``kpi.queue-state`` record per queue x channel, with the
+  rolling last-15-minutes KPIs summed from the queue's 1-minute windows.
 
 Partials are full snapshots, so merging is idempotent: the newest snapshot per
 source partition replaces the older one, and a re-delivered or replayed
@@ -10,49 +14,72 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ccpulse.core.kpis import WindowAgg
-from schemas.records import window_record, window_record_key
+from ccpulse.core.kpis import QUEUE, WindowAgg
+from schemas.records import queue_state_record, window_record, window_record_key
 from streams.app import Pipeline
 from streams.tables import delete, put
 
-# A final merged window is kept this long (wall clock) after it was published,
-# so a straggling partial is still merged rather than starting a fresh record.
-FINAL_RETENTION_SECONDS = 600.0
+ROLLING_WINDOW_MS = 15 * 60 * 1000
+ROLLING_SIZE_S = 60
+# A final merged window is kept this long (event time) after its end, so a
+# straggling partial is still merged and the rolling view still sees it.
+FINAL_RETENTION_MS = 20 * 60 * 1000
+
+
+def merged_agg(entry: dict[str, Any]) -> WindowAgg:
+    agg = WindowAgg()
+    for part in entry["parts"].values():
+        agg.merge(WindowAgg.from_dict(part["agg"]))
+    return agg
 
 
 def merged_record(entry: dict[str, Any], pipe: Pipeline, now_ms: int) -> dict[str, Any]:
     parts = entry["parts"]
-    agg = WindowAgg()
-    for part in parts.values():
-        agg.merge(WindowAgg.from_dict(part["agg"]))
-    size, start, queue, channel = entry["key"]
-    final = all(part["final"] for part in parts.values())
-    version = sum(part["version"] for part in parts.values())
-    return window_record((size, start, queue, channel), agg,
-                         pipe.settings.thresholds_for(queue, channel), version, final, now_ms)
+    size, start, scope, name, channel = entry["key"]
+    queue = name if scope == QUEUE else ""
+    # The FCR part is a delayed window: it does not hold back `final` of the rest.
+    kpi_parts = [p for source, p in parts.items() if not source.startswith("fcr-")]
+    fcr_parts = [p for source, p in parts.items() if source.startswith("fcr-")]
+    record = window_record(
+        (size, start, scope, name, channel), entry["end"], merged_agg(entry),
+        pipe.settings.thresholds_for(queue, channel),
+        version=sum(part["version"] for part in parts.values()),
+        final=all(part["final"] for part in kpi_parts or fcr_parts), now_ms=now_ms,
+        waiting_at_start=sum(part.get("waiting_at_start", 0) for part in kpi_parts),
+        waiting_at_end=sum(part.get("waiting_at_end", 0) for part in kpi_parts))
+    if scope == QUEUE:
+        record["fcr_final"] = all(part["final"] for part in fcr_parts) if fcr_parts else None
+    return record
 
 
 def register(pipe: Pipeline) -> None:
     app = pipe.app
     merged = pipe.tables["merged"]
-    out = pipe.topics["kpi_windows"]
+    topics = {QUEUE: pipe.topics["kpi_windows"], "a": pipe.topics["kpi_agents"]}
+    state_topic = pipe.topics["kpi_queue_state"]
     primed: list[bool] = []
+    as_of = [0]  # newest event-time watermark reported by any partition
 
     @app.agent(pipe.topics["partials"], name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             for event in batch:
                 partial = event.value
-                key = window_record_key(tuple(partial["key"]))
-                entry = merged.data.get(key) or {"key": partial["key"], "parts": {},
-                                                 "partition": event.message.partition}
+                as_of[0] = max(as_of[0], partial.get("watermark", 0))
+                if partial.get("kind") == "live":
+                    key = f"live|{partial['queue']}|{partial['channel']}"
+                    base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
+                else:
+                    key = window_record_key(tuple(partial["key"]))
+                    key = key if partial["key"][2] == QUEUE else "agent|" + key
+                    base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
+                entry = merged.data.get(key) or {**base, "parts": {}, "partition": event.message.partition}
                 source = str(partial["partition"])
                 current = entry["parts"].get(source)
-                if current is not None and current["version"] >= partial["version"]:
+                if current is not None and current["version"] > partial["version"]:
                     continue
-                entry["parts"][source] = {"version": partial["version"], "final": partial["final"],
-                                          "agg": partial["agg"]}
-                entry.pop("published_final_at", None)
+                entry["parts"][source] = {k: v for k, v in partial.items()
+                                          if k not in ("key", "kind", "partition", "end")}
                 put(merged, event.message.partition, key, entry)
                 pipe.merged_dirty.add(key)
 
@@ -64,18 +91,55 @@ def register(pipe: Pipeline) -> None:
             # A crash may have come between a table write and its publication.
             pipe.merged_dirty.update(merged.data.keys())
             primed.append(True)
-        now = time.time()
-        now_ms = int(now * 1000)
+        now_ms = int(time.time() * 1000)
         dirty, pipe.merged_dirty = pipe.merged_dirty, set()
+        live_keys = set()
         for key in sorted(dirty):
             entry = merged.data.get(key)
             if entry is None:
                 continue
+            if entry["kind"] == "live":
+                live_keys.add(key)
+                continue
             record = merged_record(entry, pipe, now_ms)
-            await out.send(key=key.encode(), value=record)
-            if record["final"]:
-                entry["published_final_at"] = now
+            await topics[entry["key"][2]].send(key=window_record_key(tuple(entry["key"])).encode(),
+                                               value=record)
+            if entry["key"][2] == QUEUE and entry["key"][0] == ROLLING_SIZE_S:
+                live_keys.add(f"live|{entry['key'][3]}|{entry['key'][4]}")
+        # Queue state: every queue with contacts waiting is refreshed each tick (its
+        # longest wait grows with time), the others when something changed.
         for key, entry in list(merged.data.items()):
-            done = entry.get("published_final_at")
-            if done is not None and now - done > FINAL_RETENTION_SECONDS:
+            if entry["kind"] == "live" and any(p["waiting"] for p in entry["parts"].values()):
+                live_keys.add(key)
+        for key in sorted(live_keys):
+            record = queue_state(key, now_ms)
+            if record is not None:
+                await state_topic.send(key=f"{record['queue']}|{record['channel']}".encode(), value=record)
+        expire()
+
+    def queue_state(key: str, now_ms: int) -> dict[str, Any] | None:
+        _, queue, channel = key.split("|", 2)
+        entry = merged.data.get(key)
+        parts = entry["parts"].values() if entry else []
+        oldest = [p["oldest_entered"] for p in parts if p["oldest_entered"] is not None]
+        agents = set().union(*(p["agents"] for p in parts)) if parts else set()
+        last15 = WindowAgg()
+        since = as_of[0] - ROLLING_WINDOW_MS
+        for other in merged.data.values():
+            k = other.get("key")
+            if (other["kind"] == "window" and k[0] == ROLLING_SIZE_S and k[2] == QUEUE
+                    and k[3] == queue and k[4] == channel and other["end"] > since):
+                last15.merge(merged_agg(other))
+        return queue_state_record(
+            queue, channel, as_of[0], sum(p["waiting"] for p in parts),
+            min(oldest) if oldest else None, len(agents), sum(p["open_tickets"] for p in parts),
+            last15, pipe.settings.thresholds_for(queue, channel), now_ms)
+
+    def expire() -> None:
+        for key, entry in list(merged.data.items()):
+            if entry["kind"] != "window":
+                continue
+            final = all(p["final"] for p in entry["parts"].values())
+            if final and entry["end"] + pipe.settings.windows.fcr_horizon_seconds * 1000 \
+                    + FINAL_RETENTION_MS < as_of[0] - pipe.settings.windows.allowed_lateness_seconds * 1000:
                 delete(merged, entry["partition"], key)

@@ -55,6 +55,12 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
             await writer.write("interactions", _newest(batch, ("interaction_id", "segment")), stopping)
 
+    @app.agent(pipe.topics["kpi_agents"], name="store-agent-windows")
+    async def store_agents(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("agent_windows",
+                               _newest(batch, ("window", "window_start", "agent_id", "channel")), stopping)
+
     @app.agent(pipe.topics["kpi_windows"], name="store-kpi-windows")
     async def store_windows(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):

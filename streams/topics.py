@@ -41,6 +41,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("tickets"): keep_week,
         t.name("dead_letter"): {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
         t.name("kpi_windows"): compact,
+        t.name("kpi_agents"): compact,
         t.name("kpi_queue_state"): compact,
         t.name("sla_breaches"): keep_week,
     }

@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ccpulse.core.kpis import WindowAgg, kpi_figures
+from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
 from streams.app import Pipeline
 from streams.merge import merged_record
 
@@ -39,7 +39,9 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
         figures.pop("wait_buckets")
         queues.append({"queue": queue, "channel": channel, **figures})
     now_ms = int(time.time() * 1000)
-    entries = sorted(pipe.tables["merged"].data.values(), key=lambda e: e["key"][1], reverse=True)
+    entries = sorted((e for e in pipe.tables["merged"].data.values()
+                      if e["kind"] == "window" and e["key"][2] == QUEUE),
+                     key=lambda e: (e["key"][1], e["key"][0]), reverse=True)
     windows = [merged_record(entry, pipe, now_ms) for entry in entries[:recent]]
     consumed = sum(sample.value for metric in pipe.metrics.events_consumed.collect()
                    for sample in metric.samples if sample.name.endswith("_total"))

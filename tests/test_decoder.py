@@ -531,13 +531,41 @@ json_values = st.recursive(json_scalars, lambda children: st.lists(children, max
 
 @st.composite
 def timestamps(draw: st.DrawFn) -> str:
-    y = draw(st.integers(0, 9999))
-    mo, d = draw(st.integers(0, 13)), draw(st.integers(0, 32))
-    h, mi, s = draw(st.integers(0, 25)), draw(st.integers(0, 61)), draw(st.integers(0, 61))
+    return draw(timestamp_cases())[0]
+
+
+@st.composite
+def timestamp_cases(draw: st.DrawFn) -> tuple[str, int | None]:
+    """An RFC 3339-shaped text, often out of range, and what it must parse to (None: invalid)."""
+    def edge(low: int, high: int, *edges: int) -> int:  # out-of-range and boundary values are likely
+        return draw(st.sampled_from(edges) | st.integers(low, high))
+
+    y = edge(0, 9999, 0, 1, 1970, 9999)
+    mo, d = edge(0, 13, 1, 12), edge(0, 32, 1, 28, 29, 31)
+    h, mi, s = edge(0, 25, 0, 23, 24), edge(0, 61, 0, 59, 60), edge(0, 61, 0, 59, 60)
+    first_or_last_day = draw(st.sampled_from([None, None, (1, 1, 1), (9999, 12, 31)]))
+    if first_or_last_day:  # where an offset can push the UTC instant out of years 1-9999
+        y, mo, d = first_or_last_day
     frac = draw(st.sampled_from(["", ".", ".1", ".123", ".123456", ".123456789", ".1234567890"]))
     zone = draw(st.sampled_from(["Z", "z", "", "+00:00", "-01:00", "+23:59", "-23:59", "+24:00",
-                                 "+01:60", "+0100"]))
-    return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{zone}"
+                                 "+01:60", "+0100", "+05:30", "-00:01"]))
+    text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{zone}"
+    # The oracle, with the standard library.
+    expected: int | None = None
+    if frac != "." and len(frac) <= 10 and zone and zone != "+0100":
+        offset_min = 0
+        if zone not in ("Z", "z"):
+            oh, om = int(zone[1:3]), int(zone[4:6])
+            offset_min = (oh * 60 + om) * (1 if zone[0] == "+" else -1) if oh <= 23 and om <= 59 else None
+        try:
+            if offset_min is not None:
+                local = datetime(y, mo, d, h, mi, s, tzinfo=timezone(timedelta(minutes=offset_min)))
+                utc = local.astimezone(timezone.utc)
+                epoch_s = calendar.timegm(utc.timetuple())
+                expected = epoch_s * 1000 + int(frac[1:4].ljust(3, "0") if frac else 0)
+        except (ValueError, OverflowError):
+            expected = None
+    return text, expected
 
 
 plausible = {
@@ -579,6 +607,18 @@ def check_result(result: Any, family: str, now: int, max_future_ms: int = 86_400
         assert result.queue
     if result.step == "answered":
         assert result.agent_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(timestamp_cases())
+def test_parse_timestamp_against_the_stdlib(case: tuple[str, int | None]) -> None:
+    text, expected = case
+    assert parse_timestamp_ms(text) == expected
+    result = run(base("call.offered", occurred_at=text), now=2 ** 62)
+    if expected is None:
+        rejected(result, "bad_timestamp")
+    else:
+        assert isinstance(result, Event) and result.occurred_at_ms == expected
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,15 +2,19 @@
 
 Durable state is only (a) the interactions, each with the facts it has applied,
 and (b) one small ``PartitionRecord`` (event-time watermark, how far windows are
-final, running totals of final windows). Open window aggregates are *derived*:
-``rebuild`` recomputes them from the interactions, so after a crash or a
-rebalance they are exactly what the interactions say, whatever changelog
-message was lost in between.
+final, running totals of final windows). Open window aggregates and the live
+queue state are *derived*: ``rebuild`` recomputes them from the interactions, so
+after a crash or a rebalance they are exactly what the interactions say,
+whatever changelog message was lost in between.
 
-Event time: the watermark is the newest ``occurred_at`` seen on the partition.
-A window is final once ``end + allowed_lateness <= watermark``; ``close`` moves
-it out of memory into the totals. A fact for a final window is late: counted,
-never mixed in.
+Event time: the watermark is the newest ``occurred_at`` seen on the input. A
+window is final once ``end + allowed_lateness <= watermark``; ``close`` moves it
+out of memory into the totals. A fact for a final window is late: counted, never
+mixed in.
+
+Reconciliation (METRICS.md): ``waiting_at_start`` of a window is every queue
+entry before it minus every exit before it, i.e. the final totals' backlog plus
+the earlier open windows'; ``waiting_at_end = waiting_at_start + offered - exits``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from ccpulse.config import Thresholds
-from ccpulse.core.kpis import Fact, WindowAgg, WindowKey, interaction_facts
-from ccpulse.core.lifecycle import Interaction, Step
+from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, interaction_facts
+from ccpulse.core.lifecycle import Derivation, Interaction, Step, is_ticket
+from ccpulse.core.windowing import Windowing
 
 
 @dataclass(slots=True)
@@ -32,6 +37,8 @@ class PartitionRecord:
     final_through: int = 0  # every window with end + lateness <= this is final and published
     last_offset: int = -1
     totals: dict[str, dict[str, int]] = field(default_factory=dict)  # "queue|channel" -> counts
+    # "size|queue|channel" -> entries minus exits of all final windows of that size
+    backlog: dict[str, int] = field(default_factory=dict)
     late_events: int = 0
     duplicates: int = 0
     expired: int = 0
@@ -52,44 +59,81 @@ class Snapshot:
     agg: WindowAgg
     final: bool
     version: int
+    waiting_at_start: int = 0
+    waiting_at_end: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     duplicate: bool = False
     late: bool = False
+    derivation: Derivation | None = None
+
+
+@dataclass(slots=True)
+class LiveQueue:
+    """Live state of one queue x channel (not windowed)."""
+
+    waiting: Counter = field(default_factory=Counter)  # entered_ms -> contacts still waiting
+    busy: Counter = field(default_factory=Counter)  # agent -> contacts it is handling
+    open_tickets: int = 0
+
+    def is_empty(self) -> bool:
+        return not self.waiting and not self.busy and not self.open_tickets
+
+
+def live_contribution(inter: Interaction, d: Derivation) -> list[tuple[str, str, str, Any]]:
+    """What an interaction adds to the live state now: (queue, channel, kind, value)."""
+    out: list[tuple[str, str, str, Any]] = []
+    for seg in d.segments:
+        if seg.exit is None:
+            out.append((seg.queue, inter.channel, "waiting", seg.entered))
+        elif seg.exit == "answered" and seg.ended is None and seg.agent and not is_ticket(inter.channel):
+            out.append((seg.queue, inter.channel, "busy", seg.agent))
+    if d.ticket_open and d.segments:
+        out.append((d.segments[-1].queue, inter.channel, "open", 1))
+    return out
 
 
 class PartitionEngine:
-    def __init__(self, partition: int, sizes: Iterable[int], lateness_s: float,
+    def __init__(self, partition: int, windowing: Windowing, lateness_s: float,
                  thresholds: Callable[[str, str], Thresholds], horizon_s: float,
                  record: PartitionRecord | None = None) -> None:
         self.partition = partition
-        self.sizes = tuple(sizes)
+        self.windowing = windowing
+        self.sizes = windowing.sizes
         self.lateness_ms = int(lateness_s * 1000)
         self.thresholds = thresholds
         self.horizon_ms = int(horizon_s * 1000)
         self.record = record or PartitionRecord()
         self.windows: dict[WindowKey, WindowAgg] = {}
         self.dirty: set[WindowKey] = set()
+        self.live: dict[tuple[str, str], LiveQueue] = {}
+        self.live_dirty: set[tuple[str, str]] = set()
+        # interaction id -> its current live contribution (derived, so not persisted)
+        self._live_of: dict[str, list[tuple[str, str, str, Any]]] = {}
 
     # -- state ----------------------------------------------------------------
 
-    def _closes_at(self, key_or_fact: tuple) -> int:
+    def closes_at(self, key_or_fact: tuple) -> int:
         size, start = key_or_fact[0], key_or_fact[1]
-        return start + size * 1000 + self.lateness_ms
+        return self.windowing.end(size, start) + self.lateness_ms
 
     def is_final(self, fact: tuple) -> bool:
-        return self._closes_at(fact) <= self.record.final_through
+        return self.closes_at(fact) <= self.record.final_through
 
     def rebuild(self, interactions: Iterable[Interaction]) -> None:
-        """Derive the open windows from the interactions (after recovery or assignment)."""
+        """Derive the open windows and live state from the interactions (after recovery or assignment)."""
         self.windows.clear()
+        self.live.clear()
+        self._live_of.clear()
         for inter in interactions:
             for fact, n in inter.applied.items():
                 if not self.is_final(fact):
                     self._apply_fact(fact, n)
+            self._update_live(inter, inter.derive())
         self.dirty = set(self.windows)
+        self.live_dirty = set(self.live)
 
     # -- events ---------------------------------------------------------------
 
@@ -100,7 +144,7 @@ class PartitionEngine:
             return Outcome(duplicate=True)
         self.record.watermark = max(self.record.watermark, step.ts)
         derivation = inter.derive()
-        new = interaction_facts(derivation.segments, inter.channel, self.thresholds, self.sizes)
+        new = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
         old = Counter(inter.applied)
         late = False
         # A change to a final window is refused (the window stays as published) but
@@ -119,47 +163,123 @@ class PartitionEngine:
                 self._apply_fact(fact, n)
             old[fact] += n
         inter.applied = {fact: n for fact, n in old.items() if n > 0}
+        self._update_live(inter, derivation)
         if late:
             self.record.late_events += 1
-        return Outcome(late=late)
+        return Outcome(late=late, derivation=derivation)
 
-    def _apply_fact(self, fact: Fact | tuple, n: int) -> None:
-        size, start, queue, channel, name, value = fact
-        key = (size, start, queue, channel)
+    def _apply_fact(self, fact: tuple, n: int) -> None:
+        size, start, scope, name, channel, field_name, value = fact
+        key = (size, start, scope, name, channel)
         agg = self.windows.get(key)
         if agg is None:
             agg = self.windows[key] = WindowAgg()
         sign = 1 if n > 0 else -1
         for _ in range(abs(n)):
-            agg.apply(name, value, sign)
+            agg.apply(field_name, value, sign)
         self.dirty.add(key)
+
+    def _update_live(self, inter: Interaction, d: Derivation) -> None:
+        new = live_contribution(inter, d)
+        old = self._live_of.get(inter.interaction_id, [])
+        if new == old:
+            return
+        for items, sign in ((old, -1), (new, 1)):
+            for queue, channel, kind, value in items:
+                live = self.live.setdefault((queue, channel), LiveQueue())
+                if kind == "waiting":
+                    live.waiting[value] += sign
+                    if live.waiting[value] <= 0:
+                        del live.waiting[value]
+                elif kind == "busy":
+                    live.busy[value] += sign
+                    if live.busy[value] <= 0:
+                        del live.busy[value]
+                else:
+                    live.open_tickets += sign
+                self.live_dirty.add((queue, channel))
+        if new:
+            self._live_of[inter.interaction_id] = new
+        else:
+            self._live_of.pop(inter.interaction_id, None)
+
+    def forget(self, inter: Interaction) -> None:
+        """Drop an expired interaction's live contribution (its facts stay counted)."""
+        self._update_live(inter, Derivation([], 0, True))
 
     # -- time -----------------------------------------------------------------
 
     def advance(self, watermark: int) -> None:
-        """Let event time move without events (a quiet stream, driven by the wall clock)."""
+        """Let event time move without events (ticks from the input, or a quiet stream)."""
         self.record.watermark = max(self.record.watermark, watermark)
 
     def close(self) -> list[Snapshot]:
         """Finalize every window whose lateness has passed; returns their final snapshots."""
         wm = self.record.watermark
+        closing = [k for k in self.windows if self.closes_at(k) <= wm]
+        waiting = self._waiting(closing)
         finals: list[Snapshot] = []
-        for key in sorted(k for k in self.windows if self._closes_at(k) <= wm):
+        for key in sorted(closing, key=lambda k: k[1]):
+            start_waiting, end_waiting = waiting.get(key, (0, 0))
             agg = self.windows.pop(key)
+            finals.append(Snapshot(key, agg, True, self.version(True), start_waiting, end_waiting))
             self.dirty.discard(key)
-            finals.append(Snapshot(key, agg, True, self.version(final=True)))
-            if key[0] == self.sizes[0]:
-                totals = self.record.totals.setdefault(f"{key[2]}|{key[3]}", {})
-                for name, value in agg.counts.items():
-                    totals[name] = totals.get(name, 0) + value
+            size, _start, scope, name, channel = key
+            if scope == QUEUE:
+                backlog_key = f"{size}|{name}|{channel}"
+                self.record.backlog[backlog_key] = (self.record.backlog.get(backlog_key, 0)
+                                                    + agg.counts.get("offered", 0) - agg.exits())
+                if size == self.sizes[0]:
+                    totals = self.record.totals.setdefault(f"{name}|{channel}", {})
+                    for counter, value in agg.counts.items():
+                        totals[counter] = totals.get(counter, 0) + value
         self.record.final_through = max(self.record.final_through, wm)
         return finals
 
     def take_dirty(self) -> list[Snapshot]:
-        snaps = [Snapshot(k, self.windows[k], False, self.version(final=False))
-                 for k in sorted(self.dirty) if k in self.windows]
+        keys = set(self.dirty)
         self.dirty.clear()
-        return snaps
+        # A change in one window moves waiting_at_start of every later window of its queue.
+        earliest: dict[tuple, int] = {}
+        for size, start, scope, name, channel in keys:
+            group = (size, scope, name, channel)
+            earliest[group] = min(start, earliest.get(group, start))
+        for key in self.windows:
+            group = (key[0], key[2], key[3], key[4])
+            if group in earliest and key[1] > earliest[group]:
+                keys.add(key)
+        keys = {k for k in keys if k in self.windows}
+        waiting = self._waiting(keys)
+        return [Snapshot(k, self.windows[k], False, self.version(False), *waiting.get(k, (0, 0)))
+                for k in sorted(keys)]
+
+    def _waiting(self, keys: Iterable[WindowKey]) -> dict[WindowKey, tuple[int, int]]:
+        """(waiting_at_start, waiting_at_end) of queue windows, by prefix sums per queue and size."""
+        groups = {(k[0], k[2], k[3], k[4]) for k in keys if k[2] == QUEUE}
+        if not groups:
+            return {}
+        members: dict[tuple, list[WindowKey]] = {g: [] for g in groups}
+        for key in self.windows:
+            group = (key[0], key[2], key[3], key[4])
+            if group in members:
+                members[group].append(key)
+        out: dict[WindowKey, tuple[int, int]] = {}
+        for (size, _scope, name, channel), group_keys in members.items():
+            running = self.record.backlog.get(f"{size}|{name}|{channel}", 0)
+            for key in sorted(group_keys, key=lambda k: k[1]):
+                agg = self.windows[key]
+                after = running + agg.counts.get("offered", 0) - agg.exits()
+                out[key] = (running, after)
+                running = after
+        return out
+
+    def take_live(self) -> list[tuple[tuple[str, str], LiveQueue]]:
+        out = [(key, self.live.get(key, LiveQueue())) for key in sorted(self.live_dirty)]
+        self.live_dirty.clear()
+        for key, live in out:
+            if live.is_empty():
+                self.live.pop(key, None)
+        return out
 
     def version(self, final: bool) -> int:
         # Content at a given input offset is deterministic, so the offset orders
@@ -171,8 +291,7 @@ class PartitionEngine:
         if any(not self.is_final(fact) for fact in inter.applied):
             return False
         idle = self.record.watermark - inter.last_ts
-        derivation = inter.derive()
-        if derivation.ended:
+        if inter.derive().ended:
             return idle >= self.lateness_ms
         return idle >= self.horizon_ms
 
@@ -183,16 +302,17 @@ class PartitionEngine:
             self.record.expired_orphans += 1
         elif not derivation.ended:
             self.record.expired_unfinished += 1
+        self.forget(inter)
 
     def running_totals(self) -> Iterator[tuple[str, str, dict[str, int]]]:
-        """Final totals plus the open windows of the smallest size: cumulative counters."""
+        """Final totals plus the open queue windows of the smallest size: cumulative counters."""
         merged: dict[str, dict[str, int]] = {k: dict(v) for k, v in self.record.totals.items()}
-        for (size, _start, queue, channel), agg in self.windows.items():
-            if size != self.sizes[0]:
+        for (size, _start, scope, name, channel), agg in self.windows.items():
+            if size != self.sizes[0] or scope != QUEUE:
                 continue
-            into = merged.setdefault(f"{queue}|{channel}", {})
-            for name, value in agg.counts.items():
-                into[name] = into.get(name, 0) + value
+            into = merged.setdefault(f"{name}|{channel}", {})
+            for counter, value in agg.counts.items():
+                into[counter] = into.get(counter, 0) + value
         for key, counts in merged.items():
             queue, channel = key.split("|", 1)
             yield queue, channel, counts

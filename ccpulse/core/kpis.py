@@ -1,14 +1,17 @@
-"""Queue KPI counters (METRICS.md) per queue x channel x window.
+"""KPI counters (METRICS.md) per scope x window: queues, and agents for longer windows.
 
 An interaction's contribution to the windows is a multiset of *facts*
-``(size_s, window_start_ms, queue, channel, field, value)``. Facts are derived
-from its segments; when a late-arriving step changes the derivation, the engine
-retracts the facts that disappeared and applies the new ones. Counters are
-integers (times in ms), so retraction is exact and sums never drift.
+``(size_s, window_start_ms, scope, name, channel, field, value)`` where scope is
+``"q"`` (name = queue) or ``"a"`` (name = agent id). Facts are derived from its
+lifecycle; when a late-arriving step changes the derivation, the engine retracts
+the facts that disappeared and applies the new ones. Every counter is an integer
+(times in ms, sketch buckets as counts), so retraction is exact, sums never
+drift, and 1-minute windows add up exactly to longer ones.
 
 Attribution: ``offered`` counts in the window of queue entry; every other queue
 outcome in the window in which the contact left the queue; handle time in the
-window in which the contact ended; an agent transfer in the window it happened.
+window in which the contact ended; transfers, messages, solves, reopens, ratings
+and complaints in the window in which they happened.
 """
 
 from __future__ import annotations
@@ -19,30 +22,36 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from ccpulse.config import Thresholds
-from ccpulse.core.lifecycle import Segment
+from ccpulse.core import sketch
+from ccpulse.core.lifecycle import Derivation, Segment, is_ticket
+from ccpulse.core.windowing import Windowing
 
-Fact = tuple[int, int, str, str, str, int]
-WindowKey = tuple[int, int, str, str]  # (size_s, window_start_ms, queue, channel)
+Fact = tuple[int, int, str, str, str, str, int]
+WindowKey = tuple[int, int, str, str, str]  # (size_s, window_start_ms, scope, name, channel)
+QUEUE, AGENT = "q", "a"
+AGENT_MIN_WINDOW_S = 900  # per-agent rollups for windows of 15 minutes and longer
 
+# Exits of a queue segment: what leaves the waiting line (reconciliation).
+EXITS = ("answered", "abandoned", "short_abandoned", "transferred_out")
 ADDITIVE = (
     "offered", "answered", "abandoned", "short_abandoned", "answered_within_target",
-    "abandoned_within_target", "answered_immediately", "wait_answered_ms", "wait_abandoned_ms",
-    "transferred_out", "transfers", "handled", "handle_ms",
+    "abandoned_within_target", "answered_immediately", "transferred_out", "transfers", "handled",
+    "wait_answered_ms", "wait_abandoned_ms", "handle_ms",
+    "first_responses", "first_response_ms", "agent_responses", "agent_response_ms",
+    "solved", "reopened", "one_touch", "resolution_ms",
+    "csat_responses", "csat_satisfied", "nps_responses", "nps_promoters", "nps_detractors",
+    "complaints",
 )
 MAXIMA = ("wait_answered_max_ms", "wait_abandoned_max_ms")
+SKETCH = "wait_sk"  # value = sketch bucket of an answered wait
 # Answered-wait histogram bounds (seconds) for Prometheus: the default service-level
 # targets (20 s voice, 60 s chat) are bounds, so PromQL can compute them exactly.
 WAIT_BUCKETS_S = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
-                  600.0, 1200.0, 3600.0)
+                  600.0, 1200.0, 3600.0, 14400.0, 86400.0)
 _BUCKETS_MS = tuple(int(b * 1000) for b in WAIT_BUCKETS_S)
 # Retractions are rare (contradictory or out-of-order exits), so keeping the few
 # largest values is enough to keep the maximum exact after one.
 TOP_KEPT = 16
-
-
-def window_start(ts_ms: int, size_s: int) -> int:
-    size_ms = size_s * 1000
-    return ts_ms - ts_ms % size_ms
 
 
 def bucket_index(wait_ms: int) -> int:
@@ -53,49 +62,106 @@ def bucket_index(wait_ms: int) -> int:
     return len(_BUCKETS_MS)
 
 
-def segment_facts(seg: Segment, channel: str, th: Thresholds, sizes: Iterable[int]) -> list[Fact]:
-    """Every fact one queue segment contributes, for every window size."""
-    base: list[tuple[int, str, int]] = [(seg.entered, "offered", 1)]
+def segment_outcomes(seg: Segment, th: Thresholds) -> list[tuple[int, str, int]]:
+    """(time, field, value) of one queue segment, before windowing."""
+    out: list[tuple[int, str, int]] = [(seg.entered, "offered", 1)]
     wait = seg.wait_ms
     if seg.exit == "answered" and wait is not None:
-        base += [(seg.left, "answered", 1), (seg.left, "wait_answered_ms", wait),
-                 (seg.left, "wait_answered_max_ms", wait),
-                 (seg.left, f"wait_bucket_{bucket_index(wait)}", 1)]
+        out += [(seg.left, "answered", 1), (seg.left, "wait_answered_ms", wait),
+                (seg.left, "wait_answered_max_ms", wait), (seg.left, SKETCH, sketch.bucket_of(wait)),
+                (seg.left, f"wait_bucket_{bucket_index(wait)}", 1)]
         if wait <= th.service_level_seconds * 1000:
-            base.append((seg.left, "answered_within_target", 1))
+            out.append((seg.left, "answered_within_target", 1))
         if wait <= th.immediate_seconds * 1000:
-            base.append((seg.left, "answered_immediately", 1))
+            out.append((seg.left, "answered_immediately", 1))
     elif seg.exit == "abandoned" and wait is not None:
         if th.short_abandon_seconds > 0 and wait <= th.short_abandon_seconds * 1000:
-            base.append((seg.left, "short_abandoned", 1))
+            out.append((seg.left, "short_abandoned", 1))
         else:
-            base += [(seg.left, "abandoned", 1), (seg.left, "wait_abandoned_ms", wait),
-                     (seg.left, "wait_abandoned_max_ms", wait)]
+            out += [(seg.left, "abandoned", 1), (seg.left, "wait_abandoned_ms", wait),
+                    (seg.left, "wait_abandoned_max_ms", wait)]
             if wait <= th.service_level_seconds * 1000:
-                base.append((seg.left, "abandoned_within_target", 1))
+                out.append((seg.left, "abandoned_within_target", 1))
     elif seg.exit == "transferred":
-        base.append((seg.left, "transferred_out", 1))
-    for ts in seg.transfer_times:
-        base.append((ts, "transfers", 1))
+        out.append((seg.left, "transferred_out", 1))
+    return out
+
+
+def agent_outcomes(seg: Segment) -> list[tuple[int, str, int]]:
+    out: list[tuple[int, str, int]] = [(ts, "transfers", 1) for ts in seg.transfer_times]
     handle = seg.handle_ms
     if handle is not None:
-        base += [(seg.ended, "handled", 1), (seg.ended, "handle_ms", handle)]
-    return [(size, window_start(ts, size), seg.queue, channel, name, value)
-            for size in sizes for ts, name, value in base]
+        out += [(seg.ended, "handled", 1), (seg.ended, "handle_ms", handle)]
+    return out
 
 
-def interaction_facts(segments: Iterable[Segment], channel: str,
-                      thresholds: Callable[[str, str], Thresholds], sizes: Iterable[int]) -> Counter:
-    sizes = tuple(sizes)
+def rating_outcomes(csat: int | None, nps: int | None, ts: int) -> list[tuple[int, str, int]]:
+    out: list[tuple[int, str, int]] = []
+    if csat is not None:
+        out.append((ts, "csat_responses", 1))
+        if csat >= 4:
+            out.append((ts, "csat_satisfied", 1))
+    if nps is not None:
+        out.append((ts, "nps_responses", 1))
+        if nps >= 9:
+            out.append((ts, "nps_promoters", 1))
+        elif nps <= 6:
+            out.append((ts, "nps_detractors", 1))
+    return out
+
+
+def interaction_facts(d: Derivation, channel: str, thresholds: Callable[[str, str], Thresholds],
+                      windowing: Windowing) -> Counter:
+    """Every fact of one interaction's derivation, for every window size."""
+    by_queue: list[tuple[str, tuple[int, str, int]]] = []
+    by_agent: list[tuple[str, tuple[int, str, int]]] = []
+    for seg in d.segments:
+        th = thresholds(seg.queue, channel)
+        by_queue += [(seg.queue, o) for o in segment_outcomes(seg, th)]
+        mine = agent_outcomes(seg)
+        by_queue += [(seg.queue, o) for o in mine]
+        if seg.agent:
+            by_agent += [(seg.agent, o) for o in mine]
+            if seg.exit == "answered":
+                by_agent.append((seg.agent, (seg.left, "answered", 1)))
+    if is_ticket(channel) and d.segments and d.segments[0].exit == "answered":
+        # A ticket's first response is its answer: created -> first public agent reply.
+        first = d.segments[0]
+        by_queue += [(first.queue, (first.left, "first_responses", 1)),
+                     (first.queue, (first.left, "first_response_ms", first.wait_ms))]
+    for r in d.responses:
+        by_queue.append((r.queue, (r.ts, "agent_responses", 1)))
+        by_queue.append((r.queue, (r.ts, "agent_response_ms", r.response_ms)))
+        if r.first:
+            by_queue.append((r.queue, (r.ts, "first_responses", 1)))
+            by_queue.append((r.queue, (r.ts, "first_response_ms", r.response_ms)))
+    for s in d.solves:
+        by_queue += [(s.queue, (s.ts, "solved", 1)), (s.queue, (s.ts, "resolution_ms", s.resolution_ms))]
+        if s.one_touch:
+            by_queue.append((s.queue, (s.ts, "one_touch", 1)))
+    for ts, queue in d.reopens:
+        by_queue.append((queue, (ts, "reopened", 1)))
+    for rating in d.ratings:
+        outcomes = rating_outcomes(rating.csat, rating.nps, rating.ts)
+        by_queue += [(rating.queue, o) for o in outcomes]
+        if rating.agent:
+            by_agent += [(rating.agent, o) for o in outcomes]
+    if d.complaint is not None and d.complaint[1]:
+        by_queue.append((d.complaint[1], (d.complaint[0], "complaints", 1)))
+
     facts: Counter = Counter()
-    for seg in segments:
-        facts.update(segment_facts(seg, channel, thresholds(seg.queue, channel), sizes))
+    for scope, items in ((QUEUE, by_queue), (AGENT, by_agent)):
+        for name, (ts, fname, value) in items:
+            for size, start in windowing.starts(ts):
+                if scope == AGENT and size < AGENT_MIN_WINDOW_S:
+                    continue
+                facts[(size, start, scope, name, channel, fname, value)] += 1
     return facts
 
 
 @dataclass(slots=True)
 class WindowAgg:
-    """The counters of one queue x channel x window (a partial or a merged one)."""
+    """The counters of one scope x channel x window (a partial or a merged one)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     tops: dict[str, list[int]] = field(default_factory=dict)  # ascending, at most TOP_KEPT
@@ -110,6 +176,8 @@ class WindowAgg:
             elif value in top:
                 top.remove(value)
             return
+        if name == SKETCH:
+            name, value = f"{SKETCH}:{value}", 1
         self.counts[name] = self.counts.get(name, 0) + sign * value
 
     def is_empty(self) -> bool:
@@ -120,6 +188,13 @@ class WindowAgg:
             self.counts[name] = self.counts.get(name, 0) + value
         for name, values in other.tops.items():
             self.tops[name] = sorted(self.tops.get(name, []) + values)[-TOP_KEPT:]
+
+    def sketch(self) -> dict[int, int]:
+        prefix = f"{SKETCH}:"
+        return {int(k[len(prefix):]): v for k, v in self.counts.items() if k.startswith(prefix) and v}
+
+    def exits(self) -> int:
+        return sum(self.counts.get(name, 0) for name in EXITS)
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": {k: v for k, v in self.counts.items() if v}, "tops": self.tops}
@@ -132,6 +207,11 @@ class WindowAgg:
 def ratio(numerator: int, denominator: int) -> float | None:
     """A ratio with an empty denominator is null, never 0 or NaN (METRICS.md)."""
     return None if denominator <= 0 else numerator / denominator
+
+
+def mean_seconds(total_ms: int, count: int) -> float | None:
+    value = ratio(total_ms, count)
+    return None if value is None else value / 1000
 
 
 def service_level(c: dict[str, int], formula: str) -> float | None:
@@ -149,28 +229,53 @@ def service_level(c: dict[str, int], formula: str) -> float | None:
     raise ValueError(f"unknown service level formula {formula!r}")
 
 
+COUNT_FIELDS = ("offered", "answered", "abandoned", "short_abandoned", "answered_within_target",
+                "abandoned_within_target", "answered_immediately", "transferred_out", "transfers",
+                "handled", "first_responses", "agent_responses", "solved", "reopened", "one_touch",
+                "csat_responses", "csat_satisfied", "nps_responses", "nps_promoters",
+                "nps_detractors", "complaints")
+
+
 def kpi_figures(agg: WindowAgg, th: Thresholds) -> dict[str, Any]:
     """Counters plus derived figures, in the units of the published record (seconds)."""
     c = agg.counts
     answered, abandoned = c.get("answered", 0), c.get("abandoned", 0)
     exits = answered + abandoned
-    out: dict[str, Any] = {name: c.get(name, 0) for name in ADDITIVE
-                           if not name.endswith("_ms")}
+    out: dict[str, Any] = {name: c.get(name, 0) for name in COUNT_FIELDS}
     out["wait_answered_sum_seconds"] = c.get("wait_answered_ms", 0) / 1000
     out["wait_abandoned_sum_seconds"] = c.get("wait_abandoned_ms", 0) / 1000
     out["handle_time_sum_seconds"] = c.get("handle_ms", 0) / 1000
     for name in MAXIMA:
         top = agg.tops.get(name)
         out[name.replace("_max_ms", "_max_seconds")] = top[-1] / 1000 if top else None
-    asa = ratio(c.get("wait_answered_ms", 0), answered)
-    out["asa_seconds"] = None if asa is None else asa / 1000
-    aht = ratio(c.get("handle_ms", 0), c.get("handled", 0))
-    out["aht_seconds"] = None if aht is None else aht / 1000
+    waits = agg.sketch()
+    for q, label in ((0.5, "p50"), (0.9, "p90"), (0.95, "p95")):
+        value = sketch.quantile(waits, q)
+        out[f"wait_answered_{label}_seconds"] = None if value is None else value / 1000
+    out["wait_sketch"] = sketch.encode(waits)
+    out["asa_seconds"] = mean_seconds(c.get("wait_answered_ms", 0), answered)
+    out["aht_seconds"] = mean_seconds(c.get("handle_ms", 0), c.get("handled", 0))
     out["abandonment_rate"] = ratio(abandoned, exits)
     out["service_level"] = service_level(c, th.service_level_formula)
     out["service_level_formula"] = th.service_level_formula
     out["service_level_seconds"] = th.service_level_seconds
     out["immediate_response_rate"] = ratio(c.get("answered_immediately", 0), exits)
     out["transfer_rate"] = ratio(c.get("transfers", 0), answered)
+    out["first_response_sum_seconds"] = c.get("first_response_ms", 0) / 1000
+    out["first_response_avg_seconds"] = mean_seconds(c.get("first_response_ms", 0), c.get("first_responses", 0))
+    out["agent_response_sum_seconds"] = c.get("agent_response_ms", 0) / 1000
+    out["agent_response_avg_seconds"] = mean_seconds(c.get("agent_response_ms", 0), c.get("agent_responses", 0))
+    out["resolution_sum_seconds"] = c.get("resolution_ms", 0) / 1000
+    out["resolution_avg_seconds"] = mean_seconds(c.get("resolution_ms", 0), c.get("solved", 0))
+    out["reopen_rate"] = ratio(c.get("reopened", 0), c.get("solved", 0))
+    out["one_touch_rate"] = ratio(c.get("one_touch", 0), c.get("solved", 0))
+    out["csat"] = ratio(c.get("csat_satisfied", 0), c.get("csat_responses", 0))
+    nps_n = c.get("nps_responses", 0)
+    nps = ratio(c.get("nps_promoters", 0) - c.get("nps_detractors", 0), nps_n)
+    out["nps"] = None if nps is None else 100 * nps
+    out["fcr_contacts"] = c.get("fcr_contacts", 0)
+    out["fcr_decided"] = c.get("fcr_decided", 0)
+    out["fcr_resolved"] = c.get("fcr_resolved", 0)
+    out["fcr_rate"] = ratio(c.get("fcr_resolved", 0), c.get("fcr_decided", 0))
     out["wait_buckets"] = [c.get(f"wait_bucket_{i}", 0) for i in range(len(_BUCKETS_MS) + 1)]
     return out

@@ -1,10 +1,19 @@
 """The interaction lifecycle: offered -> waits -> answered | abandoned -> ended.
 
-An ``Interaction`` keeps the (few) lifecycle steps it has seen, in event-time
-order, and derives its queue segments from them every time. Deriving from the
-sorted steps, instead of mutating a state machine per arrival, is what makes an
-out-of-order delivery give exactly the in-order result, and a duplicate
-(same ``event_id``) change nothing.
+An ``Interaction`` keeps the (few) steps it has seen, in event-time order, and
+derives everything from them every time. Deriving from the sorted steps, instead
+of mutating a state machine per arrival, is what makes an out-of-order delivery
+give exactly the in-order result, and a duplicate (same ``event_id``) change
+nothing.
+
+Channel adapters (EVENTS.md -> lifecycle):
+- voice and chat: ``*.offered`` enters a queue, ``*.answered`` / ``*.abandoned`` leave
+  it, ``*.transferred`` with ``to_queue`` starts a new queue segment, ``*.ended`` ends
+  the handling (ending while still queued is an abandon).
+- tickets: ``ticket.created`` enters the queue; the first *public agent* reply is the
+  answer (its wait is the first response time); ``ticket.closed`` with no such reply
+  is an abandon, otherwise it ends the handling; ``solved``/``reopened`` feed the
+  ticket KPIs.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ from typing import Any
 
 # Ties at the same millisecond are broken by lifecycle order, then event id, so
 # the derivation never depends on arrival order.
-STEP_ORDER = {"offered": 0, "transferred": 1, "answered": 2, "abandoned": 3, "ended": 4, "rated": 5}
+STEP_ORDER = {"offered": 0, "transferred": 1, "answered": 2, "message": 3, "replied": 3,
+              "assigned": 3, "abandoned": 4, "solved": 5, "reopened": 6, "ended": 7,
+              "closed": 7, "rated": 8}
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +37,20 @@ class Step:
     agent: str | None = None
     to_queue: str | None = None
     wrapup_ms: int = 0
+    sender: str | None = None  # chat.message / ticket.replied
+    public: bool = True  # ticket.replied
+    csat: int | None = None
+    nps: int | None = None
+    complaint: bool = False
+    customer: str | None = None
 
     def sort_key(self) -> tuple[int, int, str]:
         return (self.ts, STEP_ORDER.get(self.step, 9), self.event_id)
 
     def to_list(self) -> list[Any]:
-        return [self.ts, self.step, self.event_id, self.queue, self.agent, self.to_queue, self.wrapup_ms]
+        return [self.ts, self.step, self.event_id, self.queue, self.agent, self.to_queue,
+                self.wrapup_ms, self.sender, self.public, self.csat, self.nps, self.complaint,
+                self.customer]
 
     @classmethod
     def from_list(cls, row: list[Any]) -> "Step":
@@ -63,11 +82,57 @@ class Segment:
 
 
 @dataclass(slots=True)
+class Response:
+    """An agent message answering a customer message (chat)."""
+
+    ts: int  # the agent message: the window it counts in
+    response_ms: int
+    first: bool  # the interaction's first response (customer's first message -> first agent message)
+    queue: str
+
+
+@dataclass(slots=True)
+class Solve:
+    ts: int
+    resolution_ms: int  # created -> this solve
+    one_touch: bool  # solved after a single public agent reply
+    queue: str
+
+
+@dataclass(slots=True)
+class Rating:
+    ts: int
+    csat: int | None
+    nps: int | None
+    queue: str
+    agent: str | None
+
+
+@dataclass(slots=True)
 class Derivation:
     segments: list[Segment]
     # Steps that could not be placed: e.g. an answer with no offer seen (yet).
     orphan_steps: int
     ended: bool
+    responses: list[Response] = field(default_factory=list)
+    solves: list[Solve] = field(default_factory=list)
+    reopens: list[tuple[int, str]] = field(default_factory=list)
+    ratings: list[Rating] = field(default_factory=list)
+    complaint: tuple[int, str] | None = None  # (ts, queue) of the first complaint flag
+    customer: str | None = None
+    ticket_open: bool = False  # created and not solved/closed (tickets only)
+
+    @property
+    def first_offered(self) -> int | None:
+        return self.segments[0].entered if self.segments else None
+
+    @property
+    def last_queue(self) -> str | None:
+        return self.segments[-1].queue if self.segments else None
+
+
+def is_ticket(channel: str) -> bool:
+    return channel not in ("voice", "chat")
 
 
 @dataclass(slots=True)
@@ -93,34 +158,52 @@ class Interaction:
         return True
 
     def derive(self) -> Derivation:
-        segments: list[Segment] = []
+        ticket = is_ticket(self.channel)
+        d = Derivation([], 0, False)
         waiting: Segment | None = None  # the segment currently in queue
         serving: Segment | None = None  # the segment whose agent has the contact
         queue: str | None = None
-        orphans = 0
-        ended = False
+        pending_customer: list[int] = []  # chat: customer messages awaiting an agent message
+        first_customer: int | None = None
+        first_response_done = False
+        public_replies = 0
+        open_ticket = False
         for s in self.steps:
             queue = s.queue or queue
-            if s.step == "offered":
+            d.customer = d.customer or s.customer
+            if s.complaint and d.complaint is None:
+                d.complaint = (s.ts, queue or "")
+            kind = s.step
+            if ticket:
+                if kind == "replied":
+                    if s.sender == "agent" and s.public:
+                        public_replies += 1
+                        kind = "answered" if waiting is not None else "reply"
+                    else:
+                        kind = "note"
+                elif kind == "closed":
+                    kind = "ended"
+            if kind == "offered":
                 if waiting is None and serving is None and queue:
                     waiting = Segment(queue, s.ts)
-                    segments.append(waiting)
-                elif waiting is None and serving is not None:
-                    orphans += 1  # an offer while an agent has the contact: ignore
-            elif s.step == "answered":
+                    d.segments.append(waiting)
+                    open_ticket = ticket
+                else:
+                    d.orphan_steps += 1  # an offer while queued or handled: nothing new
+            elif kind == "answered":
                 if waiting is not None:
                     waiting.exit, waiting.left, waiting.agent = "answered", s.ts, s.agent
                     serving, waiting = waiting, None
                 else:
-                    orphans += 1
-            elif s.step == "abandoned":
+                    d.orphan_steps += 1
+            elif kind == "abandoned":
                 if waiting is not None:
                     waiting.exit, waiting.left = "abandoned", s.ts
                     waiting = None
-                    ended = True  # the customer left: the interaction is over
+                    d.ended = True  # the customer left: the interaction is over
                 else:
-                    orphans += 1
-            elif s.step == "transferred":
+                    d.orphan_steps += 1
+            elif kind == "transferred":
                 if waiting is not None:
                     waiting.exit, waiting.left = "transferred", s.ts
                     waiting = None
@@ -131,25 +214,61 @@ class Interaction:
                         serving.ended = s.ts
                         serving = None
                 else:
-                    orphans += 1
+                    d.orphan_steps += 1
                     continue
                 if s.to_queue:
                     queue = s.to_queue
                     waiting = Segment(queue, s.ts)
-                    segments.append(waiting)
-            elif s.step == "ended":
+                    d.segments.append(waiting)
+            elif kind == "ended":
                 if waiting is not None:
-                    # Hanging up while still queued is an abandon, whatever the platform calls it.
+                    # Hanging up while still queued (or a ticket closed unanswered) is an abandon.
                     waiting.exit, waiting.left = "abandoned", s.ts
                     waiting = None
-                    ended = True
+                    d.ended = True
                 elif serving is not None:
                     serving.ended, serving.wrapup_ms = s.ts, s.wrapup_ms
                     serving = None
-                    ended = True
+                    d.ended = True
                 else:
-                    orphans += 1
-        return Derivation(segments, orphans, ended)
+                    d.orphan_steps += 1
+                open_ticket = False
+            elif kind == "message":
+                if s.sender == "customer":
+                    pending_customer.append(s.ts)
+                    if first_customer is None:
+                        first_customer = s.ts
+                elif s.sender == "agent" and pending_customer:
+                    owner = serving or waiting
+                    q = owner.queue if owner else (queue or "")
+                    for sent in pending_customer:
+                        first = not first_response_done and sent == first_customer
+                        d.responses.append(Response(s.ts, s.ts - sent, first, q))
+                        first_response_done = first_response_done or first
+                    pending_customer.clear()
+            elif kind == "solved":
+                if d.segments:
+                    d.solves.append(Solve(s.ts, s.ts - d.segments[0].entered, public_replies == 1,
+                                          d.segments[-1].queue))
+                    open_ticket = False
+                else:
+                    d.orphan_steps += 1
+            elif kind == "reopened":
+                if d.segments:
+                    d.reopens.append((s.ts, d.segments[-1].queue))
+                    open_ticket = not d.ended
+                else:
+                    d.orphan_steps += 1
+            elif kind == "rated":
+                if d.segments:
+                    agent = next((seg.agent for seg in reversed(d.segments) if seg.agent), None)
+                    d.ratings.append(Rating(s.ts, s.csat, s.nps, d.segments[-1].queue, agent))
+                else:
+                    d.orphan_steps += 1
+        if d.complaint is not None and not d.complaint[1]:
+            d.complaint = (d.complaint[0], d.last_queue or "") if d.segments else None
+        d.ticket_open = open_ticket
+        return d
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.interaction_id, "ch": self.channel, "last": self.last_ts,

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS interactions
     wait_ms         Nullable(Int64),
     agent_id        Nullable(String),
     transfers       UInt16,
+    transfer_times  Array(DateTime64(3, 'UTC')),
     ended_at        Nullable(DateTime64(3, 'UTC')),
     wrapup_ms       Int64,
     handle_ms       Nullable(Int64),

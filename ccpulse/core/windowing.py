@@ -1,0 +1,65 @@
+"""Tumbling event-time windows: which window a timestamp falls in, and where it ends.
+
+Windows shorter than a day follow the configured time zone's offset, so an hourly
+window in a +05:30 zone runs from local hh:00 to hh:00 (with whole-hour
+offsets this is the same as UTC alignment). The day window starts at
+``day_start_hour`` local time: many 24-hour centres start their day at 06:00. Days
+are local calendar days, so a daylight-saving change makes one 23 h and one 25 h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+DAY = 86400
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class Windowing:
+    sizes: tuple[int, ...]
+    timezone: str = "UTC"
+    day_start_hour: int = 0
+    _zone: ZoneInfo = field(init=False, repr=False)
+    _day_starts: dict[date, int] = field(default_factory=dict, init=False, repr=False)
+    _utc: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._zone = ZoneInfo(self.timezone)
+        self._utc = self.timezone in ("UTC", "Etc/UTC")
+
+    def start(self, ts_ms: int, size_s: int) -> int:
+        if size_s == DAY:
+            return self._day_start(self._local_day(ts_ms))
+        size_ms = size_s * 1000
+        offset = 0 if self._utc else self._offset_ms(ts_ms)
+        return ts_ms - (ts_ms + offset) % size_ms
+
+    def end(self, size_s: int, start_ms: int) -> int:
+        if size_s == DAY:
+            return self._day_start(self._local_day(start_ms) + timedelta(days=1))
+        return start_ms + size_s * 1000
+
+    def starts(self, ts_ms: int) -> list[tuple[int, int]]:
+        """(size, start) of the window of every configured size containing ``ts_ms``."""
+        return [(size, self.start(ts_ms, size)) for size in self.sizes]
+
+    def _offset_ms(self, ts_ms: int) -> int:
+        moment = _EPOCH + timedelta(milliseconds=ts_ms)
+        return int(moment.astimezone(self._zone).utcoffset().total_seconds() * 1000)
+
+    def _local_day(self, ts_ms: int) -> date:
+        local = (_EPOCH + timedelta(milliseconds=ts_ms)).astimezone(self._zone)
+        return (local - timedelta(hours=self.day_start_hour)).date()
+
+    def _day_start(self, day: date) -> int:
+        cached = self._day_starts.get(day)
+        if cached is None:
+            local = datetime(day.year, day.month, day.day, self.day_start_hour, tzinfo=self._zone)
+            cached = (local.astimezone(timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+            if len(self._day_starts) > 4096:  # replays span years at most; keep it bounded anyway
+                self._day_starts.clear()
+            self._day_starts[day] = cached
+        return cached
