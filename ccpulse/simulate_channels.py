@@ -288,7 +288,6 @@ class _ChatQueue:
 class _Chat:
     iid: str
     queue: int
-    offered_ms: int
     customer_id: str
     complaint: bool
     # Everything random is drawn at arrival, whether used or not: the random
@@ -384,7 +383,7 @@ def _chat_events(cfg: ChatConfig, horizon_ms: float) -> Iterator[dict[str, Any]]
             csat = 1 + _pick(rng, _CSAT_COMPLAINT_WEIGHTS if complaint else _CSAT_WEIGHTS)
         rating = _exp_ms(rng, _CHAT_RATING_MEAN)
         push(offered, _ARRIVAL, _Chat(
-            f"{prefix}{chats}", queue, offered, customer, complaint, patience, early, opening, messages,
+            f"{prefix}{chats}", queue, customer, complaint, patience, early, opening, messages,
             gaps, transfer_turn, to_queue, after_transfer, closing, csat, rating))
 
     def event(chat: _Chat, kind: str, now: int) -> dict[str, Any]:
@@ -405,7 +404,7 @@ def _chat_events(cfg: ChatConfig, horizon_ms: float) -> Iterator[dict[str, Any]]
         best, best_key = None, None
         for agent in q.agents:
             if agent.active < conc:
-                key = (agent.active, agent.assigned_ms, agent.index)
+                key = (agent is avoid, agent.active, agent.assigned_ms, agent.index)
                 if best_key is None or key < best_key:
                     best, best_key = agent, key
         return best

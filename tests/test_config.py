@@ -44,7 +44,7 @@ def test_defaults() -> None:
     assert s.web_port == 6066
     assert s.state_dir == ".ccpulse" and s.app_id == "ccpulse"
     assert s.max_future_seconds == 86400.0
-    assert s.windows.sizes == (60,)
+    assert s.windows.sizes == (60, 900, 3600, 86400)
     assert s.windows.allowed_lateness_seconds == 120.0
     assert s.windows.timezone == "UTC" and s.windows.day_start_hour == 0
     assert s.windows.interaction_horizon_seconds == 86400.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import math
 import random
 from collections import Counter
 from typing import Any
@@ -11,31 +12,48 @@ import pytest
 
 from ccpulse.config import DEFAULT_THRESHOLDS, Thresholds
 from ccpulse.core.kpis import (
-    ADDITIVE, MAXIMA, TOP_KEPT, WAIT_BUCKETS_S, WindowAgg, bucket_index, interaction_facts, kpi_figures,
-    ratio, segment_facts, service_level, window_start,
+    MAXIMA, SKETCH, TOP_KEPT, WAIT_BUCKETS_S, WindowAgg, agent_outcomes, bucket_index, interaction_facts,
+    kpi_figures, ratio, segment_outcomes, service_level,
 )
-from ccpulse.core.lifecycle import Segment
+from ccpulse.core.lifecycle import Derivation, Segment
+from ccpulse.core.windowing import Windowing
 
 S = 1000
 MIN = 60 * S
 T0 = calendar.timegm((2026, 11, 22, 9, 0, 0)) * 1000  # 09:00:00 UTC, on the hour
+DAY0 = T0 - 9 * 3600 * S  # 2026-11-22T00:00:00Z
 VOICE = DEFAULT_THRESHOLDS["voice"]
 Q, CH = "billing", "voice"
 
 
-def counts(facts: list[Any], size: int = 60) -> Counter:
-    """Facts of one window size as a multiset of (window_start, field, value)."""
-    return Counter((f[1], f[4], f[5]) for f in facts if f[0] == size)
+def sk(wait_ms: int) -> int:
+    """Sketch bucket of a wait, computed independently: 0 for 0, else k + 1 with
+    k the smallest integer >= 0 such that wait <= (101/99)**k."""
+    if wait_ms == 0:
+        return 0
+    k = max(0, math.ceil(math.log(wait_ms) / math.log(101 / 99)) - 2)
+    while wait_ms * 99 ** k > 101 ** k:
+        k += 1
+    return k + 1
 
 
-def facts_of(seg: Segment, th: Thresholds = VOICE, sizes: tuple[int, ...] = (60,)) -> Counter:
-    out = segment_facts(seg, CH, th, sizes)
-    assert all(f[2] == seg.queue and f[3] == CH for f in out)
-    return Counter(out)
+def test_sketch_oracle() -> None:
+    assert sk(0) == 0 and sk(1) == 1 and sk(2) == 36  # k = 35: (101/99)**34 < 2 <= (101/99)**35
+    assert (101 / 99) ** 34 < 2 <= (101 / 99) ** 35
 
 
-def expect(*rows: tuple[int, str, int], size: int = 60, queue: str = Q) -> Counter:
-    return Counter((size, start, queue, CH, name, value) for start, name, value in rows)
+def outcomes(seg: Segment, th: Thresholds = VOICE) -> Counter:
+    return Counter(segment_outcomes(seg, th)) + Counter(agent_outcomes(seg))
+
+
+def answered_outcomes(left: int, wait: int, bucket: int, within: bool, immediate: bool = False) -> list:
+    rows = [(left, "answered", 1), (left, "wait_answered_ms", wait), (left, "wait_answered_max_ms", wait),
+            (left, SKETCH, sk(wait)), (left, f"wait_bucket_{bucket}", 1)]
+    if within:
+        rows.append((left, "answered_within_target", 1))
+    if immediate:
+        rows.append((left, "answered_immediately", 1))
+    return rows
 
 
 def answered_seg(wait_ms: int, entered: int = T0 + 10 * S) -> Segment:
@@ -46,6 +64,10 @@ def abandoned_seg(wait_ms: int, entered: int = T0 + 10 * S) -> Segment:
     return Segment(Q, entered, "abandoned", entered + wait_ms)
 
 
+def names(c: Counter) -> set[str]:
+    return {row[1] for row in c}
+
+
 # -- per-segment rules ----------------------------------------------------------------
 
 
@@ -54,140 +76,170 @@ def test_thresholds_defaults() -> None:
 
 
 def test_answered_within_target() -> None:
-    assert facts_of(answered_seg(15 * S)) == expect(
-        (T0, "offered", 1), (T0, "answered", 1), (T0, "wait_answered_ms", 15_000),
-        (T0, "wait_answered_max_ms", 15_000), (T0, "wait_bucket_3", 1), (T0, "answered_within_target", 1))
+    e, left = T0 + 10 * S, T0 + 25 * S
+    assert outcomes(answered_seg(15 * S)) == Counter(
+        [(e, "offered", 1)] + answered_outcomes(left, 15_000, bucket=3, within=True))
 
 
 def test_answered_exactly_at_target_is_within() -> None:
-    assert facts_of(answered_seg(20 * S)) == expect(
-        (T0, "offered", 1), (T0, "answered", 1), (T0, "wait_answered_ms", 20_000),
-        (T0, "wait_answered_max_ms", 20_000), (T0, "wait_bucket_4", 1), (T0, "answered_within_target", 1))
+    e, left = T0 + 10 * S, T0 + 30 * S
+    assert outcomes(answered_seg(20 * S)) == Counter(
+        [(e, "offered", 1)] + answered_outcomes(left, 20_000, bucket=4, within=True))
 
 
 def test_answered_above_target() -> None:
-    seg = answered_seg(20 * S + 1, entered=T0)
-    assert facts_of(seg) == expect(
-        (T0, "offered", 1), (T0, "answered", 1), (T0, "wait_answered_ms", 20_001),
-        (T0, "wait_answered_max_ms", 20_001), (T0, "wait_bucket_5", 1))
+    assert outcomes(answered_seg(20 * S + 1, entered=T0)) == Counter(
+        [(T0, "offered", 1)] + answered_outcomes(T0 + 20_001, 20_001, bucket=5, within=False))
 
 
 def test_answered_immediately_only_without_waiting() -> None:
-    f = facts_of(answered_seg(0))
-    assert f[(60, T0, Q, CH, "answered_immediately", 1)] == 1
-    assert f[(60, T0, Q, CH, "answered_within_target", 1)] == 1
-    assert f[(60, T0, Q, CH, "wait_bucket_0", 1)] == 1
-    f = facts_of(answered_seg(1))  # one millisecond of waiting is not immediate
-    assert not any(k[4] == "answered_immediately" for k in f)
-    assert f[(60, T0, Q, CH, "wait_bucket_1", 1)] == 1
+    e = T0 + 10 * S
+    assert outcomes(answered_seg(0)) == Counter(
+        [(e, "offered", 1)] + answered_outcomes(e, 0, bucket=0, within=True, immediate=True))
+    one_ms = outcomes(answered_seg(1))  # one millisecond of waiting is not immediate
+    assert "answered_immediately" not in names(one_ms)
+    assert (e + 1, "wait_bucket_1", 1) in one_ms
 
 
 def test_answered_immediately_with_a_threshold() -> None:
     th = Thresholds(20.0, 5.0, 2.0)
-    assert any(k[4] == "answered_immediately" for k in facts_of(answered_seg(2000), th))
-    assert not any(k[4] == "answered_immediately" for k in facts_of(answered_seg(2001), th))
+    assert "answered_immediately" in names(outcomes(answered_seg(2000), th))
+    assert "answered_immediately" not in names(outcomes(answered_seg(2001), th))
 
 
 def test_short_abandon() -> None:
     # At the bound (<= short_abandon_seconds): a short abandon, counted nowhere else.
-    assert facts_of(abandoned_seg(5 * S)) == expect((T0, "offered", 1), (T0, "short_abandoned", 1))
-    assert facts_of(abandoned_seg(0)) == expect((T0, "offered", 1), (T0, "short_abandoned", 1))
+    e = T0 + 10 * S
+    assert outcomes(abandoned_seg(5 * S)) == Counter([(e, "offered", 1), (e + 5 * S, "short_abandoned", 1)])
+    assert outcomes(abandoned_seg(0)) == Counter([(e, "offered", 1), (e, "short_abandoned", 1)])
 
 
 def test_abandon_above_short_threshold_within_target() -> None:
-    assert facts_of(abandoned_seg(5 * S + 1)) == expect(
-        (T0, "offered", 1), (T0, "abandoned", 1), (T0, "wait_abandoned_ms", 5001),
-        (T0, "wait_abandoned_max_ms", 5001), (T0, "abandoned_within_target", 1))
-    assert facts_of(abandoned_seg(20 * S)) == expect(
-        (T0, "offered", 1), (T0, "abandoned", 1), (T0, "wait_abandoned_ms", 20_000),
-        (T0, "wait_abandoned_max_ms", 20_000), (T0, "abandoned_within_target", 1))
+    e = T0 + 10 * S
+    assert outcomes(abandoned_seg(5 * S + 1)) == Counter([
+        (e, "offered", 1), (e + 5001, "abandoned", 1), (e + 5001, "wait_abandoned_ms", 5001),
+        (e + 5001, "wait_abandoned_max_ms", 5001), (e + 5001, "abandoned_within_target", 1)])
+    assert outcomes(abandoned_seg(20 * S)) == Counter([
+        (e, "offered", 1), (e + 20 * S, "abandoned", 1), (e + 20 * S, "wait_abandoned_ms", 20_000),
+        (e + 20 * S, "wait_abandoned_max_ms", 20_000), (e + 20 * S, "abandoned_within_target", 1)])
 
 
 def test_abandon_above_target() -> None:
-    seg = abandoned_seg(45 * S, entered=T0)
-    assert facts_of(seg) == expect(
-        (T0, "offered", 1), (T0, "abandoned", 1), (T0, "wait_abandoned_ms", 45_000),
-        (T0, "wait_abandoned_max_ms", 45_000))
+    assert outcomes(abandoned_seg(45 * S, entered=T0)) == Counter([
+        (T0, "offered", 1), (T0 + 45 * S, "abandoned", 1), (T0 + 45 * S, "wait_abandoned_ms", 45_000),
+        (T0 + 45 * S, "wait_abandoned_max_ms", 45_000)])
 
 
 def test_short_abandon_seconds_zero_disables_short_abandons() -> None:
     th = Thresholds(20.0, 0.0, 0.0)
-    assert facts_of(abandoned_seg(0), th) == expect(
-        (T0, "offered", 1), (T0, "abandoned", 1), (T0, "wait_abandoned_ms", 0),
-        (T0, "wait_abandoned_max_ms", 0), (T0, "abandoned_within_target", 1))
-    assert not any(k[4] == "short_abandoned" for k in facts_of(abandoned_seg(3 * S), th))
+    e = T0 + 10 * S
+    assert outcomes(abandoned_seg(0), th) == Counter([
+        (e, "offered", 1), (e, "abandoned", 1), (e, "wait_abandoned_ms", 0), (e, "wait_abandoned_max_ms", 0),
+        (e, "abandoned_within_target", 1)])
+    assert "short_abandoned" not in names(outcomes(abandoned_seg(3 * S), th))
 
 
-def test_ticket_and_chat_defaults() -> None:
+def test_chat_and_ticket_defaults() -> None:
     chat, ticket = DEFAULT_THRESHOLDS["chat"], DEFAULT_THRESHOLDS["ticket"]
-    assert any(k[4] == "short_abandoned" for k in facts_of(abandoned_seg(10 * S), chat))
-    assert any(k[4] == "abandoned" for k in facts_of(abandoned_seg(10 * S + 1), chat))
-    assert any(k[4] == "answered_within_target" for k in facts_of(answered_seg(60 * S), chat))
-    assert not any(k[4] == "answered_within_target" for k in facts_of(answered_seg(60 * S + 1), chat))
+    assert "short_abandoned" in names(outcomes(abandoned_seg(10 * S), chat))
+    assert "abandoned" in names(outcomes(abandoned_seg(10 * S + 1), chat))
+    assert "answered_within_target" in names(outcomes(answered_seg(60 * S), chat))
+    assert "answered_within_target" not in names(outcomes(answered_seg(60 * S + 1), chat))
     # Tickets: no short abandons, 24 h target.
-    assert any(k[4] == "abandoned" for k in facts_of(abandoned_seg(1), ticket))
-    assert any(k[4] == "answered_within_target" for k in facts_of(answered_seg(86_400 * S), ticket))
+    assert "abandoned" in names(outcomes(abandoned_seg(1), ticket))
+    assert "answered_within_target" in names(outcomes(answered_seg(86_400 * S), ticket))
+    assert "answered_within_target" not in names(outcomes(answered_seg(86_400 * S + 1), ticket))
 
 
 def test_still_waiting_only_offered() -> None:
-    assert facts_of(Segment(Q, T0 + 5 * S)) == expect((T0, "offered", 1))
+    assert outcomes(Segment(Q, T0 + 5 * S)) == Counter([(T0 + 5 * S, "offered", 1)])
 
 
 def test_transferred_out_counts_where_it_left() -> None:
     seg = Segment(Q, T0 + 50 * S, "transferred", T0 + 70 * S)
-    assert facts_of(seg) == expect((T0, "offered", 1), (T0 + MIN, "transferred_out", 1))
+    assert outcomes(seg) == Counter([(T0 + 50 * S, "offered", 1), (T0 + 70 * S, "transferred_out", 1)])
 
 
 def test_agent_transfers_and_handle_time() -> None:
-    # Entered 09:00:50, answered 09:01:05 (15 s), transferred to agents at 09:01:30 and 09:02:10,
-    # ended 09:03:10 with 10 s wrap-up: handle = 125 s + 10 s.
+    # Answered 09:01:05, transferred to agents at 09:01:30 and 09:02:10, ended 09:03:10 with
+    # 10 s wrap-up: handle = 125 s + 10 s, counted when it ended; each transfer when it happened.
     seg = Segment(Q, T0 + 50 * S, "answered", T0 + 65 * S, "a-1", [T0 + 90 * S, T0 + 130 * S],
                   T0 + 190 * S, 10 * S)
-    assert facts_of(seg) == expect(
-        (T0, "offered", 1),
-        (T0 + MIN, "answered", 1), (T0 + MIN, "wait_answered_ms", 15_000),
-        (T0 + MIN, "wait_answered_max_ms", 15_000), (T0 + MIN, "wait_bucket_3", 1),
-        (T0 + MIN, "answered_within_target", 1),
-        (T0 + MIN, "transfers", 1), (T0 + 2 * MIN, "transfers", 1),
-        (T0 + 3 * MIN, "handled", 1), (T0 + 3 * MIN, "handle_ms", 135_000))
+    assert Counter(agent_outcomes(seg)) == Counter([
+        (T0 + 90 * S, "transfers", 1), (T0 + 130 * S, "transfers", 1),
+        (T0 + 190 * S, "handled", 1), (T0 + 190 * S, "handle_ms", 135_000)])
+
+
+def facts(segments: list[Segment], sizes: tuple[int, ...] = (60,), channel: str = CH,
+          th: Any = None) -> Counter:
+    d = Derivation(segments, 0, False)
+    return interaction_facts(d, channel, th or (lambda q, c: VOICE), Windowing(sizes))
 
 
 def test_attribution_across_window_boundaries() -> None:
     """Offered in the 09:00 window, answered in the 09:01 one: each counted in its own."""
-    seg = Segment(Q, T0 + 59_999, "answered", T0 + 60_000, "a-1")
-    f = facts_of(seg)
-    assert f[(60, T0, Q, CH, "offered", 1)] == 1
-    assert f[(60, T0 + MIN, Q, CH, "answered", 1)] == 1
-    assert f[(60, T0 + MIN, Q, CH, "wait_answered_ms", 1)] == 1
-    assert f[(60, T0 + MIN, Q, CH, "answered_immediately", 1)] == 0
-    assert {k[1] for k in f if k[4] != "offered"} == {T0 + MIN}
+    f = facts([Segment(Q, T0 + 59_999, "answered", T0 + 60_000, "a-1")])
+    assert f[(60, T0, "q", Q, CH, "offered", 1)] == 1
+    assert f[(60, T0 + MIN, "q", Q, CH, "answered", 1)] == 1
+    assert f[(60, T0 + MIN, "q", Q, CH, "wait_answered_ms", 1)] == 1
+    assert {k[1] for k in f if k[5] != "offered"} == {T0 + MIN}
+    assert {k[1] for k in f if k[5] == "offered"} == {T0}
+    assert not any(k[5] == "answered_immediately" for k in f)
+
+
+def test_handle_and_transfers_attributed_where_they_happen() -> None:
+    seg = Segment(Q, T0 + 50 * S, "answered", T0 + 65 * S, "a-1", [T0 + 130 * S], T0 + 190 * S, 10 * S)
+    f = facts([seg])
+    q = "q"
+    assert f[(60, T0, q, Q, CH, "offered", 1)] == 1
+    assert f[(60, T0 + MIN, q, Q, CH, "answered", 1)] == 1
+    assert f[(60, T0 + 2 * MIN, q, Q, CH, "transfers", 1)] == 1
+    assert f[(60, T0 + 3 * MIN, q, Q, CH, "handled", 1)] == 1
+    assert f[(60, T0 + 3 * MIN, q, Q, CH, "handle_ms", 135_000)] == 1
 
 
 def test_abandon_attributed_to_the_window_it_left() -> None:
-    seg = Segment(Q, T0 + 55 * S, "abandoned", T0 + 100 * S)
-    assert facts_of(seg) == expect(
-        (T0, "offered", 1), (T0 + MIN, "abandoned", 1), (T0 + MIN, "wait_abandoned_ms", 45_000),
-        (T0 + MIN, "wait_abandoned_max_ms", 45_000))
+    f = facts([Segment(Q, T0 + 55 * S, "abandoned", T0 + 100 * S)])
+    assert f == Counter({
+        (60, T0, "q", Q, CH, "offered", 1): 1,
+        (60, T0 + MIN, "q", Q, CH, "abandoned", 1): 1,
+        (60, T0 + MIN, "q", Q, CH, "wait_abandoned_ms", 45_000): 1,
+        (60, T0 + MIN, "q", Q, CH, "wait_abandoned_max_ms", 45_000): 1,
+    })
 
 
 def test_multiple_window_sizes() -> None:
     seg = Segment(Q, T0 + 14 * MIN + 50 * S, "answered", T0 + 15 * MIN + 5 * S, "a-1", [], T0 + 61 * MIN, 0)
     sizes = (60, 900, 3600, 86400)
-    f = facts_of(seg, sizes=sizes)
-    per_size = 1 + 5 + 2  # offered; answered, wait, max, bucket, within (not immediate); handled, handle
-    assert len(f) == per_size * len(sizes) and sum(f.values()) == per_size * len(sizes)
-    day = T0 - 9 * 3600 * S
+    f = facts([seg], sizes)
+    queue_facts = {k: n for k, n in f.items() if k[2] == "q"}
+    # offered; answered, wait, max, sketch, bucket, within (not immediate); handled, handle
+    per_size = 1 + 6 + 2
+    assert len(queue_facts) == per_size * len(sizes) and sum(queue_facts.values()) == per_size * len(sizes)
     for size, offered_at, answered_at, ended_at in [
         (60, T0 + 14 * MIN, T0 + 15 * MIN, T0 + 61 * MIN),
         (900, T0, T0 + 15 * MIN, T0 + 60 * MIN),
         (3600, T0, T0, T0 + 60 * MIN),
-        (86400, day, day, day),
+        (86400, DAY0, DAY0, DAY0),
     ]:
-        assert f[(size, offered_at, Q, CH, "offered", 1)] == 1
-        assert f[(size, answered_at, Q, CH, "answered", 1)] == 1
-        assert f[(size, answered_at, Q, CH, "wait_answered_ms", 15_000)] == 1
-        assert f[(size, ended_at, Q, CH, "handled", 1)] == 1
-        assert f[(size, ended_at, Q, CH, "handle_ms", 46 * MIN - 5 * S)] == 1
+        assert f[(size, offered_at, "q", Q, CH, "offered", 1)] == 1
+        assert f[(size, answered_at, "q", Q, CH, "answered", 1)] == 1
+        assert f[(size, answered_at, "q", Q, CH, "wait_answered_ms", 15_000)] == 1
+        assert f[(size, answered_at, "q", Q, CH, SKETCH, sk(15_000))] == 1
+        assert f[(size, ended_at, "q", Q, CH, "handled", 1)] == 1
+        assert f[(size, ended_at, "q", Q, CH, "handle_ms", 46 * MIN - 5 * S)] == 1
+
+
+def test_agent_facts_only_for_longer_windows() -> None:
+    seg = Segment(Q, T0, "answered", T0 + 5 * S, "a-9", [T0 + 20 * S], T0 + 50 * S, 0)
+    f = facts([seg], (60, 900))
+    agent = Counter({k: n for k, n in f.items() if k[2] == "a"})
+    assert agent == Counter({
+        (900, T0, "a", "a-9", CH, "answered", 1): 1,
+        (900, T0, "a", "a-9", CH, "transfers", 1): 1,
+        (900, T0, "a", "a-9", CH, "handled", 1): 1,
+        (900, T0, "a", "a-9", CH, "handle_ms", 45_000): 1,
+    })
 
 
 def test_interaction_facts_uses_each_queue_thresholds() -> None:
@@ -195,53 +247,45 @@ def test_interaction_facts_uses_each_queue_thresholds() -> None:
     th = {"billing": VOICE, "sales": strict}
     segs = [Segment("billing", T0, "transferred", T0 + 15 * S),
             Segment("sales", T0 + 15 * S, "answered", T0 + 30 * S, "a-2", [], T0 + 90 * S, 0)]
-    f = interaction_facts(segs, CH, lambda q, c: th[q], (60,))
+    f = facts(segs, th=lambda q, c: th[q])
     assert f == Counter({
-        (60, T0, "billing", CH, "offered", 1): 1,
-        (60, T0, "billing", CH, "transferred_out", 1): 1,
-        (60, T0, "sales", CH, "offered", 1): 1,
-        (60, T0, "sales", CH, "answered", 1): 1,
-        (60, T0, "sales", CH, "wait_answered_ms", 15_000): 1,
-        (60, T0, "sales", CH, "wait_answered_max_ms", 15_000): 1,
-        (60, T0, "sales", CH, "wait_bucket_3", 1): 1,
+        (60, T0, "q", "billing", CH, "offered", 1): 1,
+        (60, T0, "q", "billing", CH, "transferred_out", 1): 1,
+        (60, T0, "q", "sales", CH, "offered", 1): 1,
+        (60, T0, "q", "sales", CH, "answered", 1): 1,
+        (60, T0, "q", "sales", CH, "wait_answered_ms", 15_000): 1,
+        (60, T0, "q", "sales", CH, "wait_answered_max_ms", 15_000): 1,
+        (60, T0, "q", "sales", CH, SKETCH, sk(15_000)): 1,
+        (60, T0, "q", "sales", CH, "wait_bucket_3", 1): 1,
         # 15 s > the 10 s of sales: not within target (it would be with billing's 20 s).
-        (60, T0 + MIN, "sales", CH, "handled", 1): 1,
-        (60, T0 + MIN, "sales", CH, "handle_ms", 60_000): 1,
+        (60, T0 + MIN, "q", "sales", CH, "handled", 1): 1,
+        (60, T0 + MIN, "q", "sales", CH, "handle_ms", 60_000): 1,
     })
 
 
 def test_interaction_facts_multiplicity() -> None:
     """Two segments in the same queue and window count twice."""
     segs = [Segment(Q, T0, "transferred", T0 + S), Segment(Q, T0 + S, "abandoned", T0 + 2 * S)]
-    f = interaction_facts(segs, CH, lambda q, c: VOICE, (60,))
-    assert f[(60, T0, Q, CH, "offered", 1)] == 2
+    assert facts(segs)[(60, T0, "q", Q, CH, "offered", 1)] == 2
 
 
-# -- windows and buckets --------------------------------------------------------------
-
-
-def test_window_start() -> None:
-    assert window_start(T0, 60) == T0
-    assert window_start(T0 + 59_999, 60) == T0
-    assert window_start(T0 + 60_000, 60) == T0 + MIN
-    assert window_start(T0 + 14 * MIN + 59_999, 900) == T0
-    assert window_start(T0 + 15 * MIN, 900) == T0 + 15 * MIN
-    assert window_start(T0 + 5 * 3600 * S, 86400) == T0 - 9 * 3600 * S
-    assert window_start(-1, 60) == -MIN
+# -- buckets --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("wait_ms, index", [
     (0, 0), (1, 1), (5000, 1), (5001, 2), (19_999, 4), (20_000, 4), (20_001, 5), (60_000, 7),
-    (3_600_000, 14), (3_600_001, 15), (10 ** 9, 15),
+    (3_600_000, 14), (3_600_001, 15), (86_400_000, 16), (86_400_001, 17), (10 ** 12, 17),
 ])
 def test_bucket_index(wait_ms: int, index: int) -> None:
     assert bucket_index(wait_ms) == index
 
 
 def test_bucket_bounds() -> None:
-    assert len(WAIT_BUCKETS_S) == 15
     assert WAIT_BUCKETS_S[0] == 0.0 and WAIT_BUCKETS_S[4] == 20.0 and WAIT_BUCKETS_S[7] == 60.0
-    assert WAIT_BUCKETS_S[14] == 3600.0
+    assert WAIT_BUCKETS_S[14] == 3600.0 and WAIT_BUCKETS_S[-1] == 86400.0
+    assert list(WAIT_BUCKETS_S) == sorted(WAIT_BUCKETS_S)
+    # +Inf is the index after the last bound.
+    assert bucket_index(int(WAIT_BUCKETS_S[-1] * 1000) + 1) == len(WAIT_BUCKETS_S)
 
 
 # -- WindowAgg -------------------------------------------------------------------------
@@ -257,19 +301,23 @@ def test_apply_and_retract_restores_the_state() -> None:
     agg.apply("answered", 1, 1)
     agg.apply("wait_answered_ms", 15_000, 1)
     agg.apply("wait_answered_max_ms", 15_000, 1)
+    agg.apply(SKETCH, 482, 1)
     before = normal(agg)
     changes = [("offered", 1), ("answered", 1), ("wait_answered_ms", 42_000), ("wait_answered_max_ms", 42_000),
-               ("wait_abandoned_max_ms", 7000), ("abandoned", 1), ("wait_bucket_6", 1)]
+               ("wait_abandoned_max_ms", 7000), ("abandoned", 1), ("wait_bucket_6", 1), (SKETCH, 482),
+               (SKETCH, 530)]
     for name, value in changes:
         agg.apply(name, value, 1)
     assert agg.counts["offered"] == 2 and agg.counts["wait_answered_ms"] == 57_000
     assert agg.tops["wait_answered_max_ms"][-1] == 42_000
+    assert agg.sketch() == {482: 2, 530: 1}
     rnd = random.Random(7)
     rnd.shuffle(changes)
     for name, value in changes:
         agg.apply(name, value, -1)
     assert normal(agg) == before
     assert agg.tops["wait_answered_max_ms"] == [15_000]
+    assert agg.sketch() == {482: 1}
 
 
 def test_maximum_after_retractions() -> None:
@@ -308,21 +356,27 @@ def test_is_empty() -> None:
     assert agg.is_empty()
 
 
+def test_exits() -> None:
+    agg = WindowAgg({"offered": 9, "answered": 3, "abandoned": 2, "short_abandoned": 1, "transferred_out": 1,
+                     "transfers": 5})
+    assert agg.exits() == 7
+
+
 def test_merge() -> None:
-    a = WindowAgg({"offered": 3, "answered": 2, "wait_answered_ms": 30_000}, {"wait_answered_max_ms": [10_000, 20_000]})
+    a = WindowAgg({"offered": 3, "answered": 2, "wait_answered_ms": 30_000},
+                  {"wait_answered_max_ms": [10_000, 20_000]})
     b = WindowAgg({"offered": 1, "abandoned": 1}, {"wait_answered_max_ms": [15_000],
                                                    "wait_abandoned_max_ms": [8000]})
     a.merge(b)
     assert a.counts == {"offered": 4, "answered": 2, "wait_answered_ms": 30_000, "abandoned": 1}
     assert a.tops == {"wait_answered_max_ms": [10_000, 15_000, 20_000], "wait_abandoned_max_ms": [8000]}
-    # The source is unchanged.
-    assert b.counts == {"offered": 1, "abandoned": 1}
+    assert b.counts == {"offered": 1, "abandoned": 1}  # the source is unchanged
 
 
 def test_merge_equals_applying_everything_in_one() -> None:
     rnd = random.Random(11)
-    items = [(rnd.choice(["offered", "answered", "handle_ms", "wait_answered_max_ms"]), rnd.randrange(100_000))
-             for _ in range(200)]
+    items = [(rnd.choice(["offered", "answered", "handle_ms", "wait_answered_max_ms", SKETCH]),
+              rnd.randrange(100_000)) for _ in range(200)]
     n_max = sum(1 for name, _ in items if name == "wait_answered_max_ms")
     assert n_max > TOP_KEPT
     whole, left, right = WindowAgg(), WindowAgg(), WindowAgg()
@@ -332,8 +386,8 @@ def test_merge_equals_applying_everything_in_one() -> None:
     left.merge(right)
     assert left.counts == whole.counts
     assert left.tops == whole.tops
-    assert len(left.tops["wait_answered_max_ms"]) == TOP_KEPT
     assert left.tops["wait_answered_max_ms"] == sorted(v for n, v in items if n == "wait_answered_max_ms")[-TOP_KEPT:]
+    assert sum(left.sketch().values()) == sum(1 for n, _ in items if n == SKETCH)
 
 
 def test_to_dict_round_trip_drops_zeros() -> None:
@@ -355,18 +409,19 @@ def test_ratio() -> None:
 def test_every_ratio_is_null_on_a_window_without_exits() -> None:
     out = kpi_figures(WindowAgg({"offered": 3}), VOICE)
     for name in ("abandonment_rate", "service_level", "immediate_response_rate", "asa_seconds", "aht_seconds",
-                 "transfer_rate", "wait_answered_max_seconds", "wait_abandoned_max_seconds"):
+                 "transfer_rate", "wait_answered_max_seconds", "wait_abandoned_max_seconds",
+                 "wait_answered_p50_seconds", "wait_answered_p90_seconds", "wait_answered_p95_seconds"):
         assert out[name] is None, name
     assert out["offered"] == 3
     for name in ("answered", "abandoned", "short_abandoned", "handled", "transfers", "transferred_out"):
         assert out[name] == 0, name
-    assert out["wait_buckets"] == [0] * 16
+    assert out["wait_buckets"] == [0] * (len(WAIT_BUCKETS_S) + 1)
     for formula in ("answered_over_exits", "abandons_within_target_neutral",
                     "abandons_within_target_positive", "answered_only"):
         assert kpi_figures(WindowAgg({"offered": 3}), Thresholds(20, 5, 0, formula))["service_level"] is None
 
 
-def test_short_abandons_are_not_exits() -> None:
+def test_short_abandons_are_not_exits_of_the_ratios() -> None:
     out = kpi_figures(WindowAgg({"offered": 2, "short_abandoned": 2}), VOICE)
     assert out["abandonment_rate"] is None and out["service_level"] is None
     assert out["short_abandoned"] == 2
@@ -395,10 +450,10 @@ def test_figures_on_a_hand_built_window() -> None:
     assert out["handle_time_sum_seconds"] == 300.0
     assert out["wait_answered_max_seconds"] == 50.0
     assert out["wait_abandoned_max_seconds"] == 12.0
-    assert out["wait_buckets"] == [1, 0, 1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
-    for name in ADDITIVE:
-        if not name.endswith("_ms"):
-            assert out[name] == agg.counts[name], name
+    assert out["wait_buckets"][:8] == [1, 0, 1, 0, 1, 0, 0, 1] and sum(out["wait_buckets"]) == 4
+    for name in ("offered", "answered", "abandoned", "short_abandoned", "answered_within_target",
+                 "abandoned_within_target", "answered_immediately", "handled", "transfers", "transferred_out"):
+        assert out[name] == agg.counts[name], name
     assert not any(k.endswith("_ms") for k in out)
     assert not any(name in out for name in MAXIMA)
 
@@ -444,13 +499,14 @@ def test_window_from_segments_end_to_end() -> None:
         Segment(Q, T0 + 5 * S),  # waiting
     ]
     agg = WindowAgg()
-    for fact, n in interaction_facts(segs, CH, lambda q, c: VOICE, (60,)).items():
-        assert fact[1] == T0
+    for fact, n in facts(segs).items():
+        assert fact[:5] == (60, T0, "q", Q, CH)
         for _ in range(n):
-            agg.apply(fact[4], fact[5], 1)
+            agg.apply(fact[5], fact[6], 1)
     out = kpi_figures(agg, VOICE)
     assert (out["offered"], out["answered"], out["abandoned"], out["short_abandoned"]) == (5, 2, 1, 1)
     assert (out["answered_within_target"], out["abandoned_within_target"], out["answered_immediately"]) == (1, 1, 1)
+    assert agg.exits() == 4
     assert out["abandonment_rate"] == pytest.approx(1 / 3)
     assert out["service_level"] == pytest.approx(1 / 3)
     assert out["immediate_response_rate"] == pytest.approx(1 / 3)
@@ -459,3 +515,6 @@ def test_window_from_segments_end_to_end() -> None:
     assert out["wait_answered_max_seconds"] == 30.0
     assert out["wait_abandoned_max_seconds"] == 10.0
     assert out["wait_buckets"][0] == 1 and out["wait_buckets"][5] == 1 and sum(out["wait_buckets"]) == 2
+    assert agg.sketch() == {sk(0): 1, sk(30_000): 1}
+    # Two answered waits, 0 and 30 s; percentiles are lower quantiles (rank int(q * (n - 1)) = 0).
+    assert out["wait_answered_p50_seconds"] == 0.0 and out["wait_answered_p95_seconds"] == 0.0

@@ -225,16 +225,19 @@ def test_other_steps_do_not_change_the_segments() -> None:
 
 def test_to_dict_from_dict_round_trip() -> None:
     inter = Interaction("c-81734", "voice", partition=3)
-    for s in (offered(0, "e1", "billing"), answered(5 * S, "e2", "a-1"),
-              transferred(65 * S, "e3", to_queue="sales", agent="a-1"), ended(200 * S, "e5", wrapup_ms=7500)):
+    for s in (Step(0, "offered", "e1", "billing", customer="cust-1"), answered(5 * S, "e2", "a-1"),
+              transferred(65 * S, "e3", to_queue="sales", agent="a-1"), ended(200 * S, "e5", wrapup_ms=7500),
+              Step(230 * S, "rated", "e6", csat=4, nps=9, complaint=True),
+              Step(20 * S, "message", "e7", sender="customer", public=False)):
         inter.add(s)
-    inter.applied = {(60, 0, "billing", "voice", "offered", 1): 1,
-                     (60, 60_000, "sales", "voice", "offered", 1): 2}
+    inter.applied = {(60, 0, "q", "billing", "voice", "offered", 1): 1,
+                     (60, 60_000, "q", "sales", "voice", "offered", 1): 2}
     doc = orjson.loads(orjson.dumps(inter.to_dict()))  # through real JSON, as the changelog stores it
     back = Interaction.from_dict(doc)
     assert back == inter
     assert back.steps == inter.steps and back.applied == inter.applied
-    assert back.partition == 3 and back.last_ts == 200 * S and back.channel == "voice"
+    assert back.partition == 3 and back.last_ts == 230 * S and back.channel == "voice"
+    assert back.steps[-1] == Step(230 * S, "rated", "e6", csat=4, nps=9, complaint=True)
     assert back.derive() == inter.derive()
     # It keeps refusing the ids it had.
     assert not back.add(answered(5 * S, "e2"))
@@ -248,7 +251,7 @@ def test_from_dict_defaults() -> None:
 
 # -- properties ---------------------------------------------------------------------
 
-KINDS = ["offered", "answered", "abandoned", "transferred", "ended", "rated"]
+KINDS = ["offered", "answered", "abandoned", "transferred", "ended", "rated", "message"]
 
 
 @st.composite
@@ -263,7 +266,12 @@ def random_histories(draw: st.DrawFn) -> list[Step]:
                           draw(st.sampled_from([None, "billing", "sales"])),
                           draw(st.sampled_from([None, "a-1", "a-2"])),
                           draw(st.sampled_from([None, None, "sales", "support"])) if kind == "transferred" else None,
-                          draw(st.sampled_from([0, 0, 4000]))))
+                          draw(st.sampled_from([0, 0, 4000])),
+                          sender=draw(st.sampled_from(["customer", "agent"])) if kind == "message" else None,
+                          csat=draw(st.sampled_from([None, 2, 5])) if kind == "rated" else None,
+                          nps=draw(st.sampled_from([None, 0, 7, 10])) if kind == "rated" else None,
+                          complaint=draw(st.booleans()) if kind == "rated" else False,
+                          customer=draw(st.sampled_from([None, "c-1"]))))
     return steps
 
 
@@ -275,15 +283,15 @@ def facts(inter: Interaction) -> Any:
 
 
 @settings(max_examples=300, deadline=None)
-@given(random_histories(), st.randoms(use_true_random=False))
-def test_every_insertion_order_gives_the_same_result(steps: list[Step], rnd: random.Random) -> None:
-    reference = build(*sorted(steps, key=Step.sort_key))
+@given(random_histories(), st.randoms(use_true_random=False), st.sampled_from(["voice", "chat"]))
+def test_every_insertion_order_gives_the_same_result(steps: list[Step], rnd: random.Random, channel: str) -> None:
+    reference = build(*sorted(steps, key=Step.sort_key), channel=channel)
     expected_derivation = reference.derive()
     expected_facts = facts(reference)
     for _ in range(4):
         order = steps[:]
         rnd.shuffle(order)
-        inter = build(*order)
+        inter = build(*order, channel=channel)
         assert inter.steps == reference.steps
         assert inter.derive() == expected_derivation
         assert facts(inter) == expected_facts

@@ -599,3 +599,28 @@ def test_publish_mixed_routes_each_family_to_its_topic(kafka_bootstrap):
     for iid, items in per_interaction.items():
         assert len({p for p, _ in items}) == 1
         assert [e for _, e in items] == [f"{iid}-{n}" for n in range(1, len(items) + 1)]
+
+
+@pytest.mark.integration
+def test_publish_mixed_paces_event_time_and_stops_cleanly(kafka_bootstrap):
+    tag = uuid.uuid4().hex[:8]
+    topics = {"call": f"test-calls-{tag}", "chat": f"test-chats-{tag}", "ticket": f"test-tickets-{tag}"}
+    # Endless, ~2.7 events/s of event time replayed 10x.
+    stream = generate_mixed_events(SimulationConfig(rate=0.5, seed=42), ChatConfig(rate=0.3, seed=42),
+                                   TicketConfig(rate=0.2, seed=42), math.inf)
+
+    async def run() -> tuple[int, float, list]:
+        await _create_topics(kafka_bootstrap, list(topics.values()), 1)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.5, stop.set)
+        began = time.monotonic()
+        sent = await publish_mixed(stream, kafka_bootstrap, topics, 10.0, stop=stop)
+        took = time.monotonic() - began
+        return sent, took, await _read(kafka_bootstrap, list(topics.values()), sent)
+
+    sent, took, records = asyncio.run(run())
+    assert took < 5.0
+    assert 5 < sent < 500  # ~15 s of event time, far below "as fast as possible"
+    assert len(records) == sent
+    times = sorted(ms(orjson.loads(r.value)["occurred_at"]) for r in records)
+    assert (times[-1] - times[0]) / 1000 < 1.5 * 10 + 2
