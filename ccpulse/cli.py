@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ccpulse.config import ConfigError, Settings, load_settings
 
@@ -62,29 +62,47 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ccpulse import simulate
+    from ccpulse import simulate, simulate_channels
 
     settings = _settings()
     try:
         cfg, duration, speed = simulate.config_from_args(args)
+        channels = {c.strip() for c in args.channels.split(",") if c.strip()}
+        unknown = channels - {"voice", "chat", "ticket"}
+        if unknown or not channels:
+            raise ValueError(f"--channels: {','.join(sorted(unknown)) or 'nothing'} is not voice, chat or ticket")
+        chat = simulate_channels.ChatConfig(rate=args.chat_rate, seed=cfg.seed, start=cfg.start) \
+            if "chat" in channels else None
+        ticket = simulate_channels.TicketConfig(rate=args.ticket_rate, seed=cfg.seed, start=cfg.start) \
+            if "ticket" in channels else None
+        events = simulate_channels.generate_mixed_events(
+            cfg if "voice" in channels else None, chat, ticket, duration)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    topic = settings.topics.name("calls")
-    sent = asyncio.run(_publish_until_interrupted(
-        simulate.publish, simulate.generate_call_events(cfg, duration), settings, topic, speed))
-    print(f"published {sent} events to {topic}", file=sys.stderr)
+    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
+              "ticket": settings.topics.name("tickets")}
+    sent = asyncio.run(publish_events(settings, events, speed))
+    print(f"published {sent} events to {', '.join(topics.values())}", file=sys.stderr)
     return 0
 
 
-async def _publish_until_interrupted(publish: Callable, events, settings: Settings,  # type: ignore[no-untyped-def]
-                                     topic: str, speed: float | None) -> int:
+async def publish_events(settings: Settings, events, speed: float | None,  # type: ignore[no-untyped-def]
+                         stop: asyncio.Event | None = None) -> int:
+    """Publish (family, event) pairs to the configured input topics, creating them first."""
+    from ccpulse.simulate_channels import publish_mixed
     from streams.topics import KafkaUnavailable, ensure_topics_async
 
     try:
         await ensure_topics_async(settings)
     except KafkaUnavailable as exc:
         raise CommandError(str(exc)) from None
-    return await publish(events, settings.kafka.bootstrap, topic, speed)
+    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
+              "ticket": settings.topics.name("tickets")}
+    k = settings.kafka
+    security = {} if k.security_protocol == "PLAINTEXT" else dict(
+        security_protocol=k.security_protocol, sasl_mechanism=k.sasl_mechanism or None,
+        sasl_username=k.sasl_username or None, sasl_password=k.sasl_password or None)
+    return await publish_mixed(events, k.bootstrap, topics, speed, stop=stop, **security)
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
@@ -134,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ccpulse import simulate
 
-    sim = sub.add_parser("simulate", help="publish realistic call events")
+    sim = sub.add_parser("simulate", help="publish realistic call, chat and ticket events")
     simulate.add_arguments(sim)
+    sim.add_argument("--channels", default="voice,chat,ticket",
+                     help="which channels to simulate (default %(default)s)")
+    sim.add_argument("--chat-rate", type=float, default=0.5, help="chats per second (default %(default)s)")
+    sim.add_argument("--ticket-rate", type=float, default=0.2, help="tickets per second (default %(default)s)")
     sim.set_defaults(func=cmd_simulate)
 
     kafka = sub.add_parser("kafka", help="the local single-node Kafka broker")

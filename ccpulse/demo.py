@@ -15,8 +15,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterable
 
-from ccpulse import local_kafka, simulate
+from ccpulse import local_kafka, simulate, simulate_channels
 from ccpulse.config import Settings
 
 STATUS_EVERY_SECONDS = 5.0
@@ -44,11 +45,19 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
         base = f"http://127.0.0.1:{settings.web_port}"
         _wait_healthy(worker, base, worker_log)
         _print_where_to_look(settings, broker.bootstrap, base)
-        cfg = simulate.SimulationConfig(
+        seed, start = int(time.time()), simulate.live_start()
+        voice = simulate.SimulationConfig(
             rate=rate, queues=tuple(simulate.QueueModel(name, agents) for name in ("billing", "support", "sales")),
-            service_mean=60.0, wrapup_mean=10.0, patience_mean=90.0,
-            seed=int(time.time()), start=simulate.live_start())
-        asyncio.run(_simulate_and_report(settings, broker.bootstrap, base, cfg, duration, worker))
+            service_mean=60.0, wrapup_mean=10.0, patience_mean=90.0, seed=seed, start=start)
+        # Chats and tickets at a pace that shows their KPIs within minutes, not hours.
+        chat = simulate_channels.ChatConfig(rate=rate * 0.3, seed=seed, start=start,
+                                            agent_reply_mean=10.0, customer_reply_mean=15.0)
+        ticket = simulate_channels.TicketConfig(rate=rate * 0.1, seed=seed, start=start,
+                                                first_reply_mean=120.0, solve_after_mean=300.0,
+                                                close_after_solve=600.0, customer_reply_mean=120.0)
+        events = simulate_channels.generate_mixed_events(
+            voice, chat, ticket, math.inf if duration is None else duration)
+        asyncio.run(_simulate_and_report(settings, base, events, duration, worker))
     except KeyboardInterrupt:
         print("\nccpulse demo: stopping ...", flush=True)
     except (local_kafka.LocalKafkaError, DemoError) as exc:
@@ -94,17 +103,15 @@ def _print_where_to_look(settings: Settings, bootstrap: str, base: str) -> None:
 """, flush=True)
 
 
-async def _simulate_and_report(settings: Settings, bootstrap: str, base: str,
-                               cfg: simulate.SimulationConfig, duration: float | None,
-                               worker: subprocess.Popen) -> None:
+async def _simulate_and_report(settings: Settings, base: str, events: Iterable[tuple[str, dict]],
+                               duration: float | None, worker: subprocess.Popen) -> None:
+    from ccpulse.cli import publish_events
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    horizon = math.inf if duration is None else duration
-    publisher = asyncio.create_task(simulate.publish(
-        simulate.generate_call_events(cfg, horizon), bootstrap, settings.topics.name("calls"),
-        1.0, stop=stop))
+    publisher = asyncio.create_task(publish_events(settings, events, 1.0, stop=stop))
     started = time.monotonic()
     try:
         while not stop.is_set() and not publisher.done():
@@ -133,7 +140,8 @@ def status_line(base: str, elapsed: float) -> str:
     queues = doc.get("queues", [])
     if not queues:
         return f"[{elapsed:5.0f}s] events consumed {doc.get('events_consumed', 0):.0f}; no KPI yet"
-    q = max(queues, key=lambda item: item["offered"])
+    q = max((item for item in queues if item["channel"] == "voice"), key=lambda item: item["offered"],
+            default=max(queues, key=lambda item: item["offered"]))
     sl = "-" if q["service_level"] is None else f"{q['service_level']:.0%}"
     ab = "-" if q["abandonment_rate"] is None else f"{q['abandonment_rate']:.0%}"
     asa = "-" if q["asa_seconds"] is None else f"{q['asa_seconds']:.0f}s"

@@ -445,7 +445,9 @@ def _queues(text: str) -> tuple[tuple[str, float], ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimulationConfig()
-    parser.add_argument("--rate", type=_positive, default=defaults.rate,
+    # The CLI defaults are a staffed centre: 1 call/s over 3 queues at ~200 s per call
+    # is ~67 Erlangs per queue, which 75 agents serve at a realistic service level.
+    parser.add_argument("--rate", type=_positive, default=1.0,
                         help="calls per second of event time, all queues together (default %(default)s)")
     parser.add_argument("--duration", type=_positive, default=None,
                         help="seconds of event time to simulate (default: until stopped, in real time)")
@@ -458,7 +460,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queues", type=_queues, default=_queues(",".join(DEFAULT_QUEUE_NAMES)),
                         help="comma-separated queue names, each optionally NAME:WEIGHT for its share "
                              "of the arrivals (default billing,support,sales, equal shares)")
-    parser.add_argument("--agents", type=_agents, default=3, help="agents per queue (default %(default)s)")
+    parser.add_argument("--agents", type=_agents, default=75, help="agents per queue (default %(default)s)")
     parser.add_argument("--patience", type=_non_negative, default=defaults.patience_mean,
                         help="mean caller patience in seconds before abandoning; 0: never abandon "
                              "(default %(default)s)")

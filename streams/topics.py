@@ -34,6 +34,10 @@ def admin_kwargs(settings: Settings) -> dict:
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
     t = settings.topics
     compact = {"cleanup.policy": "compact"}
+
+    def internal(suffix: str) -> str:
+        return f"{t.prefix}{settings.app_id}-{suffix}"
+
     keep_week = {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)}
     return {
         t.name("calls"): keep_week,
@@ -44,6 +48,12 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("kpi_agents"): compact,
         t.name("kpi_queue_state"): compact,
         t.name("sla_breaches"): keep_week,
+        # ccpulse's internal topics (Faust would create them too, but only after
+        # complaining at first start that they are missing).
+        internal("events"): keep_week,
+        internal("window-partials"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
+        internal("contacts"): keep_week,
+        internal("interactions"): compact,
     }
 
 

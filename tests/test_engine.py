@@ -477,6 +477,18 @@ def test_running_totals_are_totals_plus_open_windows() -> None:
     assert all(k[0] == 900 for k in engine.windows)
 
 
+def test_running_totals_count_queues_only() -> None:
+    engine = make_engine(sizes=(900,))
+    run_scenario(engine)
+    assert any(k[2] == "a" for k in engine.windows)  # per-agent windows exist at 15 minutes...
+    # ... but the cumulative counters are per queue only.
+    assert sorted((q, c) for q, c, _ in engine.running_totals()) == [("billing", "voice"), ("sales", "voice")]
+    billing = {k: EXPECTED_W0_BILLING.get(k, 0) + EXPECTED_W1_BILLING.get(k, 0)
+               for k in set(EXPECTED_W0_BILLING) | set(EXPECTED_W1_BILLING)}
+    totals = {f"{q}|{c}": plain(x) for q, c, x in engine.running_totals()}
+    assert totals == {"billing|voice": billing, "sales|voice": EXPECTED_W1_SALES}
+
+
 def test_running_totals_do_not_modify_the_record() -> None:
     engine = make_engine()
     run_scenario(engine)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -68,6 +69,14 @@ class ThresholdConfig:
 
 DEFAULT_TH = ThresholdConfig(False)
 OVERRIDE_TH = ThresholdConfig(True)
+
+# CCPULSE_PROPERTY_SCALE=10 runs ten times as many examples per property (a long hunt).
+SCALE = float(os.environ.get("CCPULSE_PROPERTY_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
 
 # Generated-example counters, printed at the end of the session (pytest -s) and kept
 # for the report.
@@ -360,6 +369,9 @@ def run_engine(delivery: list[tuple[str, dict[str, Any]]], th_fn: Callable[[str,
 
     def collect(snaps: list[Snapshot]) -> None:
         for snap in snaps:
+            # An open snapshot's agg is the live window (it changes with later events):
+            # check the reconciliation identity now, as a publisher serializing it would.
+            assert_identity(snap)
             snapshots.append(snap)
             if snap.final:
                 assert snap.key not in finals, f"two final snapshots of {snap.key}"
@@ -438,8 +450,6 @@ def assert_identity(snap: Snapshot) -> None:
 
 def assert_matches(reference: ref_mod.Reference, run: Run,
                    th_fn: Callable[[str, str], Thresholds]) -> None:
-    for snap in run.snapshots:
-        assert_identity(snap)
     for key, snap in run.finals.items():
         size, _start, scope, name, channel = key
         got = nonzero(snap.agg.counts)
@@ -480,8 +490,12 @@ def reference_of(delivery: list[tuple[str, dict[str, Any]]],
 
 
 def comparable(run: Run) -> dict[tuple, Any]:
+    """Final windows with content. A window that only held facts later retracted (an
+    out-of-order delivery) still gets an empty final snapshot, overwriting whatever
+    open snapshot was published for it; an in-order run never creates it."""
     return {k: (nonzero(s.agg.counts), {n: v[-1] for n, v in s.agg.tops.items() if v},
-                s.waiting_at_start, s.waiting_at_end) for k, s in run.finals.items()}
+                s.waiting_at_start, s.waiting_at_end)
+            for k, s in run.finals.items() if nonzero(s.agg.counts) or any(s.agg.tops.values())}
 
 
 # -- properties ---------------------------------------------------------------
@@ -490,36 +504,22 @@ COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Health
               derandomize=False)
 
 
-def public_reply_before_creation(history: list[tuple[str, dict[str, Any]]]) -> bool:
-    """A public agent reply earlier (in sorted order) than the ticket's first ``created``.
-
-    The engine counts it towards one-touch; the rules make it an orphan. Pinned by
-    ``test_reply_before_creation_does_not_count_for_one_touch`` (xfail) and kept out
-    of the broad properties so they keep checking everything else.
-    """
-    by_ticket: dict[str, list[tuple[tuple[int, int, str], dict[str, Any]]]] = {}
-    for family, doc in history:
-        if family == "ticket":
-            ev = ref_mod.normalise(doc)
-            by_ticket.setdefault(doc["interaction_id"], []).append((ev.sort_key, doc))
-    for events in by_ticket.values():
-        for _, doc in sorted(events, key=lambda e: e[0]):
-            if doc["type"] == "ticket.created":
-                break
-            if doc["type"] == "ticket.replied" and doc["sender"] == "agent" and doc.get("public", True):
-                return True
-    return False
+def known_divergence(history: list[tuple[str, dict[str, Any]]]) -> bool:
+    """The history meets a rule the engine is known to read differently (each pinned by
+    an xfail test below); kept out of the broad properties so they check everything else."""
+    ref = ref_mod.compute([doc for _, doc in history], DEFAULT_TH)
+    return any(r.notes for r in ref.interactions.values())
 
 
 @st.composite
 def scenario(draw: Any, max_shift_ms: int = 45 * MIN) -> tuple[Any, list, list]:
     th_fn = draw(st.sampled_from([DEFAULT_TH, OVERRIDE_TH]))
-    history = draw(histories(th_fn).filter(lambda h: not public_reply_before_creation(h)))
+    history = draw(histories(th_fn).filter(lambda h: not known_divergence(h)))
     delivery = draw(deliveries(history, max_shift_ms))
     return th_fn, history, delivery
 
 
-@settings(max_examples=400, **COMMON)
+@settings(max_examples=examples(400), **COMMON)
 @given(scenario())
 def test_engine_matches_reference(case: tuple[Any, list, list]) -> None:
     """Shuffled delivery with duplicates, windows closed at the end: exactly the reference."""
@@ -529,7 +529,7 @@ def test_engine_matches_reference(case: tuple[Any, list, list]) -> None:
     assert_matches(reference_of(delivery, th_fn), run, th_fn)
 
 
-@settings(max_examples=150, **COMMON)
+@settings(max_examples=examples(150), **COMMON)
 @given(scenario(max_shift_ms=10 * MIN))
 def test_progressive_close_matches_reference(case: tuple[Any, list, list]) -> None:
     """Windows finalized along the way (never one a later event could change)."""
@@ -541,7 +541,7 @@ def test_progressive_close_matches_reference(case: tuple[Any, list, list]) -> No
     assert_matches(reference_of(delivery, th_fn), run, th_fn)
 
 
-@settings(max_examples=120, **COMMON)
+@settings(max_examples=examples(120), **COMMON)
 @given(scenario())
 def test_in_order_equals_shuffled(case: tuple[Any, list, list]) -> None:
     th_fn, history, delivery = case
@@ -550,7 +550,7 @@ def test_in_order_equals_shuffled(case: tuple[Any, list, list]) -> None:
     assert comparable(run_engine(in_order, th_fn)) == comparable(run_engine(delivery, th_fn))
 
 
-@settings(max_examples=120, **COMMON)
+@settings(max_examples=examples(120), **COMMON)
 @given(scenario(max_shift_ms=10 * MIN), st.data())
 def test_crash_and_rebuild_equals_uninterrupted(case: tuple[Any, list, list], data: Any) -> None:
     th_fn, _history, delivery = case
@@ -753,3 +753,44 @@ def test_fractional_wrapup_seconds_are_exact_milliseconds() -> None:
     assert reference_of(events, DEFAULT_TH).nonzero(key)["handle_ms"] == 61_005
     assert run.finals[key].agg.counts["handle_ms"] == 61_005
 
+
+
+def ticket_event(n: int, kind: str, ts: int, **fields: Any) -> tuple[str, dict[str, Any]]:
+    return ("ticket", {"event_id": f"t-{n}", "type": f"ticket.{kind}", "occurred_at": format_ms(ts),
+                       "interaction_id": "t", **fields})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine counts a public agent reply timestamped before ticket.created towards one-touch "
+    "(lifecycle.derive increments public_replies before checking that the ticket exists); "
+    "by the rules it is an orphan, so a ticket solved with no reply is not one-touch"))
+def test_reply_before_creation_does_not_count_for_one_touch() -> None:
+    t = utc(2026, 1, 5, 9)
+    events = [ticket_event(1, "replied", t, sender="agent", agent_id="a-1"),  # before creation
+              ticket_event(2, "created", t + 1, queue="billing"),
+              ticket_event(3, "solved", t + 2)]
+    ref = reference_of(events, DEFAULT_TH)
+    key = (3600, utc(2026, 1, 5, 9), QUEUE, "billing", "email")
+    assert ref.nonzero(key) == {"offered": 1, "solved": 1, "resolution_ms": 1}
+    assert known_divergence(events)
+    run = run_engine(events, DEFAULT_TH)
+    assert nonzero(run.finals[key].agg.counts) == ref.nonzero(key)  # engine adds one_touch: 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine credits a rating to the last segment *with an agent* (lifecycle.derive: "
+    "next(seg.agent for seg in reversed(segments) if seg.agent)); the rule is the agent of "
+    "the last answered segment, if any: here that answer had no agent_id, so no agent"))
+def test_rating_goes_to_the_last_answering_agent_only() -> None:
+    t = utc(2026, 1, 5, 9)
+    events = [ticket_event(1, "created", t, queue="billing"),
+              ticket_event(2, "replied", t + MIN, sender="agent", agent_id="a-1"),
+              ticket_event(3, "closed", t + 2 * MIN),
+              ticket_event(4, "created", t + 3 * MIN, queue="billing"),   # a second contact
+              ticket_event(5, "replied", t + 4 * MIN, sender="agent"),   # answered, agent unknown
+              ticket_event(6, "rated", t + 5 * MIN, csat=5)]
+    ref = reference_of(events, DEFAULT_TH)
+    agent_hour = (3600, utc(2026, 1, 5, 9), AGENT, "a-1", "email")
+    assert ref.nonzero(agent_hour) == {"answered": 1, "handled": 1, "handle_ms": MIN}
+    run = run_engine(events, DEFAULT_TH)
+    assert_matches(ref, run, DEFAULT_TH)  # engine: a-1 also gets csat_responses/satisfied 1

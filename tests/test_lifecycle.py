@@ -216,6 +216,11 @@ def test_a_new_offer_after_an_abandon_opens_a_new_segment() -> None:
                           Segment("billing", 60 * S, "answered", 70 * S, "a-1")]
 
 
+def test_a_new_offer_uses_its_own_queue() -> None:
+    d = build(offered(0, "e1", "billing"), abandoned(5 * S, "e2"), offered(60 * S, "e3", "sales")).derive()
+    assert [(seg.queue, seg.entered) for seg in d.segments] == [("billing", 0), ("sales", 60 * S)]
+
+
 def test_other_steps_do_not_change_the_segments() -> None:
     base = build(offered(0, "e1"), answered(5 * S, "e2"), ended(20 * S, "e3")).derive()
     more = build(offered(0, "e1"), answered(5 * S, "e2"), ended(20 * S, "e3"), Step(30 * S, "rated", "e4"),

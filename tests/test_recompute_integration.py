@@ -115,7 +115,7 @@ def store(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # ty
             return bool(run) and all(r["final"] and r["fcr_final"] is not False for r in run) \
                 and any(r["queue"] == "sentinel" for r in windows.values())
 
-        wait_until(settled, 120, "every window of the run final, FCR decided", interval=2)
+        wait_until(settled, 300, "every window of the run final, FCR decided", interval=2)
         _, api = worker.get("/api/windows")
     finally:
         worker.stop()

@@ -275,7 +275,8 @@ def test_cli_defaults_run_live_in_real_time():
     assert cfg.start >= before
     assert cfg.seed == int(cfg.start.timestamp())  # a fresh id space per live run
     assert [q.name for q in cfg.queues] == ["billing", "support", "sales"]
-    assert all(q.agents == 3 for q in cfg.queues)
+    # A staffed centre by default (1 call/s, 75 agents per queue), not a collapsing one.
+    assert all(q.agents == 75 for q in cfg.queues) and cfg.rate == 1.0
     assert cfg.patience_mean == 60.0 and cfg.service_mean == 180.0
 
 

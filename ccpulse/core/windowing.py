@@ -32,6 +32,9 @@ class Windowing:
 
     def start(self, ts_ms: int, size_s: int) -> int:
         if size_s == DAY:
+            if self._utc:  # no calendar needed: every UTC day is 24 h
+                shift = self.day_start_hour * 3_600_000
+                return ts_ms - (ts_ms - shift) % 86_400_000
             return self._day_start(self._local_day(ts_ms))
         size_ms = size_s * 1000
         offset = 0 if self._utc else self._offset_ms(ts_ms)
@@ -39,6 +42,8 @@ class Windowing:
 
     def end(self, size_s: int, start_ms: int) -> int:
         if size_s == DAY:
+            if self._utc:
+                return start_ms + 86_400_000
             return self._day_start(self._local_day(start_ms) + timedelta(days=1))
         return start_ms + size_s * 1000
 
