@@ -89,7 +89,7 @@ def step_from_message(doc: dict[str, Any]) -> Step:
     """The lifecycle step of a forwarded event (an ``event_message`` dict)."""
     details = doc["details"]
     return Step(doc["ts"], doc["step"], doc["event_id"], doc["queue"], doc["agent_id"],
-                details.get("to_queue"), int(details.get("wrapup_seconds", 0) * 1000),
+                details.get("to_queue"), round(details.get("wrapup_seconds", 0) * 1000),
                 details.get("sender"), details.get("public", True), details.get("csat"),
                 details.get("nps"), doc.get("complaint", False), doc.get("customer_id"))
 

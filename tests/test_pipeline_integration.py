@@ -119,12 +119,14 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
         metrics = worker.metrics()
         windows = latest_windows(kafka_bootstrap, f"{worker.prefix}kpi.windows")
         dead = read_topic(kafka_bootstrap, f"{worker.prefix}events.dead-letter")
+        state = {k.decode(): json.loads(v) for k, v in
+                 read_topic(kafka_bootstrap, f"{worker.prefix}kpi.queue-state")}
         health = worker.get("/health")
     finally:
         exit_code = worker.stop()
     client = clickhouse_connect.get_client(interface="chdb", path=worker.clickhouse_path)
     yield dict(metrics=metrics, windows=windows, dead=dead, client=client, exit_code=exit_code,
-               health=health)
+               health=health, state=state)
     client.close()
 
 
@@ -219,3 +221,18 @@ def test_clickhouse_raw_events_and_interactions(run) -> None:
 def test_worker_was_healthy_and_stopped_cleanly(run) -> None:
     assert run["health"][0] == 200
     assert run["exit_code"] == 0
+
+
+def test_live_queue_state_and_rolling_view(run) -> None:
+    billing, sales = run["state"]["billing|voice"], run["state"]["sales|voice"]
+    # H entered billing at 08:10:00, the newest event time: waiting now, for 0 s so far.
+    assert (billing["waiting"], billing["longest_wait_seconds"], billing["agents_busy"]) == (1, 0.0, 0)
+    assert (sales["waiting"], sales["longest_wait_seconds"], sales["agents_busy"]) == (0, None, 0)
+    assert billing["as_of"] == "2026-01-05T08:10:00.000Z"
+    # Last 15 minutes (08:10 back to 07:56): every billing exit of the scenario.
+    last = billing["last_15m"]
+    assert (last["offered"], last["answered"], last["abandoned"]) == (7, 3, 2)
+    assert last["service_level"] == pytest.approx(2 / 5)
+    m = run["metrics"]
+    assert _sum(m, "ccpulse_queue_waiting", queue="billing") == 1
+    assert _sum(m, "ccpulse_queue_waiting", queue="sales") == 0

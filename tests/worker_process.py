@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 
 def free_port() -> int:
@@ -144,20 +144,31 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
     asyncio.run(run())
 
 
-def read_topic(bootstrap: str, topic: str, idle_seconds: float = 2.0) -> list[Any]:
-    """Every message of a topic from the beginning, as (key, value) pairs."""
+def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Any]:
+    """Every message of a topic from the beginning up to its end when called, as (key, value)."""
     async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
         await consumer.start()
-        out = []
+        out: list[Any] = []
         try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=int(idle_seconds * 1000))
-                if not batch:
-                    break
-                for records in batch.values():
-                    out.extend((r.key, r.value) for r in records)
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                return out
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            deadline = asyncio.get_running_loop().time() + timeout
+            while remaining and asyncio.get_running_loop().time() < deadline:
+                batch = await consumer.getmany(*remaining, timeout_ms=500)
+                for tp, records in batch.items():
+                    out.extend((r.key, r.value) for r in records if r.offset < ends[tp])
+                    if records and records[-1].offset >= ends[tp] - 1:
+                        remaining.discard(tp)
         finally:
             await consumer.stop()
         return out
@@ -178,7 +189,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 def latest_windows(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     """kpi.windows as a compacted consumer sees it: the highest version per key."""
     best: dict[str, dict[str, Any]] = {}
-    for key, value in read_topic(bootstrap, topic, idle_seconds=1.0):
+    for key, value in read_topic(bootstrap, topic):
         record = json.loads(value)
         k = key.decode()
         if k not in best or record["version"] >= best[k]["version"]:

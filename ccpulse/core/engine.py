@@ -250,8 +250,14 @@ class PartitionEngine:
                 keys.add(key)
         keys = {k for k in keys if k in self.windows}
         waiting = self._waiting(keys)
-        return [Snapshot(k, self.windows[k], False, self.version(False), *waiting.get(k, (0, 0)))
-                for k in sorted(keys)]
+        snaps = [Snapshot(k, self.windows[k], False, self.version(False), *waiting.get(k, (0, 0)))
+                 for k in sorted(keys)]
+        for snap in snaps:
+            # A window emptied by retractions is published once (so readers see the
+            # correction) and then forgotten; it holds nothing to finalize.
+            if snap.agg.is_empty():
+                del self.windows[snap.key]
+        return snaps
 
     def _waiting(self, keys: Iterable[WindowKey]) -> dict[WindowKey, tuple[int, int]]:
         """(waiting_at_start, waiting_at_end) of queue windows, by prefix sums per queue and size."""

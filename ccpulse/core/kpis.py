@@ -197,7 +197,9 @@ class WindowAgg:
         return sum(self.counts.get(name, 0) for name in EXITS)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": {k: v for k, v in self.counts.items() if v}, "tops": self.tops}
+        # Copies: an open window keeps changing after its snapshot was taken.
+        return {"counts": {k: v for k, v in self.counts.items() if v},
+                "tops": {k: list(v) for k, v in self.tops.items()}}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "WindowAgg":

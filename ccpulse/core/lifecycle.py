@@ -177,7 +177,8 @@ class Interaction:
             if ticket:
                 if kind == "replied":
                     if s.sender == "agent" and s.public:
-                        public_replies += 1
+                        # A reply before the ticket exists (in event time) is an orphan.
+                        public_replies += 1 if d.segments else 0
                         kind = "answered" if waiting is not None else "reply"
                     else:
                         kind = "note"
@@ -261,7 +262,9 @@ class Interaction:
                     d.orphan_steps += 1
             elif kind == "rated":
                 if d.segments:
-                    agent = next((seg.agent for seg in reversed(d.segments) if seg.agent), None)
+                    # The agent of the last answered segment (none if it named no agent).
+                    agent = next((seg.agent for seg in reversed(d.segments)
+                                  if seg.exit == "answered"), None)
                     d.ratings.append(Rating(s.ts, s.csat, s.nps, d.segments[-1].queue, agent))
                 else:
                     d.orphan_steps += 1
