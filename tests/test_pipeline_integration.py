@@ -15,8 +15,7 @@ import clickhouse_connect
 import orjson
 import pytest
 
-from tests.worker_process import (WorkerProcess, latest_windows, produce, read_topic, wait_until,
-                                  worker_env)
+from tests.worker_process import (WorkerProcess, latest_windows, produce, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -104,8 +103,7 @@ def messages() -> list[tuple[bytes | None, bytes]]:
 @pytest.fixture(scope="module")
 def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp: Path = tmp_path_factory.mktemp("e2e")
-    worker = WorkerProcess(worker_env(kafka_bootstrap, tmp, "e2e"), tmp / "worker.log", 0)
-    worker.port = int(worker.env["CCPULSE_WEB_PORT"])
+    worker = WorkerProcess.create(kafka_bootstrap, tmp, "e2e")
     worker.start()
     try:
         produce(kafka_bootstrap, f"{worker.prefix}calls", messages())

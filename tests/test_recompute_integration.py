@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from ccpulse import simulate
-from tests.worker_process import WorkerProcess, latest_windows, produce, wait_until, worker_env
+from tests.worker_process import WorkerProcess, latest_windows, produce, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -101,8 +101,7 @@ def generate() -> list[tuple[bytes | None, bytes]]:
 @pytest.fixture(scope="module")
 def store(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp: Path = tmp_path_factory.mktemp("recompute")
-    worker = WorkerProcess(worker_env(kafka_bootstrap, tmp, "recompute"), tmp / "worker.log", 0)
-    worker.port = int(worker.env["CCPULSE_WEB_PORT"])
+    worker = WorkerProcess.create(kafka_bootstrap, tmp, "recompute")
     messages = generate()
     worker.start()
     try:

@@ -32,6 +32,12 @@ class WorkerProcess:
     port: int
     process: subprocess.Popen | None = None
 
+    @classmethod
+    def create(cls, bootstrap: str, tmp: Path, name: str, **extra: str) -> "WorkerProcess":
+        """A worker with its own topics, state, embedded store and free HTTP port under ``tmp``."""
+        env = worker_env(bootstrap, tmp, name, **extra)
+        return cls(env, tmp / "worker.log", int(env["CCPULSE_WEB_PORT"]))
+
     @property
     def prefix(self) -> str:
         return self.env["CCPULSE_TOPIC_PREFIX"]
