@@ -7,6 +7,7 @@ seconds, and on Ctrl-C (or after ``--duration``) stops exactly what it started.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -113,6 +114,7 @@ async def _simulate_and_report(settings: Settings, base: str, events: Iterable[t
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     publisher = asyncio.create_task(publish_events(settings, events, 1.0, stop=stop))
     started = time.monotonic()
+    consumed = 0.0
     try:
         while not stop.is_set() and not publisher.done():
             try:
@@ -123,31 +125,36 @@ async def _simulate_and_report(settings: Settings, base: str, events: Iterable[t
                 raise DemoError(f"the worker exited ({worker.returncode}); see its log")
             if duration is not None and time.monotonic() - started >= duration:
                 stop.set()
-            print(await asyncio.to_thread(status_line, base, time.monotonic() - started), flush=True)
+            line, consumed = await asyncio.to_thread(status_line, base, time.monotonic() - started,
+                                                     consumed, STATUS_EVERY_SECONDS)
+            print(line, flush=True)
     finally:
         stop.set()
         await publisher
 
 
-def status_line(base: str, elapsed: float) -> str:
-    """One line: events in, the busiest queue's KPIs so far, rows in ClickHouse."""
+def status_line(base: str, elapsed: float, consumed_before: float, interval: float) -> tuple[str, float]:
+    """One line: events/s, event-time lag, the busiest voice queue's KPIs, rows in ClickHouse."""
     try:
         with urllib.request.urlopen(f"{base}/api/windows", timeout=3) as resp:
-            import json
             doc = json.loads(resp.read())
     except OSError as exc:
-        return f"[{elapsed:5.0f}s] worker not answering ({exc})"
+        return f"[{elapsed:5.0f}s] worker not answering ({exc})", consumed_before
+    consumed = doc.get("events_consumed", 0.0)
+    rate = (consumed - consumed_before) / interval
+    lag = doc.get("event_time_lag_seconds")
+    head = f"[{elapsed:5.0f}s] {rate:6.1f} events/s, lag {'-' if lag is None else f'{lag:.1f}s'}"
     queues = doc.get("queues", [])
     if not queues:
-        return f"[{elapsed:5.0f}s] events consumed {doc.get('events_consumed', 0):.0f}; no KPI yet"
+        return f"{head} | no KPI yet", consumed
     q = max((item for item in queues if item["channel"] == "voice"), key=lambda item: item["offered"],
             default=max(queues, key=lambda item: item["offered"]))
     sl = "-" if q["service_level"] is None else f"{q['service_level']:.0%}"
     ab = "-" if q["abandonment_rate"] is None else f"{q['abandonment_rate']:.0%}"
     asa = "-" if q["asa_seconds"] is None else f"{q['asa_seconds']:.0f}s"
-    return (f"[{elapsed:5.0f}s] events {doc.get('events_consumed', 0):.0f} | busiest {q['queue']}: "
-            f"offered {q['offered']} answered {q['answered']} SL {sl} abandon {ab} ASA {asa} | "
-            f"ClickHouse kpi_windows rows {doc.get('clickhouse_kpi_rows', '?')}")
+    return (f"{head} | busiest {q['queue']}: offered {q['offered']} answered {q['answered']} "
+            f"SL {sl} abandon {ab} ASA {asa} | ClickHouse kpi_windows rows "
+            f"{doc.get('clickhouse_kpi_rows', '?')}", consumed)
 
 
 def _stop_worker(worker: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -1,11 +1,35 @@
 """``ccpulse simulate``: voice-call events from a small but honest queueing model.
 
-Each queue is an M/M/c+M system: Poisson arrivals, ``agents`` servers,
-exponential talk time (plus an exponential after-call wrap-up during which the
-agent stays busy), FIFO waiting and exponential customer patience. It is a
-discrete-event simulation in event time driven by a heap, so one hour of
-traffic costs milliseconds to generate and the wall clock only matters when
+Each queue is an M/M/c+M system by default: Poisson arrivals, ``agents``
+servers, exponential talk time (plus an exponential after-call wrap-up during
+which the agent stays busy), FIFO waiting and exponential customer patience.
+It is a discrete-event simulation in event time driven by a heap, so one hour
+of traffic costs milliseconds to generate and the wall clock only matters when
 ``publish`` paces the output.
+
+Everything that makes a day in a real contact center look like one is opt-in,
+and with the defaults the output is exactly that of the plain model:
+
+- ``SimulationConfig.profile``: 24 hourly multipliers of ``rate`` (the UTC hour
+  of the event time), a non-homogeneous Poisson process generated exactly by
+  thinning;
+- ``QueueModel.schedule``: 24 hourly agent counts. When staffing drops, agents
+  finish their current call (and wrap-up) and then log off, longest-idle agents
+  staying; when it rises, the new agents pick up waiting calls at once.
+  ``SimulationConfig.outages`` scale the staffing down for a time window (a
+  telephony or CRM outage: only a share of the agents can take calls);
+- ``service_distribution="lognormal"`` with ``service_cv``: talk and wrap-up
+  times are lognormal with the configured means (real handle times are);
+- ``transfer_probability``: an agent transfers the call to another queue
+  (``call.transferred`` with ``to_queue``) where it waits, and may be abandoned,
+  again; ``repeat_probability``: the caller is someone who called in the last
+  hours, so first-contact resolution has both outcomes;
+  ``rating_probability``: a post-call survey (``call.rated``, csat 1-5 and
+  sometimes nps 0-10, worse after long waits and transfers) after ``call.ended``.
+
+Every random number is drawn when a call arrives, whether it is used or not, so
+the random stream depends on the arrivals only: the same seed with fewer agents
+gives the same callers, with the same patience and talk times.
 
 The model runs on integer milliseconds: every timestamp is exact once formatted,
 so the wait an integrator computes from two ``occurred_at`` strings is exactly
@@ -29,8 +53,11 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 
 __all__ = [
+    "CUSTOMER_POPULATION",
     "DEFAULT_START",
+    "Outage",
     "QueueModel",
+    "SERVICE_DISTRIBUTIONS",
     "SimulationConfig",
     "add_arguments",
     "config_from_args",
@@ -45,8 +72,40 @@ DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
 DEFAULT_QUEUE_NAMES = ("billing", "support", "sales")
 # Customers are drawn from a finite population so that repeat callers occur.
 CUSTOMER_POPULATION = 100_000
+SERVICE_DISTRIBUTIONS = ("exponential", "lognormal")
+HOURS = 24
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
+_HOUR_MS = 3_600_000
+
+# Repeat contacts come from callers of the last hours (inside the default 24 h
+# first-contact-resolution horizon); bounded, so an endless stream stays bounded.
+_REPEAT_WINDOW_MS = 20 * _HOUR_MS
+_REPEAT_MEMORY = 20_000
+# A transferring agent talks for this share of a normal call before the transfer.
+_TRANSFER_TALK_SHARE = 0.4
+# Post-call survey: answered this long after the end on average, seconds.
+_RATING_DELAY_MEAN = 30.0
+_NPS_SHARE = 0.4  # of the rated calls also give an NPS score
+# Satisfaction falls with the wait: (total wait up to, ms) -> CSAT 1..5 and NPS 0..10 weights.
+# A transferred call is rated one band worse.
+_SATISFACTION_BANDS = (
+    (60_000, tuple(accumulate((0.04, 0.04, 0.08, 0.30, 0.54))),
+     tuple(accumulate((0.01, 0.01, 0.01, 0.02, 0.02, 0.04, 0.05, 0.11, 0.18, 0.23, 0.32)))),
+    (180_000, tuple(accumulate((0.10, 0.10, 0.20, 0.32, 0.28))),
+     tuple(accumulate((0.04, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.15, 0.17, 0.14, 0.14)))),
+    (math.inf, tuple(accumulate((0.30, 0.22, 0.22, 0.16, 0.10))),
+     tuple(accumulate((0.12, 0.08, 0.09, 0.09, 0.09, 0.10, 0.10, 0.11, 0.10, 0.06, 0.06)))),
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _probability(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: must be a probability between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -55,6 +114,9 @@ class QueueModel:
     agents: int = 3
     # Share of the total arrival rate, relative to the other queues' weights.
     weight: float = 1.0
+    # Agents on shift in each UTC hour 0-23 of the event time; None: always ``agents``.
+    # When set it replaces ``agents`` (0 is allowed: the queue is closed that hour).
+    schedule: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 128:
@@ -63,6 +125,34 @@ class QueueModel:
             raise ValueError(f"queue {self.name}: agents must be at least 1")
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ValueError(f"queue {self.name}: weight must be a positive number")
+        if self.schedule is not None:
+            schedule = tuple(self.schedule)
+            if len(schedule) != HOURS or not all(_is_int(n) and n >= 0 for n in schedule):
+                raise ValueError(f"queue {self.name}: schedule must be 24 agent counts (integers >= 0), "
+                                 "one per hour of the day")
+            if not any(schedule):
+                raise ValueError(f"queue {self.name}: schedule has no agents in any hour")
+            object.__setattr__(self, "schedule", schedule)
+
+
+@dataclass(frozen=True)
+class Outage:
+    """For ``duration`` seconds from ``start`` seconds after the simulation start,
+    only ``factor`` of the scheduled agents (rounded) can take calls."""
+
+    start: float
+    duration: float
+    factor: float = 0.2
+    queues: tuple[str, ...] = ()  # the queues affected; empty: all
+
+    def __post_init__(self) -> None:
+        if isinstance(self.start, bool) or not (self.start >= 0 and math.isfinite(self.start)):
+            raise ValueError("outage start: must be zero or a positive number of seconds after the start")
+        if isinstance(self.duration, bool) or not (self.duration > 0 and math.isfinite(self.duration)):
+            raise ValueError("outage duration: must be a positive number of seconds")
+        if isinstance(self.factor, bool) or not (self.factor >= 0 and math.isfinite(self.factor)):
+            raise ValueError("outage factor: must be zero or a positive number (share of the agents)")
+        object.__setattr__(self, "queues", tuple(self.queues))
 
 
 @dataclass(frozen=True)
@@ -75,6 +165,16 @@ class SimulationConfig:
     seed: int = 1
     # Normalised to UTC with millisecond precision, the model's resolution.
     start: datetime = DEFAULT_START
+    # Multipliers of ``rate`` for each UTC hour 0-23 of the event time; None: flat.
+    profile: tuple[float, ...] | None = None
+    # Talk and wrap-up times: "exponential" or "lognormal" (same means; coefficient of
+    # variation ``service_cv``, used by lognormal only).
+    service_distribution: str = "exponential"
+    service_cv: float = 1.0
+    transfer_probability: float = 0.0  # an answered call is transferred to another queue
+    repeat_probability: float = 0.0  # the caller called in the last hours already
+    rating_probability: float = 0.0  # call.rated after call.ended
+    outages: tuple[Outage, ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.rate > 0 and math.isfinite(self.rate)):
@@ -94,6 +194,31 @@ class SimulationConfig:
             raise ValueError("start: must be timezone-aware")
         start = self.start.astimezone(timezone.utc)
         object.__setattr__(self, "start", start.replace(microsecond=start.microsecond // 1000 * 1000))
+        if self.profile is not None:
+            profile = tuple(self.profile)
+            if len(profile) != HOURS or not all(
+                    not isinstance(p, bool) and isinstance(p, (int, float)) and p >= 0 and math.isfinite(p)
+                    for p in profile):
+                raise ValueError("profile: must be 24 multipliers (numbers >= 0), one per hour of the day")
+            if not any(profile):
+                raise ValueError("profile: at least one hour must have arrivals")
+            object.__setattr__(self, "profile", tuple(float(p) for p in profile))
+        if self.service_distribution not in SERVICE_DISTRIBUTIONS:
+            raise ValueError(f"service_distribution: must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, "
+                             f"got {self.service_distribution!r}")
+        if isinstance(self.service_cv, bool) or not (self.service_cv > 0 and math.isfinite(self.service_cv)):
+            raise ValueError("service_cv: must be a positive number")
+        _probability("transfer_probability", self.transfer_probability)
+        _probability("repeat_probability", self.repeat_probability)
+        _probability("rating_probability", self.rating_probability)
+        outages = tuple(self.outages)
+        for outage in outages:
+            if not isinstance(outage, Outage):
+                raise ValueError("outages: each must be an Outage")
+            unknown = set(outage.queues) - set(names)
+            if unknown:
+                raise ValueError(f"outages: unknown queue {sorted(unknown)[0]!r}")
+        object.__setattr__(self, "outages", outages)
 
 
 def live_start() -> datetime:
@@ -102,34 +227,104 @@ def live_start() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-# Heap entry kinds. At equal times an agent frees up before a patience timer
-# fires (a caller whose patience ends exactly when an agent frees is answered)
-# and before a new arrival (which then finds the free agent).
-_END, _FREE, _ABANDON, _ARRIVAL = 0, 1, 2, 3
+# Heap entry kinds, in the order they run at equal times. Staffing changes come
+# first (a caller arriving exactly when agents log on is answered; an agent
+# freeing exactly when staffing drops logs off); an agent frees up before a
+# patience timer fires (a caller whose patience ends exactly when an agent frees
+# is answered) and before a new arrival (which then finds the free agent).
+_STAFF, _END, _TRANSFER, _FREE, _ABANDON, _RATE, _ARRIVAL = range(7)
 _WAITING, _ANSWERED, _ABANDONED = 0, 1, 2
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Call:
-    n: int
+    iid: str
     queue: int
-    offered_ms: int
-    # Drawn at arrival, whether used or not: the random stream then depends on
-    # the arrival sequence only, so changing agent counts keeps the same callers.
+    # Everything random is drawn at arrival, whether used or not: the random
+    # stream then depends on the arrival sequence only, so changing agent counts
+    # keeps the same callers.
     patience_ms: int | None
     service_ms: int
     wrapup_s: int
     customer_id: str
+    queued_ms: int  # when the current wait began
+    transfer_ms: int = -1  # talk before the agent transfers the call; -1: no transfer
+    to_queue: int = 0
+    patience2_ms: int | None = None  # patience in the queue transferred to
+    rating: tuple[float, float | None, int] | None = None  # (csat draw, nps draw, delay ms)
     state: int = _WAITING
-    agent: str = ""
+    agent: int = 0  # index into the queue's agent names
+    wait_ms: int = 0  # total wait of the answered segments
+    abandon_ms: int = -1  # when the live patience timer fires
+    emitted: int = 0  # events so far: the event id suffix
+    transferred: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _QueueState:
     name: str
+    names: list[str]  # agent ids by agent index
     # Longest-idle agent first, the usual ACD routing rule.
-    free_agents: deque[str]
+    free_agents: deque[int]
+    target: int  # agents scheduled now
+    on_shift: int  # free + busy, including busy agents who log off after this call
+    off: list[int] = field(default_factory=list)  # a heap of the agents off shift
     waiting: deque[_Call] = field(default_factory=deque)
+
+
+class _Staffing:
+    """Agents scheduled per queue at a model time, and when that can next change."""
+
+    def __init__(self, cfg: SimulationConfig, start_ms: int) -> None:
+        self._start_ms = start_ms
+        self._schedules = [q.schedule for q in cfg.queues]
+        self._agents = [q.agents for q in cfg.queues]
+        self._hourly = any(s is not None for s in self._schedules)
+        windows = [(round(o.start * 1000), round((o.start + o.duration) * 1000), o.factor, set(o.queues))
+                   for o in cfg.outages]
+        self._outages = [[(a, b, f) for a, b, f, names in windows if not names or q.name in names]
+                         for q in cfg.queues]
+        self._bounds = sorted({b for a, e, _, _ in windows for b in (a, e) if b > 0})
+
+    def target(self, queue: int, t: int) -> int:
+        schedule = self._schedules[queue]
+        base = self._agents[queue] if schedule is None else schedule[(self._start_ms + t) // _HOUR_MS % HOURS]
+        factor = 1.0
+        for a, b, f in self._outages[queue]:
+            if a <= t < b:
+                factor *= f
+        return base if factor == 1.0 else int(base * factor + 0.5)
+
+    def next_change(self, t: int) -> float:
+        nxt: float = math.inf
+        if self._hourly:
+            nxt = ((self._start_ms + t) // _HOUR_MS + 1) * _HOUR_MS - self._start_ms
+        i = bisect_right(self._bounds, t)
+        if i < len(self._bounds) and self._bounds[i] < nxt:
+            nxt = self._bounds[i]
+        return nxt
+
+
+class _Customers:
+    """Anyone from the population; with ``p``, someone who called in the last hours."""
+
+    __slots__ = ("_rng", "_p", "_recent")
+
+    def __init__(self, rng: random.Random, p: float) -> None:
+        self._rng = rng
+        self._p = p
+        self._recent: deque[tuple[int, str]] = deque()
+
+    def draw(self, now_ms: int) -> str:
+        recent = self._recent
+        while recent and (recent[0][0] < now_ms - _REPEAT_WINDOW_MS or len(recent) >= _REPEAT_MEMORY):
+            recent.popleft()
+        if recent and self._rng.random() < self._p:
+            customer = recent[self._rng.randrange(len(recent))][1]
+        else:
+            customer = f"cust-{self._rng.randrange(CUSTOMER_POPULATION):05d}"
+        recent.append((now_ms, customer))
+        return customer
 
 
 class _Clock:
@@ -149,8 +344,20 @@ class _Clock:
         return f"{self._prefix}.{ms:03d}Z"
 
 
+def _pick(u: float, cum_weights: tuple[float, ...]) -> int:
+    return min(bisect_right(cum_weights, u * cum_weights[-1]), len(cum_weights) - 1)
+
+
 def generate_call_events(cfg: SimulationConfig, duration: float) -> Iterator[dict[str, Any]]:
     """Every call event with ``occurred_at < cfg.start + duration``, in event-time order.
+
+    Per call: ``call.offered`` (customer_id) -> ``call.answered`` (agent_id) or
+    ``call.abandoned`` -> with ``transfer_probability``, ``call.transferred``
+    (agent_id, to_queue), then another wait in ``to_queue`` ending in
+    ``call.answered`` or ``call.abandoned`` there -> ``call.ended`` (agent_id,
+    wrapup_seconds) -> with ``rating_probability``, ``call.rated`` (agent_id,
+    csat, sometimes nps). Event ids are the interaction id plus the event's
+    1-based position in the call.
 
     Lazy: ``duration=math.inf`` streams forever in bounded memory (as long as the
     model is stable or callers abandon). Calls still in progress at the horizon
@@ -158,106 +365,235 @@ def generate_call_events(cfg: SimulationConfig, duration: float) -> Iterator[dic
     """
     if not duration >= 0:
         raise ValueError("duration: must be zero or a positive number of seconds")
+    return _call_events(cfg, math.inf if math.isinf(duration) else round(duration * 1000))
+
+
+def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str, Any]]:
     rng = random.Random(cfg.seed)
-    horizon_ms = math.inf if math.isinf(duration) else round(duration * 1000)
+    random_, expovariate, lognormvariate = rng.random, rng.expovariate, rng.lognormvariate
     start_ms = (cfg.start - _EPOCH) // _MS
     clock = _Clock()
-    queues = [
-        _QueueState(q.name, deque(f"{q.name}-a{i}" for i in range(1, q.agents + 1)))
-        for q in cfg.queues
-    ]
+    staffing = _Staffing(cfg, start_ms)
+    queues = []
+    for i, qm in enumerate(cfg.queues):
+        n = staffing.target(i, 0)
+        queues.append(_QueueState(qm.name, [f"{qm.name}-a{k}" for k in range(1, n + 1)], deque(range(n)), n, n))
+    nq = len(queues)
     cum_weights = list(accumulate(q.weight for q in cfg.queues))
     total_weight = cum_weights[-1]
-    last_queue = len(queues) - 1
+    last_queue = nq - 1
     patience_rate = None if cfg.patience_mean is None else 1.0 / cfg.patience_mean
     service_rate = 1.0 / cfg.service_mean
     wrapup_rate = 1.0 / cfg.wrapup_mean if cfg.wrapup_mean > 0 else None
-    seed = cfg.seed
+    lognormal = cfg.service_distribution == "lognormal"
+    # Lognormal with mean m and coefficient of variation cv: sigma^2 = ln(1 + cv^2), mu = ln m - sigma^2 / 2.
+    sigma = math.sqrt(math.log1p(cfg.service_cv ** 2))
+    service_mu = math.log(cfg.service_mean) - sigma * sigma / 2
+    wrapup_mu = math.log(cfg.wrapup_mean) - sigma * sigma / 2 if wrapup_rate is not None else 0.0
+    transfer_p, rating_p = cfg.transfer_probability, cfg.rating_probability
+    customers = _Customers(rng, cfg.repeat_probability) if cfg.repeat_probability > 0 else None
+    prefix = f"c-{cfg.seed}-"
 
-    heap: list[tuple[int, int, int, _Call]] = []
+    rate = cfg.rate
+    profile = cfg.profile
+    peak = 0.0
+    if profile is not None:
+        peak = max(profile)
+        if min(profile) == peak:  # flat after all: a homogeneous process
+            rate, profile = rate * peak, None
+    peak_rate = rate * peak
+
+    heap: list[tuple[int, int, int, Any]] = []
     seq = 0
     arrival_s = 0.0  # unrounded, so rounding errors don't accumulate over the stream
     calls = 0
 
-    def push(at_ms: int, kind: int, call: _Call) -> None:
+    def push(at_ms: int, kind: int, call: Any) -> None:
         nonlocal seq
         seq += 1
         heapq.heappush(heap, (at_ms, kind, seq, call))
 
     def next_arrival() -> None:
         nonlocal arrival_s, calls
-        arrival_s += rng.expovariate(cfg.rate)
+        if profile is None:
+            arrival_s += expovariate(rate)
+        else:
+            # Thinning: candidates at the peak rate, each kept with probability rate(t) / peak rate.
+            while True:
+                arrival_s += expovariate(peak_rate)
+                p = profile[(start_ms + round(arrival_s * 1000)) // _HOUR_MS % HOURS]
+                if p == peak or random_() * peak < p:
+                    break
         calls += 1
-        queue = min(bisect_right(cum_weights, rng.random() * total_weight), last_queue)
-        customer = f"cust-{rng.randrange(CUSTOMER_POPULATION):05d}"
-        patience = None if patience_rate is None else round(rng.expovariate(patience_rate) * 1000)
-        # At least 1 ms of talk so that call.ended is strictly after call.answered.
-        service = max(1, round(rng.expovariate(service_rate) * 1000))
-        wrapup = 0 if wrapup_rate is None else round(rng.expovariate(wrapup_rate))
+        queue = min(bisect_right(cum_weights, random_() * total_weight), last_queue)
         offered = round(arrival_s * 1000)
-        push(offered, _ARRIVAL, _Call(calls, queue, offered, patience, service, wrapup, customer))
+        if customers is None:
+            customer = f"cust-{rng.randrange(CUSTOMER_POPULATION):05d}"
+        else:
+            customer = customers.draw(offered)
+        patience = None if patience_rate is None else round(expovariate(patience_rate) * 1000)
+        if lognormal:
+            service = max(1, round(lognormvariate(service_mu, sigma) * 1000))
+            wrapup = 0 if wrapup_rate is None else round(lognormvariate(wrapup_mu, sigma))
+        else:
+            # At least 1 ms of talk so that call.ended is strictly after call.answered.
+            service = max(1, round(expovariate(service_rate) * 1000))
+            wrapup = 0 if wrapup_rate is None else round(expovariate(wrapup_rate))
+        call = _Call(f"{prefix}{calls}", queue, patience, service, wrapup, customer, offered)
+        if transfer_p and random_() < transfer_p:
+            to = queue
+            if nq > 1:
+                to = rng.randrange(nq - 1)
+                to += to >= queue  # any other queue
+            talk = lognormvariate(service_mu, sigma) if lognormal else expovariate(service_rate)
+            call.transfer_ms = max(1, round(talk * _TRANSFER_TALK_SHARE * 1000))
+            call.to_queue = to
+            call.patience2_ms = None if patience_rate is None else round(expovariate(patience_rate) * 1000)
+        if rating_p and random_() < rating_p:
+            csat = random_()
+            nps = random_() if random_() < _NPS_SHARE else None
+            call.rating = (csat, nps, max(1, round(expovariate(1.0 / _RATING_DELAY_MEAN) * 1000)))
+        push(offered, _ARRIVAL, call)
 
-    def event(call: _Call, n: int, kind: str, at_ms: int) -> dict[str, Any]:
-        iid = f"c-{seed}-{call.n}"
+    def event(call: _Call, kind: str, at_ms: int) -> dict[str, Any]:
+        call.emitted += 1
         return {
-            "event_id": f"{iid}-{n}",
+            "event_id": f"{call.iid}-{call.emitted}",
             "type": kind,
             "occurred_at": clock.format(start_ms + at_ms),
-            "interaction_id": iid,
+            "interaction_id": call.iid,
             "queue": queues[call.queue].name,
             "schema_version": 1,
         }
 
-    def answer(call: _Call, agent: str, now: int) -> dict[str, Any]:
+    def answer(call: _Call, q: _QueueState, agent: int, now: int) -> dict[str, Any]:
         call.state = _ANSWERED
         call.agent = agent
-        push(now + call.service_ms, _END, call)
-        ev = event(call, 2, "call.answered", now)
-        ev["agent_id"] = agent
+        call.wait_ms += now - call.queued_ms
+        if call.transfer_ms >= 0 and not call.transferred:
+            push(now + call.transfer_ms, _TRANSFER, call)
+        else:
+            push(now + call.service_ms, _END, call)
+        ev = event(call, "call.answered", now)
+        ev["agent_id"] = q.names[agent]
         return ev
 
+    def enqueue(call: _Call, q: _QueueState, now: int, patience: int | None) -> Iterator[dict[str, Any]]:
+        if q.free_agents:
+            yield answer(call, q, q.free_agents.popleft(), now)
+        else:
+            q.waiting.append(call)
+            if patience is not None:
+                call.abandon_ms = now + patience
+                push(call.abandon_ms, _ABANDON, call)
+
+    def release(q: _QueueState, agent: int, now: int) -> Iterator[dict[str, Any]]:
+        """The agent is done with a call (and its wrap-up): logs off if over the schedule, else takes the next."""
+        if q.on_shift > q.target:
+            q.on_shift -= 1
+            heapq.heappush(q.off, agent)
+        else:
+            yield from _next_waiting(q, agent, now, answer)
+
     next_arrival()
+    first_change = staffing.next_change(0)
+    if first_change < math.inf:
+        push(first_change, _STAFF, None)  # type: ignore[arg-type]
     while heap[0][0] < horizon_ms:
         now, kind, _, call = heapq.heappop(heap)
-        q = queues[call.queue]
         if kind == _ARRIVAL:
             next_arrival()
-            ev = event(call, 1, "call.offered", now)
+            ev = event(call, "call.offered", now)
             ev["customer_id"] = call.customer_id
             yield ev
-            if q.free_agents:
-                yield answer(call, q.free_agents.popleft(), now)
-            else:
-                q.waiting.append(call)
-                if call.patience_ms is not None:
-                    push(now + call.patience_ms, _ABANDON, call)
-        elif kind == _ABANDON:
-            # Stale timer if the call was answered meanwhile; the queue entry is
-            # skipped lazily when an agent next looks for work.
-            if call.state == _WAITING:
-                call.state = _ABANDONED
-                yield event(call, 2, "call.abandoned", now)
+            yield from enqueue(call, queues[call.queue], now, call.patience_ms)
         elif kind == _END:
-            ev = event(call, 3, "call.ended", now)
-            ev["agent_id"] = call.agent
+            q = queues[call.queue]
+            ev = event(call, "call.ended", now)
+            ev["agent_id"] = q.names[call.agent]
             ev["wrapup_seconds"] = call.wrapup_s
             yield ev
+            if call.rating is not None:
+                push(now + call.rating[2], _RATE, call)
             if call.wrapup_s:
                 push(now + call.wrapup_s * 1000, _FREE, call)
             else:
-                yield from _next_waiting(q, call.agent, now, answer)
-        else:  # _FREE: the agent finished wrap-up
-            yield from _next_waiting(q, call.agent, now, answer)
+                yield from release(q, call.agent, now)
+        elif kind == _FREE:  # the agent finished wrap-up
+            yield from release(queues[call.queue], call.agent, now)
+        elif kind == _ABANDON:
+            # Stale if the call was answered meanwhile (or the timer is from the wait
+            # before a transfer); the queue entry is skipped lazily when an agent
+            # next looks for work.
+            if call.state == _WAITING and call.abandon_ms == now:
+                call.state = _ABANDONED
+                yield event(call, "call.abandoned", now)
+        elif kind == _TRANSFER:
+            q = queues[call.queue]
+            ev = event(call, "call.transferred", now)
+            ev["agent_id"] = q.names[call.agent]
+            ev["to_queue"] = queues[call.to_queue].name
+            yield ev
+            call.transferred = True
+            yield from release(q, call.agent, now)
+            call.queue = call.to_queue
+            call.state = _WAITING
+            call.queued_ms = now
+            yield from enqueue(call, queues[call.queue], now, call.patience2_ms)
+        elif kind == _RATE:
+            yield _rating(call, event(call, "call.rated", now), queues[call.queue])
+        else:  # _STAFF
+            for i, q in enumerate(queues):
+                n = staffing.target(i, now)
+                if n != q.target:
+                    yield from _restaff(q, n, now, answer)
+            nxt = staffing.next_change(now)
+            if nxt < math.inf:
+                push(nxt, _STAFF, None)  # type: ignore[arg-type]
 
 
-def _next_waiting(q: _QueueState, agent: str, now: int,
-                  answer: Callable[[_Call, str, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _next_waiting(q: _QueueState, agent: int, now: int,
+                  answer: Callable[[_Call, _QueueState, int, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
     while q.waiting:
         call = q.waiting.popleft()
         if call.state == _WAITING:
-            yield answer(call, agent, now)
+            yield answer(call, q, agent, now)
             return
     q.free_agents.append(agent)
+
+
+def _restaff(q: _QueueState, n: int, now: int,
+             answer: Callable[[_Call, _QueueState, int, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Staffing changes to ``n``: idle agents log off at once (the longest idle stay),
+    busy ones after their call; new agents take waiting calls at once."""
+    q.target = n
+    free = q.free_agents
+    while q.on_shift > n and free:
+        heapq.heappush(q.off, free.pop())
+        q.on_shift -= 1
+    while q.on_shift < n:
+        if q.off:
+            agent = heapq.heappop(q.off)
+        else:
+            agent = len(q.names)
+            q.names.append(f"{q.name}-a{agent + 1}")
+        q.on_shift += 1
+        yield from _next_waiting(q, agent, now, answer)
+
+
+def _rating(call: _Call, ev: dict[str, Any], q: _QueueState) -> dict[str, Any]:
+    csat_draw, nps_draw, _ = call.rating  # type: ignore[misc]
+    band = 0
+    while call.wait_ms > _SATISFACTION_BANDS[band][0]:
+        band += 1
+    if call.transferred and band < len(_SATISFACTION_BANDS) - 1:
+        band += 1
+    _, csat_weights, nps_weights = _SATISFACTION_BANDS[band]
+    ev["agent_id"] = q.names[call.agent]
+    ev["csat"] = 1 + _pick(csat_draw, csat_weights)
+    if nps_draw is not None:
+        ev["nps"] = _pick(nps_draw, nps_weights)
+    return ev
 
 
 def encode(event: dict[str, Any]) -> bytes:

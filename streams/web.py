@@ -45,7 +45,10 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
     windows = [merged_record(entry, pipe, now_ms) for entry in entries[:recent]]
     consumed = sum(sample.value for metric in pipe.metrics.events_consumed.collect()
                    for sample in metric.samples if sample.name.endswith("_total"))
-    body: dict[str, Any] = {"queues": queues, "windows": windows, "events_consumed": consumed}
+    watermarks = [e.record.watermark for e in list(pipe.engines.values()) if e.record.watermark]
+    lag = (now_ms - max(watermarks)) / 1000 if watermarks else None
+    body: dict[str, Any] = {"queues": queues, "windows": windows, "events_consumed": consumed,
+                            "event_time_lag_seconds": lag}
     if pipe.writer is not None and pipe.writer.client is not None:
         body["clickhouse_kpi_rows"] = await pipe.writer.count("kpi_windows")
     return body

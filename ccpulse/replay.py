@@ -1,0 +1,1113 @@
+"""``ccpulse replay FILE``: historical per-interaction records as EVENTS.md lifecycle events.
+
+A contact-center export usually has one row per interaction (a call, chat or
+ticket) with a few timestamps: when it entered the queue, when an agent answered,
+when the customer gave up, when it ended. A *mapping file* (TOML, see
+``deploy/replay/README.md``) says which columns hold what; this module reads the
+file (CSV, TSV or JSON Lines), turns every row into a ``ReplayRecord``, expands
+the records into lifecycle events (``call.offered`` / ``call.answered`` /
+``call.abandoned`` / ``call.ended``, the ``chat.*`` equivalents, or
+``ticket.created`` / ``ticket.replied`` / ``ticket.closed``), sorts them by event
+time (exports are rarely sorted) and publishes them to the input topics, as fast
+as possible or paced at a multiple of real time.
+
+A JSON Lines file whose lines already are EVENTS.md events (for example a dump of
+``raw_events``) needs no mapping: it is validated, sorted and published as is.
+
+Two kinds of rows are not turned into interactions:
+
+- *expected* ones, always skipped and counted by reason: rows with no offered
+  time (the caller hung up in the voice menu, before any queue), and rows whose
+  outcome the mapping lists under ``outcome.skip`` (e.g. PHANTOM calls);
+- *bad records* (an unparseable time, a missing id or queue, a duplicate id, an
+  unknown outcome value, a wrong number of fields, an answer before the offer...):
+  ``on_error = "fail"`` (the default) stops with ``ReplayError("line N: ...")``;
+  ``on_error = "skip"`` skips and counts them by kind, keeping the first messages.
+
+Pure functions except ``replay`` (Kafka) and ``run_from_args`` (the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import math
+import re
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+__all__ = [
+    "ReplayError",
+    "ReplayMapping",
+    "ReplayRecord",
+    "ReplayStats",
+    "add_arguments",
+    "lifecycle_events",
+    "load_mapping",
+    "progress_bar",
+    "read_interactions",
+    "read_native_events",
+    "replay",
+    "run_from_args",
+]
+
+FORMATS = ("csv", "tsv", "jsonl")
+MAX_ID_CHARS = 128
+# A time of day more than this much earlier than the date's reference time is on
+# the next day (a midnight crossing); a smaller backwards step is clock skew.
+ROLLOVER_MS = 12 * 3600 * 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+_TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?\Z")
+_FAMILY = {"voice": "call", "chat": "chat"}  # every other channel is a ticket channel
+# Rank of each event of one interaction: event ids end in it, and ties in event
+# time keep the lifecycle order.
+_OFFERED, _EXIT, _ENDED = 1, 2, 3
+
+
+class ReplayError(ValueError):
+    """A bad mapping or a bad record; the message is one line ("line 12: ...")."""
+
+    def __init__(self, message: str, *, line: int | None = None, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.line = line
+        self.kind = kind
+
+
+# ---------------------------------------------------------------- the mapping
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """Where a text value comes from: columns (joined), or a constant; optionally translated."""
+
+    columns: tuple[str, ...] = ()
+    constant: str | None = None
+    values: Mapping[str, str] | None = None
+
+    def describe(self) -> str:
+        return ", ".join(self.columns) if self.columns else repr(self.constant)
+
+
+@dataclass(frozen=True)
+class OutcomeRule:
+    column: str
+    answered: frozenset[str] = frozenset()
+    abandoned: frozenset[str] = frozenset()
+    skip: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ReplayMapping:
+    """How one export maps onto interactions (``load_mapping`` builds and checks it)."""
+
+    id: ValueSpec
+    queue: ValueSpec
+    offered: tuple[str, ...]
+    format: str | None = None  # None: from the file name (.csv, .tsv/.tab, .jsonl/.ndjson)
+    delimiter: str | None = None  # default "," for csv, tab for tsv
+    split_on_whitespace_fallback: bool = False
+    encoding: str = "utf-8-sig"
+    id_separator: str = "-"
+    channel: ValueSpec = ValueSpec(constant="voice")
+    agent: ValueSpec | None = None
+    customer: ValueSpec | None = None
+    answered: tuple[str, ...] = ()
+    abandoned: tuple[str, ...] = ()
+    ended: tuple[str, ...] = ()
+    outcome: OutcomeRule | None = None
+    timestamp_format: str = "iso"  # iso, epoch, epoch_ms or a strptime pattern
+    date: str | None = None  # a date column: time columns then hold times of day
+    date_format: str = "%Y-%m-%d"
+    date_reference: str | None = None  # the time column the date belongs to (default: offered)
+    timezone: str = "UTC"
+    empty_times: frozenset[str] = frozenset()
+    agent_missing: frozenset[str] = frozenset()
+    customer_missing: frozenset[str] = frozenset()
+    unknown_agent: str = "unknown"
+    clock_skew_seconds: float = 0.0
+    on_error: str = "fail"
+    attributes: Mapping[str, str] = field(default_factory=dict)  # attribute -> column
+
+    def time_columns(self) -> tuple[str, ...]:
+        cols = self.offered + self.answered + self.abandoned + self.ended
+        return cols + ((self.date_reference,) if self.date_reference else ())
+
+    def columns(self) -> set[str]:
+        """Every column the mapping reads."""
+        out = set(self.time_columns())
+        for spec in (self.id, self.queue, self.channel, self.agent, self.customer):
+            if spec is not None:
+                out.update(spec.columns)
+        if self.outcome is not None:
+            out.add(self.outcome.column)
+        if self.date:
+            out.add(self.date)
+        out.update(self.attributes.values())
+        return out
+
+
+_KEYS = ("format", "delimiter", "split_on_whitespace_fallback", "encoding", "id", "id_separator",
+         "channel", "queue", "agent", "customer", "offered", "answered", "abandoned", "ended",
+         "outcome", "timestamp_format", "date", "date_format", "date_reference", "timezone",
+         "empty_times", "agent_missing", "customer_missing", "unknown_agent", "clock_skew_seconds",
+         "on_error", "attributes")
+
+
+def load_mapping(path: str | Path) -> ReplayMapping:
+    """Read and check a mapping file; ``ReplayError`` (a ValueError) names the bad key."""
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReplayError(f"mapping file {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReplayError(f"mapping file {path}: cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ReplayError(f"mapping file {path}: not valid TOML ({exc})") from None
+    try:
+        return mapping_from_dict(doc)
+    except ReplayError as exc:
+        raise ReplayError(f"mapping file {path}: {exc}") from None
+
+
+def mapping_from_dict(doc: Mapping[str, Any]) -> ReplayMapping:
+    """A ``ReplayMapping`` from the parsed TOML document; ``ReplayError`` names the bad key."""
+    for key in doc:
+        if key not in _KEYS:
+            raise ReplayError(f"{key}: unknown key (known: {', '.join(_KEYS)})")
+    for key in ("id", "queue", "offered"):
+        if key not in doc:
+            raise ReplayError(f"{key}: required")
+    fmt = doc.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise ReplayError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    delimiter = doc.get("delimiter")
+    if delimiter is not None:
+        if not isinstance(delimiter, str) or len(delimiter) != 1:
+            raise ReplayError("delimiter: must be one character (\"\\t\" for a tab)")
+        if fmt == "jsonl":
+            raise ReplayError("delimiter: not used with format jsonl")
+    on_error = doc.get("on_error", "fail")
+    if on_error not in ("fail", "skip"):
+        raise ReplayError(f"on_error: {on_error!r} is not 'fail' or 'skip'")
+    tz = _string(doc, "timezone", "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ReplayError(f"timezone: {tz!r} is not a known time zone (e.g. UTC, Europe/Berlin)") from None
+    skew = doc.get("clock_skew_seconds", 0)
+    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0 <= skew < 43200:
+        raise ReplayError("clock_skew_seconds: must be a number of seconds from 0 to below 43200")
+    ts_format = _string(doc, "timestamp_format", "iso")
+    if ts_format not in ("iso", "epoch", "epoch_ms") and "%" not in ts_format:
+        raise ReplayError(f"timestamp_format: {ts_format!r} is not iso, epoch, epoch_ms or a strptime "
+                          "pattern such as '%d/%m/%Y %H:%M:%S'")
+    date_col = doc.get("date")
+    if date_col is not None and (not isinstance(date_col, str) or not date_col):
+        raise ReplayError("date: must be a column name")
+    date_format = _string(doc, "date_format", "%Y-%m-%d")
+    if "%" not in date_format:
+        raise ReplayError(f"date_format: {date_format!r} is not a strptime pattern such as '%y%m%d'")
+    date_reference = doc.get("date_reference")
+    if date_reference is not None:
+        if not isinstance(date_reference, str) or not date_reference:
+            raise ReplayError("date_reference: must be a column name")
+        if date_col is None:
+            raise ReplayError("date_reference: only used together with date")
+    channel = _channel_spec(doc.get("channel", "voice"))
+    agent = _value_spec(doc, "agent") if "agent" in doc else None
+    customer = _value_spec(doc, "customer") if "customer" in doc else None
+    unknown_agent = _string(doc, "unknown_agent", "unknown")
+    if not 1 <= len(unknown_agent) <= MAX_ID_CHARS:
+        raise ReplayError(f"unknown_agent: must be 1-{MAX_ID_CHARS} characters")
+    attributes = doc.get("attributes", {})
+    if not isinstance(attributes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in attributes.items()):
+        raise ReplayError("attributes: must be a table of attribute name = column name")
+    mapping = ReplayMapping(
+        id=_value_spec(doc, "id", allow_constant=False),
+        queue=_value_spec(doc, "queue"),
+        offered=_columns(doc, "offered", required=True),
+        format=fmt,
+        delimiter=delimiter,
+        split_on_whitespace_fallback=_bool(doc, "split_on_whitespace_fallback", False),
+        encoding=_string(doc, "encoding", "utf-8-sig"),
+        id_separator=_string(doc, "id_separator", "-", allow_empty=True),
+        channel=channel,
+        agent=agent,
+        customer=customer,
+        answered=_columns(doc, "answered"),
+        abandoned=_columns(doc, "abandoned"),
+        ended=_columns(doc, "ended"),
+        outcome=_outcome(doc.get("outcome")),
+        timestamp_format=ts_format,
+        date=date_col,
+        date_format=date_format,
+        date_reference=date_reference,
+        timezone=tz,
+        empty_times=_string_set(doc, "empty_times"),
+        agent_missing=_string_set(doc, "agent_missing"),
+        customer_missing=_string_set(doc, "customer_missing"),
+        unknown_agent=unknown_agent,
+        clock_skew_seconds=float(skew),
+        on_error=on_error,
+        attributes=dict(attributes),
+    )
+    if mapping.outcome is not None:
+        if mapping.outcome.answered and not mapping.answered:
+            raise ReplayError("answered: required when outcome.answered lists values")
+        if mapping.outcome.abandoned and not mapping.abandoned:
+            raise ReplayError("abandoned: required when outcome.abandoned lists values")
+    try:
+        "".encode(mapping.encoding)
+    except LookupError:
+        raise ReplayError(f"encoding: {mapping.encoding!r} is not a known text encoding") from None
+    return mapping
+
+
+def _string(doc: Mapping[str, Any], key: str, default: str, allow_empty: bool = False) -> str:
+    value = doc.get(key, default)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise ReplayError(f"{key}: must be a {'string' if allow_empty else 'non-empty string'}")
+    return value
+
+
+def _bool(doc: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = doc.get(key, default)
+    if not isinstance(value, bool):
+        raise ReplayError(f"{key}: must be true or false")
+    return value
+
+
+def _string_set(doc: Mapping[str, Any], key: str) -> frozenset[str]:
+    value = doc.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ReplayError(f"{key}: must be a list of strings")
+    return frozenset(value)
+
+
+def _columns(doc: Mapping[str, Any], key: str, required: bool = False) -> tuple[str, ...]:
+    value = doc.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ReplayError(f"{key}: must be a column name or a list of column names "
+                          "(the first non-empty one wins)")
+    if required and not value:
+        raise ReplayError(f"{key}: at least one column is required")
+    return tuple(value)
+
+
+def _value_spec(doc: Mapping[str, Any], key: str, allow_constant: bool = True) -> ValueSpec:
+    value = doc[key]
+    if isinstance(value, str) and value:
+        return ValueSpec(columns=(value,))
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return ValueSpec(columns=tuple(value))
+    if isinstance(value, dict):
+        return _table_spec(value, key, allow_constant)
+    form = "a column name or a list of column names" + (
+        ", or a table {column = ..., values = {...}} / {value = ...}" if allow_constant else "")
+    raise ReplayError(f"{key}: must be {form}")
+
+
+def _table_spec(table: Mapping[str, Any], key: str, allow_constant: bool) -> ValueSpec:
+    known = {"column", "values", "value"} if allow_constant else {"column", "values"}
+    for k in table:
+        if k not in known:
+            raise ReplayError(f"{key}.{k}: unknown key (known: {', '.join(sorted(known))})")
+    if "value" in table:
+        if "column" in table or "values" in table:
+            raise ReplayError(f"{key}: either value (a constant) or column, not both")
+        if not isinstance(table["value"], str) or not table["value"]:
+            raise ReplayError(f"{key}.value: must be a non-empty string")
+        return ValueSpec(constant=table["value"])
+    column = table.get("column")
+    if isinstance(column, str) and column:
+        columns: tuple[str, ...] = (column,)
+    elif isinstance(column, list) and column and all(isinstance(c, str) and c for c in column):
+        columns = tuple(column)
+    else:
+        raise ReplayError(f"{key}.column: must be a column name or a list of column names")
+    values = table.get("values")
+    if values is not None and (not isinstance(values, dict) or not all(
+            isinstance(v, str) and v for v in values.values())):
+        raise ReplayError(f"{key}.values: must be a table of file value = replayed value")
+    return ValueSpec(columns=columns, values=dict(values) if values is not None else None)
+
+
+def _channel_spec(value: Any) -> ValueSpec:
+    if isinstance(value, str):
+        _check_channel(value, "channel")
+        return ValueSpec(constant=value)
+    if isinstance(value, dict):
+        spec = _table_spec(value, "channel", allow_constant=True)
+        if spec.constant is not None:
+            _check_channel(spec.constant, "channel.value")
+        for v in (spec.values or {}).values():
+            _check_channel(v, "channel.values")
+        return spec
+    raise ReplayError("channel: must be a channel (voice, chat, email, web, ...) or a table "
+                      "{column = ..., values = {...}}")
+
+
+def _check_channel(value: str, key: str) -> None:
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise ReplayError(f"{key}: {value!r} is not a channel (voice, chat, or a ticket channel "
+                          "such as email, web, social)")
+
+
+def _outcome(value: Any) -> OutcomeRule | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ReplayError("outcome: must be a table {column = ..., answered = [...], abandoned = [...], "
+                          "skip = [...]}")
+    for k in value:
+        if k not in ("column", "answered", "abandoned", "skip"):
+            raise ReplayError(f"outcome.{k}: unknown key (known: column, answered, abandoned, skip)")
+    column = value.get("column")
+    if not isinstance(column, str) or not column:
+        raise ReplayError("outcome.column: required, a column name")
+    lists = {}
+    for k in ("answered", "abandoned", "skip"):
+        items = value.get(k, [])
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ReplayError(f"outcome.{k}: must be a list of values")
+        lists[k] = frozenset(items)
+    if not lists["answered"] and not lists["abandoned"]:
+        raise ReplayError("outcome: list at least one value under answered or abandoned")
+    for a, b in (("answered", "abandoned"), ("answered", "skip"), ("abandoned", "skip")):
+        both = lists[a] & lists[b]
+        if both:
+            raise ReplayError(f"outcome.{b}: {sorted(both)[0]!r} is also listed under outcome.{a}")
+    return OutcomeRule(column, lists["answered"], lists["abandoned"], lists["skip"])
+
+
+# ---------------------------------------------------------------- records and stats
+
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    """One interaction read from the file. Times are epoch milliseconds (UTC)."""
+
+    line: int
+    interaction_id: str
+    channel: str
+    queue: str
+    offered_ms: int
+    outcome: str  # "answered" | "abandoned" | "open" (still waiting at the end of the export)
+    exit_ms: int | None = None  # answered or abandoned
+    ended_ms: int | None = None  # answered contacts only
+    agent_id: str | None = None  # answered contacts only
+    customer_id: str | None = None
+    attributes: Mapping[str, str] | None = None
+
+    @property
+    def family(self) -> str:
+        return _FAMILY.get(self.channel, "ticket")
+
+    def event_count(self) -> int:
+        return 1 + (self.exit_ms is not None) + (self.ended_ms is not None)
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    rows: int  # data rows read (header and blank lines excluded)
+    interactions: int
+    skipped: dict[str, int]  # expected quirks, by reason ("not_offered", "outcome PHANTOM")
+    events: int
+    invalid: dict[str, int] = field(default_factory=dict)  # bad records skipped (on_error = "skip"), by kind
+    adjusted: dict[str, int] = field(default_factory=dict)  # rows kept after a documented fix-up
+    examples: tuple[str, ...] = ()  # the first few bad-record messages
+    families: tuple[str, ...] = ()  # event families published (call, chat, ticket)
+
+    def summary(self) -> str:
+        parts = [f"{self.rows:,} rows -> {self.interactions:,} interactions, {self.events:,} events"]
+        if self.skipped:
+            parts.append(f"skipped {sum(self.skipped.values()):,} ({_counts(self.skipped)})")
+        if self.invalid:
+            parts.append(f"invalid and skipped {sum(self.invalid.values()):,} ({_counts(self.invalid)}; "
+                         f"first: {self.examples[0] if self.examples else '-'})")
+        if self.adjusted:
+            parts.append(f"adjusted {_counts(self.adjusted)}")
+        return "; ".join(parts)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason} {n:,}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.rows = 0
+        self.skipped: dict[str, int] = {}
+        self.invalid: dict[str, int] = {}
+        self.adjusted: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    @staticmethod
+    def bump(counts: dict[str, int], key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+    def stats(self, records: list[ReplayRecord]) -> ReplayStats:
+        return ReplayStats(self.rows, len(records), dict(self.skipped),
+                           sum(r.event_count() for r in records), dict(self.invalid),
+                           dict(self.adjusted), tuple(self.examples))
+
+
+class _Skip(Exception):
+    """An expected quirk: the row is skipped and counted under ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _bad(line: int, kind: str, what: str) -> ReplayError:
+    return ReplayError(f"line {line}: {what}", line=line, kind=kind)
+
+
+# ---------------------------------------------------------------- reading
+
+def read_interactions(path: str | Path, mapping: ReplayMapping) -> tuple[list[ReplayRecord], ReplayStats]:
+    """Every interaction of the file, in file order, and what was read, skipped or fixed up."""
+    path = Path(path)
+    fmt = mapping.format or _format_from_name(path)
+    tally = _Tally()
+    parser = _RowParser(mapping, tally)
+    records: list[ReplayRecord] = []
+    seen: dict[str, int] = {}
+    try:
+        with open(path, encoding=mapping.encoding, newline="") as handle:
+            rows = _json_rows(handle) if fmt == "jsonl" else _delimited_rows(handle, fmt, mapping, tally)
+            for line, row in rows:
+                tally.rows += 1
+                try:
+                    if isinstance(row, ReplayError):
+                        raise row
+                    record = parser.parse(line, row)
+                    first = seen.get(record.interaction_id)
+                    if first is not None:
+                        raise _bad(line, "duplicate_id",
+                                   f"id {record.interaction_id!r} was already used on line {first}")
+                    seen[record.interaction_id] = line
+                    records.append(record)
+                except _Skip as skip:
+                    tally.bump(tally.skipped, skip.reason)
+                except ReplayError as exc:
+                    if mapping.on_error == "fail" or exc.line is None:
+                        raise
+                    tally.bump(tally.invalid, exc.kind)
+                    if len(tally.examples) < 5:
+                        tally.examples.append(str(exc))
+    except FileNotFoundError:
+        raise ReplayError(f"{path}: not found") from None
+    except UnicodeDecodeError as exc:
+        raise ReplayError(f"{path}: not {mapping.encoding} text ({exc.reason} at byte {exc.start}); "
+                          "set encoding in the mapping (e.g. \"latin-1\")") from None
+    except IsADirectoryError:
+        raise ReplayError(f"{path}: is a directory") from None
+    return records, tally.stats(records)
+
+
+def _format_from_name(path: Path) -> str:
+    suffix = path.suffix.lower()
+    fmt = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix)
+    if fmt is None:
+        raise ReplayError(f"{path}: cannot tell the format from the name; set format "
+                          f"({', '.join(FORMATS)}) in the mapping")
+    return fmt
+
+
+def _delimited_rows(handle: Any, fmt: str, mapping: ReplayMapping,
+                    tally: _Tally) -> Iterator[tuple[int, dict[str, str] | ReplayError]]:
+    delimiter = mapping.delimiter or ("\t" if fmt == "tsv" else ",")
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=False)
+    header: list[str] | None = None
+    for row in reader:
+        if header is None:
+            header = [name.strip() for name in row]
+            if not any(header):
+                raise ReplayError("line 1: the header line is empty")
+            _check_columns(mapping, header)
+            continue
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # a blank line is not a row
+        if len(row) != len(header) and mapping.split_on_whitespace_fallback:
+            fields = delimiter.join(row).split()
+            if len(fields) == len(header):
+                tally.bump(tally.adjusted, "split_on_whitespace")
+                row = fields
+        if len(row) != len(header):
+            yield line, _bad(line, "wrong_field_count",
+                             f"{len(row)} fields, the header has {len(header)}")
+            continue
+        yield line, dict(zip(header, (value.strip() for value in row)))
+    if header is None:
+        raise ReplayError("the file is empty (no header line)")
+
+
+def _json_rows(handle: Any) -> Iterator[tuple[int, dict[str, Any] | ReplayError]]:
+    for line, text in enumerate(handle, 1):
+        if not text.strip():
+            continue
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            yield line, _bad(line, "not_json", f"not JSON ({exc})")
+            continue
+        if not isinstance(doc, dict):
+            yield line, _bad(line, "not_object", f"a JSON {type(doc).__name__}, expected an object")
+            continue
+        yield line, doc
+
+
+def _check_columns(mapping: ReplayMapping, header: list[str]) -> None:
+    known = set(header)
+    missing = sorted(mapping.columns() - known)
+    if missing:
+        shown = ", ".join(header[:40]) + (" ..." if len(header) > 40 else "")
+        raise ReplayError(f"column {missing[0]!r} named in the mapping is not in the header "
+                          f"(columns: {shown})")
+
+
+class _RowParser:
+    """One row (column -> value) -> one ``ReplayRecord``, or ``_Skip`` / ``ReplayError``."""
+
+    def __init__(self, mapping: ReplayMapping, tally: _Tally) -> None:
+        self.m = mapping
+        self.tally = tally
+        self.zone = ZoneInfo(mapping.timezone)
+        self.utc = mapping.timezone in ("UTC", "Etc/UTC")
+        self.skew_ms = int(round(mapping.clock_skew_seconds * 1000))
+        self.empty = mapping.empty_times | {""}
+        self._dates: dict[str, date] = {}
+
+    # -- values
+
+    def text(self, row: Mapping[str, Any], column: str) -> str:
+        value = row.get(column)
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    def value(self, row: Mapping[str, Any], spec: ValueSpec) -> str:
+        if spec.constant is not None:
+            return spec.constant
+        parts = [self.text(row, c) for c in spec.columns]
+        if not all(parts):
+            return ""
+        text = self.m.id_separator.join(parts)
+        if spec.values is not None:
+            return spec.values.get(text, text)
+        return text
+
+    # -- times
+
+    def first_time(self, row: Mapping[str, Any], columns: tuple[str, ...]) -> tuple[str, Any] | None:
+        """(column, raw value) of the first non-empty candidate."""
+        for column in columns:
+            raw = row.get(column)
+            if raw is None:
+                continue
+            if isinstance(raw, str):
+                raw = raw.strip()
+                if raw in self.empty:
+                    continue
+            elif isinstance(raw, bool):
+                return column, raw  # rejected when parsed
+            elif str(raw) in self.empty:
+                continue
+            return column, raw
+        return None
+
+    def timestamp_ms(self, line: int, column: str, raw: Any) -> int:
+        fmt = self.m.timestamp_format
+        try:
+            if fmt in ("epoch", "epoch_ms"):
+                if isinstance(raw, bool):
+                    raise ValueError
+                number = float(raw)
+                if not math.isfinite(number):
+                    raise ValueError
+                return int(number * 1000) if fmt == "epoch" else int(number)
+            if not isinstance(raw, str):
+                raise ValueError
+            moment = datetime.fromisoformat(raw) if fmt == "iso" else datetime.strptime(raw, fmt)
+        except (ValueError, OverflowError):
+            expected = {"iso": "an ISO 8601 timestamp", "epoch": "seconds since 1970",
+                        "epoch_ms": "milliseconds since 1970"}.get(fmt, f"a time in the form {fmt}")
+            raise _bad(line, "unparseable_time", f"{column} {raw!r} is not {expected}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=self.zone)
+        return (moment - _EPOCH) // _MS
+
+    def day(self, line: int, row: Mapping[str, Any]) -> date:
+        column = self.m.date
+        assert column is not None
+        text = self.text(row, column)
+        found = self._dates.get(text)
+        if found is None:
+            try:
+                found = datetime.strptime(text, self.m.date_format).date()
+            except ValueError:
+                raise _bad(line, "unparseable_time",
+                           f"{column} {text!r} is not a date in the form {self.m.date_format}") from None
+            if len(self._dates) < 100_000:
+                self._dates[text] = found
+        return found
+
+    def time_of_day_ms(self, line: int, column: str, raw: Any) -> int:
+        match = _TIME_OF_DAY.match(raw) if isinstance(raw, str) else None
+        if match is not None:
+            h, mi, s, frac = match.groups()
+            hours, minutes, seconds = int(h), int(mi), int(s or 0)
+            if hours < 24 and minutes < 60 and seconds < 60:
+                return ((hours * 60 + minutes) * 60 + seconds) * 1000 + int((frac or "0")[:3].ljust(3, "0"))
+        raise _bad(line, "unparseable_time", f"{column} {raw!r} is not a time of day (H:MM:SS)")
+
+    def local_ms(self, day: date, ms_of_day: int) -> int:
+        base = datetime(day.year, day.month, day.day)
+        if self.utc:
+            return (base - datetime(1970, 1, 1)) // _MS + ms_of_day
+        moment = (base + timedelta(milliseconds=ms_of_day)).replace(tzinfo=self.zone)
+        return (moment - _EPOCH) // _MS
+
+    # -- the row
+
+    def parse(self, line: int, row: Mapping[str, Any]) -> ReplayRecord:
+        m = self.m
+        outcome = None
+        if m.outcome is not None:
+            value = self.text(row, m.outcome.column)
+            if value in m.outcome.skip:
+                raise _Skip(f"outcome {value}")
+            if value in m.outcome.answered:
+                outcome = "answered"
+            elif value in m.outcome.abandoned:
+                outcome = "abandoned"
+            else:
+                raise _bad(line, "unknown_outcome",
+                           f"{m.outcome.column} {value!r} is not listed under outcome.answered, "
+                           "outcome.abandoned or outcome.skip")
+        offered = self.first_time(row, m.offered)
+        if offered is None:
+            raise _Skip("not_offered")
+
+        iid = self.value(row, m.id)
+        if not iid:
+            raise _bad(line, "missing_id", f"no id ({m.id.describe()} empty)")
+        if len(iid) > MAX_ID_CHARS:
+            raise _bad(line, "invalid_id", f"id {iid[:40]!r}... is longer than {MAX_ID_CHARS} characters")
+        queue = self.value(row, m.queue)
+        if not queue:
+            raise _bad(line, "missing_queue", f"no queue ({m.queue.describe()} empty)")
+        if len(queue) > MAX_ID_CHARS:
+            raise _bad(line, "invalid_queue", f"queue {queue[:40]!r}... is longer than {MAX_ID_CHARS} characters")
+        channel = self.value(row, m.channel)
+        if not channel or len(channel) > MAX_ID_CHARS:
+            raise _bad(line, "invalid_channel", f"no channel ({m.channel.describe()} empty)")
+
+        answered = self.first_time(row, m.answered) if outcome != "abandoned" else None
+        abandoned = self.first_time(row, m.abandoned) if outcome != "answered" else None
+        ended = self.first_time(row, m.ended)
+        if outcome is None:
+            if answered is not None and abandoned is not None:
+                raise _bad(line, "conflicting_times",
+                           f"both answered ({answered[0]}) and abandoned ({abandoned[0]}) times")
+            if answered is not None:
+                outcome = "answered"
+            elif abandoned is not None:
+                outcome = "abandoned"
+            elif ended is not None:
+                # Ended without an answer: the customer left the queue (an abandon).
+                outcome, abandoned, ended = "abandoned", ended, None
+            else:
+                outcome = "open"
+        elif outcome == "answered" and answered is None:
+            raise _bad(line, "missing_time", f"answered, but no answered time ({', '.join(m.answered)} empty)")
+        elif outcome == "abandoned" and abandoned is None:
+            raise _bad(line, "missing_time",
+                       f"abandoned, but no abandoned time ({', '.join(m.abandoned)} empty)")
+        exit_ = answered if outcome == "answered" else abandoned
+        if outcome != "answered":
+            ended = None  # an abandoned contact is over when it leaves the queue
+
+        if m.date is None:
+            offered_ms = self.timestamp_ms(line, *offered)
+            exit_ms = self.timestamp_ms(line, *exit_) if exit_ is not None else None
+            ended_ms = self.timestamp_ms(line, *ended) if ended is not None else None
+        else:
+            day = self.day(line, row)
+            reference = self.first_time(row, (m.date_reference,)) if m.date_reference else None
+            ref = self.time_of_day_ms(line, *(reference or offered))
+
+            def resolve(found: tuple[str, Any]) -> int:
+                ms = self.time_of_day_ms(line, *found)
+                if ms < ref - ROLLOVER_MS:  # past midnight
+                    return self.local_ms(day + timedelta(days=1), ms)
+                return self.local_ms(day, ms)
+
+            offered_ms = resolve(offered)
+            exit_ms = resolve(exit_) if exit_ is not None else None
+            ended_ms = resolve(ended) if ended is not None else None
+
+        if exit_ms is not None and exit_ms < offered_ms:
+            assert exit_ is not None
+            if offered_ms - exit_ms > self.skew_ms:
+                raise _bad(line, "time_order", f"{outcome} ({exit_[0]} {exit_[1]}) before offered "
+                                               f"({offered[0]} {offered[1]})")
+            exit_ms = offered_ms
+            self.tally.bump(self.tally.adjusted, f"{outcome}_before_offered")
+        if ended_ms is not None and exit_ms is not None and ended_ms < exit_ms:
+            assert ended is not None and exit_ is not None
+            if exit_ms - ended_ms > self.skew_ms:
+                raise _bad(line, "time_order", f"ended ({ended[0]} {ended[1]}) before answered "
+                                               f"({exit_[0]} {exit_[1]})")
+            ended_ms = exit_ms
+            self.tally.bump(self.tally.adjusted, "ended_before_answered")
+
+        agent = None
+        if outcome == "answered":
+            agent = self.value(row, m.agent) if m.agent is not None else ""
+            if not agent or agent in m.agent_missing:
+                agent = m.unknown_agent
+                self.tally.bump(self.tally.adjusted, "unknown_agent")
+            elif len(agent) > MAX_ID_CHARS:
+                raise _bad(line, "invalid_agent", f"agent {agent[:40]!r}... is longer than {MAX_ID_CHARS} characters")
+        customer = self.value(row, m.customer) if m.customer is not None else ""
+        if customer in m.customer_missing:
+            customer = ""
+        attributes = None
+        if m.attributes:
+            attributes = {name: v for name, column in m.attributes.items() if (v := self.text(row, column))}
+        return ReplayRecord(line, iid, channel, queue, offered_ms, outcome, exit_ms, ended_ms, agent,
+                            customer or None, attributes or None)
+
+
+# ---------------------------------------------------------------- events
+
+class _Clock:
+    """Epoch milliseconds as RFC 3339 UTC with milliseconds; caches the date part per day."""
+
+    __slots__ = ("_days",)
+
+    def __init__(self) -> None:
+        self._days: dict[int, str] = {}
+
+    def format(self, ms: int) -> str:
+        day, rest = divmod(ms, 86_400_000)
+        prefix = self._days.get(day)
+        if prefix is None:
+            moment = _EPOCH + timedelta(days=day)
+            prefix = self._days[day] = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        seconds, millis = divmod(rest, 1000)
+        minutes, sec = divmod(seconds, 60)
+        hours, minute = divmod(minutes, 60)
+        return f"{prefix}{hours:02d}:{minute:02d}:{sec:02d}.{millis:03d}Z"
+
+
+def event_id(interaction_id: str, n: int) -> str:
+    """``replay-<interaction id>-<n>``; a hash stands in for ids too long for 128 characters."""
+    eid = f"replay-{interaction_id}-{n}"
+    if len(eid) > MAX_ID_CHARS:
+        eid = f"replay-{hashlib.sha256(interaction_id.encode()).hexdigest()[:40]}-{n}"
+    return eid
+
+
+def lifecycle_events(records: Iterable[ReplayRecord],
+                     mapping: ReplayMapping | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The EVENTS.md events of every record as ``(family, event)``, in event-time order.
+
+    Voice: ``call.offered`` (queue, customer_id, attributes) -> ``call.answered``
+    (agent_id) or ``call.abandoned`` -> ``call.ended`` (answered calls with an end
+    time). Chat: the same ``chat.*`` types. Tickets (any other channel):
+    ``ticket.created`` -> ``ticket.replied`` (sender agent, public, agent_id) ->
+    ``ticket.closed``; an abandoned ticket is ``ticket.closed`` with no reply.
+    Every event carries the queue. Ties in event time keep the lifecycle order.
+    """
+    del mapping  # everything needed is on the records; kept for the documented signature
+    keyed: list[tuple[int, int, str, str, dict[str, Any]]] = []
+    clock = _Clock()
+    for r in records:
+        family = r.family
+        iid = r.interaction_id
+
+        def event(n: int, etype: str, ms: int) -> dict[str, Any]:
+            doc: dict[str, Any] = {"event_id": event_id(iid, n), "type": etype,
+                                   "occurred_at": clock.format(ms), "interaction_id": iid,
+                                   "queue": r.queue}
+            if family == "ticket":
+                doc["channel"] = r.channel
+            keyed.append((ms, n, iid, family, doc))
+            return doc
+
+        first = event(_OFFERED, "ticket.created" if family == "ticket" else f"{family}.offered",
+                      r.offered_ms)
+        if r.customer_id:
+            first["customer_id"] = r.customer_id
+        if r.attributes:
+            first["attributes"] = dict(r.attributes)
+        first["schema_version"] = 1
+        if r.exit_ms is not None:
+            if r.outcome == "answered":
+                if family == "ticket":
+                    doc = event(_EXIT, "ticket.replied", r.exit_ms)
+                    doc.update(sender="agent", public=True, agent_id=r.agent_id)
+                else:
+                    doc = event(_EXIT, f"{family}.answered", r.exit_ms)
+                    doc["agent_id"] = r.agent_id
+            else:
+                doc = event(_EXIT, "ticket.closed" if family == "ticket" else f"{family}.abandoned", r.exit_ms)
+            doc["schema_version"] = 1
+        if r.ended_ms is not None and r.outcome == "answered":
+            doc = event(_ENDED, "ticket.closed" if family == "ticket" else f"{family}.ended", r.ended_ms)
+            doc["schema_version"] = 1
+    keyed.sort(key=lambda k: (k[0], k[1], k[2]))
+    return [(family, doc) for _ms, _n, _iid, family, doc in keyed]
+
+
+def read_native_events(path: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], ReplayStats]:
+    """A JSON Lines file of EVENTS.md events (no mapping): validated, in event-time order.
+
+    A line that breaks the contract is a ``ReplayError`` naming the line and the
+    reason; ties in event time keep the file order.
+    """
+    from schemas.events import Rejection, TYPES, validate
+
+    path = Path(path)
+    now_ms = int(time.time() * 1000)
+    keyed: list[tuple[int, int, str, dict[str, Any]]] = []
+    rows = 0
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            for line, text in enumerate(handle, 1):
+                if not text.strip():
+                    continue
+                rows += 1
+                try:
+                    doc = orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise _bad(line, "not_json", f"not JSON ({exc})") from None
+                if not isinstance(doc, dict):
+                    raise _bad(line, "not_object", f"a JSON {type(doc).__name__}, expected an object")
+                etype = doc.get("type")
+                if not isinstance(etype, str) or etype not in TYPES:
+                    raise _bad(line, "unknown_type", f"type {str(etype)[:64]!r} is not an EVENTS.md type")
+                family = etype.split(".", 1)[0]
+                result = validate(doc, family, now_ms)
+                if isinstance(result, Rejection):
+                    raise _bad(line, result.reason, f"{result.reason}: {result.detail}")
+                keyed.append((result.occurred_at_ms, line, family, doc))
+    except FileNotFoundError:
+        raise ReplayError(f"{path}: not found") from None
+    except UnicodeDecodeError as exc:
+        raise ReplayError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    events = [(family, doc) for _ms, _line, family, doc in keyed]
+    interactions = len({doc["interaction_id"] for _f, doc in events})
+    return events, ReplayStats(rows, interactions, {}, len(events))
+
+
+def limit_events(events: list[tuple[str, dict[str, Any]]], limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """The events of the first ``limit`` interactions in event time (by their first event)."""
+    chosen: set[str] = set()
+    for _family, doc in events:
+        if len(chosen) >= limit:
+            break
+        chosen.add(doc["interaction_id"])
+    return [(f, doc) for f, doc in events if doc["interaction_id"] in chosen]
+
+
+def load(path: str | Path, mapping: ReplayMapping | None,
+         limit: int | None = None) -> tuple[list[tuple[str, dict[str, Any]]], ReplayStats]:
+    """Read a file (through ``mapping``, or as native events when it is None) into sorted events."""
+    if mapping is None:
+        events, stats = read_native_events(path)
+        if limit is not None:
+            events = limit_events(events, limit)
+            stats = ReplayStats(stats.rows, len({d["interaction_id"] for _f, d in events}), {}, len(events))
+        return events, stats
+    records, stats = read_interactions(path, mapping)
+    if limit is not None and limit < len(records):
+        records = sorted(records, key=lambda r: (r.offered_ms, r.line))[:limit]
+        stats = ReplayStats(stats.rows, len(records), stats.skipped,
+                            sum(r.event_count() for r in records), stats.invalid, stats.adjusted,
+                            stats.examples)
+    return lifecycle_events(records, mapping), stats
+
+
+# ---------------------------------------------------------------- publishing
+
+async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str, topics: Mapping[str, str],
+                 speed: float | None, *, progress: Callable[[int, int], None] | None = None,
+                 stop: asyncio.Event | None = None, limit: int | None = None,
+                 **security: Any) -> ReplayStats:
+    """Read ``path`` and publish its events to ``topics`` (family -> topic), keyed by interaction.
+
+    ``speed`` None sends as fast as the broker takes them, 1.0 in real time, N at
+    N times real time (event time measured from the first event). ``progress`` is
+    called with (events acknowledged, total). ``stop`` ends the replay early.
+    ``security`` goes to the producer (security_protocol, sasl_mechanism,
+    sasl_username, sasl_password, ssl_context). Returns the read statistics with
+    ``events`` = events acknowledged by the broker.
+    """
+    from ccpulse.simulate_channels import publish_mixed
+
+    events, stats = load(path, mapping, limit)
+    families = {family for family, _ in events}
+    missing = sorted(families - set(topics))
+    if missing:
+        raise ReplayError(f"topics: no topic for the {missing[0]} events of {path}")
+    total = len(events)
+    callback = None if progress is None else (lambda done: progress(done, total))
+    sent = await publish_mixed(events, bootstrap, {f: topics[f] for f in families}, speed,
+                               stop=stop, progress=callback, **security)
+    return ReplayStats(stats.rows, stats.interactions, stats.skipped, sent, stats.invalid,
+                       stats.adjusted, stats.examples, tuple(sorted(families)))
+
+
+def progress_bar(total: int, stream: Any = None, width: int = 30) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr, redrawn in place (at most ~10 times a second)."""
+    out = stream if stream is not None else sys.stderr
+    started = time.monotonic()
+    last = [0.0]
+
+    def show(done: int, total_now: int | None = None) -> None:
+        n = total_now if total_now is not None else total
+        now = time.monotonic()
+        if done < n and now - last[0] < 0.1:
+            return
+        last[0] = now
+        share = done / n if n else 1.0
+        filled = int(width * share)
+        rate = done / (now - started) if now > started else 0.0
+        out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {share:6.1%} {done:,}/{n:,} events"
+                  f" {rate:,.0f}/s ")
+        if done >= n:
+            out.write("\n")
+        out.flush()
+
+    return show
+
+
+# ---------------------------------------------------------------- command line
+
+def _speed(text: str) -> float | None:
+    if text.strip().lower() == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive, 0 or 'max'")
+    return None if value == 0 else value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ccpulse replay`` (FILE included)."""
+    parser.add_argument("file", metavar="FILE", help="the export to replay (CSV, TSV or JSON Lines)")
+    parser.add_argument("--mapping", metavar="PATH", default=None,
+                        help="the TOML mapping of the file's columns (deploy/replay/README.md); "
+                             "not needed for a .jsonl file of EVENTS.md events")
+    parser.add_argument("--speed", type=_speed, default=None,
+                        help="event time per wall-clock time: 1 real time, 60 one hour per minute, "
+                             "'max' or 0 as fast as possible (default max)")
+    parser.add_argument("--limit", type=_limit, default=None,
+                        help="replay only the first N interactions in event time")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default=None,
+                        help="bad records: stop at the first one, or skip and count them "
+                             "(default: the mapping's on_error, else fail)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and check the file, print the summary, publish nothing")
+
+
+def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
+    """``ccpulse replay``: read, publish, print one summary line on stderr; 0 on success.
+
+    Raises ``ReplayError`` (a ValueError, one line) for a bad mapping or record and
+    ``ccpulse.cli.CommandError`` when Kafka is unreachable.
+    """
+    from dataclasses import replace
+
+    from ccpulse.cli import CommandError
+
+    path = Path(ns.file)
+    if ns.mapping is not None:
+        mapping: ReplayMapping | None = load_mapping(ns.mapping)
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+        mapping = None  # native: one EVENTS.md event per line
+    else:
+        raise ReplayError(f"{path}: --mapping is required (only a .jsonl file of EVENTS.md events "
+                          "needs none; see deploy/replay/README.md)")
+    if mapping is not None and ns.on_error is not None:
+        mapping = replace(mapping, on_error=ns.on_error)
+    started = time.monotonic()
+    if ns.dry_run:
+        _events, stats = load(path, mapping, ns.limit)
+        print(f"ccpulse replay: {path} (dry run): {stats.summary()}", file=sys.stderr)
+        return 0
+
+    from streams.topics import KafkaUnavailable, ensure_topics_async
+
+    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
+              "ticket": settings.topics.name("tickets")}
+    k = settings.kafka
+    security = {} if k.security_protocol == "PLAINTEXT" else dict(
+        security_protocol=k.security_protocol, sasl_mechanism=k.sasl_mechanism or None,
+        sasl_username=k.sasl_username or None, sasl_password=k.sasl_password or None)
+    show = progress_bar(0) if sys.stderr.isatty() else None
+
+    async def run() -> ReplayStats:
+        try:
+            await ensure_topics_async(settings)
+        except KafkaUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        stop = asyncio.Event()
+        try:
+            return await replay(path, mapping, k.bootstrap, topics, ns.speed, progress=show,
+                                stop=stop, limit=ns.limit, **security)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise CommandError(f"Kafka at {k.bootstrap}: {type(exc).__name__} {exc}".strip()) from None
+        except Exception as exc:  # aiokafka errors: one line, not a traceback
+            if type(exc).__module__.startswith("aiokafka"):
+                raise CommandError(f"Kafka at {k.bootstrap}: {type(exc).__name__} {exc}".strip()) from None
+            raise
+
+    stats = asyncio.run(run())
+    used = ", ".join(topics[f] for f in stats.families) or "no topic"
+    print(f"ccpulse replay: {path}: {stats.summary()}; published to {used} "
+          f"in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return 0

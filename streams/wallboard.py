@@ -1,0 +1,153 @@
+"""The built-in wallboard: ``GET /api/wallboard`` (JSON) and ``GET /wallboard`` (a TV page).
+
+The JSON is read from the same merged table that ``streams/merge.py`` publishes
+``kpi.queue-state`` and ``kpi.windows`` from, with the same rules:
+
+- live state (waiting now, longest current wait, agents busy, open tickets):
+  the ``live|queue|channel`` entry, summed over its partitions (agents as a set);
+- last 15 minutes: the queue's 1-minute windows whose end is after
+  ``as_of - 15 min``, merged;
+- today: the 1-day window containing ``as_of`` (the newest day window of the queue);
+- ``as_of``: the newest event-time watermark any partition reported.
+
+The page (``wallboard.html``, next to this module) fetches the JSON every second
+and renders every number from its fields; ``data-field`` names the field.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any, Iterable
+
+from ccpulse.config import channel_kind
+from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
+from ccpulse.core.windowing import DAY, Windowing
+from schemas.events import format_ms
+from schemas.records import queue_state_record, window_name
+from streams.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS, merged_agg
+
+# Service-level target ratio: green at or above it, amber within AMBER_BAND below it,
+# red further below. A ``service_level_target`` on the queue's Thresholds (once
+# configurable) takes precedence.
+DEFAULT_SERVICE_LEVEL_TARGET = 0.80
+AMBER_BAND = 0.05
+_EPSILON = 1e-9  # 0.9 - 0.05 is 0.8500000000000001 in floating point
+KIND_ORDER = {"voice": 0, "chat": 1, "ticket": 2}
+WINDOW_FIELDS = ("offered", "answered", "abandoned", "service_level", "service_level_seconds",
+                 "abandonment_rate", "asa_seconds", "first_response_avg_seconds", "csat")
+
+
+def sl_status(service_level: float | None, target: float) -> str:
+    """"green" >= target, "amber" >= target - 0.05, "red" below, "none" without a service level."""
+    if service_level is None:
+        return "none"
+    if service_level >= target - _EPSILON:
+        return "green"
+    if service_level >= target - AMBER_BAND - _EPSILON:
+        return "amber"
+    return "red"
+
+
+def sl_target(th: Any) -> float:
+    target = getattr(th, "service_level_target", None)
+    return DEFAULT_SERVICE_LEVEL_TARGET if target is None else float(target)
+
+
+def channel_sort_key(queue: str, channel: str) -> tuple[int, str, str]:
+    """Voice, then chat, then the ticket channels (by name); queues by name within a channel."""
+    return KIND_ORDER[channel_kind(channel)], channel, queue
+
+
+def _window_view(agg: WindowAgg, th: Any, target: float) -> dict[str, Any]:
+    figures = kpi_figures(agg, th)
+    view = {k: figures[k] for k in WINDOW_FIELDS}
+    view["service_level_target"] = target
+    view["service_level_status"] = sl_status(view["service_level"], target)
+    return view
+
+
+def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
+    """The ``/api/wallboard`` body from ``pipe.tables["merged"]`` (see the module doc)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    entries = list(pipe.tables["merged"].data.values())
+    as_of = max((part.get("watermark", 0) or 0 for entry in entries for part in entry["parts"].values()),
+                default=0)
+    w = pipe.settings.windows
+    windowing = Windowing(tuple(w.sizes), w.timezone, w.day_start_hour)
+    day_start = windowing.start(as_of, DAY) if DAY in w.sizes else None
+    since = as_of - ROLLING_WINDOW_MS
+
+    live: dict[tuple[str, str], Iterable[dict[str, Any]]] = {}
+    rolling: dict[tuple[str, str], WindowAgg] = {}
+    today: dict[tuple[str, str], WindowAgg] = {}
+    queues: set[tuple[str, str]] = set()
+    for entry in entries:
+        if entry["kind"] == "live":
+            qc = (entry["queue"], entry["channel"])
+            live[qc] = list(entry["parts"].values())
+            queues.add(qc)
+            continue
+        size, start, scope, name, channel = entry["key"]
+        if scope != QUEUE:
+            continue
+        qc = (name, channel)
+        queues.add(qc)
+        if size == ROLLING_SIZE_S and entry["end"] > since:
+            rolling.setdefault(qc, WindowAgg()).merge(merged_agg(entry))
+        elif size == DAY and start == day_start:
+            today.setdefault(qc, WindowAgg()).merge(merged_agg(entry))
+
+    rows = []
+    for queue, channel in sorted(queues, key=lambda qc: channel_sort_key(*qc)):
+        th = pipe.settings.thresholds_for(queue, channel)
+        target = sl_target(th)
+        parts = live.get((queue, channel), [])
+        oldest = [p["oldest_entered"] for p in parts if p.get("oldest_entered") is not None]
+        agents = set().union(*(p.get("agents", ()) for p in parts))
+        # The same record as kpi.queue-state (live state + rolling last 15 minutes).
+        state = queue_state_record(
+            queue, channel, as_of, sum(p.get("waiting", 0) for p in parts),
+            min(oldest) if oldest else None, len(agents), sum(p.get("open_tickets", 0) for p in parts),
+            rolling.get((queue, channel), WindowAgg()), th, now_ms)
+        kind = channel_kind(channel)
+        row: dict[str, Any] = {
+            "queue": queue, "channel": channel, "channel_kind": kind,
+            "waiting": state["waiting"],
+            "longest_wait_seconds": state["longest_wait_seconds"],
+            "agents_busy": state["agents_busy"],
+            "open_tickets": state["open_tickets"] if kind == "ticket" else None,
+            "last_15m": _window_view(rolling.get((queue, channel), WindowAgg()), th, target),
+            "today": None,
+            "open_sla_breaches": [],
+        }
+        if day_start is not None:
+            row["today"] = {"window": window_name(DAY), "window_start": format_ms(day_start),
+                            "window_end": format_ms(windowing.end(DAY, day_start)),
+                            **_window_view(today.get((queue, channel), WindowAgg()), th, target)}
+        rows.append(row)
+    return {
+        "as_of": format_ms(as_of) if as_of else None,
+        "generated_at": format_ms(now_ms),
+        "service_level_target": DEFAULT_SERVICE_LEVEL_TARGET,
+        "amber_band": AMBER_BAND,
+        "queues": rows,
+    }
+
+
+def page_html() -> str:
+    return resources.files("streams").joinpath("wallboard.html").read_text(encoding="utf-8")
+
+
+def register(pipe: Any) -> None:
+    app = pipe.app
+    html = page_html()
+    no_store = {"Cache-Control": "no-store"}
+
+    @app.page("/api/wallboard")
+    async def wallboard_api(web, request):  # type: ignore[no-untyped-def]
+        return web.json(wallboard(pipe), headers=dict(no_store))
+
+    @app.page("/wallboard")
+    async def wallboard_page(web, request):  # type: ignore[no-untyped-def]
+        return web.html(html, headers=dict(no_store))

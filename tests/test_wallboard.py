@@ -1,0 +1,434 @@
+"""The wallboard JSON (streams/wallboard.py) over hand-built merged tables and real engines."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import json
+import re
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ccpulse.config import Settings, Thresholds, WindowSettings
+from ccpulse.core.engine import PartitionEngine
+from ccpulse.core.kpis import QUEUE, WindowAgg
+from ccpulse.core.lifecycle import Interaction, Step
+from ccpulse.core.windowing import Windowing
+from schemas.records import window_record_key
+from streams import wallboard as wb
+
+S = 1000
+MIN = 60 * S
+DAY_MS = 86_400_000
+T0 = calendar.timegm((2026, 3, 2, 10, 0, 0)) * 1000  # Monday 10:00:00 UTC
+TODAY = T0 - 10 * 3600 * S  # 2026-03-02 00:00 UTC
+YESTERDAY = TODAY - DAY_MS
+
+
+# -- hand-built merged tables ------------------------------------------------------
+
+
+def agg(**counts: int) -> dict[str, Any]:
+    return {"counts": counts, "tops": {}}
+
+
+def window(size: int, start: int, queue: str, channel: str, watermark: int,
+           parts: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """A merged ``kind: window`` entry as streams/merge.py stores it; parts: source -> agg."""
+    key = (size, start, QUEUE, queue, channel)
+    end = Windowing((size,)).end(size, start)
+    entry = {"kind": "window", "key": list(key), "end": end, "partition": 0,
+             "parts": {source: {"version": 1, "final": False, "agg": a, "watermark": watermark,
+                                "waiting_at_start": 0, "waiting_at_end": 0}
+                       for source, a in parts.items()}}
+    return window_record_key(key), entry
+
+
+def live(queue: str, channel: str, watermark: int,
+         parts: dict[str, tuple[int, int | None, list[str], int]]) -> tuple[str, dict[str, Any]]:
+    """A merged ``kind: live`` entry; parts: source -> (waiting, oldest_entered, agents, open_tickets)."""
+    entry = {"kind": "live", "queue": queue, "channel": channel, "partition": 0,
+             "parts": {source: {"version": 1, "watermark": watermark, "waiting": w,
+                                "oldest_entered": oldest, "agents": agents, "open_tickets": tickets}
+                       for source, (w, oldest, agents, tickets) in parts.items()}}
+    return f"live|{queue}|{channel}", entry
+
+
+def pipe_of(*entries: tuple[str, dict[str, Any]], settings: Any = None) -> Any:
+    return SimpleNamespace(settings=settings or Settings(),
+                           tables={"merged": SimpleNamespace(data=dict(entries))})
+
+
+def row(body: dict[str, Any], queue: str, channel: str) -> dict[str, Any]:
+    [found] = [q for q in body["queues"] if (q["queue"], q["channel"]) == (queue, channel)]
+    return found
+
+
+# -- RAG -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sl,target,status", [
+    (1.0, 0.8, "green"), (0.8, 0.8, "green"), (0.7999, 0.8, "amber"), (0.75, 0.8, "amber"),
+    (0.7499, 0.8, "red"), (0.0, 0.8, "red"), (None, 0.8, "none"),
+    # 0.9 - 0.05 is 0.8500000000000001 in floating point: 17/20 is still amber.
+    (17 / 20, 0.9, "amber"), (0.8499, 0.9, "red"), (0.9, 0.9, "green"),
+    (4 / 5, 0.8, "green"), (3 / 4, 0.8, "amber"),
+])
+def test_service_level_status_boundaries(sl: float | None, target: float, status: str) -> None:
+    assert wb.sl_status(sl, target) == status
+
+
+@pytest.mark.parametrize("within,answered,abandoned,status", [
+    (4, 5, 0, "green"),    # 0.80 exactly
+    (3, 3, 1, "amber"),    # 0.75 exactly
+    (37, 50, 0, "red"),    # 0.74
+    (0, 0, 0, "none"),     # nothing left the queue: no service level
+])
+def test_status_in_the_json_follows_the_last_15_minutes(within: int, answered: int, abandoned: int,
+                                                        status: str) -> None:
+    body = wb.wallboard(pipe_of(
+        window(60, T0, "billing", "voice", T0 + 30 * S,
+               {"0": agg(offered=answered + abandoned, answered=answered, abandoned=abandoned,
+                         answered_within_target=within)})), now_ms=T0 + 31 * S)
+    last = row(body, "billing", "voice")["last_15m"]
+    assert last["service_level_status"] == status
+    assert last["service_level_target"] == 0.8
+    assert last["service_level_seconds"] == 20.0
+    assert body["service_level_target"] == 0.8
+
+
+def test_a_configured_target_on_the_thresholds_wins() -> None:
+    th = SimpleNamespace(**{f: getattr(Thresholds(), f) for f in Thresholds.__dataclass_fields__},
+                         service_level_target=0.9)
+    settings = SimpleNamespace(windows=WindowSettings(), thresholds_for=lambda q, c: th)
+    body = wb.wallboard(pipe_of(
+        window(60, T0, "billing", "voice", T0, {"0": agg(answered=17, answered_within_target=17, abandoned=3)}),
+        settings=settings), now_ms=T0)
+    last = row(body, "billing", "voice")["last_15m"]
+    assert last["service_level"] == pytest.approx(17 / 20)
+    assert (last["service_level_target"], last["service_level_status"]) == (0.9, "amber")
+
+
+# -- null handling ------------------------------------------------------------------
+
+
+def test_an_empty_table_gives_no_queues_and_no_event_time() -> None:
+    body = wb.wallboard(pipe_of(), now_ms=T0)
+    assert body["queues"] == []
+    assert body["as_of"] is None
+    assert body["generated_at"] == "2026-03-02T10:00:00.000Z"
+
+
+def test_a_queue_with_live_state_only_has_null_ratios_not_zero() -> None:
+    body = wb.wallboard(pipe_of(live("billing", "voice", T0, {"0": (0, None, [], 0)})), now_ms=T0 + 5 * S)
+    q = row(body, "billing", "voice")
+    assert (q["waiting"], q["longest_wait_seconds"], q["agents_busy"], q["open_tickets"]) == (0, None, 0, None)
+    for view in (q["last_15m"], q["today"]):
+        assert view["offered"] == 0
+        for name in ("service_level", "abandonment_rate", "asa_seconds", "first_response_avg_seconds", "csat"):
+            assert view[name] is None, name
+        assert view["service_level_status"] == "none"
+    assert q["open_sla_breaches"] == []
+    assert body["as_of"] == "2026-03-02T10:00:00.000Z"
+    assert body["generated_at"] == "2026-03-02T10:00:05.000Z"
+    json.dumps(body, allow_nan=False)  # no NaN anywhere
+
+
+def test_day_windows_not_configured_gives_null_today() -> None:
+    settings = replace(Settings(), windows=WindowSettings(sizes=(60, 900)))
+    body = wb.wallboard(pipe_of(window(60, T0, "billing", "voice", T0, {"0": agg(offered=1)}),
+                                settings=settings), now_ms=T0)
+    q = row(body, "billing", "voice")
+    assert q["today"] is None and q["last_15m"]["offered"] == 1
+
+
+# -- ordering -----------------------------------------------------------------------
+
+
+def test_voice_then_chat_then_ticket_channels_then_queue_names() -> None:
+    entries = [live(queue, channel, T0, {"0": (0, None, [], 0)})
+               for queue, channel in [("zeta", "web"), ("alpha", "email"), ("beta", "chat"), ("sales", "voice"),
+                                      ("alpha", "chat"), ("billing", "voice"), ("alpha", "web")]]
+    entries.append(window(60, T0, "aaa", "social", T0, {"0": agg(offered=1)}))
+    body = wb.wallboard(pipe_of(*entries), now_ms=T0)
+    assert [(q["queue"], q["channel"]) for q in body["queues"]] == [
+        ("billing", "voice"), ("sales", "voice"), ("alpha", "chat"), ("beta", "chat"),
+        ("alpha", "email"), ("aaa", "social"), ("alpha", "web"), ("zeta", "web")]
+    assert [q["channel_kind"] for q in body["queues"]] == ["voice"] * 2 + ["chat"] * 2 + ["ticket"] * 4
+    # the same input in another insertion order gives the same body
+    again = wb.wallboard(pipe_of(*reversed(entries)), now_ms=T0)
+    assert again == body
+
+
+def test_agent_scope_windows_are_not_queues() -> None:
+    key = (900, T0, "a", "agent-7", "voice")
+    entry = {"kind": "window", "key": list(key), "end": T0 + 900 * S, "partition": 0,
+             "parts": {"0": {"version": 1, "final": False, "agg": agg(answered=3), "watermark": T0}}}
+    body = wb.wallboard(pipe_of(("agent|" + window_record_key(key), entry)), now_ms=T0)
+    assert body["queues"] == []
+
+
+# -- several partitions -------------------------------------------------------------
+
+
+def test_live_state_sums_over_partitions_and_counts_each_agent_once() -> None:
+    body = wb.wallboard(pipe_of(
+        live("billing", "voice", T0, {"0": (2, T0 - 40 * S, ["ag-1", "ag-2"], 0),
+                                      "1": (3, T0 - 75 * S, ["ag-2", "ag-3"], 0),
+                                      "2": (0, None, [], 0)}),
+        live("tier1", "email", T0 - 5 * S, {"0": (1, T0 - 3600 * S, [], 4), "3": (0, None, [], 2)})),
+        now_ms=T0 + 500)
+    billing = row(body, "billing", "voice")
+    assert (billing["waiting"], billing["longest_wait_seconds"], billing["agents_busy"]) == (5, 75.0, 3)
+    assert billing["open_tickets"] is None  # not a ticket channel
+    tier1 = row(body, "tier1", "email")
+    assert (tier1["waiting"], tier1["longest_wait_seconds"], tier1["open_tickets"]) == (1, 3600.0, 6)
+    # as_of: the newest watermark of any partition, over every entry
+    assert body["as_of"] == "2026-03-02T10:00:00.000Z"
+
+
+def test_windows_sum_over_partitions() -> None:
+    body = wb.wallboard(pipe_of(
+        window(60, T0, "billing", "voice", T0 + 50 * S, {
+            "0": agg(offered=3, answered=2, answered_within_target=2, wait_answered_ms=10_000),
+            "1": agg(offered=2, answered=1, abandoned=1, wait_answered_ms=50_000, first_responses=0),
+            "fcr-1": agg(fcr_contacts=2)}),
+        window(86400, TODAY, "billing", "voice", T0 + 50 * S, {
+            "0": agg(offered=30, answered=20, answered_within_target=18, abandoned=2, csat_responses=4,
+                     csat_satisfied=3),
+            "2": agg(offered=10, answered=8, answered_within_target=8, csat_responses=1)})), now_ms=T0)
+    q = row(body, "billing", "voice")
+    last = q["last_15m"]
+    assert (last["offered"], last["answered"], last["abandoned"]) == (5, 3, 1)
+    assert last["service_level"] == pytest.approx(2 / 4)
+    assert last["abandonment_rate"] == pytest.approx(1 / 4)
+    assert last["asa_seconds"] == pytest.approx(20.0)
+    today = q["today"]
+    assert (today["offered"], today["answered"], today["abandoned"]) == (40, 28, 2)
+    assert today["service_level"] == pytest.approx(26 / 30)
+    assert today["service_level_status"] == "green"
+    assert today["csat"] == pytest.approx(3 / 5)
+    assert (today["window"], today["window_start"], today["window_end"]) == (
+        "1d", "2026-03-02T00:00:00.000Z", "2026-03-03T00:00:00.000Z")
+
+
+# -- the rolling 15 minutes and today -------------------------------------------------
+
+
+def test_last_15_minutes_are_the_one_minute_windows_ending_after_as_of_minus_15_minutes() -> None:
+    as_of = T0 + 30 * S
+    since = as_of - 15 * MIN
+    entries = [
+        # ends exactly at as_of - 15 min: out (merge.py: end > since)
+        window(60, since - MIN, "billing", "voice", as_of, {"0": agg(offered=100)}),
+        # ends 30 s after it: in
+        window(60, since - 30 * S, "billing", "voice", as_of, {"0": agg(offered=10)}),
+        window(60, T0, "billing", "voice", as_of, {"0": agg(offered=1)}),
+        # 15-minute and hourly windows are not the rolling view
+        window(900, T0, "billing", "voice", as_of, {"0": agg(offered=1000)}),
+        window(3600, T0, "billing", "voice", as_of, {"0": agg(offered=1000)}),
+    ]
+    # (a window start 30 s off the minute is not realistic, but shows the boundary)
+    entries[1][1]["end"] = since + 30 * S
+    body = wb.wallboard(pipe_of(*entries), now_ms=as_of)
+    assert row(body, "billing", "voice")["last_15m"]["offered"] == 11
+
+
+def test_today_is_the_day_window_containing_as_of_not_yesterday() -> None:
+    as_of = T0
+    body = wb.wallboard(pipe_of(
+        window(86400, YESTERDAY, "billing", "voice", as_of, {"0": agg(offered=500, answered=500)}),
+        window(86400, TODAY, "billing", "voice", as_of, {"0": agg(offered=7, answered=5)}),
+        # a queue busy yesterday and quiet today shows today's zeros, not yesterday's totals
+        window(86400, YESTERDAY, "sales", "voice", as_of, {"0": agg(offered=90, answered=90)})),
+        now_ms=as_of)
+    billing, sales = row(body, "billing", "voice")["today"], row(body, "sales", "voice")["today"]
+    assert (billing["offered"], billing["answered"]) == (7, 5)
+    assert billing["window_start"] == "2026-03-02T00:00:00.000Z"
+    assert (sales["offered"], sales["answered"], sales["service_level"]) == (0, 0, None)
+    assert sales["window_start"] == "2026-03-02T00:00:00.000Z"
+
+
+def test_today_follows_the_configured_day_start_and_time_zone() -> None:
+    # Berlin, day starting 06:00 local: at 04:30 UTC (05:30 CET) "today" began yesterday 05:00 UTC.
+    settings = replace(Settings(), windows=WindowSettings(timezone="Europe/Berlin", day_start_hour=6))
+    as_of = TODAY + 4 * 3600 * S + 30 * MIN
+    day = Windowing((86400,), "Europe/Berlin", 6)
+    current, previous = day.start(as_of, 86400), day.start(as_of - DAY_MS, 86400)
+    assert current == YESTERDAY + 5 * 3600 * S
+    body = wb.wallboard(pipe_of(
+        window(86400, previous, "billing", "voice", as_of, {"0": agg(offered=50)}),
+        window(86400, current, "billing", "voice", as_of, {"0": agg(offered=12)}), settings=settings),
+        now_ms=as_of)
+    today = row(body, "billing", "voice")["today"]
+    assert today["offered"] == 12
+    assert today["window_start"] == "2026-03-01T05:00:00.000Z"
+    assert today["window_end"] == "2026-03-02T05:00:00.000Z"
+
+
+# -- real engines on two partitions, merged as streams/merge.py does ------------------
+
+
+def merge_partials(engines: list[PartitionEngine], windowing: Windowing) -> dict[str, dict[str, Any]]:
+    """The merged table after each engine published (lifecycle.publish) and merge.py merged."""
+    merged: dict[str, dict[str, Any]] = {}
+    for engine in engines:
+        p, wm = engine.partition, engine.record.watermark
+        partials = [{"kind": "window", "key": list(s.key), "partition": p, "version": s.version,
+                     "final": s.final, "agg": s.agg.to_dict(), "end": windowing.end(s.key[0], s.key[1]),
+                     "watermark": wm, "waiting_at_start": s.waiting_at_start,
+                     "waiting_at_end": s.waiting_at_end} for s in engine.take_dirty()]
+        partials += [{"kind": "live", "queue": q, "channel": c, "partition": p, "version": engine.version(False),
+                      "watermark": wm, "waiting": sum(lq.waiting.values()),
+                      "oldest_entered": min(lq.waiting) if lq.waiting else None,
+                      "agents": sorted(lq.busy), "open_tickets": lq.open_tickets}
+                     for (q, c), lq in engine.take_live()]
+        for partial in partials:
+            if partial["kind"] == "live":
+                key = f"live|{partial['queue']}|{partial['channel']}"
+                base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
+            else:
+                key = window_record_key(tuple(partial["key"]))
+                key = key if partial["key"][2] == QUEUE else "agent|" + key
+                base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
+            entry = merged.setdefault(key, {**base, "parts": {}, "partition": 0})
+            entry["parts"][str(p)] = {k: v for k, v in partial.items()
+                                      if k not in ("key", "kind", "partition", "end")}
+    return merged
+
+
+class Feed:
+    def __init__(self, engine: PartitionEngine) -> None:
+        self.engine, self.inters, self.offset = engine, {}, -1
+
+    def __call__(self, iid: str, channel: str, *steps: Step) -> None:
+        for step in steps:
+            inter = self.inters.setdefault(iid, Interaction(iid, channel, partition=self.engine.partition))
+            self.offset += 1
+            self.engine.apply(inter, step, self.offset)
+
+
+def at(hhmmss: str, day: int = TODAY) -> int:
+    h, m, s = (int(x) for x in hhmmss.split(":"))
+    return day + ((h * 60 + m) * 60 + s) * S
+
+
+def test_real_engines_on_two_partitions() -> None:
+    settings = Settings()
+    w = settings.windows
+    windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
+    engines = [PartitionEngine(p, windowing, w.allowed_lateness_seconds, settings.thresholds_for,
+                               w.interaction_horizon_seconds) for p in (0, 1)]
+    p0, p1 = Feed(engines[0]), Feed(engines[1])
+    # yesterday: today's totals must not see it
+    p1("G", "voice", Step(at("23:59:00", YESTERDAY), "offered", "G1", "billing"),
+       Step(at("23:59:05", YESTERDAY), "answered", "G2", agent="ag-9"),
+       Step(at("23:59:30", YESTERDAY), "ended", "G3"))
+    # 09:30: today, but not in the last 15 minutes
+    p1("F", "voice", Step(at("09:30:00"), "offered", "F1", "billing"),
+       Step(at("09:30:05"), "answered", "F2", agent="ag-8"), Step(at("09:31:00"), "ended", "F3"))
+    p0("A", "voice", Step(at("10:00:00"), "offered", "A1", "billing"),
+       Step(at("10:00:10"), "answered", "A2", agent="ag-1"))                  # 10 s: within 20 s, busy
+    p0("B", "voice", Step(at("10:00:05"), "offered", "B1", "billing"),
+       Step(at("10:00:35"), "abandoned", "B2"))                               # abandoned after 30 s
+    p1("D", "voice", Step(at("10:00:20"), "offered", "D1", "billing"),
+       Step(at("10:00:50"), "answered", "D2", agent="ag-2"))                  # 30 s: over target
+    p0("C", "voice", Step(at("10:01:00"), "offered", "C1", "billing"))       # waiting
+    p0("T", "email", Step(at("10:00:30"), "offered", "T1", "tier1"))         # an open, unanswered ticket
+    p0("H", "chat", Step(at("10:00:40"), "offered", "H1", "web"),
+       Step(at("10:00:40"), "message", "H2", sender="customer"),
+       Step(at("10:00:45"), "answered", "H3", agent="ag-5"),
+       Step(at("10:00:52"), "message", "H4", sender="agent"),
+       Step(at("10:00:58"), "rated", "H5", csat=5))
+    p1("E", "voice", Step(at("10:01:10"), "offered", "E1", "billing"))       # waiting, newest event
+    body = wb.wallboard(pipe_of(*merge_partials(engines, windowing).items(), settings=settings),
+                        now_ms=at("10:01:11"))
+
+    assert body["as_of"] == "2026-03-02T10:01:10.000Z"
+    assert [(q["queue"], q["channel"]) for q in body["queues"]] == [
+        ("billing", "voice"), ("web", "chat"), ("tier1", "email")]
+    billing = row(body, "billing", "voice")
+    assert (billing["waiting"], billing["longest_wait_seconds"], billing["agents_busy"]) == (2, 10.0, 2)
+    last = billing["last_15m"]
+    assert (last["offered"], last["answered"], last["abandoned"]) == (5, 2, 1)  # A B D C E; A D; B
+    assert last["service_level"] == pytest.approx(1 / 3)
+    assert last["service_level_status"] == "red"
+    assert last["abandonment_rate"] == pytest.approx(1 / 3)
+    assert last["asa_seconds"] == pytest.approx(20.0)
+    today = billing["today"]
+    assert (today["offered"], today["answered"], today["abandoned"]) == (6, 3, 1)  # + F
+    assert today["service_level"] == pytest.approx(2 / 4)
+    assert today["service_level_status"] == "red"
+
+    chat = row(body, "web", "chat")
+    assert (chat["waiting"], chat["agents_busy"], chat["open_tickets"]) == (0, 1, None)
+    assert chat["last_15m"]["first_response_avg_seconds"] == pytest.approx(12.0)
+    assert chat["last_15m"]["csat"] == 1.0 and chat["today"]["csat"] == 1.0
+    assert chat["last_15m"]["service_level_seconds"] == 60.0
+    assert chat["last_15m"]["service_level_status"] == "green"
+
+    ticket = row(body, "tier1", "email")
+    assert (ticket["channel_kind"], ticket["waiting"], ticket["open_tickets"]) == ("ticket", 1, 1)
+    assert ticket["longest_wait_seconds"] == 40.0
+    assert ticket["agents_busy"] == 0
+    assert ticket["last_15m"]["service_level_seconds"] == 86400.0
+    assert ticket["today"]["offered"] == 1
+
+
+# -- the endpoints ------------------------------------------------------------------
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.pages: dict[str, Any] = {}
+
+    def page(self, path: str) -> Any:
+        def decorate(fn: Any) -> Any:
+            self.pages[path] = fn
+            return fn
+        return decorate
+
+
+class FakeWeb:
+    def json(self, value: Any, **kwargs: Any) -> tuple[str, Any, dict[str, Any]]:
+        return "json", value, kwargs
+
+    def html(self, value: str, **kwargs: Any) -> tuple[str, Any, dict[str, Any]]:
+        return "html", value, kwargs
+
+
+def test_register_serves_the_json_and_the_page() -> None:
+    app = FakeApp()
+    pipe = pipe_of(live("billing", "voice", T0, {"0": (1, T0 - 3 * S, [], 0)}))
+    pipe.app = app
+    wb.register(pipe)
+    assert set(app.pages) == {"/api/wallboard", "/wallboard"}
+    kind, body, kwargs = asyncio.run(app.pages["/api/wallboard"](FakeWeb(), None))
+    assert kind == "json" and body["queues"][0]["waiting"] == 1
+    assert kwargs["headers"]["Cache-Control"] == "no-store"
+    kind, html, _ = asyncio.run(app.pages["/wallboard"](FakeWeb(), None))
+    assert kind == "html" and html.startswith("<!DOCTYPE html>")
+
+
+def test_the_page_is_self_contained_and_refreshes_every_second() -> None:
+    html = wb.page_html()
+    # no external assets: no scripts, styles, fonts or images from anywhere
+    assert not re.search(r"""(src|href)\s*=|@import|url\(|https?://""", html)
+    assert "setInterval(refresh, REFRESH_MS)" in html and "const REFRESH_MS = 1000;" in html
+    assert 'fetch(API' in html and 'const API = "/api/wallboard";' in html
+    assert "tabular-nums" in html
+    # every field the page shows exists in the JSON
+    body = wb.wallboard(pipe_of(live("tier1", "email", T0, {"0": (1, T0, [], 1)}),
+                                live("b", "voice", T0, {"0": (1, T0, [], 0)}),
+                                live("c", "chat", T0, {"0": (1, T0, [], 0)})), now_ms=T0)
+    fields = set(re.findall(r'\["([a-z0-9_.]+)", "', html)) | set(re.findall(r'data-field="([a-z0-9_.]+)"', html))
+    assert fields, "no data-field in the page"
+    for q in body["queues"]:
+        for path in fields - {"as_of"}:
+            node: Any = q
+            for part in path.split("."):
+                assert part in node, path
+                node = node[part]
