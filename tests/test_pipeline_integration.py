@@ -14,7 +14,9 @@ from pathlib import Path
 import clickhouse_connect
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
+from schemas.json_schemas import TOPIC_SCHEMAS, load
 from tests.worker_process import (WorkerProcess, latest_windows, produce, read_topic, wait_until)
 
 pytestmark = pytest.mark.integration
@@ -117,6 +119,8 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
         metrics = worker.metrics()
         windows = latest_windows(kafka_bootstrap, f"{worker.prefix}kpi.windows")
         dead = read_topic(kafka_bootstrap, f"{worker.prefix}events.dead-letter")
+        published = {topic: [json.loads(v) for _k, v in read_topic(kafka_bootstrap, worker.prefix + topic)]
+                     for topic in TOPIC_SCHEMAS}
         state = {k.decode(): json.loads(v) for k, v in
                  read_topic(kafka_bootstrap, f"{worker.prefix}kpi.queue-state")}
         health = worker.get("/health")
@@ -124,7 +128,7 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
         exit_code = worker.stop()
     client = clickhouse_connect.get_client(interface="chdb", path=worker.clickhouse_path)
     yield dict(metrics=metrics, windows=windows, dead=dead, client=client, exit_code=exit_code,
-               health=health, state=state)
+               health=health, state=state, published=published)
     client.close()
 
 
@@ -234,3 +238,13 @@ def test_live_queue_state_and_rolling_view(run) -> None:
     m = run["metrics"]
     assert _sum(m, "ccpulse_queue_waiting", queue="billing") == 1
     assert _sum(m, "ccpulse_queue_waiting", queue="sales") == 0
+
+
+@pytest.mark.parametrize("topic", list(TOPIC_SCHEMAS))
+def test_every_published_record_validates_against_its_json_schema(run, topic: str) -> None:
+    validator = Draft202012Validator(load(TOPIC_SCHEMAS[topic]))
+    records = run["published"][topic]
+    assert records, f"nothing was published on {topic}"
+    for record in records:
+        errors = sorted(validator.iter_errors(record), key=str)
+        assert not errors, (topic, record, [e.message for e in errors])
