@@ -6,6 +6,7 @@ COPY ccpulse ccpulse
 COPY streams streams
 COPY sinks sinks
 COPY schemas schemas
+COPY deploy/scenarios.toml deploy/scenarios.toml
 RUN pip install --no-cache-dir .
 ENTRYPOINT ["ccpulse"]
 CMD ["worker"]

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable
 
-from ccpulse import local_kafka, simulate, simulate_channels
+from ccpulse import local_kafka, scenarios, simulate, simulate_channels
 from ccpulse.config import Settings
 
 STATUS_EVERY_SECONDS = 5.0
@@ -28,7 +28,15 @@ class DemoError(RuntimeError):
     pass
 
 
-def run_demo(settings: Settings, duration: float | None, rate: float, agents: int) -> int:
+def run_demo(settings: Settings, duration: float | None, rate: float, agents: int,
+             scenario: str | None = None, scenarios_file: Path | None = None) -> int:
+    chosen = None
+    if scenario is not None:  # a bad name fails before anything starts
+        try:
+            chosen = scenarios.load_scenario(scenario, scenarios_file)
+        except ValueError as exc:
+            print(f"ccpulse demo: {exc}", file=sys.stderr)
+            return 1
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     kafka_state = state / "kafka"
@@ -47,15 +55,10 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
         _wait_healthy(worker, base, worker_log)
         _print_where_to_look(settings, broker.bootstrap, base)
         seed, start = int(time.time()), simulate.live_start()
-        voice = simulate.SimulationConfig(
-            rate=rate, queues=tuple(simulate.QueueModel(name, agents) for name in ("billing", "support", "sales")),
-            service_mean=60.0, wrapup_mean=10.0, patience_mean=90.0, seed=seed, start=start)
-        # Chats and tickets at a pace that shows their KPIs within minutes, not hours.
-        chat = simulate_channels.ChatConfig(rate=rate * 0.3, seed=seed, start=start,
-                                            agent_reply_mean=10.0, customer_reply_mean=15.0)
-        ticket = simulate_channels.TicketConfig(rate=rate * 0.1, seed=seed, start=start,
-                                                first_reply_mean=120.0, solve_after_mean=300.0,
-                                                close_after_solve=600.0, customer_reply_mean=120.0)
+        if chosen is not None:
+            voice, chat, ticket = chosen.configs(seed, start)
+        else:
+            voice, chat, ticket = _default_configs(rate, agents, seed, start)
         events = simulate_channels.generate_mixed_events(
             voice, chat, ticket, math.inf if duration is None else duration)
         asyncio.run(_simulate_and_report(settings, base, events, duration, worker))
@@ -72,6 +75,19 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
             local_kafka.stop(kafka_state)
         print("ccpulse demo: stopped; nothing left running.", flush=True)
     return 0
+
+
+def _default_configs(rate: float, agents: int, seed: int, start) -> tuple:  # type: ignore[no-untyped-def]
+    voice = simulate.SimulationConfig(
+        rate=rate, queues=tuple(simulate.QueueModel(name, agents) for name in ("billing", "support", "sales")),
+        service_mean=60.0, wrapup_mean=10.0, patience_mean=90.0, seed=seed, start=start)
+    # Chats and tickets at a pace that shows their KPIs within minutes, not hours.
+    chat = simulate_channels.ChatConfig(rate=rate * 0.3, seed=seed, start=start,
+                                        agent_reply_mean=10.0, customer_reply_mean=15.0)
+    ticket = simulate_channels.TicketConfig(rate=rate * 0.1, seed=seed, start=start,
+                                            first_reply_mean=120.0, solve_after_mean=300.0,
+                                            close_after_solve=600.0, customer_reply_mean=120.0)
+    return voice, chat, ticket
 
 
 def _wait_healthy(worker: subprocess.Popen, base: str, log: Path, timeout: float = 120.0) -> None:

@@ -65,8 +65,11 @@ __all__ = [
     "staffing_plan",
 ]
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCENARIOS_FILE = _PROJECT_ROOT / "deploy" / "scenarios.toml"
+# The project's copy (a source checkout or an editable install); an installed package
+# (e.g. the Docker image) has none, so there it is deploy/scenarios.toml of the
+# working directory.
+_SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "scenarios.toml"
+DEFAULT_SCENARIOS_FILE = _SHIPPED if _SHIPPED.is_file() else Path("deploy", "scenarios.toml")
 
 _VOICE_KEYS = {
     "rate", "queues", "service_mean", "wrapup_mean", "patience_mean", "profile", "service_distribution",
@@ -204,7 +207,9 @@ def _parse(doc: dict[str, Any]) -> dict[str, Scenario]:
     profiles = _table(doc.get("profiles", {}), "profiles")
     for name, values in profiles.items():
         _profile(values, f"profiles.{name}")
-    raw = _table(doc.get("scenarios"), "scenarios")
+    if "scenarios" not in doc:
+        raise _Bad("scenarios", "missing: the file has no [scenarios.NAME] table")
+    raw = _table(doc["scenarios"], "scenarios")
     if not raw:
         raise _Bad("scenarios", "no scenarios defined")
     out: dict[str, Scenario] = {}
@@ -248,11 +253,15 @@ def _scenario(name: str, body: dict[str, Any], profiles: dict[str, Any]) -> Scen
     if voice is None and chat is None and ticket is None:
         raise _Bad(key, "needs at least one of voice, chat and ticket")
     scenario = Scenario(name, description, voice, chat, ticket)
-    for channel, build in (("voice", scenario.voice_config), ("chat", scenario.chat_config),
-                           ("ticket", scenario.ticket_config)):
+    for channel, build, kw in (("voice", scenario.voice_config, voice), ("chat", scenario.chat_config, chat),
+                               ("ticket", scenario.ticket_config, ticket)):
         try:
             build()
         except (ValueError, TypeError) as exc:
+            # The configs' messages start with the field's name: put it on the key path.
+            field, sep, message = str(exc).partition(": ")
+            if sep and kw is not None and field in kw:
+                raise _Bad(f"{key}.{channel}.{field}", message) from None
             raise _Bad(f"{key}.{channel}", str(exc)) from None
     return scenario
 
@@ -295,12 +304,21 @@ def _voice(body: dict[str, Any], key: str, profiles: dict[str, Any]) -> dict[str
             if required not in item:
                 raise _Bad(f"{okey}.{required}", "is required")
         queues = tuple(_string(q, f"{okey}.queues") for q in _array(item.get("queues", []), f"{okey}.queues"))
-        try:
-            outages.append(Outage(_number(item["start_minutes"], f"{okey}.start_minutes") * 60,
-                                  _number(item["duration_minutes"], f"{okey}.duration_minutes") * 60,
-                                  _number(item.get("factor", 0.2), f"{okey}.factor"), queues))
-        except ValueError as exc:
-            raise _Bad(okey, str(exc)) from None
+        begin = _number(item["start_minutes"], f"{okey}.start_minutes")
+        length = _number(item["duration_minutes"], f"{okey}.duration_minutes")
+        factor = _number(item.get("factor", 0.2), f"{okey}.factor")
+        if begin < 0:
+            raise _Bad(f"{okey}.start_minutes", "must be zero or positive (minutes after the start)")
+        if length <= 0:
+            raise _Bad(f"{okey}.duration_minutes", "must be a positive number of minutes")
+        if factor < 0:
+            raise _Bad(f"{okey}.factor", "must be zero or positive (the share of agents still working)")
+        queue_names = {q.get("name") for q in _array(body["queues"], f"{key}.queues") if isinstance(q, dict)} \
+            if "queues" in body else {q.name for q in defaults.queues}
+        for name in queues:
+            if name not in queue_names:
+                raise _Bad(f"{okey}.queues", f"no queue {name!r} in this scenario")
+        outages.append(Outage(begin * 60, length * 60, factor, queues))
     if outages:
         kw["outages"] = tuple(outages)
     if "queues" not in body:
@@ -357,7 +375,10 @@ def _voice(body: dict[str, Any], key: str, profiles: dict[str, Any]) -> dict[str
         if planned:
             qkw["schedule"] = plan
         elif "schedule" in item:
-            qkw["schedule"] = tuple(_array(item["schedule"], f"{qkey}.schedule"))
+            schedule = _array(item["schedule"], f"{qkey}.schedule")
+            if len(schedule) != HOURS or not all(simulate._is_int(n) and n >= 0 for n in schedule):
+                raise _Bad(f"{qkey}.schedule", "must be 24 agent counts (integers >= 0), one per hour of the day")
+            qkw["schedule"] = tuple(schedule)
         try:
             queues.append(QueueModel(**qkw))
         except (ValueError, TypeError) as exc:

@@ -328,20 +328,21 @@ class _Customers:
 
 
 class _Clock:
-    """Formats epoch milliseconds as RFC 3339; caches the per-second prefix."""
+    """Formats epoch milliseconds as RFC 3339; caches the per-minute prefix."""
 
-    __slots__ = ("_second", "_prefix")
+    __slots__ = ("_minute", "_prefix")
 
     def __init__(self) -> None:
-        self._second = -1
+        self._minute = -1
         self._prefix = ""
 
     def format(self, epoch_ms: int) -> str:
-        second, ms = divmod(epoch_ms, 1000)
-        if second != self._second:
-            self._second = second
-            self._prefix = (_EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{ms:03d}Z"
+        minute, ms = divmod(epoch_ms, 60_000)
+        if minute != self._minute:
+            self._minute = minute
+            self._prefix = (_EPOCH + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:")
+        second, ms = divmod(ms, 1000)
+        return f"{self._prefix}{second:02d}.{ms:03d}Z"
 
 
 def _pick(u: float, cum_weights: tuple[float, ...]) -> int:
@@ -483,8 +484,9 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             yield answer(call, q, q.free_agents.popleft(), now)
         else:
             q.waiting.append(call)
+            # A new wait: any timer of an earlier wait is stale from now on.
+            call.abandon_ms = -1 if patience is None else now + patience
             if patience is not None:
-                call.abandon_ms = now + patience
                 push(call.abandon_ms, _ABANDON, call)
 
     def release(q: _QueueState, agent: int, now: int) -> Iterator[dict[str, Any]]:
@@ -506,7 +508,14 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             ev = event(call, "call.offered", now)
             ev["customer_id"] = call.customer_id
             yield ev
-            yield from enqueue(call, queues[call.queue], now, call.patience_ms)
+            q = queues[call.queue]
+            if q.free_agents:
+                yield answer(call, q, q.free_agents.popleft(), now)
+            else:
+                q.waiting.append(call)
+                if call.patience_ms is not None:
+                    call.abandon_ms = now + call.patience_ms
+                    push(call.abandon_ms, _ABANDON, call)
         elif kind == _END:
             q = queues[call.queue]
             ev = event(call, "call.ended", now)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import collections
+import hashlib
 import itertools
 import math
 import re
+import statistics
 import time
 import uuid
 from collections import defaultdict
@@ -19,6 +23,7 @@ from hypothesis import strategies as st
 
 from ccpulse.simulate import (
     DEFAULT_START,
+    Outage,
     QueueModel,
     SimulationConfig,
     add_arguments,
@@ -28,9 +33,13 @@ from ccpulse.simulate import (
     live_start,
     publish,
 )
+from schemas.events import Event, validate
 
 RFC3339_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 CALL_TYPES = {"call.offered", "call.answered", "call.abandoned", "call.ended"}
+# (events, sha256 prefix of the encoded events) of SimulationConfig(seed=7) over 900 s: the plain
+# model's output, pinned so that a seed replays the same day across versions. Update deliberately.
+PLAIN_SEED7_900S = (3597, "19f9f177c998f1be")
 
 
 def ms(ts: str) -> int:
@@ -167,18 +176,62 @@ def test_many_agents_answer_immediately():
     assert all(answered[ev["interaction_id"]]["occurred_at"] == ev["occurred_at"] for ev in offered)
 
 
-def test_probability_of_waiting_matches_erlang_c():
-    """M/M/c without abandonment: P(wait > 0) and mean wait have closed forms."""
-    c, rate, service = 5, 0.4, 10.0
-    a = rate * service  # offered load in Erlangs
+def erlang_c(c: int, a: float) -> float:
+    """P(wait > 0) in M/M/c at a Erlangs, straight from the textbook formula."""
     term = a**c / math.factorial(c) * c / (c - a)
-    erlang_c = term / (sum(a**k / math.factorial(k) for k in range(c)) + term)
-    mean_wait = erlang_c / (c / service - rate)
+    return term / (sum(a**k / math.factorial(k) for k in range(c)) + term)
+
+
+def batch_means(values_by_batch: list[list[float]]) -> tuple[float, float]:
+    """Mean of the batch means and its standard error."""
+    means = [sum(b) / len(b) for b in values_by_batch]
+    return statistics.fmean(means), statistics.stdev(means) / math.sqrt(len(means))
+
+
+def test_probability_of_waiting_and_mean_wait_match_erlang_c():
+    """M/M/c without abandonment, flat arrivals, constant staffing: P(wait > 0) and Wq have closed forms.
+
+    8 agents at rho = 0.85 for 4 simulated days (~117,000 calls). Waits are strongly
+    autocorrelated, so the error bar comes from batch means: 20 batches of ~4.8 h,
+    each ~40 relaxation times 1 / (mu (sqrt(c) - sqrt(a))^2) ~ 7 min long, so the
+    batch means are nearly independent; the first is dropped as warm-up from an
+    empty system. 4 standard errors is about the two-sided 99.9% quantile of
+    Student's t with 18 degrees of freedom (3.92).
+    """
+    c, service, rho = 8, 20.0, 0.85
+    a = rho * c
+    rate = a / service
+    p_wait = erlang_c(c, a)
+    mean_wait = p_wait * service / (c - a)  # Wq = C(c, a) / (c mu - lambda)
+    days, batches = 4, 20
+    horizon = days * 86_400_000
     cfg = one_queue(c, rate=rate, service_mean=service, wrapup_mean=0, patience_mean=None, seed=21)
-    w = waits(list(generate_call_events(cfg, 250_000)))
-    assert len(w) > 90_000
-    assert sum(x > 0 for x in w) / len(w) == pytest.approx(erlang_c, abs=0.03)
-    assert sum(w) / len(w) / 1000 == pytest.approx(mean_wait, rel=0.15)
+    start = ms(cfg.start.isoformat())
+    offered: dict[str, int] = {}
+    waits_by_batch: list[list[float]] = [[] for _ in range(batches)]
+    # One extra hour so that calls offered before the cut-off have been answered.
+    for ev in generate_call_events(cfg, horizon / 1000 + 3600):
+        if ev["type"] == "call.offered":
+            offered[ev["interaction_id"]] = ms(ev["occurred_at"]) - start
+        elif ev["type"] == "call.answered":
+            t0 = offered.pop(ev["interaction_id"])
+            if t0 < horizon:
+                waits_by_batch[t0 * batches // horizon].append((ms(ev["occurred_at"]) - start - t0) / 1000)
+    assert not [t0 for t0 in offered.values() if t0 < horizon]  # nobody abandons, nobody is stuck
+    kept = waits_by_batch[1:]
+    assert sum(map(len, kept)) > 100_000
+    wq, wq_se = batch_means(kept)
+    pw, pw_se = batch_means([[w > 0 for w in b] for b in kept])
+    # Precise enough to mean something: a few percent of the expected values ...
+    assert wq_se < 0.12 * mean_wait and pw_se < 0.03 * p_wait, (wq_se / mean_wait, pw_se / p_wait)
+    # ... and the model agrees with Erlang C.
+    assert abs(pw - p_wait) < 4 * pw_se, (pw, p_wait, pw_se, wq, mean_wait, wq_se)
+    assert abs(wq - mean_wait) < 4 * wq_se, (wq, mean_wait, wq_se)
+    # Power: 5% more load (or one agent fewer) would have been rejected.
+    a_wrong = a * 1.05
+    assert abs(wq - erlang_c(c, a_wrong) * service / (c - a_wrong)) > 4 * wq_se
+    assert abs(pw - erlang_c(c, a_wrong)) > 4 * pw_se
+    assert abs(pw - erlang_c(c - 1, a)) > 4 * pw_se
 
 
 def test_arrivals_follow_the_rate():
@@ -258,6 +311,380 @@ def test_every_event_has_the_events_md_envelope(seed, rate, agents, patience):
         if ev["type"] == "call.ended":
             assert type(ev["wrapup_seconds"]) is int
         assert orjson.loads(encode(ev)) == ev
+
+
+# ---------------------------------------------------------------- a realistic day
+
+# A retail bank / telco weekday (UTC hours): the curve of deploy/scenarios.toml.
+BANK_PROFILE = (0.10, 0.06, 0.04, 0.04, 0.05, 0.10, 0.25, 0.55, 1.10, 1.55, 1.70, 1.60,
+                1.25, 1.30, 1.50, 1.55, 1.40, 1.15, 0.85, 0.65, 0.50, 0.38, 0.25, 0.15)
+ALL_CALL_TYPES = CALL_TYPES | {"call.transferred", "call.rated"}
+HOUR_MS = 3_600_000
+
+
+def realistic(**kw) -> SimulationConfig:
+    """Every feature on: profile, schedules, an outage, lognormal times, transfers, repeats, ratings."""
+    base = dict(
+        rate=0.05, profile=BANK_PROFILE,
+        queues=(QueueModel("billing", schedule=(2,) * 7 + (4, 6, 8, 9, 8, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 2, 2)),
+                QueueModel("support", weight=1.5,
+                           schedule=(1,) * 6 + (3, 5, 9, 12, 12, 11, 8, 9, 11, 11, 10, 8, 6, 5, 3, 2, 2, 1))),
+        service_mean=200.0, wrapup_mean=20.0, patience_mean=90.0,
+        service_distribution="lognormal", service_cv=0.8,
+        transfer_probability=0.1, repeat_probability=0.15, rating_probability=0.3,
+        outages=(Outage(start=3 * 3600, duration=1800, factor=0.2),), seed=17)
+    base.update(kw)
+    return SimulationConfig(**base)
+
+
+def test_defaults_replay_the_plain_model_exactly():
+    """New features off (explicitly or by default): the same events as before they existed."""
+    plain = list(generate_call_events(SimulationConfig(seed=7), 900))
+    explicit = SimulationConfig(seed=7, profile=None, service_distribution="exponential", transfer_probability=0,
+                                repeat_probability=0, rating_probability=0, outages=(),
+                                queues=tuple(QueueModel(q, 3, schedule=None) for q in ("billing", "support", "sales")))
+    assert list(generate_call_events(explicit, 900)) == plain
+    # A flat profile is the homogeneous process at rate x multiplier; constant schedules are constant agents.
+    flat = SimulationConfig(seed=7, rate=1.0, profile=(2.0,) * 24,
+                            queues=tuple(QueueModel(q, 1, schedule=(3,) * 24) for q in ("billing", "support", "sales")))
+    assert list(generate_call_events(flat, 900)) == plain
+    # Pinned across versions: a replay with a seed gives the events it gave before.
+    digest = hashlib.sha256(b"".join(encode(ev) for ev in plain)).hexdigest()
+    assert (len(plain), digest[:16]) == (PLAIN_SEED7_900S[0], PLAIN_SEED7_900S[1])
+
+
+def test_realistic_model_is_deterministic_per_seed_and_valid():
+    cfg = realistic()
+    first = list(generate_call_events(cfg, 86_400))
+    assert first == list(generate_call_events(cfg, 86_400))
+    assert first != list(generate_call_events(realistic(seed=18), 86_400))
+    kinds = collections.Counter()
+    for ev in first:
+        out = validate(ev, "call", now_ms=10**15)
+        assert isinstance(out, Event), (ev, out)
+        kinds[ev["type"]] += 1
+        assert orjson.loads(encode(ev)) == ev and RFC3339_MS_Z.match(ev["occurred_at"])
+    assert set(kinds) == ALL_CALL_TYPES
+    times = [ev["occurred_at"] for ev in first]
+    assert times == sorted(times)
+    assert len({ev["event_id"] for ev in first}) == len(first)
+
+
+def test_abandonment_rises_as_agents_are_removed():
+    """Same seed, same callers (arrivals, patience, talk times): 10, 8, then 6 agents for ~8 Erlangs."""
+    rates, offered = [], []
+    for agents in (10, 8, 6):
+        cfg = one_queue(agents, rate=8 / 200, service_mean=180.0, wrapup_mean=20.0, patience_mean=120.0, seed=33)
+        events = list(generate_call_events(cfg, 86_400))
+        kinds = collections.Counter(ev["type"] for ev in events)
+        rates.append(kinds["call.abandoned"] / (kinds["call.abandoned"] + kinds["call.answered"]))
+        offered.append([(ev["occurred_at"], ev["customer_id"]) for ev in events if ev["type"] == "call.offered"])
+    assert offered[0] == offered[1] == offered[2] and len(offered[0]) > 3000
+    assert rates[0] < rates[1] < rates[2], rates
+    assert rates[2] > 0.1 and rates[0] < 0.1
+
+
+def test_arrivals_per_hour_follow_the_profile():
+    """Thinning gives a non-homogeneous Poisson process with rate(t) = rate x profile[UTC hour].
+
+    Counts per hour of day over 30 days against rate x profile x 3600 x days:
+    Pearson's chi-square on 23 positive hours (99.9% quantile of chi2(23): 49.73);
+    nothing in the closed hour; and day-to-day counts are Poisson (variance = mean:
+    the dispersion sum is chi2 with 23 x 30 degrees of freedom, mean 690, sd 37).
+    """
+    profile = BANK_PROFILE[:3] + (0.0,) + BANK_PROFILE[4:]  # closed 03:00-04:00
+    rate, days = 0.02, 30
+    cfg = SimulationConfig(rate=rate, profile=profile, queues=(QueueModel("q", 40),), patience_mean=30.0,
+                           start=datetime(2026, 1, 5, tzinfo=timezone.utc), seed=41)
+    start = ms(cfg.start.isoformat())
+    counts = [[0] * 24 for _ in range(days)]
+    for ev in generate_call_events(cfg, days * 86_400):
+        if ev["type"] == "call.offered":
+            day, hour = divmod((ms(ev["occurred_at"]) - start) // HOUR_MS, 24)
+            counts[day][hour] += 1
+    per_hour = [sum(day[h] for day in counts) for h in range(24)]
+    assert per_hour[3] == 0
+    expected = [rate * p * 3600 * days for p in profile]
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(per_hour, expected) if e)
+    assert chi2 < 49.73, (chi2, per_hour, expected)
+    # Power: the same counts are nowhere near a flat day of the same volume.
+    flat = sum(expected) / 23
+    assert sum((o - flat) ** 2 / flat for o, e in zip(per_hour, expected) if e) > 1000
+    dispersion = sum((day[h] - rate * profile[h] * 3600) ** 2 / (rate * profile[h] * 3600)
+                     for day in counts for h in range(24) if profile[h])
+    assert abs(dispersion - 690) < 4.5 * 37, dispersion
+
+
+def scheduled(cfg: SimulationConfig, queue: QueueModel, t_ms: int) -> int:
+    """Agents on the schedule at model time t (outages included), computed independently."""
+    start = ms(cfg.start.isoformat())
+    base = queue.schedule[(start + t_ms) // HOUR_MS % 24] if queue.schedule else queue.agents
+    factor = 1.0
+    for o in cfg.outages:
+        if o.start * 1000 <= t_ms < (o.start + o.duration) * 1000 and (not o.queues or queue.name in o.queues):
+            factor *= o.factor
+    return math.floor(base * factor + 0.5)
+
+
+def spans(cfg: SimulationConfig, events: list[dict]) -> tuple[dict, dict]:
+    """Per queue: the [start, end) model-ms spans agents are busy (talk + wrap-up, or until
+    they transfer) and the spans calls wait (from offered or transferred to answered or abandoned)."""
+    start = ms(cfg.start.isoformat())
+    busy: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    waiting: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    talking: dict[str, tuple[str, int]] = {}
+    queued: dict[str, tuple[str, int]] = {}
+    for ev in events:
+        t, iid, kind = ms(ev["occurred_at"]) - start, ev["interaction_id"], ev["type"]
+        if kind == "call.offered":
+            queued[iid] = (ev["queue"], t)
+        elif kind in ("call.answered", "call.abandoned"):
+            q, t0 = queued.pop(iid)
+            assert q == ev["queue"]
+            waiting[q].append((t0, t))
+            if kind == "call.answered":
+                talking[iid] = (q, t)
+        elif kind == "call.transferred":
+            q, t0 = talking.pop(iid)
+            busy[q].append((t0, t))
+            queued[iid] = (ev["to_queue"], t)
+        elif kind == "call.ended":
+            q, t0 = talking.pop(iid)
+            busy[q].append((t0, t + ev["wrapup_seconds"] * 1000))
+    for q, t0 in queued.values():
+        waiting[q].append((t0, math.inf))
+    for q, t0 in talking.values():
+        busy[q].append((t0, math.inf))
+    return busy, waiting
+
+
+class Occupancy:
+    """How many spans cover an instant: s <= t < e."""
+
+    def __init__(self, spans: list[tuple[int, float]]) -> None:
+        self.starts = sorted(s for s, _ in spans)
+        self.ends = sorted(e for _, e in spans)
+
+    def at(self, t: int) -> int:
+        return bisect.bisect_right(self.starts, t) - bisect.bisect_right(self.ends, t)
+
+
+def test_staffing_schedule_and_outage_are_respected():
+    """No call is answered while every scheduled agent is busy; no scheduled agent idles
+    while calls wait; agents finish their calls after a drop (no preemption)."""
+    cfg = realistic(rate=0.06, seed=5)
+    duration = 2 * 86_400
+    events = list(generate_call_events(cfg, duration))
+    start = ms(cfg.start.isoformat())
+    busy, waiting = spans(cfg, events)
+    boundaries = list(range(HOUR_MS - start % HOUR_MS, duration * 1000, HOUR_MS))
+    boundaries += [round(o.start * 1000) for o in cfg.outages] + [round((o.start + o.duration) * 1000)
+                                                                   for o in cfg.outages]
+    answered = 0
+    finishing_after_drop = 0
+    for queue in cfg.queues:
+        b, w = Occupancy(busy[queue.name]), Occupancy(waiting[queue.name])
+        answers = [ms(ev["occurred_at"]) - start for ev in events
+                   if ev["type"] == "call.answered" and ev["queue"] == queue.name]
+        for t in answers:
+            assert b.at(t) <= scheduled(cfg, queue, t), ("answered with every scheduled agent busy", queue.name, t)
+        answered += len(answers)
+        checkpoints = {s for s, _ in busy[queue.name]} | {e for _, e in busy[queue.name]} | \
+                      {s for s, _ in waiting[queue.name]} | set(boundaries)
+        for t in sorted(checkpoints):
+            if t < duration * 1000 and w.at(t) > 0:
+                assert b.at(t) >= scheduled(cfg, queue, t), ("a scheduled agent idles while calls wait",
+                                                             queue.name, t)
+        for t in boundaries:
+            if 0 < t < duration * 1000 and b.at(t) > scheduled(cfg, queue, t):
+                finishing_after_drop += 1
+    assert answered > 5000 and finishing_after_drop > 5
+    # The outage shows: 3:00-3:30 after the start, calls wait far longer than in the hour before.
+    queue = cfg.queues[0]
+    w = Occupancy(waiting[queue.name])
+    during = statistics.fmean(w.at(t) for t in range(3 * HOUR_MS, 3 * HOUR_MS + 1_800_000, 10_000))
+    before = statistics.fmean(w.at(t) for t in range(2 * HOUR_MS, 3 * HOUR_MS, 10_000))
+    assert during > 3 * before + 1
+    # Agent ids stay within the most agents ever scheduled.
+    for ev in events:
+        if ev["type"] == "call.answered":
+            queue = next(q for q in cfg.queues if q.name == ev["queue"])
+            assert 1 <= int(ev["agent_id"].rpartition("-a")[2]) <= max(queue.schedule)
+
+
+def test_staffing_rises_take_waiting_calls_at_once():
+    """A queue closed at night: the callers waiting at opening time are answered at the opening instant."""
+    schedule = (0,) * 8 + (3,) * 16
+    cfg = SimulationConfig(rate=0.01, queues=(QueueModel("q", schedule=schedule),), patience_mean=None,
+                           start=datetime(2026, 1, 5, tzinfo=timezone.utc), seed=3)
+    events = list(generate_call_events(cfg, 9 * 3600))
+    night = [ev for ev in events if ev["type"] == "call.offered" and ev["occurred_at"] < "2026-01-05T08"]
+    assert len(night) > 100
+    opening = [ev for ev in events if ev["type"] == "call.answered" and ev["occurred_at"] == "2026-01-05T08:00:00.000Z"]
+    assert len(opening) == 3  # three agents log on and take the three longest waiting callers
+    assert [ev["interaction_id"] for ev in opening] == [ev["interaction_id"] for ev in night[:3]]
+    assert not [ev for ev in events if ev["type"] == "call.answered" and ev["occurred_at"] < "2026-01-05T08"]
+
+
+def talk_times(events: list[dict]) -> list[float]:
+    """Seconds from answered to ended of calls that were not transferred."""
+    out = []
+    for evs in by_call(events).values():
+        kinds = [ev["type"] for ev in evs]
+        if kinds == ["call.offered", "call.answered", "call.ended"]:
+            out.append((ms(evs[2]["occurred_at"]) - ms(evs[1]["occurred_at"])) / 1000)
+    return out
+
+
+@pytest.mark.parametrize("distribution,cv", [("exponential", 1.0), ("lognormal", 0.6), ("lognormal", 1.5)])
+def test_talk_times_have_the_configured_mean_and_spread(distribution, cv):
+    cfg = SimulationConfig(rate=0.2, queues=(QueueModel("q", 200),), service_mean=120.0, wrapup_mean=0,
+                           service_distribution=distribution, service_cv=cv, seed=8)
+    talk = talk_times(list(generate_call_events(cfg, 86_400)))
+    n = len(talk)
+    assert n > 15_000
+    mean = statistics.fmean(talk)
+    assert abs(mean - 120.0) < 4 * cv * 120.0 / math.sqrt(n)  # 4 standard errors
+    assert statistics.stdev(talk) / mean == pytest.approx(cv, rel=0.1)
+    # The shape: the median of a lognormal is mean / sqrt(1 + cv^2); of an exponential, mean x ln 2.
+    median = 120.0 * (math.log(2) if distribution == "exponential" else 1 / math.sqrt(1 + cv * cv))
+    assert statistics.median(talk) == pytest.approx(median, rel=0.05)
+
+
+def test_transfers_requeue_the_call_in_another_queue():
+    cfg = realistic(rate=0.04, outages=(), seed=9)
+    events = list(generate_call_events(cfg, 86_400))
+    answered = transferred = abandoned_after = answered_after = 0
+    for iid, evs in by_call(events).items():
+        kinds = [ev["type"] for ev in evs]
+        assert [ev["event_id"] for ev in evs] == [f"{iid}-{n}" for n in range(1, len(evs) + 1)]
+        answered += "call.answered" in kinds
+        if "call.transferred" not in kinds:
+            continue
+        transferred += 1
+        i = kinds.index("call.transferred")
+        assert kinds[: i + 1] == ["call.offered", "call.answered", "call.transferred"]
+        xfer = evs[i]
+        assert xfer["agent_id"] == evs[1]["agent_id"] and xfer["queue"] == evs[0]["queue"]
+        assert xfer["to_queue"] != xfer["queue"] and xfer["to_queue"] in ("billing", "support")
+        rest = kinds[i + 1:]
+        assert rest in ([], ["call.abandoned"], ["call.answered"], ["call.answered", "call.ended"],
+                        ["call.answered", "call.ended", "call.rated"]), rest
+        for ev in evs[i + 1:]:
+            assert ev["queue"] == xfer["to_queue"]
+        abandoned_after += rest[:1] == ["call.abandoned"]
+        answered_after += rest[:1] == ["call.answered"]
+    # ~10% of answered calls are transferred (binomial: 4 standard errors).
+    assert abs(transferred / answered - 0.1) < 4 * math.sqrt(0.09 / answered)
+    assert abandoned_after and answered_after
+
+
+def test_repeat_callers_come_back_within_hours():
+    p = 0.2
+    cfg = SimulationConfig(rate=0.05, queues=(QueueModel("q", 30),), repeat_probability=p, seed=4)
+    offers = [(ms(ev["occurred_at"]), ev["customer_id"]) for ev in generate_call_events(cfg, 86_400)
+              if ev["type"] == "call.offered"]
+    last_seen: dict[str, int] = {}
+    repeats, gaps = 0, []
+    for t, customer in offers:
+        if customer in last_seen and t - last_seen[customer] <= 20 * HOUR_MS:
+            repeats += 1
+            gaps.append(t - last_seen[customer])
+        last_seen[customer] = t
+    n = len(offers)
+    # A repeat whenever drawn (the first call has nobody to repeat), plus the odd chance collision
+    # in a population of 100,000.
+    assert abs(repeats / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 0.01
+    assert statistics.median(gaps) < 12 * HOUR_MS
+    # Without repeats, a customer calls twice in a day only by chance.
+    plain = [ev["customer_id"] for ev in generate_call_events(
+        SimulationConfig(rate=0.05, queues=(QueueModel("q", 30),), seed=4), 86_400) if ev["type"] == "call.offered"]
+    assert 1 - len(set(plain)) / len(plain) < 0.03
+
+
+def test_ratings_follow_the_end_and_fall_with_the_wait():
+    cfg = realistic(rate=0.06, rating_probability=0.5, patience_mean=600.0, seed=12)
+    events = list(generate_call_events(cfg, 86_400))
+    ended = rated = 0
+    by_wait: dict[bool, list[int]] = {True: [], False: []}
+    nps = 0
+    for evs in by_call(events).values():
+        kinds = [ev["type"] for ev in evs]
+        if "call.rated" not in kinds:
+            ended += "call.ended" in kinds
+            continue
+        ended += 1
+        rated += 1
+        assert kinds[-2:] == ["call.ended", "call.rated"]
+        rating, end = evs[-1], evs[-2]
+        assert rating["occurred_at"] > end["occurred_at"] and rating["agent_id"] == end["agent_id"]
+        assert rating["csat"] in range(1, 6) and rating.get("nps", 0) in range(0, 11)
+        nps += "nps" in rating
+        offered_at = ms(evs[0]["occurred_at"])
+        wait = sum(ms(b["occurred_at"]) - ms(a["occurred_at"]) for a, b in itertools.pairwise(evs)
+                   if b["type"] == "call.answered")
+        if "call.transferred" not in kinds:
+            by_wait[wait > 60_000].append(rating["csat"])
+        assert offered_at <= ms(rating["occurred_at"])
+    assert abs(rated / ended - 0.5) < 0.05 and 0.3 < nps / rated < 0.5
+    assert len(by_wait[True]) > 50 and len(by_wait[False]) > 500
+    assert statistics.fmean(by_wait[True]) < statistics.fmean(by_wait[False]) - 0.5
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**63), rate=st.floats(min_value=0.005, max_value=5.0),
+       schedule=st.one_of(st.none(), st.lists(st.integers(min_value=0, max_value=6), min_size=24, max_size=24)
+                          .filter(any)),
+       profile=st.one_of(st.none(), st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=24, max_size=24)
+                         .filter(any)),
+       patience=st.one_of(st.none(), st.floats(min_value=0.5, max_value=600.0)),
+       lognormal=st.booleans(), p=st.floats(min_value=0.0, max_value=1.0),
+       outage=st.one_of(st.none(), st.tuples(st.floats(min_value=0, max_value=3000), st.floats(min_value=1, max_value=3000),
+                                             st.floats(min_value=0, max_value=1.5))),
+       start_hour=st.integers(min_value=0, max_value=23))
+def test_any_realistic_config_makes_valid_well_formed_events(seed, rate, schedule, profile, patience, lognormal, p,
+                                                             outage, start_hour):
+    cfg = SimulationConfig(
+        rate=rate, profile=None if profile is None else tuple(profile), patience_mean=patience,
+        queues=(QueueModel("billing", 2, schedule=None if schedule is None else tuple(schedule)), QueueModel("support", 3)),
+        service_distribution="lognormal" if lognormal else "exponential", service_cv=0.5 + p,
+        transfer_probability=p, repeat_probability=p, rating_probability=p,
+        outages=() if outage is None else (Outage(*outage),), seed=seed,
+        start=datetime(2026, 1, 5, start_hour, 30, tzinfo=timezone.utc))
+    events = list(itertools.islice(generate_call_events(cfg, 3600), 3000))
+    times = [ev["occurred_at"] for ev in events]
+    assert times == sorted(times)
+    for iid, evs in by_call(events).items():
+        assert [ev["event_id"] for ev in evs] == [f"{iid}-{n}" for n in range(1, len(evs) + 1)]
+        assert evs[0]["type"] == "call.offered"
+    for ev in events:
+        assert isinstance(validate(ev, "call", now_ms=10**15), Event), ev
+
+
+@pytest.mark.parametrize("bad", [
+    dict(profile=(1.0,) * 23), dict(profile=(0.0,) * 24), dict(profile=(-1.0,) + (1.0,) * 23),
+    dict(profile=(math.nan,) * 24), dict(service_distribution="gamma"), dict(service_cv=0),
+    dict(transfer_probability=1.5), dict(repeat_probability=-0.1), dict(rating_probability=True),
+    dict(outages=(Outage(0, 60, 0.5, queues=("nope",)),)),
+])
+def test_invalid_realistic_config_is_rejected(bad):
+    with pytest.raises(ValueError):
+        SimulationConfig(**bad)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(schedule=(1,) * 23), dict(schedule=(0,) * 24), dict(schedule=(1.5,) * 24), dict(schedule=(-1,) + (1,) * 23),
+])
+def test_invalid_schedule_is_rejected(bad):
+    with pytest.raises(ValueError, match="schedule"):
+        QueueModel("q", **bad)
+
+
+@pytest.mark.parametrize("bad", [dict(start=-1, duration=60), dict(start=0, duration=0),
+                                 dict(start=0, duration=60, factor=-0.5), dict(start=math.inf, duration=60)])
+def test_invalid_outage_is_rejected(bad):
+    with pytest.raises(ValueError, match="outage"):
+        Outage(**bad)
 
 
 # ---------------------------------------------------------------- command line
