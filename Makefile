@@ -19,6 +19,15 @@ system-deps:
 	  echo "installing Java and Maven from Debian packages ..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    openjdk-17-jre-headless maven >/dev/null; }
+	@# Debian's prometheus package: promtool unit-tests the SLA rules, and the server
+	@# evaluates every dashboard and rule expression in the tests.
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing Prometheus from Debian packages ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@# Debian's headless Chromium runs the wallboard's browser test.
+	@command -v chromium >/dev/null || { \
+	  echo "installing Chromium from Debian packages ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

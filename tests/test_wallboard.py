@@ -14,7 +14,7 @@ import pytest
 
 from ccpulse.config import Settings, Thresholds, WindowSettings
 from ccpulse.core.engine import PartitionEngine
-from ccpulse.core.kpis import QUEUE, WindowAgg
+from ccpulse.core.kpis import QUEUE
 from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key

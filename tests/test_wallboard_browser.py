@@ -32,7 +32,7 @@ import pytest
 
 from ccpulse.simulate import QueueModel, SimulationConfig, live_start
 from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events, publish_mixed
-from tests.worker_process import WorkerProcess, wait_until, worker_env
+from tests.worker_process import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -213,10 +213,10 @@ class LiveEvents:
 
     def __init__(self, worker: WorkerProcess, seconds: float = 120) -> None:
         start = live_start()
-        voice = SimulationConfig(rate=1.6, queues=(QueueModel("billing", agents=14, weight=2),
-                                                   QueueModel("support", agents=3),
-                                                   QueueModel("sales", agents=2)),
-                                 service_mean=8, wrapup_mean=1, patience_mean=12, seed=11, start=start)
+        voice = SimulationConfig(rate=2.0, queues=(QueueModel("billing", agents=20, weight=2),
+                                                   QueueModel("support", agents=2),
+                                                   QueueModel("sales", agents=1)),
+                                 service_mean=15, wrapup_mean=1, patience_mean=8, seed=11, start=start)
         chat = ChatConfig(rate=0.5, queues=(QueueModel("chat-support", agents=3),), concurrency=2,
                           patience_mean=20, messages_mean=4, agent_reply_mean=2, customer_reply_mean=2,
                           rating_probability=0.9, transfer_probability=0, seed=11, start=start)
@@ -286,8 +286,7 @@ def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
     tmp: Path = tmp_path_factory.mktemp("wallboard")
     # Tight per-queue service-level targets, so a few seconds of live traffic give every colour.
     (tmp / "ccpulse.toml").write_text(CONFIG)
-    process = WorkerProcess(worker_env(kafka_bootstrap, tmp, "wallboard"), tmp / "worker.log", 0)
-    process.port = int(process.env["CCPULSE_WEB_PORT"])
+    process = WorkerProcess.create(kafka_bootstrap, tmp, "wallboard")
     process.start()
     try:
         yield process
@@ -303,6 +302,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         yield b
     finally:
         b.close()
+
+
+def test_chromium_is_installed() -> None:
+    assert Path(chromium_binary()).exists()
 
 
 def api(worker: WorkerProcess) -> dict[str, Any]:
