@@ -71,12 +71,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         unknown = channels - {"voice", "chat", "ticket"}
         if unknown or not channels:
             raise ValueError(f"--channels: {','.join(sorted(unknown)) or 'nothing'} is not voice, chat or ticket")
-        chat = simulate_channels.ChatConfig(rate=args.chat_rate, seed=cfg.seed, start=cfg.start) \
-            if "chat" in channels else None
-        ticket = simulate_channels.TicketConfig(rate=args.ticket_rate, seed=cfg.seed, start=cfg.start) \
-            if "ticket" in channels else None
-        events = simulate_channels.generate_mixed_events(
-            cfg if "voice" in channels else None, chat, ticket, duration)
+        if args.scenario:
+            from ccpulse import scenarios
+            voice, chat, ticket = scenarios.configs_from_args(args, seed=cfg.seed, start=cfg.start)
+        else:
+            voice = cfg
+            chat = simulate_channels.ChatConfig(rate=args.chat_rate, seed=cfg.seed, start=cfg.start)
+            ticket = simulate_channels.TicketConfig(rate=args.ticket_rate, seed=cfg.seed, start=cfg.start)
+        voice, chat, ticket = (c if family in channels else None
+                               for c, family in ((voice, "voice"), (chat, "chat"), (ticket, "ticket")))
+        if voice is None and chat is None and ticket is None:
+            raise ValueError(f"--scenario {args.scenario}: none of its channels is in --channels {args.channels}")
+        events = simulate_channels.generate_mixed_events(voice, chat, ticket, duration)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
@@ -130,10 +136,38 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    """Write (or --check) the Prometheus SLA rules generated from the config's [targets]."""
+    from ccpulse.alert_rules import generate
+
+    text = generate(_settings())
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.output)
+    if args.check:
+        try:
+            current = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if current != text:
+            raise CommandError(f"{path} is out of date with the config's [targets]: run `ccpulse rules`")
+        print(f"{path} is up to date", file=sys.stderr)
+        return 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ccpulse.demo import run_demo
 
-    return run_demo(_settings(), duration=args.duration, rate=args.rate, agents=args.agents)
+    return run_demo(_settings(), duration=args.duration, rate=args.rate, agents=args.agents,
+                    scenario=args.scenario, scenarios_file=args.scenarios_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--rate", type=float, default=1.0, help="calls per second (default %(default)s)")
     demo.add_argument("--agents", type=int, default=26, help="agents per queue (default %(default)s)")
+    from ccpulse import scenarios as demo_scenarios
+
+    demo_scenarios.add_scenario_argument(demo)
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="the Faust worker (all agents)")
@@ -154,17 +191,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="publish realistic call, chat and ticket events")
     simulate.add_arguments(sim)
+    from ccpulse import scenarios
+
+    scenarios.add_scenario_argument(sim)
     sim.add_argument("--channels", default="voice,chat,ticket",
                      help="which channels to simulate (default %(default)s)")
     sim.add_argument("--chat-rate", type=float, default=0.5, help="chats per second (default %(default)s)")
     sim.add_argument("--ticket-rate", type=float, default=0.2, help="tickets per second (default %(default)s)")
     sim.set_defaults(func=cmd_simulate)
 
+    from ccpulse import replay
+
+    rep = sub.add_parser("replay", help="publish a historical export as lifecycle events")
+    replay.add_arguments(rep)
+    rep.set_defaults(func=lambda args: replay.run_from_args(args, _settings()))
+
     kafka = sub.add_parser("kafka", help="the local single-node Kafka broker")
     kafka.add_argument("action", choices=["start", "stop", "status"])
     kafka.add_argument("--port", type=int, default=None, help="listener port (default 9092 if free)")
     kafka.add_argument("--fresh", action="store_true", help="wipe the broker's data first")
     kafka.set_defaults(func=cmd_kafka)
+
+    from ccpulse.alert_rules import DEFAULT_PATH
+
+    rules = sub.add_parser("rules", help="write the Prometheus SLA rules generated from the config's [targets]")
+    rules.add_argument("--output", default=DEFAULT_PATH, help="where to write them, - for stdout "
+                       "(default %(default)s)")
+    rules.add_argument("--check", action="store_true",
+                       help="only check that the file is up to date (exit 1 if not)")
+    rules.set_defaults(func=cmd_rules)
     return parser
 
 
@@ -172,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CommandError) as exc:
+    except (ConfigError, CommandError, ValueError) as exc:
         print(f"ccpulse {args.command}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from ccpulse.core.scorecard import ScorecardSettings, parse_scorecard
+from ccpulse.core.sla import SlaTargets, parse_targets
+
 SERVICE_LEVEL_FORMULAS = (
     "answered_over_exits",
     "abandons_within_target_neutral",
@@ -66,6 +69,7 @@ class TopicSettings:
     kpi_agents: str = "kpi.agents"
     kpi_queue_state: str = "kpi.queue-state"
     sla_breaches: str = "sla.breaches"
+    kpi_scorecards: str = "kpi.scorecards"
 
     def name(self, attr: str) -> str:
         return self.prefix + getattr(self, attr)
@@ -77,6 +81,12 @@ class ClickHouseSettings:
     enabled: bool = True
     batch_size: int = 5000
     flush_seconds: float = 0.5
+    # Retention in days, applied as table TTLs when the worker starts. 0 (default):
+    # not managed by ccpulse, the table's TTL is left as it is (none when created).
+    raw_retention_days: int = 0           # raw_events, by occurred_at
+    interactions_retention_days: int = 0  # interactions, by offered_at
+    windows_retention_days: int = 0       # kpi_windows and agent_windows shorter than a day
+    daily_retention_days: int = 0         # 1-day windows (the source of the trend rollups)
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,10 @@ class Settings:
     thresholds: Mapping[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     # (queue, channel kind) -> Thresholds overriding the channel's.
     queue_thresholds: Mapping[tuple[str, str], Thresholds] = field(default_factory=dict)
+    # SLA targets ([targets.<kind>], [targets.hold], [queues.<q>.targets.<kind>]) and the
+    # weighted scorecard ([scorecard]); see ccpulse/core/sla.py and ccpulse/core/scorecard.py.
+    targets: SlaTargets = field(default_factory=SlaTargets)
+    scorecard: ScorecardSettings = field(default_factory=ScorecardSettings)
 
     def thresholds_for(self, queue: str, channel: str) -> Thresholds:
         kind = channel_kind(channel)
@@ -161,7 +175,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 
 def _build(doc: dict[str, Any]) -> Settings:
-    known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues",
+    known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues", "targets", "scorecard",
              "web_port", "state_dir", "app_id", "max_future_seconds"}
     for key in doc:
         if key not in known:
@@ -175,6 +189,8 @@ def _build(doc: dict[str, Any]) -> Settings:
     queue_thresholds: dict[tuple[str, str], Thresholds] = {}
     for queue, per_kind in _table(doc, "queues").items():
         for kind, table in _as_table(per_kind, f"queues.{queue}").items():
+            if kind == "targets":  # [queues.<q>.targets.<kind>]: parsed with [targets] below
+                continue
             if kind not in thresholds:
                 raise ConfigError(f"queues.{queue}.{kind}: unknown channel kind (voice, chat, ticket)")
             queue_thresholds[(queue, kind)] = _section(
@@ -191,6 +207,8 @@ def _build(doc: dict[str, Any]) -> Settings:
         max_future_seconds=_coerce(doc.get("max_future_seconds", 86400.0), float, "max_future_seconds"),
         thresholds=thresholds,
         queue_thresholds=queue_thresholds,
+        targets=_targets(doc),
+        scorecard=_scorecard(doc),
     )
     _validate(settings)
     return settings
@@ -208,6 +226,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"clickhouse.dsn: {s.clickhouse.dsn!r} must start with chdb://, http:// or https://")
     if s.clickhouse.batch_size < 1 or s.clickhouse.flush_seconds <= 0:
         raise ConfigError("clickhouse.batch_size and clickhouse.flush_seconds: must be positive")
+    for name in ("raw_retention_days", "interactions_retention_days", "windows_retention_days",
+                 "daily_retention_days"):
+        if getattr(s.clickhouse, name) < 0:
+            raise ConfigError(f"clickhouse.{name}: must not be negative (0 keeps data forever)")
     w = s.windows
     if not w.sizes or any(size <= 0 or 86400 % size for size in w.sizes):
         raise ConfigError(f"windows.sizes: {list(w.sizes)} must be positive divisors of one day in seconds")
@@ -230,6 +252,22 @@ def _validate(s: Settings) -> None:
         for name in ("service_level_seconds", "short_abandon_seconds", "immediate_seconds"):
             if getattr(t, name) < 0:
                 raise ConfigError(f"{where}.{name}: must not be negative")
+
+
+def _targets(doc: dict[str, Any]) -> SlaTargets:
+    per_queue = {queue: table["targets"] for queue, table in _table(doc, "queues").items()
+                 if isinstance(table, dict) and "targets" in table}
+    try:
+        return parse_targets(_table(doc, "targets"), per_queue)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _scorecard(doc: dict[str, Any]) -> ScorecardSettings:
+    try:
+        return parse_scorecard(_table(doc, "scorecard"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:

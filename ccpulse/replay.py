@@ -487,24 +487,26 @@ def read_interactions(path: str | Path, mapping: ReplayMapping) -> tuple[list[Re
     path = Path(path)
     fmt = mapping.format or _format_from_name(path)
     tally = _Tally()
-    parser = _RowParser(mapping, tally)
+    parser = _RowParser(mapping)
     records: list[ReplayRecord] = []
     seen: dict[str, int] = {}
     try:
         with open(path, encoding=mapping.encoding, newline="") as handle:
-            rows = _json_rows(handle) if fmt == "jsonl" else _delimited_rows(handle, fmt, mapping, tally)
-            for line, row in rows:
+            rows = _json_rows(handle) if fmt == "jsonl" else _delimited_rows(handle, fmt, mapping)
+            for line, row, notes in rows:
                 tally.rows += 1
                 try:
                     if isinstance(row, ReplayError):
                         raise row
-                    record = parser.parse(line, row)
+                    record = parser.parse(line, row, notes)
                     first = seen.get(record.interaction_id)
                     if first is not None:
                         raise _bad(line, "duplicate_id",
                                    f"id {record.interaction_id!r} was already used on line {first}")
                     seen[record.interaction_id] = line
                     records.append(record)
+                    for note in notes:  # fix-ups count only for rows that were kept
+                        tally.bump(tally.adjusted, note)
                 except _Skip as skip:
                     tally.bump(tally.skipped, skip.reason)
                 except ReplayError as exc:
@@ -520,6 +522,8 @@ def read_interactions(path: str | Path, mapping: ReplayMapping) -> tuple[list[Re
                           "set encoding in the mapping (e.g. \"latin-1\")") from None
     except IsADirectoryError:
         raise ReplayError(f"{path}: is a directory") from None
+    except csv.Error as exc:
+        raise ReplayError(f"{path}: not readable as {fmt} ({exc})") from None
     return records, tally.stats(records)
 
 
@@ -532,8 +536,10 @@ def _format_from_name(path: Path) -> str:
     return fmt
 
 
-def _delimited_rows(handle: Any, fmt: str, mapping: ReplayMapping,
-                    tally: _Tally) -> Iterator[tuple[int, dict[str, str] | ReplayError]]:
+_Row = tuple[int, "dict[str, Any] | ReplayError", list[str]]  # line, row (or why not), fix-ups
+
+
+def _delimited_rows(handle: Any, fmt: str, mapping: ReplayMapping) -> Iterator[_Row]:
     delimiter = mapping.delimiter or ("\t" if fmt == "tsv" else ",")
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
     reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=False)
@@ -548,33 +554,34 @@ def _delimited_rows(handle: Any, fmt: str, mapping: ReplayMapping,
         line = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # a blank line is not a row
+        notes = []
         if len(row) != len(header) and mapping.split_on_whitespace_fallback:
             fields = delimiter.join(row).split()
             if len(fields) == len(header):
-                tally.bump(tally.adjusted, "split_on_whitespace")
+                notes.append("split_on_whitespace")
                 row = fields
         if len(row) != len(header):
             yield line, _bad(line, "wrong_field_count",
-                             f"{len(row)} fields, the header has {len(header)}")
+                             f"{len(row)} fields, the header has {len(header)}"), notes
             continue
-        yield line, dict(zip(header, (value.strip() for value in row)))
+        yield line, dict(zip(header, (value.strip() for value in row))), notes
     if header is None:
         raise ReplayError("the file is empty (no header line)")
 
 
-def _json_rows(handle: Any) -> Iterator[tuple[int, dict[str, Any] | ReplayError]]:
+def _json_rows(handle: Any) -> Iterator[_Row]:
     for line, text in enumerate(handle, 1):
         if not text.strip():
             continue
         try:
             doc = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            yield line, _bad(line, "not_json", f"not JSON ({exc})")
+            yield line, _bad(line, "not_json", f"not JSON ({exc})"), []
             continue
         if not isinstance(doc, dict):
-            yield line, _bad(line, "not_object", f"a JSON {type(doc).__name__}, expected an object")
+            yield line, _bad(line, "not_object", f"a JSON {type(doc).__name__}, expected an object"), []
             continue
-        yield line, doc
+        yield line, doc, []
 
 
 def _check_columns(mapping: ReplayMapping, header: list[str]) -> None:
@@ -589,9 +596,8 @@ def _check_columns(mapping: ReplayMapping, header: list[str]) -> None:
 class _RowParser:
     """One row (column -> value) -> one ``ReplayRecord``, or ``_Skip`` / ``ReplayError``."""
 
-    def __init__(self, mapping: ReplayMapping, tally: _Tally) -> None:
+    def __init__(self, mapping: ReplayMapping) -> None:
         self.m = mapping
-        self.tally = tally
         self.zone = ZoneInfo(mapping.timezone)
         self.utc = mapping.timezone in ("UTC", "Etc/UTC")
         self.skew_ms = int(round(mapping.clock_skew_seconds * 1000))
@@ -696,7 +702,8 @@ class _RowParser:
 
     # -- the row
 
-    def parse(self, line: int, row: Mapping[str, Any]) -> ReplayRecord:
+    def parse(self, line: int, row: Mapping[str, Any], notes: list[str]) -> ReplayRecord:
+        """The record of one row; appends the fix-ups made (see ``ReplayStats.adjusted``) to ``notes``."""
         m = self.m
         outcome = None
         if m.outcome is not None:
@@ -763,15 +770,20 @@ class _RowParser:
             reference = self.first_time(row, (m.date_reference,)) if m.date_reference else None
             ref = self.time_of_day_ms(line, *(reference or offered))
 
+            rolled = []
+
             def resolve(found: tuple[str, Any]) -> int:
                 ms = self.time_of_day_ms(line, *found)
                 if ms < ref - ROLLOVER_MS:  # past midnight
+                    rolled.append(found[0])
                     return self.local_ms(day + timedelta(days=1), ms)
                 return self.local_ms(day, ms)
 
             offered_ms = resolve(offered)
             exit_ms = resolve(exit_) if exit_ is not None else None
             ended_ms = resolve(ended) if ended is not None else None
+            if rolled:
+                notes.append("after_midnight")
 
         if exit_ms is not None and exit_ms < offered_ms:
             assert exit_ is not None
@@ -779,21 +791,21 @@ class _RowParser:
                 raise _bad(line, "time_order", f"{outcome} ({exit_[0]} {exit_[1]}) before offered "
                                                f"({offered[0]} {offered[1]})")
             exit_ms = offered_ms
-            self.tally.bump(self.tally.adjusted, f"{outcome}_before_offered")
+            notes.append(f"{outcome}_before_offered")
         if ended_ms is not None and exit_ms is not None and ended_ms < exit_ms:
             assert ended is not None and exit_ is not None
             if exit_ms - ended_ms > self.skew_ms:
                 raise _bad(line, "time_order", f"ended ({ended[0]} {ended[1]}) before answered "
                                                f"({exit_[0]} {exit_[1]})")
             ended_ms = exit_ms
-            self.tally.bump(self.tally.adjusted, "ended_before_answered")
+            notes.append("ended_before_answered")
 
         agent = None
         if outcome == "answered":
             agent = self.value(row, m.agent) if m.agent is not None else ""
             if not agent or agent in m.agent_missing:
                 agent = m.unknown_agent
-                self.tally.bump(self.tally.adjusted, "unknown_agent")
+                notes.append("unknown_agent")
             elif len(agent) > MAX_ID_CHARS:
                 raise _bad(line, "invalid_agent", f"agent {agent[:40]!r}... is longer than {MAX_ID_CHARS} characters")
         customer = self.value(row, m.customer) if m.customer is not None else ""
@@ -963,18 +975,22 @@ def load(path: str | Path, mapping: ReplayMapping | None,
 async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str, topics: Mapping[str, str],
                  speed: float | None, *, progress: Callable[[int, int], None] | None = None,
                  stop: asyncio.Event | None = None, limit: int | None = None,
-                 **security: Any) -> ReplayStats:
+                 partition: int | None = 0, **security: Any) -> ReplayStats:
     """Read ``path`` and publish its events to ``topics`` (family -> topic), keyed by interaction.
 
     ``speed`` None sends as fast as the broker takes them, 1.0 in real time, N at
     N times real time (event time measured from the first event). ``progress`` is
     called with (events acknowledged, total). ``stop`` ends the replay early.
-    ``security`` goes to the producer (security_protocol, sasl_mechanism,
-    sasl_username, sasl_password, ssl_context). Returns the read statistics with
-    ``events`` = events acknowledged by the broker.
-    """
-    from ccpulse.simulate_channels import publish_mixed
 
+    ``partition``: every event goes to this partition of its topic (default 0),
+    so the worker reads the replay in event-time order. Event time is the newest
+    ``occurred_at`` of the whole input; when a fast replay is spread over several
+    partitions (``partition=None``: by the key's hash, as live producers do), the
+    worker reads some partitions ahead of others and events of the lagging ones
+    arrive after their window closed (late). ``security`` goes to the producer
+    (security_protocol, sasl_mechanism, sasl_username, sasl_password,
+    ssl_context). Returns the read statistics, ``events`` = events acknowledged.
+    """
     events, stats = load(path, mapping, limit)
     families = {family for family, _ in events}
     missing = sorted(families - set(topics))
@@ -982,10 +998,106 @@ async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str
         raise ReplayError(f"topics: no topic for the {missing[0]} events of {path}")
     total = len(events)
     callback = None if progress is None else (lambda done: progress(done, total))
-    sent = await publish_mixed(events, bootstrap, {f: topics[f] for f in families}, speed,
-                               stop=stop, progress=callback, **security)
+    sent = await publish(events, bootstrap, {f: topics[f] for f in families}, speed, stop=stop,
+                         progress=callback, partition=partition, **security)
     return ReplayStats(stats.rows, stats.interactions, stats.skipped, sent, stats.invalid,
                        stats.adjusted, stats.examples, tuple(sorted(families)))
+
+
+async def publish(events: Iterable[tuple[str, dict[str, Any]]], bootstrap: str, topics: Mapping[str, str],
+                  speed: float | None, *, stop: asyncio.Event | None = None,
+                  progress: Callable[[int], None] | None = None, partition: int | None = 0,
+                  batch_size: int = 1000, security_protocol: str = "PLAINTEXT",
+                  sasl_mechanism: str | None = None, sasl_username: str | None = None,
+                  sasl_password: str | None = None, ssl_context: Any = None) -> int:
+    """``ccpulse.simulate_channels.publish_mixed`` with a fixed ``partition`` (None: by key).
+
+    Same contract otherwise: ``(family, event)`` pairs to ``topics[family]``, keyed
+    by ``interaction_id``, paced by event time at ``speed`` (None: as fast as
+    possible), ``progress(acknowledged)``, ``stop``; returns how many were
+    acknowledged. One producer for all topics keeps the families interleaved.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from ccpulse.simulate_channels import publish_mixed
+
+    if partition is None:
+        return await publish_mixed(events, bootstrap, topics, speed, stop=stop, progress=progress,
+                                   batch_size=batch_size, security_protocol=security_protocol,
+                                   sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
+                                   sasl_password=sasl_password, ssl_context=ssl_context)
+    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+        raise ValueError("partition: must be a partition number (0, 1, ...) or None")
+    if speed is not None and not (speed > 0 and math.isfinite(speed)):
+        raise ValueError("speed: must be a positive number, or None for as fast as possible")
+    if security_protocol in ("SSL", "SASL_SSL") and ssl_context is None:
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        max_batch_size=256 * 1024, security_protocol=security_protocol, ssl_context=ssl_context,
+        sasl_mechanism=sasl_mechanism or "PLAIN", sasl_plain_username=sasl_username or None,
+        sasl_plain_password=sasl_password or None)
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Future[Any]] = []
+    acked = 0
+
+    async def drain() -> None:
+        nonlocal acked
+        if not pending:
+            return
+        await asyncio.gather(*pending)  # the first delivery error propagates
+        acked += len(pending)
+        pending.clear()
+        if progress is not None:
+            progress(acked)
+
+    try:
+        await producer.start()
+        for topic in set(topics.values()):
+            known = await producer.partitions_for(topic)
+            if partition not in known:
+                raise ValueError(f"partition: {topic} has partitions {sorted(known)}, not {partition}")
+        wall0: float | None = None
+        event0 = 0
+        for family, ev in events:
+            if stop is not None and stop.is_set():
+                break
+            topic = topics.get(family)
+            if topic is None:
+                raise ValueError(f"topics: no topic for the {family!r} family")
+            if speed is not None:
+                t = (datetime.fromisoformat(ev["occurred_at"]) - _EPOCH) // _MS
+                if wall0 is None:
+                    wall0, event0 = loop.time(), t
+                due = wall0 + (t - event0) / 1000 / speed
+                if due > loop.time():
+                    await drain()
+                    delay = due - loop.time()
+                    if delay > 0 and await _sleep_or_stop(delay, stop):
+                        break
+            pending.append(await producer.send(topic, orjson.dumps(ev), key=ev["interaction_id"].encode(),
+                                               partition=partition))
+            if len(pending) >= batch_size:
+                await drain()
+        await producer.flush()
+        await drain()
+    finally:
+        await producer.stop()
+    return acked
+
+
+async def _sleep_or_stop(delay: float, stop: asyncio.Event | None) -> bool:
+    """Sleeps ``delay`` seconds; True when ``stop`` was set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(delay)
+        return False
+    try:
+        await asyncio.wait_for(stop.wait(), delay)
+    except TimeoutError:
+        return False
+    return True
 
 
 def progress_bar(total: int, stream: Any = None, width: int = 30) -> Callable[[int, int], None]:
@@ -1036,17 +1148,33 @@ def _limit(text: str) -> int:
     return value
 
 
+def _partition(text: str) -> int | None:
+    if text.strip().lower() == "key":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a partition number or 'key'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``ccpulse replay`` (FILE included)."""
     parser.add_argument("file", metavar="FILE", help="the export to replay (CSV, TSV or JSON Lines)")
     parser.add_argument("--mapping", metavar="PATH", default=None,
                         help="the TOML mapping of the file's columns (deploy/replay/README.md); "
                              "not needed for a .jsonl file of EVENTS.md events")
-    parser.add_argument("--speed", type=_speed, default=None,
+    parser.add_argument("--speed", type=_speed, default=None, metavar="max|N",
                         help="event time per wall-clock time: 1 real time, 60 one hour per minute, "
                              "'max' or 0 as fast as possible (default max)")
-    parser.add_argument("--limit", type=_limit, default=None,
+    parser.add_argument("--limit", type=_limit, default=None, metavar="N",
                         help="replay only the first N interactions in event time")
+    parser.add_argument("--partition", type=_partition, default=0, metavar="N|key",
+                        help="input partition for every event, so the worker reads the replay in "
+                             "event-time order (default 0); 'key' spreads by interaction id like a "
+                             "live producer (then set allowed_lateness_seconds generously)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default=None,
                         help="bad records: stop at the first one, or skip and count them "
                              "(default: the mapping's on_error, else fail)")
@@ -1098,7 +1226,7 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
         stop = asyncio.Event()
         try:
             return await replay(path, mapping, k.bootstrap, topics, ns.speed, progress=show,
-                                stop=stop, limit=ns.limit, **security)
+                                stop=stop, limit=ns.limit, partition=ns.partition, **security)
         except (OSError, asyncio.TimeoutError) as exc:
             raise CommandError(f"Kafka at {k.bootstrap}: {type(exc).__name__} {exc}".strip()) from None
         except Exception as exc:  # aiokafka errors: one line, not a traceback

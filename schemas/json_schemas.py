@@ -11,6 +11,8 @@ TOPIC_SCHEMAS = {
     "kpi.agents": "agent-window",
     "kpi.queue-state": "queue-state",
     "events.dead-letter": "dead-letter",
+    "sla.breaches": "sla-breach",
+    "kpi.scorecards": "scorecard",
 }
 
 

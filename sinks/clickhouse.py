@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,8 @@ TIME_COLUMNS = {
     "interactions": ("offered_at", "left_queue_at", "ended_at", "transfer_times"),
     "kpi_windows": ("window_start", "window_end", "published_at"),
     "agent_windows": ("window_start", "window_end", "published_at"),
+    "sla_breaches": ("violating_since", "opened_at", "resolved_at", "as_of", "published_at"),
+    "scorecards": ("window_start", "window_end", "published_at"),
 }
 
 
@@ -79,6 +82,44 @@ def _to_datetime(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Retention:
+    """Days to keep rows, applied as table TTLs by :meth:`ClickHouseWriter.open`.
+
+    0 means "not managed by ccpulse": that table's TTL is left as it is (none when
+    ccpulse created the table), so a TTL an operator set by hand survives restarts.
+    """
+
+    raw_days: int = 0           # raw_events, by occurred_at
+    interactions_days: int = 0  # interactions, by offered_at
+    windows_days: int = 0       # kpi_windows and agent_windows shorter than a day
+    daily_days: int = 0         # 1-day windows: the source of the trend rollups (kpi_daily, ...)
+
+    def ttl_clauses(self) -> dict[str, str]:
+        """table -> TTL expression, written the way ClickHouse shows it in system.tables."""
+        out: dict[str, str] = {}
+        if self.raw_days:
+            out["raw_events"] = f"toDateTime(occurred_at) + toIntervalDay({int(self.raw_days)})"
+        if self.interactions_days:
+            out["interactions"] = f"toDateTime(offered_at) + toIntervalDay({int(self.interactions_days)})"
+        rules = []
+        if self.windows_days:
+            rules.append(f"toDateTime(window_start) + toIntervalDay({int(self.windows_days)}) WHERE window != '1d'")
+        if self.daily_days:
+            rules.append(f"toDateTime(window_start) + toIntervalDay({int(self.daily_days)}) WHERE window = '1d'")
+        if rules:
+            out["kpi_windows"] = out["agent_windows"] = ", ".join(rules)
+        return out
+
+
+def current_ttl(client: Any, table: str) -> str:
+    """The table's TTL expression as ClickHouse reports it ("" when it has none)."""
+    rows = client.query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() "
+                        "AND name = {t:String}", parameters={"t": table}).result_rows
+    match = re.search(r" TTL (.*?)(?: SETTINGS |$)", rows[0][0] if rows else "")
+    return match.group(1).strip() if match else ""
+
+
 @dataclass
 class ClickHouseWriter:
     dsn: str
@@ -89,14 +130,30 @@ class ClickHouseWriter:
     healthy: bool = True
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _columns: dict[str, list[str]] = field(default_factory=dict)
+    retention: Retention = field(default_factory=Retention)
 
     def open(self) -> None:
         self.client = connect(self.dsn)
         for statement in ddl_statements():
             self.client.command(statement)
+        self.apply_retention()
         for table in TIME_COLUMNS:
             described = self.client.query(f"DESCRIBE TABLE {table}").result_rows
             self._columns[table] = [row[0] for row in described if row[2] != "DEFAULT"]
+
+    def apply_retention(self) -> None:
+        """Set the configured TTLs; a table whose TTL is already the configured one is left alone
+        (MODIFY TTL rewrites the parts of existing data, so it is not repeated at every start)."""
+        for table, ttl in self.retention.ttl_clauses().items():
+            if current_ttl(self.client, table) == ttl:
+                continue
+            try:
+                self.client.command(f"ALTER TABLE {table} MODIFY TTL {ttl}")
+            except Exception as exc:  # e.g. a user without ALTER: one line for the CLI
+                raise ClickHouseUnavailable(
+                    f"ClickHouse at {redact(self.dsn)}: cannot set the retention of {table}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+            log.info("ClickHouse %s retention: TTL %s", table, ttl)
 
     def close(self) -> None:
         if self.client is not None:

@@ -107,6 +107,12 @@ def create_app(settings: Settings) -> faust.App:
                                                key_serializer="raw")
     pipe.topics["dead_letter"] = app.topic(t.name("dead_letter"), value_serializer="orjson",
                                            key_serializer="raw")
+    pipe.topics["sla_breaches"] = app.topic(t.name("sla_breaches"), value_serializer="orjson",
+                                            key_serializer="raw")
+    pipe.topics["kpi_scorecards"] = app.topic(t.name("kpi_scorecards"), value_serializer="orjson",
+                                              key_serializer="raw")
+    pipe.topics["sla_observations"] = app.topic(pipe.internal("sla-observations"), value_serializer="orjson",
+                                                key_serializer="raw", **internal)
 
     pipe.tables["interactions"] = _table(app, "interactions", "ccpulse_interaction", settings,
                                          Interaction.from_dict)
@@ -116,15 +122,18 @@ def create_app(settings: Settings) -> faust.App:
     pipe.tables["fcr_customers"] = _table(app, "fcr-customers", "ccpulse_fcr_customer", settings,
                                           codecs.customer_from_dict)
     pipe.tables["fcr_records"] = _table(app, "fcr-records", "orjson", settings, None)
+    pipe.tables["sla"] = _table(app, "sla-state", "orjson", settings, None)
 
-    from streams import fcr, ingest, lifecycle, merge, storage, web
+    from streams import fcr, ingest, lifecycle, merge, sla, storage, wallboard, web
     ingest.register(pipe)
     lifecycle.register(pipe)
     fcr.register(pipe)
     merge.register(pipe)
+    sla.register(pipe)
     if settings.clickhouse.enabled:
         storage.register(pipe)
     web.register(pipe)
+    wallboard.register(pipe)
     return app
 
 

@@ -137,7 +137,8 @@ def register(pipe: Pipeline) -> None:
 
     def expire() -> None:
         for key, entry in list(merged.data.items()):
-            if entry["kind"] != "window":
+            # A key changed since this tick began still owes its (final) record.
+            if entry["kind"] != "window" or key in pipe.merged_dirty:
                 continue
             final = all(p["final"] for p in entry["parts"].values())
             if final and entry["end"] + pipe.settings.windows.fcr_horizon_seconds * 1000 \

@@ -11,9 +11,10 @@ from typing import Any
 import orjson
 
 from schemas.events import format_ms
-from sinks.clickhouse import ClickHouseWriter
+from sinks.clickhouse import ClickHouseWriter, Retention
 from streams.app import Pipeline
 from streams.ingest import WATERMARK_FIELD
+from streams.sla import breach_row, scorecard_row
 
 
 def raw_event_row(doc: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +39,10 @@ def register(pipe: Pipeline) -> None:
     def on_error(table: str, exc: Exception) -> None:
         metrics.sink_errors.labels("clickhouse", table).inc()
 
-    pipe.writer = writer = ClickHouseWriter(ch.dsn, on_write=on_write, on_error=on_error)
+    retention = Retention(raw_days=ch.raw_retention_days, interactions_days=ch.interactions_retention_days,
+                          windows_days=ch.windows_retention_days, daily_days=ch.daily_retention_days)
+    pipe.writer = writer = ClickHouseWriter(ch.dsn, on_write=on_write, on_error=on_error,
+                                            retention=retention)
 
     def stopping() -> bool:
         return app.should_stop
@@ -66,6 +70,18 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
             await writer.write("kpi_windows",
                                _newest(batch, ("window", "window_start", "queue", "channel")), stopping)
+
+    @app.agent(pipe.topics["sla_breaches"], name="store-sla-breaches")
+    async def store_breaches(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("sla_breaches", [breach_row(r) for r in _newest(batch, ("breach_id",))],
+                               stopping)
+
+    @app.agent(pipe.topics["kpi_scorecards"], name="store-scorecards")
+    async def store_scorecards(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("scorecards", [scorecard_row(r) for r in _newest(
+                batch, ("window", "window_start", "queue", "channel"))], stopping)
 
 
 def _newest(rows: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:

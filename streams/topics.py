@@ -48,12 +48,15 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("kpi_agents"): compact,
         t.name("kpi_queue_state"): compact,
         t.name("sla_breaches"): keep_week,
+        t.name("kpi_scorecards"): compact,
         # ccpulse's internal topics (Faust would create them too, but only after
         # complaining at first start that they are missing).
         internal("events"): keep_week,
         internal("window-partials"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
         internal("contacts"): keep_week,
         internal("interactions"): compact,
+        # kpi.windows observations for the SLA stage, re-keyed by queue|channel.
+        internal("sla-observations"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
     }
 
 

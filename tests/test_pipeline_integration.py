@@ -244,7 +244,10 @@ def test_live_queue_state_and_rolling_view(run) -> None:
 def test_every_published_record_validates_against_its_json_schema(run, topic: str) -> None:
     validator = Draft202012Validator(load(TOPIC_SCHEMAS[topic]))
     records = run["published"][topic]
-    assert records, f"nothing was published on {topic}"
+    # This scenario breaches nothing and finalizes no window of 15 minutes or more, so
+    # sla.breaches and kpi.scorecards stay empty here (their own tests cover them).
+    if topic in ("kpi.windows", "kpi.agents", "kpi.queue-state", "events.dead-letter"):
+        assert records, f"nothing was published on {topic}"
     for record in records:
         errors = sorted(validator.iter_errors(record), key=str)
         assert not errors, (topic, record, [e.message for e in errors])
