@@ -1017,87 +1017,13 @@ async def publish(events: Iterable[tuple[str, dict[str, Any]]], bootstrap: str, 
     possible), ``progress(acknowledged)``, ``stop``; returns how many were
     acknowledged. One producer for all topics keeps the families interleaved.
     """
-    from aiokafka import AIOKafkaProducer
-
     from ccpulse.simulate_channels import publish_mixed
 
-    if partition is None:
-        return await publish_mixed(events, bootstrap, topics, speed, stop=stop, progress=progress,
-                                   batch_size=batch_size, security_protocol=security_protocol,
-                                   sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
-                                   sasl_password=sasl_password, ssl_context=ssl_context)
-    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
-        raise ValueError("partition: must be a partition number (0, 1, ...) or None")
-    if speed is not None and not (speed > 0 and math.isfinite(speed)):
-        raise ValueError("speed: must be a positive number, or None for as fast as possible")
-    if security_protocol in ("SSL", "SASL_SSL") and ssl_context is None:
-        from aiokafka.helpers import create_ssl_context
-
-        ssl_context = create_ssl_context()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-        max_batch_size=256 * 1024, security_protocol=security_protocol, ssl_context=ssl_context,
-        sasl_mechanism=sasl_mechanism or "PLAIN", sasl_plain_username=sasl_username or None,
-        sasl_plain_password=sasl_password or None)
-    loop = asyncio.get_running_loop()
-    pending: list[asyncio.Future[Any]] = []
-    acked = 0
-
-    async def drain() -> None:
-        nonlocal acked
-        if not pending:
-            return
-        await asyncio.gather(*pending)  # the first delivery error propagates
-        acked += len(pending)
-        pending.clear()
-        if progress is not None:
-            progress(acked)
-
-    try:
-        await producer.start()
-        for topic in set(topics.values()):
-            known = await producer.partitions_for(topic)
-            if partition not in known:
-                raise ValueError(f"partition: {topic} has partitions {sorted(known)}, not {partition}")
-        wall0: float | None = None
-        event0 = 0
-        for family, ev in events:
-            if stop is not None and stop.is_set():
-                break
-            topic = topics.get(family)
-            if topic is None:
-                raise ValueError(f"topics: no topic for the {family!r} family")
-            if speed is not None:
-                t = (datetime.fromisoformat(ev["occurred_at"]) - _EPOCH) // _MS
-                if wall0 is None:
-                    wall0, event0 = loop.time(), t
-                due = wall0 + (t - event0) / 1000 / speed
-                if due > loop.time():
-                    await drain()
-                    delay = due - loop.time()
-                    if delay > 0 and await _sleep_or_stop(delay, stop):
-                        break
-            pending.append(await producer.send(topic, orjson.dumps(ev), key=ev["interaction_id"].encode(),
-                                               partition=partition))
-            if len(pending) >= batch_size:
-                await drain()
-        await producer.flush()
-        await drain()
-    finally:
-        await producer.stop()
-    return acked
-
-
-async def _sleep_or_stop(delay: float, stop: asyncio.Event | None) -> bool:
-    """Sleeps ``delay`` seconds; True when ``stop`` was set meanwhile."""
-    if stop is None:
-        await asyncio.sleep(delay)
-        return False
-    try:
-        await asyncio.wait_for(stop.wait(), delay)
-    except TimeoutError:
-        return False
-    return True
+    return await publish_mixed(events, bootstrap, topics, speed, stop=stop, progress=progress,
+                               batch_size=batch_size, security_protocol=security_protocol,
+                               sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
+                               sasl_password=sasl_password, ssl_context=ssl_context,
+                               partition=partition)
 
 
 def progress_bar(total: int, stream: Any = None, width: int = 30) -> Callable[[int, int], None]:

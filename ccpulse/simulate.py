@@ -636,83 +636,14 @@ async def publish(
     batch. Setting ``stop`` ends the run cleanly: what was sent is flushed and
     counted. ``events`` is consumed lazily, so an endless generator is fine.
     """
-    from aiokafka import AIOKafkaProducer
+    # One publisher for every generator: simulate_channels.publish_mixed, one family.
+    from ccpulse.simulate_channels import publish_mixed
 
-    if speed is not None and not (speed > 0 and math.isfinite(speed)):
-        raise ValueError("speed: must be a positive number, or None for as fast as possible")
-    if batch_size < 1:
-        raise ValueError("batch_size: must be at least 1")
-    if security_protocol in ("SSL", "SASL_SSL") and ssl_context is None:
-        from aiokafka.helpers import create_ssl_context
-
-        ssl_context = create_ssl_context()  # system CAs: what managed Kafka needs
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        # Events are ~200 bytes; the 16 KiB default would cap a batch at ~80.
-        max_batch_size=256 * 1024,
-        security_protocol=security_protocol,
-        ssl_context=ssl_context,
-        sasl_mechanism=sasl_mechanism or "PLAIN",
-        sasl_plain_username=sasl_username or None,
-        sasl_plain_password=sasl_password or None,
-    )
-    loop = asyncio.get_running_loop()
-    pending: list[asyncio.Future[Any]] = []
-    acked = 0
-
-    async def drain() -> None:
-        nonlocal acked
-        if not pending:
-            return
-        # gather raises the first delivery error: a failed send must not be counted.
-        await asyncio.gather(*pending)
-        acked += len(pending)
-        pending.clear()
-        if progress is not None:
-            progress(acked)
-
-    try:
-        # Inside the try: a failed bootstrap must still close the producer.
-        await producer.start()
-        wall0: float | None = None
-        event0 = 0.0
-        for ev in events:
-            if stop is not None and stop.is_set():
-                break
-            if speed is not None:
-                t = _event_time(ev)
-                if wall0 is None:
-                    wall0, event0 = loop.time(), t
-                due = wall0 + (t - event0) / speed
-                if due > loop.time():
-                    # Idle anyway: settle what is in flight so progress is current.
-                    await drain()
-                    delay = due - loop.time()
-                    if delay > 0 and await _sleep_or_stop(delay, stop):
-                        break
-            pending.append(await producer.send(topic, encode(ev), key=ev["interaction_id"].encode()))
-            if len(pending) >= batch_size:
-                await drain()
-        await producer.flush()
-        await drain()
-    finally:
-        await producer.stop()
-    return acked
-
-
-async def _sleep_or_stop(delay: float, stop: asyncio.Event | None) -> bool:
-    """Sleeps ``delay`` seconds; True when ``stop`` was set meanwhile."""
-    if stop is None:
-        await asyncio.sleep(delay)
-        return False
-    try:
-        await asyncio.wait_for(stop.wait(), delay)
-    except TimeoutError:
-        return False
-    return True
+    return await publish_mixed((("call", event) for event in events), bootstrap, {"call": topic}, speed,
+                               stop=stop, progress=progress, batch_size=batch_size,
+                               security_protocol=security_protocol, sasl_mechanism=sasl_mechanism,
+                               sasl_username=sasl_username, sasl_password=sasl_password,
+                               ssl_context=ssl_context)
 
 
 # ---------------------------------------------------------------- command line

@@ -709,6 +709,7 @@ async def publish_mixed(
     sasl_username: str | None = None,
     sasl_password: str | None = None,
     ssl_context: Any = None,
+    partition: int | None = None,
 ) -> int:
     """Send each ``(family, event)`` to ``topics[family]`` keyed by ``interaction_id``.
 
@@ -729,6 +730,9 @@ async def publish_mixed(
         raise ValueError("speed: must be a positive number, or None for as fast as possible")
     if batch_size < 1:
         raise ValueError("batch_size: must be at least 1")
+    if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)
+                                  or partition < 0):
+        raise ValueError("partition: must be a partition number (0, 1, ...) or None")
     if security_protocol in ("SSL", "SASL_SSL") and ssl_context is None:
         from aiokafka.helpers import create_ssl_context
 
@@ -761,6 +765,11 @@ async def publish_mixed(
 
     try:
         await producer.start()
+        if partition is not None:  # pinned (replay): the partition must exist everywhere
+            for topic in set(topics.values()):
+                known = await producer.partitions_for(topic)
+                if partition not in known:
+                    raise ValueError(f"partition: {topic} has partitions {sorted(known)}, not {partition}")
         wall0: float | None = None
         event0 = 0
         for family, ev in events:
@@ -779,7 +788,8 @@ async def publish_mixed(
                     delay = due - loop.time()
                     if delay > 0 and await _sleep_or_stop(delay, stop):
                         break
-            pending.append(await producer.send(topic, encode(ev), key=ev["interaction_id"].encode()))
+            pending.append(await producer.send(topic, encode(ev), key=ev["interaction_id"].encode(),
+                                               partition=partition))
             if len(pending) >= batch_size:
                 await drain()
         await producer.flush()
