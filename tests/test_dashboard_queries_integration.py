@@ -413,6 +413,7 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
         wait_until(lambda: consumed_at_least(worker, history_sent + live["live_sent"]), 120,
                    "the live events consumed", interval=1)
         close_every_day(kafka_bootstrap, worker, now, timings)
+        worker.wait_sink_idle()
     finally:
         prom.stop()
         worker.stop()

@@ -124,6 +124,7 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
         state = {k.decode(): json.loads(v) for k, v in
                  read_topic(kafka_bootstrap, f"{worker.prefix}kpi.queue-state")}
         health = worker.get("/health")
+        worker.wait_sink_idle()
     finally:
         exit_code = worker.stop()
     client = clickhouse_connect.get_client(interface="chdb", path=worker.clickhouse_path)

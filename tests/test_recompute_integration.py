@@ -116,6 +116,7 @@ def store(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # ty
 
         wait_until(settled, 300, "every window of the run final, FCR decided", interval=2)
         _, api = worker.get("/api/windows")
+        worker.wait_sink_idle()
     finally:
         worker.stop()
     client = clickhouse_connect.get_client(interface="chdb", path=worker.clickhouse_path)

@@ -76,6 +76,22 @@ class WorkerProcess:
             self.process.wait()
             raise RuntimeError(f"worker did not stop within {timeout}s: {self.log_tail()}")
 
+    def wait_sink_idle(self, quiet_seconds: float = 2.0, timeout: float = 60.0) -> None:
+        """Wait until the worker's ClickHouse writes stop growing: what Kafka holds is stored."""
+        def written() -> float:
+            return sum(v for (name, _labels), v in self.metrics().items()
+                       if name == "ccpulse_sink_rows_written_total")
+        deadline = time.monotonic() + timeout
+        last, since = written(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = written()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_seconds:
+                return
+        raise RuntimeError(f"ClickHouse writes did not settle within {timeout}s")
+
     def get(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
