@@ -21,6 +21,15 @@
   the same transition (same id and version: ClickHouse keeps one row).
 - ``scorecards``: one record per final kpi.windows record of a window of 15
   minutes or more (``ccpulse/core/scorecard.py``), same key as the window.
+
+Replays faster than real time: kpi.queue-state is published once per publish
+interval of *wall* time, so a fast replay is sampled coarsely (minutes of event
+time per record). The hold-down is still measured in event time, between those
+samples, so ``opened_at``/``resolved_at`` can come up to one sample late, and a
+violation shorter than the sampling step can go unseen. During such a replay the
+merged live state may also pair a lagging partition's waiting contact with the
+newest event time, overstating ``longest_wait_seconds`` (a merge-stage matter).
+Live traffic, one record a second, is not affected.
 """
 
 from __future__ import annotations
@@ -68,13 +77,18 @@ def register(pipe: Pipeline) -> None:
 
     pipe.metrics.registry.register(SlaCollector(owned_entries))
 
-    async def publish(events: list[Breach]) -> None:
+    # Every send of this stage goes through the producer buffer (send_soon, as the
+    # table changelog does): the consumer flushes it before each offset commit, so
+    # nothing is lost, and the stages never wait on the producer one message at a
+    # time (awaiting send() per kpi.windows record stalled the whole worker in a
+    # month-long replay).
+    def publish(events: list[Breach]) -> None:
         now_ms = int(time.time() * 1000)
         for breach in events:
-            await breaches_topic.send(key=breach.breach_id.encode(), value=breach.to_record(now_ms))
+            breaches_topic.send_soon(key=breach.breach_id.encode(), value=breach.to_record(now_ms))
 
-    async def save(partition: int, key: str, sla: QueueSla, before: dict[str, Any] | None,
-                   force: bool) -> None:
+    def save(partition: int, key: str, sla: QueueSla, before: dict[str, Any] | None,
+             force: bool) -> None:
         after = {"p": partition, **sla.to_dict()}
         if force or before is None or _significant(before) != _significant(after):
             put(table, partition, key, after)
@@ -106,37 +120,40 @@ def register(pipe: Pipeline) -> None:
                 else:  # an observation re-keyed from kpi.windows
                     events = state.observe(doc["values"], doc["at"], queue_targets, hold,
                                            seq=doc["seq"], source=doc["source"])
-                await publish(events)
-                await save(partition, key, state, before, force=True)
+                publish(events)
+                save(partition, key, state, before, force=True)
             if newest:
-                await tick(newest)
+                tick(newest)
 
-    async def tick(at: int) -> None:
+    def tick(at: int) -> None:
         for entry in owned_entries():
             state = QueueSla.from_dict(entry)
             events = state.tick(at, targets.for_queue(state.queue, state.channel), hold)
-            await publish(events)
-            await save(entry["p"], f"{state.queue}|{state.channel}", state, entry, force=False)
+            publish(events)
+            save(entry["p"], f"{state.queue}|{state.channel}", state, entry, force=False)
 
     @app.agent(pipe.topics["kpi_windows"], name="sla-windows")
     async def sla_windows(stream):  # type: ignore[no-untyped-def]
-        async for record in stream:
-            values = window_values(record) if isinstance(record, dict) else None
-            if values is None:
-                continue
-            end = _ms(record["window_end"])
-            await observations.send(
-                key=f"{record['queue']}|{record['channel']}".encode(),
-                value={"queue": record["queue"], "channel": record["channel"], "values": values,
-                       "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
+        async for batch in stream.take(2000, within=0.05):
+            for record in batch:
+                values = window_values(record) if isinstance(record, dict) else None
+                if values is None:
+                    continue
+                end = _ms(record["window_end"])
+                observations.send_soon(
+                    key=f"{record['queue']}|{record['channel']}".encode(),
+                    value={"queue": record["queue"], "channel": record["channel"], "values": values,
+                           "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
 
     @app.agent(pipe.topics["kpi_windows"], name="scorecards")
     async def scorecards(stream):  # type: ignore[no-untyped-def]
-        async for record in stream:
-            if not isinstance(record, dict) or not eligible(record, settings.scorecard):
-                continue
-            card = scorecard_record(record, settings.scorecard, int(time.time() * 1000))
-            await scorecards_topic.send(key=scorecard_key(card).encode(), value=card)
+        async for batch in stream.take(2000, within=0.05):
+            now_ms = int(time.time() * 1000)
+            for record in batch:
+                if not isinstance(record, dict) or not eligible(record, settings.scorecard):
+                    continue
+                card = scorecard_record(record, settings.scorecard, now_ms)
+                scorecards_topic.send_soon(key=scorecard_key(card).encode(), value=card)
 
 
 def _significant(entry: dict[str, Any]) -> Any:
