@@ -308,16 +308,17 @@ class _Staffing:
 class _Customers:
     """Anyone from the population; with ``p``, someone who called in the last hours."""
 
-    __slots__ = ("_rng", "_p", "_recent")
+    __slots__ = ("_rng", "_p", "_recent", "_memory")
 
-    def __init__(self, rng: random.Random, p: float) -> None:
+    def __init__(self, rng: random.Random, p: float, memory: int = _REPEAT_MEMORY) -> None:
         self._rng = rng
         self._p = p
+        self._memory = memory
         self._recent: deque[tuple[int, str]] = deque()
 
     def draw(self, now_ms: int) -> str:
         recent = self._recent
-        while recent and (recent[0][0] < now_ms - _REPEAT_WINDOW_MS or len(recent) >= _REPEAT_MEMORY):
+        while recent and (recent[0][0] < now_ms - _REPEAT_WINDOW_MS or len(recent) >= self._memory):
             recent.popleft()
         if recent and self._rng.random() < self._p:
             customer = recent[self._rng.randrange(len(recent))][1]
@@ -340,7 +341,8 @@ class _Clock:
         minute, ms = divmod(epoch_ms, 60_000)
         if minute != self._minute:
             self._minute = minute
-            self._prefix = (_EPOCH + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:")
+            moment = _EPOCH + timedelta(minutes=minute)
+            self._prefix = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:")
         second, ms = divmod(ms, 1000)
         return f"{self._prefix}{second:02d}.{ms:03d}Z"
 

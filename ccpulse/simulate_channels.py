@@ -43,11 +43,12 @@ from itertools import accumulate, count
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ccpulse.simulate import (
-    CUSTOMER_POPULATION,
     DEFAULT_START,
     QueueModel,
     SimulationConfig,
     encode,
+    _Clock,
+    _Customers,
     generate_call_events,
 )
 
@@ -70,7 +71,6 @@ _MS = timedelta(milliseconds=1)
 # Follow-ups: a repeat contact comes from someone seen within this window
 # (inside the default 24 h first-contact-resolution horizon); the memory is
 # bounded so an endless stream stays in bounded memory.
-_FOLLOW_UP_WINDOW_MS = 20 * 3600 * 1000
 _FOLLOW_UP_MEMORY = 2000
 
 # Chat pacing not worth a config field.
@@ -197,46 +197,6 @@ class TicketConfig:
 
 # ---------------------------------------------------------------- shared pieces
 
-class _Clock:
-    """Epoch milliseconds as RFC 3339 UTC with milliseconds; caches the per-second prefix."""
-
-    __slots__ = ("_second", "_prefix")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def format(self, epoch_ms: int) -> str:
-        second, ms = divmod(epoch_ms, 1000)
-        if second != self._second:
-            self._second = second
-            moment = _EPOCH + timedelta(seconds=second)
-            self._prefix = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{ms:03d}Z"
-
-
-class _Customers:
-    """Mostly anyone from the population; sometimes a follow-up by a recent customer."""
-
-    __slots__ = ("_rng", "_p", "_recent")
-
-    def __init__(self, rng: random.Random, repeat_probability: float) -> None:
-        self._rng = rng
-        self._p = repeat_probability
-        self._recent: deque[tuple[int, str]] = deque()
-
-    def draw(self, now_ms: int) -> str:
-        recent = self._recent
-        while recent and (recent[0][0] < now_ms - _FOLLOW_UP_WINDOW_MS or len(recent) >= _FOLLOW_UP_MEMORY):
-            recent.popleft()
-        if recent and self._rng.random() < self._p:
-            customer = recent[self._rng.randrange(len(recent))][1]
-        else:
-            customer = f"cust-{self._rng.randrange(CUSTOMER_POPULATION):05d}"
-        recent.append((now_ms, customer))
-        return customer
-
-
 def _geometric(rng: random.Random, mean: float) -> int:
     """0, 1, 2, ... with the given mean (the discrete memoryless count)."""
     if mean <= 0:
@@ -329,7 +289,7 @@ def generate_chat_events(cfg: ChatConfig, duration: float) -> Iterator[dict[str,
 
 def _chat_events(cfg: ChatConfig, horizon_ms: float) -> Iterator[dict[str, Any]]:
     rng = random.Random(cfg.seed)
-    customers = _Customers(rng, cfg.repeat_probability)
+    customers = _Customers(rng, cfg.repeat_probability, memory=_FOLLOW_UP_MEMORY)
     start_ms = (cfg.start - _EPOCH) // _MS
     clock = _Clock()
     conc = cfg.concurrency
@@ -554,7 +514,7 @@ def generate_ticket_events(cfg: TicketConfig, duration: float) -> Iterator[dict[
 
 def _ticket_events(cfg: TicketConfig, horizon_ms: float) -> Iterator[dict[str, Any]]:
     rng = random.Random(cfg.seed)
-    customers = _Customers(rng, cfg.repeat_probability)
+    customers = _Customers(rng, cfg.repeat_probability, memory=_FOLLOW_UP_MEMORY)
     start_ms = (cfg.start - _EPOCH) // _MS
     clock = _Clock()
     agent_names = [[f"{q.name}-a{i}" for i in range(1, q.agents + 1)] for q in cfg.queues]
