@@ -35,7 +35,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except KafkaUnavailable as exc:
         raise CommandError(str(exc)) from None
     Path(settings.state_dir, "faust").mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    if args.role == "writer" and not settings.clickhouse.enabled:
+        raise CommandError("--role writer: ClickHouse is disabled in the settings ([clickhouse] enabled = false)")
+    app = create_app(settings, args.role)
     writer = app.pipeline.writer  # type: ignore[attr-defined]
     if writer is not None:
         try:
@@ -184,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="the Faust worker (all agents)")
+    worker.add_argument("--role", default="all", choices=["all", "compute", "writer"],
+                        help="all stages (default); compute: no ClickHouse writes; writer: only the "
+                             "ClickHouse writes (run one next to compute workers on the embedded store)")
     worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
     worker.set_defaults(func=cmd_worker)
 

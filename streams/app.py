@@ -41,6 +41,7 @@ class Pipeline:
     # window record key -> True when the merged record must be re-published
     merged_dirty: set[str] = field(default_factory=set)
     fcr_engines: dict[int, FcrEngine] = field(default_factory=dict)
+    role: str = "all"
 
     def internal(self, suffix: str) -> str:
         return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
@@ -59,11 +60,23 @@ def broker_credentials(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": faust.SSLCredentials(context)}
 
 
-def create_app(settings: Settings) -> faust.App:
+ROLES = ("all", "compute", "writer")
+
+
+def create_app(settings: Settings, role: str = "all") -> faust.App:
+    """The worker app. ``role`` splits the work across processes (README, "Scaling out"):
+
+    - ``all``: every stage, ClickHouse included (one worker, or several on a ClickHouse server);
+    - ``compute``: every stage but the ClickHouse writers (they publish to Kafka only);
+    - ``writer``: only the ClickHouse writers, in its own consumer group so one process
+      owns every partition of the stored topics (the embedded chDB store is single-process).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
     codecs.register()
     bootstrap = ";".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(","))
     app = faust.App(
-        settings.app_id,
+        settings.app_id if role != "writer" else f"{settings.app_id}-writer",
         broker=bootstrap,
         store="memory://",
         topic_partitions=settings.kafka.partitions,
@@ -83,7 +96,7 @@ def create_app(settings: Settings) -> faust.App:
         datadir=f"{settings.state_dir}/faust",
         **broker_credentials(settings),
     )
-    pipe = Pipeline(settings, app)
+    pipe = Pipeline(settings, app, role=role)
     pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines)
     app.pipeline = pipe  # type: ignore[attr-defined]
 
@@ -114,6 +127,12 @@ def create_app(settings: Settings) -> faust.App:
     pipe.topics["sla_observations"] = app.topic(pipe.internal("sla-observations"), value_serializer="orjson",
                                                 key_serializer="raw", **internal)
 
+    if role == "writer":
+        from streams import storage, web
+        storage.register(pipe)
+        web.register(pipe)
+        return app
+
     pipe.tables["interactions"] = _table(app, "interactions", "ccpulse_interaction", settings,
                                          Interaction.from_dict)
     pipe.tables["partitions"] = _table(app, "partition-records", "ccpulse_partition_record", settings,
@@ -130,7 +149,7 @@ def create_app(settings: Settings) -> faust.App:
     fcr.register(pipe)
     merge.register(pipe)
     sla.register(pipe)
-    if settings.clickhouse.enabled:
+    if settings.clickhouse.enabled and role == "all":
         storage.register(pipe)
     web.register(pipe)
     wallboard.register(pipe)

@@ -23,7 +23,7 @@ def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
         parts["clickhouse"] = {"ok": pipe.writer.healthy,
                                "detail": "writing" if pipe.writer.healthy else "writes failing, retrying"}
     ok = all(part["ok"] for part in parts.values())
-    return ok, {"status": "ok" if ok else "unhealthy", "parts": parts,
+    return ok, {"status": "ok" if ok else "unhealthy", "role": pipe.role, "parts": parts,
                 "partitions": sorted(pipe.engines)}
 
 
@@ -39,7 +39,8 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
         figures.pop("wait_buckets")
         queues.append({"queue": queue, "channel": channel, **figures})
     now_ms = int(time.time() * 1000)
-    entries = sorted((e for e in pipe.tables["merged"].data.values()
+    merged = pipe.tables["merged"].data.values() if "merged" in pipe.tables else []
+    entries = sorted((e for e in merged
                       if e["kind"] == "window" and e["key"][2] == QUEUE),
                      key=lambda e: (e["key"][1], e["key"][0]), reverse=True)
     windows = [merged_record(entry, pipe, now_ms) for entry in entries[:recent]]

@@ -31,12 +31,20 @@ class WorkerProcess:
     log_path: Path
     port: int
     process: subprocess.Popen | None = None
+    role: str = "all"
 
     @classmethod
-    def create(cls, bootstrap: str, tmp: Path, name: str, **extra: str) -> "WorkerProcess":
+    def create(cls, bootstrap: str, tmp: Path, name: str, role: str = "all",
+               **extra: str) -> "WorkerProcess":
         """A worker with its own topics, state, embedded store and free HTTP port under ``tmp``."""
         env = worker_env(bootstrap, tmp, name, **extra)
-        return cls(env, tmp / "worker.log", int(env["CCPULSE_WEB_PORT"]))
+        return cls(env, tmp / "worker.log", int(env["CCPULSE_WEB_PORT"]), role=role)
+
+    def sibling(self, tmp: Path, role: str = "all") -> "WorkerProcess":
+        """Another worker of the same app (same topics and store DSN) with its own port and state."""
+        env = dict(self.env, CCPULSE_WEB_PORT=str(free_port()), CCPULSE_STATE_DIR=str(tmp / "state"))
+        tmp.mkdir(parents=True, exist_ok=True)
+        return WorkerProcess(env, tmp / "worker.log", int(env["CCPULSE_WEB_PORT"]), role=role)
 
     @property
     def prefix(self) -> str:
@@ -53,7 +61,7 @@ class WorkerProcess:
     def start(self, timeout: float = 90.0) -> None:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ccpulse.cli", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", "ccpulse.cli", "worker", "--loglevel", "info", "--role", self.role],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
