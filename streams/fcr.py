@@ -20,7 +20,6 @@ from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
 from streams.app import Pipeline
 from streams.ingest import WATERMARK_FIELD
-from streams.tables import delete, put
 
 EXPIRY_SCAN_SECONDS = 30.0
 
@@ -34,11 +33,17 @@ def register(pipe: Pipeline) -> None:
     topic_name = pipe.topics["contacts"].get_topic_name()
     windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
     engines: dict[int, FcrEngine] = pipe.fcr_engines
+    outbox = pipe.outbox
+    put, delete = outbox.put, outbox.delete
     last_expiry = [time.monotonic()]
 
-    def customer_lists(partition: int) -> list[list[Contact]]:
-        return [value["contacts"] for value in list(customers.data.values())
+    def customer_lists(partition: int) -> list[tuple[str, list[Contact]]]:
+        return [(key, value["contacts"]) for key, value in list(customers.data.items())
                 if value is not None and value["p"] == partition]
+
+    def lookup(customer: str) -> list[Contact] | None:
+        entry = customers.data.get(customer)
+        return entry["contacts"] if entry is not None else None
 
     def engine_for(partition: int) -> FcrEngine:
         engine = engines.get(partition)
@@ -61,15 +66,16 @@ def register(pipe: Pipeline) -> None:
                 engine = engine_for(msg.partition)
                 touched.add(msg.partition)
                 if WATERMARK_FIELD in doc:
-                    engine.advance(doc[WATERMARK_FIELD], customer_lists(msg.partition))
+                    engine.observe(doc[WATERMARK_FIELD], settings.kafka.partitions, lookup)
                     continue
                 key = doc["customer"]
                 entry = customers.data.get(key) or {"p": msg.partition, "contacts": []}
                 contact = Contact(doc["ts"], doc["interaction_id"], doc["queue"], doc["channel"])
-                if engine.add(entry["contacts"], contact, msg.offset):
+                if engine.add(key, entry["contacts"], contact, msg.offset):
                     put(customers, msg.partition, key, entry)
             for partition in touched:
                 put(records, partition, str(partition), engines[partition].record.to_dict())
+            await outbox.flush()
 
     @app.timer(w.publish_interval_seconds, name="publish-fcr")
     async def publish_fcr() -> None:
@@ -82,20 +88,22 @@ def register(pipe: Pipeline) -> None:
         for partition, engine in list(engines.items()):
             before = engine.record.final_through
             for snap in engine.close() + engine.take_dirty():
-                partials.send_soon(key=window_record_key(snap.key).encode(),
-                                   value=partial(snap, partition, engine.record.watermark,
-                                                 windowing.end(snap.key[0], snap.key[1])))
+                outbox.send(partials, window_record_key(snap.key).encode(),
+                            partial(snap, partition, engine.record.watermark,
+                                    windowing.end(snap.key[0], snap.key[1])))
             if engine.record.final_through != before:
                 put(records, partition, str(partition), engine.record.to_dict())
-            if expire_now:
-                expire(partition, engine)
         if expire_now:
+            expire()
             last_expiry[0] = time.monotonic()
+        await outbox.flush()
 
-    def expire(partition: int, engine: FcrEngine) -> None:
+    def expire() -> None:
         for key, entry in list(customers.data.items()):
-            if entry is None or entry["p"] != partition:
+            engine = engines.get(entry["p"]) if entry is not None else None
+            if engine is None:
                 continue
+            partition = entry["p"]
             gone = engine.expired(entry["contacts"])
             if not gone:
                 continue

@@ -7,9 +7,11 @@ correct: every event of an interaction reaches the same lifecycle partition.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
+from ccpulse.core.watermark import InputWatermarks
 from schemas.events import Rejection, decode
 from schemas.records import dead_letter, event_message
 from streams.app import Pipeline
@@ -23,12 +25,13 @@ def register(pipe: Pipeline) -> None:
     settings = pipe.settings
     metrics = pipe.metrics
     events_topic = pipe.topics["events"]
-    contacts_topic = pipe.topics["contacts"]
     dlq = pipe.topics["dead_letter"]
     family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
     max_future_ms = int(settings.max_future_seconds * 1000)
 
-    newest = [0, 0]  # newest occurred_at seen, and the value last broadcast
+    sources = InputWatermarks(int(settings.windows.source_idle_seconds * 1000))
+
+    outbox = pipe.outbox
 
     @pipe.app.agent(pipe.topics["input"], name="ingest")
     async def ingest(stream):  # type: ignore[no-untyped-def]
@@ -42,23 +45,28 @@ def register(pipe: Pipeline) -> None:
                 if isinstance(result, Rejection):
                     metrics.events_invalid.labels(result.reason).inc()
                     metrics.dead_lettered.inc()
-                    await dlq.send(key=msg.key, value=dead_letter(
+                    outbox.send(dlq, msg.key, dead_letter(
                         raw, result, msg.topic, msg.partition, msg.offset, now_ms))
                     continue
-                newest[0] = max(newest[0], result.occurred_at_ms)
-                await events_topic.send(
-                    key=result.interaction_id.encode(),
-                    value=orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
+                sources.seen(f"{msg.topic}/{msg.partition}", result.occurred_at_ms, now_ms)
+                outbox.send(events_topic, result.interaction_id.encode(),
+                            orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
+            await outbox.flush()
 
     @pipe.app.timer(settings.windows.publish_interval_seconds, name="broadcast-watermark")
     async def broadcast_watermark() -> None:
-        # Event time is the newest occurred_at on the whole input (METRICS.md), but
-        # each lifecycle partition only sees its own events: a tick on every
-        # partition carries the input's event time to partitions that went quiet.
-        if newest[0] <= newest[1]:
+        # Each lifecycle partition only sees its own events: a tick on every partition
+        # carries every input partition's event time (see ccpulse/core/watermark.py).
+        # Sent after the events it covers, by the same producer, so it never overtakes them.
+        report = sources.report(int(time.time() * 1000))
+        if report is None:
             return
-        newest[1] = newest[0]
-        value = orjson.dumps({WATERMARK_FIELD: newest[0]})
-        for topic in (events_topic, contacts_topic):
-            for partition in range(settings.kafka.partitions):
-                await topic.send(key=None, value=value, partition=partition)
+        value = orjson.dumps({WATERMARK_FIELD: report})
+        for partition in range(settings.kafka.partitions):
+            outbox.send(events_topic, None, value, partition)
+        await outbox.flush()
+
+    @pipe.app.on_partitions_revoked.connect
+    async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            sources.forget(f"{tp.topic}/{tp.partition}")

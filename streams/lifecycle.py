@@ -22,7 +22,6 @@ from ccpulse.core.windowing import Windowing
 from schemas.records import interaction_rows, step_from_message, window_record_key
 from streams.app import Pipeline
 from streams.ingest import WATERMARK_FIELD
-from streams.tables import delete, put
 
 EXPIRY_SCAN_SECONDS = 10.0
 
@@ -54,6 +53,8 @@ def register(pipe: Pipeline) -> None:
     rows_topic = pipe.topics["interactions"]
     contacts = pipe.topics["contacts"]
     events_topic_name = pipe.topics["events"].get_topic_name()
+    outbox = pipe.outbox
+    put, delete = outbox.put, outbox.delete
     clocks: dict[int, PartitionClock] = {}
     windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
     last_expiry = [time.monotonic()]
@@ -74,21 +75,20 @@ def register(pipe: Pipeline) -> None:
     def publish(partition: int, engine: PartitionEngine, snaps: list[Snapshot]) -> None:
         wm = engine.record.watermark
         for snap in snaps:
-            partials.send_soon(
-                key=window_record_key(snap.key).encode(),
-                value={"kind": "window", "key": list(snap.key), "partition": partition,
-                       "version": snap.version, "final": snap.final, "agg": snap.agg.to_dict(),
-                       "end": windowing.end(snap.key[0], snap.key[1]), "watermark": wm,
-                       "waiting_at_start": snap.waiting_at_start,
-                       "waiting_at_end": snap.waiting_at_end})
+            outbox.send(
+                partials, window_record_key(snap.key).encode(),
+                {"kind": "window", "key": list(snap.key), "partition": partition,
+                 "version": snap.version, "final": snap.final, "agg": snap.agg.to_dict(),
+                 "end": windowing.end(snap.key[0], snap.key[1]), "watermark": wm,
+                 "waiting_at_start": snap.waiting_at_start, "waiting_at_end": snap.waiting_at_end})
         for (queue, channel), live in engine.take_live():
-            partials.send_soon(
-                key=f"live|{queue}|{channel}".encode(),
-                value={"kind": "live", "queue": queue, "channel": channel, "partition": partition,
-                       "version": engine.version(False), "watermark": wm,
-                       "waiting": sum(live.waiting.values()),
-                       "oldest_entered": min(live.waiting) if live.waiting else None,
-                       "agents": sorted(live.busy), "open_tickets": live.open_tickets})
+            outbox.send(
+                partials, f"live|{queue}|{channel}".encode(),
+                {"kind": "live", "queue": queue, "channel": channel, "partition": partition,
+                 "version": engine.version(False), "watermark": wm,
+                 "waiting": sum(live.waiting.values()),
+                 "oldest_entered": min(live.waiting) if live.waiting else None,
+                 "agents": sorted(live.busy), "open_tickets": live.open_tickets})
 
     @app.agent(pipe.topics["events"], name="lifecycle")
     async def lifecycle(stream):  # type: ignore[no-untyped-def]
@@ -100,7 +100,7 @@ def register(pipe: Pipeline) -> None:
                 doc = orjson.loads(msg.value)
                 engine = engine_for(msg.partition)
                 if WATERMARK_FIELD in doc:
-                    engine.advance(doc[WATERMARK_FIELD])
+                    engine.observe(doc[WATERMARK_FIELD])
                     partitions.add(msg.partition)
                     continue
                 iid = doc["interaction_id"]
@@ -108,7 +108,8 @@ def register(pipe: Pipeline) -> None:
                 if inter is None:
                     inter = Interaction(iid, doc["channel"], partition=msg.partition)
                 step = step_from_message(doc)
-                outcome = engine.apply(inter, step, msg.offset)
+                topic, source_partition, _ = doc["source"]
+                outcome = engine.apply(inter, step, msg.offset, f"{topic}/{source_partition}")
                 touched[iid] = (msg.partition, inter)
                 partitions.add(msg.partition)
                 d = outcome.derivation
@@ -117,14 +118,15 @@ def register(pipe: Pipeline) -> None:
                     contact = {"customer": customer_key(d.customer), "interaction_id": iid,
                                "ts": d.segments[0].entered, "queue": d.segments[0].queue,
                                "channel": inter.channel}
-                    await contacts.send(key=contact["customer"].encode(), value=orjson.dumps(contact))
+                    outbox.send(contacts, contact["customer"].encode(), orjson.dumps(contact))
             for iid, (partition, inter) in touched.items():
                 put(interactions, partition, iid, inter)
                 for row in interaction_rows(inter, version=len(inter.steps)):
-                    await rows_topic.send(key=f"{iid}|{row['segment']}".encode(), value=row)
+                    outbox.send(rows_topic, f"{iid}|{row['segment']}".encode(), row)
             for partition in partitions:
                 put(records, partition, str(partition), pipe.engines[partition].record)
                 clocks[partition].arrived(pipe.engines[partition].record.watermark)
+            await outbox.flush()
 
     @app.timer(w.publish_interval_seconds, name="publish-windows")
     async def publish_windows() -> None:
@@ -141,18 +143,42 @@ def register(pipe: Pipeline) -> None:
             before = engine.record.final_through
             snaps = engine.close() + engine.take_dirty()
             publish(partition, engine, snaps)
-            if expire_now:
-                expire(partition, engine)
             if snaps or engine.record.final_through != before:
                 put(records, partition, str(partition), engine.record)
         if expire_now:
+            expired = expire()
+            for partition in expired:
+                put(records, partition, str(partition), pipe.engines[partition].record)
             last_expiry[0] = time.monotonic()
+        send_watermarks()
+        await outbox.flush()
 
-    def expire(partition: int, engine: PartitionEngine) -> None:
+    def expire() -> set[int]:
+        """One pass over the interactions; returns the partitions whose counters changed."""
+        changed: set[int] = set()
         for iid, inter in list(interactions.data.items()):
-            if inter is not None and inter.partition == partition and engine.expirable(inter):
+            engine = pipe.engines.get(inter.partition) if inter is not None else None
+            if engine is None or engine.record.watermark - inter.last_ts < engine.lateness_ms:
+                continue  # still active: the cheap test first, the derivation only if needed
+            if engine.expirable(inter):
                 engine.count_expired(inter)
-                delete(interactions, partition, iid)
+                delete(interactions, inter.partition, iid)
+                changed.add(inter.partition)
+        return changed
+
+    sent_watermarks: dict[str, int] = {}
+
+    def send_watermarks() -> None:
+        # The FCR stage's event time is this stage's: a tick on every contacts
+        # partition, after the contacts it covers (see ccpulse/core/fcr.py).
+        report = {f"lifecycle/{p}": e.record.watermark for p, e in pipe.engines.items()
+                  if e.record.watermark}
+        if not report or all(sent_watermarks.get(k) == v for k, v in report.items()):
+            return
+        sent_watermarks.update(report)
+        value = orjson.dumps({WATERMARK_FIELD: report})
+        for partition in range(settings.kafka.partitions):
+            outbox.send(contacts, None, value, partition)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
@@ -160,6 +186,7 @@ def register(pipe: Pipeline) -> None:
             if tp.topic == events_topic_name:
                 pipe.engines.pop(tp.partition, None)
                 clocks.pop(tp.partition, None)
+                sent_watermarks.pop(f"lifecycle/{tp.partition}", None)
 
 
 

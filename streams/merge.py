@@ -17,7 +17,6 @@ from typing import Any
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import queue_state_record, window_record, window_record_key
 from streams.app import Pipeline
-from streams.tables import delete, put
 
 ROLLING_WINDOW_MS = 15 * 60 * 1000
 ROLLING_SIZE_S = 60
@@ -57,6 +56,8 @@ def register(pipe: Pipeline) -> None:
     merged = pipe.tables["merged"]
     topics = {QUEUE: pipe.topics["kpi_windows"], "a": pipe.topics["kpi_agents"]}
     state_topic = pipe.topics["kpi_queue_state"]
+    outbox = pipe.outbox
+    put, delete = outbox.put, outbox.delete
     primed: list[bool] = []
     as_of = [0]  # newest event-time watermark reported by any partition
 
@@ -82,6 +83,7 @@ def register(pipe: Pipeline) -> None:
                                           if k not in ("key", "kind", "partition", "end")}
                 put(merged, event.message.partition, key, entry)
                 pipe.merged_dirty.add(key)
+            await outbox.flush()
 
     @app.timer(pipe.settings.windows.publish_interval_seconds, name="publish-merged")
     async def publish_merged() -> None:
@@ -102,8 +104,7 @@ def register(pipe: Pipeline) -> None:
                 live_keys.add(key)
                 continue
             record = merged_record(entry, pipe, now_ms)
-            await topics[entry["key"][2]].send(key=window_record_key(tuple(entry["key"])).encode(),
-                                               value=record)
+            outbox.send(topics[entry["key"][2]], window_record_key(tuple(entry["key"])).encode(), record)
             if entry["key"][2] == QUEUE and entry["key"][0] == ROLLING_SIZE_S:
                 live_keys.add(f"live|{entry['key'][3]}|{entry['key'][4]}")
         # Queue state: every queue with contacts waiting is refreshed each tick (its
@@ -114,8 +115,9 @@ def register(pipe: Pipeline) -> None:
         for key in sorted(live_keys):
             record = queue_state(key, now_ms)
             if record is not None:
-                await state_topic.send(key=f"{record['queue']}|{record['channel']}".encode(), value=record)
+                outbox.send(state_topic, f"{record['queue']}|{record['channel']}".encode(), record)
         expire()
+        await outbox.flush()
 
     def queue_state(key: str, now_ms: int) -> dict[str, Any] | None:
         _, queue, channel = key.split("|", 2)

@@ -44,7 +44,6 @@ from ccpulse.core.scorecard import eligible, scorecard_key, scorecard_record
 from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, queue_state_values, window_values
 from schemas.events import parse_timestamp_ms
 from streams.app import Pipeline
-from streams.tables import put
 
 OBSERVATIONS = "sla-observations"
 
@@ -77,21 +76,18 @@ def register(pipe: Pipeline) -> None:
 
     pipe.metrics.registry.register(SlaCollector(owned_entries))
 
-    # Every send of this stage goes through the producer buffer (send_soon, as the
-    # table changelog does): the consumer flushes it before each offset commit, so
-    # nothing is lost, and the stages never wait on the producer one message at a
-    # time (awaiting send() per kpi.windows record stalled the whole worker in a
-    # month-long replay).
+    outbox = pipe.outbox
+
     def publish(events: list[Breach]) -> None:
         now_ms = int(time.time() * 1000)
         for breach in events:
-            breaches_topic.send_soon(key=breach.breach_id.encode(), value=breach.to_record(now_ms))
+            outbox.send(breaches_topic, breach.breach_id.encode(), breach.to_record(now_ms))
 
     def save(partition: int, key: str, sla: QueueSla, before: dict[str, Any] | None,
              force: bool) -> None:
         after = {"p": partition, **sla.to_dict()}
         if force or before is None or _significant(before) != _significant(after):
-            put(table, partition, key, after)
+            outbox.put(table, partition, key, after)
 
     @app.agent(source, name="sla")
     async def sla(stream):  # type: ignore[no-untyped-def]
@@ -124,6 +120,7 @@ def register(pipe: Pipeline) -> None:
                 save(partition, key, state, before, force=True)
             if newest:
                 tick(newest)
+            await outbox.flush()
 
     def tick(at: int) -> None:
         for entry in owned_entries():
@@ -140,10 +137,11 @@ def register(pipe: Pipeline) -> None:
                 if values is None:
                     continue
                 end = _ms(record["window_end"])
-                observations.send_soon(
-                    key=f"{record['queue']}|{record['channel']}".encode(),
-                    value={"queue": record["queue"], "channel": record["channel"], "values": values,
-                           "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
+                outbox.send(
+                    observations, f"{record['queue']}|{record['channel']}".encode(),
+                    {"queue": record["queue"], "channel": record["channel"], "values": values,
+                     "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
+            await outbox.flush()
 
     @app.agent(pipe.topics["kpi_windows"], name="scorecards")
     async def scorecards(stream):  # type: ignore[no-untyped-def]
@@ -153,7 +151,8 @@ def register(pipe: Pipeline) -> None:
                 if not isinstance(record, dict) or not eligible(record, settings.scorecard):
                     continue
                 card = scorecard_record(record, settings.scorecard, now_ms)
-                scorecards_topic.send_soon(key=scorecard_key(card).encode(), value=card)
+                outbox.send(scorecards_topic, scorecard_key(card).encode(), card)
+            await outbox.flush()
 
 
 def _significant(entry: dict[str, Any]) -> Any:

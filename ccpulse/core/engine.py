@@ -7,8 +7,12 @@ queue state are *derived*: ``rebuild`` recomputes them from the interactions, so
 after a crash or a rebalance they are exactly what the interactions say,
 whatever changelog message was lost in between.
 
-Event time: the watermark is the newest ``occurred_at`` seen on the input. A
-window is final once ``end + allowed_lateness <= watermark``; ``close`` moves it
+Event time: every input partition (a *source*) reports the newest ``occurred_at``
+it delivered, and the watermark is the minimum over the active sources (as in
+Kafka Streams and Flink): a source that lags behind, e.g. after a restart, holds
+event time back instead of having its events refused as late, so what is late
+does not depend on how fast each partition happens to be read. A window is final
+once ``end + allowed_lateness <= watermark``; ``close`` moves it
 out of memory into the totals. A fact for a final window is late: counted, never
 mixed in.
 
@@ -26,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ccpulse.config import Thresholds
 from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, interaction_facts
 from ccpulse.core.lifecycle import Derivation, Interaction, Step, is_ticket
+from ccpulse.core.watermark import low_watermark
 from ccpulse.core.windowing import Windowing
 
 
@@ -36,6 +41,8 @@ class PartitionRecord:
     watermark: int = 0
     final_through: int = 0  # every window with end + lateness <= this is final and published
     last_offset: int = -1
+    # source ("topic/partition" of the input) -> [newest occurred_at it delivered, idle]
+    sources: dict[str, list] = field(default_factory=dict)
     totals: dict[str, dict[str, int]] = field(default_factory=dict)  # "queue|channel" -> counts
     # "size|queue|channel" -> entries minus exits of all final windows of that size
     backlog: dict[str, int] = field(default_factory=dict)
@@ -137,12 +144,12 @@ class PartitionEngine:
 
     # -- events ---------------------------------------------------------------
 
-    def apply(self, inter: Interaction, step: Step, offset: int) -> Outcome:
+    def apply(self, inter: Interaction, step: Step, offset: int, source: str = "") -> Outcome:
         self.record.last_offset = max(self.record.last_offset, offset)
         if not inter.add(step):
             self.record.duplicates += 1
             return Outcome(duplicate=True)
-        self.record.watermark = max(self.record.watermark, step.ts)
+        self.observe({source: [step.ts, False]})
         derivation = inter.derive()
         new = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
         old = Counter(inter.applied)
@@ -208,6 +215,15 @@ class PartitionEngine:
         self._update_live(inter, Derivation([], 0, True))
 
     # -- time -----------------------------------------------------------------
+
+    def observe(self, sources: dict[str, list]) -> None:
+        """[newest event time, idle] per source (see ccpulse/core/watermark.py)."""
+        known = self.record.sources
+        for source, (ts, idle) in sources.items():
+            before = known.get(source)
+            known[source] = [max(ts, before[0]) if before else ts, idle]
+        if known:
+            self.record.watermark = max(self.record.watermark, low_watermark(known.values()))
 
     def advance(self, watermark: int) -> None:
         """Let event time move without events (ticks from the input, or a quiet stream)."""

@@ -10,12 +10,18 @@ A contact is decided at ``ts + horizon + lateness`` (not earlier) so that a
 follow-up contact delivered out of order within the allowed lateness still
 makes it a repeat, exactly as in-order delivery would. State is the contacts per
 customer; the FCR windows are derived from it.
+
+Event time here is the lifecycle stage's: each lifecycle partition reports its
+watermark after the contacts it sent, and FCR's watermark is their minimum once
+every lifecycle partition has reported, so a lagging lifecycle partition never
+has its contacts decided early.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ccpulse.core.windowing import Windowing
 
@@ -41,6 +47,8 @@ class FcrRecord:
     last_offset: int = -1
     # "queue|channel" -> [contacts, decided, resolved] of final windows of the smallest size
     totals: dict[str, list[int]] = field(default_factory=dict)
+    # upstream (lifecycle) partition -> its watermark
+    sources: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -69,6 +77,8 @@ class FcrEngine:
     # window -> [contacts, decided, resolved]; derived from the customers' contacts
     windows: dict[FcrKey, list[int]] = field(default_factory=dict)
     dirty: set[FcrKey] = field(default_factory=set)
+    # (decision time, customer) of contacts not decided yet: advance() visits only these
+    pending: list[tuple[int, str]] = field(default_factory=list)
 
     def decided_at(self, contact: Contact) -> int:
         return contact.ts + self.horizon_ms + self.lateness_ms
@@ -86,7 +96,7 @@ class FcrEngine:
         return [(size, start, "q", contact.queue, contact.channel)
                 for size, start in self.windowing.starts(contact.ts)]
 
-    def add(self, contacts: list[Contact], contact: Contact, offset: int) -> bool:
+    def add(self, customer: str, contacts: list[Contact], contact: Contact, offset: int) -> bool:
         """Add a customer's contact (idempotent by interaction id); False if known or late."""
         self.record.last_offset = max(self.record.last_offset, offset)
         if any(c.interaction_id == contact.interaction_id for c in contacts):
@@ -103,15 +113,31 @@ class FcrEngine:
         for key in keys:
             if self.closes_at(key) > self.record.final_through:
                 self._bump(key, contacts=1, decided=1 if decided else 0, resolved=resolved)
+        if not decided:
+            heapq.heappush(self.pending, (self.decided_at(contact), customer))
         return True
 
-    def advance(self, watermark: int, customers: Iterable[list[Contact]]) -> None:
+    def observe(self, sources: dict[str, int], expected: int,
+                lookup: Callable[[str], list[Contact] | None]) -> None:
+        """Upstream watermarks; event time moves to their minimum once all ``expected`` reported."""
+        known = self.record.sources
+        for source, ts in sources.items():
+            if ts is not None and ts > known.get(source, -1):
+                known[source] = ts
+        if len(known) >= expected:
+            self.advance(min(known.values()), lookup)
+
+    def advance(self, watermark: int, lookup: Callable[[str], list[Contact] | None]) -> None:
         """Move event time; contacts whose horizon (plus lateness) has passed get decided."""
         previous = self.record.watermark
         if watermark <= previous:
             return
         self.record.watermark = watermark
-        for contacts in customers:
+        due: set[str] = set()
+        while self.pending and self.pending[0][0] <= watermark:
+            due.add(heapq.heappop(self.pending)[1])
+        for customer in sorted(due):
+            contacts = lookup(customer) or []
             for c in contacts:
                 if previous < self.decided_at(c) <= watermark:
                     resolved = 1 if self.resolved(c, contacts) else 0
@@ -126,15 +152,19 @@ class FcrEngine:
         counts[2] += resolved
         self.dirty.add(key)
 
-    def rebuild(self, customers: Iterable[list[Contact]]) -> None:
+    def rebuild(self, customers: Iterable[tuple[str, list[Contact]]]) -> None:
         self.windows.clear()
-        for contacts in customers:
+        self.pending = []
+        for customer, contacts in customers:
             for c in contacts:
                 decided = self.record.watermark >= self.decided_at(c)
                 resolved = 1 if decided and self.resolved(c, contacts) else 0
                 for key in self.keys(c):
                     if self.closes_at(key) > self.record.final_through:
                         self._bump(key, contacts=1, decided=1 if decided else 0, resolved=resolved)
+                if not decided:
+                    self.pending.append((self.decided_at(c), customer))
+        heapq.heapify(self.pending)
         self.dirty = set(self.windows)
 
     def close(self) -> list[FcrSnapshot]:

@@ -1,0 +1,49 @@
+"""Event time of the input, per source partition (pure; the caller passes the clock).
+
+Each input partition is a *source* with its own newest ``occurred_at``. The stage
+that reads the input reports them all downstream; consumers take the minimum
+over the active sources (see ``low_watermark``). A source that stopped
+delivering for ``idle_ms`` of wall-clock time is reported idle, so a topic that
+went quiet (no chats tonight) does not stop event time for the rest; once every
+source is idle, everything sent has been read and event time is the newest seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+def low_watermark(sources: Iterable[list]) -> int:
+    """Event time from [newest, idle] per source: the slowest active one, or the newest if all idle."""
+    values = list(sources)
+    active = [ts for ts, idle in values if not idle]
+    return min(active) if active else max(ts for ts, _idle in values)
+
+
+@dataclass
+class InputWatermarks:
+    idle_ms: int
+    newest: dict[str, int] = field(default_factory=dict)
+    arrived: dict[str, int] = field(default_factory=dict)  # source -> wall-clock ms of its last event
+    _reported: dict[str, list] = field(default_factory=dict)
+
+    def seen(self, source: str, ts: int, now_ms: int) -> None:
+        if ts > self.newest.get(source, -1):
+            self.newest[source] = ts
+        self.arrived[source] = now_ms
+
+    def forget(self, source: str) -> None:
+        """The partition was given to another worker, which reports it from now on."""
+        self.newest.pop(source, None)
+        self.arrived.pop(source, None)
+        self._reported.pop(source, None)
+
+    def report(self, now_ms: int) -> dict[str, list] | None:
+        """Every source's [newest event time, idle], or None when nothing changed since the last report."""
+        state = {source: [ts, now_ms - self.arrived[source] >= self.idle_ms]
+                 for source, ts in self.newest.items()}
+        if state == self._reported:
+            return None
+        self._reported = dict(state)
+        return state
