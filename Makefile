@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test bench-deps system-deps clean
+.PHONY: setup demo test bench bench-deps system-deps clean
 
 setup: system-deps $(STAMP) deploy/kafka/target/lib/.complete
 
@@ -44,6 +44,9 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+bench: setup  # ARGS=--short for the quick run; see bench/README.md
+	$(BIN)/ccpulse bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .ccpulse deploy/kafka/target

@@ -47,6 +47,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    # Faust's progress spinner sets the root logger to DEBUG, which makes every
+    # debug call in aiokafka and Faust build a record: a tenth of the worker's time.
+    worker.spinner = None
     code = 0
     try:
         worker.execute_from_commandline()
@@ -106,11 +109,16 @@ async def publish_events(settings: Settings, events, speed: float | None,  # typ
         raise CommandError(str(exc)) from None
     topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
               "ticket": settings.topics.name("tickets")}
+    from aiokafka.errors import KafkaError
+
+    from ccpulse.kafka_security import describe, publisher_kwargs
+
     k = settings.kafka
-    security = {} if k.security_protocol == "PLAINTEXT" else dict(
-        security_protocol=k.security_protocol, sasl_mechanism=k.sasl_mechanism or None,
-        sasl_username=k.sasl_username or None, sasl_password=k.sasl_password or None)
-    return await publish_mixed(events, k.bootstrap, topics, speed, stop=stop, **security)
+    try:
+        return await publish_mixed(events, k.bootstrap, topics, speed, stop=stop, **publisher_kwargs(k))
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        # E.g. the broker went away, or an ACL forbids writing a topic: one line, no traceback.
+        raise CommandError(describe(exc, k)) from None
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
@@ -225,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--check", action="store_true",
                        help="only check that the file is up to date (exit 1 if not)")
     rules.set_defaults(func=cmd_rules)
+
+    from ccpulse import bench
+    bench.add_parser(sub)
+    from ccpulse import chaos
+    chaos.add_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ The environment variable names are fixed by OPERATIONS.md.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -47,15 +48,46 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
 }
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# What aiokafka (and so Faust) can authenticate with a username and password.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_MASK = "***"
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str = "localhost:9092"
     security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
+    sasl_mechanism: str = ""  # empty: PLAIN
     sasl_username: str = ""
     sasl_password: str = ""
+    # A file holding the SASL password (a mounted secret); read at load into sasl_password.
+    sasl_password_file: str = ""
+    # TLS (SSL and SASL_SSL): CA bundle to trust (empty: the system's), client
+    # certificate and key for mutual TLS, the key's password (or a file holding it).
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_key_password: str = ""
+    ssl_key_password_file: str = ""
+    ssl_check_hostname: bool = True
     # Partitions of the topics ccpulse creates itself (internal and aggregate).
     partitions: int = 4
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: never show a secret.
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            return repr(_MASK) if name in ("sasl_password", "ssl_key_password") and value else repr(value)
+        return "KafkaSettings(" + ", ".join(f"{f.name}={shown(f.name)}" for f in fields(self)) + ")"
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    # Bearer token required on /metrics, /api/* and /wallboard (empty: no auth);
+    # token_file: a file holding it (a mounted secret), read at load into token.
+    token: str = field(default="", repr=False)
+    token_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,38 @@ class ClickHouseSettings:
     interactions_retention_days: int = 0  # interactions, by offered_at
     windows_retention_days: int = 0       # kpi_windows and agent_windows shorter than a day
     daily_retention_days: int = 0         # 1-day windows (the source of the trend rollups)
+    # Credentials for a ClickHouse server. Empty: those of the DSN (http://user:pass@host),
+    # else "default" with no password. password_file: a mounted secret, read at load.
+    user: str = ""
+    password: str = ""
+    password_file: str = ""
+    # A failing write is retried with a backoff doubling from retry_backoff_seconds
+    # up to retry_max_backoff_seconds, until it succeeds (nothing is dropped).
+    retry_backoff_seconds: float = 0.2
+    retry_max_backoff_seconds: float = 10.0
+    # Store raw_events.customer_id (and the payload's copy) as a keyed hash:
+    # HMAC-SHA256 with customer_id_key, hex, truncated. The same key gives the same
+    # hash after a restart, so FCR and recompute queries still group by customer.
+    hash_customer_ids: bool = False
+    customer_id_key: str = ""
+    customer_id_key_file: str = ""
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: never show a secret, in the DSN either.
+        secret = ("password", "customer_id_key")
+        shown = ", ".join(
+            f"{f.name}={_MASK if f.name in secret and getattr(self, f.name) else getattr(self, f.name)!r}"
+            if f.name != "dsn" else f"dsn={masked_dsn(self.dsn)!r}" for f in fields(self))
+        return f"ClickHouseSettings({shown})"
+
+
+def masked_dsn(dsn: str) -> str:
+    """The DSN with the password of its user part (``scheme://user:PASSWORD@host``) masked."""
+    scheme, sep, rest = dsn.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return dsn
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{_MASK}@{host}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +163,8 @@ class WindowSettings:
     # A stream that went quiet this long (wall clock) lets event time advance
     # with the wall clock so its last windows still close.
     idle_close_seconds: float = 30.0
+    # An input partition silent this long (wall clock) stops holding event time back.
+    source_idle_seconds: float = 5.0
     # Interactions idle (event time) longer than this are expired.
     interaction_horizon_seconds: float = 86400.0
     # First-contact resolution: no new interaction of the same customer within this.
@@ -113,6 +179,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     windows: WindowSettings = field(default_factory=WindowSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     web_port: int = 6066
     state_dir: str = ".ccpulse"
     app_id: str = "ccpulse"
@@ -141,8 +208,23 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CCPULSE_KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
     "CCPULSE_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
     "CCPULSE_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "CCPULSE_KAFKA_SASL_PASSWORD_FILE": ("kafka", "sasl_password_file"),
+    "CCPULSE_KAFKA_SSL_CAFILE": ("kafka", "ssl_cafile"),
+    "CCPULSE_KAFKA_SSL_CERTFILE": ("kafka", "ssl_certfile"),
+    "CCPULSE_KAFKA_SSL_KEYFILE": ("kafka", "ssl_keyfile"),
+    "CCPULSE_KAFKA_SSL_KEY_PASSWORD": ("kafka", "ssl_key_password"),
+    "CCPULSE_KAFKA_SSL_KEY_PASSWORD_FILE": ("kafka", "ssl_key_password_file"),
+    "CCPULSE_KAFKA_SSL_CHECK_HOSTNAME": ("kafka", "ssl_check_hostname"),
+    "CCPULSE_WEB_TOKEN": ("web", "token"),
+    "CCPULSE_WEB_TOKEN_FILE": ("web", "token_file"),
     "CCPULSE_KAFKA_PARTITIONS": ("kafka", "partitions"),
     "CCPULSE_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+    "CCPULSE_CLICKHOUSE_USER": ("clickhouse", "user"),
+    "CCPULSE_CLICKHOUSE_PASSWORD": ("clickhouse", "password"),
+    "CCPULSE_CLICKHOUSE_PASSWORD_FILE": ("clickhouse", "password_file"),
+    "CCPULSE_CLICKHOUSE_HASH_CUSTOMER_IDS": ("clickhouse", "hash_customer_ids"),
+    "CCPULSE_CLICKHOUSE_CUSTOMER_ID_KEY": ("clickhouse", "customer_id_key"),
+    "CCPULSE_CLICKHOUSE_CUSTOMER_ID_KEY_FILE": ("clickhouse", "customer_id_key_file"),
     "CCPULSE_TOPIC_PREFIX": ("topics", "prefix"),
     "CCPULSE_WEB_PORT": ("", "web_port"),
     "CCPULSE_STATE_DIR": ("", "state_dir"),
@@ -176,7 +258,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 def _build(doc: dict[str, Any]) -> Settings:
     known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues", "targets", "scorecard",
-             "web_port", "state_dir", "app_id", "max_future_seconds"}
+             "web", "web_port", "state_dir", "app_id", "max_future_seconds"}
     for key in doc:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
@@ -197,10 +279,12 @@ def _build(doc: dict[str, Any]) -> Settings:
                 Thresholds, _as_table(table, f"queues.{queue}.{kind}"),
                 f"queues.{queue}.{kind}", thresholds[kind])
     settings = Settings(
-        kafka=_section(KafkaSettings, _table(doc, "kafka"), "kafka", KafkaSettings()),
+        kafka=_kafka(_section(KafkaSettings, _table(doc, "kafka"), "kafka", KafkaSettings())),
         topics=_section(TopicSettings, _table(doc, "topics"), "topics", TopicSettings()),
-        clickhouse=_section(ClickHouseSettings, _table(doc, "clickhouse"), "clickhouse", ClickHouseSettings()),
+        clickhouse=_clickhouse(_section(ClickHouseSettings, _table(doc, "clickhouse"), "clickhouse",
+                                        ClickHouseSettings())),
         windows=_section(WindowSettings, _table(doc, "windows"), "windows", WindowSettings()),
+        web=_web(_section(WebSettings, _table(doc, "web"), "web", WebSettings())),
         web_port=_coerce(doc.get("web_port", 6066), int, "web_port"),
         state_dir=_coerce(doc.get("state_dir", ".ccpulse"), str, "state_dir"),
         app_id=_coerce(doc.get("app_id", "ccpulse"), str, "app_id"),
@@ -219,9 +303,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"web_port: {s.web_port} is not a TCP port (1-65535)")
     if s.kafka.partitions < 1:
         raise ConfigError("kafka.partitions: must be at least 1")
-    if s.kafka.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-        raise ConfigError(f"kafka.security_protocol: {s.kafka.security_protocol!r} is not one of "
-                          "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    _validate_kafka_security(s.kafka)
+    if s.web.token and not _WEB_TOKEN.match(s.web.token):
+        raise ConfigError("web.token: must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / = - "
+                          "(e.g. `openssl rand -hex 32`)")
     if not (s.clickhouse.dsn.startswith("chdb://") or s.clickhouse.dsn.startswith(("http://", "https://"))):
         raise ConfigError(f"clickhouse.dsn: {s.clickhouse.dsn!r} must start with chdb://, http:// or https://")
     if s.clickhouse.batch_size < 1 or s.clickhouse.flush_seconds <= 0:
@@ -230,6 +315,13 @@ def _validate(s: Settings) -> None:
                  "daily_retention_days"):
         if getattr(s.clickhouse, name) < 0:
             raise ConfigError(f"clickhouse.{name}: must not be negative (0 keeps data forever)")
+    ch = s.clickhouse
+    if not 0 < ch.retry_backoff_seconds <= ch.retry_max_backoff_seconds:
+        raise ConfigError("clickhouse.retry_backoff_seconds: must be positive and at most "
+                          "clickhouse.retry_max_backoff_seconds")
+    if ch.hash_customer_ids and len(ch.customer_id_key) < 16:
+        raise ConfigError("clickhouse.customer_id_key: hash_customer_ids needs a secret key of at least 16 "
+                          "characters (env CCPULSE_CLICKHOUSE_CUSTOMER_ID_KEY or ..._KEY_FILE)")
     w = s.windows
     if not w.sizes or any(size <= 0 or 86400 % size for size in w.sizes):
         raise ConfigError(f"windows.sizes: {list(w.sizes)} must be positive divisors of one day in seconds")
@@ -237,6 +329,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("windows.allowed_lateness_seconds: must not be negative")
     if w.publish_interval_seconds <= 0:
         raise ConfigError("windows.publish_interval_seconds: must be positive")
+    if w.source_idle_seconds <= 0:
+        raise ConfigError("windows.source_idle_seconds: must be positive")
     if not 0 <= w.day_start_hour <= 23:
         raise ConfigError("windows.day_start_hour: must be 0-23")
     try:
@@ -252,6 +346,91 @@ def _validate(s: Settings) -> None:
         for name in ("service_level_seconds", "short_abandon_seconds", "immediate_seconds"):
             if getattr(t, name) < 0:
                 raise ConfigError(f"{where}.{name}: must not be negative")
+
+
+def _kafka(k: KafkaSettings) -> KafkaSettings:
+    """Secrets from files: the file wins only when the value itself is not set as well."""
+    changes: dict[str, str] = {}
+    for value_key, file_key in (("sasl_password", "sasl_password_file"),
+                                ("ssl_key_password", "ssl_key_password_file")):
+        path = getattr(k, file_key)
+        if not path:
+            continue
+        if getattr(k, value_key):
+            raise ConfigError(f"kafka.{value_key} and kafka.{file_key}: set only one of them")
+        changes[value_key] = _secret_file(path, f"kafka.{file_key}")
+    return replace(k, **changes)
+
+
+def _clickhouse(ch: ClickHouseSettings) -> ClickHouseSettings:
+    """Secrets from files: a file and the value itself set together is an error (which wins?)."""
+    changes: dict[str, str] = {}
+    for value_key, file_key in (("password", "password_file"), ("customer_id_key", "customer_id_key_file")):
+        path = getattr(ch, file_key)
+        if not path:
+            continue
+        if getattr(ch, value_key):
+            raise ConfigError(f"clickhouse.{value_key} and clickhouse.{file_key}: set only one of them")
+        changes[value_key] = _secret_file(path, f"clickhouse.{file_key}")
+    return replace(ch, **changes)
+
+
+def _web(w: WebSettings) -> WebSettings:
+    if not w.token_file:
+        return w
+    if w.token:
+        raise ConfigError("web.token and web.token_file: set only one of them")
+    token = _secret_file(w.token_file, "web.token_file")
+    if not token:
+        raise ConfigError(f"web.token_file: {w.token_file} is empty")
+    return replace(w, token=token)
+
+
+# RFC 6750 b64token: fits an Authorization header and a cookie unquoted.
+_WEB_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,}$")
+
+
+def _secret_file(path: str, where: str) -> str:
+    # Mounted secrets usually end with a newline nobody meant as part of the secret.
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+
+
+def _validate_kafka_security(k: KafkaSettings) -> None:
+    if k.security_protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"kafka.security_protocol: {k.security_protocol!r} is not one of "
+                          + ", ".join(SECURITY_PROTOCOLS))
+    if k.security_protocol.startswith("SASL_"):
+        if k.sasl_mechanism and k.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"kafka.sasl_mechanism: {k.sasl_mechanism!r} is not one of "
+                              + ", ".join(SASL_MECHANISMS))
+        if not k.sasl_username:
+            raise ConfigError(f"kafka.sasl_username: required with security_protocol {k.security_protocol} "
+                              "(env CCPULSE_KAFKA_SASL_USERNAME)")
+        if not k.sasl_password:
+            raise ConfigError(f"kafka.sasl_password: required with security_protocol {k.security_protocol} "
+                              "(env CCPULSE_KAFKA_SASL_PASSWORD or CCPULSE_KAFKA_SASL_PASSWORD_FILE)")
+    if k.ssl_keyfile and not k.ssl_certfile:
+        raise ConfigError("kafka.ssl_keyfile: needs kafka.ssl_certfile (the client certificate)")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(k, key)
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"kafka.{key}: cannot read {path} ({exc.strerror or exc})") from None
+    if k.security_protocol.endswith("SSL"):
+        from ccpulse.kafka_security import KafkaSecurityError, ssl_context
+
+        try:
+            ssl_context(k)  # a wrong PEM or key password fails here, not at the first connection
+        except KafkaSecurityError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _targets(doc: dict[str, Any]) -> SlaTargets:

@@ -10,6 +10,15 @@ folder. Everything a broker owns lives in one state folder::
     <state_dir>/broker.json         pid + bootstrap of the running broker
     <state_dir>/broker.log          its stdout/stderr (the previous run's is broker.log.1)
     <state_dir>/broker.lock         serialises start/stop across processes
+    <state_dir>/sasl.json           with ``sasl``: which SCRAM users the data was formatted with
+                                    (a digest, never a password)
+
+With ``sasl`` the client listener is SASL_PLAINTEXT with SCRAM-SHA-512 and
+SCRAM-SHA-256; the users' credentials are written into the KRaft metadata when
+the storage is formatted (as salted hashes computed here, so no password ever
+appears on a command line). With ``tls`` it speaks TLS (SSL, or SASL_SSL with
+``sasl``) with the given PEM certificate. The controller listener stays
+PLAINTEXT on loopback.
 
 The broker runs detached (own session, parented to init), so it outlives the
 command that started it and ignores Ctrl-C in that terminal; ``stop`` ends it.
@@ -27,13 +36,14 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
@@ -49,6 +59,13 @@ _JAR_MARKER = ".ccpulse-jars-complete"
 _RECORD = "broker.json"
 _PROPS = "server.properties"
 _LOG = "broker.log"
+_SASL_RECORD = "sasl.json"
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+# Kafka's default and minimum for SCRAM-SHA-*; higher only slows every login.
+_SCRAM_ITERATIONS = 4096
+# The credential spec of `kafka-storage format --add-scram` is bracket/comma
+# delimited and a principal name appears in ACLs: keep names to a safe alphabet.
+_USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # The line naming the exception, e.g. 'java.lang.RuntimeException: Stored node id 2 ...'
 # (bare, after "Exception in thread ...", or after "Caused by:"); the stack follows it.
@@ -67,11 +84,71 @@ class LocalKafkaError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SaslUser:
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SaslSetup:
+    """SCRAM users of a SASL_PLAINTEXT listener; each user gets every mechanism."""
+
+    users: tuple[SaslUser, ...]
+    mechanisms: tuple[str, ...] = SCRAM_MECHANISMS
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            raise LocalKafkaError("sasl: at least one SCRAM user is needed")
+        for user in self.users:
+            if not _USERNAME.match(user.username):
+                raise LocalKafkaError(f"sasl: user name {user.username!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+            if not user.password:
+                raise LocalKafkaError(f"sasl: user {user.username!r} has an empty password")
+        unknown = [m for m in self.mechanisms if m not in SCRAM_MECHANISMS]
+        if unknown or not self.mechanisms:
+            raise LocalKafkaError(f"sasl: mechanisms {list(self.mechanisms)} must be among {list(SCRAM_MECHANISMS)}")
+
+    def digest(self) -> str:
+        """Identifies users + mechanisms without revealing a password (salted with the names)."""
+        h = hashlib.sha256()
+        for mech in sorted(self.mechanisms):
+            h.update(mech.encode() + b"\0")
+        for user in sorted(self.users, key=lambda u: u.username):
+            h.update(hashlib.pbkdf2_hmac("sha256", user.password.encode(), user.username.encode(), 1000))
+            h.update(user.username.encode() + b"\0")
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TlsSetup:
+    """The client listener's TLS identity: PEM certificate (chain) and its unencrypted key.
+
+    ``cafile`` is what the readiness probe trusts (the CA that signed ``certfile``);
+    clients are not asked for certificates.
+    """
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for path in (self.certfile, self.keyfile, self.cafile):
+            try:
+                h.update(Path(path).read_bytes())
+            except OSError as exc:
+                raise LocalKafkaError(f"tls: cannot read {path} ({exc.strerror or exc})") from None
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
 class BrokerInfo:
     bootstrap: str  # "127.0.0.1:PORT"
     pid: int
     state_dir: Path
     log_path: Path
+    # PLAINTEXT; SASL_PLAINTEXT, SSL or SASL_SSL for a broker started with ``sasl`` / ``tls``.
+    security_protocol: str = "PLAINTEXT"
 
     @property
     def port(self) -> int:
@@ -124,16 +201,26 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
     return lib
 
 
-def start(state_dir: Path, port: int | None = None, fresh: bool = False, timeout: float = 60.0) -> BrokerInfo:
+def start(state_dir: Path, port: int | None = None, fresh: bool = False, timeout: float = 60.0,
+          sasl: SaslSetup | None = None, tls: TlsSetup | None = None) -> BrokerInfo:
     """Start (or find) the broker of ``state_dir`` and return once it serves metadata.
 
     A broker already running for ``state_dir`` is returned as is, unless ``fresh``
-    asks for empty data: then it is stopped and its data wiped first.
+    asks for empty data: then it is stopped and its data wiped first. ``sasl``
+    makes the client listener SASL_PLAINTEXT (SCRAM); its users are created when
+    the data is formatted, so other users on existing data need ``fresh``.
+    ``tls`` makes it speak TLS (SSL, or SASL_SSL together with ``sasl``).
     """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    wanted = sasl.digest() if sasl is not None else None
+    protocol = _protocol(sasl, tls)
+    # None for PLAINTEXT, as recorded by brokers started before SASL/TLS existed here.
+    security = None if protocol == "PLAINTEXT" else f"{protocol}:{wanted or ''}:{tls.digest() if tls else ''}"
     with _locked(state_dir / "broker.lock"):
         running = _recorded_broker(state_dir)
+        if running is not None and _recorded_sasl(state_dir, running=True) != security:
+            running = None  # listening with other security: restart it below
         if running is not None and not fresh:
             if port is not None and port != running.port:
                 raise LocalKafkaError(
@@ -141,6 +228,13 @@ def start(state_dir: Path, port: int | None = None, fresh: bool = False, timeout
                 )
             if _accepting(running.port):
                 return running
+        # Checked before stopping anything: refusing must leave a running broker alone.
+        if (sasl is not None and not fresh and (state_dir / "data" / "meta.properties").is_file()
+                and _recorded_sasl(state_dir, running=False) != wanted):
+            raise LocalKafkaError(
+                f"the data in {state_dir / 'data'} was formatted without these SASL users (SCRAM credentials "
+                "are created at format time): start with fresh=True (`--fresh`) to recreate it"
+            )
         # Covers a hung recorded broker, one started with ``fresh``, and one whose
         # broker.json was lost: any of them holds the data folder's lock.
         _stop_all(state_dir, timeout=30.0)
@@ -154,10 +248,14 @@ def start(state_dir: Path, port: int | None = None, fresh: bool = False, timeout
         data = state_dir / "data"
         if fresh:
             shutil.rmtree(data, ignore_errors=True)
-        props.write_text(_server_properties(broker_port, controller_port, data))
+        formatted = (data / "meta.properties").is_file()
+        props.write_text(_server_properties(broker_port, controller_port, data, sasl, tls, state_dir))
         log4j = project_root() / "deploy" / "kafka" / "log4j.properties"
-        if not (data / "meta.properties").is_file():
-            _format_storage(java, lib, log4j, props, data)
+        if not formatted:
+            (state_dir / _SASL_RECORD).unlink(missing_ok=True)
+            _format_storage(java, lib, log4j, props, data, sasl)
+            if sasl is not None:
+                _write_json(state_dir / _SASL_RECORD, {"formatted": wanted})
 
         log_path = state_dir / _LOG
         if log_path.exists():
@@ -168,10 +266,10 @@ def start(state_dir: Path, port: int | None = None, fresh: bool = False, timeout
             log_path=log_path,
             cwd=state_dir,
         )
-        info = BrokerInfo(f"{LOOPBACK}:{broker_port}", pid, state_dir, log_path)
-        _write_record(state_dir, info, controller_port)
+        info = BrokerInfo(f"{LOOPBACK}:{broker_port}", pid, state_dir, log_path, protocol)
+        _write_record(state_dir, info, controller_port, security)
         try:
-            _wait_until_serving(info, props, timeout)
+            _wait_until_serving(info, props, timeout, sasl, tls)
         except BaseException:
             # Also on Ctrl-C: a half-started broker nobody waits for is worse than none.
             with contextlib.suppress(LocalKafkaError):  # keep the startup error, it's the useful one
@@ -283,16 +381,24 @@ def _java() -> str:
 # --- storage and configuration ----------------------------------------------
 
 
-def _server_properties(port: int, controller_port: int, data: Path) -> str:
+def _protocol(sasl: SaslSetup | None, tls: TlsSetup | None) -> str:
+    return {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT",
+            (False, True): "SSL", (True, True): "SASL_SSL"}[(sasl is not None, tls is not None)]
+
+
+def _server_properties(port: int, controller_port: int, data: Path, sasl: SaslSetup | None = None,
+                       tls: TlsSetup | None = None, state_dir: Path | None = None) -> str:
+    # The listener is named after its protocol, so the per-listener keys below read naturally.
+    listener = _protocol(sasl, tls)
     lines = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{LOOPBACK}:{controller_port}",
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "listeners": f"{listener}://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
+        "advertised.listeners": f"{listener}://{LOOPBACK}:{port}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": listener,
         "log.dirs": str(data),
         # One broker: every internal topic must make do with one replica.
         "offsets.topic.replication.factor": "1",
@@ -313,18 +419,55 @@ def _server_properties(port: int, controller_port: int, data: Path) -> str:
         "num.network.threads": "2",
         "num.io.threads": "4",
     }
+    if sasl is not None:
+        # Server side only: SCRAM checks clients against the credentials in the
+        # metadata log, so the JAAS entry needs no user. A single node never
+        # connects to itself over the inter-broker listener (the controller is
+        # reached over CONTROLLER), so it needs no credentials of its own.
+        lines["sasl.enabled.mechanisms"] = ",".join(sasl.mechanisms)
+        lines["sasl.mechanism.inter.broker.protocol"] = sasl.mechanisms[0]
+        for mech in sasl.mechanisms:
+            lines[f"listener.name.{listener.lower()}.{mech.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+    if tls is not None:
+        assert state_dir is not None
+        lines.update({
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(_pem_keystore(state_dir, tls)),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(Path(tls.cafile).resolve()),
+            "ssl.client.auth": "none",
+        })
     header = "# Written by ccpulse.local_kafka at every start; edits are overwritten.\n"
     return header + "".join(f"{key}={value}\n" for key, value in lines.items())
 
 
 def _previous_ports(props: Path) -> tuple[int | None, int | None]:
-    match = re.search(r"^listeners=PLAINTEXT://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)$", _read_text(props) or "", re.M)
+    match = re.search(r"^listeners=(?:SASL_)?(?:PLAINTEXT|SSL)://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)$",
+                      _read_text(props) or "", re.M)
     if match is None:
         return None, None
     return int(match.group(1)), int(match.group(2))
 
 
-def _format_storage(java: str, lib: Path, log4j: Path, props: Path, data: Path) -> None:
+def _pem_keystore(state_dir: Path, tls: TlsSetup) -> Path:
+    """Kafka's PEM keystore wants the key and its certificate chain in one file (owner-only)."""
+    try:
+        key = Path(tls.keyfile).read_text()
+        chain = Path(tls.certfile).read_text()
+    except OSError as exc:
+        raise LocalKafkaError(f"tls: cannot read the broker certificate or key ({exc.strerror or exc})") from None
+    if "ENCRYPTED" in key:
+        raise LocalKafkaError(f"tls: {tls.keyfile} is encrypted; the local broker needs an unencrypted key")
+    path = state_dir / "keystore.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.rstrip("\n") + "\n" + chain)
+    return path
+
+
+def _format_storage(java: str, lib: Path, log4j: Path, props: Path, data: Path,
+                    sasl: SaslSetup | None = None) -> None:
     # Without meta.properties nothing in data/ was ever served; a half-formatted
     # folder would make the formatter refuse, so start over.
     shutil.rmtree(data, ignore_errors=True)
@@ -333,10 +476,24 @@ def _format_storage(java: str, lib: Path, log4j: Path, props: Path, data: Path) 
         f"-Dlog4j.configuration={log4j.as_uri()}", "-cp", f"{lib}{os.sep}*",
         "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
     ]
+    if sasl is not None:
+        for user in sasl.users:
+            for mech in sasl.mechanisms:
+                cmd += ["--add-scram", _scram_credential(mech, user)]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0 or not (data / "meta.properties").is_file():
         detail = _first_error(proc.stdout + "\n" + proc.stderr) or f"exit code {proc.returncode}"
         raise LocalKafkaError(f"formatting Kafka storage in {data} failed: {detail}")
+
+
+def _scram_credential(mechanism: str, user: SaslUser) -> str:
+    """``--add-scram`` in its salted form (RFC 5802 SaltedPassword): the password stays off argv."""
+    algorithm = {"SCRAM-SHA-512": "sha512", "SCRAM-SHA-256": "sha256"}[mechanism]
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac(algorithm, user.password.encode(), salt, _SCRAM_ITERATIONS)
+    b64 = base64.b64encode
+    return (f"{mechanism}=[name={user.username},iterations={_SCRAM_ITERATIONS},"
+            f'salt="{b64(salt).decode()}",saltedpassword="{b64(salted).decode()}"]')
 
 
 def _cluster_id() -> str:
@@ -390,7 +547,8 @@ def _accepting(port: int, host: str = LOOPBACK) -> bool:
         return False
 
 
-def _wait_until_serving(info: BrokerInfo, props: Path, timeout: float) -> None:
+def _wait_until_serving(info: BrokerInfo, props: Path, timeout: float, sasl: SaslSetup | None = None,
+                        tls: TlsSetup | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if not _is_broker(info.pid, props):
@@ -400,18 +558,29 @@ def _wait_until_serving(info: BrokerInfo, props: Path, timeout: float) -> None:
         if remaining <= 0:
             raise LocalKafkaError(f"broker did not accept connections within {timeout:g}s; see {info.log_path}")
         # The TCP check keeps aiokafka from logging connection errors while the JVM boots.
-        if _accepting(info.port) and _serves_metadata(info.bootstrap, min(remaining, 5.0)):
+        if _accepting(info.port) and _serves_metadata(info.bootstrap, min(remaining, 5.0), sasl, tls):
             return
         time.sleep(0.1)
 
 
-def _serves_metadata(bootstrap: str, timeout: float) -> bool:
+def _serves_metadata(bootstrap: str, timeout: float, sasl: SaslSetup | None = None,
+                     tls: TlsSetup | None = None) -> bool:
     # A listening socket is not enough: until the broker has registered with its
     # controller and been unfenced, it answers metadata with no brokers.
     async def probe() -> bool:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=max(int(timeout * 1000), 1000))
+        security: dict[str, Any] = {"security_protocol": _protocol(sasl, tls)}
+        if sasl is not None:  # also proves that the first user can log in
+            user = sasl.users[0]
+            security.update(sasl_mechanism=sasl.mechanisms[0],
+                            sasl_plain_username=user.username, sasl_plain_password=user.password)
+        if tls is not None:
+            import ssl
+
+            security["ssl_context"] = ssl.create_default_context(cafile=str(tls.cafile))
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=max(int(timeout * 1000), 1000),
+                                    **security)
         try:
             await asyncio.wait_for(admin.start(), timeout)
             cluster: dict[str, Any] = await asyncio.wait_for(admin.describe_cluster(), timeout)
@@ -446,23 +615,41 @@ def _recorded_broker(state_dir: Path) -> BrokerInfo | None:
             pid=int(record["pid"]),
             state_dir=state_dir,
             log_path=Path(record["log_path"]),
+            security_protocol=str(record.get("security_protocol", "PLAINTEXT")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return info if _is_broker(info.pid, state_dir / _PROPS) else None
 
 
-def _write_record(state_dir: Path, info: BrokerInfo, controller_port: int) -> None:
+def _write_record(state_dir: Path, info: BrokerInfo, controller_port: int, security: str | None) -> None:
     record = {
         "pid": info.pid,
         "bootstrap": info.bootstrap,
+        "security_protocol": info.security_protocol,
+        "security": security,
         "controller_port": controller_port,
         "log_path": str(info.log_path),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = state_dir / f"{_RECORD}.tmp"
+    _write_json(state_dir / _RECORD, record)
+
+
+def _recorded_sasl(state_dir: Path, running: bool) -> str | None:
+    """The security fingerprint of the running broker (``running``), or the SASL digest of the
+    formatted data; None: PLAINTEXT / no SASL users."""
+    try:
+        record = json.loads((state_dir / (_RECORD if running else _SASL_RECORD)).read_text())
+        value = record.get("security" if running else "formatted")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, state_dir / _RECORD)  # readers never see half a record
+    os.replace(tmp, path)  # readers never see half a record
 
 
 @contextlib.contextmanager

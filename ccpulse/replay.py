@@ -1139,9 +1139,8 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
     topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
               "ticket": settings.topics.name("tickets")}
     k = settings.kafka
-    security = {} if k.security_protocol == "PLAINTEXT" else dict(
-        security_protocol=k.security_protocol, sasl_mechanism=k.sasl_mechanism or None,
-        sasl_username=k.sasl_username or None, sasl_password=k.sasl_password or None)
+    from ccpulse.kafka_security import describe, publisher_kwargs
+    security = publisher_kwargs(k)
     show = progress_bar(0) if sys.stderr.isatty() else None
 
     async def run() -> ReplayStats:
@@ -1154,10 +1153,10 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
             return await replay(path, mapping, k.bootstrap, topics, ns.speed, progress=show,
                                 stop=stop, limit=ns.limit, partition=ns.partition, **security)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise CommandError(f"Kafka at {k.bootstrap}: {type(exc).__name__} {exc}".strip()) from None
+            raise CommandError(describe(exc, k)) from None
         except Exception as exc:  # aiokafka errors: one line, not a traceback
             if type(exc).__module__.startswith("aiokafka"):
-                raise CommandError(f"Kafka at {k.bootstrap}: {type(exc).__name__} {exc}".strip()) from None
+                raise CommandError(describe(exc, k)) from None
             raise
 
     stats = asyncio.run(run())

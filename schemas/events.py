@@ -16,6 +16,7 @@ import orjson
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ID_CHARS = 128
+MAX_SCHEMA_VERSION = 65535
 
 # Which event types each input topic carries, and the lifecycle step each maps to.
 # The KPI engine only knows the steps; channel adapters live here, in one table.
@@ -107,9 +108,16 @@ def validate(doc: dict[str, Any], family: str, now_ms: int,
         queue = _ident(doc, "queue", required=step == "offered")
         agent_id = _ident(doc, "agent_id", required=step == "answered")
         customer_id = _string(doc, "customer_id", required=False)
-        version = doc.get("schema_version", 1)
+        # JSON null means "not given" for every optional field, as serializers emit it.
+        version = doc.get("schema_version")
+        if version is None:
+            version = 1
         if type(version) is not int:
             raise _Bad("wrong_type", "schema_version must be an integer")
+        if not 1 <= version <= MAX_SCHEMA_VERSION:
+            # Also what the raw store's UInt16 column holds: an event it could not store
+            # would stop the ClickHouse writer, so it is refused here, where it is dead-lettered.
+            raise _Bad("invalid_value", f"schema_version must be 1-{MAX_SCHEMA_VERSION}")
         attributes = doc.get("attributes")
         if attributes is None:
             attributes = {}
@@ -117,6 +125,8 @@ def validate(doc: dict[str, Any], family: str, now_ms: int,
             raise _Bad("wrong_type", "attributes must be an object")
         if family == "ticket":
             channel = _string(doc, "channel", required=False) or "email"
+            if len(channel) > MAX_ID_CHARS:  # it becomes a metric label and a table key
+                raise _Bad("invalid_value", f"channel must be 1-{MAX_ID_CHARS} characters")
             if channel in ("voice", "chat"):
                 raise _Bad("invalid_value", "a ticket's channel cannot be voice or chat")
         else:
@@ -208,7 +218,9 @@ def _details(doc: dict[str, Any], step: str) -> dict[str, Any]:
             raise _Bad("invalid_value", "sender must be customer or agent")
         out["sender"] = sender
         if step == "replied":
-            public = doc.get("public", True)
+            public = doc.get("public")
+            if public is None:
+                public = True
             if not isinstance(public, bool):
                 raise _Bad("wrong_type", "public must be a boolean")
             out["public"] = public

@@ -1,10 +1,14 @@
 """ClickHouse sink: embedded chDB (``chdb://PATH``) or a server (``http(s)://``), same code.
 
-Writes are batched by the calling agent and retried with backoff until they
-succeed: a failed write is never dropped, and since the agent does not take the
-next batch meanwhile, Kafka consumption stops (backpressure) instead of data
-piling up in memory. Tables are ReplacingMergeTree, so a batch written twice
-(re-delivery after a crash) counts once.
+Writes are batched by the calling agent and retried with capped exponential
+backoff until they succeed: a failed write is never dropped, and since the agent
+does not take the next batch meanwhile, Kafka consumption stops (backpressure)
+instead of data piling up in memory. Tables are ReplacingMergeTree, so a batch
+written twice (re-delivery after a crash) counts once.
+
+While writes fail the writer reports why and since when (:meth:`ClickHouseWriter.health_part`,
+the ``/health`` body) and what it holds (rows, age of the oldest, current backoff: the
+``ccpulse_sink_*`` gauges). Credentials never appear in its logs or errors.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
+
+from ccpulse.config import masked_dsn
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,12 @@ def ddl_statements() -> list[str]:
     return [(folder / name).read_text(encoding="utf-8") for name in names]
 
 
-def connect(dsn: str) -> Any:
-    """A clickhouse-connect client for ``chdb://PATH`` or ``http(s)://user:pass@host:port/db``."""
+def connect(dsn: str, username: str = "", password: str = "") -> Any:
+    """A clickhouse-connect client for ``chdb://PATH`` or ``http(s)://user:pass@host:port/db``.
+
+    ``username``/``password``, when given, win over the DSN's (they come from the
+    environment or a secrets file, see ClickHouseSettings).
+    """
     try:
         if dsn.startswith("chdb://"):
             # clickhouse-connect reads chdb://./x as host "." + database "x"; ccpulse
@@ -56,22 +66,47 @@ def connect(dsn: str) -> Any:
                 Path(path).mkdir(parents=True, exist_ok=True)
                 path = str(Path(path).resolve())
             return clickhouse_connect.get_client(interface="chdb", path=path)
-        url = urlparse(dsn)
-        database = unquote(url.path.lstrip("/")) or "default"
-        return clickhouse_connect.get_client(
-            host=url.hostname or "localhost", port=url.port or (8443 if url.scheme == "https" else 8123),
-            username=unquote(url.username or "default"), password=unquote(url.password or ""),
-            database=database, secure=url.scheme == "https")
+        return clickhouse_connect.get_client(**client_kwargs(dsn, username, password))
     except Exception as exc:  # the driver raises many kinds; the CLI needs one line
         raise ClickHouseUnavailable(f"ClickHouse at {redact(dsn)} unavailable: "
-                                    f"{str(exc).splitlines()[0][:200]}") from exc
+                                    f"{one_line(exc, password, *_dsn_secrets(dsn))}") from None
+
+
+def client_kwargs(dsn: str, username: str = "", password: str = "") -> dict[str, Any]:
+    """clickhouse-connect arguments for an ``http(s)://`` DSN, explicit credentials first."""
+    url = urlparse(dsn)
+    database = unquote(url.path.lstrip("/")) or "default"
+    return dict(
+        host=url.hostname or "localhost", port=url.port or (8443 if url.scheme == "https" else 8123),
+        username=username or unquote(url.username or "") or "default",
+        password=password or _dsn_password(dsn),
+        database=database, secure=url.scheme == "https",
+        # A server that stops answering must fail the write (and be retried), not hang it.
+        connect_timeout=10, send_receive_timeout=120)
+
+
+def _dsn_password(dsn: str) -> str:
+    return "" if dsn.startswith("chdb://") else unquote(urlparse(dsn).password or "")
+
+
+def _dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The DSN's password as written (percent-encoded) and decoded: either may be echoed."""
+    raw = "" if dsn.startswith("chdb://") else urlparse(dsn).password or ""
+    return raw, unquote(raw)
 
 
 def redact(dsn: str) -> str:
-    url = urlparse(dsn)
-    if url.password:
-        return dsn.replace(f":{url.password}@", ":***@")
-    return dsn
+    """The DSN as it may be shown: the password masked."""
+    return masked_dsn(dsn)
+
+
+def one_line(exc: BaseException, *secrets: str) -> str:
+    """An error as one short line with every secret masked (drivers may echo URLs or auth)."""
+    text = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _to_datetime(value: Any) -> Any:
@@ -131,9 +166,21 @@ class ClickHouseWriter:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _columns: dict[str, list[str]] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    initial_backoff: float = 0.2
+    # table -> wall-clock time its writes started failing (absent: its last write succeeded)
+    _failing: dict[str, float] = field(default_factory=dict)
+    _last_error: str = ""
+    _backoff: dict[str, float] = field(default_factory=dict)
+    # one entry per write in progress: (rows, wall-clock time it was handed over)
+    _pending: dict[int, tuple[int, float]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the DSN may hold a password
+        return f"ClickHouseWriter(dsn={redact(self.dsn)!r}, healthy={self.healthy})"
 
     def open(self) -> None:
-        self.client = connect(self.dsn)
+        self.client = connect(self.dsn, self.username, self.password)
         for statement in ddl_statements():
             self.client.command(statement)
         self.apply_retention()
@@ -152,7 +199,7 @@ class ClickHouseWriter:
             except Exception as exc:  # e.g. a user without ALTER: one line for the CLI
                 raise ClickHouseUnavailable(
                     f"ClickHouse at {redact(self.dsn)}: cannot set the retention of {table}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+                    f"{self._one_line(exc)}") from None
             log.info("ClickHouse %s retention: TTL %s", table, ttl)
 
     def close(self) -> None:
@@ -165,7 +212,10 @@ class ClickHouseWriter:
         times = TIME_COLUMNS[table]
         data = [[_to_datetime(row.get(c)) if c in times else row.get(c) for c in columns]
                 for row in rows]
-        self.client.insert(table, data, column_names=columns)
+        # A replayed history batch can span more months (partitions) than ClickHouse
+        # allows per insert by default (100); refused, it would be retried forever.
+        self.client.insert(table, data, column_names=columns,
+                           settings={"max_partitions_per_insert_block": 0})
 
     async def count(self, table: str) -> int | None:
         """Rows of a table (latest versions), or None while the store is failing."""
@@ -178,27 +228,104 @@ class ClickHouseWriter:
 
     async def write(self, table: str, rows: Sequence[dict[str, Any]],
                     should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Insert ``rows``; on failure retry with backoff until done. False only if stopped first."""
+        """Insert ``rows``; on failure retry with backoff until done. False only if stopped first.
+
+        The caller holds ``rows`` (one batch) until this returns, and takes no other
+        batch meanwhile: that, not a buffer here, is what bounds memory in an outage.
+        """
         if not rows:
             return True
-        delay = 0.2
-        while True:
-            started = time.perf_counter()
-            try:
-                async with self._lock:
-                    if self.client is None:
-                        await asyncio.to_thread(self.open)
-                    await asyncio.to_thread(self.insert_now, table, rows)
-            except Exception as exc:  # any driver/engine error: keep the batch and retry
-                self.healthy = False
-                self.on_error(table, exc)
-                log.warning("ClickHouse write to %s failed (%s); retrying in %.1fs",
-                            table, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, delay)
-                if should_stop():
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-                continue
-            self.healthy = True
-            self.on_write(table, len(rows), time.perf_counter() - started)
-            return True
+        token = id(rows)
+        self._pending[token] = (len(rows), time.time())
+        delay = self.initial_backoff
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    async with self._lock:
+                        if self.client is None:
+                            await asyncio.to_thread(self.open)
+                        await asyncio.to_thread(self.insert_now, table, rows)
+                except Exception as exc:  # any driver/engine error: keep the batch and retry
+                    self._failed(table, exc, delay)
+                    if should_stop():
+                        return False
+                    await _sleep_unless(delay, should_stop)
+                    delay = min(delay * 2, self.max_backoff)
+                    continue
+                self._succeeded(table)
+                self.on_write(table, len(rows), time.perf_counter() - started)
+                return True
+        finally:
+            self._pending.pop(token, None)
+
+    def _failed(self, table: str, exc: Exception, delay: float) -> None:
+        self._failing.setdefault(table, time.time())
+        self._backoff[table] = delay
+        self._last_error = f"{table}: {self._one_line(exc)}"
+        self.healthy = False
+        self.on_error(table, exc)
+        log.warning("ClickHouse write to %s failed (%s); retrying in %.3gs",
+                    table, self._one_line(exc), delay)
+
+    def _succeeded(self, table: str) -> None:
+        if self._failing.pop(table, None) is not None:
+            log.info("ClickHouse writes to %s succeed again", table)
+        self._backoff.pop(table, None)
+        self.healthy = not self._failing
+
+    def _one_line(self, exc: BaseException) -> str:
+        return one_line(exc, self.password, *_dsn_secrets(self.dsn))
+
+    # -- status, for /health and the sink gauges ------------------------------------
+
+    def failing_since(self) -> float | None:
+        """Wall-clock time the current outage began (None: every last write succeeded)."""
+        return min(self._failing.values()) if self._failing else None
+
+    def retry_backoff(self) -> float:
+        """The longest current delay before a retry (0 when no write is failing)."""
+        return max(self._backoff.values(), default=0.0)
+
+    def pending_rows(self) -> int:
+        """Rows handed to the writer and not yet stored (at most one batch per agent)."""
+        return sum(rows for rows, _since in list(self._pending.values()))
+
+    def oldest_unwritten_age(self) -> float:
+        """Seconds since the oldest batch still unwritten was handed over (0: none)."""
+        oldest = min((since for _rows, since in list(self._pending.values())), default=None)
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def health_part(self) -> dict[str, Any]:
+        """The ``clickhouse`` part of ``/health``: ok, and while failing why and since when."""
+        part: dict[str, Any] = {"ok": self.healthy, "dsn": redact(self.dsn),
+                                "pending_rows": self.pending_rows()}
+        since = self.failing_since()
+        if since is None:
+            part["detail"] = "writing"
+            return part
+        part.update({
+            "detail": f"writes failing since {_iso(since)}, retrying (nothing is dropped; "
+                      "consumption waits)",
+            "failing_since": _iso(since),
+            "failing_seconds": round(time.time() - since, 3),
+            "failing_tables": sorted(self._failing),
+            "last_error": self._last_error,
+            "retry_backoff_seconds": self.retry_backoff(),
+            "oldest_unwritten_seconds": round(self.oldest_unwritten_age(), 3),
+        })
+        return part
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _sleep_unless(delay: float, should_stop: Callable[[], bool]) -> None:
+    """Sleep ``delay`` seconds, waking early when the worker stops (shutdown stays prompt)."""
+    deadline = time.monotonic() + delay
+    while not should_stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.5))

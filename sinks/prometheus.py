@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -73,7 +73,33 @@ class PipelineMetrics:
         self.sink_errors = Counter(
             "ccpulse_sink_write_errors", "Failed sink writes (each retried)", ["sink", "table"],
             registry=self.registry)
+        # Sink health, read from the writer at scrape time (see watch_sink).
+        self.sink_up = Gauge(
+            "ccpulse_sink_up", "1 while the sink's writes succeed, 0 while they fail and are retried",
+            ["sink"], registry=self.registry)
+        self.sink_failing_since = Gauge(
+            "ccpulse_sink_failing_since_seconds", "Unix time the sink's writes began failing (0: they succeed)",
+            ["sink"], registry=self.registry)
+        self.sink_retry_backoff = Gauge(
+            "ccpulse_sink_retry_backoff_seconds", "Current delay before the next retry of a failed write",
+            ["sink"], registry=self.registry)
+        self.sink_pending_rows = Gauge(
+            "ccpulse_sink_pending_rows", "Rows taken from Kafka and not yet written (one batch per writer agent at most)",
+            ["sink"], registry=self.registry)
+        self.sink_oldest_unwritten = Gauge(
+            "ccpulse_sink_oldest_unwritten_seconds", "Age of the oldest batch taken from Kafka and not yet written",
+            ["sink"], registry=self.registry)
         self.registry.register(KpiCollector(engines, fcr_engines))
+
+    def watch_sink(self, sink: str, up: Callable[[], bool], failing_since: Callable[[], float | None],
+                   backoff: Callable[[], float], pending_rows: Callable[[], int],
+                   oldest_unwritten: Callable[[], float]) -> None:
+        """Expose a sink's health gauges; only workers that own the sink get the series."""
+        self.sink_up.labels(sink).set_function(lambda: 1.0 if up() else 0.0)
+        self.sink_failing_since.labels(sink).set_function(lambda: failing_since() or 0.0)
+        self.sink_retry_backoff.labels(sink).set_function(backoff)
+        self.sink_pending_rows.labels(sink).set_function(pending_rows)
+        self.sink_oldest_unwritten.labels(sink).set_function(oldest_unwritten)
 
 
 class KpiCollector(Collector):

@@ -12,7 +12,6 @@ Everything mutable lives on the ``Pipeline`` object owned by the app.
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from ccpulse.core.lifecycle import Interaction
 from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
 from streams import codecs
+from streams.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class Pipeline:
     merged_dirty: set[str] = field(default_factory=set)
     fcr_engines: dict[int, FcrEngine] = field(default_factory=dict)
     role: str = "all"
+    outbox: Outbox = None  # type: ignore[assignment]  # set right after the app exists
 
     def internal(self, suffix: str) -> str:
         return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
@@ -49,15 +50,8 @@ class Pipeline:
 
 def broker_credentials(settings: Settings) -> dict[str, Any]:
     """Faust broker settings for SASL/SSL (managed Kafka); empty for PLAINTEXT."""
-    k = settings.kafka
-    if k.security_protocol == "PLAINTEXT":
-        return {}
-    context = ssl.create_default_context() if "SSL" in k.security_protocol else None
-    if k.security_protocol.startswith("SASL"):
-        return {"broker_credentials": faust.SASLCredentials(
-            username=k.sasl_username, password=k.sasl_password,
-            mechanism=k.sasl_mechanism or "PLAIN", ssl_context=context)}
-    return {"broker_credentials": faust.SSLCredentials(context)}
+    from ccpulse.kafka_security import broker_credentials as from_kafka_settings
+    return from_kafka_settings(settings.kafka)
 
 
 ROLES = ("all", "compute", "writer")
@@ -89,7 +83,10 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         broker_commit_interval=1.0,
         broker_commit_every=1000,
         stream_wait_empty=False,
-        producer_linger_ms=5,
+        # Fewer, larger produce requests: each event fans out to several topics and
+        # partitions, and 5 ms batches of 16 KiB spent a tenth of the time in socket writes.
+        producer_linger_ms=20,
+        producer_max_batch_size=512 * 1024,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         logging_config=None,
@@ -97,6 +94,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         **broker_credentials(settings),
     )
     pipe = Pipeline(settings, app, role=role)
+    pipe.outbox = Outbox(app)
     pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines)
     app.pipeline = pipe  # type: ignore[attr-defined]
 

@@ -64,6 +64,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["partials"], name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
+            touched: dict[str, tuple[int, dict[str, Any]]] = {}
             for event in batch:
                 partial = event.value
                 as_of[0] = max(as_of[0], partial.get("watermark", 0))
@@ -74,14 +75,18 @@ def register(pipe: Pipeline) -> None:
                     key = window_record_key(tuple(partial["key"]))
                     key = key if partial["key"][2] == QUEUE else "agent|" + key
                     base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
-                entry = merged.data.get(key) or {**base, "parts": {}, "partition": event.message.partition}
+                entry = (touched[key][1] if key in touched else merged.data.get(key)) \
+                    or {**base, "parts": {}, "partition": event.message.partition}
                 source = str(partial["partition"])
                 current = entry["parts"].get(source)
                 if current is not None and current["version"] > partial["version"]:
                     continue
                 entry["parts"][source] = {k: v for k, v in partial.items()
                                           if k not in ("key", "kind", "partition", "end")}
-                put(merged, event.message.partition, key, entry)
+                touched[key] = (event.message.partition, entry)
+            # Each key once per batch: one changelog record however many partials it got.
+            for key, (partition, entry) in touched.items():
+                put(merged, partition, key, entry)
                 pipe.merged_dirty.add(key)
             await outbox.flush()
 
@@ -112,26 +117,35 @@ def register(pipe: Pipeline) -> None:
         for key, entry in list(merged.data.items()):
             if entry["kind"] == "live" and any(p["waiting"] for p in entry["parts"].values()):
                 live_keys.add(key)
+        recent = rolling_windows()
         for key in sorted(live_keys):
-            record = queue_state(key, now_ms)
+            record = queue_state(key, now_ms, recent)
             if record is not None:
                 outbox.send(state_topic, f"{record['queue']}|{record['channel']}".encode(), record)
         expire()
         await outbox.flush()
 
-    def queue_state(key: str, now_ms: int) -> dict[str, Any] | None:
+    def rolling_windows() -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """The 1-minute queue windows of the rolling view, by queue x channel (one pass per tick)."""
+        since = as_of[0] - ROLLING_WINDOW_MS
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in merged.data.values():
+            k = entry.get("key")
+            if (entry["kind"] == "window" and k[0] == ROLLING_SIZE_S and k[2] == QUEUE
+                    and entry["end"] > since):
+                out.setdefault((k[3], k[4]), []).append(entry)
+        return out
+
+    def queue_state(key: str, now_ms: int,
+                    recent: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any] | None:
         _, queue, channel = key.split("|", 2)
         entry = merged.data.get(key)
         parts = entry["parts"].values() if entry else []
         oldest = [p["oldest_entered"] for p in parts if p["oldest_entered"] is not None]
         agents = set().union(*(p["agents"] for p in parts)) if parts else set()
         last15 = WindowAgg()
-        since = as_of[0] - ROLLING_WINDOW_MS
-        for other in merged.data.values():
-            k = other.get("key")
-            if (other["kind"] == "window" and k[0] == ROLLING_SIZE_S and k[2] == QUEUE
-                    and k[3] == queue and k[4] == channel and other["end"] > since):
-                last15.merge(merged_agg(other))
+        for other in recent.get((queue, channel), []):
+            last15.merge(merged_agg(other))
         return queue_state_record(
             queue, channel, as_of[0], sum(p["waiting"] for p in parts),
             min(oldest) if oldest else None, len(agents), sum(p["open_tickets"] for p in parts),

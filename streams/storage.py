@@ -2,6 +2,14 @@
 
 Each agent takes a batch, writes it (retrying until it succeeds) and only then
 lets Faust acknowledge the batch, so a committed offset always means "stored".
+
+Memory while ClickHouse is down stays bounded: per agent, the batch being retried
+(``clickhouse.batch_size`` rows) plus the one event ``take`` holds back, plus what
+Faust buffered for the agent's stream before consumption stopped: at most
+``stream_buffer_maxsize`` (4096) events (Faust stops fetching a partition whose
+buffer is 80% full) plus the fetcher's last response (at most
+``consumer_max_fetch_size``, 1 MiB, per assigned partition). Nothing beyond is
+fetched: offsets stay uncommitted and the consumer lag grows instead.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import format_ms
 from sinks.clickhouse import ClickHouseWriter, Retention
 from streams.app import Pipeline
@@ -17,14 +26,18 @@ from streams.ingest import WATERMARK_FIELD
 from streams.sla import breach_row, scorecard_row
 
 
-def raw_event_row(doc: dict[str, Any]) -> dict[str, Any]:
+def raw_event_row(doc: dict[str, Any], hasher: CustomerIdHasher | None = None) -> dict[str, Any]:
+    """The raw_events row of a forwarded event; with ``hasher``, customer ids are stored hashed."""
     topic, partition, offset = doc["source"]
+    customer_id, payload = doc["customer_id"], doc["payload"]
+    if hasher is not None and customer_id:
+        customer_id, payload = hasher.hash(customer_id), hasher.payload(payload)
     return {
         "event_id": doc["event_id"], "type": doc["type"], "channel": doc["channel"],
         "occurred_at": format_ms(doc["ts"]), "interaction_id": doc["interaction_id"],
-        "queue": doc["queue"], "agent_id": doc["agent_id"], "customer_id": doc["customer_id"],
+        "queue": doc["queue"], "agent_id": doc["agent_id"], "customer_id": customer_id,
         "schema_version": doc["schema_version"], "source_topic": topic,
-        "source_partition": partition, "source_offset": offset, "payload": doc["payload"],
+        "source_partition": partition, "source_offset": offset, "payload": payload,
     }
 
 
@@ -41,8 +54,13 @@ def register(pipe: Pipeline) -> None:
 
     retention = Retention(raw_days=ch.raw_retention_days, interactions_days=ch.interactions_retention_days,
                           windows_days=ch.windows_retention_days, daily_days=ch.daily_retention_days)
-    pipe.writer = writer = ClickHouseWriter(ch.dsn, on_write=on_write, on_error=on_error,
-                                            retention=retention)
+    pipe.writer = writer = ClickHouseWriter(
+        ch.dsn, on_write=on_write, on_error=on_error, retention=retention, username=ch.user,
+        password=ch.password, initial_backoff=ch.retry_backoff_seconds,
+        max_backoff=ch.retry_max_backoff_seconds)
+    metrics.watch_sink("clickhouse", lambda: writer.healthy, writer.failing_since, writer.retry_backoff,
+                       writer.pending_rows, writer.oldest_unwritten_age)
+    hasher = CustomerIdHasher.from_secret(ch.customer_id_key) if ch.hash_customer_ids else None
 
     def stopping() -> bool:
         return app.should_stop
@@ -51,7 +69,7 @@ def register(pipe: Pipeline) -> None:
     async def store_raw(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
             docs = (orjson.loads(value) for value in batch)
-            rows = [raw_event_row(doc) for doc in docs if WATERMARK_FIELD not in doc]
+            rows = [raw_event_row(doc, hasher) for doc in docs if WATERMARK_FIELD not in doc]
             await writer.write("raw_events", rows, stopping)
 
     @app.agent(pipe.topics["interactions"], name="store-interactions")

@@ -12,23 +12,16 @@ import asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from ccpulse import kafka_security
 from ccpulse.config import Settings
 
 
 class KafkaUnavailable(RuntimeError):
-    """The broker cannot be reached (one-line message for the CLI)."""
+    """The broker cannot be reached or refused us (one-line message for the CLI)."""
 
 
 def admin_kwargs(settings: Settings) -> dict:
-    k = settings.kafka
-    kwargs: dict = {"bootstrap_servers": k.bootstrap, "security_protocol": k.security_protocol}
-    if k.security_protocol.startswith("SASL"):
-        kwargs.update(sasl_mechanism=k.sasl_mechanism or "PLAIN",
-                      sasl_plain_username=k.sasl_username, sasl_plain_password=k.sasl_password)
-    if "SSL" in k.security_protocol:
-        import ssl
-        kwargs["ssl_context"] = ssl.create_default_context()
-    return kwargs
+    return {"bootstrap_servers": settings.kafka.bootstrap, **kafka_security.client_kwargs(settings.kafka)}
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -61,12 +54,20 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list[str]:
-    admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000), **admin_kwargs(settings))
     try:
-        await asyncio.wait_for(admin.start(), timeout)
+        admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000), **admin_kwargs(settings))
+    except kafka_security.KafkaSecurityError as exc:
+        raise KafkaUnavailable(str(exc)) from None
+    try:
+        with kafka_security.quiet_client_logs():
+            await asyncio.wait_for(admin.start(), timeout)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} unreachable: "
-                               f"{type(exc).__name__} {exc}".strip()) from None
+        await admin.close()
+        # The admin client only says "Unable to bootstrap"; one direct connection
+        # tells a wrong password or certificate from a broker that is down.
+        with kafka_security.quiet_client_logs():
+            cause = await kafka_security.diagnose(settings.kafka, timeout=min(timeout, 10.0))
+        raise KafkaUnavailable(cause or kafka_security.describe(exc, settings.kafka)) from None
     try:
         existing = set(await admin.list_topics())
         specs = topic_specs(settings)

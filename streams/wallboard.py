@@ -26,6 +26,7 @@ from ccpulse.core.windowing import DAY, Windowing
 from schemas.events import format_ms
 from schemas.records import queue_state_record, window_name
 from streams.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS, merged_agg
+from streams.web_auth import guarded, login_redirect
 
 # Service-level target ratio: green at or above it, amber within AMBER_BAND below it,
 # red further below. A ``service_level_target`` on the queue's Thresholds (once
@@ -143,11 +144,21 @@ def register(pipe: Any) -> None:
     app = pipe.app
     html = page_html()
     no_store = {"Cache-Control": "no-store"}
+    token = pipe.settings.web.token
+    auth = guarded(token)
 
     @app.page("/api/wallboard")
+    @auth
     async def wallboard_api(web, request):  # type: ignore[no-untyped-def]
         return web.json(wallboard(pipe), headers=dict(no_store))
 
     @app.page("/wallboard")
     async def wallboard_page(web, request):  # type: ignore[no-untyped-def]
+        # A TV browser can't send a header: /wallboard?token=... turns into a cookie.
+        login = login_redirect(web, request, token, "/wallboard")
+        if login is not None:
+            return login
+        return await auth(_serve_page)(web, request)
+
+    async def _serve_page(web, request):  # type: ignore[no-untyped-def]
         return web.html(html, headers=dict(no_store))

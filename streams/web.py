@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
 from streams.app import Pipeline
 from streams.merge import merged_record
+from streams.web_auth import guarded
 
 
 def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
@@ -58,13 +59,16 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
 def register(pipe: Pipeline) -> None:
     app = pipe.app
     registry = pipe.metrics.registry
+    auth = guarded(pipe.settings.web.token)  # /health stays open: liveness probes carry no token
 
     @app.page("/metrics")
+    @auth
     async def metrics(web, request):  # type: ignore[no-untyped-def]
         return web.bytes(generate_latest(registry),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/api/windows")
+    @auth
     async def windows_page(web, request):  # type: ignore[no-untyped-def]
         return web.json(await kpi_summary(pipe))
 

@@ -87,6 +87,8 @@ max_future_seconds = 3600
 bootstrap = "kafka-1:9092,kafka-2:9092"
 security_protocol = "SASL_SSL"
 sasl_mechanism = "PLAIN"
+sasl_username = "ccpulse"
+sasl_password = "secret"
 partitions = 12
 
 [topics]

@@ -1,0 +1,539 @@
+"""``ccpulse bench``: throughput, latency, memory and scaling of the full pipeline (issue 7).
+
+One run starts its own local Kafka broker (free port, temporary state) and
+measures, with every KPI, window and sink enabled:
+
+1. the ceiling: a plain aiokafka consumer that reads and JSON-decodes the input;
+2. sustained throughput of 1, 2, 3 workers on N pre-produced simulated events
+   (one worker runs ``--role all``; k > 1 run k ``compute`` workers plus one
+   ``writer``, as the embedded store requires);
+3. end-to-end latency of probe contacts at fixed offered loads, as seen on
+   ``kpi.windows``, on ``/metrics`` and in ClickHouse;
+4. peak RSS of the workers, and RSS with many interactions open on many queues.
+
+It prints one table and writes it as JSON. Figures depend on the machine and
+its load; the load average is recorded with each scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_JSON = "bench/results/latest.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures; ``--short`` is the CI-sized plan."""
+
+    events: int
+    workers: tuple[int, ...]
+    loads: tuple[int, ...]  # offered events/s for the latency runs
+    latency_seconds: float
+    probe_hz: float
+    open_interactions: int
+    open_queues: int
+    publish_interval: float | None  # None: the worker's default (windows.publish_interval_seconds)
+
+
+FULL = Plan(events=200_000, workers=(1, 2, 3), loads=(1000, 5000), latency_seconds=30.0, probe_hz=4.0,
+            open_interactions=100_000, open_queues=1000, publish_interval=None)
+SHORT = Plan(events=5_000, workers=(1, 2), loads=(200,), latency_seconds=10.0, probe_hz=4.0,
+             open_interactions=5_000, open_queues=50, publish_interval=None)
+
+# Targets of issue 7; the latency ones apply at this offered load.
+TARGET_LOAD = 5000
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    value: float
+    unit: str
+    target: str = ""  # e.g. ">= 20000"; empty: informative only
+    met: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.met = meets(self.value, self.target) if self.target else None
+
+
+def meets(value: float, target: str) -> bool:
+    op, _, bound = target.partition(" ")
+    limit = float(bound)
+    return value >= limit if op == ">=" else value <= limit
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        self.rows.append(Row(*args, **kwargs))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"meta": self.meta, "rows": [asdict(r) for r in self.rows], "details": self.details}
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("scenario", "metric", "value", "unit", "target", "met?")
+    lines = [header]
+    for r in rows:
+        value = f"{r.value:,.0f}" if abs(r.value) >= 100 else f"{r.value:.3g}"
+        met = "-" if r.met is None else ("yes" if r.met else "NO")
+        lines.append((r.scenario, r.metric, value, r.unit, r.target or "-", met))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        out.append("  ".join(cell.rjust(w) if i == 2 else cell.ljust(w)
+                             for i, (cell, w) in enumerate(zip(line, widths))).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    code: Path
+    root: Path
+    bootstrap: str
+    profile: bool
+    say: Callable[[str], None]
+    report: Report = field(default_factory=Report)
+    workers: list[Any] = field(default_factory=list)  # every WorkerProc started, for cleanup
+    memory_timeout: float = 600.0
+
+    def app(self, name: str, input_prefix: str) -> Any:
+        from ccpulse.bench_worker import BenchApp
+
+        app = BenchApp(name, self.root, self.bootstrap, self.code, input_prefix, self.plan.publish_interval)
+        app.write_config()
+        return app
+
+    def spawn(self, app: Any, role: str, index: int) -> Any:
+        from ccpulse.bench_worker import WorkerProc
+
+        worker = WorkerProc(app, role, index)
+        self.workers.append(worker)
+        worker.start()
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    async def run(self) -> Report:
+        from ccpulse import bench_kafka
+
+        r = self.report
+        source = self.app("source", "bench.")
+        await ensure_topics(source)
+        self.say(f"producing {self.plan.events:,} simulated events ...")
+        events = bench_kafka.simulated_events(self.plan.events)
+        t0 = time.monotonic()
+        sent = await bench_kafka.produce_all(self.bootstrap, bench_kafka.event_messages(events, source.input_topics))
+        produce_s = time.monotonic() - t0
+        del events
+        r.details["produce"] = {"events": sent, "seconds": round(produce_s, 2)}
+        self.say(f"  {sent:,} events in {produce_s:.1f}s ({sent / produce_s:,.0f}/s)")
+
+        load = _loadavg()
+        self.say("ceiling: plain aiokafka consumer, read + orjson.loads ...")
+        ceiling = await bench_kafka.ceiling(self.bootstrap, list(source.input_topics.values()), sent)
+        r.details["ceiling"] = {"events": ceiling.events, "seconds": round(ceiling.seconds, 3),
+                                "loadavg": load}
+        r.add("ceiling", "plain consumer read+decode", ceiling.rate, "events/s")
+        self.say(f"  {ceiling.rate:,.0f} events/s")
+
+        rates: dict[int, float] = {}
+        for n in self.plan.workers:
+            rates[n] = await self.throughput(n, sent, ceiling.rate)
+        if 1 in rates:
+            for n in self.plan.workers:
+                if n > 1 and rates[1] > 0:
+                    target = ">= 1.7" if n == 2 else ""
+                    r.add(f"scaling {n} workers", f"throughput / 1 worker", rates[n] / rates[1], "x", target)
+        for load_rate in self.plan.loads:
+            await self.latency(load_rate)
+        await self.memory()
+        return r
+
+    def _lag_note(self, lag: int) -> None:
+        self.say(f"  ... {lag:,} messages not yet committed by every stage")
+
+    # ------------------------------------------------------------ throughput
+
+    async def throughput(self, n: int, events: int, ceiling_rate: float) -> float:
+        from ccpulse.bench_kafka import OffsetWatch
+        from ccpulse.bench_worker import Profiler, summarize_profile
+
+        app = self.app(f"tp{n}", "bench.")
+        topology = app.topology()
+        roles = ["all"] if n == 1 else ["compute"] * n + ["writer"]
+        groups = [topology["all"]] if n == 1 else [topology["compute"], topology["writer"]]
+        load = _loadavg()
+        self.say(f"throughput, {n} worker(s) ({' + '.join(roles)}) on {events:,} events ...")
+        started = time.monotonic()
+        procs = [self.spawn(app, role, i) for i, role in enumerate(roles)]
+        compute = [p for p in procs if p.role != "writer"]
+        first = None
+        while first is None:
+            for p in procs:
+                if not p.alive():
+                    raise RuntimeError(f"worker {p.role}-{p.index} exited: {p.log_tail()}")
+                p.sample_rss()
+            consumed = await asyncio.gather(*(asyncio.to_thread(p.consumed) for p in compute))
+            if any(c > 0 for c in consumed):
+                first = time.monotonic()
+            elif time.monotonic() - started > 300:
+                raise RuntimeError(f"no worker consumed anything within 300s: {procs[0].log_tail()}")
+            else:
+                await asyncio.sleep(0.05)
+        self.say(f"  first event consumed {first - started:.1f}s after start")
+        profiler = None
+        if self.profile and n == 1:
+            profiler = Profiler(procs[0].pid, app.dir / "profile.txt")
+            if not profiler.start():
+                self.say(f"  profile unavailable: {profiler.error}")
+        watch = OffsetWatch(self.bootstrap, groups, steady=app.steady_topics)
+        await watch.start()
+        sampler = asyncio.create_task(_sample_rss(procs))
+        try:
+            done = await watch.wait_done(timeout=3600, progress=self._lag_note)
+        finally:
+            sampler.cancel()
+            await watch.stop()
+            if profiler is not None:
+                profiler.stop()
+        seconds = done - first
+        rate = events / seconds if seconds > 0 else 0.0
+        for p in procs:
+            p.sample_rss()
+            p.stop()
+        peak = max(p.peak_rss for p in procs) / 2**20
+        scenario = f"throughput {n} worker" + ("s" if n > 1 else "")
+        self.report.add(scenario, "sustained events/s", rate, "events/s", ">= 20000" if n == 1 else "")
+        self.report.add(scenario, "ratio to ceiling", rate / ceiling_rate, "x", ">= 0.5" if n == 1 else "")
+        self.report.add(scenario, "peak RSS per worker", peak, "MB")
+        detail: dict[str, Any] = {
+            "roles": roles, "events": events, "seconds": round(seconds, 2),
+            "startup_seconds": round(first - started, 2), "loadavg_start": load, "loadavg_end": _loadavg(),
+            "peak_rss_mb": {f"{p.role}-{p.index}": round(p.peak_rss / 2**20, 1) for p in procs},
+            "groups": {g.group: g.topics for g in groups}}
+        if profiler is not None:
+            if profiler.out.exists():
+                summary = summarize_profile(profiler.out.read_text())
+                detail["profile"] = {"samples": summary.samples, "self": summary.self_top,
+                                     "inclusive": summary.inclusive_top}
+                self.say(format_profile(summary))
+            else:
+                detail["profile"] = {"error": profiler.error or "no profile written"}
+        self.report.details[scenario] = detail
+        self.say(f"  {rate:,.0f} events/s over {seconds:.1f}s ({rate / ceiling_rate:.1%} of the ceiling), "
+                 f"peak RSS {peak:.0f} MB, load {load}")
+        return rate
+
+    # ------------------------------------------------------------ latency
+
+    async def latency(self, rate: int) -> None:
+        from ccpulse.bench_latency import LatencyRun
+
+        app = self.app(f"lat{rate}", f"lat{rate}.")
+        await ensure_topics(app)
+        topology = app.topology()
+        load = _loadavg()
+        self.say(f"latency at {rate:,} events/s offered for {self.plan.latency_seconds:.0f}s ...")
+        worker = self.spawn(app, "all", 0)
+        await asyncio.to_thread(worker.wait_healthy)
+        run = LatencyRun(self.bootstrap, app, worker, topology["all"].group, rate,
+                         self.plan.latency_seconds, self.plan.probe_hz)
+        result = await run.run()
+        worker.sample_rss()
+        worker.stop()
+        scenario = f"latency @{rate}/s"
+        at_target = rate == TARGET_LOAD
+        self.report.add(scenario, "achieved offered load", result.achieved_rate, "events/s")
+        for sink, limit in (("kpi.windows", 1.0), ("/metrics", 1.0), ("ClickHouse", 2.0)):
+            values, missing = result.latencies[sink], result.missing[sink]
+            # Probes never seen count as the time waited for them: the figure is then a lower bound.
+            note = f" (>=, {missing} of {result.probes} unseen)" if missing else ""
+            self.report.add(scenario, f"{sink} p50{note}",
+                            percentile(values, 50), "s")
+            self.report.add(scenario, f"{sink} p99{note}", percentile(values, 99), "s",
+                            f"<= {limit:g}" if at_target else "")
+        self.report.details[scenario] = {
+            "probes": result.probes, "missing": result.missing,
+            "max_seconds": {k: round(max(v), 3) if v else None for k, v in result.latencies.items()},
+            "publish_interval_seconds": app.effective_publish_interval,
+            "loadavg_start": load, "loadavg_end": _loadavg(),
+            "peak_rss_mb": round(worker.peak_rss / 2**20, 1)}
+        missing = result.missing
+        self.say(f"  " + ", ".join(f"{k} p50 {percentile(v, 50):.3f}s p99 {percentile(v, 99):.3f}s"
+                                    for k, v in result.latencies.items())
+                 + (f"; probes never seen: {missing}" if any(missing.values()) else ""))
+
+    # ------------------------------------------------------------ memory
+
+    async def memory(self) -> None:
+        from ccpulse import bench_kafka
+        from ccpulse.bench_kafka import OffsetWatch
+
+        n, queues = self.plan.open_interactions, self.plan.open_queues
+        app = self.app("mem", "mem.")
+        await ensure_topics(app)
+        topology = app.topology()
+        self.say(f"memory: {n:,} interactions open on {queues:,} queues ...")
+        await bench_kafka.produce_all(self.bootstrap, open_contacts(n, queues, app.input_topics["call"]))
+        load = _loadavg()
+        worker = self.spawn(app, "all", 0)
+        watch = OffsetWatch(self.bootstrap, [topology["all"]], steady=app.steady_topics)
+        await watch.start()
+        sampler = asyncio.create_task(_sample_rss([worker]))
+        complete = True
+        try:
+            await watch.wait_done(timeout=self.memory_timeout, progress=self._lag_note)
+        except RuntimeError as exc:
+            # A worker too slow to apply them all still gets a figure, labelled as partial.
+            complete = False
+            self.say(f"  {exc}: measuring RSS as it is")
+        finally:
+            sampler.cancel()
+            await watch.stop()
+        rss = worker.sample_rss() / 2**20
+        open_now = await asyncio.to_thread(_waiting, worker)
+        worker.stop()
+        scenario = f"memory {n // 1000}k open / {queues} queues"
+        what = "RSS after all applied" if complete else f"RSS with {open_now:,.0f} of {n:,} applied"
+        self.report.add(scenario, what, rss, "MB", "<= 300" if n >= 100_000 and queues >= 1000 else "")
+        self.report.add(scenario, "peak RSS", worker.peak_rss / 2**20, "MB")
+        self.report.details[scenario] = {"interactions": n, "queues": queues, "waiting_on_metrics": open_now,
+                                         "complete": complete,
+                                         "loadavg_start": load, "loadavg_end": _loadavg()}
+        self.say(f"  RSS {rss:.0f} MB (peak {worker.peak_rss / 2**20:.0f} MB), "
+                 f"{open_now:,.0f} contacts waiting on /metrics")
+
+
+def open_contacts(count: int, queues: int, topic: str) -> Any:
+    """``count`` call.offered events spread over ``queues`` queues and the last 10 minutes, never answered."""
+    import orjson
+    from schemas.events import format_ms
+
+    start = int(time.time() * 1000) - 600_000
+    step = max(1, 600_000 // max(count, 1))
+    for i in range(count):
+        iid = f"open-{i}"
+        yield topic, iid.encode(), orjson.dumps({
+            "event_id": f"{iid}-1", "type": "call.offered", "occurred_at": format_ms(start + i * step),
+            "interaction_id": iid, "queue": f"q{i % queues:04d}", "schema_version": 1})
+
+
+def _waiting(worker: Any) -> float:
+    from ccpulse.bench_worker import metric_sum
+
+    status, text = worker.get("/metrics", timeout=30.0)
+    return metric_sum(text, "ccpulse_queue_waiting") if status == 200 else 0.0
+
+
+async def _sample_rss(procs: list[Any], interval: float = 0.5) -> None:
+    while True:
+        for p in procs:
+            p.sample_rss()
+        await asyncio.sleep(interval)
+
+
+async def ensure_topics(app: Any) -> None:
+    from ccpulse.config import load_settings
+    from streams.topics import ensure_topics_async
+
+    await ensure_topics_async(load_settings(app.config_path, env={}))
+
+
+def _loadavg() -> list[float]:
+    from ccpulse.bench_worker import loadavg
+
+    return loadavg()
+
+
+def format_profile(summary: Any) -> str:
+    lines = [f"  profile: {summary.samples} samples (py-spy, non-idle), top functions by own samples:"]
+    for name, count in summary.self_top:
+        lines.append(f"    {count / max(summary.samples, 1):6.1%}  {name}")
+    lines.append("  ccpulse functions by inclusive samples (themselves and what they call):")
+    for name, count in summary.inclusive_top:
+        lines.append(f"    {count / max(summary.samples, 1):6.1%}  {name}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> None:
+    bench = subparsers.add_parser("bench", help="benchmark throughput, latency, memory and scaling "
+                                                "on a private local broker")
+    bench.add_argument("--short", action="store_true", help="the small CI run (about 2-3 minutes)")
+    bench.add_argument("--events", type=_positive_int, default=None,
+                       help=f"events for the throughput runs (default {FULL.events:,}; --short {SHORT.events:,})")
+    bench.add_argument("--workers", type=_worker_counts, default=None,
+                       help="worker counts to measure, e.g. 1,2,3 (default 1,2,3; --short 1,2)")
+    bench.add_argument("--loads", type=_worker_counts, default=None,
+                       help="offered loads of the latency runs, events/s (default 1000,5000; --short 300)")
+    bench.add_argument("--publish-interval", type=float, default=None,
+                       help="override windows.publish_interval_seconds for the workers (default: theirs)")
+    bench.add_argument("--json", default=DEFAULT_JSON, help="where to write the results (default %(default)s)")
+    bench.add_argument("--worker-pythonpath", default=None,
+                       help="run the workers from this source tree (e.g. a git worktree of another version)")
+    bench.add_argument("--profile", action="store_true",
+                       help="profile the single worker of the throughput run with py-spy; print the top 15")
+    bench.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
+    bench.set_defaults(func=run_from_args)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _worker_counts(text: str) -> tuple[int, ...]:
+    values = tuple(_positive_int(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number, e.g. 1,2,3")
+    return values
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    from dataclasses import replace
+
+    plan = SHORT if args.short else FULL
+    changes: dict[str, Any] = {}
+    if args.events is not None:
+        changes["events"] = args.events
+    if args.workers is not None:
+        changes["workers"] = tuple(sorted(set(args.workers)))
+    if args.loads is not None:
+        changes["loads"] = args.loads
+    if args.publish_interval is not None:
+        if not args.publish_interval > 0:
+            raise ValueError("--publish-interval: must be a positive number of seconds")
+        changes["publish_interval"] = args.publish_interval
+    return replace(plan, **changes)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from ccpulse.cli import CommandError
+
+    plan = plan_from_args(args)
+    here = Path(__file__).resolve().parents[1]
+    code = Path(args.worker_pythonpath).resolve() if args.worker_pythonpath else here
+    if not (code / "streams" / "app.py").is_file() or not (code / "ccpulse" / "cli.py").is_file():
+        raise CommandError(f"--worker-pythonpath {code}: not a ccpulse source tree (no streams/app.py)")
+    from aiokafka.errors import KafkaError
+
+    try:
+        report = asyncio.run(_main(plan, code, args.profile, args.keep))
+    except (RuntimeError, OSError, KafkaError, asyncio.TimeoutError) as exc:
+        raise CommandError(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)) from None
+    print(format_table(report.rows))
+    path = Path(args.json)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_json(), indent=2, default=_json_default) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+async def _main(plan: Plan, code: Path, profile: bool, keep: bool) -> Report:
+    from ccpulse import local_kafka
+    from ccpulse.bench_worker import free_port
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    # Producing right after creating a topic draws aiokafka warnings while leaders are elected.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    root = Path(tempfile.mkdtemp(prefix="ccpulse-bench-"))
+    kafka_state = root / "kafka"
+    bench: Bench | None = None
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the broker and workers are stopped.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        say(f"starting a private Kafka broker in {root} ...")
+        info = await asyncio.to_thread(local_kafka.start, kafka_state, free_port(), True)
+        bench = Bench(plan, code, root, info.bootstrap, profile, say)
+        bench.report.meta = {
+            "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "plan": asdict(plan), "worker_code": str(code), "git": _git_describe(code),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": _loadavg(),
+            "short": plan == SHORT}
+        await bench.run()
+        bench.report.meta["loadavg_end"] = _loadavg()
+        return bench.report
+    finally:
+        if bench is not None:
+            bench.stop_all()
+        try:
+            local_kafka.stop(kafka_state)
+        except Exception as exc:  # the broker must not hide the run's own error
+            say(f"stopping the broker: {exc}")
+        signal.signal(signal.SIGTERM, previous)
+        if keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _git_describe(code: Path) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(code), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""

@@ -1,0 +1,56 @@
+"""``ccpulse bench --short``: the whole harness end to end (figures printed, not judged)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_bench_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ccpulse.cli", "bench", "--short", "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the harness stop its broker and workers before it exits.
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        pytest.fail(f"ccpulse bench --short did not finish within 900s:\n{output[-4000:]}")
+    print(output)  # the table, for the CI log
+    assert proc.returncode == 0, output[-4000:]
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    metrics = {(row["scenario"], row["metric"].split(" (")[0]) for row in rows}
+    expected = {
+        ("ceiling", "plain consumer read+decode"),
+        ("throughput 1 worker", "sustained events/s"), ("throughput 1 worker", "ratio to ceiling"),
+        ("throughput 1 worker", "peak RSS per worker"),
+        ("throughput 2 workers", "sustained events/s"), ("scaling 2 workers", "throughput / 1 worker"),
+        ("latency @200/s", "achieved offered load"),
+    }
+    expected |= {("latency @200/s", f"{sink} {q}") for sink in ("kpi.windows", "/metrics", "ClickHouse")
+                 for q in ("p50", "p99")}
+    missing = expected - metrics
+    assert not missing, f"figures missing from the JSON: {sorted(missing)}"
+    assert any(s.startswith("memory ") and m.startswith("RSS") for s, m in metrics)
+    for row in rows:
+        value = row["value"]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, row
+    assert doc["meta"]["loadavg_start"] and doc["meta"]["short"] is True
+    # The throughput figure is events over the measured time, not a constant.
+    one = doc["details"]["throughput 1 worker"]
+    assert one["events"] == 5000 and one["seconds"] > 0
+    assert next(r["value"] for r in rows if r["scenario"] == "throughput 1 worker"
+                and r["metric"] == "sustained events/s") == pytest.approx(one["events"] / one["seconds"], rel=0.01)
+    assert "+---" not in output and "sustained events/s" in output
