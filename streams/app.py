@@ -81,7 +81,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         # Offsets are committed often: each commit first flushes everything the
         # stage produced, so a crash replays little.
         broker_commit_interval=1.0,
-        broker_commit_every=1000,
+        broker_commit_every=20000,
         stream_wait_empty=False,
         # Fewer, larger produce requests: each event fans out to several topics and
         # partitions, and 5 ms batches of 16 KiB spent a tenth of the time in socket writes.

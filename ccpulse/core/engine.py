@@ -119,12 +119,18 @@ class PartitionEngine:
         self.live_dirty: set[tuple[str, str]] = set()
         # interaction id -> its current live contribution (derived, so not persisted)
         self._live_of: dict[str, list[tuple[str, str, str, Any]]] = {}
+        self._closes: dict[tuple[int, int], int] = {}  # (size, start) -> end + lateness
 
     # -- state ----------------------------------------------------------------
 
     def closes_at(self, key_or_fact: tuple) -> int:
         size, start = key_or_fact[0], key_or_fact[1]
-        return self.windowing.end(size, start) + self.lateness_ms
+        closes = self._closes.get((size, start))
+        if closes is None:
+            if len(self._closes) > 65536:  # bounded: replays move through many windows
+                self._closes.clear()
+            closes = self._closes[(size, start)] = self.windowing.end(size, start) + self.lateness_ms
+        return closes
 
     def is_final(self, fact: tuple) -> bool:
         return self.closes_at(fact) <= self.record.final_through
@@ -152,24 +158,27 @@ class PartitionEngine:
         self.observe({source: [step.ts, False]})
         derivation = inter.derive()
         new = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
-        old = Counter(inter.applied)
+        old = inter.applied
         late = False
+        final_through = self.record.final_through
         # A change to a final window is refused (the window stays as published) but
         # still recorded in ``applied``: otherwise every later step of the interaction
         # would find the same difference again and be counted as late too.
-        for fact, n in (old - new).items():  # retractions
-            if self.is_final(fact):
-                late = True  # keep it counted: the final window already published it
-            else:
-                self._apply_fact(fact, -n)
-            old[fact] -= n
-        for fact, n in (new - old).items():
-            if self.is_final(fact):
-                late = True
-            else:
-                self._apply_fact(fact, n)
-            old[fact] += n
-        inter.applied = {fact: n for fact, n in old.items() if n > 0}
+        for fact, n in old.items():
+            delta = new.get(fact, 0) - n
+            if delta < 0:  # retractions
+                if self.closes_at(fact) <= final_through:
+                    late = True  # keep it counted: the final window already published it
+                else:
+                    self._apply_fact(fact, delta)
+        for fact, n in new.items():
+            delta = n - old.get(fact, 0)
+            if delta > 0:
+                if self.closes_at(fact) <= final_through:
+                    late = True
+                else:
+                    self._apply_fact(fact, delta)
+        inter.applied = dict(new)
         self._update_live(inter, derivation)
         if late:
             self.record.late_events += 1

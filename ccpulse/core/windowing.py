@@ -25,6 +25,7 @@ class Windowing:
     _zone: ZoneInfo = field(init=False, repr=False)
     _day_starts: dict[date, int] = field(default_factory=dict, init=False, repr=False)
     _utc: bool = field(init=False, repr=False)
+    _starts: dict[int, list[tuple[int, int]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._zone = ZoneInfo(self.timezone)
@@ -48,8 +49,17 @@ class Windowing:
         return start_ms + size_s * 1000
 
     def starts(self, ts_ms: int) -> list[tuple[int, int]]:
-        """(size, start) of the window of every configured size containing ``ts_ms``."""
-        return [(size, self.start(ts_ms, size)) for size in self.sizes]
+        """(size, start) of the window of every configured size containing ``ts_ms``.
+
+        Cached: an interaction's facts are derived again at each of its steps, from
+        the same few timestamps. The returned list is shared: do not modify it.
+        """
+        cached = self._starts.get(ts_ms)
+        if cached is None:
+            if len(self._starts) > 65536:
+                self._starts.clear()
+            cached = self._starts[ts_ms] = [(size, self.start(ts_ms, size)) for size in self.sizes]
+        return cached
 
     def _offset_ms(self, ts_ms: int) -> int:
         moment = _EPOCH + timedelta(milliseconds=ts_ms)
