@@ -98,7 +98,12 @@ class Workload:
         return {ev["event_id"] for _, ev in self.events}
 
 
-def make_workload(duration: float) -> Workload:
+# Just past the last close: the largest window (300 s) + FCR horizon (300 s) + lateness (120 s)
+# + a minute. A much larger jump (--sentinel-gap 10800) exposes the merge-expiry race in the report.
+SENTINEL_GAP_SECONDS = 780.0
+
+
+def make_workload(duration: float, sentinel_gap: float = SENTINEL_GAP_SECONDS) -> Workload:
     from ccpulse.simulate import SimulationConfig
     from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 
@@ -110,8 +115,7 @@ def make_workload(duration: float) -> Workload:
                           customer_reply_mean=60, close_after_solve=120)
     events = list(generate_mixed_events(voice, chat, ticket, duration))
     last = max(_ms(ev["occurred_at"]) for _, ev in events)
-    # Far enough that every window (and its FCR horizon) ends before it, plus the lateness.
-    return Workload(events, last + 3 * 3600 * 1000)
+    return Workload(events, last + int(sentinel_gap * 1000))
 
 
 def _ms(text: str) -> int:
@@ -395,14 +399,19 @@ def input_ends(bootstrap: str, prefix: str) -> dict[Any, int]:
 
 
 def wait_recovered(bootstrap: str, worker: ChaosWorker, since: float, targets: dict[Any, int],
-                   timeout: float, extra: Callable[[], bool] = lambda: True) -> float:
-    """Seconds from ``since`` until /health is 200 and the group has committed past ``targets``."""
+                   timeout: float, extra: Callable[[], bool] = lambda: True,
+                   phases: dict[str, float] | None = None) -> float:
+    """Seconds from ``since`` until /health is 200 and the group has committed past ``targets``
+    (``phases["healthy_s"]``: until /health first answered 200)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.process is not None and worker.process.poll() is not None:
             raise ChaosError(f"{worker.app} worker exited with {worker.process.returncode}: {worker.log_tail()}")
         try:
-            if worker.health()[0] == 200 and caught_up(bootstrap, worker, targets) and extra():
+            healthy = worker.health()[0] == 200
+            if healthy and phases is not None and "healthy_s" not in phases:
+                phases["healthy_s"] = round(time.monotonic() - since, 1)
+            if healthy and caught_up(bootstrap, worker, targets) and extra():
                 return time.monotonic() - since
         except Exception:  # a probe failing while the broker is away is expected
             pass
@@ -526,11 +535,13 @@ def scenario_crash(run: Run) -> ScenarioResult:
                       "down_s": round(downtime, 1), "during_recovery": during_recovery}
             next_during = (i + 1) % 3 == 2 and i + 1 < run.profile.kills
             if not next_during:
-                record["recover_s"] = round(wait_recovered(run.bootstrap, worker, since, targets, 300), 1)
+                record["recover_s"] = round(wait_recovered(run.bootstrap, worker, since, targets, 300,
+                                                           phases=record), 1)
                 result.recover_seconds.append(record["recover_s"])
             kills.append(record)
             log(f"crash: kill -9 #{i + 1} at {at:.0f}s ({record['published']} events published), "
-                f"recovered in {record.get('recover_s', '(killed again while recovering)')}s")
+                f"recovered in {record.get('recover_s', '(killed again while recovering)')}s "
+                f"(/health 200 after {record.get('healthy_s', '-')}s)")
 
     publisher = with_reference(run, worker, body)
     assert run.reference is not None
@@ -561,6 +572,10 @@ def scenario_sink_outage(run: Run) -> ScenarioResult:
         result.skipped = "ccpulse.fault_injection.make_store_unwritable is not available"
         return result
     worker = run.worker("sink-outage")
+    unsupported = faults.store_unwritable_unsupported(run.workdir)
+    if unsupported:
+        result.skipped = f"cannot make a store unwritable here: {unsupported}"
+        return result
     seen: dict[str, Any] = {}
 
     def body(publisher: Publisher) -> None:
@@ -926,7 +941,7 @@ def _soak_sample(run: Run, worker: ChaosWorker, started: float, sent: int) -> di
 # ---------------------------------------------------------------- command
 
 def run_chaos(scenarios: list[str], short: bool, bootstrap: str | None, workdir: Path | None,
-              seed: int, soak_events: int) -> list[ScenarioResult]:
+              seed: int, soak_events: int, sentinel_gap: float = SENTINEL_GAP_SECONDS) -> list[ScenarioResult]:
     from ccpulse import local_kafka
 
     profile = SHORT if short else FULL
@@ -938,7 +953,7 @@ def run_chaos(scenarios: list[str], short: bool, bootstrap: str | None, workdir:
         log(f"starting a local broker in {broker_state}")
         bootstrap = local_kafka.start(broker_state, port=_free_port(), fresh=True).bootstrap
     run = Run(bootstrap, base, profile, seed, broker_state, f"chaos{int(time.time())}",
-              make_workload(profile.duration))
+              make_workload(profile.duration, sentinel_gap))
     log(f"broker {bootstrap}, work dir {base}, workload {len(run.workload.events)} events over "
         f"{profile.duration:.0f}s of event time at {profile.speed}x")
     results: list[ScenarioResult] = []
@@ -958,6 +973,8 @@ def run_chaos(scenarios: list[str], short: bool, bootstrap: str | None, workdir:
                 result = runners[name]()
             except Exception as exc:  # one scenario's harness failure must not hide the others
                 result = ScenarioResult(name, notes=[f"FAIL: {type(exc).__name__}: {exc}"[:2000]])
+            finally:
+                kill_all()  # a failed scenario must not leave its workers running into the next
             result.seconds = round(time.monotonic() - began, 1)
             results.append(result)
             log(f"scenario {name}: {result.status} in {result.seconds:.0f}s")
@@ -986,7 +1003,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
     try:
         results = run_chaos(names, args.short, args.bootstrap, Path(args.workdir) if args.workdir else None,
-                            args.seed, args.soak_events)
+                            args.seed, args.soak_events, args.sentinel_gap)
     except LocalKafkaError as exc:
         raise CommandError(str(exc)) from None
     print_table(results)
@@ -1013,4 +1030,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--workdir", default=None, help="where workers keep state and logs (default: a temp dir)")
     p.add_argument("--seed", type=int, default=7, help="seed of the kill schedule (default %(default)s)")
     p.add_argument("--soak-events", type=int, default=1_000_000, help="events of the soak (default %(default)s)")
+    p.add_argument("--sentinel-gap", type=float, default=SENTINEL_GAP_SECONDS, metavar="SECONDS",
+                   help="event time from the last event to the closing sentinel (default %(default)s)")
     p.set_defaults(func=cmd_chaos)

@@ -6,6 +6,7 @@ Pure functions; the JSON Schemas in ``schemas/json/`` describe the same shapes.
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 from ccpulse.config import Thresholds
@@ -94,18 +95,32 @@ def step_from_message(doc: dict[str, Any]) -> Step:
                 details.get("nps"), doc.get("complaint", False), doc.get("customer_id"))
 
 
+# base64 (4/3) of this stays under Kafka's default 1,000,000-byte message limit.
+DEAD_LETTER_MAX_VALUE_BYTES = 512 * 1024
+
+
 def dead_letter(raw: bytes | None, rejection: Rejection, topic: str, partition: int,
                 offset: int, now_ms: int) -> dict[str, Any]:
-    """The ``events.dead-letter`` value: the original bytes (base64) and why they were refused."""
-    return {
+    """The ``events.dead-letter`` value: the original bytes (base64) and why they were refused.
+
+    A message too large to fit in a dead-letter record keeps its first 512 KiB, its
+    size and its SHA-256 (the whole message is still at topic/partition/offset).
+    """
+    value = raw or b""
+    kept = value[:DEAD_LETTER_MAX_VALUE_BYTES]
+    record: dict[str, Any] = {
         "reason": rejection.reason,
         "detail": rejection.detail,
         "topic": topic,
         "partition": partition,
         "offset": offset,
         "received_at": format_ms(now_ms),
-        "value_base64": base64.b64encode(raw or b"").decode("ascii"),
+        "value_base64": base64.b64encode(kept).decode("ascii"),
     }
+    if len(kept) < len(value):
+        record.update(value_truncated=True, value_bytes=len(value),
+                      value_sha256=hashlib.sha256(value).hexdigest())
+    return record
 
 
 def interaction_rows(inter: Interaction, version: int) -> list[dict[str, Any]]:

@@ -180,3 +180,37 @@ class KpiCollector(Collector):
 
 def _bound(value: float) -> str:
     return str(int(value)) if value.is_integer() else str(value)
+
+
+class TableSizeCollector(Collector):
+    """``ccpulse_table_entries{table, partition}``: entries held in memory by each Faust table.
+
+    What a soak watches to see state stay bounded (interactions expire after
+    ``windows.interaction_horizon_seconds``, merged windows after they are final).
+    ``partition`` is the partition the entry belongs to when the value says so
+    (interactions, FCR customers, merged windows), else "all".
+    """
+
+    def __init__(self, tables: Callable[[], Mapping[str, Any]]) -> None:
+        self._tables = tables
+
+    def collect(self) -> Iterable:
+        family = GaugeMetricFamily("ccpulse_table_entries", "Entries held in memory by each worker table",
+                                   labels=["table", "partition"])
+        for name, table in sorted(dict(self._tables()).items()):
+            counts: dict[str, int] = {}
+            for value in list(table.data.values()):
+                partition = getattr(value, "partition", None)
+                if partition is None and isinstance(value, dict):
+                    partition = value.get("p", value.get("partition"))
+                key = "all" if partition is None else str(partition)
+                counts[key] = counts.get(key, 0) + 1
+            for partition, count in sorted(counts.items()):
+                family.add_metric([name, partition], count)
+        yield family
+
+
+def register_table_sizes(registry: CollectorRegistry, tables: Callable[[], Mapping[str, Any]]) -> None:
+    """Add ``ccpulse_table_entries`` to a worker's registry (once)."""
+    if "ccpulse_table_entries" not in getattr(registry, "_names_to_collectors", {}):
+        registry.register(TableSizeCollector(tables))

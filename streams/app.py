@@ -25,6 +25,7 @@ from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
 from streams import codecs
 from streams.outbox import Outbox
+from streams.topics import EVENT_MESSAGE_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         # partitions, and 5 ms batches of 16 KiB spent a tenth of the time in socket writes.
         producer_linger_ms=20,
         producer_max_batch_size=512 * 1024,
+        producer_max_request_size=EVENT_MESSAGE_MAX_BYTES,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         logging_config=None,

@@ -24,6 +24,9 @@ def admin_kwargs(settings: Settings) -> dict:
     return {"bootstrap_servers": settings.kafka.bootstrap, **kafka_security.client_kwargs(settings.kafka)}
 
 
+EVENT_MESSAGE_MAX_BYTES = 4 * 1024 * 1024
+
+
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
     t = settings.topics
     compact = {"cleanup.policy": "compact"}
@@ -44,7 +47,9 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("kpi_scorecards"): compact,
         # ccpulse's internal topics (Faust would create them too, but only after
         # complaining at first start that they are missing).
-        internal("events"): keep_week,
+        # A valid event may be 1 MiB (EVENTS.md); forwarded with its decoded fields it
+        # is larger than Kafka's default 1 MB message limit.
+        internal("events"): {**keep_week, "max.message.bytes": str(EVENT_MESSAGE_MAX_BYTES)},
         internal("window-partials"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
         internal("contacts"): keep_week,
         internal("interactions"): compact,

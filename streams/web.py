@@ -21,8 +21,7 @@ def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
                   "detail": "consuming" if recovered else "recovering state / joining group"},
     }
     if pipe.writer is not None:
-        parts["clickhouse"] = {"ok": pipe.writer.healthy,
-                               "detail": "writing" if pipe.writer.healthy else "writes failing, retrying"}
+        parts["clickhouse"] = pipe.writer.health_part()
     ok = all(part["ok"] for part in parts.values())
     return ok, {"status": "ok" if ok else "unhealthy", "role": pipe.role, "parts": parts,
                 "partitions": sorted(pipe.engines)}

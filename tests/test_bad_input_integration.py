@@ -182,10 +182,6 @@ def test_the_worker_stayed_healthy(run) -> None:
     assert run["exit_code"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the dead-letter record of a >1 MiB message (base64, ~1.4 MiB) exceeds the producer's "
-    "max_request_size: the ingest agent crashes on it. Fix suggested for schemas/records.py "
-    "(dead_letter: cap value_base64, add value_bytes/value_sha256/value_truncated)"))
 def test_an_oversize_message_is_dead_lettered_and_the_next_one_counted(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     worker = WorkerProcess.create(kafka_bootstrap, tmp_path, "oversize")

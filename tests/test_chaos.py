@@ -1,0 +1,118 @@
+"""``ccpulse chaos``: the definitions it counts with, and the short run against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ccpulse.chaos import SENTINEL_QUEUE, sentinel_events, soak_workload
+from ccpulse.chaos_checks import check_raw, compare_windows, index_windows
+from ccpulse.chaos_worker import parse_metrics
+
+
+def window(start: str, queue: str = "billing", size: str = "1m", **fields: object) -> dict:
+    record = {"window": size, "window_start": start, "queue": queue, "channel": "voice",
+              "offered": 10, "answered": 8, "abandoned": 2, "asa_seconds": 12.5, "final": True,
+              "version": 7, "published_at": "2026-01-05T09:00:00.000Z", "waiting_at_start": 1}
+    record.update(fields)
+    return record
+
+
+def test_equal_runs_differ_only_in_bookkeeping() -> None:
+    ref = index_windows([window("2026-01-05T08:00:00.000Z")], frozenset())
+    got = index_windows([window("2026-01-05T08:00:00.000Z", version=99, published_at="x")], frozenset())
+    diff = compare_windows(ref, got, "1m")
+    assert diff.exact and diff.lost == diff.twice == 0 and diff.counter_total == 20
+
+
+def test_lost_and_twice_are_counter_units_of_the_smallest_windows() -> None:
+    ref = index_windows([window("2026-01-05T08:00:00.000Z"), window("2026-01-05T08:01:00.000Z"),
+                         window("2026-01-05T08:00:00.000Z", size="5m", offered=30)], frozenset())
+    got = index_windows([window("2026-01-05T08:00:00.000Z", offered=9, answered=9),
+                         window("2026-01-05T08:00:00.000Z", size="5m", offered=31)], frozenset())
+    diff = compare_windows(ref, got, "1m")
+    # 08:00: one offer lost, one answer counted twice; 08:01 missing: all 20 units lost.
+    # The 5m window differs (a mismatch) but is not counted again in lost/twice.
+    assert (diff.lost, diff.twice) == (21, 1)
+    assert [w[1] for w in diff.missing] == [1767600060000]
+    assert any("5m" in m and "offered" in m for m in diff.mismatched)
+    assert not diff.exact
+
+
+def test_a_window_not_final_or_a_differing_ratio_fails() -> None:
+    ref = index_windows([window("2026-01-05T08:00:00.000Z")], frozenset())
+    assert compare_windows(ref, index_windows([window("2026-01-05T08:00:00.000Z", final=False)], frozenset()),
+                           "1m").not_final
+    ratio = compare_windows(ref, index_windows([window("2026-01-05T08:00:00.000Z", asa_seconds=12.0)],
+                                               frozenset()), "1m")
+    assert ratio.lost == ratio.twice == 0 and not ratio.exact
+
+
+def test_store_rows_and_kafka_records_index_the_same_way() -> None:
+    kafka = index_windows([window("2026-01-05T08:00:00.000Z"), window("2026-01-05T09:00:00.000Z",
+                                                                      queue=SENTINEL_QUEUE)],
+                          frozenset({SENTINEL_QUEUE}))
+    store = index_windows([window("2026-01-05 08:00:00+00:00", window_start_ms=1767600000000)], frozenset())
+    assert list(kafka) == list(store) == [("1m", 1767600000000, "billing", "voice")]
+
+
+def test_raw_events_lost_and_duplicated() -> None:
+    check = check_raw({"a", "b", "c"}, {"raw_ids": ["a", "b", "x"], "raw": {"rows_final": 4, "distinct_ids": 3}})
+    assert (check.lost, check.twice, check.stored_distinct) == (1, 1, 2)
+
+
+def test_sentinels_open_and_close_a_contact_on_every_family() -> None:
+    for family in ("call", "chat", "ticket"):
+        first, last = sentinel_events(family, 2, 1767600000000)
+        assert first["queue"] == last["queue"] == SENTINEL_QUEUE
+        assert first["interaction_id"] == last["interaction_id"] and first["event_id"] != last["event_id"]
+        assert first["type"].split(".")[1] in ("offered", "created")
+
+
+def test_soak_workload_leaves_some_interactions_open() -> None:
+    events = list(soak_workload(60000, never_end_share=0.05, offered_only_share=0.02, seed=3))
+    assert len(events) == 60000
+    first: dict[str, str] = {}
+    steps: dict[str, set[str]] = {}
+    for family, ev in events:
+        if family == "call":
+            first.setdefault(ev["interaction_id"], ev["occurred_at"])
+            steps.setdefault(ev["interaction_id"], set()).add(ev["type"].split(".", 1)[1])
+    # Calls offered in the first third had time to end: the open ones are the workload's doing.
+    cut = sorted(first.values())[len(first) // 3]
+    early = [steps[i] for i, at in first.items() if at < cut]
+    offered_only = sum(s == {"offered"} for s in early) / len(early)
+    answered_open = sum("answered" in s and not s & {"ended", "abandoned"} for s in early) / len(early)
+    assert 0.01 < offered_only < 0.15 and 0.02 < answered_open < 0.10
+
+
+def test_metrics_parser_keeps_labels_with_commas() -> None:
+    text = '# HELP x y\nccpulse_queue_offered_total{queue="a,b",channel="voice",partition="3"} 4.0\n'
+    assert parse_metrics(text) == {("ccpulse_queue_offered_total",
+                                    (("channel", "voice"), ("partition", "3"), ("queue", "a,b"))): 4.0}
+
+
+@pytest.mark.integration
+def test_short_chaos_run_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
+    """The CI form of the fault-injection script: every scenario but the soak, real broker."""
+    report = tmp_path / "chaos.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ccpulse.cli", "chaos", "--short", "--json", str(report),
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=int(os.environ.get("CCPULSE_CHAOS_TIMEOUT", "1800")))
+    assert report.exists(), proc.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(report.read_text())}
+    assert set(results) == {"crash", "sink-outage", "broker-restart", "rebalance", "bad-input"}
+    for name, r in results.items():
+        assert r["lost"] == 0, f"{name}: {r['lost']} lost: {r['notes']}"
+        assert r["twice"] == 0, f"{name}: {r['twice']} counted twice: {r['notes']}"
+        assert r["status"] in ("PASS", "SKIP"), f"{name}: {r['status']}: {r['notes']}"
+    # Only the outage needs a capability the machine may lack (chattr +i); the rest always runs.
+    assert all(results[n]["status"] == "PASS" for n in ("crash", "broker-restart", "rebalance", "bad-input"))
+    assert results["crash"]["figures"]["kills"] and results["crash"]["recover_seconds"]
+    assert proc.returncode == 0, proc.stdout[-3000:]
