@@ -7,6 +7,7 @@ seconds, and on Ctrl-C (or after ``--duration``) stops exactly what it started.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import json
 import math
 import os
@@ -40,12 +41,17 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     kafka_state = state / "kafka"
+    # SIGTERM (a service manager, `timeout`) cleans up like Ctrl-C: no orphan broker or worker.
+    signal.signal(signal.SIGTERM, _interrupt)
     started_broker = local_kafka.status(kafka_state) is None
     worker: subprocess.Popen | None = None
     try:
         print("ccpulse demo: starting the local Kafka broker ...", flush=True)
         broker = local_kafka.start(kafka_state)
         env = dict(os.environ, CCPULSE_KAFKA_BOOTSTRAP=broker.bootstrap)
+        # The broker may be on another port than configured (9092 taken): the
+        # simulator must publish where the worker consumes.
+        settings = replace(settings, kafka=replace(settings.kafka, bootstrap=broker.bootstrap))
         worker_log = state / "worker.log"
         print(f"ccpulse demo: starting the worker (log {worker_log}) ...", flush=True)
         with open(worker_log, "ab") as log:
@@ -75,6 +81,10 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
             local_kafka.stop(kafka_state)
         print("ccpulse demo: stopped; nothing left running.", flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _default_configs(rate: float, agents: int, seed: int, start) -> tuple:  # type: ignore[no-untyped-def]
