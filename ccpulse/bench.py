@@ -225,7 +225,8 @@ class Bench:
             profiler = Profiler(procs[0].pid, app.dir / "profile.txt")
             if not profiler.start():
                 self.say(f"  profile unavailable: {profiler.error}")
-        watch = OffsetWatch(self.bootstrap, groups, steady=app.steady_topics)
+        watch = OffsetWatch(self.bootstrap, groups, steady=app.steady_topics,
+                            inputs=frozenset(app.input_topics.values()))
         await watch.start()
         sampler = asyncio.create_task(_sample_rss(procs))
         try:
@@ -316,7 +317,8 @@ class Bench:
         await bench_kafka.produce_all(self.bootstrap, open_contacts(n, queues, app.input_topics["call"]))
         load = _loadavg()
         worker = self.spawn(app, "all", 0)
-        watch = OffsetWatch(self.bootstrap, [topology["all"]], steady=app.steady_topics)
+        watch = OffsetWatch(self.bootstrap, [topology["all"]], steady=app.steady_topics,
+                            inputs=frozenset(app.input_topics.values()))
         await watch.start()
         sampler = asyncio.create_task(_sample_rss([worker]))
         complete = True

@@ -161,6 +161,10 @@ class OffsetWatch:
     # 0, so they count as done when the group is within what arrived in the last
     # ``STEADY_SECONDS``.
     steady: frozenset[str] = frozenset()
+    # When given, every other topic is steady too: once the input is exhausted, event
+    # time follows the wall clock (idle close) and the stages keep publishing window
+    # closes and watermark ticks for a while, so internal topics trickle as well.
+    inputs: frozenset[str] = frozenset()
     admin: AIOKafkaAdminClient | None = None
     consumer: AIOKafkaConsumer | None = None
     history: list[tuple[float, dict[TopicPartition, int]]] = field(default_factory=list)
@@ -199,7 +203,8 @@ class OffsetWatch:
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else 0
                 # A steady topic is done when the group has read what it held a moment ago.
-                head = min(ends[tp], before.get(tp, 0)) if tp.topic in self.steady else ends[tp]
+                steady = tp.topic in self.steady or bool(self.inputs) and tp.topic not in self.inputs
+                head = min(ends[tp], before.get(tp, 0)) if steady else ends[tp]
                 total += max(0, head - done)
         return total
 

@@ -331,10 +331,10 @@ def wait_final(bootstrap: str, workers: list[ChaosWorker], timeout: float) -> fl
         lags = {g: lag.total for g, lag in lag_detail.items()}
         state = (len(windows), tuple(sorted((k, v.get("version")) for k, v in windows.items())))
         if windows and not open_ and not any(lags.values()):
-            if state == last_state and stable_since is not None and time.monotonic() - stable_since >= 4:
-                return time.monotonic() - started
-            if state != last_state:
+            if state != last_state or stable_since is None:
                 stable_since = time.monotonic()
+            elif time.monotonic() - stable_since >= 4:
+                return time.monotonic() - started
         else:
             stable_since = None
             reason = (f"{len(open_)} of {len(windows)} windows not final, lag "

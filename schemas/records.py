@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 from typing import Any
 
 from ccpulse.config import Thresholds
@@ -89,10 +90,16 @@ def event_message(ev: Event, raw: bytes, topic: str, partition: int, offset: int
 def step_from_message(doc: dict[str, Any]) -> Step:
     """The lifecycle step of a forwarded event (an ``event_message`` dict)."""
     details = doc["details"]
-    return Step(doc["ts"], doc["step"], doc["event_id"], doc["queue"], doc["agent_id"],
-                details.get("to_queue"), round(details.get("wrapup_seconds", 0) * 1000),
+    # Queue, agent and step names repeat across every open interaction: one copy each.
+    return Step(doc["ts"], _shared(doc["step"]), doc["event_id"], _shared(doc["queue"]),
+                _shared(doc["agent_id"]),
+                _shared(details.get("to_queue")), round(details.get("wrapup_seconds", 0) * 1000),
                 details.get("sender"), details.get("public", True), details.get("csat"),
                 details.get("nps"), doc.get("complaint", False), doc.get("customer_id"))
+
+
+def _shared(name: str | None) -> str | None:
+    return sys.intern(name) if name else name
 
 
 # base64 (4/3) of this stays under Kafka's default 1,000,000-byte message limit.

@@ -23,6 +23,9 @@ ROLLING_SIZE_S = 60
 # A final merged window is kept this long (event time) after its end, so a
 # straggling partial is still merged and the rolling view still sees it.
 FINAL_RETENTION_MS = 20 * 60 * 1000
+# Open agent windows (>= 15 min, thousands of agents) are re-published at most this
+# often; their final record goes out at once. Queue windows keep the 1 s cadence.
+AGENT_PUBLISH_SECONDS = 10.0
 
 
 def merged_agg(entry: dict[str, Any]) -> WindowAgg:
@@ -59,6 +62,7 @@ def register(pipe: Pipeline) -> None:
     outbox = pipe.outbox
     put, delete = outbox.put, outbox.delete
     primed: list[bool] = []
+    agent_published: dict[str, float] = {}  # agent window key -> when it was last published
     as_of = [0]  # newest event-time watermark reported by any partition
 
     @app.agent(pipe.topics["partials"], name="merge")
@@ -101,6 +105,7 @@ def register(pipe: Pipeline) -> None:
         now_ms = int(time.time() * 1000)
         dirty, pipe.merged_dirty = pipe.merged_dirty, set()
         live_keys = set()
+        now = time.monotonic()
         for key in sorted(dirty):
             entry = merged.data.get(key)
             if entry is None:
@@ -108,6 +113,15 @@ def register(pipe: Pipeline) -> None:
             if entry["kind"] == "live":
                 live_keys.add(key)
                 continue
+            if entry["key"][2] != QUEUE:
+                final = all(p["final"] for p in entry["parts"].values())
+                if not final and now - agent_published.get(key, -AGENT_PUBLISH_SECONDS) < AGENT_PUBLISH_SECONDS:
+                    pipe.merged_dirty.add(key)  # still owed: published on a later tick
+                    continue
+                if final:
+                    agent_published.pop(key, None)
+                else:
+                    agent_published[key] = now
             record = merged_record(entry, pipe, now_ms)
             outbox.send(topics[entry["key"][2]], window_record_key(tuple(entry["key"])).encode(), record)
             if entry["key"][2] == QUEUE and entry["key"][0] == ROLLING_SIZE_S:

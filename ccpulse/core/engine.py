@@ -120,6 +120,9 @@ class PartitionEngine:
         # interaction id -> its current live contribution (derived, so not persisted)
         self._live_of: dict[str, list[tuple[str, str, str, Any]]] = {}
         self._closes: dict[tuple[int, int], int] = {}  # (size, start) -> end + lateness
+        # One shared tuple per distinct fact: most interactions of a window share their
+        # facts ("offered in billing 08:01"), and 100k open interactions hold ~8 each.
+        self._facts: dict[tuple, tuple] = {}
 
     # -- state ----------------------------------------------------------------
 
@@ -127,7 +130,7 @@ class PartitionEngine:
         size, start = key_or_fact[0], key_or_fact[1]
         closes = self._closes.get((size, start))
         if closes is None:
-            if len(self._closes) > 65536:  # bounded: replays move through many windows
+            if len(self._closes) > 4096:  # bounded: replays move through many windows
                 self._closes.clear()
             closes = self._closes[(size, start)] = self.windowing.end(size, start) + self.lateness_ms
         return closes
@@ -178,7 +181,8 @@ class PartitionEngine:
                     late = True
                 else:
                     self._apply_fact(fact, delta)
-        inter.applied = dict(new)
+        intern = self._facts.setdefault
+        inter.applied = {intern(fact, fact): n for fact, n in new.items()}
         self._update_live(inter, derivation)
         if late:
             self.record.late_events += 1
@@ -259,6 +263,8 @@ class PartitionEngine:
                     for counter, value in agg.counts.items():
                         totals[counter] = totals.get(counter, 0) + value
         self.record.final_through = max(self.record.final_through, wm)
+        if finals:  # facts of final windows are never applied again: let them go
+            self._facts = {f: f for f in self._facts if self.closes_at(f) > self.record.final_through}
         return finals
 
     def take_dirty(self) -> list[Snapshot]:

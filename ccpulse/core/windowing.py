@@ -56,7 +56,7 @@ class Windowing:
         """
         cached = self._starts.get(ts_ms)
         if cached is None:
-            if len(self._starts) > 65536:
+            if len(self._starts) > 4096:
                 self._starts.clear()
             cached = self._starts[ts_ms] = [(size, self.start(ts_ms, size)) for size in self.sizes]
         return cached
