@@ -660,6 +660,10 @@ def scenario_broker_restart(run: Run) -> ScenarioResult:
     judge(result, run.reference, got, run.expected_ids(publisher, worker.prefix))
     result.notes.append(f"broker stopped {result.figures.get('broker_down_s')}s and restarted on the same port "
                         "and data; recover = broker back to worker /health 200 and caught up")
+    if 503 not in result.figures.get("health_during_outage", []):
+        # Reported, not failed: /health does not yet cover the broker connection.
+        result.notes.append(f"note: /health answered {result.figures.get('health_during_outage')} while the "
+                            "broker was down (never 503)")
     return result
 
 
@@ -698,20 +702,28 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
 
     def body(publisher: Publisher) -> None:
         _wait_for(settled([a, b]), 120)
-        before_b = health_partitions(b)
+        before = {"a": health_partitions(a), "b": health_partitions(b)}
         _wait_for(lambda: publisher.fraction(writer.prefix) >= 0.3 or publisher.done.is_set(), 600)
         targets = input_ends(run.bootstrap, writer.prefix)
         since = c.spawn()
         result.recover_seconds.append(round(wait_recovered(run.bootstrap, c, since, targets, 300,
                                                            extra=settled([a, b, c])), 1))
-        after_b = health_partitions(b)
-        given_up = before_b - after_b
-        kpi, _ = partition_labels(b)
-        result.figures["b_partitions_before_c"] = sorted(before_b)
-        result.figures["b_partitions_after_c"] = sorted(after_b)
-        if given_up & kpi:
-            checks.append(f"worker b still exposes series of partitions it gave up: {sorted(given_up & kpi)}")
-        log(f"rebalance: c joined, settled in {result.recover_seconds[-1]}s; b {sorted(before_b)} -> {sorted(after_b)}")
+        moves = []
+        for name, w in (("a", a), ("b", b)):
+            after = health_partitions(w)
+            given_up = before[name] - after
+            kpi, _ = partition_labels(w)
+            result.figures[f"{name}_partitions_before_after_c"] = [sorted(before[name]), sorted(after)]
+            if given_up:
+                moves.append(f"{name} gave up {sorted(given_up)}")
+            if given_up & kpi:
+                checks.append(f"worker {name} still exposes series of partitions it gave up: "
+                              f"{sorted(given_up & kpi)}")
+        if not moves:
+            checks.append("adding worker c moved no partition: the revocation check did not run")
+        result.figures["gave_up_when_c_joined"] = moves
+        log(f"rebalance: c joined, settled in {result.recover_seconds[-1]}s; {'; '.join(moves)}; "
+            f"their /metrics checked")
         _wait_for(lambda: publisher.fraction(writer.prefix) >= 0.65 or publisher.done.is_set(), 600)
         targets = input_ends(run.bootstrap, writer.prefix)
         stopping = time.monotonic()
@@ -898,23 +910,28 @@ def scenario_soak(run: Run, target_events: int) -> ScenarioResult:
         worker.kill9()
     result.sent = sent[0]
     result.accepted = int(samples[-1]["consumed"])
+    # Flat = the peak of the last third is within 25% (plus a little slack) of the peak of
+    # the middle third: expiry runs in scans, so single samples saw-tooth.
     third = max(1, len(samples) // 3)
+    middle, last = samples[third:2 * third] or samples, samples[2 * third:] or samples
+    series = {"rss_mib": lambda s: s["rss_mib"]}
+    for table in sorted({t for s in samples for t in s["tables"]}):
+        series[table] = lambda s, t=table: s["tables"].get(t, 0)
+    verdicts = {}
+    for name, get in series.items():
+        peak_mid, peak_end = max(map(get, middle)), max(map(get, last))
+        slack = 64 if name == "rss_mib" else 1000
+        verdicts[name] = {"middle_peak": peak_mid, "end_peak": peak_end,
+                          "flat": peak_end <= 1.25 * peak_mid + slack}
+    result.figures.update({"samples": samples, "flatness": verdicts, "horizon_s": horizon})
+    result.passed = sent[0] >= target_events and all(v["flat"] for v in verdicts.values())
     mid = samples[len(samples) // 2]
-    end = samples[-1]
-    steady = samples[third:]
-    rss_growth = (end["rss_mib"] - mid["rss_mib"]) / max(1.0, mid["rss_mib"])
-    inter_end, inter_mid = end["tables"].get("interactions", 0), mid["tables"].get("interactions", 0)
-    inter_max = max(s["tables"].get("interactions", 0) for s in steady)
-    result.figures.update({"samples": samples, "rss_growth_mid_to_end": round(rss_growth, 3)})
-    flat_rss = rss_growth <= 0.25
-    flat_tables = inter_end <= max(1.5 * inter_mid, inter_mid + 2000)
-    result.passed = sent[0] >= target_events and flat_rss and flat_tables
-    for label, s in (("start", samples[min(1, len(samples) - 1)]), ("middle", mid), ("end", end)):
+    for label, s in (("start", samples[min(1, len(samples) - 1)]), ("middle", mid), ("end", samples[-1])):
         result.notes.append(f"{label:>6} t={s['t_s']:.0f}s sent={s['sent']} consumed={s['consumed']} "
                             f"rss={s['rss_mib']} MiB tables={s['tables']}")
-    result.notes.append(f"RSS middle->end {rss_growth:+.1%} ({'flat' if flat_rss else 'GROWING'}); interactions "
-                        f"table middle {inter_mid}, end {inter_end}, max after the first third {inter_max} "
-                        f"({'flat' if flat_tables else 'GROWING'}); interaction horizon {horizon:.0f}s event time")
+    result.notes.append("peaks middle third -> last third: " + ", ".join(
+        f"{n} {v['middle_peak']}->{v['end_peak']} {'flat' if v['flat'] else 'GROWING'}" for n, v in verdicts.items()))
+    result.notes.append(f"interaction horizon {horizon:.0f}s of event time; {len(samples)} samples every ~10s")
     return result
 
 
