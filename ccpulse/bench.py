@@ -488,7 +488,7 @@ def _json_default(value: Any) -> Any:
 
 async def _main(plan: Plan, code: Path, profile: bool, keep: bool) -> Report:
     from ccpulse import local_kafka
-    from ccpulse.bench_worker import free_port
+    from ccpulse.probes import free_port
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

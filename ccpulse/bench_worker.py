@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccpulse.bench_kafka import GroupTopics
+from ccpulse.probes import free_port
 
 # Run with the worker's code: which topics each role's consumer group consumes.
 _TOPOLOGY = """
@@ -37,12 +37,6 @@ for role in ("all", "compute", "writer"):
 out["publish_interval_seconds"] = settings.windows.publish_interval_seconds
 print(json.dumps(out))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -71,9 +71,9 @@ class Profile:
     final_timeout: float     # how long windows may take to become final after the input ends
 
 
-SHORT = Profile(duration=240, speed=6, kills=2, partitions=4, outage_seconds=10, broker_down_seconds=10,
+SHORT = Profile(duration=240, speed=6, kills=2, partitions=6, outage_seconds=10, broker_down_seconds=10,
                 final_timeout=240)
-FULL = Profile(duration=720, speed=4, kills=6, partitions=4, outage_seconds=20, broker_down_seconds=15,
+FULL = Profile(duration=720, speed=4, kills=6, partitions=6, outage_seconds=20, broker_down_seconds=15,
                final_timeout=420)
 
 
@@ -540,8 +540,8 @@ def scenario_crash(run: Run) -> ScenarioResult:
                 result.recover_seconds.append(record["recover_s"])
             kills.append(record)
             log(f"crash: kill -9 #{i + 1} at {at:.0f}s ({record['published']} events published), "
-                f"recovered in {record.get('recover_s', '(killed again while recovering)')}s "
-                f"(/health 200 after {record.get('healthy_s', '-')}s)")
+                + (f"recovered in {record['recover_s']}s (/health 200 after {record.get('healthy_s', '-')}s)"
+                 if "recover_s" in record else "not waited for: the next kill hits the recovery"))
 
     publisher = with_reference(run, worker, body)
     assert run.reference is not None
@@ -695,9 +695,13 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
     checks: list[str] = []
 
     def settled(live: list[ChaosWorker]) -> Callable[[], bool]:
+        # Every partition owned exactly once and every live worker busy: a worker that has
+        # joined but not been given work yet (or one still holding a revoked partition)
+        # does not count as settled.
         def check() -> bool:
             owned = [health_partitions(w) for w in live]
-            return set().union(*owned) == every_partition and sum(map(len, owned)) == len(every_partition)
+            return set().union(*owned) == every_partition and sum(map(len, owned)) == len(every_partition) \
+                and all(owned)
         return check
 
     def body(publisher: Publisher) -> None:

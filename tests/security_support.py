@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from ccpulse import kafka_security, local_kafka
+from ccpulse import kafka_security, local_kafka, probes
+from ccpulse.probes import free_port
 from ccpulse.config import KafkaSettings
 
 SASL_USER = "ccpulse"
@@ -42,12 +39,6 @@ class SaslBroker:
                              sasl_mechanism=MECHANISM, sasl_username=self.username, sasl_password=self.password)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_sasl_broker(state_dir: Path) -> Iterator[SaslBroker]:
     """A fresh local broker whose only listener wants SCRAM; stopped when the generator closes."""
     password = "pw-" + secrets.token_hex(12)
@@ -61,34 +52,9 @@ def start_sasl_broker(state_dir: Path) -> Iterator[SaslBroker]:
 
 
 def read_topic(kafka: KafkaSettings, topic: str, timeout: float = 20.0) -> list[tuple[bytes | None, bytes]]:
-    """Every message of ``topic`` up to its end when called, read with ``kafka``'s security settings."""
-    async def run() -> list[tuple[bytes | None, bytes]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, group_id=None,
-                                    **kafka_security.client_kwargs(kafka))
-        await consumer.start()
-        out: list[tuple[bytes | None, bytes]] = []
-        try:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            if not tps:
-                return out
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            deadline = asyncio.get_running_loop().time() + timeout
-            while remaining and asyncio.get_running_loop().time() < deadline:
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, records in batch.items():
-                    out.extend((r.key, r.value) for r in records if r.offset < ends[tp])
-                    if records and records[-1].offset >= ends[tp] - 1:
-                        remaining.discard(tp)
-            assert not remaining, f"{topic}: could not read to the end within {timeout}s"
-        finally:
-            await consumer.stop()
-        return out
-    return asyncio.run(run())
+    """Every message of a topic up to its end, read over the secured listener."""
+    return [(r.key, r.value) for r in probes.read_topic(kafka.bootstrap, topic, timeout,
+                                                          **kafka_security.client_kwargs(kafka))]
 
 
 def latest_windows(kafka: KafkaSettings, topic: str) -> dict[str, dict[str, Any]]:

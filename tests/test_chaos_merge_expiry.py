@@ -8,7 +8,7 @@ whose lifecycle catches up before its FCR stage), the KPI-only entry is dropped
 before the FCR part arrives; the FCR part then starts a new entry whose record has
 no KPIs and a *lower* version, so kpi.windows consumers and the ReplacingMergeTree
 keep the old record without FCR. In ``ccpulse chaos --scenarios crash
---sentinel-gap 10800`` this lost fcr_* of 24 of 35 windows after one kill -9.
+--sentinel-gap 10800`` this lost the fcr_* fields of 18 of 35 windows after a kill -9.
 """
 
 from __future__ import annotations

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
+
+from ccpulse import probes
+from ccpulse.probes import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -111,38 +110,10 @@ class WorkerProcess:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Parse /metrics into {(name, sorted labels): value}."""
-        _, text = self.get("/metrics")
-        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            head, value = line.rsplit(" ", 1)
-            if "{" in head:
-                name, rest = head.split("{", 1)
-                labels = tuple(sorted(
-                    (k, v.strip('"')) for k, v in (item.split("=", 1) for item in _split_labels(rest[:-1]))))
-            else:
-                name, labels = head, ()
-            out[(name, labels)] = float(value)
-        return out
+        return probes.parse_metrics(self.get("/metrics")[1])
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_bytes()[-chars:].decode(errors="replace")
-
-
-def _split_labels(text: str) -> list[str]:
-    parts, current, quoted = [], "", False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if current:
-        parts.append(current)
-    return parts
 
 
 def worker_env(bootstrap: str, tmp: Path, name: str, **extra: str) -> dict[str, str]:
@@ -176,33 +147,7 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Any]:
     """Every message of a topic from the beginning up to its end when called, as (key, value)."""
-    async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        out: list[Any] = []
-        try:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            if not tps:
-                return out
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            deadline = asyncio.get_running_loop().time() + timeout
-            while remaining and asyncio.get_running_loop().time() < deadline:
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, records in batch.items():
-                    out.extend((r.key, r.value) for r in records if r.offset < ends[tp])
-                    if records and records[-1].offset >= ends[tp] - 1:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
-        return out
-    return asyncio.run(run())
+    return [(r.key, r.value) for r in probes.read_topic(bootstrap, topic, timeout)]
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
