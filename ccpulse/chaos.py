@@ -71,7 +71,7 @@ class Profile:
     final_timeout: float     # how long windows may take to become final after the input ends
 
 
-SHORT = Profile(duration=240, speed=6, kills=2, partitions=6, outage_seconds=10, broker_down_seconds=10,
+SHORT = Profile(duration=180, speed=8, kills=2, partitions=6, outage_seconds=10, broker_down_seconds=10,
                 final_timeout=240)
 FULL = Profile(duration=720, speed=4, kills=6, partitions=6, outage_seconds=20, broker_down_seconds=15,
                final_timeout=420)
@@ -436,10 +436,9 @@ class Run:
     def app(self, name: str) -> str:
         return f"{self.run_id}-{name}"
 
-    def worker(self, name: str, role: str = "all", config: str | None = None,
-               module: str = "ccpulse.cli") -> ChaosWorker:
+    def worker(self, name: str, role: str = "all", config: str | None = None) -> ChaosWorker:
         return ChaosWorker.create(self.bootstrap, self.workdir / name, self.app(name),
-                                  config or worker_config(self.profile.partitions), role, module)
+                                  config or worker_config(self.profile.partitions), role)
 
     def expected_ids(self, publisher: Publisher, prefix: str) -> set[str]:
         return self.workload.ids | set(publisher.sentinel_ids.get(prefix, []))
@@ -640,14 +639,19 @@ def scenario_broker_restart(run: Run) -> ScenarioResult:
         targets = input_ends(run.bootstrap, worker.prefix)
         local_kafka.stop(state)
         down_at = time.monotonic()
-        health_during = set()
+        health_during, kafka_up_during = set(), set()
         while time.monotonic() - down_at < run.profile.broker_down_seconds:
-            health_during.add(worker.health()[0])
+            status = worker.health()[0]
+            health_during.add(status)
+            if status == 503 and "unhealthy_after_s" not in result.figures:
+                result.figures["unhealthy_after_s"] = round(time.monotonic() - down_at, 1)
+            kafka_up_during.update(v for (name, _), v in worker.metrics().items() if name == "ccpulse_kafka_up")
             time.sleep(0.5)
         local_kafka.start(state, port=port, fresh=False)
         back = time.monotonic()
         result.figures["broker_down_s"] = round(back - down_at, 1)
         result.figures["health_during_outage"] = sorted(health_during)
+        result.figures["kafka_up_during_outage"] = sorted(kafka_up_during)
         publisher.resume()
         result.recover_seconds.append(round(wait_recovered(run.bootstrap, worker, back, targets, 300), 1))
         log(f"broker-restart: broker down {back - down_at:.0f}s, worker recovered "
@@ -660,10 +664,15 @@ def scenario_broker_restart(run: Run) -> ScenarioResult:
     judge(result, run.reference, got, run.expected_ids(publisher, worker.prefix))
     result.notes.append(f"broker stopped {result.figures.get('broker_down_s')}s and restarted on the same port "
                         "and data; recover = broker back to worker /health 200 and caught up")
-    if 503 not in result.figures.get("health_during_outage", []):
-        # Reported, not failed: /health does not yet cover the broker connection.
-        result.notes.append(f"note: /health answered {result.figures.get('health_during_outage')} while the "
-                            "broker was down (never 503)")
+    if 503 not in result.figures.get("health_during_outage", []) \
+            or 0.0 not in result.figures.get("kafka_up_during_outage", []):
+        result.passed = False
+        result.notes.append(f"FAIL: while the broker was down /health answered "
+                            f"{result.figures.get('health_during_outage')} and ccpulse_kafka_up was "
+                            f"{result.figures.get('kafka_up_during_outage')} (expected a 503 and a 0)")
+    else:
+        result.notes.append(f"/health 503 and ccpulse_kafka_up 0 {result.figures.get('unhealthy_after_s')}s "
+                            "after the broker stopped")
     return result
 
 
@@ -693,6 +702,7 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
     everyone = [writer, a, b, c]
     every_partition = {str(p) for p in range(run.profile.partitions)}
     checks: list[str] = []
+    last_owned: list[str] = []  # /health partitions per worker at the last ownership check
 
     def settled(live: list[ChaosWorker]) -> Callable[[], bool]:
         # Every partition owned exactly once and every live worker busy: a worker that has
@@ -700,6 +710,7 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
         # does not count as settled.
         def check() -> bool:
             owned = [health_partitions(w) for w in live]
+            last_owned[:] = [f"{w.workdir.name}={sorted(o)}" for w, o in zip(live, owned)]
             return set().union(*owned) == every_partition and sum(map(len, owned)) == len(every_partition) \
                 and all(owned)
         return check
@@ -736,7 +747,10 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
                                                            extra=settled([b, c])), 1))
         log(f"rebalance: a stopped (SIGTERM), settled in {result.recover_seconds[-1]}s")
 
-    publisher = with_reference(run, writer, body, start=[writer, a, b])
+    try:
+        publisher = with_reference(run, writer, body, start=[writer, a, b])
+    except ChaosError as exc:
+        raise ChaosError(f"{exc}; partitions per worker (/health): {', '.join(last_owned)}") from None
     assert run.reference is not None
     wait_final(run.bootstrap, [writer, b, c], run.profile.final_timeout)
     # After the last rebalance: each live worker's series = its own partitions, none shared.
@@ -868,7 +882,7 @@ def scenario_soak(run: Run, target_events: int) -> ScenarioResult:
     horizon = 600.0
     config = worker_config(run.profile.partitions, lateness=60, idle_close=30, horizon=horizon, fcr_horizon=600,
                            sizes=(60, 900))
-    worker = run.worker("soak", config=config, module="ccpulse.chaos_instrumented")
+    worker = run.worker("soak", config=config)
     run.ensure_topics(worker)
     worker.start()
     samples: list[dict[str, Any]] = []

@@ -45,13 +45,10 @@ class ChaosWorker:
     workdir: Path
     role: str = "all"
     process: subprocess.Popen | None = None
-    # Soak runs use the instrumented entry point (table sizes on /metrics).
-    module: str = "ccpulse.cli"
     starts: int = 0
 
     @classmethod
-    def create(cls, bootstrap: str, workdir: Path, app: str, config: str, role: str = "all",
-               module: str = "ccpulse.cli") -> "ChaosWorker":
+    def create(cls, bootstrap: str, workdir: Path, app: str, config: str, role: str = "all") -> "ChaosWorker":
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "ccpulse.toml").write_text(config)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CCPULSE_")}
@@ -64,13 +61,13 @@ class ChaosWorker:
             "CCPULSE_WEB_PORT": str(free_port()),
             "CCPULSE_CONFIG": str(workdir / "ccpulse.toml"),
         })
-        return cls(env, workdir, role, module=module)
+        return cls(env, workdir, role)
 
     def sibling(self, workdir: Path, role: str) -> "ChaosWorker":
         """Another worker of the same app and store, with its own HTTP port and state."""
         workdir.mkdir(parents=True, exist_ok=True)
         env = dict(self.env, CCPULSE_WEB_PORT=str(free_port()), CCPULSE_STATE_DIR=str(workdir / "state"))
-        return ChaosWorker(env, workdir, role, module=self.module)
+        return ChaosWorker(env, workdir, role)
 
     @property
     def app(self) -> str:
@@ -105,7 +102,7 @@ class ChaosWorker:
         """Start the process and return at once (monotonic start time)."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, "worker", "--loglevel", "info", "--role", self.role],
+            [sys.executable, "-m", "ccpulse.cli", "worker", "--loglevel", "info", "--role", self.role],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.starts += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import faust
 
@@ -26,6 +26,9 @@ from sinks.prometheus import PipelineMetrics
 from streams import codecs
 from streams.outbox import Outbox
 from streams.topics import EVENT_MESSAGE_MAX_BYTES
+
+if TYPE_CHECKING:
+    from streams.broker_health import BrokerProbe
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Pipeline:
     fcr_engines: dict[int, FcrEngine] = field(default_factory=dict)
     role: str = "all"
     outbox: Outbox = None  # type: ignore[assignment]  # set right after the app exists
+    broker: BrokerProbe | None = None  # set by web.register
 
     def internal(self, suffix: str) -> str:
         return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
@@ -102,7 +106,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     )
     pipe = Pipeline(settings, app, role=role)
     pipe.outbox = Outbox(app)
-    pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines)
+    pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines, lambda: pipe.tables)
     app.pipeline = pipe  # type: ignore[attr-defined]
 
     t = settings.topics

@@ -19,7 +19,9 @@ from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
 from streams.app import Pipeline
+from streams.fencing import current_events
 from streams.ingest import WATERMARK_FIELD
+from streams.merge import ClockSender
 
 EXPIRY_SCAN_SECONDS = 30.0
 
@@ -36,6 +38,7 @@ def register(pipe: Pipeline) -> None:
     outbox = pipe.outbox
     put, delete = outbox.put, outbox.delete
     last_expiry = [time.monotonic()]
+    merge_clock = ClockSender(outbox, partials, settings.kafka.partitions)
 
     def customer_lists(partition: int) -> list[tuple[str, list[Contact]]]:
         return [(key, value["contacts"]) for key, value in list(customers.data.items())
@@ -60,7 +63,7 @@ def register(pipe: Pipeline) -> None:
     async def fcr(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             touched: set[int] = set()
-            for event in batch:
+            for event in current_events(app, batch):
                 msg = event.message
                 doc = orjson.loads(msg.value)
                 engine = engine_for(msg.partition)
@@ -91,6 +94,7 @@ def register(pipe: Pipeline) -> None:
                 outbox.send(partials, window_record_key(snap.key).encode(),
                             partial(snap, partition, engine.record.watermark,
                                     windowing.end(snap.key[0], snap.key[1])))
+            merge_clock.send(f"fcr-{partition}", engine.record.watermark)
             if engine.record.final_through != before:
                 put(records, partition, str(partition), engine.record.to_dict())
         if expire_now:
@@ -118,6 +122,7 @@ def register(pipe: Pipeline) -> None:
         for tp in revoked:
             if tp.topic == topic_name:
                 engines.pop(tp.partition, None)
+                merge_clock.forget(f"fcr-{tp.partition}")
 
 
 def partial(snap: FcrSnapshot, partition: int, watermark: int, end: int) -> dict[str, Any]:

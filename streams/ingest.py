@@ -16,6 +16,7 @@ from ccpulse.core.watermark import InputWatermarks
 from schemas.events import Rejection, decode
 from schemas.records import dead_letter, event_message
 from streams.app import Pipeline
+from streams.fencing import current_events
 
 FAMILIES = {"calls": "call", "chats": "chat", "tickets": "ticket"}
 # A message on the events topic with only this field is a watermark tick, not an event.
@@ -39,7 +40,7 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take_events(2000, within=0.05):
             now_ms = int(time.time() * 1000)
             consumed: Counter = Counter()
-            for event in batch:
+            for event in current_events(pipe.app, batch):
                 msg = event.message
                 raw = msg.value
                 consumed[msg.topic] += 1

@@ -21,6 +21,8 @@ from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from schemas.records import interaction_rows, step_from_message, window_record_key
 from streams.app import Pipeline
+from streams.fencing import current_events
+from streams.merge import ClockSender
 from streams.ingest import WATERMARK_FIELD
 
 EXPIRY_SCAN_SECONDS = 10.0
@@ -58,6 +60,7 @@ def register(pipe: Pipeline) -> None:
     clocks: dict[int, PartitionClock] = {}
     windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
     last_expiry = [time.monotonic()]
+    merge_clock = ClockSender(outbox, partials, settings.kafka.partitions)
 
     def engine_for(partition: int) -> PartitionEngine:
         engine = pipe.engines.get(partition)
@@ -95,7 +98,7 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take_events(2000, within=0.05):
             touched: dict[str, tuple[int, Interaction]] = {}
             partitions: set[int] = set()
-            for event in batch:
+            for event in current_events(app, batch):
                 msg = event.message
                 doc = orjson.loads(msg.value)
                 engine = engine_for(msg.partition)
@@ -143,6 +146,7 @@ def register(pipe: Pipeline) -> None:
             before = engine.record.final_through
             snaps = engine.close() + engine.take_dirty()
             publish(partition, engine, snaps)
+            merge_clock.send(str(partition), engine.record.watermark)
             if snaps or engine.record.final_through != before:
                 put(records, partition, str(partition), engine.record)
         if expire_now:
@@ -187,6 +191,7 @@ def register(pipe: Pipeline) -> None:
                 pipe.engines.pop(tp.partition, None)
                 clocks.pop(tp.partition, None)
                 sent_watermarks.pop(f"lifecycle/{tp.partition}", None)
+                merge_clock.forget(str(tp.partition))
 
 
 

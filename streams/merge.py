@@ -2,7 +2,9 @@
 
 - window partials -> one ``kpi.windows`` (queue) or ``kpi.agents`` (agent) record per window;
 - live partials -> one ``kpi.queue-state`` record per queue x channel, with the
-  rolling last-15-minutes KPIs summed from the queue's 1-minute windows.
+  rolling last-15-minutes KPIs summed from the queue's 1-minute windows;
+- clock partials -> each source's event time on each merge partition, which says
+  when a final window may be forgotten (ccpulse/core/merge_clock.py).
 
 Partials are full snapshots, so merging is idempotent: the newest snapshot per
 source partition replaces the older one, and a re-delivered or replayed
@@ -14,9 +16,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from ccpulse.core.kpis import QUEUE, WindowAgg
+from ccpulse.core.merge_clock import MergeClock, expected_sources
 from schemas.records import queue_state_record, window_record, window_record_key
 from streams.app import Pipeline
+from streams.fencing import current_events
+from streams.outbox import Outbox
 
 ROLLING_WINDOW_MS = 15 * 60 * 1000
 ROLLING_SIZE_S = 60
@@ -26,6 +33,26 @@ FINAL_RETENTION_MS = 20 * 60 * 1000
 # Open agent windows (>= 15 min, thousands of agents) are re-published at most this
 # often; their final record goes out at once. Queue windows keep the 1 s cadence.
 AGENT_PUBLISH_SECONDS = 10.0
+
+
+class ClockSender:
+    """A source stage's side of the merge clock: its watermark to every merge partition, when it moved."""
+
+    def __init__(self, outbox: Outbox, topic: Any, partitions: int) -> None:
+        self._outbox, self._topic, self._partitions = outbox, topic, partitions
+        self._sent: dict[str, int] = {}
+
+    def send(self, source: str, watermark: int) -> None:
+        """Call after the source's partials up to ``watermark`` are in the outbox."""
+        if not watermark or self._sent.get(source) == watermark:
+            return
+        self._sent[source] = watermark
+        value = orjson.dumps({"kind": "clock", "source": source, "watermark": watermark})
+        for partition in range(self._partitions):
+            self._outbox.send(self._topic, None, value, partition)
+
+    def forget(self, source: str) -> None:
+        self._sent.pop(source, None)
 
 
 def merged_agg(entry: dict[str, Any]) -> WindowAgg:
@@ -64,23 +91,35 @@ def register(pipe: Pipeline) -> None:
     primed: list[bool] = []
     agent_published: dict[str, float] = {}  # agent window key -> when it was last published
     as_of = [0]  # newest event-time watermark reported by any partition
+    w = pipe.settings.windows
+    clock = MergeClock(expected_sources(pipe.settings.kafka.partitions), int(w.fcr_horizon_seconds * 1000),
+                       int(w.allowed_lateness_seconds * 1000), FINAL_RETENTION_MS)
 
     @app.agent(pipe.topics["partials"], name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             touched: dict[str, tuple[int, dict[str, Any]]] = {}
-            for event in batch:
+            for event in current_events(app, batch):
                 partial = event.value
                 as_of[0] = max(as_of[0], partial.get("watermark", 0))
-                if partial.get("kind") == "live":
+                kind = partial.get("kind")
+                if kind == "clock":
+                    clock.observe(event.message.partition, partial["source"], partial["watermark"])
+                    continue
+                if kind == "live":
                     key = f"live|{partial['queue']}|{partial['channel']}"
                     base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
                 else:
                     key = window_record_key(tuple(partial["key"]))
                     key = key if partial["key"][2] == QUEUE else "agent|" + key
                     base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
-                entry = (touched[key][1] if key in touched else merged.data.get(key)) \
-                    or {**base, "parts": {}, "partition": event.message.partition}
+                entry = touched[key][1] if key in touched else merged.data.get(key)
+                if entry is None:
+                    if kind == "window" and clock.done_with(event.message.partition, partial["end"]):
+                        # Merged, final and forgotten already: a source re-sending after a crash.
+                        pipe.metrics.merge_redelivered.inc()
+                        continue
+                    entry = {**base, "parts": {}, "partition": event.message.partition}
                 source = str(partial["partition"])
                 current = entry["parts"].get(source)
                 if current is not None and current["version"] > partial["version"]:
@@ -170,7 +209,5 @@ def register(pipe: Pipeline) -> None:
             # A key changed since this tick began still owes its (final) record.
             if entry["kind"] != "window" or key in pipe.merged_dirty:
                 continue
-            final = all(p["final"] for p in entry["parts"].values())
-            if final and entry["end"] + pipe.settings.windows.fcr_horizon_seconds * 1000 \
-                    + FINAL_RETENTION_MS < as_of[0] - pipe.settings.windows.allowed_lateness_seconds * 1000:
+            if all(p["final"] for p in entry["parts"].values()) and clock.done_with(entry["partition"], entry["end"]):
                 delete(merged, entry["partition"], key)

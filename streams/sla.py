@@ -44,6 +44,7 @@ from ccpulse.core.scorecard import eligible, scorecard_key, scorecard_record
 from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, queue_state_values, window_values
 from schemas.events import parse_timestamp_ms
 from streams.app import Pipeline
+from streams.fencing import current_events
 
 OBSERVATIONS = "sla-observations"
 
@@ -93,7 +94,7 @@ def register(pipe: Pipeline) -> None:
     async def sla(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             newest = 0
-            for event in batch:
+            for event in current_events(app, batch):
                 doc = event.value
                 if not isinstance(doc, dict) or "queue" not in doc or "channel" not in doc:
                     continue

@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
+from streams import broker_health
 from streams.app import Pipeline
 from streams.merge import merged_record
 from streams.web_auth import guarded
@@ -16,9 +17,12 @@ from streams.web_auth import guarded
 def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
     app = pipe.app
     recovered = app.tables.recovery.completed.is_set()
+    broker_up = pipe.broker is None or pipe.broker.up
+    detail = ("broker unreachable" if not broker_up else
+              "consuming" if recovered else "recovering state / joining group")
     parts: dict[str, Any] = {
-        "kafka": {"ok": recovered and not app.rebalancing,
-                  "detail": "consuming" if recovered else "recovering state / joining group"},
+        "kafka": {"ok": broker_up and recovered and not app.rebalancing, "detail": detail,
+                  **(pipe.broker.detail() if pipe.broker is not None else {})},
     }
     if pipe.writer is not None:
         parts["clickhouse"] = pipe.writer.health_part()
@@ -57,6 +61,7 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
 
 def register(pipe: Pipeline) -> None:
     app = pipe.app
+    broker_health.register(pipe)
     registry = pipe.metrics.registry
     auth = guarded(pipe.settings.web.token)  # /health stays open: liveness probes carry no token
 

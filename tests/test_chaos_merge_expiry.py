@@ -1,14 +1,14 @@
-"""Reproduction (found by ``ccpulse chaos``): a window's FCR part is lost when it reaches the
-merge stage after the merge already expired the window's final KPI entry.
+"""Found by ``ccpulse chaos``: a window's FCR part was lost when it reached the merge stage
+after the merge had already forgotten the window's final KPI entry.
 
-streams/merge.py ``expire()`` drops a merged entry once all its parts are final and
-event time (the newest watermark of *any* partial) is past end + fcr_horizon +
-retention. When event time jumps (a replay, a long idle close, a restarted worker
-whose lifecycle catches up before its FCR stage), the KPI-only entry is dropped
-before the FCR part arrives; the FCR part then starts a new entry whose record has
-no KPIs and a *lower* version, so kpi.windows consumers and the ReplacingMergeTree
-keep the old record without FCR. In ``ccpulse chaos --scenarios crash
+The merge used to forget a final entry once the newest event time reported by *any*
+source was past end + FCR horizon + retention. When event time jumped (a replay, a
+long idle close, a restarted worker whose lifecycle caught up before its FCR stage),
+the KPI-only entry was dropped before the FCR part arrived; that part then started a
+new entry with no KPIs and a lower version. In ``ccpulse chaos --scenarios crash
 --sentinel-gap 10800`` this lost the fcr_* fields of 18 of 35 windows after a kill -9.
+Now every source sends its clock to every merge partition and the slowest one decides
+(ccpulse/core/merge_clock.py); this drives a real worker through both halves of that rule.
 """
 
 from __future__ import annotations
@@ -45,23 +45,53 @@ def newest(bootstrap: str, topic: str) -> dict | None:
     return best
 
 
-@pytest.mark.xfail(reason="merge expiry drops a final KPI entry before its FCR part arrives (see module doc)",
-                   strict=False)
-def test_fcr_part_arriving_after_a_big_event_time_jump_is_not_lost(kafka_bootstrap: str, tmp_path: Path) -> None:
+def clock(source: str, watermark: int) -> tuple[bytes, bytes]:
+    # Same key as the window, so the clock lands on the window's merge partition.
+    return RECORD_KEY, orjson.dumps({"kind": "clock", "source": source, "watermark": watermark})
+
+
+def last_record(bootstrap: str, topic: str) -> dict | None:
+    """The record a compacted-topic consumer keeps: the last one for the key."""
+    records = [json.loads(value) for key, value in read_topic(bootstrap, topic) if key == RECORD_KEY]
+    return records[-1] if records else None
+
+
+def test_a_lagging_fcr_part_still_merges_and_a_resent_part_after_forgetting_is_skipped(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
     worker = WorkerProcess.create(kafka_bootstrap, tmp_path, "merge-expiry", role="compute")
     worker.start()
     try:
         partials = f"{worker.prefix}merge-expiry-window-partials"
         kpi_topic = f"{worker.prefix}kpi.windows"
-        # The KPI part, final, reported with event time 3 days later (past end + 1 day FCR horizon + retention).
-        produce(kafka_bootstrap, partials, [partial("0", 4000, {"offered": 1}, START + 3 * 86400 * 1000)])
+        later = START + 3 * 86400 * 1000  # past end + 1 day FCR horizon + lateness + retention
+        lagging = "fcr-0"
+        def merged_entries() -> float:
+            return worker.metrics()[("ccpulse_table_entries", (("table", "merged"),))]
+
+        ahead = [s for s in ("0", "1", "2", "3", "fcr-0", "fcr-1", "fcr-2", "fcr-3") if s != lagging]
+        # The KPI part, final, then every source's clock far ahead -- but the FCR partition
+        # that still owes its part of the window reports an old clock.
+        produce(kafka_bootstrap, partials, [partial("0", 4000, {"offered": 1}, later)]
+                + [clock(s, later) for s in ahead] + [clock(lagging, START)])
         wait_until(lambda: (newest(kafka_bootstrap, kpi_topic) or {}).get("final"), 60, "the KPI record")
         time.sleep(3)  # a few publish ticks: the expiry runs after each
-        produce(kafka_bootstrap, partials, [partial("fcr-0", 10, {"fcr_contacts": 1, "fcr_decided": 1,
-                                                                  "fcr_resolved": 1}, START + 3 * 86400 * 1000)])
-        time.sleep(5)
-        record = newest(kafka_bootstrap, kpi_topic)
-        assert record is not None
-        assert (record["offered"], record["fcr_contacts"]) == (1, 1), record
+        assert merged_entries() == 1, "kept while the lagging source still owes its part"
+        produce(kafka_bootstrap, partials, [partial(lagging, 10, {"fcr_contacts": 1, "fcr_decided": 1,
+                                                                  "fcr_resolved": 1}, later),
+                                            clock(lagging, later)])
+        wait_until(lambda: (last_record(kafka_bootstrap, kpi_topic) or {}).get("fcr_contacts") == 1, 30,
+                   "the FCR part merged into the window")
+        record = last_record(kafka_bootstrap, kpi_topic)
+        assert (record["offered"], record["fcr_contacts"], record["fcr_final"]) == (1, 1, True), record
+
+        # Every clock is past now: the window is forgotten. A source re-sending its part
+        # (as after a crash) must not start a new, poorer record.
+        wait_until(lambda: merged_entries() == 0, 30, "the merged window forgotten")
+        produce(kafka_bootstrap, partials, [partial("0", 4000, {"offered": 1}, later)])
+        wait_until(lambda: worker.metrics().get(("ccpulse_merge_redelivered_parts_total", ())) == 1, 30,
+                   "the re-sent part counted as a re-delivery")
+        time.sleep(2)
+        assert last_record(kafka_bootstrap, kpi_topic) == record
+        assert merged_entries() == 0
     finally:
         worker.stop()
