@@ -19,7 +19,10 @@ another -- fetches it again from the committed offset.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
 
 
 def current_events(app: Any, batch: Sequence[Any]) -> Sequence[Any]:
@@ -38,4 +41,7 @@ def current_events(app: Any, batch: Sequence[Any]) -> Sequence[Any]:
         # Message.ack() does nothing for a message already marked acknowledged, so the
         # consumer never records the offset as safe to commit.
         event.message.acked = True
+    if stale:
+        log.info("withheld %d events fetched before the rebalance (fetched again from the committed offset)",
+                 len(stale))
     return kept

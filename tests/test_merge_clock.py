@@ -91,3 +91,29 @@ def test_no_part_arrives_for_a_forgotten_window(seed: int, partitions: int) -> N
         for end in [e for e in entries if c.done_with(0, e)]:
             forgotten.add(end)
             del entries[end]
+
+
+class RecordingOutbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, bytes | None, object, int | None]] = []
+
+    def send(self, topic: object, key: bytes | None, value: object, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+
+def test_a_source_sends_its_clock_to_every_merge_partition_when_it_moves() -> None:
+    import orjson
+
+    from streams.merge import ClockSender
+
+    outbox = RecordingOutbox()
+    sender = ClockSender(outbox, "partials", 3)  # type: ignore[arg-type]
+    sender.send("fcr-1", 0)  # no event time yet: nothing to say
+    sender.send("fcr-1", 5 * MIN)
+    sender.send("fcr-1", 5 * MIN)  # unchanged: not sent again
+    assert [(t, p) for t, _, _, p in outbox.sent] == [("partials", 0), ("partials", 1), ("partials", 2)]
+    assert [orjson.loads(v) for _, _, v, _ in outbox.sent] == [
+        {"kind": "clock", "source": "fcr-1", "watermark": 5 * MIN}] * 3
+    sender.forget("fcr-1")  # the partition moved away and back: its new state re-reports
+    sender.send("fcr-1", 5 * MIN)
+    assert len(outbox.sent) == 6
