@@ -1,35 +1,29 @@
-"""A batch is committed only once its stage has applied it, and only by the worker that owns it.
+"""A batch is committed only once its stage has applied it.
 
-Every agent takes its input in batches (``take_events``). Two things Faust does not
-guarantee on its own, both found by ``ccpulse chaos``:
+Every agent takes its input in batches (``take_events``), and ``take_events``
+acknowledges a batch in a ``finally``: also when the agent's work on it raised or
+was cancelled (a worker stopping while a batch is being sent or written). Faust
+then commits those offsets and nobody ever processes the events -- ``ccpulse
+chaos`` lost events that way when a worker was stopped mid-run. Here every message
+of a batch holds one more reference until the batch has been applied, so Faust's
+acknowledgement never completes for an unfinished batch; its offsets stay
+uncommitted and the events are read again (by this worker after a restart, or by
+the partition's next owner). A reference, unlike marking the message acknowledged,
+also works when several agents read the same topic.
 
-1. ``take_events`` acknowledges a batch in a ``finally``: also when the agent's work
-   on it raised or was cancelled (a worker stopping while a batch is being sent or
-   written). Faust then commits those offsets, and nobody ever processes the events.
-   Here every message of a batch holds one more reference until the batch has been
-   applied, so Faust's own acknowledgement never completes for an unfinished batch;
-   its offsets stay uncommitted and are read again.
-
-2. With ``stream_wait_empty=False`` Faust does not wait for agents at a rebalance, and
-   a batch may hold events fetched before it. Applied to a partition that moved away,
-   such an event re-creates state (an engine, table entries, changelog records) next
-   to its new owner. Stateful stages therefore wait until the rebalance and state
-   recovery are over and apply only the events of partitions still assigned to them;
-   the others stay unacknowledged, and their new owner reads them from its committed
-   offset. (Skipping *and* acknowledging them, as Faust's own stream does, lost events:
-   right after a rebalance Faust has forgotten the committed offset and commits past them.)
+A batch fetched before a rebalance may still be applied after it, to a partition
+this worker no longer owns; its effects are idempotent (event ids, snapshot
+versions), and the stages drop the engines of partitions they no longer own at
+their next publish tick (streams/lifecycle.py, streams/fcr.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Sequence
 
 log = logging.getLogger(__name__)
-
-REBALANCE_POLL_SECONDS = 0.05
 
 
 class NotApplied(Exception):
@@ -38,33 +32,15 @@ class NotApplied(Exception):
 
 
 @asynccontextmanager
-async def applying(app: Any, batch: Sequence[Any], *, fenced: bool) -> AsyncIterator[Sequence[Any]]:
-    """``async with applying(app, batch, fenced=...) as events:`` apply ``events``; they are
-    released for commit when the block completes, never if it raises or is cancelled.
-    ``fenced``: leave out (unacknowledged) the events of partitions this worker no longer owns."""
+async def applying(batch: Sequence[Any]) -> AsyncIterator[Sequence[Any]]:
+    """``async with applying(batch) as events:`` apply ``events``; they are released for
+    commit when the block completes, never if it raises or is cancelled."""
     for event in batch:
         event.message.incref()
-    events = await _owned(app, batch) if fenced else batch
     try:
-        yield events
+        yield batch
     except NotApplied as exc:
         log.info("batch of %d events left uncommitted: %s", len(batch), exc)
         return
-    for event in events:
+    for event in batch:
         event.message.decref()
-
-
-async def _owned(app: Any, batch: Sequence[Any]) -> Sequence[Any]:
-    generation = app.consumer_generation_id
-    if app.flow_control.is_active() and all(e.message.generation_id == generation for e in batch):
-        return batch
-    # Fetched before a rebalance (or one is under way): decide once it is over, when the
-    # assignment is known and the state of the partitions kept is recovered.
-    while app.rebalancing or not app.flow_control.is_active():
-        await asyncio.sleep(REBALANCE_POLL_SECONDS)
-    assigned = app.consumer.assignment()
-    kept = [e for e in batch if e.message.tp in assigned]
-    if len(kept) < len(batch):
-        log.info("left %d events fetched before the rebalance to their partitions' new owner",
-                 len(batch) - len(kept))
-    return kept

@@ -62,7 +62,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["contacts"], name="fcr")
     async def fcr(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(app, batch, fenced=True) as events:
+            async with applying(batch) as events:
                 touched: set[int] = set()
                 for event in events:
                     msg = event.message
@@ -85,9 +85,11 @@ def register(pipe: Pipeline) -> None:
     async def publish_fcr() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == topic_name:
-                engine_for(tp.partition)
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}
+        for partition in owned:
+            engine_for(partition)
+        for partition in set(engines) - owned:  # see streams/lifecycle.py
+            drop(partition)
         expire_now = time.monotonic() - last_expiry[0] >= EXPIRY_SCAN_SECONDS
         for partition, engine in list(engines.items()):
             before = engine.record.final_through
@@ -118,12 +120,15 @@ def register(pipe: Pipeline) -> None:
             else:
                 delete(customers, partition, key)
 
+    def drop(partition: int) -> None:
+        engines.pop(partition, None)
+        merge_clock.forget(f"fcr-{partition}")
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == topic_name:
-                engines.pop(tp.partition, None)
-                merge_clock.forget(f"fcr-{tp.partition}")
+                drop(tp.partition)
 
 
 def partial(snap: FcrSnapshot, partition: int, watermark: int, end: int) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.agent(pipe.topics["input"], name="ingest")
     async def ingest(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(pipe.app, batch, fenced=False) as events:
+            async with applying(batch) as events:
                 now_ms = int(time.time() * 1000)
                 consumed: Counter = Counter()
                 for event in events:

@@ -96,7 +96,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["events"], name="lifecycle")
     async def lifecycle(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(app, batch, fenced=True) as events:
+            async with applying(batch) as events:
                 touched: dict[str, tuple[int, Interaction]] = {}
                 partitions: set[int] = set()
                 for event in events:
@@ -136,9 +136,13 @@ def register(pipe: Pipeline) -> None:
     async def publish_windows() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == events_topic_name:
-                engine_for(tp.partition)
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events_topic_name}
+        for partition in owned:
+            engine_for(partition)
+        for partition in set(pipe.engines) - owned:
+            # Re-created by a batch fetched before a rebalance took the partition away:
+            # its new owner publishes it now.
+            drop(partition)
         expire_now = time.monotonic() - last_expiry[0] >= EXPIRY_SCAN_SECONDS
         for partition, engine in list(pipe.engines.items()):
             idle = clocks[partition].idle_watermark(w.idle_close_seconds)
@@ -185,14 +189,17 @@ def register(pipe: Pipeline) -> None:
         for partition in range(settings.kafka.partitions):
             outbox.send(contacts, None, value, partition)
 
+    def drop(partition: int) -> None:
+        pipe.engines.pop(partition, None)
+        clocks.pop(partition, None)
+        sent_watermarks.pop(f"lifecycle/{partition}", None)
+        merge_clock.forget(str(partition))
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == events_topic_name:
-                pipe.engines.pop(tp.partition, None)
-                clocks.pop(tp.partition, None)
-                sent_watermarks.pop(f"lifecycle/{tp.partition}", None)
-                merge_clock.forget(str(tp.partition))
+                drop(tp.partition)
 
 
 

@@ -98,7 +98,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["partials"], name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(app, batch, fenced=True) as events:
+            async with applying(batch) as events:
                 touched: dict[str, tuple[int, dict[str, Any]]] = {}
                 for event in events:
                     partial = event.value

@@ -93,7 +93,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(source, name="sla")
     async def sla(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(app, batch, fenced=True) as events:
+            async with applying(batch) as events:
                 newest = 0
                 for event in events:
                     doc = event.value
@@ -134,7 +134,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["kpi_windows"], name="sla-windows")
     async def sla_windows(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(app, batch, fenced=False) as events:
+            async with applying(batch) as events:
                 records = [event.value for event in events]
                 for record in records:
                     values = window_values(record) if isinstance(record, dict) else None
@@ -150,7 +150,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["kpi_windows"], name="scorecards")
     async def scorecards(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(app, batch, fenced=False) as events:
+            async with applying(batch) as events:
                 records = [event.value for event in events]
                 now_ms = int(time.time() * 1000)
                 for record in records:

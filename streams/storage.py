@@ -76,7 +76,7 @@ def register(pipe: Pipeline) -> None:
         @app.agent(pipe.topics[topic], name=name)
         async def store_batches(stream):  # type: ignore[no-untyped-def]
             async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
-                async with applying(app, batch, fenced=False) as events:
+                async with applying(batch) as events:
                     await store(table, rows_of([event.value for event in events]))
 
     storing("events", "store-raw-events", "raw_events",
