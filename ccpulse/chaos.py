@@ -71,7 +71,7 @@ class Profile:
     final_timeout: float     # how long windows may take to become final after the input ends
 
 
-SHORT = Profile(duration=180, speed=8, kills=2, partitions=6, outage_seconds=10, broker_down_seconds=10,
+SHORT = Profile(duration=240, speed=6, kills=2, partitions=6, outage_seconds=10, broker_down_seconds=10,
                 final_timeout=240)
 FULL = Profile(duration=720, speed=4, kills=6, partitions=6, outage_seconds=20, broker_down_seconds=15,
                final_timeout=420)

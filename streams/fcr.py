@@ -19,7 +19,6 @@ from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
 from streams.app import Pipeline
-from streams.batches import applying
 from streams.ingest import WATERMARK_FIELD
 from streams.merge import ClockSender
 
@@ -62,24 +61,23 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["contacts"], name="fcr")
     async def fcr(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                touched: set[int] = set()
-                for event in events:
-                    msg = event.message
-                    doc = orjson.loads(msg.value)
-                    engine = engine_for(msg.partition)
-                    touched.add(msg.partition)
-                    if WATERMARK_FIELD in doc:
-                        engine.observe(doc[WATERMARK_FIELD], settings.kafka.partitions, lookup)
-                        continue
-                    key = doc["customer"]
-                    entry = customers.data.get(key) or {"p": msg.partition, "contacts": []}
-                    contact = Contact(doc["ts"], doc["interaction_id"], doc["queue"], doc["channel"])
-                    if engine.add(key, entry["contacts"], contact, msg.offset):
-                        put(customers, msg.partition, key, entry)
-                for partition in touched:
-                    put(records, partition, str(partition), engines[partition].record.to_dict())
-                await outbox.flush()
+            touched: set[int] = set()
+            for event in batch:
+                msg = event.message
+                doc = orjson.loads(msg.value)
+                engine = engine_for(msg.partition)
+                touched.add(msg.partition)
+                if WATERMARK_FIELD in doc:
+                    engine.observe(doc[WATERMARK_FIELD], settings.kafka.partitions, lookup)
+                    continue
+                key = doc["customer"]
+                entry = customers.data.get(key) or {"p": msg.partition, "contacts": []}
+                contact = Contact(doc["ts"], doc["interaction_id"], doc["queue"], doc["channel"])
+                if engine.add(key, entry["contacts"], contact, msg.offset):
+                    put(customers, msg.partition, key, entry)
+            for partition in touched:
+                put(records, partition, str(partition), engines[partition].record.to_dict())
+            await outbox.flush()
 
     @app.timer(w.publish_interval_seconds, name="publish-fcr")
     async def publish_fcr() -> None:

@@ -16,7 +16,6 @@ from ccpulse.core.watermark import InputWatermarks
 from schemas.events import Rejection, decode
 from schemas.records import dead_letter, event_message
 from streams.app import Pipeline
-from streams.batches import applying
 
 FAMILIES = {"calls": "call", "chats": "chat", "tickets": "ticket"}
 # A message on the events topic with only this field is a watermark tick, not an event.
@@ -38,26 +37,25 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.agent(pipe.topics["input"], name="ingest")
     async def ingest(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                now_ms = int(time.time() * 1000)
-                consumed: Counter = Counter()
-                for event in events:
-                    msg = event.message
-                    raw = msg.value
-                    consumed[msg.topic] += 1
-                    result = decode(raw, family_of.get(msg.topic, "call"), now_ms, max_future_ms)
-                    if isinstance(result, Rejection):
-                        metrics.events_invalid.labels(result.reason).inc()
-                        metrics.dead_lettered.inc()
-                        outbox.send(dlq, msg.key, dead_letter(
-                            raw, result, msg.topic, msg.partition, msg.offset, now_ms))
-                        continue
-                    sources.seen(f"{msg.topic}/{msg.partition}", result.occurred_at_ms, now_ms)
-                    outbox.send(events_topic, result.interaction_id.encode(),
-                                orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
-                for topic, n in consumed.items():  # once per batch: labels() takes a lock
-                    metrics.events_consumed.labels(topic).inc(n)
-                await outbox.flush()
+            now_ms = int(time.time() * 1000)
+            consumed: Counter = Counter()
+            for event in batch:
+                msg = event.message
+                raw = msg.value
+                consumed[msg.topic] += 1
+                result = decode(raw, family_of.get(msg.topic, "call"), now_ms, max_future_ms)
+                if isinstance(result, Rejection):
+                    metrics.events_invalid.labels(result.reason).inc()
+                    metrics.dead_lettered.inc()
+                    outbox.send(dlq, msg.key, dead_letter(
+                        raw, result, msg.topic, msg.partition, msg.offset, now_ms))
+                    continue
+                sources.seen(f"{msg.topic}/{msg.partition}", result.occurred_at_ms, now_ms)
+                outbox.send(events_topic, result.interaction_id.encode(),
+                            orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
+            for topic, n in consumed.items():  # once per batch: labels() takes a lock
+                metrics.events_consumed.labels(topic).inc(n)
+            await outbox.flush()
 
     @pipe.app.timer(settings.windows.publish_interval_seconds, name="broadcast-watermark")
     async def broadcast_watermark() -> None:

@@ -21,7 +21,6 @@ from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from schemas.records import interaction_rows, step_from_message, window_record_key
 from streams.app import Pipeline
-from streams.batches import applying
 from streams.merge import ClockSender
 from streams.ingest import WATERMARK_FIELD
 
@@ -96,41 +95,40 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["events"], name="lifecycle")
     async def lifecycle(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                touched: dict[str, tuple[int, Interaction]] = {}
-                partitions: set[int] = set()
-                for event in events:
-                    msg = event.message
-                    doc = orjson.loads(msg.value)
-                    engine = engine_for(msg.partition)
-                    if WATERMARK_FIELD in doc:
-                        engine.observe(doc[WATERMARK_FIELD])
-                        partitions.add(msg.partition)
-                        continue
-                    iid = doc["interaction_id"]
-                    inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
-                    if inter is None:
-                        inter = Interaction(iid, doc["channel"], partition=msg.partition)
-                    step = step_from_message(doc)
-                    topic, source_partition, _ = doc["source"]
-                    outcome = engine.apply(inter, step, msg.offset, f"{topic}/{source_partition}")
-                    touched[iid] = (msg.partition, inter)
+            touched: dict[str, tuple[int, Interaction]] = {}
+            partitions: set[int] = set()
+            for event in batch:
+                msg = event.message
+                doc = orjson.loads(msg.value)
+                engine = engine_for(msg.partition)
+                if WATERMARK_FIELD in doc:
+                    engine.observe(doc[WATERMARK_FIELD])
                     partitions.add(msg.partition)
-                    d = outcome.derivation
-                    if d is not None and d.customer and d.segments and (step.customer or step.step == "offered"):
-                        # Only the steps that can create or change the contact send it again.
-                        contact = {"customer": customer_key(d.customer), "interaction_id": iid,
-                                   "ts": d.segments[0].entered, "queue": d.segments[0].queue,
-                                   "channel": inter.channel}
-                        outbox.send(contacts, contact["customer"].encode(), orjson.dumps(contact))
-                for iid, (partition, inter) in touched.items():
-                    put(interactions, partition, iid, inter)
-                    for row in interaction_rows(inter, version=len(inter.steps)):
-                        outbox.send(rows_topic, f"{iid}|{row['segment']}".encode(), row)
-                for partition in partitions:
-                    put(records, partition, str(partition), pipe.engines[partition].record)
-                    clocks[partition].arrived(pipe.engines[partition].record.watermark)
-                await outbox.flush()
+                    continue
+                iid = doc["interaction_id"]
+                inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
+                if inter is None:
+                    inter = Interaction(iid, doc["channel"], partition=msg.partition)
+                step = step_from_message(doc)
+                topic, source_partition, _ = doc["source"]
+                outcome = engine.apply(inter, step, msg.offset, f"{topic}/{source_partition}")
+                touched[iid] = (msg.partition, inter)
+                partitions.add(msg.partition)
+                d = outcome.derivation
+                if d is not None and d.customer and d.segments and (step.customer or step.step == "offered"):
+                    # Only the steps that can create or change the contact send it again.
+                    contact = {"customer": customer_key(d.customer), "interaction_id": iid,
+                               "ts": d.segments[0].entered, "queue": d.segments[0].queue,
+                               "channel": inter.channel}
+                    outbox.send(contacts, contact["customer"].encode(), orjson.dumps(contact))
+            for iid, (partition, inter) in touched.items():
+                put(interactions, partition, iid, inter)
+                for row in interaction_rows(inter, version=len(inter.steps)):
+                    outbox.send(rows_topic, f"{iid}|{row['segment']}".encode(), row)
+            for partition in partitions:
+                put(records, partition, str(partition), pipe.engines[partition].record)
+                clocks[partition].arrived(pipe.engines[partition].record.watermark)
+            await outbox.flush()
 
     @app.timer(w.publish_interval_seconds, name="publish-windows")
     async def publish_windows() -> None:

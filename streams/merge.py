@@ -22,7 +22,6 @@ from ccpulse.core.kpis import QUEUE, WindowAgg
 from ccpulse.core.merge_clock import MergeClock, expected_sources
 from schemas.records import queue_state_record, window_record, window_record_key
 from streams.app import Pipeline
-from streams.batches import applying
 from streams.outbox import Outbox
 
 ROLLING_WINDOW_MS = 15 * 60 * 1000
@@ -98,41 +97,40 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["partials"], name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                touched: dict[str, tuple[int, dict[str, Any]]] = {}
-                for event in events:
-                    partial = event.value
-                    as_of[0] = max(as_of[0], partial.get("watermark", 0))
-                    kind = partial.get("kind")
-                    if kind == "clock":
-                        clock.observe(event.message.partition, partial["source"], partial["watermark"])
+            touched: dict[str, tuple[int, dict[str, Any]]] = {}
+            for event in batch:
+                partial = event.value
+                as_of[0] = max(as_of[0], partial.get("watermark", 0))
+                kind = partial.get("kind")
+                if kind == "clock":
+                    clock.observe(event.message.partition, partial["source"], partial["watermark"])
+                    continue
+                if kind == "live":
+                    key = f"live|{partial['queue']}|{partial['channel']}"
+                    base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
+                else:
+                    key = window_record_key(tuple(partial["key"]))
+                    key = key if partial["key"][2] == QUEUE else "agent|" + key
+                    base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
+                entry = touched[key][1] if key in touched else merged.data.get(key)
+                if entry is None:
+                    if kind == "window" and clock.done_with(event.message.partition, partial["end"]):
+                        # Merged, final and forgotten already: a source re-sending after a crash.
+                        pipe.metrics.merge_redelivered.inc()
                         continue
-                    if kind == "live":
-                        key = f"live|{partial['queue']}|{partial['channel']}"
-                        base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
-                    else:
-                        key = window_record_key(tuple(partial["key"]))
-                        key = key if partial["key"][2] == QUEUE else "agent|" + key
-                        base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
-                    entry = touched[key][1] if key in touched else merged.data.get(key)
-                    if entry is None:
-                        if kind == "window" and clock.done_with(event.message.partition, partial["end"]):
-                            # Merged, final and forgotten already: a source re-sending after a crash.
-                            pipe.metrics.merge_redelivered.inc()
-                            continue
-                        entry = {**base, "parts": {}, "partition": event.message.partition}
-                    source = str(partial["partition"])
-                    current = entry["parts"].get(source)
-                    if current is not None and current["version"] > partial["version"]:
-                        continue
-                    entry["parts"][source] = {k: v for k, v in partial.items()
-                                              if k not in ("key", "kind", "partition", "end")}
-                    touched[key] = (event.message.partition, entry)
-                # Each key once per batch: one changelog record however many partials it got.
-                for key, (partition, entry) in touched.items():
-                    put(merged, partition, key, entry)
-                    pipe.merged_dirty.add(key)
-                await outbox.flush()
+                    entry = {**base, "parts": {}, "partition": event.message.partition}
+                source = str(partial["partition"])
+                current = entry["parts"].get(source)
+                if current is not None and current["version"] > partial["version"]:
+                    continue
+                entry["parts"][source] = {k: v for k, v in partial.items()
+                                          if k not in ("key", "kind", "partition", "end")}
+                touched[key] = (event.message.partition, entry)
+            # Each key once per batch: one changelog record however many partials it got.
+            for key, (partition, entry) in touched.items():
+                put(merged, partition, key, entry)
+                pipe.merged_dirty.add(key)
+            await outbox.flush()
 
     @app.timer(pipe.settings.windows.publish_interval_seconds, name="publish-merged")
     async def publish_merged() -> None:

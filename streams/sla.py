@@ -44,7 +44,6 @@ from ccpulse.core.scorecard import eligible, scorecard_key, scorecard_record
 from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, queue_state_values, window_values
 from schemas.events import parse_timestamp_ms
 from streams.app import Pipeline
-from streams.batches import applying
 
 OBSERVATIONS = "sla-observations"
 
@@ -93,36 +92,35 @@ def register(pipe: Pipeline) -> None:
     @app.agent(source, name="sla")
     async def sla(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                newest = 0
-                for event in events:
-                    doc = event.value
-                    if not isinstance(doc, dict) or "queue" not in doc or "channel" not in doc:
+            newest = 0
+            for event in batch:
+                doc = event.value
+                if not isinstance(doc, dict) or "queue" not in doc or "channel" not in doc:
+                    continue
+                queue, channel = doc["queue"], doc["channel"]
+                key = f"{queue}|{channel}"
+                before = table.data.get(key)
+                state = QueueSla.from_dict(before) if before else QueueSla(queue, channel)
+                partition = before["p"] if before else event.message.partition
+                queue_targets = targets.for_queue(queue, channel)
+                if "last_15m" in doc:  # a kpi.queue-state record
+                    at = _ms(doc["as_of"])
+                    if at <= 0:
+                        # Published before the merge stage saw any event time (just after
+                        # its restart): no time to place it at, and its rolling view is void.
                         continue
-                    queue, channel = doc["queue"], doc["channel"]
-                    key = f"{queue}|{channel}"
-                    before = table.data.get(key)
-                    state = QueueSla.from_dict(before) if before else QueueSla(queue, channel)
-                    partition = before["p"] if before else event.message.partition
-                    queue_targets = targets.for_queue(queue, channel)
-                    if "last_15m" in doc:  # a kpi.queue-state record
-                        at = _ms(doc["as_of"])
-                        if at <= 0:
-                            # Published before the merge stage saw any event time (just after
-                            # its restart): no time to place it at, and its rolling view is void.
-                            continue
-                        newest = max(newest, at)
-                        seq = (at, _ms(doc["published_at"]))
-                        transitions = state.observe(queue_state_values(doc), at, queue_targets, hold,
-                                                    seq=seq, source="state")
-                    else:  # an observation re-keyed from kpi.windows
-                        transitions = state.observe(doc["values"], doc["at"], queue_targets, hold,
-                                                    seq=doc["seq"], source=doc["source"])
-                    publish(transitions)
-                    save(partition, key, state, before, force=True)
-                if newest:
-                    tick(newest)
-                await outbox.flush()
+                    newest = max(newest, at)
+                    seq = (at, _ms(doc["published_at"]))
+                    events = state.observe(queue_state_values(doc), at, queue_targets, hold,
+                                           seq=seq, source="state")
+                else:  # an observation re-keyed from kpi.windows
+                    events = state.observe(doc["values"], doc["at"], queue_targets, hold,
+                                           seq=doc["seq"], source=doc["source"])
+                publish(events)
+                save(partition, key, state, before, force=True)
+            if newest:
+                tick(newest)
+            await outbox.flush()
 
     def tick(at: int) -> None:
         for entry in owned_entries():
@@ -133,32 +131,28 @@ def register(pipe: Pipeline) -> None:
 
     @app.agent(pipe.topics["kpi_windows"], name="sla-windows")
     async def sla_windows(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                records = [event.value for event in events]
-                for record in records:
-                    values = window_values(record) if isinstance(record, dict) else None
-                    if values is None:
-                        continue
-                    end = _ms(record["window_end"])
-                    outbox.send(
-                        observations, f"{record['queue']}|{record['channel']}".encode(),
-                        {"queue": record["queue"], "channel": record["channel"], "values": values,
-                         "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
-                await outbox.flush()
+        async for batch in stream.take(2000, within=0.05):
+            for record in batch:
+                values = window_values(record) if isinstance(record, dict) else None
+                if values is None:
+                    continue
+                end = _ms(record["window_end"])
+                outbox.send(
+                    observations, f"{record['queue']}|{record['channel']}".encode(),
+                    {"queue": record["queue"], "channel": record["channel"], "values": values,
+                     "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
+            await outbox.flush()
 
     @app.agent(pipe.topics["kpi_windows"], name="scorecards")
     async def scorecards(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take_events(2000, within=0.05):
-            async with applying(batch) as events:
-                records = [event.value for event in events]
-                now_ms = int(time.time() * 1000)
-                for record in records:
-                    if not isinstance(record, dict) or not eligible(record, settings.scorecard):
-                        continue
-                    card = scorecard_record(record, settings.scorecard, now_ms)
-                    outbox.send(scorecards_topic, scorecard_key(card).encode(), card)
-                await outbox.flush()
+        async for batch in stream.take(2000, within=0.05):
+            now_ms = int(time.time() * 1000)
+            for record in batch:
+                if not isinstance(record, dict) or not eligible(record, settings.scorecard):
+                    continue
+                card = scorecard_record(record, settings.scorecard, now_ms)
+                outbox.send(scorecards_topic, scorecard_key(card).encode(), card)
+            await outbox.flush()
 
 
 def _significant(entry: dict[str, Any]) -> Any:

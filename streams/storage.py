@@ -1,9 +1,7 @@
 """ClickHouse writer agents: raw events, interaction rows and KPI windows.
 
 Each agent takes a batch, writes it (retrying until it succeeds) and only then
-lets Faust acknowledge the batch, so a committed offset always means "stored"; a
-worker stopping before the write succeeded leaves the batch uncommitted
-(streams/batches.py).
+lets Faust acknowledge the batch, so a committed offset always means "stored".
 
 Memory while ClickHouse is down stays bounded: per agent, the batch being retried
 (``clickhouse.batch_size`` rows) plus the one event ``take`` holds back, plus what
@@ -16,7 +14,7 @@ fetched: offsets stay uncommitted and the consumer lag grows instead.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -24,7 +22,6 @@ from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import format_ms
 from sinks.clickhouse import ClickHouseWriter, Retention
 from streams.app import Pipeline
-from streams.batches import NotApplied, applying
 from streams.ingest import WATERMARK_FIELD
 from streams.sla import breach_row, scorecard_row
 
@@ -68,31 +65,41 @@ def register(pipe: Pipeline) -> None:
     def stopping() -> bool:
         return app.should_stop
 
-    async def store(table: str, rows: list[dict[str, Any]]) -> None:
-        if not await writer.write(table, rows, stopping):
-            raise NotApplied(f"{table}: the worker stopped before the write succeeded")
+    @app.agent(pipe.topics["events"], name="store-raw-events")
+    async def store_raw(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            docs = (orjson.loads(value) for value in batch)
+            rows = [raw_event_row(doc, hasher) for doc in docs if WATERMARK_FIELD not in doc]
+            await writer.write("raw_events", rows, stopping)
 
-    def storing(topic: str, name: str, table: str, rows_of: Callable[[list[Any]], list[dict[str, Any]]]) -> None:
-        @app.agent(pipe.topics[topic], name=name)
-        async def store_batches(stream):  # type: ignore[no-untyped-def]
-            async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
-                async with applying(batch) as events:
-                    await store(table, rows_of([event.value for event in events]))
+    @app.agent(pipe.topics["interactions"], name="store-interactions")
+    async def store_interactions(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("interactions", _newest(batch, ("interaction_id", "segment")), stopping)
 
-    storing("events", "store-raw-events", "raw_events",
-            lambda values: [raw_event_row(doc, hasher) for doc in map(orjson.loads, values)
-                            if WATERMARK_FIELD not in doc])
-    storing("interactions", "store-interactions", "interactions",
-            lambda records: _newest(records, ("interaction_id", "segment")))
-    storing("kpi_agents", "store-agent-windows", "agent_windows",
-            lambda records: _newest(records, ("window", "window_start", "agent_id", "channel")))
-    storing("kpi_windows", "store-kpi-windows", "kpi_windows",
-            lambda records: _newest(records, ("window", "window_start", "queue", "channel")))
-    storing("sla_breaches", "store-sla-breaches", "sla_breaches",
-            lambda records: [breach_row(r) for r in _newest(records, ("breach_id",))])
-    storing("kpi_scorecards", "store-scorecards", "scorecards",
-            lambda records: [scorecard_row(r) for r in _newest(records, ("window", "window_start", "queue",
-                                                                          "channel"))])
+    @app.agent(pipe.topics["kpi_agents"], name="store-agent-windows")
+    async def store_agents(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("agent_windows",
+                               _newest(batch, ("window", "window_start", "agent_id", "channel")), stopping)
+
+    @app.agent(pipe.topics["kpi_windows"], name="store-kpi-windows")
+    async def store_windows(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("kpi_windows",
+                               _newest(batch, ("window", "window_start", "queue", "channel")), stopping)
+
+    @app.agent(pipe.topics["sla_breaches"], name="store-sla-breaches")
+    async def store_breaches(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("sla_breaches", [breach_row(r) for r in _newest(batch, ("breach_id",))],
+                               stopping)
+
+    @app.agent(pipe.topics["kpi_scorecards"], name="store-scorecards")
+    async def store_scorecards(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
+            await writer.write("scorecards", [scorecard_row(r) for r in _newest(
+                batch, ("window", "window_start", "queue", "channel"))], stopping)
 
 
 def _newest(rows: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
