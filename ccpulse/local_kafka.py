@@ -345,6 +345,19 @@ def _spawn_detached(cmd: list[str], log_path: Path, cwd: Path) -> int:
         raise LocalKafkaError(f"could not launch java: {proc.stderr.strip() or 'no pid reported'}") from None
 
 
+EXEC_GRACE_SECONDS = 5.0
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _is_broker(pid: int, props: Path) -> bool:
     # Matching the command line (not just "pid exists") guards against pid reuse;
     # a zombie has an empty command line, so it counts as gone.
@@ -549,9 +562,14 @@ def _accepting(port: int, host: str = LOOPBACK) -> bool:
 
 def _wait_until_serving(info: BrokerInfo, props: Path, timeout: float, sasl: SaslSetup | None = None,
                         tls: TlsSetup | None = None) -> None:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
-        if not _is_broker(info.pid, props):
+        # Right after the launch the pid may still be the shell that forks java (its command
+        # line is not the broker's yet): only a process that is gone, or still not java after
+        # a few seconds, has exited.
+        if not _is_broker(info.pid, props) and (
+                not _pid_exists(info.pid) or time.monotonic() - started > EXEC_GRACE_SECONDS):
             hint = _first_error(_read_text(info.log_path) or "") or "no error logged"
             raise LocalKafkaError(f"broker exited during startup ({hint}); see {info.log_path}")
         remaining = deadline - time.monotonic()
