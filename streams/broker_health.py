@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.events import format_ms
 from streams.app import Pipeline
 
 PROBE_INTERVAL_SECONDS = 2.0
@@ -39,7 +40,7 @@ class BrokerProbe:
     def detail(self) -> dict[str, Any]:
         if self.up:
             return {}
-        return {"broker_unreachable_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failing_since)),
+        return {"broker_unreachable_since": format_ms(int((self.failing_since or 0) * 1000)),
                 "broker_unreachable_seconds": round(time.time() - (self.failing_since or 0), 1),
                 "last_error": self.last_error}
 
