@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from ccpulse.core.timestamps import format_ms  # noqa: F401  (part of this module's API)
+
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ID_CHARS = 128
 MAX_SCHEMA_VERSION = 65535
@@ -158,13 +160,6 @@ def parse_timestamp_ms(text: str) -> int | None:
             return None
     ms = (moment - _EPOCH) // timedelta(milliseconds=1)
     return ms + (int((frac or "0")[:3].ljust(3, "0")))
-
-
-def format_ms(ms: int) -> str:
-    """Epoch milliseconds as RFC 3339 UTC with milliseconds (the form ccpulse writes)."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    # %Y is not zero-padded below year 1000 on every libc: pad the year ourselves.
-    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 class _Bad(Exception):

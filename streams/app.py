@@ -24,6 +24,7 @@ from ccpulse.core.lifecycle import Interaction
 from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
 from streams import codecs
+from streams.kafka_consumer import InOrderApp
 from streams.outbox import Outbox
 from streams.topics import EVENT_MESSAGE_MAX_BYTES
 
@@ -74,7 +75,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
     codecs.register()
     bootstrap = ";".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(","))
-    app = faust.App(
+    app = InOrderApp(
         settings.app_id if role != "writer" else f"{settings.app_id}-writer",
         broker=bootstrap,
         store="memory://",

@@ -22,6 +22,7 @@ from ccpulse.core.kpis import QUEUE, WindowAgg
 from ccpulse.core.merge_clock import MergeClock, expected_sources
 from schemas.records import queue_state_record, window_record, window_record_key
 from streams.app import Pipeline
+from streams.merge_index import MergeIndex, merged_agg
 from streams.outbox import Outbox
 
 ROLLING_WINDOW_MS = 15 * 60 * 1000
@@ -54,14 +55,7 @@ class ClockSender:
         self._sent.pop(source, None)
 
 
-def merged_agg(entry: dict[str, Any]) -> WindowAgg:
-    agg = WindowAgg()
-    for part in entry["parts"].values():
-        agg.merge(WindowAgg.from_dict(part["agg"]))
-    return agg
-
-
-def merged_record(entry: dict[str, Any], pipe: Pipeline, now_ms: int) -> dict[str, Any]:
+def merged_record(entry: dict[str, Any], pipe: Pipeline, now_ms: int, agg: WindowAgg | None = None) -> dict[str, Any]:
     parts = entry["parts"]
     size, start, scope, name, channel = entry["key"]
     queue = name if scope == QUEUE else ""
@@ -69,7 +63,7 @@ def merged_record(entry: dict[str, Any], pipe: Pipeline, now_ms: int) -> dict[st
     kpi_parts = [p for source, p in parts.items() if not source.startswith("fcr-")]
     fcr_parts = [p for source, p in parts.items() if source.startswith("fcr-")]
     record = window_record(
-        (size, start, scope, name, channel), entry["end"], merged_agg(entry),
+        (size, start, scope, name, channel), entry["end"], agg if agg is not None else merged_agg(entry),
         pipe.settings.thresholds_for(queue, channel),
         version=sum(part["version"] for part in parts.values()),
         final=all(part["final"] for part in kpi_parts or fcr_parts), now_ms=now_ms,
@@ -91,6 +85,7 @@ def register(pipe: Pipeline) -> None:
     agent_published: dict[str, float] = {}  # agent window key -> when it was last published
     as_of = [0]  # newest event-time watermark reported by any partition
     w = pipe.settings.windows
+    index = MergeIndex(ROLLING_SIZE_S)
     clock = MergeClock(expected_sources(pipe.settings.kafka.partitions), int(w.fcr_horizon_seconds * 1000),
                        int(w.allowed_lateness_seconds * 1000), FINAL_RETENTION_MS)
 
@@ -129,6 +124,7 @@ def register(pipe: Pipeline) -> None:
             # Each key once per batch: one changelog record however many partials it got.
             for key, (partition, entry) in touched.items():
                 put(merged, partition, key, entry)
+                index.put(key, entry)
                 pipe.merged_dirty.add(key)
             await outbox.flush()
 
@@ -140,6 +136,9 @@ def register(pipe: Pipeline) -> None:
             # A crash may have come between a table write and its publication.
             pipe.merged_dirty.update(merged.data.keys())
             primed.append(True)
+        if index.generation != app.consumer_generation_id:
+            # Recovery after a restart or rebalance rewrote the table behind the index.
+            index.rebuild(merged.data, app.consumer_generation_id)
         now_ms = int(time.time() * 1000)
         dirty, pipe.merged_dirty = pipe.merged_dirty, set()
         live_keys = set()
@@ -160,53 +159,40 @@ def register(pipe: Pipeline) -> None:
                     agent_published.pop(key, None)
                 else:
                     agent_published[key] = now
-            record = merged_record(entry, pipe, now_ms)
+            record = merged_record(entry, pipe, now_ms, index.agg(key, entry))
             outbox.send(topics[entry["key"][2]], window_record_key(tuple(entry["key"])).encode(), record)
             if entry["key"][2] == QUEUE and entry["key"][0] == ROLLING_SIZE_S:
                 live_keys.add(f"live|{entry['key'][3]}|{entry['key'][4]}")
         # Queue state: every queue with contacts waiting is refreshed each tick (its
         # longest wait grows with time), the others when something changed.
-        for key, entry in list(merged.data.items()):
-            if entry["kind"] == "live" and any(p["waiting"] for p in entry["parts"].values()):
-                live_keys.add(key)
-        recent = rolling_windows()
+        live_keys |= index.waiting()
         for key in sorted(live_keys):
-            record = queue_state(key, now_ms, recent)
+            record = queue_state(key, now_ms)
             if record is not None:
                 outbox.send(state_topic, f"{record['queue']}|{record['channel']}".encode(), record)
         expire()
         await outbox.flush()
 
-    def rolling_windows() -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """The 1-minute queue windows of the rolling view, by queue x channel (one pass per tick)."""
-        since = as_of[0] - ROLLING_WINDOW_MS
-        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for entry in merged.data.values():
-            k = entry.get("key")
-            if (entry["kind"] == "window" and k[0] == ROLLING_SIZE_S and k[2] == QUEUE
-                    and entry["end"] > since):
-                out.setdefault((k[3], k[4]), []).append(entry)
-        return out
-
-    def queue_state(key: str, now_ms: int,
-                    recent: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any] | None:
+    def queue_state(key: str, now_ms: int) -> dict[str, Any] | None:
         _, queue, channel = key.split("|", 2)
         entry = merged.data.get(key)
         parts = entry["parts"].values() if entry else []
         oldest = [p["oldest_entered"] for p in parts if p["oldest_entered"] is not None]
         agents = set().union(*(p["agents"] for p in parts)) if parts else set()
         last15 = WindowAgg()
-        for other in recent.get((queue, channel), []):
-            last15.merge(merged_agg(other))
+        for other_key, other in index.rolling(merged.data, queue, channel, as_of[0] - ROLLING_WINDOW_MS):
+            last15.merge(index.agg(other_key, other))
         return queue_state_record(
             queue, channel, as_of[0], sum(p["waiting"] for p in parts),
             min(oldest) if oldest else None, len(agents), sum(p["open_tickets"] for p in parts),
             last15, pipe.settings.thresholds_for(queue, channel), now_ms)
 
     def expire() -> None:
-        for key, entry in list(merged.data.items()):
+        for key in index.final():
+            entry = merged.data.get(key)
+            if entry is None:
+                index.delete(key, None)
             # A key changed since this tick began still owes its (final) record.
-            if entry["kind"] != "window" or key in pipe.merged_dirty:
-                continue
-            if all(p["final"] for p in entry["parts"].values()) and clock.done_with(entry["partition"], entry["end"]):
+            elif key not in pipe.merged_dirty and clock.done_with(entry["partition"], entry["end"]):
                 delete(merged, entry["partition"], key)
+                index.delete(key, entry)

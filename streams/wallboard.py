@@ -25,7 +25,8 @@ from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
 from ccpulse.core.windowing import DAY, Windowing
 from schemas.events import format_ms
 from schemas.records import queue_state_record, window_name
-from streams.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS, merged_agg
+from streams.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS
+from streams.merge_index import merged_agg
 from streams.web_auth import guarded, login_redirect
 
 # Service-level target ratio: green at or above it, amber within AMBER_BAND below it,

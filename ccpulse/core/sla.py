@@ -43,15 +43,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
+
+from ccpulse.core.timestamps import format_ms
 
 CHANNEL_KINDS = ("voice", "chat", "ticket")
 MIN, MAX = "min", "max"
 # The operator as published (target.op) and as PromQL compares the violation.
 OPS = {MIN: ">=", MAX: "<="}
 SEVERITIES = ("critical", "warning", "info")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -261,12 +261,6 @@ def _parse_target(info: KpiSpec, table: Mapping[str, Any], inherited: Target | N
 
 OK, PENDING_VIOLATION, BREACHED, PENDING_RECOVERY = "ok", "pending_violation", "breached", "pending_recovery"
 OPEN_STATES = (BREACHED, PENDING_RECOVERY)
-
-
-def format_ms(ms: int) -> str:
-    """Epoch milliseconds as RFC 3339 UTC with milliseconds (as schemas.events.format_ms)."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def breach_id(queue: str, channel: str, kpi: str, opened_at_ms: int) -> str:
