@@ -973,7 +973,8 @@ def _soak_sample(run: Run, worker: ChaosWorker, started: float, sent: int) -> di
             consumed += value
     try:
         lag = group_lag(run.bootstrap, worker.group, list(input_topics(worker.prefix).values())).total
-        pipeline_lag = group_lag(run.bootstrap, worker.group).total  # every topic the group reads
+        # Every topic the group has committed on (none yet: unknown).
+        pipeline_lag = group_lag(run.bootstrap, worker.group).total if committed(run.bootstrap, worker.group) else -1
     except Exception:
         lag = pipeline_lag = -1
     rss = worker.rss_kib()

@@ -93,6 +93,10 @@ class PipelineMetrics:
         self.merge_redelivered = Counter(
             "ccpulse_merge_redelivered_parts", "Window parts re-sent for windows already merged, final and "
             "forgotten (after a crash); skipped", registry=self.registry)
+        self.consumer_refetches = Counter(
+            "ccpulse_consumer_refetches", "Partitions re-fetched because a record arrived past the offset "
+            "expected next (streams/kafka_consumer.py); normal around restarts and rebalances",
+            registry=self.registry)
         # Broker reachability, read from the worker's probe at scrape time (streams/broker_health.py).
         self.kafka_up = Gauge(
             "ccpulse_kafka_up", "1 while the Kafka cluster answers metadata requests, 0 while it does not",

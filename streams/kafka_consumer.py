@@ -87,9 +87,9 @@ class InOrderTracker:
 
         A record past the expected offset is a real hole (compaction, a transaction
         marker) only if re-fetching from the expected offset, in a batch requested
-        after that seek, shows the very same jump. Once is not enough: a fetch whose
-        caller was cancelled in a rebalance still moves aiokafka's position past the
-        records it took, so even a batch requested after a seek can skip some.
+        after that seek, shows the very same jump. Once is not enough: records can go
+        missing between aiokafka and this loop (a batch filtered out while its
+        partition was paused, a delivery cancelled by a rebalance).
         """
         if self._seeking.get(tp):
             return None
@@ -123,7 +123,6 @@ class InOrderConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.order = InOrderTracker()
-        self.refetches = 0
         # The fetch under way in the consumer thread, and the clock when it was asked for.
         self._inflight: Optional[asyncio.Future] = None
         self._inflight_clock = 0
@@ -202,11 +201,15 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         expected = self.order.refetch_from(tp)
         if expected is None:
             return
-        self.refetches += 1
+        metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
+        if metrics is not None:
+            metrics.consumer_refetches.inc()
         self.log.info("re-fetching %s from offset %d: the next record seen was past it", tp, expected)
         self.order.seek_started([tp], refetch=True)
         try:
-            await super().seek(tp, expected)
+            # In the consumer thread, as aiokafka wants: Faust's plain seek() calls it
+            # from this thread while the fetcher may be walking the same buffers.
+            await super().seek_wait({tp: expected})
         except Exception as exc:  # e.g. the partition was just revoked; the next jump retries
             self.log.warning("re-fetch of %s failed: %r", tp, exc)
         finally:

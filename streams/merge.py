@@ -81,7 +81,6 @@ def register(pipe: Pipeline) -> None:
     state_topic = pipe.topics["kpi_queue_state"]
     outbox = pipe.outbox
     put, delete = outbox.put, outbox.delete
-    primed: list[bool] = []
     agent_published: dict[str, float] = {}  # agent window key -> when it was last published
     as_of = [0]  # newest event-time watermark reported by any partition
     w = pipe.settings.windows
@@ -132,13 +131,13 @@ def register(pipe: Pipeline) -> None:
     async def publish_merged() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
-        if not primed:
-            # A crash may have come between a table write and its publication.
-            pipe.merged_dirty.update(merged.data.keys())
-            primed.append(True)
         if index.generation != app.consumer_generation_id:
-            # Recovery after a restart or rebalance rewrote the table behind the index.
+            # Recovery after a restart or a rebalance rewrote the table behind the index,
+            # and the previous owner of a partition may have written a change to it
+            # without publishing it (a crash, or losing the partition first): publish
+            # every entry again (idempotent: same record, same version).
             index.rebuild(merged.data, app.consumer_generation_id)
+            pipe.merged_dirty.update(merged.data.keys())
         now_ms = int(time.time() * 1000)
         dirty, pipe.merged_dirty = pipe.merged_dirty, set()
         live_keys = set()

@@ -105,6 +105,17 @@ class Model:
         while self.committed in self.done:
             self.committed += 1
 
+    def run(self, op: str, batch: int) -> None:
+        if op == "fetch":
+            self.fetch(batch)
+        elif op in ("deliver", "cancel", "seek_meanwhile"):
+            self.step(deliver=op != "cancel", seek_meanwhile=op == "seek_meanwhile")
+        elif op == "seek":
+            self.begin_seek()
+            self.end_seek()
+        else:
+            getattr(self, op)()
+
 
 OPS = ["fetch", "deliver", "deliver", "deliver", "cancel", "seek_meanwhile", "seek", "begin_seek",
        "apply_seek", "end_seek", "commit"]
@@ -118,15 +129,7 @@ def test_nothing_committed_unread_and_reading_completes(holes: list[int], ops: l
     records = sorted({o + i * 3 for i, o in enumerate(holes)})  # with real holes between
     m = Model(records)
     for op in ops:
-        if op == "fetch":
-            m.fetch(batch)
-        elif op in ("deliver", "cancel", "seek_meanwhile"):
-            m.step(deliver=op != "cancel", seek_meanwhile=op == "seek_meanwhile")
-        elif op == "seek":
-            m.begin_seek()
-            m.end_seek()
-        else:
-            getattr(m, op)()
+        m.run(op, batch)
         # Safety, at every step: a record is never counted as a gap.
         assert not (m.gaps & set(records)), f"records {sorted(m.gaps & set(records))} committed unread"
     m.end_seek()
@@ -197,14 +200,5 @@ def test_random_interleavings_smoke() -> None:
         records = sorted(rng.sample(range(200), 60))
         m = Model(records)
         for _ in range(400):
-            op = rng.choice(OPS)
-            if op == "fetch":
-                m.fetch(rng.randint(1, 10))
-            elif op in ("deliver", "cancel", "seek_meanwhile"):
-                m.step(deliver=op != "cancel", seek_meanwhile=op == "seek_meanwhile")
-            elif op == "seek":
-                m.begin_seek()
-                m.end_seek()
-            else:
-                getattr(m, op)()
+            m.run(rng.choice(OPS), rng.randint(1, 10))
         assert not (m.gaps & set(records))
