@@ -55,6 +55,16 @@ class ClockSender:
         self._sent.pop(source, None)
 
 
+def entry_key(partial: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A live or window partial's key in the merged table, and the fields a new entry starts with."""
+    if partial.get("kind") == "live":
+        return (f"live|{partial['queue']}|{partial['channel']}",
+                {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]})
+    key = window_record_key(tuple(partial["key"]))
+    key = key if partial["key"][2] == QUEUE else "agent|" + key
+    return key, {"kind": "window", "key": partial["key"], "end": partial["end"]}
+
+
 def merged_record(entry: dict[str, Any], pipe: Pipeline, now_ms: int, agg: WindowAgg | None = None) -> dict[str, Any]:
     parts = entry["parts"]
     size, start, scope, name, channel = entry["key"]
@@ -99,13 +109,7 @@ def register(pipe: Pipeline) -> None:
                 if kind == "clock":
                     clock.observe(event.message.partition, partial["source"], partial["watermark"])
                     continue
-                if kind == "live":
-                    key = f"live|{partial['queue']}|{partial['channel']}"
-                    base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
-                else:
-                    key = window_record_key(tuple(partial["key"]))
-                    key = key if partial["key"][2] == QUEUE else "agent|" + key
-                    base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
+                key, base = entry_key(partial)
                 entry = touched[key][1] if key in touched else merged.data.get(key)
                 if entry is None:
                     if kind == "window" and clock.done_with(event.message.partition, partial["end"]):

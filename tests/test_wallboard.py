@@ -19,6 +19,7 @@ from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
 from streams import wallboard as wb
+from streams.merge import entry_key
 
 S = 1000
 MIN = 60 * S
@@ -287,13 +288,7 @@ def merge_partials(engines: list[PartitionEngine], windowing: Windowing) -> dict
                       "agents": sorted(lq.busy), "open_tickets": lq.open_tickets}
                      for (q, c), lq in engine.take_live()]
         for partial in partials:
-            if partial["kind"] == "live":
-                key = f"live|{partial['queue']}|{partial['channel']}"
-                base = {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]}
-            else:
-                key = window_record_key(tuple(partial["key"]))
-                key = key if partial["key"][2] == QUEUE else "agent|" + key
-                base = {"kind": "window", "key": partial["key"], "end": partial["end"]}
+            key, base = entry_key(partial)
             entry = merged.setdefault(key, {**base, "parts": {}, "partition": 0})
             entry["parts"][str(p)] = {k: v for k, v in partial.items()
                                       if k not in ("key", "kind", "partition", "end")}
