@@ -277,8 +277,10 @@ def group_lag(bootstrap: str, group: str, topics: list[str] | None = None) -> Gr
     without a commit counts as fully lagging."""
     done = committed(bootstrap, group)
     wanted = sorted(topics) if topics else sorted({tp.topic for tp in done})
-    ends = end_offsets(bootstrap, wanted)
     lag = GroupLag(0)
+    if not wanted:  # nothing committed yet: aiokafka cannot look up zero topics
+        return lag
+    ends = end_offsets(bootstrap, wanted)
     for tp, end in ends.items():
         behind = max(0, end - done.get(tp, 0))
         if behind:

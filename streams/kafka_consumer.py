@@ -32,7 +32,8 @@ changelogs) keep Faust's own handling.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Optional, cast
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Optional, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -75,6 +76,15 @@ class InOrderTracker:
             suspect = self._suspects.get(tp)
             if suspect is not None and suspect[2] is None:
                 self._suspects[tp] = (suspect[0], suspect[1], self.clock)
+
+    @contextmanager
+    def seeking(self, tps: Any, targets: Mapping[Any, Optional[int]], refetch: bool = False) -> Iterator[None]:
+        """A seek from start to end; ``targets`` is read when it ends (it may be filled meanwhile)."""
+        self.seek_started(tps, refetch)
+        try:
+            yield
+        finally:
+            self.seek_ended(tps, targets)
 
     def seeks(self, tp: Any) -> int:
         return self._seeks.get(tp, 0)
@@ -152,9 +162,8 @@ class InOrderConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         tps = set(self.assignment())
-        self.order.seek_started(tps)
         targets: dict[TP, Optional[int]] = {}
-        try:
+        with self.order.seeking(tps, targets):
             committed = await self.seek_to_committed()
             targets.update(committed)
             # aiokafka seeks only partitions committed past offset 0: the others stay
@@ -168,8 +177,6 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                                       for tp, off in committed.items()})
             self._committed_offset.update({tp: off if off else None
                                            for tp, off in committed.items() if off is not None})
-        finally:
-            self.order.seek_ended(tps, targets)
 
     async def _reset_offsets(self, tps: list[TP]) -> Mapping[TP, int]:
         if self.app.conf.consumer_auto_offset_reset == "latest":
@@ -177,18 +184,12 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         return await self.earliest_offsets(*tps)
 
     async def seek(self, partition: TP, offset: int) -> None:
-        self.order.seek_started([partition])
-        try:
+        with self.order.seeking([partition], {partition: offset}):
             await super().seek(partition, offset)
-        finally:
-            self.order.seek_ended([partition], {partition: offset})
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
-        self.order.seek_started(partitions)
-        try:
+        with self.order.seeking(partitions, partitions):
             await super().seek_wait(partitions)
-        finally:
-            self.order.seek_ended(partitions, partitions)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
@@ -205,15 +206,13 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         if metrics is not None:
             metrics.consumer_refetches.inc()
         self.log.info("re-fetching %s from offset %d: the next record seen was past it", tp, expected)
-        self.order.seek_started([tp], refetch=True)
-        try:
-            # In the consumer thread, as aiokafka wants: Faust's plain seek() calls it
-            # from this thread while the fetcher may be walking the same buffers.
-            await super().seek_wait({tp: expected})
-        except Exception as exc:  # e.g. the partition was just revoked; the next jump retries
-            self.log.warning("re-fetch of %s failed: %r", tp, exc)
-        finally:
-            self.order.seek_ended([tp], {tp: expected})
+        with self.order.seeking([tp], {tp: expected}, refetch=True):
+            try:
+                # In the consumer thread, as aiokafka wants: Faust's plain seek() calls it
+                # from this thread while the fetcher may be walking the same buffers.
+                await super().seek_wait({tp: expected})
+            except Exception as exc:  # e.g. the partition was just revoked; the next jump retries
+                self.log.warning("re-fetch of %s failed: %r", tp, exc)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         # Faust's loop (faust.transport.consumer.Consumer._drain_messages) with
