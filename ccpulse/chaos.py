@@ -33,7 +33,9 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -69,12 +71,13 @@ class Profile:
     outage_seconds: float    # sink-outage: how long the store is unwritable
     broker_down_seconds: float
     final_timeout: float     # how long windows may take to become final after the input ends
+    recover_timeout: float   # how long a worker may take to recover from one fault (they take 5-25 s)
 
 
 SHORT = Profile(duration=240, speed=6, kills=2, partitions=6, outage_seconds=10, broker_down_seconds=10,
-                final_timeout=240)
+                final_timeout=240, recover_timeout=120)
 FULL = Profile(duration=720, speed=4, kills=6, partitions=6, outage_seconds=20, broker_down_seconds=15,
-               final_timeout=420)
+               final_timeout=420, recover_timeout=300)
 
 
 def worker_config(partitions: int, *, lateness: float = 120.0, idle_close: float = 86400.0,
@@ -416,7 +419,33 @@ def wait_recovered(bootstrap: str, worker: ChaosWorker, since: float, targets: d
         except Exception:  # a probe failing while the broker is away is expected
             pass
         time.sleep(0.5)
-    raise ChaosError(f"{worker.app} {worker.role} worker did not recover within {timeout:.0f}s")
+    raise ChaosError(f"{worker.app} {worker.role} worker did not recover within {timeout:.0f}s; "
+                     + stall_report(bootstrap, worker, targets))
+
+
+def stall_report(bootstrap: str, worker: ChaosWorker, targets: dict[Any, int]) -> str:
+    """What a stuck worker was doing: its health, the partitions behind, and a dump of its
+    threads and asyncio tasks (mode's worker writes one to its log on SIGUSR1)."""
+    try:
+        done = committed(bootstrap, worker.group)
+        behind = {f"{tp.topic}/{tp.partition}": f"{done.get(tp, 0)}<{end}"
+                  for tp, end in targets.items() if done.get(tp, 0) < end}
+    except Exception as exc:  # the report must not hide the stall it describes
+        behind = {"error": repr(exc)}
+    status, body = worker.health()
+    stacks = ""
+    if worker.pid is not None:
+        before = worker.log_path.stat().st_size
+        os.kill(worker.pid, signal.SIGUSR1)
+        time.sleep(3.0)
+        with open(worker.log_path, "rb") as f:
+            f.seek(before)
+            dump = f.read().decode(errors="replace").splitlines()
+        # Thread and task names with their frames, without the local variables.
+        stacks = "\n".join(line for line in dump if line.startswith(("THREAD", "  TASK"))
+                           or line.lstrip().startswith("File ") or line.startswith("    "))[-8000:]
+    return (f"/health {status} {json.dumps(body)[:800]}; committed<end: {behind}; "
+            f"stacks (full dump in {worker.log_path}):\n{stacks}")
 
 
 # ---------------------------------------------------------------- the run
@@ -534,7 +563,8 @@ def scenario_crash(run: Run) -> ScenarioResult:
                       "down_s": round(downtime, 1), "during_recovery": during_recovery}
             next_during = (i + 1) % 3 == 2 and i + 1 < run.profile.kills
             if not next_during:
-                record["recover_s"] = round(wait_recovered(run.bootstrap, worker, since, targets, 300,
+                record["recover_s"] = round(wait_recovered(run.bootstrap, worker, since, targets,
+                                                           run.profile.recover_timeout,
                                                            phases=record), 1)
                 result.recover_seconds.append(record["recover_s"])
             kills.append(record)
@@ -598,7 +628,8 @@ def scenario_sink_outage(run: Run) -> ScenarioResult:
             restore()
             restored = time.monotonic()
         seen["unhealthy_after_s"] = unhealthy_after
-        result.recover_seconds.append(round(wait_recovered(run.bootstrap, worker, restored, targets, 300), 1))
+        result.recover_seconds.append(round(wait_recovered(run.bootstrap, worker, restored, targets,
+                                                           run.profile.recover_timeout), 1))
         log(f"sink-outage: 503 after {unhealthy_after}s, recovered {result.recover_seconds[-1]}s after restore")
 
     publisher = with_reference(run, worker, body)
@@ -653,7 +684,8 @@ def scenario_broker_restart(run: Run) -> ScenarioResult:
         result.figures["health_during_outage"] = sorted(health_during)
         result.figures["kafka_up_during_outage"] = sorted(kafka_up_during)
         publisher.resume()
-        result.recover_seconds.append(round(wait_recovered(run.bootstrap, worker, back, targets, 300), 1))
+        result.recover_seconds.append(round(wait_recovered(run.bootstrap, worker, back, targets,
+                                                           run.profile.recover_timeout), 1))
         log(f"broker-restart: broker down {back - down_at:.0f}s, worker recovered "
             f"{result.recover_seconds[-1]}s after the broker was back")
 
@@ -721,7 +753,8 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
         _wait_for(lambda: publisher.fraction(writer.prefix) >= 0.3 or publisher.done.is_set(), 600)
         targets = input_ends(run.bootstrap, writer.prefix)
         since = c.spawn()
-        result.recover_seconds.append(round(wait_recovered(run.bootstrap, c, since, targets, 300,
+        result.recover_seconds.append(round(wait_recovered(run.bootstrap, c, since, targets,
+                                                           run.profile.recover_timeout,
                                                            extra=settled([a, b, c])), 1))
         moves = []
         for name, w in (("a", a), ("b", b)):
@@ -743,7 +776,8 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
         targets = input_ends(run.bootstrap, writer.prefix)
         stopping = time.monotonic()
         a.stop()
-        result.recover_seconds.append(round(wait_recovered(run.bootstrap, b, stopping, targets, 300,
+        result.recover_seconds.append(round(wait_recovered(run.bootstrap, b, stopping, targets,
+                                                           run.profile.recover_timeout,
                                                            extra=settled([b, c])), 1))
         log(f"rebalance: a stopped (SIGTERM), settled in {result.recover_seconds[-1]}s")
 

@@ -3,9 +3,9 @@
 Faust's fetch loop (``Consumer._drain_messages``) keeps one "read offset" per
 partition and, when a record arrives more than one offset past it, records the
 offsets in between as a *gap* that is committed as if processed (meant for
-compacted topics and transaction markers). Three races turn that into data
-loss; ccpulse's ``kill -9`` chaos runs hit all of them, right after a restart's
-table recovery:
+compacted topics and transaction markers), or simply never reads some records
+again. Four races turn that into data loss or a stall; ccpulse's ``kill -9``
+chaos runs hit all of them, right after a restart's table recovery:
 
 - a seek (Faust seeks every partition back to its committed offset when it
   resumes) lands while the loop is still walking a batch fetched *before* it:
@@ -16,24 +16,31 @@ table recovery:
   the records it took, which nobody sees: the next batch jumps past them;
 - aiokafka seeks only partitions committed past offset 0, so a partition with
   nothing committed kept the position of records fetched before the restart's
-  recovery, and its first records were skipped.
+  recovery, and its first records were skipped;
+- Faust's seek back to the committed offsets and a fetch run side by side in the
+  consumer thread, and Faust's loop filters records out of a batch (a partition
+  paused or its stream buffer full while the fetch was out). The records are then
+  gone from aiokafka; at the end of the input no later record shows the jump,
+  and the worker stood healthy with its committed offset short of the end.
 
 This consumer delivers the records of acknowledged topics strictly in order
 from an *expected* offset per partition (``InOrderTracker``). Every seek sets
 it; a delivered record moves it past itself. A record before it is a duplicate
 and is dropped. A record after it is re-fetched from the expected offset, and
 counts as a real hole only when a batch requested after that re-fetch shows
-the very same jump. The fetch outlives a cancelled caller, so every record
-aiokafka hands out is seen; partitions with nothing committed are sought where
-the reset policy says. Records of topics without acknowledgements (table
-changelogs) keep Faust's own handling.
+the very same jump. The tracker also notes how far aiokafka has handed records
+out: before each fetch, a partition handed out past its expected offset is
+re-fetched from there, without waiting for more input. The fetch outlives a
+cancelled caller, so every record aiokafka hands out is seen; partitions with
+nothing committed are sought where the reset policy says. Records of topics
+without acknowledgements (table changelogs) keep Faust's own handling.
 """
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Optional, cast
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Optional, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -53,6 +60,12 @@ class InOrderTracker:
         self._seeks: dict[Any, int] = {}
         # A jump seen once: (expected, offset, clock when the re-fetch's seek ended).
         self._suspects: dict[Any, tuple[int, int, Optional[int]]] = {}
+        # One past the last record aiokafka handed out: its position may be there.
+        self._fetched: dict[Any, int] = {}
+        # The same, for records handed out while a seek was under way: Faust's seek and
+        # a fetch run side by side in the consumer thread, so they may come from the
+        # position the seek set, and the loop cannot take them until the seek ends.
+        self._fetched_in_seek: dict[Any, int] = {}
 
     def seek_started(self, tps: Any, refetch: bool = False) -> None:
         """``refetch``: our own re-fetch of a suspect jump; any other seek (a rebalance's)
@@ -69,6 +82,9 @@ class InOrderTracker:
         for tp in tps:
             self._seeking[tp] = max(0, self._seeking.get(tp, 0) - 1)
             offset = offsets.get(tp)
+            self._fetched.pop(tp, None)
+            if not self._seeking[tp] and tp in self._fetched_in_seek:
+                self._fetched[tp] = self._fetched_in_seek.pop(tp)
             if offset is not None and offset >= 0:
                 self._expected[tp] = offset
             else:
@@ -117,6 +133,21 @@ class InOrderTracker:
         self._suspects[tp] = (expected, offset, None)
         return None
 
+    def fetched(self, tp: Any, end: int) -> None:
+        """aiokafka handed out records of ``tp`` up to ``end`` (exclusive)."""
+        into = self._fetched_in_seek if self._seeking.get(tp) else self._fetched
+        if end > into.get(tp, -1):
+            into[tp] = end
+
+    def undelivered(self) -> list[Any]:
+        """Partitions with records handed out but neither delivered nor dropped as
+        duplicates: Faust's loop filters records out (a partition paused or its stream
+        buffer full while the fetch was out, a rebalance under way) and a delivery can
+        be cancelled. Their position is past them; with no later record to show the
+        jump, reading them again must not wait for more input."""
+        return [tp for tp, end in self._fetched.items()
+                if not self._seeking.get(tp) and tp in self._expected and end > self._expected[tp]]
+
     def refetch_from(self, tp: Any) -> Optional[int]:
         """Where to re-fetch ``tp`` from; None while a seek is under way (it decides)."""
         return None if self._seeking.get(tp) else self._expected.get(tp)
@@ -127,38 +158,78 @@ class InOrderTracker:
     def forget(self, tp: Any) -> None:
         self._expected.pop(tp, None)
         self._suspects.pop(tp, None)
+        self._fetched.pop(tp, None)
+        self._fetched_in_seek.pop(tp, None)
+
+
+def being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled, as opposed to a call it
+    made raising ``CancelledError`` (mode passes one from the consumer thread on)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class FetchInFlight:
+    """At most one fetch at a time, which outlives a cancelled caller.
+
+    Faust stops its fetch loop in every rebalance; a fetch cancelled while it waited
+    still ran in the consumer thread and moved aiokafka's position past the records
+    it took, which nobody then saw. Here the fetch goes on, and the next caller
+    receives its records, with the clock of when it was asked for.
+    """
+
+    def __init__(self) -> None:
+        self._task: Optional[asyncio.Future] = None
+        self._clock = 0
+
+    async def get(self, start: Callable[[], Awaitable[Any]], clock: int) -> tuple[Any, int]:
+        """The records of the fetch in flight (started with ``start()`` if there is none)
+        and the clock it was started at. A fetch that was itself cancelled (not its
+        caller) has no records: that returns ``({}, clock)``; kept, it would fail every
+        later call and the fetch loop would stop for good."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(start())
+            self._clock = clock
+        task = self._task
+        try:
+            records = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                self._forget(task)
+                if not being_cancelled():
+                    return {}, clock
+            raise  # only the caller was cancelled: the next call takes the records
+        except BaseException:
+            self._forget(task)
+            raise
+        self._forget(task)
+        return records, self._clock
+
+    def _forget(self, task: asyncio.Future) -> None:
+        if self._task is task:
+            self._task = None
 
 
 class InOrderConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.order = InOrderTracker()
-        # The fetch under way in the consumer thread, and the clock when it was asked for.
-        self._inflight: Optional[asyncio.Future] = None
-        self._inflight_clock = 0
+        self._fetch = FetchInFlight()
         self.batch_clock = 0  # the clock of the batch the fetch loop is walking
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
-        # Faust stops its fetch loop in every rebalance; a fetch cancelled while it
-        # waited still ran in the consumer thread and moved aiokafka's position past
-        # the records it took, which nobody then saw. Here the fetch outlives its
-        # caller, and the next loop receives its records (stamped as old).
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(super()._getmany(active_partitions, timeout))
-            self._inflight_clock = self.order.clock
-        inflight = self._inflight
-        try:
-            records = await asyncio.shield(inflight)
-        except asyncio.CancelledError:
-            raise  # the fetch goes on: the next loop takes its records
-        except BaseException:
-            if self._inflight is inflight:
-                self._inflight = None
-            raise
-        if self._inflight is inflight:
-            self._inflight = None
-        self.batch_clock = self._inflight_clock
+        records, self.batch_clock = await self._fetch.get(
+            lambda: super(InOrderConsumer, self)._getmany(active_partitions, timeout), self.order.clock)
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, batch in records.items():
+            if batch and acks_enabled_for(tp.topic):
+                self.order.fetched(tp, batch[-1].offset + 1)
         return records
+
+    def _count(self, counter: str) -> None:
+        metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
+        if metrics is not None:
+            getattr(metrics, counter).inc()
 
     async def perform_seek(self) -> None:
         tps = set(self.assignment())
@@ -198,23 +269,37 @@ class InOrderConsumer(faust_aiokafka.Consumer):
 
     # -- the fetch loop
 
-    async def _refetch(self, tp: TP) -> None:
+    async def _refetch(self, tp: TP, why: str) -> None:
         expected = self.order.refetch_from(tp)
         if expected is None:
             return
-        metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
-        if metrics is not None:
-            metrics.consumer_refetches.inc()
-        self.log.info("re-fetching %s from offset %d: the next record seen was past it", tp, expected)
+        self._count("consumer_refetches")
+        self.log.info("re-fetching %s from offset %d: %s", tp, expected, why)
         with self.order.seeking([tp], {tp: expected}, refetch=True):
             try:
                 # In the consumer thread, as aiokafka wants: Faust's plain seek() calls it
                 # from this thread while the fetcher may be walking the same buffers.
                 await super().seek_wait({tp: expected})
-            except Exception as exc:  # e.g. the partition was just revoked; the next jump retries
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                self.log.warning("re-fetch of %s was cancelled in the consumer thread; the loop retries", tp)
+            except Exception as exc:  # e.g. the partition was just revoked; the loop retries
                 self.log.warning("re-fetch of %s failed: %r", tp, exc)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        # Outside a rebalance, Faust's fetcher ends quietly on a CancelledError, and the
+        # worker stays up reading nothing. One that a call raised (the consumer thread
+        # gave up on it) rather than a cancel of this task starts the loop again.
+        while True:
+            try:
+                return await self._drain(fetcher)
+            except asyncio.CancelledError:
+                if being_cancelled() or self.transport.app.should_stop or self.app.rebalancing:
+                    raise
+                self.log.warning("fetch loop: a call was cancelled in the consumer thread; reading on")
+
+    async def _drain(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         # Faust's loop (faust.transport.consumer.Consumer._drain_messages) with
         # in-order delivery for acknowledged topics; see the module docstring.
         callback = self.callback
@@ -228,6 +313,8 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         num_since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                for tp in order.undelivered():
+                    await self._refetch(tp, "records fetched were not delivered")
                 self.diag.set_flag(CONSUMER_FETCHING)
                 ait = self.getmany(timeout=1.0)
                 await self.sleep(0)
@@ -249,7 +336,7 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                             continue
                         if verdict is None:
                             refetched.add(tp)
-                            await self._refetch(tp)
+                            await self._refetch(tp, "the next record seen was past it")
                             continue
                         expected = order.expected(tp)
                         if expected is not None and offset > expected:

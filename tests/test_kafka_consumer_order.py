@@ -5,18 +5,23 @@ The model is one partition of a topic whose offsets have real holes (transaction
 markers, compaction). ``Fetcher`` stands for aiokafka: it returns the records from
 its position on and moves past them; a seek moves the position. Records already
 handed out in a batch stay in that batch: exactly the stale batch that made
-Faust's own loop commit unread offsets as a "gap" after a seek. (A fetch whose
-caller is cancelled in a rebalance is not modelled: InOrderConsumer hands its
-records to the next loop, so every record aiokafka gives out is seen here.)
+Faust's own loop commit unread offsets as a "gap" after a seek. Faust's loop
+may also filter a batch out (``drop``); the records are then gone from aiokafka,
+and nothing later may come to show the jump: the clean run at the end reads no
+new input. (A fetch whose caller is cancelled in a rebalance is not modelled:
+InOrderConsumer hands its records to the next loop.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+from typing import Any
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from streams.kafka_consumer import InOrderTracker
+from streams.kafka_consumer import FetchInFlight, InOrderTracker
 
 TP = ("calls", 0)
 
@@ -47,14 +52,31 @@ class Model:
         self.batch: list[int] = []
         self.batch_clock = 0
         self.seek_target: int | None = None  # a seek under way
+        self.seek_applied = False            # ... and aiokafka's position already moved
         self.order.seek_started([TP])        # the assignment's first seek
         self.order.seek_ended([TP], {TP: 0})
 
     def fetch(self, n: int) -> None:
         if self.batch:
             return  # the loop fetches again only once it has walked the whole batch
+        for tp in self.order.undelivered():  # the loop's first step
+            self.refetch(tp)
         self.batch_clock = self.order.clock
         self.batch = self.fetcher.fetch(n)
+        if self.batch:
+            self.order.fetched(TP, self.batch[-1] + 1)
+
+    def refetch(self, tp: Any) -> None:
+        target = self.order.refetch_from(tp)
+        if target is not None:
+            self.order.seek_started([tp], refetch=True)
+            self.fetcher.position = target
+            self.order.seek_ended([tp], {tp: target})
+
+    def drop(self) -> None:
+        """Faust's loop filters out the rest of a batch: its partition was paused or its
+        stream buffer filled while the fetch was out, or a rebalance began."""
+        self.batch = []
 
     def step(self, deliver: bool, seek_meanwhile: bool = False) -> None:
         if not self.batch:
@@ -64,11 +86,7 @@ class Model:
         if verdict is False:
             return
         if verdict is None:
-            target = self.order.refetch_from(TP)
-            if target is not None:
-                self.order.seek_started([TP], refetch=True)
-                self.fetcher.position = target
-                self.order.seek_ended([TP], {TP: target})
+            self.refetch(TP)
             self.batch = []  # the real loop skips the rest of this partition's batch too
             return
         expected = self.order.expected(TP)
@@ -92,14 +110,16 @@ class Model:
             self.order.seek_started([TP])
 
     def apply_seek(self) -> None:
-        if self.seek_target is not None:
+        if self.seek_target is not None and not self.seek_applied:
             self.fetcher.position = self.seek_target
+            self.seek_applied = True
 
     def end_seek(self) -> None:
         if self.seek_target is not None:
             self.apply_seek()
             self.order.seek_ended([TP], {TP: self.seek_target})
             self.seek_target = None
+            self.seek_applied = False
 
     def commit(self) -> None:
         while self.committed in self.done:
@@ -118,7 +138,7 @@ class Model:
 
 
 OPS = ["fetch", "deliver", "deliver", "deliver", "cancel", "seek_meanwhile", "seek", "begin_seek",
-       "apply_seek", "end_seek", "commit"]
+       "apply_seek", "end_seek", "commit", "drop"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -202,3 +222,112 @@ def test_random_interleavings_smoke() -> None:
         for _ in range(400):
             m.run(rng.choice(OPS), rng.randint(1, 10))
         assert not (m.gaps & set(records))
+
+
+# ---------------------------------------------------------------- FetchInFlight
+
+class ThreadFetch:
+    """Stands for the consumer thread: each fetch waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.pending: list[asyncio.Future] = []
+
+    async def start(self) -> Any:
+        self.started += 1
+        promise = asyncio.get_running_loop().create_future()
+        self.pending.append(promise)
+        return await promise
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_cancelled_caller_leaves_its_records_to_the_next_call() -> None:
+    async def run() -> None:
+        fetch, thread = FetchInFlight(), ThreadFetch()
+        caller = asyncio.ensure_future(fetch.get(thread.start, clock=3))
+        await _settle()
+        caller.cancel()
+        await _settle()
+        assert caller.cancelled()
+        thread.pending[0].set_result({"tp": [1, 2]})
+        # Asked for at clock 3; the clock has moved on since.
+        assert await fetch.get(thread.start, clock=9) == ({"tp": [1, 2]}, 3)
+        assert thread.started == 1
+    asyncio.run(run())
+
+
+def test_a_fetch_cancelled_in_the_thread_does_not_stop_every_later_fetch() -> None:
+    # mode hands a CancelledError raised in the consumer thread to the caller's
+    # future; the fetch then ends cancelled. Kept as "in flight", it failed every
+    # later call at once, which ended Faust's fetch loop for good: a worker that is
+    # healthy and reads nothing.
+    async def run() -> None:
+        fetch, thread = FetchInFlight(), ThreadFetch()
+        caller = asyncio.ensure_future(fetch.get(thread.start, clock=1))
+        await _settle()
+        thread.pending[0].set_exception(asyncio.CancelledError())
+        assert await caller == ({}, 1)
+        caller = asyncio.ensure_future(fetch.get(thread.start, clock=2))
+        await _settle()
+        assert thread.started == 2
+        thread.pending[1].set_result({"tp": [5]})
+        assert await caller == ({"tp": [5]}, 2)
+    asyncio.run(run())
+
+
+def test_a_failed_fetch_raises_once_and_the_next_call_fetches_again() -> None:
+    async def run() -> None:
+        fetch, thread = FetchInFlight(), ThreadFetch()
+        caller = asyncio.ensure_future(fetch.get(thread.start, clock=1))
+        await _settle()
+        thread.pending[0].set_exception(RuntimeError("broker gone"))
+        with pytest.raises(RuntimeError):
+            await caller
+        caller = asyncio.ensure_future(fetch.get(thread.start, clock=2))
+        await _settle()
+        thread.pending[1].set_result({})
+        assert await caller == ({}, 2)
+        assert thread.started == 2
+    asyncio.run(run())
+
+
+
+def test_records_filtered_out_at_the_end_of_the_input_are_read_again() -> None:
+    """The CI stall: the last records of a partition were fetched and filtered out by
+    Faust's loop; with no later record there is no jump to see, and the worker stood
+    healthy with its committed offset short of the end for good."""
+    m = Model([0, 1, 2, 3])
+    m.fetch(4)
+    m.step(deliver=True)
+    m.drop()
+    for _ in range(6):
+        m.fetch(4)
+        m.step(deliver=True)
+        m.commit()
+    assert m.delivered == {0, 1, 2, 3}
+    assert m.committed == 4
+
+
+def test_records_handed_out_during_a_seek_are_read_again_after_it() -> None:
+    """The CI stall, as the worker's state showed it: aiokafka at the end of the input,
+    the committed offset short of it, nothing delivered. Faust's seek to the committed
+    offsets runs in the consumer thread alongside a fetch; the fetch drained the
+    records from the new position while the seek was still under way, so the loop
+    could not take them, and no later record came to show the jump."""
+    m = Model([0, 1, 2, 3])
+    m.begin_seek()
+    m.apply_seek()
+    m.fetch(4)                    # the thread's other worker drains 0..3 meanwhile
+    for _ in range(4):
+        m.step(deliver=True)      # each waits for the seek: none is delivered
+    m.end_seek()                  # the seek's bookkeeping ends; aiokafka stays at 4
+    for _ in range(6):
+        m.fetch(4)
+        m.step(deliver=True)
+        m.commit()
+    assert m.delivered == {0, 1, 2, 3}
+    assert m.committed == 4
