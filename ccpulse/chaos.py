@@ -441,7 +441,7 @@ def stall_report(bootstrap: str, worker: ChaosWorker, targets: dict[Any, int]) -
         with open(worker.log_path, "rb") as f:
             f.seek(before)
             dump = f.read().decode(errors="replace").splitlines()
-        # Thread and task names with their frames, without the local variables.
+        # Thread and task names with their frames; the threads' variable dumps are left out.
         stacks = "\n".join(line for line in dump if line.startswith(("THREAD", "  TASK"))
                            or line.lstrip().startswith("File ") or line.startswith("    "))[-8000:]
     return (f"/health {status} {json.dumps(body)[:800]}; committed<end: {behind}; "
