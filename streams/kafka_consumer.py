@@ -226,11 +226,6 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                 self.order.fetched(tp, batch[-1].offset + 1)
         return records
 
-    def _count(self, counter: str) -> None:
-        metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
-        if metrics is not None:
-            getattr(metrics, counter).inc()
-
     async def perform_seek(self) -> None:
         tps = set(self.assignment())
         targets: dict[TP, Optional[int]] = {}
@@ -273,7 +268,9 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         expected = self.order.refetch_from(tp)
         if expected is None:
             return
-        self._count("consumer_refetches")
+        metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
+        if metrics is not None:
+            metrics.consumer_refetches.inc()
         self.log.info("re-fetching %s from offset %d: %s", tp, expected, why)
         with self.order.seeking([tp], {tp: expected}, refetch=True):
             try:
