@@ -94,8 +94,9 @@ class PipelineMetrics:
             "ccpulse_merge_redelivered_parts", "Window parts re-sent for windows already merged, final and "
             "forgotten (after a crash); skipped", registry=self.registry)
         self.consumer_refetches = Counter(
-            "ccpulse_consumer_refetches", "Partitions re-fetched because a record arrived past the offset "
-            "expected next (streams/kafka_consumer.py); normal around restarts and rebalances",
+            "ccpulse_consumer_refetches", "Partitions re-fetched from the offset expected next: a record "
+            "arrived past it, or records fetched were not delivered (streams/kafka_consumer.py); normal "
+            "around restarts and rebalances",
             registry=self.registry)
         # Broker reachability, read from the worker's probe at scrape time (streams/broker_health.py).
         self.kafka_up = Gauge(

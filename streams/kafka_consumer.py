@@ -353,7 +353,7 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                         continue  # a seek decided where this partition resumes
                     if not delivered:
                         # The stream never got it: the expected offset stays, so this
-                        # partition's next record is a jump and is re-fetched from here.
+                        # partition is re-fetched from here before the next fetch.
                         continue
                     set_read_offset(tp, offset)
                     if acked:
