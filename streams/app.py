@@ -112,30 +112,17 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
 
     t = settings.topics
     internal = dict(partitions=settings.kafka.partitions, internal=True, replicas=1)
-    pipe.topics["input"] = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"),
-                                     value_serializer="raw", key_serializer="raw")
-    pipe.topics["events"] = app.topic(pipe.internal("events"), value_serializer="raw",
-                                      key_serializer="raw", **internal)
-    pipe.topics["partials"] = app.topic(pipe.internal("window-partials"), value_serializer="orjson",
-                                        key_serializer="raw", **internal)
-    pipe.topics["contacts"] = app.topic(pipe.internal("contacts"), value_serializer="raw",
-                                        key_serializer="raw", **internal)
-    pipe.topics["interactions"] = app.topic(pipe.internal("interactions"), value_serializer="orjson",
-                                            key_serializer="raw", compacting=True, **internal)
-    pipe.topics["kpi_windows"] = app.topic(t.name("kpi_windows"), value_serializer="orjson",
-                                           key_serializer="raw")
-    pipe.topics["kpi_agents"] = app.topic(t.name("kpi_agents"), value_serializer="orjson",
-                                          key_serializer="raw")
-    pipe.topics["kpi_queue_state"] = app.topic(t.name("kpi_queue_state"), value_serializer="orjson",
-                                               key_serializer="raw")
-    pipe.topics["dead_letter"] = app.topic(t.name("dead_letter"), value_serializer="orjson",
-                                           key_serializer="raw")
-    pipe.topics["sla_breaches"] = app.topic(t.name("sla_breaches"), value_serializer="orjson",
-                                            key_serializer="raw")
-    pipe.topics["kpi_scorecards"] = app.topic(t.name("kpi_scorecards"), value_serializer="orjson",
-                                              key_serializer="raw")
-    pipe.topics["sla_observations"] = app.topic(pipe.internal("sla-observations"), value_serializer="orjson",
-                                                key_serializer="raw", **internal)
+    raw, json_ = codecs.DirectSchema("raw"), codecs.DirectSchema("orjson")
+    pipe.topics["input"] = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"), schema=raw)
+    pipe.topics["events"] = app.topic(pipe.internal("events"), schema=raw, **internal)
+    pipe.topics["partials"] = app.topic(pipe.internal("window-partials"), schema=json_, **internal)
+    pipe.topics["contacts"] = app.topic(pipe.internal("contacts"), schema=raw, **internal)
+    pipe.topics["interactions"] = app.topic(pipe.internal("interactions"), schema=json_, compacting=True,
+                                            **internal)
+    for name in ("kpi_windows", "kpi_agents", "kpi_queue_state", "dead_letter", "sla_breaches",
+                 "kpi_scorecards"):
+        pipe.topics[name] = app.topic(t.name(name), schema=json_)
+    pipe.topics["sla_observations"] = app.topic(pipe.internal("sla-observations"), schema=json_, **internal)
 
     if role == "writer":
         from streams import storage, web

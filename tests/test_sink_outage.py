@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ccpulse.fault_injection import (FaultInjectionUnavailable, make_store_unwritable,
@@ -35,11 +36,13 @@ class FlakyClient:
         self.failures = failures
         self.rows: list[list[Any]] = []
 
-    def insert(self, table: str, data: list[list[Any]], column_names: list[str], settings: Any = None) -> None:
+    def raw_insert(self, table: str, column_names: list[str], insert_block: bytes, settings: Any = None,
+                   fmt: str = "") -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("Connection refused")
-        self.rows.extend(data)
+        assert fmt == "JSONEachRow"
+        self.rows.extend([row[c] for c in column_names] for row in map(orjson.loads, insert_block.split(b"\n")))
 
 
 def test_backoff_doubles_up_to_the_cap_and_the_batch_is_written_once() -> None:
