@@ -344,7 +344,9 @@ def wait_final(bootstrap: str, workers: list[ChaosWorker], timeout: float) -> fl
                       f"{ {g: lag.by_topic for g, lag in lag_detail.items()} }")
         last_state = state
         time.sleep(2)
-    raise ChaosError(f"{app}: windows not final within {timeout:.0f}s ({reason})")
+    stuck = [f"{w.workdir.name}: {stall_report(bootstrap, w, {})}" for w in workers
+             if w.process is not None and w.process.poll() is None]
+    raise ChaosError(f"{app}: windows not final within {timeout:.0f}s ({reason})\n" + "\n".join(stuck))
 
 
 def collect(bootstrap: str, workers: list[ChaosWorker], store_owner: ChaosWorker) -> Outcome:

@@ -4,8 +4,8 @@ Faust's fetch loop (``Consumer._drain_messages``) keeps one "read offset" per
 partition and, when a record arrives more than one offset past it, records the
 offsets in between as a *gap* that is committed as if processed (meant for
 compacted topics and transaction markers), or simply never reads some records
-again. Four races turn that into data loss or a stall; ccpulse's ``kill -9``
-chaos runs hit all of them, right after a restart's table recovery:
+again. These races turn that into data loss or a stall; ccpulse's ``kill -9``
+and rebalance chaos runs hit all of them, right after a restart or a rebalance:
 
 - a seek (Faust seeks every partition back to its committed offset when it
   resumes) lands while the loop is still walking a batch fetched *before* it:
@@ -21,19 +21,27 @@ chaos runs hit all of them, right after a restart's table recovery:
   consumer thread, and Faust's loop filters records out of a batch (a partition
   paused or its stream buffer full while the fetch was out). The records are then
   gone from aiokafka; at the end of the input no later record shows the jump,
-  and the worker stood healthy with its committed offset short of the end.
+  and the worker stood healthy with its committed offset short of the end;
+- a re-fetch and a rebalance's seek to the committed offsets overlap in the
+  consumer thread: the one that ended last set where delivery resumed, and records
+  the streams had skipped (Faust's streams drop records of an older generation)
+  were never read again: a stall, or with one record a loss, as Faust commits past
+  a single unacknowledged offset.
 
 This consumer delivers the records of acknowledged topics strictly in order
 from an *expected* offset per partition (``InOrderTracker``). Every seek sets
-it; a delivered record moves it past itself. A record before it is a duplicate
-and is dropped. A record after it is re-fetched from the expected offset, and
-counts as a real hole only when a batch requested after that re-fetch shows
-the very same jump. The tracker also notes how far aiokafka has handed records
-out: before each fetch, a partition handed out past its expected offset is
-re-fetched from there, without waiting for more input. The fetch outlives a
-cancelled caller, so every record aiokafka hands out is seen; partitions with
-nothing committed are sought where the reset policy says. Records of topics
-without acknowledgements (table changelogs) keep Faust's own handling.
+it (of overlapping seeks, the one started last); a delivered record moves it
+past itself. A record before it is a duplicate and is dropped. A record after it
+is re-fetched from the expected offset, and counts as a real hole only when a
+batch requested after that re-fetch shows the very same jump. A record that
+waited while a seek or a rebalance came is not delivered, and no re-fetch starts
+while the flow is stopped for a rebalance (its own seek decides). The tracker
+also notes how far aiokafka has handed records out: before each fetch, a
+partition handed out past its expected offset is re-fetched from there, without
+waiting for more input. The fetch outlives a cancelled caller, so every record
+aiokafka hands out is seen; partitions with nothing committed are sought where
+the reset policy says. Records of topics without acknowledgements (table
+changelogs) keep Faust's own handling.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ class InOrderTracker:
         # Ticks at the start and the end of every seek; a batch is stamped with it when requested.
         self.clock = 0
         self._seeking: dict[Any, int] = {}
-        self._seeks: dict[Any, int] = {}
+        self._seeks: dict[Any, int] = {}  # seeks started, per partition: the last one decides
         # A jump seen once: (expected, offset, clock when the re-fetch's seek ended).
         self._suspects: dict[Any, tuple[int, int, Optional[int]]] = {}
         # One past the last record aiokafka handed out: its position may be there.
@@ -67,17 +75,24 @@ class InOrderTracker:
         # position the seek set, and the loop cannot take them until the seek ends.
         self._fetched_in_seek: dict[Any, int] = {}
 
-    def seek_started(self, tps: Any, refetch: bool = False) -> None:
+    def seek_started(self, tps: Any, refetch: bool = False) -> dict[Any, int]:
         """``refetch``: our own re-fetch of a suspect jump; any other seek (a rebalance's)
-        starts the suspicion over, as it may come with its own orphan fetch."""
+        starts the suspicion over, as it may come with its own orphan fetch.
+        Returns the token to end it with."""
         self.clock += 1
+        started = {}
         for tp in tps:
             if not refetch:
                 self._suspects.pop(tp, None)
             self._seeking[tp] = self._seeking.get(tp, 0) + 1
-            self._seeks[tp] = self._seeks.get(tp, 0) + 1
+            started[tp] = self._seeks[tp] = self._seeks.get(tp, 0) + 1
+        return started
 
-    def seek_ended(self, tps: Any, offsets: Mapping[Any, Optional[int]]) -> None:
+    def seek_ended(self, tps: Any, offsets: Mapping[Any, Optional[int]],
+                   started: Optional[Mapping[Any, int]] = None) -> None:
+        """A seek ended. Seeks of one partition can overlap (a re-fetch and a rebalance's
+        seek to the committed offset run side by side in the consumer thread): only the
+        one started last sets where delivery resumes, whichever ends last."""
         self.clock += 1
         for tp in tps:
             self._seeking[tp] = max(0, self._seeking.get(tp, 0) - 1)
@@ -85,6 +100,8 @@ class InOrderTracker:
             self._fetched.pop(tp, None)
             if not self._seeking[tp] and tp in self._fetched_in_seek:
                 self._fetched[tp] = self._fetched_in_seek.pop(tp)
+            if started is not None and started.get(tp) != self._seeks.get(tp):
+                continue  # superseded by a seek started after this one
             if offset is not None and offset >= 0:
                 self._expected[tp] = offset
             else:
@@ -96,11 +113,11 @@ class InOrderTracker:
     @contextmanager
     def seeking(self, tps: Any, targets: Mapping[Any, Optional[int]], refetch: bool = False) -> Iterator[None]:
         """A seek from start to end; ``targets`` is read when it ends (it may be filled meanwhile)."""
-        self.seek_started(tps, refetch)
+        started = self.seek_started(tps, refetch)
         try:
             yield
         finally:
-            self.seek_ended(tps, targets)
+            self.seek_ended(tps, targets, started)
 
     def seeks(self, tp: Any) -> int:
         return self._seeks.get(tp, 0)
@@ -299,6 +316,18 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         with self.order.seeking(partitions, partitions):
             await super().seek_wait(partitions)
 
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        # Stopping cancels the agents, and Faust's ``take_events`` acknowledges the batch
+        # of a cancelled agent in its ``finally``: its outputs half handed to the producer,
+        # or a ClickHouse write still being retried. Committing those offsets lost them
+        # (seen in the rebalance chaos run: an event missing from every output). So
+        # nothing is committed once the worker is stopping; the next owner of the
+        # partitions reads again from the last commit (at most about a second, the
+        # commit interval), which every stage takes idempotently, as after a crash.
+        if self.app.should_stop:
+            return False
+        return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
             self.order.forget(tp)
@@ -308,7 +337,9 @@ class InOrderConsumer(faust_aiokafka.Consumer):
 
     async def _refetch(self, tp: TP, why: str) -> None:
         expected = self.order.refetch_from(tp)
-        if expected is None:
+        if expected is None or self.suspend_flow.is_set():
+            # While the flow is stopped a rebalance is under way: its own seek to the
+            # committed offsets decides where every partition resumes.
             return
         metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
         if metrics is not None:
@@ -378,6 +409,7 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                     continue
                 refetched: set[TP] = set()
                 async for tp, message in ait:
+                    seeks_at_receipt = order.seeks(tp)
                     num_since_yield += 1
                     if num_since_yield > 100:
                         await asyncio.sleep(0)
@@ -404,9 +436,15 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    seeks_before = order.seeks(tp)
+                    if acked and (order.seeks(tp) != seeks_at_receipt
+                                  or message.generation_id != self.app.consumer_generation_id):
+                        # A seek or a rebalance came while this record waited (at an await
+                        # above): the seek decides where the partition resumes, and a stream
+                        # silently skips a record of an older generation, which would then
+                        # count as delivered and its re-fetch be dropped as a duplicate.
+                        continue
                     delivered = await self._deliver(callback(message))
-                    if order.seeks(tp) != seeks_before:
+                    if order.seeks(tp) != seeks_at_receipt:
                         continue  # a seek decided where this partition resumes
                     if not delivered:
                         # The stream never got it: the expected offset stays, so this

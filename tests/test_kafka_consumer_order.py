@@ -297,6 +297,22 @@ def test_a_failed_fetch_raises_once_and_the_next_call_fetches_again() -> None:
     asyncio.run(run())
 
 
+def test_a_seek_started_earlier_and_ended_later_does_not_decide() -> None:
+    """A re-fetch (to 25) and a rebalance's seek to the committed offset (20) overlap in
+    the consumer thread, and the re-fetch ends last: delivery resumes from 20. Taking
+    25 left 20..24, delivered before the rebalance and skipped by the streams, unread
+    for good: a stall, or with one record a loss (Faust commits past a single gap)."""
+    order = InOrderTracker()
+    order.seek_ended([TP], {TP: 0}, order.seek_started([TP]))
+    refetch = order.seek_started([TP], refetch=True)
+    rebalance = order.seek_started([TP])
+    order.seek_ended([TP], {TP: 20}, rebalance)
+    assert order.accept(TP, 20, order.clock) is None  # the re-fetch is still under way
+    order.seek_ended([TP], {TP: 25}, refetch)
+    assert order.expected(TP) == 20
+    assert order.accept(TP, 20, order.clock) is True
+
+
 # -- a record's delivery runs in the fetch loop's task until it has to wait
 
 def test_a_delivery_that_does_not_wait_finishes_inline() -> None:
