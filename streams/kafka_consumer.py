@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import contextmanager
-from typing import Any, Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Optional, cast
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Optional, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -177,48 +177,6 @@ class InOrderTracker:
         self._suspects.pop(tp, None)
         self._fetched.pop(tp, None)
         self._fetched_in_seek.pop(tp, None)
-
-
-def started_inline(coro: Coroutine[Any, Any, Any]) -> Optional[asyncio.Future]:
-    """Run ``coro`` up to its first suspension, in the caller's task.
-
-    None if it finished without suspending (its exception, if any, is raised here);
-    otherwise a task that runs the rest of it.
-    """
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return None
-    task = asyncio.ensure_future(_Resumed(coro, waiting_on))
-    # A task cancelled before its first step never runs the rest: close the coroutine
-    # so its cleanup runs now (a no-op once it has finished).
-    task.add_done_callback(lambda _: coro.close())
-    return task
-
-
-class _Resumed:
-    """The rest of a coroutine that was started by hand (``yield from`` for an
-    already-started coroutine): what it waits on goes to the task, and what the
-    task sends or throws goes back in."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
-        self._coro, self._waiting_on = coro, waiting_on
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, waiting_on = self._coro, self._waiting_on
-        while True:
-            try:
-                sent = yield waiting_on
-            except BaseException as exc:  # a cancel, or the awaited future's error: pass it in
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    waiting_on = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 def being_cancelled() -> bool:
@@ -357,23 +315,6 @@ class InOrderConsumer(faust_aiokafka.Consumer):
             except Exception as exc:  # e.g. the partition was just revoked; the loop retries
                 self.log.warning("re-fetch of %s failed: %r", tp, exc)
 
-    async def _deliver(self, delivery: Coroutine[Any, Any, Any]) -> bool:
-        """Run one record's delivery; False if the flow was suspended (a rebalance) first.
-
-        Faust races every delivery against ``suspend_flow`` with ``wait_first``: four
-        tasks and an ``asyncio.wait`` per record, the largest single cost of the fetch
-        loop. Almost every delivery finishes without waiting (its stream's buffer has
-        room), so it is started here and only one that has to wait takes that path.
-        """
-        if self.suspend_flow.is_set():
-            delivery.close()
-            return False
-        started = started_inline(delivery)
-        if started is None:
-            return True
-        result = await self.wait_first(started, self.suspend_flow.wait())
-        return started in result.done
-
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         # Outside a rebalance, Faust's fetcher ends quietly on a CancelledError, and the
         # worker stays up reading nothing. One that a call raised (the consumer thread
@@ -443,7 +384,9 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                         # silently skips a record of an older generation, which would then
                         # count as delivered and its re-fetch be dropped as a duplicate.
                         continue
-                    delivered = await self._deliver(callback(message))
+                    delivery = callback(message)
+                    result = await self.wait_first(delivery, self.suspend_flow.wait())
+                    delivered = delivery in result.done
                     if order.seeks(tp) != seeks_at_receipt:
                         continue  # a seek decided where this partition resumes
                     if not delivered:
