@@ -28,10 +28,14 @@ from faust.serializers import codecs
 from faust.types import AppT, TableT, TopicT
 
 
+# topic, key, value, partition (None: the producer's partitioner picks it by key)
+Item = tuple[str, bytes | None, bytes | None, int | None]
+
+
 class Outbox:
     def __init__(self, app: AppT) -> None:
         self._app = app
-        self._items: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self._items: list[Item] = []
         self._lock = asyncio.Lock()
         self._names: dict[int, str] = {}
         self._partitions: dict[str, list[int]] = {}  # topic -> its partitions (fixed for a topic)
@@ -81,7 +85,7 @@ class Outbox:
                 items, self._items = self._items, []
                 await self._send(producer, items)
 
-    async def _send(self, producer: Any, items: list[tuple[str, bytes | None, bytes | None, int | None]]) -> None:
+    async def _send(self, producer: Any, items: list[Item]) -> None:
         batches: dict[tuple[str, int], Any] = {}
         for topic, key, value, partition in items:
             if partition is None:
