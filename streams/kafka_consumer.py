@@ -26,7 +26,11 @@ and rebalance chaos runs hit all of them, right after a restart or a rebalance:
   consumer thread: the one that ended last set where delivery resumed, and records
   the streams had skipped (Faust's streams drop records of an older generation)
   were never read again: a stall, or with one record a loss, as Faust commits past
-  a single unacknowledged offset.
+  a single unacknowledged offset;
+- at the end of a rebalance Faust resumes the stream partitions and seeks them to
+  the committed offsets, and only then calls ``flow_control.resume()``, which empties
+  every stream's queue: records delivered in between vanished unseen (the same
+  stall or loss).
 
 This consumer delivers the records of acknowledged topics strictly in order
 from an *expected* offset per partition (``InOrderTracker``). Every seek sets
@@ -34,8 +38,8 @@ it (of overlapping seeks, the one started last); a delivered record moves it
 past itself. A record before it is a duplicate and is dropped. A record after it
 is re-fetched from the expected offset, and counts as a real hole only when a
 batch requested after that re-fetch shows the very same jump. A record that
-waited while a seek or a rebalance came is not delivered, and no re-fetch starts
-while the flow is stopped for a rebalance (its own seek decides). The tracker
+waited while a seek or a rebalance came is not delivered, and nothing is delivered
+or re-fetched until a rebalance has ended (its own seek decides). The tracker
 also notes how far aiokafka has handed records out: before each fetch, a
 partition handed out past its expected offset is re-fetched from there, without
 waiting for more input. The fetch outlives a cancelled caller, so every record
@@ -48,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import contextmanager
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Optional, cast
+from typing import Any, Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Optional, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -179,6 +183,48 @@ class InOrderTracker:
         self._fetched_in_seek.pop(tp, None)
 
 
+def started_inline(coro: Coroutine[Any, Any, Any]) -> Optional[asyncio.Future]:
+    """Run ``coro`` up to its first suspension, in the caller's task.
+
+    None if it finished without suspending (its exception, if any, is raised here);
+    otherwise a task that runs the rest of it.
+    """
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return None
+    task = asyncio.ensure_future(_Resumed(coro, waiting_on))
+    # A task cancelled before its first step never runs the rest: close the coroutine
+    # so its cleanup runs now (a no-op once it has finished).
+    task.add_done_callback(lambda _: coro.close())
+    return task
+
+
+class _Resumed:
+    """The rest of a coroutine that was started by hand (``yield from`` for an
+    already-started coroutine): what it waits on goes to the task, and what the
+    task sends or throws goes back in."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self._coro, self._waiting_on = coro, waiting_on
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # a cancel, or the awaited future's error: pass it in
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    waiting_on = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
 def being_cancelled() -> bool:
     """Whether the running task itself is being cancelled, as opposed to a call it
     made raising ``CancelledError`` (mode passes one from the consumer thread on)."""
@@ -295,9 +341,9 @@ class InOrderConsumer(faust_aiokafka.Consumer):
 
     async def _refetch(self, tp: TP, why: str) -> None:
         expected = self.order.refetch_from(tp)
-        if expected is None or self.suspend_flow.is_set():
-            # While the flow is stopped a rebalance is under way: its own seek to the
-            # committed offsets decides where every partition resumes.
+        if expected is None or self.suspend_flow.is_set() or self.app.rebalancing:
+            # A rebalance is under way: its own seek to the committed offsets decides
+            # where every partition resumes, and nothing is delivered until it has ended.
             return
         metrics = getattr(getattr(self.app, "pipeline", None), "metrics", None)
         if metrics is not None:
@@ -314,6 +360,23 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                 self.log.warning("re-fetch of %s was cancelled in the consumer thread; the loop retries", tp)
             except Exception as exc:  # e.g. the partition was just revoked; the loop retries
                 self.log.warning("re-fetch of %s failed: %r", tp, exc)
+
+    async def _deliver(self, delivery: Coroutine[Any, Any, Any]) -> bool:
+        """Run one record's delivery; False if the flow was suspended (a rebalance) first.
+
+        Faust races every delivery against ``suspend_flow`` with ``wait_first``: four
+        tasks and an ``asyncio.wait`` per record, the largest single cost of the fetch
+        loop. Almost every delivery finishes without waiting (its stream's buffer has
+        room), so it is started here and only one that has to wait takes that path.
+        """
+        if self.suspend_flow.is_set():
+            delivery.close()
+            return False
+        started = started_inline(delivery)
+        if started is None:
+            return True
+        result = await self.wait_first(started, self.suspend_flow.wait())
+        return started in result.done
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         # Outside a rebalance, Faust's fetcher ends quietly on a CancelledError, and the
@@ -378,15 +441,19 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                         self._n_acked = 0
                         await self.commit()
                     if acked and (order.seeks(tp) != seeks_at_receipt
-                                  or message.generation_id != self.app.consumer_generation_id):
+                                  or message.generation_id != self.app.consumer_generation_id
+                                  or self.app.rebalancing):
                         # A seek or a rebalance came while this record waited (at an await
                         # above): the seek decides where the partition resumes, and a stream
                         # silently skips a record of an older generation, which would then
                         # count as delivered and its re-fetch be dropped as a duplicate.
+                        # Until the rebalance has ended nothing is delivered: Faust resumes
+                        # stream partitions and seeks them *before* its final
+                        # ``flow_control.resume()``, which empties every stream's queue, so
+                        # a record delivered in between was dropped unseen (its partition is
+                        # re-read from the expected offset once the rebalance has ended).
                         continue
-                    delivery = callback(message)
-                    result = await self.wait_first(delivery, self.suspend_flow.wait())
-                    delivered = delivery in result.done
+                    delivered = await self._deliver(callback(message))
                     if order.seeks(tp) != seeks_at_receipt:
                         continue  # a seek decided where this partition resumes
                     if not delivered:

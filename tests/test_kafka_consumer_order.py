@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streams.kafka_consumer import FetchInFlight, InOrderTracker
+from streams.kafka_consumer import FetchInFlight, InOrderTracker, started_inline
 
 TP = ("calls", 0)
 
@@ -311,6 +311,101 @@ def test_a_seek_started_earlier_and_ended_later_does_not_decide() -> None:
     order.seek_ended([TP], {TP: 25}, refetch)
     assert order.expected(TP) == 20
     assert order.accept(TP, 20, order.clock) is True
+
+
+# -- a record's delivery runs in the fetch loop's task until it has to wait
+
+def test_a_delivery_that_does_not_wait_finishes_inline() -> None:
+    log: list[str] = []
+
+    async def deliver() -> None:
+        log.append("delivered")
+
+    async def run() -> None:
+        assert started_inline(deliver()) is None
+        assert log == ["delivered"]  # already, with no turn of the event loop
+    asyncio.run(run())
+
+
+def test_a_delivery_that_fails_inline_raises_its_error() -> None:
+    async def deliver() -> None:
+        raise ValueError("bad record")
+
+    async def run() -> None:
+        with pytest.raises(ValueError, match="bad record"):
+            started_inline(deliver())
+    asyncio.run(run())
+
+
+def test_a_delivery_that_waits_goes_on_in_a_task_with_what_it_waited_for() -> None:
+    async def run() -> None:
+        room = asyncio.get_running_loop().create_future()
+        log: list[Any] = []
+
+        async def deliver() -> str:
+            log.append("started")
+            log.append(await room)
+            await asyncio.sleep(0)  # a bare yield is passed through too
+            return "done"
+
+        task = started_inline(deliver())
+        assert task is not None and log == ["started"]
+        await _settle()
+        assert not task.done()
+        room.set_result("room in the buffer")
+        assert await task == "done"
+        assert log == ["started", "room in the buffer"]
+    asyncio.run(run())
+
+
+def test_a_waiting_delivery_sees_a_cancel_and_an_error_of_what_it_waited_for() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[str] = []
+
+        async def deliver(future: asyncio.Future) -> None:
+            try:
+                await future
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            except RuntimeError as exc:
+                seen.append(str(exc))
+                raise
+
+        cancelled = started_inline(deliver(loop.create_future()))
+        assert cancelled is not None
+        await _settle()
+        cancelled.cancel()  # what wait_first does when the flow is suspended first
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        failing = loop.create_future()
+        failed = started_inline(deliver(failing))
+        assert failed is not None
+        failing.set_exception(RuntimeError("queue closed"))
+        with pytest.raises(RuntimeError):
+            await failed
+        assert seen == ["cancelled", "queue closed"]
+    asyncio.run(run())
+
+
+def test_a_delivery_cancelled_before_it_went_on_is_closed() -> None:
+    async def run() -> None:
+        cleaned: list[str] = []
+
+        async def deliver() -> None:
+            try:
+                await asyncio.get_running_loop().create_future()
+            finally:
+                cleaned.append("closed")
+
+        task = started_inline(deliver())
+        assert task is not None
+        task.cancel()  # before the task ever ran
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["closed"]
+    asyncio.run(run())
 
 
 def _read_on_without_new_input(m: Model) -> None:
