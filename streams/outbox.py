@@ -28,6 +28,8 @@ from faust.serializers import codecs
 from faust.types import AppT, TableT, TopicT
 
 
+PARTITION_CACHE_KEYS = 200_000  # per topic; about 30 MB at most
+
 # topic, key, value, partition (None: the producer's partitioner picks it by key)
 Item = tuple[str, bytes | None, bytes | None, int | None]
 
@@ -39,6 +41,10 @@ class Outbox:
         self._lock = asyncio.Lock()
         self._names: dict[int, str] = {}
         self._partitions: dict[str, list[int]] = {}  # topic -> its partitions (fixed for a topic)
+        # topic -> key -> partition. aiokafka's partitioner hashes in pure Python
+        # (murmur2, 2% of a worker), and every event of an interaction, like every
+        # update of a window, has the same key.
+        self._partition_of: dict[str, dict[bytes, int]] = {}
 
     def send(self, topic: TopicT, key: bytes | None, value: Any, partition: int | None = None) -> None:
         """Queue a message; ``value`` is bytes or a JSON-able object."""
@@ -109,4 +115,10 @@ class Outbox:
             partitions = self._partitions[topic] = sorted(producer.client.cluster.partitions_for_topic(topic))
         if key is None:  # spread over the partitions that have a leader, as send() does
             return producer._partition(topic, None, None, None, None, None)
-        return producer._partitioner(key, partitions, partitions)
+        known = self._partition_of.setdefault(topic, {})
+        partition = known.get(key)
+        if partition is None:
+            if len(known) >= PARTITION_CACHE_KEYS:
+                known.clear()
+            partition = known[key] = producer._partitioner(key, partitions, partitions)
+        return partition
