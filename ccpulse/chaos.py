@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ccpulse import chaos_checks
+from ccpulse.probes import free_port
 from ccpulse.chaos_worker import (ChaosWorker, committed, dump_store, end_offsets, group_lag, kill_all,
                                   latest_by_key, read_topic)
 
@@ -1031,7 +1032,7 @@ def run_chaos(scenarios: list[str], short: bool, bootstrap: str | None, workdir:
     if bootstrap is None:
         broker_state = base / "kafka"
         log(f"starting a local broker in {broker_state}")
-        bootstrap = local_kafka.start(broker_state, port=_free_port(), fresh=True).bootstrap
+        bootstrap = local_kafka.start(broker_state, port=free_port(), fresh=True).bootstrap
     run = Run(bootstrap, base, profile, seed, broker_state, f"chaos{int(time.time())}",
               make_workload(profile.duration, sentinel_gap))
     log(f"broker {bootstrap}, work dir {base}, workload {len(run.workload.events)} events over "
@@ -1063,11 +1064,6 @@ def run_chaos(scenarios: list[str], short: bool, bootstrap: str | None, workdir:
         if broker_state is not None:
             local_kafka.stop(broker_state)
     return results
-
-
-def _free_port() -> int:
-    from ccpulse.chaos_worker import free_port
-    return free_port()
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from typing import Any
 
@@ -18,9 +19,32 @@ MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port that nothing listens on, taken below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also uses for
+    outgoing connections: between the probe and the worker binding it, a Kafka client
+    connection could take it ("address already in use", seen in a chaos run).
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(FREE_PORT_FLOOR, low) if low > FREE_PORT_FLOOR + 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))  # the wildcard, as a worker's HTTP server binds it
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free port found between {FREE_PORT_FLOOR} and {low}")
+
+
+FREE_PORT_FLOOR = 20000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def parse_metrics(text: str) -> dict[MetricKey, float]:

@@ -16,12 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ccpulse import local_kafka
 from ccpulse.local_kafka import LocalKafkaError
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from ccpulse.probes import free_port
 
 
 def _process_gone(pid: int) -> bool:
@@ -92,7 +87,7 @@ def test_produce_and_consume_through_the_session_broker(kafka_bootstrap: str) ->
 def test_start_is_idempotent_and_stop_leaves_no_process(tmp_path: Path) -> None:
     state_dir = tmp_path / "kafka"
     try:
-        first = local_kafka.start(state_dir, port=_free_port(), fresh=True)
+        first = local_kafka.start(state_dir, port=free_port(), fresh=True)
         again = local_kafka.start(state_dir)
 
         assert again == first
@@ -114,11 +109,11 @@ def test_start_is_idempotent_and_stop_leaves_no_process(tmp_path: Path) -> None:
 def test_restart_keeps_data_across_a_port_change_and_fresh_wipes_it(tmp_path: Path) -> None:
     state_dir = tmp_path / "kafka"
     try:
-        first = local_kafka.start(state_dir, port=_free_port(), fresh=True)
+        first = local_kafka.start(state_dir, port=free_port(), fresh=True)
         asyncio.run(_produce(first.bootstrap, "kept", b"survives a restart"))
         local_kafka.stop(state_dir)
 
-        second_port = _free_port()
+        second_port = free_port()
         second = local_kafka.start(state_dir, port=second_port)
         assert second.bootstrap == f"127.0.0.1:{second_port}"
         assert asyncio.run(_consume_one(second.bootstrap, "kept")).value == b"survives a restart"
