@@ -306,21 +306,30 @@ class Bench:
     # ------------------------------------------------------------ memory
 
     async def memory(self) -> None:
+        # One process with the embedded store (the default), and the scaled-out layout,
+        # where a compute worker holds the open interactions and a writer the store.
+        for roles in (("all",), ("compute", "writer")):
+            await self._memory(roles)
+
+    async def _memory(self, roles: tuple[str, ...]) -> None:
         from ccpulse import bench_kafka
         from ccpulse.bench_kafka import OffsetWatch
 
         n, queues = self.plan.open_interactions, self.plan.open_queues
-        app = self.app("mem", "mem.")
+        split = len(roles) > 1
+        app = self.app("mem-split" if split else "mem", "mems." if split else "mem.")
         await ensure_topics(app)
         topology = app.topology()
-        self.say(f"memory: {n:,} interactions open on {queues:,} queues ...")
+        layout = " + ".join(roles)
+        self.say(f"memory ({layout}): {n:,} interactions open on {queues:,} queues ...")
         await bench_kafka.produce_all(self.bootstrap, open_contacts(n, queues, app.input_topics["call"]))
         load = _loadavg()
-        worker = self.spawn(app, "all", 0)
-        watch = OffsetWatch(self.bootstrap, [topology["all"]], steady=app.steady_topics,
+        procs = [self.spawn(app, role, i) for i, role in enumerate(roles)]
+        groups = [topology[role] for role in roles]
+        watch = OffsetWatch(self.bootstrap, groups, steady=app.steady_topics,
                             inputs=frozenset(app.input_topics.values()))
         await watch.start()
-        sampler = asyncio.create_task(_sample_rss([worker]))
+        sampler = asyncio.create_task(_sample_rss(procs))
         complete = True
         try:
             await watch.wait_done(timeout=self.memory_timeout, progress=self._lag_note)
@@ -331,18 +340,26 @@ class Bench:
         finally:
             sampler.cancel()
             await watch.stop()
-        rss = worker.sample_rss() / 2**20
-        open_now = await asyncio.to_thread(_waiting, worker)
-        worker.stop()
-        scenario = f"memory {n // 1000}k open / {queues} queues"
-        what = "RSS after all applied" if complete else f"RSS with {open_now:,.0f} of {n:,} applied"
-        self.report.add(scenario, what, rss, "MB", "<= 300" if n >= 100_000 and queues >= 1000 else "")
-        self.report.add(scenario, "peak RSS", worker.peak_rss / 2**20, "MB")
-        self.report.details[scenario] = {"interactions": n, "queues": queues, "waiting_on_metrics": open_now,
-                                         "complete": complete,
+        rss = {p.role: p.sample_rss() / 2**20 for p in procs}
+        open_now = await asyncio.to_thread(_waiting, procs[0])
+        for p in procs:
+            p.stop()
+        scenario = f"memory {n // 1000}k open / {queues} queues" + (f" ({layout})" if split else "")
+        target = "<= 300" if n >= 100_000 and queues >= 1000 else ""
+        applied = "after all applied" if complete else f"with {open_now:,.0f} of {n:,} applied"
+        holder = procs[0]  # "all", or the compute worker: the one holding the interactions
+        self.report.add(scenario, f"RSS {applied}" + (f", {holder.role} worker" if split else ""),
+                        rss[holder.role], "MB", target)
+        self.report.add(scenario, "peak RSS" + (f", {holder.role} worker" if split else ""),
+                        holder.peak_rss / 2**20, "MB")
+        if split:
+            self.report.add(scenario, "RSS, writer (embedded store)", rss["writer"], "MB")
+        self.report.details[scenario] = {"interactions": n, "queues": queues, "roles": list(roles),
+                                         "waiting_on_metrics": open_now, "complete": complete,
+                                         "rss_mb": {role: round(v, 1) for role, v in rss.items()},
                                          "loadavg_start": load, "loadavg_end": _loadavg()}
-        self.say(f"  RSS {rss:.0f} MB (peak {worker.peak_rss / 2**20:.0f} MB), "
-                 f"{open_now:,.0f} contacts waiting on /metrics")
+        self.say(f"  RSS " + ", ".join(f"{role} {v:.0f} MB" for role, v in rss.items())
+                 + f" (peak {holder.peak_rss / 2**20:.0f} MB), {open_now:,.0f} contacts waiting on /metrics")
 
 
 def open_contacts(count: int, queues: int, topic: str) -> Any:

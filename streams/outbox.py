@@ -28,7 +28,7 @@ from faust.serializers import codecs
 from faust.types import AppT, TableT, TopicT
 
 
-PARTITION_CACHE_KEYS = 200_000  # per topic; about 30 MB at most
+PARTITION_CACHE_KEYS = 10_000  # per topic (a few MB in all): the keys of the open interactions and windows
 
 # topic, key, value, partition (None: the producer's partitioner picks it by key)
 Item = tuple[str, bytes | None, bytes | None, int | None]
