@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]
+FREE_PORT_FLOOR = 20000
 
 
 def free_port() -> int:
@@ -37,12 +39,9 @@ def free_port() -> int:
     raise RuntimeError(f"no free port found between {FREE_PORT_FLOOR} and {low}")
 
 
-FREE_PORT_FLOOR = 20000
-
-
 def _ephemeral_low() -> int:
     try:
-        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768  # Linux's default
 
