@@ -353,7 +353,7 @@ class Bench:
         self.report.add(scenario, "peak RSS" + (f", {holder.role} worker" if split else ""),
                         holder.peak_rss / 2**20, "MB")
         if split:
-            self.report.add(scenario, "RSS, writer (embedded store)", rss["writer"], "MB")
+            self.report.add(scenario, "RSS, writer with the embedded store", rss["writer"], "MB")
         self.report.details[scenario] = {"interactions": n, "queues": queues, "roles": list(roles),
                                          "waiting_on_metrics": open_now, "complete": complete,
                                          "rss_mb": {role: round(v, 1) for role, v in rss.items()},

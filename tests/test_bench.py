@@ -47,7 +47,7 @@ def test_short_bench_reports_every_figure(tmp_path: Path) -> None:
     assert any(m.startswith("RSS") and not s.endswith("(compute + writer)") for s, m in memory), memory
     assert any(s.endswith("(compute + writer)") and m.startswith("RSS") and m.endswith("compute worker")
                for s, m in memory), memory
-    assert any(m == "RSS, writer (embedded store)" for s, m in memory), memory
+    assert any(m == "RSS, writer with the embedded store" for s, m in memory), memory
     for row in rows:
         value = row["value"]
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, row
