@@ -88,6 +88,11 @@ def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]],
     asyncio.run(run())
 
 
+def committed_to(bootstrap: str, group: str, ends: dict) -> bool:
+    done = committed(bootstrap, group)
+    return all(done.get(tp, 0) >= end for tp, end in ends.items())
+
+
 def test_records_fetched_while_a_rebalance_ends_are_processed(kafka_bootstrap: str, tmp_path: Path) -> None:
     site = tmp_path / "site"
     for d in (site, tmp_path / "a", tmp_path / "b"):
@@ -114,25 +119,20 @@ def test_records_fetched_while_a_rebalance_ends_are_processed(kafka_bootstrap: s
         rest.join()
         ends = end_offsets(kafka_bootstrap, [input_topic])
         assert sum(ends.values()) == len(backlog)
-
-        def read_to_the_end() -> bool:
-            done = committed(kafka_bootstrap, settings.app_id)
-            return all(done.get(tp, 0) >= end for tp, end in ends.items())
-        wait_until(read_to_the_end, 90, "the input committed to its end (a partition stalled?)")
+        wait_until(lambda: committed_to(kafka_bootstrap, settings.app_id, ends), 90,
+                   "the input committed to its end (a partition stalled?)")
         forwarded = {json.loads(value)["event_id"] for _, value in read_topic(kafka_bootstrap, events_topic)
                      if b"event_id" in value}
         missing = {json.loads(value)["event_id"] for _, value in backlog} - forwarded
         assert not missing, f"{len(missing)} events committed but never forwarded, e.g. {sorted(missing)[:5]}"
         events_ends = end_offsets(kafka_bootstrap, [events_topic])
-
-        def lifecycle_read_to_the_end() -> bool:
-            done = committed(kafka_bootstrap, settings.app_id)
-            return all(done.get(tp, 0) >= end for tp, end in events_ends.items())
-        wait_until(lifecycle_read_to_the_end, 90, "the events topic committed to its end")
+        wait_until(lambda: committed_to(kafka_bootstrap, settings.app_id, events_ends), 90,
+                   "the events topic committed to its end")
         log = a.log_path.read_text(errors="replace") + b.log_path.read_text(errors="replace")
         assert log.count("holding the end of a rebalance") >= 3  # a's first, then a's and b's
         assert "records were delivered before the rebalance ended" not in log
     finally:
-        rest.join() if rest.is_alive() else None
+        if rest.is_alive():
+            rest.join()
         for worker in (b, a):
             worker.stop()
