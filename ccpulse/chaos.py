@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ccpulse import chaos_checks
-from ccpulse.probes import free_port
 from ccpulse.chaos_worker import (ChaosWorker, committed, dump_store, end_offsets, group_lag, kill_all,
                                   latest_by_key, read_topic)
+from ccpulse.probes import free_port
 
 SCENARIOS = ("crash", "sink-outage", "broker-restart", "rebalance", "bad-input", "soak")
 START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
+from ccpulse.probes import free_port
+
 DEFAULT_PORT = 9092  # OPERATIONS.md: the default bootstrap is localhost:9092
 LOOPBACK = "127.0.0.1"
 MAIN_CLASS = "kafka.Kafka"
@@ -530,10 +532,8 @@ def _pick_port(requested: int | None, preferred: tuple[int | None, ...], avoid: 
         if candidate and candidate not in avoid and _port_free(candidate):
             return candidate
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            candidate = sock.getsockname()[1]
-        if candidate not in avoid:
+        candidate = free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
+        if candidate not in avoid and _port_free(candidate):
             return candidate
 
 
