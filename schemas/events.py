@@ -8,6 +8,7 @@ as a ``Rejection`` with a machine-readable reason (the dead-letter record's
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -42,6 +43,17 @@ REASONS = (
 _TS = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The separator of ccpulse's composite keys (queue|channel, window keys, queue state):
+# a name holding it would land on another queue's key, so names may not contain it.
+KEY_SEPARATOR = "|"
+# Printable ASCII but the separator, no space at either end nor two in a row: the
+# common case, checked without looking at every character.
+_PLAIN_NAME = re.compile(r"[!-{}~](?:[!-{}~]| (?! ))*(?<! )\Z", re.ASCII)
+# Characters that render as nothing or as a plain space, so two names that differ only
+# by them look the same on the wallboard: controls (Cc), format characters (Cf: the
+# zero-width space, the BOM, bidi marks), surrogates, line/paragraph separators and
+# every space but U+0020.
+_HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp", "Zs"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +119,8 @@ def validate(doc: dict[str, Any], family: str, now_ms: int,
             return Rejection("future_timestamp", f"occurred_at {ts_text} is more than "
                                                  f"{max_future_ms // 1000} s ahead of the worker clock")
         interaction_id = _ident(doc, "interaction_id", required=True)
-        queue = _ident(doc, "queue", required=step == "offered")
-        agent_id = _ident(doc, "agent_id", required=step == "answered")
+        queue = _name(doc, "queue", required=step == "offered")
+        agent_id = _name(doc, "agent_id", required=step == "answered")
         customer_id = _string(doc, "customer_id", required=False)
         # JSON null means "not given" for every optional field, as serializers emit it.
         version = doc.get("schema_version")
@@ -126,9 +138,10 @@ def validate(doc: dict[str, Any], family: str, now_ms: int,
         if not isinstance(attributes, dict):
             raise _Bad("wrong_type", "attributes must be an object")
         if family == "ticket":
-            channel = _string(doc, "channel", required=False) or "email"
-            if len(channel) > MAX_ID_CHARS:  # it becomes a metric label and a table key
-                raise _Bad("invalid_value", f"channel must be 1-{MAX_ID_CHARS} characters")
+            # An empty channel means "not given", as null does. It becomes a metric
+            # label and a table key: a name like the queue.
+            channel = _name(doc, "channel", required=False) if doc.get("channel") != "" else None
+            channel = channel or "email"
             if channel in ("voice", "chat"):
                 raise _Bad("invalid_value", "a ticket's channel cannot be voice or chat")
         else:
@@ -188,11 +201,42 @@ def _ident(doc: dict[str, Any], key: str, required: bool) -> Any:
     return value or None
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a queue, channel or agent name (README "Names"); None if it can.
+
+    Refused, not normalised: stripping or NFC-folding could merge names a producer
+    meant to differ, and a dead letter tells the producer what to fix.
+    """
+    if _PLAIN_NAME.match(name):
+        return None
+    for char in name:
+        if char == KEY_SEPARATOR:
+            return f"contains {KEY_SEPARATOR!r} (ccpulse's key separator)"
+        if char != " " and unicodedata.category(char) in _HIDDEN_CATEGORIES:
+            return f"contains the invisible or control character U+{ord(char):04X}"
+    if name != name.strip(" "):
+        return "has leading or trailing whitespace"
+    if "  " in name:
+        return "contains two spaces in a row"
+    if not unicodedata.is_normalized("NFC", name):
+        return "is not in Unicode NFC (it would look like its composed form)"
+    return None
+
+
+def _name(doc: dict[str, Any], key: str, required: bool) -> Any:
+    value = _ident(doc, key, required)
+    if value is not None:
+        problem = name_problem(value)
+        if problem is not None:
+            raise _Bad("invalid_value", f"{key} {value[:64]!r} {problem}")
+    return value
+
+
 def _details(doc: dict[str, Any], step: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if step == "transferred":
-        to_queue = _ident(doc, "to_queue", required=False)
-        to_agent = _ident(doc, "to_agent", required=False)
+        to_queue = _name(doc, "to_queue", required=False)
+        to_agent = _name(doc, "to_agent", required=False)
         if to_queue is None and to_agent is None:
             raise _Bad("missing_field", "a transfer needs to_queue and/or to_agent")
         if to_queue:

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import (
-    MAX_MESSAGE_BYTES, REASONS, TYPES, Event, Rejection, decode, format_ms, parse_timestamp_ms,
+    MAX_MESSAGE_BYTES, REASONS, TYPES, Event, Rejection, decode, format_ms, name_problem,
+    parse_timestamp_ms,
 )
 
 # 2026-11-22T09:14:03.250Z, computed independently of the code under test.
@@ -515,6 +516,79 @@ def test_queue_required_only_on_offers() -> None:
     for etype in ("call.answered", "call.abandoned", "call.ended", "call.rated"):
         assert isinstance(run(base(etype)), Event), etype
     assert isinstance(run(base("ticket.solved"), "ticket"), Event)
+
+
+# -- names: queue, channel and agent (README "Names") -------------------------------
+
+# Where a name goes, per event type: each becomes part of a key (queue|channel, window
+# keys, queue state) and a label on the wallboard, /metrics and the stored tables.
+NAME_FIELDS = [("call.offered", "queue", "call"), ("call.transferred", "to_queue", "call"),
+               ("call.transferred", "to_agent", "call"), ("call.answered", "agent_id", "call"),
+               ("chat.offered", "queue", "chat"), ("ticket.created", "queue", "ticket"),
+               ("ticket.created", "channel", "ticket"), ("ticket.assigned", "agent_id", "ticket")]
+
+
+def test_a_pipe_in_a_name_cannot_merge_two_queues() -> None:
+    # The repro of issue 14: call queue "a|x" (voice) and ticket queue "a" with channel
+    # "x|voice" were both the key "a|x|voice". Both are refused, so nothing merges.
+    call = run(base("call.offered", queue="a|x"))
+    ticket = run(base("ticket.created", queue="a", channel="x|voice"), "ticket")
+    rejected(call, "invalid_value")
+    rejected(ticket, "invalid_value")
+    assert "queue" in call.detail and "'|'" in call.detail
+    assert "channel" in ticket.detail and "'|'" in ticket.detail
+
+
+@pytest.mark.parametrize("etype, field, family", NAME_FIELDS)
+@pytest.mark.parametrize("name, why", [
+    ("a|b", "'|'"), ("|", "'|'"),
+    ("bill\u200bing", "U+200B"),       # zero-width space
+    ("\ufeffbilling", "U+FEFF"),       # byte order mark
+    ("billing\u200e", "U+200E"),       # left-to-right mark
+    ("\u200fbilling", "U+200F"),       # right-to-left mark
+    ("bil\u202eling", "U+202E"),       # right-to-left override
+    ("bill\u00ading", "U+00AD"),       # soft hyphen
+    ("bill\u2060ing", "U+2060"),       # word joiner
+    ("a\tb", "U+0009"), ("a\nb", "U+000A"), ("a\x00b", "U+0000"), ("a\x7fb", "U+007F"),
+    ("a\u2028b", "U+2028"),            # line separator
+    ("a\u00a0b", "U+00A0"),            # no-break space
+    ("a\u3000b", "U+3000"),            # ideographic space
+    (" billing", "whitespace"), ("billing ", "whitespace"), ("a  b", "two spaces"),
+    ("cafe\u0301", "NFC"),             # e + combining acute: looks like the NFC "caf\u00e9"
+])
+def test_names_that_hide_characters_are_refused(etype: str, field: str, family: str, name: str,
+                                                why: str) -> None:
+    result = run(base(etype, **{field: name}), family)
+    rejected(result, "invalid_value")
+    assert field in result.detail and why in result.detail, result.detail
+
+
+@pytest.mark.parametrize("name", ["billing", "Billing Support", "VIP-1 (gold) #2", "a.b/c:d_e@f+g",
+                                  "caf\u00e9", "Facturaci\u00f3n", "\u30b5\u30dd\u30fc\u30c8",
+                                  "\u0627\u0644\u062f\u0639\u0645", "\u260e hotline", "q" * 128])
+@pytest.mark.parametrize("etype, field, family", NAME_FIELDS)
+def test_visible_names_of_any_script_are_kept(etype: str, field: str, family: str, name: str) -> None:
+    ev = run(base(etype, **{field: name}), family)
+    assert isinstance(ev, Event), ev
+    kept = {"channel": ev.channel, "queue": ev.queue, "agent_id": ev.agent_id}.get(field) or ev.details.get(field)
+    assert kept == name
+
+
+@given(st.text(alphabet="a~{}| \t\x7f\u00a0\u200b\u0301\u00e9", max_size=6))
+def test_name_rule_matches_its_definition(name: str) -> None:
+    # The decoder takes a shortcut for plain ASCII; this is the rule spelled out.
+    import unicodedata
+    hidden = any(c == "|" or (c != " " and unicodedata.category(c)[0] in "CZ") for c in name)
+    ok = (not hidden and name == name.strip(" ") and "  " not in name
+          and unicodedata.normalize("NFC", name) == name)
+    assert (name_problem(name) is None) == ok, repr(name)
+
+
+def test_ids_are_not_names() -> None:
+    # event_id and interaction_id are opaque keys (never split, never shown as a label):
+    # producers' ids with a '|' keep working.
+    ev = run(base("call.offered", event_id="e|1", interaction_id="c|81734"))
+    assert isinstance(ev, Event) and (ev.event_id, ev.interaction_id) == ("e|1", "c|81734")
 
 
 # -- fuzz: never raises ------------------------------------------------------------

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ccpulse.simulate import QueueModel, SimulationConfig
 from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 from schemas.events import (MAX_ID_CHARS, MAX_SCHEMA_VERSION, REASONS, TYPES, Event, Rejection, decode,
-                            format_ms)
+                            format_ms, name_problem)
 
 NOW = calendar.timegm((2026, 6, 1, 0, 0, 0)) * 1000
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,6 +81,10 @@ def check_contract(result: Event | Rejection, family: str) -> None:
     for name in ("queue", "agent_id"):
         value = getattr(result, name)
         assert value is None or 1 <= len(value) <= MAX_ID_CHARS
+    # Names become key parts and labels: never a separator or a hidden character.
+    for value in (result.queue, result.agent_id, result.channel, result.details.get("to_queue"),
+                  result.details.get("to_agent")):
+        assert value is None or name_problem(value) is None, value
     assert result.type.split(".")[0] == family and result.step == TYPES[result.type]
     assert result.occurred_at_ms <= NOW + 86_400_000
     assert 1 <= result.schema_version <= MAX_SCHEMA_VERSION
