@@ -7,6 +7,7 @@ The environment variable names are fixed by OPERATIONS.md.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 from ccpulse.core.scorecard import ScorecardSettings, parse_scorecard
 from ccpulse.core.sla import SlaTargets, parse_targets
+from schemas.events import name_problem
 
 SERVICE_LEVEL_FORMULAS = (
     "answered_over_exits",
@@ -24,6 +26,9 @@ SERVICE_LEVEL_FORMULAS = (
     "answered_only",
 )
 CHANNELS = ("voice", "chat", "email", "web", "social")
+MAX_WINDOW_SIZES = 12
+# Kafka's legal topic name: ASCII letters, digits, '.', '_' and '-', at most 249.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 
 
 class ConfigError(ValueError):
@@ -262,6 +267,7 @@ def _build(doc: dict[str, Any]) -> Settings:
     for key in doc:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
+    _refuse_non_finite(doc, "")
     thresholds = dict(DEFAULT_THRESHOLDS)
     for kind, table in _table(doc, "channels").items():
         if kind not in thresholds:
@@ -270,6 +276,9 @@ def _build(doc: dict[str, Any]) -> Settings:
                                     f"channels.{kind}", thresholds[kind])
     queue_thresholds: dict[tuple[str, str], Thresholds] = {}
     for queue, per_kind in _table(doc, "queues").items():
+        problem = name_problem(queue)
+        if problem is not None:  # settings no event can match would be silently ignored
+            raise ConfigError(f"queues.{queue}: the queue name {problem}")
         for kind, table in _as_table(per_kind, f"queues.{queue}").items():
             if kind == "targets":  # [queues.<q>.targets.<kind>]: parsed with [targets] below
                 continue
@@ -301,6 +310,12 @@ def _build(doc: dict[str, Any]) -> Settings:
 def _validate(s: Settings) -> None:
     if not 1 <= s.web_port <= 65535:
         raise ConfigError(f"web_port: {s.web_port} is not a TCP port (1-65535)")
+    if s.max_future_seconds <= 0:
+        raise ConfigError(f"max_future_seconds: {s.max_future_seconds:g} must be positive "
+                          "(how far ahead of the worker clock an event may be dated)")
+    if not s.state_dir:
+        raise ConfigError("state_dir: must not be empty")
+    _validate_topic_names(s)
     if s.kafka.partitions < 1:
         raise ConfigError("kafka.partitions: must be at least 1")
     _validate_kafka_security(s.kafka)
@@ -323,14 +338,22 @@ def _validate(s: Settings) -> None:
         raise ConfigError("clickhouse.customer_id_key: hash_customer_ids needs a secret key of at least 16 "
                           "characters (env CCPULSE_CLICKHOUSE_CUSTOMER_ID_KEY or ..._KEY_FILE)")
     w = s.windows
+    if len(w.sizes) > MAX_WINDOW_SIZES:
+        # Every size multiplies the windows kept and published per event.
+        raise ConfigError(f"windows.sizes: {len(w.sizes)} sizes, at most {MAX_WINDOW_SIZES} are allowed")
     if not w.sizes or any(size <= 0 or 86400 % size for size in w.sizes):
-        raise ConfigError(f"windows.sizes: {list(w.sizes)} must be positive divisors of one day in seconds")
-    if w.allowed_lateness_seconds < 0:
-        raise ConfigError("windows.allowed_lateness_seconds: must not be negative")
-    if w.publish_interval_seconds <= 0:
-        raise ConfigError("windows.publish_interval_seconds: must be positive")
-    if w.source_idle_seconds <= 0:
-        raise ConfigError("windows.source_idle_seconds: must be positive")
+        raise ConfigError(f"windows.sizes: {_shown(list(w.sizes))} must be positive divisors of one day "
+                          "in seconds")
+    if list(w.sizes) != sorted(set(w.sizes)):
+        # The first size is taken as the smallest (it feeds /metrics and the wallboard).
+        raise ConfigError(f"windows.sizes: {_shown(list(w.sizes))} must be in increasing order, "
+                          "each size once")
+    for name, positive in (("allowed_lateness_seconds", False), ("publish_interval_seconds", True),
+                           ("idle_close_seconds", True), ("source_idle_seconds", True),
+                           ("interaction_horizon_seconds", True), ("fcr_horizon_seconds", False)):
+        value = getattr(w, name)
+        if value < 0 or (positive and value == 0):
+            raise ConfigError(f"windows.{name}: {value:g} must be {'positive' if positive else 'at least 0'}")
     if not 0 <= w.day_start_hour <= 23:
         raise ConfigError("windows.day_start_hour: must be 0-23")
     try:
@@ -346,6 +369,20 @@ def _validate(s: Settings) -> None:
         for name in ("service_level_seconds", "short_abandon_seconds", "immediate_seconds"):
             if getattr(t, name) < 0:
                 raise ConfigError(f"{where}.{name}: must not be negative")
+
+
+def _validate_topic_names(s: Settings) -> None:
+    # Checked here, not at the broker: a bad name fails there only when a topic is first created.
+    if not _TOPIC_NAME.match(s.app_id):
+        raise ConfigError(f"app_id: {s.app_id!r} must be 1-249 of A-Z a-z 0-9 . _ - (it names Kafka topics "
+                          "and the consumer group)")
+    t = s.topics
+    if t.prefix and not _TOPIC_NAME.match(t.prefix):
+        raise ConfigError(f"topics.prefix: {t.prefix!r} may hold only A-Z a-z 0-9 . _ -")
+    for f in fields(TopicSettings):
+        if f.name != "prefix" and not _TOPIC_NAME.match(t.name(f.name)):
+            raise ConfigError(f"topics.{f.name}: {t.name(f.name)!r} is not a Kafka topic name "
+                              "(1-249 of A-Z a-z 0-9 . _ -)")
 
 
 def _kafka(k: KafkaSettings) -> KafkaSettings:
@@ -449,6 +486,19 @@ def _scorecard(doc: dict[str, Any]) -> ScorecardSettings:
         raise ConfigError(str(exc)) from None
 
 
+def _refuse_non_finite(value: Any, where: str) -> None:
+    """nan and inf (TOML has both) pass every range check (nan < 0 is false), so they
+    are refused wherever they appear, [targets] and [scorecard] included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_non_finite(item, where)
+
+
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
     return _as_table(doc.get(key, {}), key)
 
@@ -484,13 +534,30 @@ def _coerce(value: Any, typ: type, where: str) -> Any:
             if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
                 return value.lower() in ("1", "true", "yes", "on")
             raise ValueError
+        if typ is str:
+            # str() of a TOML array or number would be taken as a path or a name.
+            if not isinstance(value, str):
+                raise ValueError
+            return value
         if typ is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(int(item) for item in items)
-        if typ is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
+            if not isinstance(value, (str, list)):
+                raise ValueError
+            items = value.split(",") if isinstance(value, str) else value
+            # Each item as strictly as an int setting: 60.9 is refused, not truncated to 60.
+            return tuple(_coerce(item, int, where) for item in items)
         if typ in (int, float) and isinstance(value, bool):
             raise ValueError
-        return typ(value)
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        number = typ(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a valid {typ.__name__}") from None
+        raise ConfigError(f"{where}: {_shown(value)} is not a valid {typ.__name__}") from None
+    if typ is float and not math.isfinite(number):
+        raise ConfigError(f"{where}: {_shown(value)} is not a finite number")
+    return number
+
+
+def _shown(value: Any) -> str:
+    # A long value (a list of 100,000 sizes) must not turn the one-line error into a page.
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -323,3 +323,99 @@ def test_window_sizes_dividing_a_day(tmp_path: Path) -> None:
     for sizes in ([1], [60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400]):
         s = load_settings(write(tmp_path, f"[windows]\nsizes = {sizes}\n"), env={})
         assert s.windows.sizes == tuple(sizes)
+
+
+# -- types and ranges of every setting (issue 14, item 7) ---------------------------------
+
+@pytest.mark.parametrize("text, key", [
+    # Accepted until now, each breaking the pipeline later or silently.
+    ("max_future_seconds = -100", "max_future_seconds"),   # every live event "from the future"
+    ("max_future_seconds = 0", "max_future_seconds"),
+    ("[windows]\npublish_interval_seconds = inf", "windows.publish_interval_seconds"),
+    ("[windows]\ninteraction_horizon_seconds = -1", "windows.interaction_horizon_seconds"),
+    ("[windows]\ninteraction_horizon_seconds = 0", "windows.interaction_horizon_seconds"),
+    ("[windows]\nfcr_horizon_seconds = -1", "windows.fcr_horizon_seconds"),
+    ("[windows]\nidle_close_seconds = -5", "windows.idle_close_seconds"),
+    ("[windows]\nidle_close_seconds = 0", "windows.idle_close_seconds"),
+    ("[windows]\nsource_idle_seconds = -1", "windows.source_idle_seconds"),
+    ("[windows]\nsizes = [60.9]", "windows.sizes"),         # was silently 60
+    ("[windows]\nsizes = [60, 60]", "windows.sizes"),
+    ("[windows]\nsizes = [900, 60]", "windows.sizes"),      # the first must be the smallest
+    ("[windows]\nsizes = [true]", "windows.sizes"),
+    ('[windows]\nsizes = {a = 60}', "windows.sizes"),
+    ("[windows]\nsizes = [[60]]", "windows.sizes"),
+    ('state_dir = ["a"]', "state_dir"),                     # was the directory "['a']"
+    ("state_dir = 5", "state_dir"),
+    ('state_dir = ""', "state_dir"),
+    ("app_id = 7", "app_id"),
+    ('app_id = ""', "app_id"),
+    ('app_id = "my app"', "app_id"),                        # it names Kafka topics
+    ('[topics]\ncalls = 1', "topics.calls"),
+    ('[topics]\ncalls = ""', "topics.calls"),
+    ('[topics]\nprefix = "a/b"', "topics.prefix"),
+    ('[topics]\nkpi_windows = "kpi windows"', "topics.kpi_windows"),
+    ('[kafka]\nbootstrap = 9092', "kafka.bootstrap"),
+    ("[clickhouse]\nflush_seconds = inf", "clickhouse.flush_seconds"),
+    ("[clickhouse]\nretry_max_backoff_seconds = inf", "clickhouse.retry_max_backoff_seconds"),
+    ('[queues."a|b".voice]\nservice_level_seconds = 5', 'queues.a|b'),
+    ('[queues." billing".voice]\nservice_level_seconds = 5', 'queues. billing'),
+])
+def test_settings_out_of_type_or_range_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    message = error(tmp_path, text + "\n")
+    assert message.startswith(key + ":"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text, key", [
+    ("max_future_seconds = nan", "max_future_seconds"),
+    ("max_future_seconds = inf", "max_future_seconds"),
+    ("max_future_seconds = -inf", "max_future_seconds"),
+    ("[windows]\nallowed_lateness_seconds = nan", "windows.allowed_lateness_seconds"),
+    ("[windows]\npublish_interval_seconds = nan", "windows.publish_interval_seconds"),
+    ("[windows]\ninteraction_horizon_seconds = inf", "windows.interaction_horizon_seconds"),
+    ("[windows]\nsizes = [nan]", "windows.sizes"),
+    ("[windows]\nday_start_hour = nan", "windows.day_start_hour"),
+    ("[clickhouse]\nflush_seconds = nan", "clickhouse.flush_seconds"),
+    ("[channels.voice]\nservice_level_seconds = nan", "channels.voice.service_level_seconds"),
+    ("[queues.billing.chat]\nshort_abandon_seconds = nan", "queues.billing.chat.short_abandon_seconds"),
+    ("[scorecard]\nweights = { service_level = nan }", "scorecard.weights.service_level"),
+    ("[targets.voice]\nservice_level = { min = nan }", "targets.voice.service_level.min"),
+])
+def test_nan_and_infinity_are_refused_anywhere_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    message = error(tmp_path, text + "\n")
+    assert message.startswith(key + ":"), message
+    assert "\n" not in message
+
+
+def test_nan_from_the_environment_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_future_seconds = 60\n")
+    with pytest.raises(ConfigError, match=r"^kafka\.partitions: "):
+        load_settings(path, env={"CCPULSE_KAFKA_PARTITIONS": "nan"})
+
+
+def test_many_duplicate_window_sizes_are_refused_in_one_line(tmp_path: Path) -> None:
+    message = error(tmp_path, f"[windows]\nsizes = [{', '.join(['60'] * 100_000)}]\n")
+    assert message.startswith("windows.sizes:") and len(message) < 200, message[:300]
+
+
+def test_too_many_window_sizes_are_refused(tmp_path: Path) -> None:
+    divisors = [d for d in range(1, 86401) if 86400 % d == 0][:13]
+    message = error(tmp_path, f"[windows]\nsizes = {divisors}\n")
+    assert message.startswith("windows.sizes:") and "at most" in message, message
+
+
+def test_integral_numbers_and_edge_values_are_still_accepted(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, """
+max_future_seconds = 0.5
+app_id = "cc.pulse_2-b"
+[topics]
+prefix = "prod."
+[windows]
+sizes = [60.0, 900]
+allowed_lateness_seconds = 0
+fcr_horizon_seconds = 0
+"""), env={})
+    assert s.max_future_seconds == 0.5 and s.app_id == "cc.pulse_2-b"
+    assert s.windows.sizes == (60, 900) and all(type(size) is int for size in s.windows.sizes)
+    assert s.windows.allowed_lateness_seconds == 0 and s.windows.fcr_horizon_seconds == 0
+    assert s.topics.name("calls") == "prod.calls"
