@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ccpulse.core.scorecard import ScorecardSettings, parse_scorecard
 from ccpulse.core.sla import SlaTargets, parse_targets
@@ -93,6 +93,19 @@ class WebSettings:
     # token_file: a file holding it (a mounted secret), read at load into token.
     token: str = field(default="", repr=False)
     token_file: str = ""
+    # Address the HTTP server listens on. Loopback by default: the pages show live
+    # KPIs, and without a token to anyone who can connect (README "Web access").
+    bind: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class FcrSettings:
+    # HMAC key for the customer ids FCR groups contacts by (the key of <app>-contacts and
+    # of the fcr-customers table). Empty: one is generated at first start and shared by
+    # every worker of the app through the <app>-fcr-key topic. customer_key_file: a
+    # mounted secret, read at load.
+    customer_key: str = field(default="", repr=False)
+    customer_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,12 +192,24 @@ class WindowSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    # Steps kept per interaction ([limits]); later ones are dead-lettered as
+    # interaction_too_long. Every step re-derives the interaction, and its changelog
+    # record must stay under Kafka's 1 MiB message limit: at the largest allowed value
+    # with every name at 128 characters it is about 0.8 MiB (tests/test_interaction_limits.py).
+    max_steps_per_interaction: int = 2000
+    MAX_STEPS_PER_INTERACTION: ClassVar[int] = 3000
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     windows: WindowSettings = field(default_factory=WindowSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    fcr: FcrSettings = field(default_factory=FcrSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     web_port: int = 6066
     state_dir: str = ".ccpulse"
     app_id: str = "ccpulse"
@@ -222,6 +247,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CCPULSE_KAFKA_SSL_CHECK_HOSTNAME": ("kafka", "ssl_check_hostname"),
     "CCPULSE_WEB_TOKEN": ("web", "token"),
     "CCPULSE_WEB_TOKEN_FILE": ("web", "token_file"),
+    "CCPULSE_WEB_BIND": ("web", "bind"),
+    "CCPULSE_FCR_CUSTOMER_KEY": ("fcr", "customer_key"),
+    "CCPULSE_FCR_CUSTOMER_KEY_FILE": ("fcr", "customer_key_file"),
     "CCPULSE_KAFKA_PARTITIONS": ("kafka", "partitions"),
     "CCPULSE_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
     "CCPULSE_CLICKHOUSE_USER": ("clickhouse", "user"),
@@ -263,7 +291,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 def _build(doc: dict[str, Any]) -> Settings:
     known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues", "targets", "scorecard",
-             "web", "web_port", "state_dir", "app_id", "max_future_seconds"}
+             "web", "fcr", "limits", "web_port", "state_dir", "app_id", "max_future_seconds"}
     for key in doc:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
@@ -294,6 +322,8 @@ def _build(doc: dict[str, Any]) -> Settings:
                                         ClickHouseSettings())),
         windows=_section(WindowSettings, _table(doc, "windows"), "windows", WindowSettings()),
         web=_web(_section(WebSettings, _table(doc, "web"), "web", WebSettings())),
+        fcr=_fcr(_section(FcrSettings, _table(doc, "fcr"), "fcr", FcrSettings())),
+        limits=_section(LimitSettings, _table(doc, "limits"), "limits", LimitSettings()),
         web_port=_coerce(doc.get("web_port", 6066), int, "web_port"),
         state_dir=_coerce(doc.get("state_dir", ".ccpulse"), str, "state_dir"),
         app_id=_coerce(doc.get("app_id", "ccpulse"), str, "app_id"),
@@ -308,6 +338,10 @@ def _build(doc: dict[str, Any]) -> Settings:
 
 
 def _validate(s: Settings) -> None:
+    steps = s.limits.max_steps_per_interaction
+    if not 1 <= steps <= LimitSettings.MAX_STEPS_PER_INTERACTION:
+        raise ConfigError(f"limits.max_steps_per_interaction: must be 1-{LimitSettings.MAX_STEPS_PER_INTERACTION}"
+                          f" (got {steps})")
     if not 1 <= s.web_port <= 65535:
         raise ConfigError(f"web_port: {s.web_port} is not a TCP port (1-65535)")
     if s.max_future_seconds <= 0:
@@ -322,8 +356,23 @@ def _validate(s: Settings) -> None:
     if s.web.token and not _WEB_TOKEN.match(s.web.token):
         raise ConfigError("web.token: must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / = - "
                           "(e.g. `openssl rand -hex 32`)")
+    if not _listen_address(s.web.bind):
+        raise ConfigError(f"web.bind: {s.web.bind!r} is not an address to listen on (an IP address or host "
+                          "name, e.g. 127.0.0.1 or 0.0.0.0; the port is web_port)")
+    if s.fcr.customer_key and len(s.fcr.customer_key) < 16:
+        raise ConfigError("fcr.customer_key: must be a secret of at least 16 characters "
+                          "(e.g. `openssl rand -hex 32`), or empty to have one generated")
     if not (s.clickhouse.dsn.startswith("chdb://") or s.clickhouse.dsn.startswith(("http://", "https://"))):
-        raise ConfigError(f"clickhouse.dsn: {s.clickhouse.dsn!r} must start with chdb://, http:// or https://")
+        raise ConfigError(f"clickhouse.dsn: {masked_dsn(s.clickhouse.dsn)!r} must start with chdb://, "
+                          "http:// or https://")
+    path = s.clickhouse.dsn[len("chdb://"):] if s.clickhouse.dsn.startswith("chdb://") else ""
+    authority = path.split("/", 1)[0]
+    if "@" in authority:
+        # The embedded store is a directory: a user:password@ would become part of its name.
+        # Shown without any of the user part: even "secret@" alone may be a password.
+        shown = "chdb://***@" + path[authority.rindex("@") + 1:]
+        raise ConfigError(f"clickhouse.dsn: {shown!r} has credentials, which a chdb:// DSN cannot use "
+                          "(it is a path: chdb://PATH; credentials are for http(s)://)")
     if s.clickhouse.batch_size < 1 or s.clickhouse.flush_seconds <= 0:
         raise ConfigError("clickhouse.batch_size and clickhouse.flush_seconds: must be positive")
     for name in ("raw_retention_days", "interactions_retention_days", "windows_retention_days",
@@ -423,6 +472,25 @@ def _web(w: WebSettings) -> WebSettings:
     return replace(w, token=token)
 
 
+def _fcr(f: FcrSettings) -> FcrSettings:
+    if not f.customer_key_file:
+        return f
+    if f.customer_key:
+        raise ConfigError("fcr.customer_key and fcr.customer_key_file: set only one of them")
+    return replace(f, customer_key=_secret_file(f.customer_key_file, "fcr.customer_key_file"))
+
+
+def _listen_address(host: str) -> bool:
+    """An IP address or a host name: no port, no scheme, no spaces."""
+    import ipaddress
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOST_NAME.match(host))
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 # RFC 6750 b64token: fits an Authorization header and a cookie unquoted.
 _WEB_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,}$")
 

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from ccpulse.config import Thresholds
+from ccpulse.config import LimitSettings, Thresholds
 from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, interaction_facts
 from ccpulse.core.lifecycle import Derivation, Interaction, Step, is_ticket
 from ccpulse.core.watermark import low_watermark
@@ -75,6 +75,8 @@ class Outcome:
     duplicate: bool = False
     late: bool = False
     derivation: Derivation | None = None
+    late_window: WindowKey | None = None  # a final window the event would have changed
+    too_long: bool = False  # refused: the interaction already holds max_steps steps
 
 
 @dataclass(slots=True)
@@ -102,11 +104,22 @@ def live_contribution(inter: Interaction, d: Derivation) -> list[tuple[str, str,
     return out
 
 
+def _take_back(inter: Interaction, step: Step) -> None:
+    """Undo ``inter.add(step)``."""
+    inter.steps.remove(step)
+    inter.ids.discard(step.event_id)
+    inter.last_ts = max((s.ts for s in inter.steps), default=0)
+
+
 class PartitionEngine:
     def __init__(self, partition: int, windowing: Windowing, lateness_s: float,
                  thresholds: Callable[[str, str], Thresholds], horizon_s: float,
-                 record: PartitionRecord | None = None) -> None:
+                 record: PartitionRecord | None = None,
+                 max_steps: int = LimitSettings.max_steps_per_interaction) -> None:
         self.partition = partition
+        # Steps kept per interaction: bounds its state, its changelog record and the
+        # work of re-deriving it on every step (see LimitSettings in ccpulse/config.py).
+        self.max_steps = max_steps
         self.windowing = windowing
         self.sizes = windowing.sizes
         self.lateness_ms = int(lateness_s * 1000)
@@ -155,14 +168,23 @@ class PartitionEngine:
 
     def apply(self, inter: Interaction, step: Step, offset: int, source: str = "") -> Outcome:
         self.record.last_offset = max(self.record.last_offset, offset)
-        if not inter.add(step):
+        if inter.has(step):
             self.record.duplicates += 1
             return Outcome(duplicate=True)
+        if len(inter.steps) >= self.max_steps:
+            return Outcome(too_long=True)
+        inter.add(step)
+        try:
+            derivation = inter.derive()
+            new = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
+        except Exception:
+            # Nothing else has changed yet. Kept, a step that cannot be derived would
+            # break every later step of its interaction; the stage dead-letters it.
+            _take_back(inter, step)
+            raise
         self.observe({source: [step.ts, False]})
-        derivation = inter.derive()
-        new = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
         old = inter.applied
-        late = False
+        late: WindowKey | None = None
         final_through = self.record.final_through
         # A change to a final window is refused (the window stays as published) but
         # still recorded in ``applied``: otherwise every later step of the interaction
@@ -171,14 +193,14 @@ class PartitionEngine:
             delta = new.get(fact, 0) - n
             if delta < 0:  # retractions
                 if self.closes_at(fact) <= final_through:
-                    late = True  # keep it counted: the final window already published it
+                    late = fact[:5]  # keep it counted: the final window already published it
                 else:
                     self._apply_fact(fact, delta)
         for fact, n in new.items():
             delta = n - old.get(fact, 0)
             if delta > 0:
                 if self.closes_at(fact) <= final_through:
-                    late = True
+                    late = fact[:5]
                 else:
                     self._apply_fact(fact, delta)
         intern = self._facts.setdefault
@@ -186,7 +208,7 @@ class PartitionEngine:
         self._update_live(inter, derivation)
         if late:
             self.record.late_events += 1
-        return Outcome(late=late, derivation=derivation)
+        return Outcome(late=late is not None, derivation=derivation, late_window=late)
 
     def _apply_fact(self, fact: tuple, n: int) -> None:
         size, start, scope, name, channel, field_name, value = fact

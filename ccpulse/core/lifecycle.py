@@ -18,6 +18,7 @@ Channel adapters (EVENTS.md -> lifecycle):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,11 +47,6 @@ class Step:
 
     def sort_key(self) -> tuple[int, int, str]:
         return (self.ts, STEP_ORDER.get(self.step, 9), self.event_id)
-
-    def to_list(self) -> list[Any]:
-        return [self.ts, self.step, self.event_id, self.queue, self.agent, self.to_queue,
-                self.wrapup_ms, self.sender, self.public, self.csat, self.nps, self.complaint,
-                self.customer]
 
     @classmethod
     def from_list(cls, row: list[Any]) -> "Step":
@@ -144,18 +140,30 @@ class Interaction:
     # Facts (see kpis.py) currently counted for this interaction, with multiplicity.
     applied: dict[tuple, int] = field(default_factory=dict)
     partition: int = -1  # the input partition that owns it (kept across recovery)
+    ids: set[str] = field(default_factory=set, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Derived from the steps (never persisted): a duplicate is found by one lookup,
+        # not a scan, which made a long interaction cost the square of its length.
+        self.ids = {s.event_id for s in self.steps}
 
     def add(self, step: Step) -> bool:
         """Insert a step in event-time order; False when its event id was seen before."""
-        if any(s.event_id == step.event_id for s in self.steps):
+        if self.has(step):
             return False
+        # Nearly always appended at the end; a late step is placed by bisection.
         key = step.sort_key()
-        index = len(self.steps)
-        while index and self.steps[index - 1].sort_key() > key:
-            index -= 1
-        self.steps.insert(index, step)
+        steps = self.steps
+        if steps and steps[-1].sort_key() > key:
+            steps.insert(bisect_right(steps, key, key=Step.sort_key), step)
+        else:
+            steps.append(step)
+        self.ids.add(step.event_id)
         self.last_ts = max(self.last_ts, step.ts)
         return True
+
+    def has(self, step: Step) -> bool:
+        return step.event_id in self.ids
 
     def derive(self) -> Derivation:
         ticket = is_ticket(self.channel)
@@ -274,11 +282,31 @@ class Interaction:
         return d
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.interaction_id, "ch": self.channel, "last": self.last_ts,
-                "steps": [s.to_list() for s in self.steps],
-                "applied": [[*fact, n] for fact, n in self.applied.items()], "p": self.partition}
+        # Queue, agent and customer names repeat on every step and fact: each is written
+        # once in ``names`` and referred to by its index, which keeps the changelog record
+        # of the longest allowed interaction well under Kafka's 1 MiB message limit.
+        names: dict[str, int] = {}
+
+        def ref(name: str | None) -> int | None:
+            return None if name is None else names.setdefault(name, len(names))
+
+        steps = [[s.ts, s.step, s.event_id, ref(s.queue), ref(s.agent), ref(s.to_queue), s.wrapup_ms,
+                  s.sender, s.public, s.csat, s.nps, s.complaint, ref(s.customer)] for s in self.steps]
+        applied = [[size, start, scope, ref(name), *rest, n]
+                   for (size, start, scope, name, *rest), n in self.applied.items()]
+        return {"id": self.interaction_id, "ch": self.channel, "last": self.last_ts, "steps": steps,
+                "applied": applied, "p": self.partition, "names": list(names)}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "Interaction":
-        return cls(doc["id"], doc["ch"], [Step.from_list(r) for r in doc["steps"]], doc["last"],
-                   {tuple(row[:-1]): row[-1] for row in doc.get("applied", ())}, doc.get("p", -1))
+        names = doc.get("names")
+        rows, applied = doc["steps"], doc.get("applied", ())
+        if names is not None:  # records written before ``names`` hold the names themselves
+            def name(index: int | None) -> str | None:
+                return None if index is None else names[index]
+
+            rows = [[r[0], r[1], r[2], name(r[3]), name(r[4]), name(r[5]), *r[6:12], name(r[12])]
+                    for r in rows]
+            applied = [[*row[:3], name(row[3]), *row[4:]] for row in applied]
+        return cls(doc["id"], doc["ch"], [Step.from_list(r) for r in rows], doc["last"],
+                   {tuple(row[:-1]): row[-1] for row in applied}, doc.get("p", -1))
