@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ccpulse.config import ConfigError, Settings, load_settings
 
@@ -24,8 +26,57 @@ def _settings() -> Settings:
     return load_settings()
 
 
+# Where the worker's HTTP server listens (streams/app.py's web_bind).
+WEB_BIND = "0.0.0.0"
+
+
+def check_web_port(settings: Settings) -> None:
+    """Refuse a web port another process holds, before anything is started.
+
+    Faust would fail on it only after joining the group (a long traceback), and a
+    demo polling /health there would take the other process for its worker.
+    """
+    port = settings.web_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the worker's HTTP server binds: leftovers in TIME_WAIT do not count as busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((WEB_BIND, port))
+        except OSError as exc:
+            why = "is in use by another process" if exc.errno == errno.EADDRINUSE else \
+                f"cannot be listened on ({exc.strerror or exc})"
+            raise CommandError(f"web port {port} {why}: set CCPULSE_WEB_PORT to a free port "
+                               "(or stop the other worker or demo)") from None
+
+
+def check_clickhouse_reachable(settings: Settings, timeout: float = 5.0) -> None:
+    """A ClickHouse server that does not even accept a connection: one complete line.
+
+    The driver would log a line of its own and then fail with a long message about
+    connection pools; the reason the operator needs is just "refused" or "timed out".
+    """
+    ch = settings.clickhouse
+    if not ch.enabled or ch.dsn.startswith("chdb://"):
+        return
+    from ccpulse.config import masked_dsn
+    from sinks.clickhouse import client_kwargs
+
+    target = client_kwargs(ch.dsn)
+    host, port = target["host"], target["port"]
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+        raise CommandError(f"ClickHouse at {masked_dsn(ch.dsn)} unreachable: cannot connect to "
+                           f"{host}:{port} ({reason})") from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
+    check_web_port(settings)
+    if args.role != "compute":
+        check_clickhouse_reachable(settings)
     from sinks.clickhouse import ClickHouseUnavailable
     from streams.app import create_app
     from streams.topics import KafkaUnavailable, ensure_topics
@@ -180,14 +231,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     scenario=args.scenario, scenarios_file=args.scenarios_file)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Refuses a wrong argument in one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def tcp_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ccpulse", description="Real-time contact-center KPIs.")
+    from ccpulse import simulate
+
+    parser = OneLineParser(prog="ccpulse", description="Real-time contact-center KPIs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # Every argument is checked by its type here, before a command starts anything.
     demo = sub.add_parser("demo", help="run broker, worker, embedded ClickHouse and simulator together")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--rate", type=float, default=1.0, help="calls per second (default %(default)s)")
-    demo.add_argument("--agents", type=int, default=26, help="agents per queue (default %(default)s)")
+    demo.add_argument("--duration", type=simulate._positive, default=None, help="stop after this many seconds")
+    demo.add_argument("--rate", type=simulate._positive, default=1.0,
+                      help="calls per second (default %(default)s)")
+    demo.add_argument("--agents", type=simulate._agents, default=26, help="agents per queue (default %(default)s)")
     from ccpulse import scenarios as demo_scenarios
 
     demo_scenarios.add_scenario_argument(demo)
@@ -200,8 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
     worker.set_defaults(func=cmd_worker)
 
-    from ccpulse import simulate
-
     sim = sub.add_parser("simulate", help="publish realistic call, chat and ticket events")
     simulate.add_arguments(sim)
     from ccpulse import scenarios
@@ -209,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     scenarios.add_scenario_argument(sim)
     sim.add_argument("--channels", default="voice,chat,ticket",
                      help="which channels to simulate (default %(default)s)")
-    sim.add_argument("--chat-rate", type=float, default=0.5, help="chats per second (default %(default)s)")
-    sim.add_argument("--ticket-rate", type=float, default=0.2, help="tickets per second (default %(default)s)")
+    sim.add_argument("--chat-rate", type=simulate._positive, default=0.5,
+                     help="chats per second (default %(default)s)")
+    sim.add_argument("--ticket-rate", type=simulate._positive, default=0.2,
+                     help="tickets per second (default %(default)s)")
     sim.set_defaults(func=cmd_simulate)
 
     from ccpulse import replay
@@ -221,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     kafka = sub.add_parser("kafka", help="the local single-node Kafka broker")
     kafka.add_argument("action", choices=["start", "stop", "status"])
-    kafka.add_argument("--port", type=int, default=None, help="listener port (default 9092 if free)")
+    kafka.add_argument("--port", type=tcp_port, default=None, help="listener port (default 9092 if free)")
     kafka.add_argument("--fresh", action="store_true", help="wipe the broker's data first")
     kafka.set_defaults(func=cmd_kafka)
 
@@ -253,4 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m ccpulse.cli` (the demo's and the tests' way) runs this file as
+    # __main__, a second copy beside the ccpulse.cli that replay and demo import:
+    # their CommandError would not be this copy's, and would escape as a traceback.
+    from ccpulse.cli import main as canonical_main
+
+    sys.exit(canonical_main())

@@ -38,6 +38,11 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
         except ValueError as exc:
             print(f"ccpulse demo: {exc}", file=sys.stderr)
             return 1
+    from ccpulse.cli import check_web_port
+
+    # Before the broker: a worker on a taken port fails late, and meanwhile /health
+    # there answers for the other process.
+    check_web_port(settings)
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     kafka_state = state / "kafka"

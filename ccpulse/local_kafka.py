@@ -213,6 +213,8 @@ def start(state_dir: Path, port: int | None = None, fresh: bool = False, timeout
     the data is formatted, so other users on existing data need ``fresh``.
     ``tls`` makes it speak TLS (SSL, or SASL_SSL together with ``sasl``).
     """
+    if port is not None and not 1 <= port <= 65535:
+        raise LocalKafkaError(f"port {port} is not a TCP port (1-65535)")
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     wanted = sasl.digest() if sasl is not None else None
