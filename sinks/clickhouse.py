@@ -106,13 +106,25 @@ def redact(dsn: str) -> str:
     return masked_dsn(dsn)
 
 
+# Credentials a server or proxy may echo back in an error body: an Authorization value
+# (Basic base64(user:password), Bearer, Digest) or ClickHouse's own key header, whoever's
+# they are. A Basic value needs a digit, capital or base64 sign ("basic authentication" stays).
+_ECHOED_CREDENTIALS = re.compile(
+    r"\b((?i:basic)(?=\s+[A-Za-z0-9+/=]*[A-Z0-9+/=])|(?i:bearer|digest))(\s+)[A-Za-z0-9+/=._~-]+"
+    r"|\b((?i:x-clickhouse-key)\s*[:=]\s*)[^\s;,]+")
+
+
 def one_line(exc: BaseException, *secrets: str) -> str:
-    """An error as one short line with every secret masked (drivers may echo URLs or auth)."""
-    text = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    """An error as one short line with every secret masked (drivers may echo URLs or auth).
+
+    Masked before it is cut short: a secret cut in half would no longer be found.
+    """
+    text = str(exc)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return text
+    text = _ECHOED_CREDENTIALS.sub(lambda m: f"{m[1]}{m[2]}***" if m[1] else f"{m[3]}***", text)
+    return text.splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
 @dataclass(frozen=True)
