@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 
 from ccpulse import kafka_security
 from ccpulse.config import Settings
+from schemas.events import MAX_MESSAGE_BYTES
 
 
 class KafkaUnavailable(RuntimeError):
@@ -24,7 +25,16 @@ def admin_kwargs(settings: Settings) -> dict:
     return {"bootstrap_servers": settings.kafka.bootstrap, **kafka_security.client_kwargs(settings.kafka)}
 
 
-EVENT_MESSAGE_MAX_BYTES = 4 * 1024 * 1024
+# A valid event may be MAX_MESSAGE_BYTES (EVENTS.md), but a topic's max.message.bytes
+# counts the whole record batch (key, headers, batch header): with Kafka's default
+# (1 MiB + 12 bytes) an event of exactly the limit is refused by the broker. Input
+# topics take twice the limit, so a somewhat larger message still reaches the decoder
+# and is dead-lettered as too_large, where ccpulse counts it, instead of bouncing off the
+# broker. Producers need max.request.size (aiokafka: max_request_size) of this much too.
+INPUT_MESSAGE_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
+# The internal events topic carries an event's raw payload as a JSON string (escaping can
+# double it) plus its decoded fields.
+EVENT_MESSAGE_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -35,10 +45,11 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         return f"{t.prefix}{settings.app_id}-{suffix}"
 
     keep_week = {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)}
+    inputs = {**keep_week, "max.message.bytes": str(INPUT_MESSAGE_MAX_BYTES)}
     return {
-        t.name("calls"): keep_week,
-        t.name("chats"): keep_week,
-        t.name("tickets"): keep_week,
+        t.name("calls"): inputs,
+        t.name("chats"): inputs,
+        t.name("tickets"): inputs,
         t.name("dead_letter"): {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
         t.name("kpi_windows"): compact,
         t.name("kpi_agents"): compact,
@@ -47,8 +58,6 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("kpi_scorecards"): compact,
         # ccpulse's internal topics (Faust would create them too, but only after
         # complaining at first start that they are missing).
-        # A valid event may be 1 MiB (EVENTS.md); forwarded with its decoded fields it
-        # is larger than Kafka's default 1 MB message limit.
         internal("events"): {**keep_week, "max.message.bytes": str(EVENT_MESSAGE_MAX_BYTES)},
         internal("window-partials"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
         internal("contacts"): keep_week,
