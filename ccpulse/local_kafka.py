@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from ccpulse.probes import free_port
+from streams.topics import EVENT_MESSAGE_MAX_BYTES
 
 DEFAULT_PORT = 9092  # OPERATIONS.md: the default bootstrap is localhost:9092
 LOOPBACK = "127.0.0.1"
@@ -428,6 +429,9 @@ def _server_properties(port: int, controller_port: int, data: Path, sasl: SaslSe
         # Matches KafkaSettings.partitions, so auto-created topics look like ccpulse's own.
         "num.partitions": "4",
         "auto.create.topics.enable": "true",
+        # Topics created on first use (or by Faust) get the broker's limit, not ccpulse's
+        # topic specs: the largest of those, so an event of the contract's limit fits anywhere.
+        "message.max.bytes": str(EVENT_MESSAGE_MAX_BYTES),
         # A dev box keeps a day of data, at most 256 MiB per partition, in 64 MiB segments.
         "log.retention.hours": "24",
         "log.retention.bytes": str(256 * 1024 * 1024),

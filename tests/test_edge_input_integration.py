@@ -149,3 +149,13 @@ def test_queue_a_stays_apart_per_channel_and_nothing_merged(run) -> None:
     assert _sum(m, "ccpulse_queue_offered_total", queue="a", channel="x") == 1
     queues = {dict(labels).get("queue") for (name, labels) in m if name == "ccpulse_queue_offered_total"}
     assert not any("|" in q or "\u200b" in q for q in queues if q), queues
+
+
+def test_a_topic_the_local_broker_creates_on_first_use_takes_an_event_of_the_limit(kafka_bootstrap: str) -> None:
+    # `ccpulse kafka start` auto-creates topics: a producer started before the worker
+    # creates `calls` itself, with the broker's defaults rather than ccpulse's topic specs.
+    import os
+    if os.environ.get("CCPULSE_TEST_KAFKA_BOOTSTRAP"):
+        pytest.skip("an external broker: its defaults are its operator's")
+    where = asyncio.run(_publish(kafka_bootstrap, "autocreated.", [("call", b"big-1", exactly_the_limit())]))
+    assert where[b"big-1"][0] == "autocreated.calls"
