@@ -21,6 +21,7 @@ from ccpulse.config import Settings
 from ccpulse.core.engine import PartitionEngine, PartitionRecord
 from ccpulse.core.fcr import FcrEngine
 from ccpulse.core.lifecycle import Interaction
+from ccpulse.pseudonym import CustomerIdHasher
 from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
 from streams import codecs
@@ -49,6 +50,8 @@ class Pipeline:
     role: str = "all"
     outbox: Outbox = None  # type: ignore[assignment]  # set right after the app exists
     broker: BrokerProbe | None = None  # set by web.register
+    # HMAC of customer ids for FCR: set by streams.fcr.customer_hasher once the key is known
+    fcr_hasher: CustomerIdHasher | None = None
 
     def internal(self, suffix: str) -> str:
         return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
@@ -82,8 +85,16 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=1,
         web_port=settings.web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.web.bind,
         web_enabled=True,
+        # Faust's own views answer without ccpulse's token and show table contents
+        # (FCR contact histories, SLA state), the partition layout and host names.
+        # The router serves only @table_route, which ccpulse does not use.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         # Offsets are committed often: each commit first flushes everything the
         # stage produced, so a crash replays little.
         broker_commit_interval=1.0,

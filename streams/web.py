@@ -1,17 +1,67 @@
-"""The worker's HTTP endpoints: ``/metrics`` (Prometheus) and ``/health``."""
+"""The worker's HTTP endpoints: ``/metrics`` (Prometheus) and ``/health``.
+
+Every other route wants the token too (``web_auth.middleware``), and a malformed
+request is logged as one line, at most once a minute (:class:`HttpErrorLog`).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
-from streams import broker_health
+from ccpulse.log_limit import LogLimiter
+from streams import broker_health, web_auth
 from streams.app import Pipeline
+from streams.guard import stage_guard
 from streams.merge import merged_record
 from streams.web_auth import guarded
+
+log = logging.getLogger(__name__)
+
+HTTP_ERROR_LOG_SECONDS = 60.0
+# aiohttp's logger for requests it could not parse or handle.
+AIOHTTP_SERVER_LOG = "aiohttp.server"
+
+
+class HttpErrorLog(logging.Filter):
+    """aiohttp's log of a request it could not parse (a 100 KB header or URL, a bad request
+    line), turned into one line, at most one per ``interval`` seconds.
+
+    Any client can send such requests as fast as it likes, and each one was a traceback
+    of a dozen lines: the line now says how many were left out since the previous one,
+    so a flood is still visible. Other errors (a bug in a page) keep their traceback.
+    """
+
+    def __init__(self, interval: float = HTTP_ERROR_LOG_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._limiter = LogLimiter(interval)
+        self._clock = clock
+        self._secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        held = self._limiter.allow(self._clock())
+        if held is None:
+            return False
+        # The parser's message quotes the start of the offending bytes: printable, one line.
+        detail = " ".join(f"{exc.code} {exc.message}".split())
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        detail = "".join(c if c.isprintable() else "?" for c in detail)[:200]
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "rejected a malformed HTTP request from %s: %s%s"
+        record.args = (remote, detail, f" ({held} more not logged since the previous line)" if held else "")
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
 
 
 def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
@@ -26,6 +76,8 @@ def health(pipe: Pipeline) -> tuple[bool, dict[str, Any]]:
     }
     if pipe.writer is not None:
         parts["clickhouse"] = pipe.writer.health_part()
+    parts["stages"] = stage_guard(pipe).health_part()
+    parts["producer"] = pipe.outbox.health_part()
     ok = all(part["ok"] for part in parts.values())
     return ok, {"status": "ok" if ok else "unhealthy", "role": pipe.role, "parts": parts,
                 "partitions": sorted(pipe.engines)}
@@ -62,8 +114,20 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
 def register(pipe: Pipeline) -> None:
     app = pipe.app
     broker_health.register(pipe)
+    pipe.metrics.watch_producer(lambda: pipe.outbox.failed_messages, lambda: pipe.outbox.failure is not None)
     registry = pipe.metrics.registry
-    auth = guarded(pipe.settings.web.token)  # /health stays open: liveness probes carry no token
+    token = pipe.settings.web.token
+    auth = guarded(token)  # /health stays open: liveness probes carry no token
+    # Default deny: the decorators name what each page wants; the middleware also
+    # covers any route nobody decorated.
+    app.web.web_app.middlewares.append(web_auth.middleware(token))
+    server_log = logging.getLogger(AIOHTTP_SERVER_LOG)
+    for old in [f for f in server_log.filters if isinstance(f, HttpErrorLog)]:
+        server_log.removeFilter(old)  # an app built again in the same process
+    server_log.addFilter(HttpErrorLog(secrets=(token,)))
+    if not token and pipe.settings.web.bind not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("web: listening on %s without a token: anyone who can reach port %d sees the KPIs "
+                    "(set CCPULSE_WEB_TOKEN)", pipe.settings.web.bind, pipe.settings.web_port)
 
     @app.page("/metrics")
     @auth

@@ -1,8 +1,12 @@
 """Optional bearer-token check for the worker's HTTP pages (``[web] token``).
 
-With a token configured, ``/metrics``, ``/api/*`` and ``/wallboard`` answer 401
-(JSON body, ``WWW-Authenticate: Bearer``) unless the request carries
-``Authorization: Bearer <token>``. ``/health`` stays open for liveness probes.
+With a token configured, every path but ``/health`` and ``/`` answers 401 (JSON
+body, ``WWW-Authenticate: Bearer``) unless the request carries
+``Authorization: Bearer <token>``: ``/metrics``, ``/api/*``, ``/wallboard``, and
+whatever else the server would answer (a page added later, a view Faust brings
+along), since the check is a middleware in front of every route, not a decorator
+each page must remember. ``/health`` stays open for liveness probes; ``/`` only
+says ``{"status": "OK"}``.
 
 A browser cannot add a header to a page it navigates to, so the wallboard also
 accepts ``/wallboard?token=<token>`` once: the answer is a redirect to
@@ -22,6 +26,9 @@ from typing import Any, Awaitable, Callable
 
 COOKIE = "ccpulse_token"
 REALM = "ccpulse"
+PUBLIC_PATHS = frozenset({"/health", "/"})
+# Pages that log in through ``?token=`` themselves (login_redirect checks the token).
+LOGIN_PATHS = frozenset({"/wallboard"})
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -52,14 +59,34 @@ def authorized(request: Any, token: str) -> bool:
     return by_header or by_cookie
 
 
-def unauthorized(web: Any, request: Any) -> Any:
+def refusal(request: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The body and headers of a 401 for ``request``."""
     bearer, cookie = presented_token(request)
     presented = bearer is not None or cookie is not None
     error = "invalid_token" if presented else "missing_token"
     challenge = f'Bearer realm="{REALM}"' + (', error="invalid_token"' if presented else "")
     body = {"error": error,
             "detail": "this endpoint needs 'Authorization: Bearer <token>' ([web] token / CCPULSE_WEB_TOKEN)"}
-    return web.json(body, status=401, headers={"WWW-Authenticate": challenge, "Cache-Control": "no-store"})
+    return body, {"WWW-Authenticate": challenge, "Cache-Control": "no-store"}
+
+
+def unauthorized(web: Any, request: Any) -> Any:
+    body, headers = refusal(request)
+    return web.json(body, status=401, headers=headers)
+
+
+def middleware(token: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    """An aiohttp middleware refusing every path but PUBLIC_PATHS without the token."""
+    from aiohttp import web as aiohttp_web
+
+    @aiohttp_web.middleware
+    async def check(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        if (not token or request.path in PUBLIC_PATHS or authorized(request, token)
+                or (request.path in LOGIN_PATHS and "token" in request.query)):
+            return await handler(request)
+        body, headers = refusal(request)
+        return aiohttp_web.json_response(body, status=401, headers=headers)
+    return check
 
 
 def guarded(token: str) -> Callable[[Handler], Handler]:
