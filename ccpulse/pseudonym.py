@@ -1,4 +1,5 @@
-"""Keyed hashing of customer ids for the raw store (``[clickhouse] hash_customer_ids``).
+"""Keyed hashing of customer ids: the raw store's (``[clickhouse] hash_customer_ids``)
+and the key FCR groups a customer's contacts by (``[fcr] customer_key``).
 
 HMAC-SHA256 with a secret key, so the hash cannot be reversed by hashing guessed ids
 (a plain SHA-256 of a phone number can); deterministic, so the same customer gets
@@ -25,6 +26,11 @@ class CustomerIdHasher:
     @classmethod
     def from_secret(cls, secret: str) -> "CustomerIdHasher":
         return cls(secret.encode("utf-8"))
+
+    @property
+    def key_id(self) -> str:
+        """A short fingerprint of the key: tells two keys apart in a log without revealing either."""
+        return hmac.new(self.key, b"ccpulse key id", hashlib.sha256).hexdigest()[:8]
 
     def hash(self, customer_id: str) -> str:
         digest = hmac.new(self.key, customer_id.encode("utf-8", "surrogatepass"), hashlib.sha256)

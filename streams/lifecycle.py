@@ -10,7 +10,7 @@ final snapshot once the allowed lateness has passed.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from typing import Any
 
@@ -19,12 +19,19 @@ import orjson
 from ccpulse.core.engine import PartitionEngine, PartitionRecord, Snapshot
 from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
-from schemas.records import interaction_rows, step_from_message, window_record_key
+from ccpulse.log_limit import CountedLines
+from schemas.events import Rejection
+from schemas.records import dead_letter, interaction_rows, step_from_message, window_label, window_record_key
 from streams.app import Pipeline
+from streams.fcr import customer_hasher
+from streams.guard import stage_guard
 from streams.merge import ClockSender
 from streams.ingest import WATERMARK_FIELD
 
 EXPIRY_SCAN_SECONDS = 10.0
+# The dead-letter reason of a step past limits.max_steps_per_interaction.
+TOO_LONG = "interaction_too_long"
+log = logging.getLogger(__name__)
 
 
 class PartitionClock:
@@ -60,19 +67,35 @@ def register(pipe: Pipeline) -> None:
     windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
     last_expiry = [time.monotonic()]
     merge_clock = ClockSender(outbox, partials, settings.kafka.partitions)
+    guard = stage_guard(pipe)
+    # Late events are counted per partition; this line says which windows they missed.
+    late_lines = CountedLines(log.warning, "late events (their window was already final; "
+                              "counted in ccpulse_late_events_total, not in the window)")
 
     def engine_for(partition: int) -> PartitionEngine:
         engine = pipe.engines.get(partition)
         if engine is None:
             record = records.data.get(str(partition)) or PartitionRecord()
             engine = PartitionEngine(partition, windowing, w.allowed_lateness_seconds,
-                                     settings.thresholds_for, w.interaction_horizon_seconds, record)
+                                     settings.thresholds_for, w.interaction_horizon_seconds, record,
+                                     settings.limits.max_steps_per_interaction)
             engine.rebuild(inter for inter in list(interactions.data.values())
                            if inter is not None and inter.partition == partition)
             pipe.engines[partition] = engine
             clocks[partition] = PartitionClock()
             clocks[partition].arrived(record.watermark)
         return engine
+
+    def refuse_too_long(key: bytes | None, doc: dict[str, Any], limit: int) -> None:
+        # Not applied (the interaction keeps its first ``limit`` steps), so never lost silently.
+        topic, partition, offset = doc["source"]
+        pipe.metrics.events_invalid.labels(TOO_LONG).inc()
+        pipe.metrics.dead_lettered.inc()
+        detail = (f"interaction {doc['interaction_id'][:64]!r} already holds {limit} steps "
+                  "(limits.max_steps_per_interaction)")
+        outbox.send(pipe.topics["dead_letter"], key, dead_letter(
+            doc["payload"].encode("utf-8"), Rejection(TOO_LONG, detail), topic, partition, offset,
+            int(time.time() * 1000)))
 
     def publish(partition: int, engine: PartitionEngine, snaps: list[Snapshot]) -> None:
         wm = engine.record.watermark
@@ -94,33 +117,42 @@ def register(pipe: Pipeline) -> None:
 
     @app.agent(pipe.topics["events"], name="lifecycle")
     async def lifecycle(stream):  # type: ignore[no-untyped-def]
+        hasher = await customer_hasher(pipe)
         async for batch in stream.take_events(2000, within=0.05):
             touched: dict[str, tuple[int, Interaction]] = {}
             partitions: set[int] = set()
             for event in batch:
                 msg = event.message
-                doc = orjson.loads(msg.value)
-                engine = engine_for(msg.partition)
-                if WATERMARK_FIELD in doc:
-                    engine.observe(doc[WATERMARK_FIELD])
+                with guard.record("lifecycle", msg):
+                    doc = orjson.loads(msg.value)
+                    engine = engine_for(msg.partition)
+                    if WATERMARK_FIELD in doc:
+                        engine.observe(doc[WATERMARK_FIELD])
+                        partitions.add(msg.partition)
+                        continue
+                    iid = doc["interaction_id"]
+                    inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
+                    if inter is None:
+                        inter = Interaction(iid, doc["channel"], partition=msg.partition)
+                    step = step_from_message(doc)
+                    topic, source_partition, _ = doc["source"]
+                    outcome = engine.apply(inter, step, msg.offset, f"{topic}/{source_partition}")
+                    if outcome.too_long:
+                        refuse_too_long(msg.key, doc, engine.max_steps)
+                        continue
+                    if outcome.late_window is not None:
+                        late_lines.note(window_label(outcome.late_window), time.monotonic())
+                    touched[iid] = (msg.partition, inter)
                     partitions.add(msg.partition)
-                    continue
-                iid = doc["interaction_id"]
-                inter = touched.get(iid, (0, None))[1] or interactions.data.get(iid)
-                if inter is None:
-                    inter = Interaction(iid, doc["channel"], partition=msg.partition)
-                step = step_from_message(doc)
-                topic, source_partition, _ = doc["source"]
-                outcome = engine.apply(inter, step, msg.offset, f"{topic}/{source_partition}")
-                touched[iid] = (msg.partition, inter)
-                partitions.add(msg.partition)
-                d = outcome.derivation
-                if d is not None and d.customer and d.segments and (step.customer or step.step == "offered"):
-                    # Only the steps that can create or change the contact send it again.
-                    contact = {"customer": customer_key(d.customer), "interaction_id": iid,
-                               "ts": d.segments[0].entered, "queue": d.segments[0].queue,
-                               "channel": inter.channel}
-                    outbox.send(contacts, contact["customer"].encode(), orjson.dumps(contact))
+                    d = outcome.derivation
+                    if d is not None and d.customer and d.segments and (step.customer or step.step == "offered"):
+                        # Only the steps that can create or change the contact send it again.
+                        # Customers meet on the FCR partition by a keyed hash (streams/fcr.py).
+                        contact = {"customer": hasher.hash(d.customer), "kid": hasher.key_id,
+                                   "interaction_id": iid,
+                                   "ts": d.segments[0].entered, "queue": d.segments[0].queue,
+                                   "channel": inter.channel}
+                        outbox.send(contacts, contact["customer"].encode(), orjson.dumps(contact))
             for iid, (partition, inter) in touched.items():
                 put(interactions, partition, iid, inter)
                 for row in interaction_rows(inter, version=len(inter.steps)):
@@ -142,6 +174,7 @@ def register(pipe: Pipeline) -> None:
             # its new owner publishes it now.
             drop(partition)
         expire_now = time.monotonic() - last_expiry[0] >= EXPIRY_SCAN_SECONDS
+        late_lines.flush(time.monotonic())
         for partition, engine in list(pipe.engines.items()):
             idle = clocks[partition].idle_watermark(w.idle_close_seconds)
             if idle is not None:
@@ -199,10 +232,3 @@ def register(pipe: Pipeline) -> None:
             if tp.topic == events_topic_name:
                 drop(tp.partition)
 
-
-
-
-
-def customer_key(customer_id: str) -> str:
-    """Customers meet on the FCR partition by a hash: the id itself stays in the raw store."""
-    return hashlib.sha256(customer_id.encode()).hexdigest()[:32]
