@@ -50,15 +50,19 @@ __all__ = [
     "ReplayError",
     "ReplayMapping",
     "ReplayRecord",
+    "PipelineTime",
     "ReplayStats",
     "add_arguments",
     "lifecycle_events",
     "load_mapping",
+    "pipeline_event_time",
     "progress_bar",
     "read_interactions",
     "read_native_events",
+    "read_state_event_time",
     "replay",
     "run_from_args",
+    "state_topic",
 ]
 
 FORMATS = ("csv", "tsv", "jsonl")
@@ -975,7 +979,8 @@ def load(path: str | Path, mapping: ReplayMapping | None,
 async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str, topics: Mapping[str, str],
                  speed: float | None, *, progress: Callable[[int, int], None] | None = None,
                  stop: asyncio.Event | None = None, limit: int | None = None,
-                 partition: int | None = 0, **security: Any) -> ReplayStats:
+                 partition: int | None = 0, pipeline: PipelineTime | None = None,
+                 **security: Any) -> ReplayStats:
     """Read ``path`` and publish its events to ``topics`` (family -> topic), keyed by interaction.
 
     ``speed`` None sends as fast as the broker takes them, 1.0 in real time, N at
@@ -990,8 +995,13 @@ async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str
     arrive after their window closed (late). ``security`` goes to the producer
     (security_protocol, sasl_mechanism, sasl_username, sasl_password,
     ssl_context). Returns the read statistics, ``events`` = events acknowledged.
+
+    ``pipeline``: the event time of the pipeline the events go to; when some of
+    them would be late there, nothing is published (``ReplayError``).
     """
     events, stats = load(path, mapping, limit)
+    if pipeline is not None:
+        pipeline.refuse_late(events, path)
     families = {family for family, _ in events}
     missing = sorted(families - set(topics))
     if missing:
@@ -1024,6 +1034,169 @@ async def publish(events: Iterable[tuple[str, dict[str, Any]]], bootstrap: str, 
                                sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
                                sasl_password=sasl_password, ssl_context=ssl_context,
                                partition=partition)
+
+
+# ---------------------------------------------------------------- the pipeline's event time
+
+# Records read from the end of each input partition: the newest valid event is
+# among them even when a few bad messages came last.
+INPUT_TAIL = 20
+
+
+@dataclass(frozen=True)
+class PipelineTime:
+    """The event time of the pipeline a replay goes to, and where it was read."""
+
+    event_time_ms: int
+    source: str
+    lateness_ms: int
+
+    def refuse_late(self, events: list[tuple[str, dict[str, Any]]], path: str | Path) -> None:
+        """``ReplayError`` naming the fix when any event would be counted as late.
+
+        The worker counts an event as late, in no KPI, once event time has passed its
+        window's end plus the allowed lateness; older than event time minus the
+        lateness is where that starts (an event's window may end up to a window
+        later, so this refuses a little early rather than count anything late).
+        """
+        from schemas.events import parse_timestamp_ms
+
+        from ccpulse.core.timestamps import format_ms
+
+        cutoff = self.event_time_ms - self.lateness_ms
+        late = [ms for ms in (parse_timestamp_ms(doc["occurred_at"]) for _family, doc in events)
+                if ms is not None and ms < cutoff]
+        if not late:
+            return
+        raise ReplayError(
+            f"{path}: {len(late):,} of {len(events):,} events (from {format_ms(min(late))}) "
+            f"would be late, counted in no KPI: the pipeline's event time is {format_ms(self.event_time_ms)} "
+            f"({self.source}), and events older than it minus allowed_lateness_seconds "
+            f"({self.lateness_ms / 1000:g} s) are late. Replay into a fresh pipeline (a new CCPULSE_APP_ID "
+            "and CCPULSE_TOPIC_PREFIX, for the worker too), or pass --allow-late to publish them anyway",
+            kind="late")
+
+
+def state_topic(settings: Any) -> str:
+    """The changelog of the lifecycle's ``partition-records`` table (streams/app.py).
+
+    Faust names a table's changelog ``<app id>-<table>-changelog``, without the topic
+    prefix: the state belongs to the app id.
+    """
+    return f"{settings.app_id}-partition-records-changelog"
+
+
+async def read_state_event_time(settings: Any, timeout: float = 15.0) -> int | None:
+    """The newest event time a worker of this app persisted (None: no state yet)."""
+    return (await _newest_times(settings, {state_topic(settings): (1, _state_time)}, timeout)).get(
+        state_topic(settings))
+
+
+async def pipeline_event_time(settings: Any, timeout: float = 15.0) -> PipelineTime | None:
+    """How far the pipeline's event time is, or will be once it reads its input.
+
+    Two cheap reads of a few records at the ends of topics, no group join:
+
+    - the lifecycle's persisted state (one record per partition, the last is the
+      current one): the event time the workers judge lateness by, including its
+      advance with the wall clock while the input was quiet; it outlives the
+      input topics' retention and is there while no worker runs;
+    - the newest events of the input topics: published but perhaps not read yet
+      (no worker running), they move event time once read. Events further in the
+      future than ``max_future_seconds`` are refused by the worker and ignored here.
+
+    The pipeline's event time is the slowest input partition's, but a silent one
+    stops holding it back, so the newest of either source is what a replay meets.
+    """
+    t = settings.topics
+    now_ms = int(time.time() * 1000)
+    horizon = now_ms + int(settings.max_future_seconds * 1000)
+
+    def input_time(value: bytes) -> int | None:
+        ms = _input_time(value)
+        return ms if ms is not None and ms <= horizon else None
+
+    inputs = [t.name("calls"), t.name("chats"), t.name("tickets")]
+    found = await _newest_times(settings, {state_topic(settings): (1, _state_time),
+                                           **{name: (INPUT_TAIL, input_time) for name in inputs}}, timeout)
+    if not found:
+        return None
+    topic, ms = max(found.items(), key=lambda item: item[1])
+    source = (f"the lifecycle state of app {settings.app_id}" if topic == state_topic(settings)
+              else f"the newest event of input topic {topic}")
+    return PipelineTime(ms, source, int(settings.windows.allowed_lateness_seconds * 1000))
+
+
+def _state_time(value: bytes) -> int | None:
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    watermark = doc.get("watermark") if isinstance(doc, dict) else None
+    return watermark if isinstance(watermark, int) and watermark > 0 else None
+
+
+def _input_time(value: bytes) -> int | None:
+    from schemas.events import parse_timestamp_ms
+
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None  # bad input: the worker dead-letters it, it moves no event time
+    occurred = doc.get("occurred_at") if isinstance(doc, dict) else None
+    return parse_timestamp_ms(occurred) if isinstance(occurred, str) else None
+
+
+async def _newest_times(settings: Any, wanted: Mapping[str, tuple[int, Callable[[bytes], int | None]]],
+                        timeout: float) -> dict[str, int]:
+    """topic -> the newest time found in the last ``tail`` records of each partition.
+
+    ``wanted``: topic -> (tail, value -> epoch ms or None). Missing or empty topics
+    are left out.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from ccpulse.kafka_security import client_kwargs, quiet_client_logs
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None,
+                                enable_auto_commit=False, **client_kwargs(settings.kafka))
+    newest: dict[str, int] = {}
+    # Topics just created have no leader for a moment: aiokafka retries, logging each
+    # try on stderr beside the command's own line.
+    with quiet_client_logs():
+        await asyncio.wait_for(consumer.start(), timeout)
+        try:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(topic, p) for topic in wanted
+                   for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not tps:
+                return newest
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > starts[tp]}
+            for tp in remaining:
+                consumer.seek(tp, max(starts[tp], ends[tp] - wanted[tp.topic][0]))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while remaining:
+                if loop.time() > deadline:
+                    raise asyncio.TimeoutError(f"reading the ends of {', '.join(sorted(wanted))}")
+                batch = await consumer.getmany(*remaining, timeout_ms=500)
+                for tp, records in batch.items():
+                    for record in records:
+                        ms = None if record.value is None else wanted[tp.topic][1](record.value)
+                        if ms is not None:
+                            newest[tp.topic] = max(ms, newest.get(tp.topic, ms))
+                    if records and records[-1].offset >= ends[tp] - 1:
+                        remaining.discard(tp)
+                for tp in list(remaining):
+                    # Compaction or a transaction marker can leave nothing to read before the end.
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+    return newest
 
 
 def progress_bar(total: int, stream: Any = None, width: int = 30) -> Callable[[int, int], None]:
@@ -1106,6 +1279,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the mapping's on_error, else fail)")
     parser.add_argument("--dry-run", action="store_true",
                         help="read and check the file, print the summary, publish nothing")
+    parser.add_argument("--allow-late", action="store_true",
+                        help="publish even when the pipeline's event time is past the file's events "
+                             "(they are then counted as late, in no KPI)")
 
 
 def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
@@ -1150,8 +1326,10 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
             raise CommandError(str(exc)) from None
         stop = asyncio.Event()
         try:
+            pipeline = None if ns.allow_late else await pipeline_event_time(settings)
             return await replay(path, mapping, k.bootstrap, topics, ns.speed, progress=show,
-                                stop=stop, limit=ns.limit, partition=ns.partition, **security)
+                                stop=stop, limit=ns.limit, partition=ns.partition, pipeline=pipeline,
+                                **security)
         except (OSError, asyncio.TimeoutError) as exc:
             raise CommandError(describe(exc, k)) from None
         except Exception as exc:  # aiokafka errors: one line, not a traceback
