@@ -8,13 +8,18 @@ topics are created here so they do not depend on broker auto-creation defaults
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from ccpulse import kafka_security
 from ccpulse.config import Settings
 from schemas.events import MAX_MESSAGE_BYTES
+
+
+log = logging.getLogger(__name__)
 
 
 class KafkaUnavailable(RuntimeError):
@@ -89,9 +94,35 @@ async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list
                    for name, config in specs.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
+        inputs = [settings.topics.name(attr) for attr in ("calls", "chats", "tickets")]
+        await _report_small_limits(admin, [name for name in inputs if name in existing])
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+async def _report_small_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """Warn about input topics that exist with a limit refusing valid events.
+
+    Not altered: they may belong to the contact-center platform, and Kafka's
+    AlterConfigs would replace every other setting of the topic with its default.
+    """
+    if not topics:
+        return
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None}) for name in topics])
+    except KafkaError as exc:  # e.g. no DescribeConfigs permission: only the warning is lost
+        log.info("could not check the input topics' max.message.bytes: %s", exc)
+        return
+    for response in responses:
+        for _code, _message, _type, name, entries in response.resources:
+            value = next((entry[1] for entry in entries if entry[0] == "max.message.bytes"), None)
+            if value is not None and value.isdigit() and int(value) < INPUT_MESSAGE_MAX_BYTES:
+                log.warning("topic %s: max.message.bytes is %s, so events near the 1 MiB limit are refused "
+                            "by the broker; raise it with kafka-configs.sh --alter --entity-type topics "
+                            "--entity-name %s --add-config max.message.bytes=%d",
+                            name, value, name, INPUT_MESSAGE_MAX_BYTES)
 
 
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:

@@ -159,3 +159,35 @@ def test_a_topic_the_local_broker_creates_on_first_use_takes_an_event_of_the_lim
         pytest.skip("an external broker: its defaults are its operator's")
     where = asyncio.run(_publish(kafka_bootstrap, "autocreated.", [("call", b"big-1", exactly_the_limit())]))
     assert where[b"big-1"][0] == "autocreated.calls"
+
+
+def test_an_existing_input_topic_with_a_smaller_limit_is_reported(kafka_bootstrap: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # ccpulse does not change topics it did not create (the platform may own them),
+    # but a limit that refuses valid events must not go unnoticed.
+    import logging
+    from dataclasses import replace
+
+    from aiokafka.admin import NewTopic
+
+    from ccpulse.config import Settings, TopicSettings
+    from streams.topics import ensure_topics_async
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic("oldtopics.calls", 1, 1,
+                                                topic_configs={"max.message.bytes": "1048588"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    settings = replace(Settings(), topics=TopicSettings(prefix="oldtopics."), app_id="oldtopics")
+    settings = replace(settings, kafka=replace(settings.kafka, bootstrap=kafka_bootstrap))
+    with caplog.at_level(logging.WARNING, logger="streams.topics"):
+        created = asyncio.run(ensure_topics_async(settings))
+    assert "oldtopics.calls" not in created and "oldtopics.chats" in created
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "oldtopics.calls" in warnings[0] and "max.message.bytes=2097152" in warnings[0], warnings
