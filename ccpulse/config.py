@@ -127,7 +127,7 @@ class TopicSettings:
 
 @dataclass(frozen=True)
 class ClickHouseSettings:
-    dsn: str = "chdb://./.ccpulse/clickhouse"
+    dsn: str = field(default_factory=lambda: _store_in(".ccpulse"))  # the default state dir's store
     enabled: bool = True
     batch_size: int = 5000
     flush_seconds: float = 0.5
@@ -319,7 +319,7 @@ def _build(doc: dict[str, Any]) -> Settings:
         kafka=_kafka(_section(KafkaSettings, _table(doc, "kafka"), "kafka", KafkaSettings())),
         topics=_section(TopicSettings, _table(doc, "topics"), "topics", TopicSettings()),
         clickhouse=_clickhouse(_section(ClickHouseSettings, _table(doc, "clickhouse"), "clickhouse",
-                                        ClickHouseSettings())),
+                                        ClickHouseSettings(dsn=_store_in(doc.get("state_dir", ".ccpulse"))))),
         windows=_section(WindowSettings, _table(doc, "windows"), "windows", WindowSettings()),
         web=_web(_section(WebSettings, _table(doc, "web"), "web", WebSettings())),
         fcr=_fcr(_section(FcrSettings, _table(doc, "fcr"), "fcr", FcrSettings())),
@@ -446,6 +446,13 @@ def _kafka(k: KafkaSettings) -> KafkaSettings:
             raise ConfigError(f"kafka.{value_key} and kafka.{file_key}: set only one of them")
         changes[value_key] = _secret_file(path, f"kafka.{file_key}")
     return replace(k, **changes)
+
+
+def _store_in(state_dir: Any) -> str:
+    # The embedded store belongs to the state dir, by an absolute path: two instances
+    # with their own state dirs never fight over one store's lock, and a command
+    # started from another directory does not silently open a new, empty store.
+    return f"chdb://{Path(str(state_dir)).absolute() / 'clickhouse'}"
 
 
 def _clickhouse(ch: ClickHouseSettings) -> ClickHouseSettings:
