@@ -373,5 +373,6 @@ class PartitionEngine:
             for counter, value in agg.counts.items():
                 into[counter] = into.get(counter, 0) + value
         for key, counts in merged.items():
+            # Exact: the decoder refuses '|' in queue and channel names (README, "Names").
             queue, channel = key.split("|", 1)
             yield queue, channel, counts
