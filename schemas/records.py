@@ -28,6 +28,13 @@ def window_record_key(key: WindowKey) -> str:
     return f"{window_name(size)}|{format_ms(start)}|{name}|{channel}"
 
 
+def window_label(key: WindowKey) -> str:
+    """A window as a log line names it: ``billing/voice 1m window from 2026-01-05T08:00:00.000Z``."""
+    size, start, scope, name, channel = key
+    who = f"{name}/{channel}" if scope == QUEUE else f"agent {name}/{channel}"
+    return f"{who} {window_name(size)} window from {format_ms(start)}"
+
+
 AGENT_FIELDS = ("answered", "handled", "handle_time_sum_seconds", "aht_seconds", "transfers",
                 "transfer_rate", "csat_responses", "csat_satisfied", "csat", "nps_responses",
                 "nps_promoters", "nps_detractors", "nps")

@@ -12,10 +12,13 @@ from typing import Any
 
 import orjson
 
+from ccpulse.core.timestamps import format_ms
 from ccpulse.core.watermark import InputWatermarks
+from ccpulse.core.windowing import Windowing
 from schemas.events import Rejection, decode
 from schemas.records import dead_letter, event_message
 from streams.app import Pipeline
+from streams.guard import stage_guard
 
 FAMILIES = {"calls": "call", "chats": "chat", "tickets": "ticket"}
 # A message on the events topic with only this field is a watermark tick, not an event.
@@ -33,6 +36,24 @@ def register(pipe: Pipeline) -> None:
     sources = InputWatermarks(int(settings.windows.source_idle_seconds * 1000))
 
     outbox = pipe.outbox
+    guard = stage_guard(pipe)
+    windowing = Windowing(settings.windows.sizes, settings.windows.timezone, settings.windows.day_start_hour)
+
+    def forward(msg: Any, now_ms: int) -> None:
+        raw = msg.value
+        result = decode(raw, family_of.get(msg.topic, "call"), now_ms, max_future_ms)
+        if not isinstance(result, Rejection):
+            unplaceable = windowing.placeable(result.occurred_at_ms)
+            if unplaceable is not None:
+                result = Rejection("bad_timestamp", f"occurred_at {format_ms(result.occurred_at_ms)}: {unplaceable}")
+        if isinstance(result, Rejection):
+            metrics.events_invalid.labels(result.reason).inc()
+            metrics.dead_lettered.inc()
+            outbox.send(dlq, msg.key, dead_letter(raw, result, msg.topic, msg.partition, msg.offset, now_ms))
+            return
+        sources.seen(f"{msg.topic}/{msg.partition}", result.occurred_at_ms, now_ms)
+        outbox.send(events_topic, result.interaction_id.encode(),
+                    orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
 
     @pipe.app.agent(pipe.topics["input"], name="ingest")
     async def ingest(stream):  # type: ignore[no-untyped-def]
@@ -41,18 +62,9 @@ def register(pipe: Pipeline) -> None:
             consumed: Counter = Counter()
             for event in batch:
                 msg = event.message
-                raw = msg.value
                 consumed[msg.topic] += 1
-                result = decode(raw, family_of.get(msg.topic, "call"), now_ms, max_future_ms)
-                if isinstance(result, Rejection):
-                    metrics.events_invalid.labels(result.reason).inc()
-                    metrics.dead_lettered.inc()
-                    outbox.send(dlq, msg.key, dead_letter(
-                        raw, result, msg.topic, msg.partition, msg.offset, now_ms))
-                    continue
-                sources.seen(f"{msg.topic}/{msg.partition}", result.occurred_at_ms, now_ms)
-                outbox.send(events_topic, result.interaction_id.encode(),
-                            orjson.dumps(event_message(result, raw, msg.topic, msg.partition, msg.offset)))
+                with guard.record("ingest", msg):
+                    forward(msg, now_ms)
             for topic, n in consumed.items():  # once per batch: labels() takes a lock
                 metrics.events_consumed.labels(topic).inc(n)
             await outbox.flush()

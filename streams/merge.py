@@ -22,6 +22,7 @@ from ccpulse.core.kpis import QUEUE, WindowAgg
 from ccpulse.core.merge_clock import MergeClock, expected_sources
 from schemas.records import queue_state_record, window_record, window_record_key
 from streams.app import Pipeline
+from streams.guard import stage_guard
 from streams.merge_index import MergeIndex, merged_agg
 from streams.outbox import Outbox
 
@@ -95,6 +96,7 @@ def register(pipe: Pipeline) -> None:
     as_of = [0]  # newest event-time watermark reported by any partition
     w = pipe.settings.windows
     index = MergeIndex(ROLLING_SIZE_S)
+    guard = stage_guard(pipe)
     clock = MergeClock(expected_sources(pipe.settings.kafka.partitions), int(w.fcr_horizon_seconds * 1000),
                        int(w.allowed_lateness_seconds * 1000), FINAL_RETENTION_MS)
 
@@ -103,27 +105,28 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take_events(2000, within=0.05):
             touched: dict[str, tuple[int, dict[str, Any]]] = {}
             for event in batch:
-                partial = event.value
-                as_of[0] = max(as_of[0], partial.get("watermark", 0))
-                kind = partial.get("kind")
-                if kind == "clock":
-                    clock.observe(event.message.partition, partial["source"], partial["watermark"])
-                    continue
-                key, base = entry_key(partial)
-                entry = touched[key][1] if key in touched else merged.data.get(key)
-                if entry is None:
-                    if kind == "window" and clock.done_with(event.message.partition, partial["end"]):
-                        # Merged, final and forgotten already: a source re-sending after a crash.
-                        pipe.metrics.merge_redelivered.inc()
+                with guard.record("merge", event.message):
+                    partial = event.value
+                    as_of[0] = max(as_of[0], partial.get("watermark", 0))
+                    kind = partial.get("kind")
+                    if kind == "clock":
+                        clock.observe(event.message.partition, partial["source"], partial["watermark"])
                         continue
-                    entry = {**base, "parts": {}, "partition": event.message.partition}
-                source = str(partial["partition"])
-                current = entry["parts"].get(source)
-                if current is not None and current["version"] > partial["version"]:
-                    continue
-                entry["parts"][source] = {k: v for k, v in partial.items()
-                                          if k not in ("key", "kind", "partition", "end")}
-                touched[key] = (event.message.partition, entry)
+                    key, base = entry_key(partial)
+                    entry = touched[key][1] if key in touched else merged.data.get(key)
+                    if entry is None:
+                        if kind == "window" and clock.done_with(event.message.partition, partial["end"]):
+                            # Merged, final and forgotten already: a source re-sending after a crash.
+                            pipe.metrics.merge_redelivered.inc()
+                            continue
+                        entry = {**base, "parts": {}, "partition": event.message.partition}
+                    source = str(partial["partition"])
+                    current = entry["parts"].get(source)
+                    if current is not None and current["version"] > partial["version"]:
+                        continue
+                    entry["parts"][source] = {k: v for k, v in partial.items()
+                                              if k not in ("key", "kind", "partition", "end")}
+                    touched[key] = (event.message.partition, entry)
             # Each key once per batch: one changelog record however many partials it got.
             for key, (partition, entry) in touched.items():
                 put(merged, partition, key, entry)

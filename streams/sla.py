@@ -44,6 +44,7 @@ from ccpulse.core.scorecard import eligible, scorecard_key, scorecard_record
 from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, queue_state_values, window_values
 from schemas.events import parse_timestamp_ms
 from streams.app import Pipeline
+from streams.guard import stage_guard
 
 OBSERVATIONS = "sla-observations"
 
@@ -77,6 +78,7 @@ def register(pipe: Pipeline) -> None:
     pipe.metrics.registry.register(SlaCollector(owned_entries))
 
     outbox = pipe.outbox
+    guard = stage_guard(pipe)
 
     def publish(events: list[Breach]) -> None:
         now_ms = int(time.time() * 1000)
@@ -94,30 +96,31 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take_events(2000, within=0.05):
             newest = 0
             for event in batch:
-                doc = event.value
-                if not isinstance(doc, dict) or "queue" not in doc or "channel" not in doc:
-                    continue
-                queue, channel = doc["queue"], doc["channel"]
-                key = f"{queue}|{channel}"
-                before = table.data.get(key)
-                state = QueueSla.from_dict(before) if before else QueueSla(queue, channel)
-                partition = before["p"] if before else event.message.partition
-                queue_targets = targets.for_queue(queue, channel)
-                if "last_15m" in doc:  # a kpi.queue-state record
-                    at = _ms(doc["as_of"])
-                    if at <= 0:
-                        # Published before the merge stage saw any event time (just after
-                        # its restart): no time to place it at, and its rolling view is void.
+                with guard.record("sla", event.message):
+                    doc = event.value
+                    if not isinstance(doc, dict) or "queue" not in doc or "channel" not in doc:
                         continue
-                    newest = max(newest, at)
-                    seq = (at, _ms(doc["published_at"]))
-                    events = state.observe(queue_state_values(doc), at, queue_targets, hold,
-                                           seq=seq, source="state")
-                else:  # an observation re-keyed from kpi.windows
-                    events = state.observe(doc["values"], doc["at"], queue_targets, hold,
-                                           seq=doc["seq"], source=doc["source"])
-                publish(events)
-                save(partition, key, state, before, force=True)
+                    queue, channel = doc["queue"], doc["channel"]
+                    key = f"{queue}|{channel}"
+                    before = table.data.get(key)
+                    state = QueueSla.from_dict(before) if before else QueueSla(queue, channel)
+                    partition = before["p"] if before else event.message.partition
+                    queue_targets = targets.for_queue(queue, channel)
+                    if "last_15m" in doc:  # a kpi.queue-state record
+                        at = _ms(doc["as_of"])
+                        if at <= 0:
+                            # Published before the merge stage saw any event time (just after
+                            # its restart): no time to place it at, and its rolling view is void.
+                            continue
+                        newest = max(newest, at)
+                        seq = (at, _ms(doc["published_at"]))
+                        events = state.observe(queue_state_values(doc), at, queue_targets, hold,
+                                               seq=seq, source="state")
+                    else:  # an observation re-keyed from kpi.windows
+                        events = state.observe(doc["values"], doc["at"], queue_targets, hold,
+                                               seq=doc["seq"], source=doc["source"])
+                    publish(events)
+                    save(partition, key, state, before, force=True)
             if newest:
                 tick(newest)
             await outbox.flush()
@@ -131,27 +134,31 @@ def register(pipe: Pipeline) -> None:
 
     @app.agent(pipe.topics["kpi_windows"], name="sla-windows")
     async def sla_windows(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(2000, within=0.05):
-            for record in batch:
-                values = window_values(record) if isinstance(record, dict) else None
-                if values is None:
-                    continue
-                end = _ms(record["window_end"])
-                outbox.send(
-                    observations, f"{record['queue']}|{record['channel']}".encode(),
-                    {"queue": record["queue"], "channel": record["channel"], "values": values,
-                     "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
+        async for batch in stream.take_events(2000, within=0.05):
+            for event in batch:
+                record = event.value
+                with guard.record("sla-windows", event.message):
+                    values = window_values(record) if isinstance(record, dict) else None
+                    if values is None:
+                        continue
+                    end = _ms(record["window_end"])
+                    outbox.send(
+                        observations, f"{record['queue']}|{record['channel']}".encode(),
+                        {"queue": record["queue"], "channel": record["channel"], "values": values,
+                         "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
             await outbox.flush()
 
     @app.agent(pipe.topics["kpi_windows"], name="scorecards")
     async def scorecards(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(2000, within=0.05):
+        async for batch in stream.take_events(2000, within=0.05):
             now_ms = int(time.time() * 1000)
-            for record in batch:
-                if not isinstance(record, dict) or not eligible(record, settings.scorecard):
-                    continue
-                card = scorecard_record(record, settings.scorecard, now_ms)
-                outbox.send(scorecards_topic, scorecard_key(card).encode(), card)
+            for event in batch:
+                record = event.value
+                with guard.record("scorecards", event.message):
+                    if not isinstance(record, dict) or not eligible(record, settings.scorecard):
+                        continue
+                    card = scorecard_record(record, settings.scorecard, now_ms)
+                    outbox.send(scorecards_topic, scorecard_key(card).encode(), card)
             await outbox.flush()
 
 

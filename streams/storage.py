@@ -22,6 +22,7 @@ from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import format_ms
 from sinks.clickhouse import ClickHouseWriter, Retention
 from streams.app import Pipeline
+from streams.guard import stage_guard
 from streams.ingest import WATERMARK_FIELD
 from streams.sla import breach_row, scorecard_row
 
@@ -62,14 +63,20 @@ def register(pipe: Pipeline) -> None:
                        writer.pending_rows, writer.oldest_unwritten_age)
     hasher = CustomerIdHasher.from_secret(ch.customer_id_key) if ch.hash_customer_ids else None
 
+    guard = stage_guard(pipe)
+
     def stopping() -> bool:
         return app.should_stop
 
     @app.agent(pipe.topics["events"], name="store-raw-events")
     async def store_raw(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            docs = (orjson.loads(value) for value in batch)
-            rows = [raw_event_row(doc, hasher) for doc in docs if WATERMARK_FIELD not in doc]
+        async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
+            rows = []
+            for event in batch:
+                with guard.record("store-raw-events", event.message):
+                    doc = orjson.loads(event.value)
+                    if WATERMARK_FIELD not in doc:
+                        rows.append(raw_event_row(doc, hasher))
             await writer.write("raw_events", rows, stopping)
 
     @app.agent(pipe.topics["interactions"], name="store-interactions")

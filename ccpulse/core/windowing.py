@@ -93,6 +93,10 @@ class Windowing:
     def placeable(self, ts_ms: int) -> str | None:
         """None if every window of ``ts_ms`` lies within years 1-9999 (records write
         their bounds as RFC 3339); else why not, for a dead-letter record."""
+        # A window starts at most its size plus a day (a zone's offset) before its timestamps.
+        margin = max(self.sizes, default=0) * 1000 + 2 * 86_400_000
+        if FIRST_MS + margin <= ts_ms <= LAST_MS - margin:
+            return None
         for size, start in self.starts(ts_ms):
             end = self.end(size, start)
             if start < FIRST_MS or end > LAST_MS:
