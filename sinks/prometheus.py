@@ -98,6 +98,10 @@ class PipelineMetrics:
             "arrived past it, or records fetched were not delivered (streams/kafka_consumer.py); normal "
             "around restarts and rebalances",
             registry=self.registry)
+        self.stage_crashes = Counter(
+            "ccpulse_stage_crashes", "Agents that died on an exception outside one record's processing "
+            "(streams/guard.py): from the first, the worker commits no offsets and /health answers 503",
+            ["stage"], registry=self.registry)
         # Broker reachability, read from the worker's probe at scrape time (streams/broker_health.py).
         self.kafka_up = Gauge(
             "ccpulse_kafka_up", "1 while the Kafka cluster answers metadata requests, 0 while it does not",
@@ -108,6 +112,10 @@ class PipelineMetrics:
         self.registry.register(KpiCollector(engines, fcr_engines))
         self.registry.register(TableSizeCollector(tables))
 
+    def watch_producer(self, failed: Callable[[], Mapping[str, int]], failing: Callable[[], bool]) -> None:
+        """Expose the outbox's delivery failures (streams/outbox.py), read at scrape time."""
+        self.registry.register(ProducerCollector(failed, failing))
+
     def watch_sink(self, sink: str, up: Callable[[], bool], failing_since: Callable[[], float | None],
                    backoff: Callable[[], float], pending_rows: Callable[[], int],
                    oldest_unwritten: Callable[[], float]) -> None:
@@ -117,6 +125,22 @@ class PipelineMetrics:
         self.sink_retry_backoff.labels(sink).set_function(backoff)
         self.sink_pending_rows.labels(sink).set_function(pending_rows)
         self.sink_oldest_unwritten.labels(sink).set_function(oldest_unwritten)
+
+
+class ProducerCollector(Collector):
+    def __init__(self, failed: Callable[[], Mapping[str, int]], failing: Callable[[], bool]) -> None:
+        self._failed, self._failing = failed, failing
+
+    def collect(self) -> Iterable:
+        failures = CounterMetricFamily(
+            "ccpulse_produce_failures", "Messages the producer could not deliver (each re-sent until "
+            "delivered; input offsets are not committed meanwhile), by topic", labels=["topic"])
+        for topic, n in sorted(dict(self._failed()).items()):
+            failures.add_metric([topic], n)
+        yield failures
+        yield GaugeMetricFamily(
+            "ccpulse_produce_failing", "1 while messages the producer failed to deliver wait to be "
+            "delivered (offsets held, /health 503), else 0", value=1.0 if self._failing() else 0.0)
 
 
 class KpiCollector(Collector):
