@@ -55,10 +55,13 @@ from contextlib import contextmanager
 from typing import Any, Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Optional, cast
 
 import faust
+from faust.agents import current_agent
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
+
+from streams.guard import crash_of
 
 
 class InOrderTracker:
@@ -279,6 +282,9 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         self.order = InOrderTracker()
         self._fetch = FetchInFlight()
         self.batch_clock = 0  # the clock of the batch the fetch loop is walking
+        # Offsets whose commit waits for the outbox to deliver what failed (see _commit_offsets).
+        self.held_offsets: dict[TP, int] = {}
+        self._commit_tried = False
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         records, self.batch_clock = await self._fetch.get(
@@ -328,13 +334,47 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         # nothing is committed once the worker is stopping; the next owner of the
         # partitions reads again from the last commit (at most about a second, the
         # commit interval), which every stage takes idempotently, as after a crash.
-        if self.app.should_stop:
-            return False
-        return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        if self.app.should_stop or crash_of(self.app) is not None:
+            return False  # after an agent crash too: see on_task_error
+        self._commit_tried = False
+        done = await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        if self.held_offsets and not self._commit_tried:
+            # Nothing new was acknowledged (a quiet input): the held offsets still go
+            # once what failed has been delivered.
+            done = await self._commit_offsets({}, start_new_transaction=start_new_transaction)
+        return done
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        # Faust flushes the producer and commits without asking whether what it flushed
+        # was delivered: a record larger than its topic allows failed in a future nobody
+        # read ("Future exception was never retrieved") and the offsets of the input
+        # behind it were committed all the same, losing its outputs. Here the offsets
+        # wait until the outbox has delivered everything, re-sending what failed.
+        self._commit_tried = True
+        for tp, offset in offsets.items():
+            self.held_offsets[tp] = max(offset, self.held_offsets.get(tp, offset))
+        outbox = getattr(getattr(self.app, "pipeline", None), "outbox", None)
+        if outbox is not None:
+            await self.app.producer.flush()
+            if not await outbox.settle():
+                return False
+        offsets, self.held_offsets = self.held_offsets, {}
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
+    async def on_task_error(self, exc: BaseException) -> None:
+        # Faust commits here, and the dead agent's ``take_events`` acknowledges its whole
+        # batch on the way out: records it never finished were committed as processed.
+        # The guard records the crash instead, and nothing is committed from then on.
+        agent = current_agent()
+        guard = getattr(self.app, "stage_guard", None)
+        if guard is not None:
+            guard.agent_crashed(agent.name if agent is not None else "unknown", exc)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
             self.order.forget(tp)
+            # Its next owner reads again from the last commit.
+            self.held_offsets.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     # -- the fetch loop

@@ -11,7 +11,11 @@ Guarantees kept:
   order they were put (a watermark tick never overtakes the events it covers);
 - at-least-once: every agent flushes before it takes its next batch, and Faust
   acknowledges a batch only then; Faust's commit flushes the producer before it
-  commits offsets, so a committed offset always means "its outputs were sent".
+  commits offsets, and the consumer (streams/kafka_consumer.py) then asks ``settle``
+  whether everything was *delivered*: a batch the broker refused (a record larger
+  than its topic allows, say) holds the offsets back, and its messages are sent
+  again until they are delivered (a table's changelog as the table holds it then,
+  so a re-sent state never overwrites a newer one). Only then are offsets committed.
 
 Tables are written here too (the store first, then the changelog with an
 explicit partition): ccpulse's keys always belong to a known partition, and
@@ -21,12 +25,16 @@ its timers must persist state outside any stream event.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from typing import Any
 
 import orjson
 from faust.serializers import codecs
 from faust.types import AppT, TableT, TopicT
 
+
+log = logging.getLogger(__name__)
 
 PARTITION_CACHE_KEYS = 10_000  # per topic (a few MB in all): the keys of the open interactions and windows
 
@@ -45,6 +53,13 @@ class Outbox:
         # (murmur2, 2% of a worker), and every event of an interaction, like every
         # update of a window, has the same key.
         self._partition_of: dict[str, dict[bytes, int]] = {}
+        self._tables: dict[str, TableT] = {}  # changelog topic -> its table
+        # Batches handed to the producer, until their delivery is known: future -> its messages.
+        self._in_flight: dict[asyncio.Future, list[Item]] = {}
+        self._failed: list[Item] = []  # messages of batches the producer could not deliver
+        # Why the last delivery failed, until everything failed since was delivered again.
+        self.failure: str | None = None
+        self.failed_messages: Counter = Counter()  # topic -> messages not delivered (re-sends too)
 
     def send(self, topic: TopicT, key: bytes | None, value: Any, partition: int | None = None) -> None:
         """Queue a message; ``value`` is bytes or a JSON-able object."""
@@ -64,7 +79,9 @@ class Outbox:
     def _changelog(self, table: TableT, partition: int, key: Any, value: Any) -> None:
         raw_key = codecs.dumps(table.key_serializer, key)
         raw_value = None if value is None else codecs.dumps(table.value_serializer, value)
-        self._items.append((self._name(table.changelog_topic), raw_key, raw_value, partition))
+        name = self._name(table.changelog_topic)
+        self._tables.setdefault(name, table)
+        self._items.append((name, raw_key, raw_value, partition))
 
     def _name(self, topic: TopicT) -> str:
         name = self._names.get(id(topic))
@@ -92,21 +109,97 @@ class Outbox:
                 await self._send(producer, items)
 
     async def _send(self, producer: Any, items: list[Item]) -> None:
-        batches: dict[tuple[str, int], Any] = {}
-        for topic, key, value, partition in items:
+        batches: dict[tuple[str, int], tuple[Any, list[Item]]] = {}
+        for item in items:
+            topic, key, value, partition = item
             if partition is None:
                 partition = await self._partition(producer, topic, key)
+                item = (topic, key, value, partition)
             tp = (topic, partition)
-            batch = batches.get(tp)
+            batch, members = batches.get(tp) or (None, [])
             if batch is None:
-                batch = batches[tp] = producer.create_batch()
+                batch, members = batches[tp] = producer.create_batch(), []
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full (a batch holds at least one message, however large): queue it, start the next.
-                await producer.send_batch(batch, topic, partition=partition)
-                batch = batches[tp] = producer.create_batch()
+                self._track(await producer.send_batch(batch, topic, partition=partition), members)
+                batch, members = batches[tp] = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None)
-        for (topic, partition), batch in batches.items():
-            await producer.send_batch(batch, topic, partition=partition)
+            members.append(item)
+        for (topic, partition), (batch, members) in batches.items():
+            self._track(await producer.send_batch(batch, topic, partition=partition), members)
+
+    def _track(self, delivery: asyncio.Future, items: list[Item]) -> None:
+        self._in_flight[delivery] = items
+        # Reads the outcome as soon as it is known: a failure is never left unseen in
+        # its future ("Future exception was never retrieved").
+        delivery.add_done_callback(self._delivered)
+
+    def _delivered(self, delivery: asyncio.Future) -> None:
+        items = self._in_flight.pop(delivery, None)
+        if items is None:
+            return  # already seen
+        exc = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if exc is None:
+            return
+        if self.failure is None:
+            log.error("the producer could not deliver %d message(s) to %s: %r; offsets are not "
+                      "committed until they are re-sent and delivered", len(items), items[0][0], exc)
+        self.failure = f"{items[0][0]}: {type(exc).__name__}: {exc}"[:300]
+        self._failed += items
+        for topic, *_rest in items:
+            self.failed_messages[topic] += 1
+
+    async def settle(self) -> bool:
+        """After the producer's flush: True when everything handed to it was delivered.
+
+        Otherwise the messages that failed are sent again (each table key once, with the
+        value the table holds now) and waited for; False while any is still not delivered.
+        """
+        for delivery in [d for d in self._in_flight if d.done()]:
+            self._delivered(delivery)
+        if self._failed:
+            async with self._lock:
+                producer = self._app.producer._ensure_producer()
+                retry, self._failed = self._failed, []
+                await self._send(producer, self._resend(retry))
+            await producer.flush()
+            for delivery in [d for d in self._in_flight if d.done()]:
+                self._delivered(delivery)
+        # Batches still in flight were handed over after the flush began: they belong to
+        # records acknowledged later, whose offsets are not part of this commit.
+        if self._failed:
+            return False
+        if self.failure is not None:
+            log.info("the messages the producer failed to deliver are delivered now (%s)", self.failure)
+            self.failure = None
+        return True
+
+    def health_part(self) -> dict[str, Any]:
+        """The ``producer`` part of /health."""
+        if self.failure is None:
+            return {"ok": True, "detail": "every message delivered"}
+        return {"ok": False, "detail": f"not delivered ({self.failure}); re-sent every commit interval, "
+                                       "input offsets are not committed until it is delivered",
+                "messages_waiting": len(self._failed)}
+
+    def _resend(self, items: list[Item]) -> list[Item]:
+        """What to send again for ``items``: a table's changelog as the table holds it now
+        (a failed older state must not overwrite a newer one), every other message as it was."""
+        out: list[Item] = []
+        current: dict[tuple[str, bytes | None], int] = {}  # (changelog, key) -> its index in ``out``
+        for topic, key, value, partition in items:
+            table = self._tables.get(topic)
+            if table is None:
+                out.append((topic, key, value, partition))
+                continue
+            now = table.data.get(codecs.loads(table.key_serializer, key))
+            raw = None if now is None else codecs.dumps(table.value_serializer, now)
+            if (topic, key) in current:
+                out[current[(topic, key)]] = (topic, key, raw, partition)
+            else:
+                current[(topic, key)] = len(out)
+                out.append((topic, key, raw, partition))
+        return out
 
     async def _partition(self, producer: Any, topic: str, key: bytes | None) -> int:
         partitions = self._partitions.get(topic)
