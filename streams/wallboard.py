@@ -8,7 +8,10 @@ The JSON is read from the same merged table that ``streams/merge.py`` publishes
 - last 15 minutes: the queue's 1-minute windows whose end is after
   ``as_of - 15 min``, merged;
 - today: the 1-day window containing ``as_of`` (the newest day window of the queue);
-- ``as_of``: the newest event-time watermark any partition reported.
+- ``as_of``: the newest event-time watermark any partition reported;
+- ``mode``: ``"live"``, or ``"replay"`` when ``as_of`` is more than
+  ``REPLAY_AFTER_MS`` from the wall clock (history being replayed, or a pipeline
+  far behind): the page must not call 1999's numbers live.
 
 The page (``wallboard.html``, next to this module) fetches the JSON every second
 and renders every number from its fields; ``data-field`` names the field.
@@ -36,6 +39,9 @@ DEFAULT_SERVICE_LEVEL_TARGET = 0.80
 AMBER_BAND = 0.05
 _EPSILON = 1e-9  # 0.9 - 0.05 is 0.8500000000000001 in floating point
 KIND_ORDER = {"voice": 0, "chat": 1, "ticket": 2}
+# Live traffic keeps event time within seconds of the wall clock (a quiet input's
+# event time follows the clock too); minutes apart, the board is not showing now.
+REPLAY_AFTER_MS = 5 * 60 * 1000
 WINDOW_FIELDS = ("offered", "answered", "abandoned", "service_level", "service_level_seconds",
                  "abandonment_rate", "asa_seconds", "first_response_avg_seconds", "csat")
 
@@ -130,6 +136,7 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
         rows.append(row)
     return {
         "as_of": format_ms(as_of) if as_of else None,
+        "mode": None if not as_of else "replay" if abs(now_ms - as_of) > REPLAY_AFTER_MS else "live",
         "generated_at": format_ms(now_ms),
         "service_level_target": DEFAULT_SERVICE_LEVEL_TARGET,
         "amber_band": AMBER_BAND,

@@ -144,3 +144,19 @@ def register(pipe: Pipeline) -> None:
     async def health_page(web, request):  # type: ignore[no-untyped-def]
         ok, body = health(pipe)
         return web.json(body, status=200 if ok else 503)
+
+    # Open like /health: links only, the pages behind them want the token.
+    index = index_html(pipe.role)
+
+    @app.page("/")
+    async def index_page(web, request):  # type: ignore[no-untyped-def]
+        return web.html(index)
+
+
+def index_html(role: str) -> str:
+    """The worker's front page: where a new user finds the wallboard (Faust's said {"status": "OK"})."""
+    pages = ([("/wallboard", "the wallboard")] if role != "writer" else []) + [
+        ("/api/windows", "KPI windows (JSON)"), ("/metrics", "Prometheus metrics"), ("/health", "health")]
+    items = "".join(f'<li><a href="{href}">{href}</a> {what}</li>' for href, what in pages)
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>ccpulse worker</title></head>"
+            f"<body><h1>ccpulse worker ({role})</h1><ul>{items}</ul></body></html>")

@@ -427,3 +427,21 @@ def test_the_page_is_self_contained_and_refreshes_every_second() -> None:
             for part in path.split("."):
                 assert part in node, path
                 node = node[part]
+
+
+# -- live or replay --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("behind_ms, mode", [
+    (0, "live"), (30 * S, "live"), (wb.REPLAY_AFTER_MS, "live"), (wb.REPLAY_AFTER_MS + 1, "replay"),
+    (27 * 365 * DAY_MS, "replay"),        # a 1999 log replayed today
+    (-(wb.REPLAY_AFTER_MS + 1), "replay"),  # event time ahead of the wall clock: not live either
+])
+def test_mode_says_replay_when_event_time_is_far_from_the_wall_clock(behind_ms: int, mode: str) -> None:
+    as_of = T0 - behind_ms
+    body = wb.wallboard(pipe_of(live("billing", "voice", as_of, {"0": (0, None, [], 0)})), now_ms=T0)
+    assert body["mode"] == mode
+
+
+def test_no_event_time_has_no_mode() -> None:
+    assert wb.wallboard(pipe_of(), now_ms=T0)["mode"] is None

@@ -166,8 +166,9 @@ def fmt(value: Any, form: str) -> str:
             return f"{s // 60}:{s % 60:02d}"
         minutes = (s % 3600) // 60
         return f"{s // 3600}h{minutes:02d}" if minutes else f"{s // 3600}h"
-    if form == "time":  # the browser runs with TZ=UTC
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%H:%M:%S")
+    if form in ("time", "datetime"):  # the browser runs with TZ=UTC
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return moment.strftime("%H:%M:%S" if form == "time" else "%Y-%m-%d %H:%M:%S")
     return str(value)
 
 
