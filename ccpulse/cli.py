@@ -26,27 +26,28 @@ def _settings() -> Settings:
     return load_settings()
 
 
-# Where the worker's HTTP server listens (streams/app.py's web_bind).
-WEB_BIND = "0.0.0.0"
-
-
 def check_web_port(settings: Settings) -> None:
     """Refuse a web port another process holds, before anything is started.
 
     Faust would fail on it only after joining the group (a long traceback), and a
     demo polling /health there would take the other process for its worker.
     """
-    port = settings.web_port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the worker's HTTP server binds: leftovers in TIME_WAIT do not count as busy.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((WEB_BIND, port))
-        except OSError as exc:
-            why = "is in use by another process" if exc.errno == errno.EADDRINUSE else \
-                f"cannot be listened on ({exc.strerror or exc})"
-            raise CommandError(f"web port {port} {why}: set CCPULSE_WEB_PORT to a free port "
-                               "(or stop the other worker or demo)") from None
+    port, bind = settings.web_port, settings.web.bind
+    try:
+        addresses = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise CommandError(f"web.bind: cannot resolve {bind!r} ({exc.strerror or exc})") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            # As the worker's HTTP server binds: leftovers in TIME_WAIT do not count as busy.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                why = "is in use by another process" if exc.errno == errno.EADDRINUSE else \
+                    f"cannot be listened on ({exc.strerror or exc})"
+                raise CommandError(f"web port {port} on {bind} {why}: set CCPULSE_WEB_PORT to a free port "
+                                   "(or stop the other worker or demo)") from None
 
 
 def check_clickhouse_reachable(settings: Settings, timeout: float = 5.0) -> None:

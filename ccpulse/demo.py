@@ -62,7 +62,7 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
         with open(worker_log, "ab") as log:
             worker = subprocess.Popen([sys.executable, "-m", "ccpulse.cli", "worker", "--loglevel", "info"],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{settings.web_port}"
+        base = f"http://{_local_host(settings.web.bind)}:{settings.web_port}"
         _wait_healthy(worker, base, worker_log)
         _print_where_to_look(settings, broker.bootstrap, base)
         seed, start = int(time.time()), simulate.live_start()
@@ -121,9 +121,19 @@ def _wait_healthy(worker: subprocess.Popen, base: str, log: Path, timeout: float
     raise DemoError(f"the worker did not become healthy within {timeout:.0f}s (see {log})")
 
 
+def _local_host(bind: str) -> str:
+    """The address this machine reaches a server bound to ``bind`` at."""
+    if bind in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bind}]" if ":" in bind else bind
+
+
 def _print_where_to_look(settings: Settings, bootstrap: str, base: str) -> None:
     dsn = settings.clickhouse.dsn
+    # With a token the browser must bring it once (it is kept in a cookie): README.
+    login = "  (open once with ?token=<CCPULSE_WEB_TOKEN>)" if settings.web.token else ""
     print(f"""
+  Wallboard          {base}/wallboard{login}
   Worker metrics     {base}/metrics
   Worker health      {base}/health
   KPI windows (JSON) {base}/api/windows

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,3 +146,20 @@ def test_worker_with_an_unreachable_clickhouse_server_gives_one_complete_line(
     assert "pass" not in line.replace("ccpulse:***", "")  # the password stays masked
     assert line.rstrip().endswith("refused)"), line  # the reason, complete: not cut off mid-word
 
+
+
+@pytest.mark.integration
+def test_demo_prints_the_wallboard_url_and_status_lines(tmp_path: Path) -> None:
+    """The real demo, briefly: where to look (the wallboard first) and the status line
+    the README shows."""
+    port = free_port()
+    env = _env(tmp_path, CCPULSE_WEB_PORT=str(port))
+    code, out, err = run_cli(["demo", "--duration", "12", "--rate", "3"], env, tmp_path, timeout=240)
+
+    assert code == 0, err[-2000:]
+    assert f"Wallboard          http://127.0.0.1:{port}/wallboard" in out, out
+    status = [line for line in out.splitlines() if re.match(r"\[ *\d+s\] ", line)]
+    assert status, out
+    assert re.fullmatch(r"\[ *\d+s\] +[\d.]+ events/s, lag (-|[\d.]+s) \| .+", status[-1]), status[-1]
+    print("\n".join(status))  # the README's example is one of these
+    assert "nothing left running" in out
