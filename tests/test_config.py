@@ -39,7 +39,7 @@ def test_defaults() -> None:
     assert s.kafka.bootstrap == "localhost:9092"
     assert s.kafka.security_protocol == "PLAINTEXT"
     assert s.kafka.partitions == 4
-    assert s.clickhouse.dsn == "chdb://./.ccpulse/clickhouse"
+    assert s.clickhouse.dsn == f"chdb://{Path('.ccpulse').absolute() / 'clickhouse'}"  # follows state_dir
     assert s.clickhouse.enabled is True
     assert s.web_port == 6066
     assert s.state_dir == ".ccpulse" and s.app_id == "ccpulse"
