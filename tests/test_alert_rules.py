@@ -62,7 +62,7 @@ service_level_formula = "abandons_within_target_positive"
 [queues.vip.voice]
 service_level_formula = "answered_only"
 
-[queues.'a.b|c'.voice]
+[queues.'a.b+c'.voice]
 service_level_seconds = 30
 
 [targets.voice]
@@ -79,7 +79,7 @@ resolve_seconds = 0
 service_level = { min = 0.9, severity = "warning" }
 longest_wait_seconds = false
 
-[queues.'a.b|c'.targets.voice]
+[queues.'a.b+c'.targets.voice]
 asa_seconds = { max = 15 }
 
 [queues.claims.targets.ticket]
@@ -131,7 +131,7 @@ def test_rules_of_a_custom_config_pass_promtool(tmp_path: Path) -> None:
     sl = rules["CcpulseSlaServiceLevelBelowTarget"]
     # billing's severity differs, so the severity comes from each term.
     assert "severity" not in sl["labels"] and '"severity", "warning"' in sl["expr"]
-    assert 'queue!~"a\\\\.b\\\\|c|billing|vip"' in sl["expr"]
+    assert 'queue!~"a\\\\.b\\\\+c|billing|vip"' in sl["expr"]
     assert "< 0.9" in sl["expr"] and sl["for"] == "90s" and "keep_firing_for" not in sl
     # answered_only for vip, abandons_within_target_positive for chat.
     assert 'ccpulse:queue_answered_within_target:increase15m{channel="voice", queue="vip"} / ' \
