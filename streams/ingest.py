@@ -74,13 +74,27 @@ def register(pipe: Pipeline) -> None:
         # Each lifecycle partition only sees its own events: a tick on every partition
         # carries every input partition's event time (see ccpulse/core/watermark.py).
         # Sent after the events it covers, by the same producer, so it never overtakes them.
-        report = sources.report(int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        app = pipe.app
+        if not app.rebalancing and app.tables.recovery.completed.is_set():
+            for tp in app.assignor.assigned_actives():
+                if tp.topic in family_of:
+                    sources.assigned(f"{tp.topic}/{tp.partition}", now_ms, caught_up(tp))
+        report = sources.report(now_ms)
         if report is None:
             return
         value = orjson.dumps({WATERMARK_FIELD: report})
         for partition in range(settings.kafka.partitions):
             outbox.send(events_topic, None, value, partition)
         await outbox.flush()
+
+    def caught_up(tp: Any) -> bool:
+        """Nothing left to read: the offset expected next has reached the partition's end."""
+        consumer = pipe.app.consumer
+        order = getattr(consumer, "order", None)  # streams/kafka_consumer.InOrderConsumer
+        expected = order.expected(tp) if order is not None else None
+        end = consumer.highwater(tp)
+        return expected is not None and end is not None and expected >= end
 
     @pipe.app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:

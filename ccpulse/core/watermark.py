@@ -6,6 +6,14 @@ over the active sources (see ``low_watermark``). A source that stopped
 delivering for ``idle_ms`` of wall-clock time is reported idle, so a topic that
 went quiet (no chats tonight) does not stop event time for the rest; once every
 source is idle, everything sent has been read and event time is the newest seen.
+
+After a restart the lifecycle state still holds each source as last reported, maybe
+active, while this stage starts out knowing none: a source that then stays silent
+was never reported again and held event time back for good. So every source this
+stage is assigned counts (``assigned``): one that delivered nothing since is reported
+idle once it has had nothing left to read for ``idle_ms``. One with records left to
+read stays unreported, and the state from before keeps holding event time back, so
+a partition read late after a restart does not make its events late.
 """
 
 from __future__ import annotations
@@ -26,23 +34,39 @@ class InputWatermarks:
     idle_ms: int
     newest: dict[str, int] = field(default_factory=dict)
     arrived: dict[str, int] = field(default_factory=dict)  # source -> wall-clock ms of its last event
+    # Assigned sources that delivered nothing yet -> wall-clock ms since they have had nothing to read.
+    caught_up_since: dict[str, int] = field(default_factory=dict)
     _reported: dict[str, list] = field(default_factory=dict)
 
     def seen(self, source: str, ts: int, now_ms: int) -> None:
         if ts > self.newest.get(source, -1):
             self.newest[source] = ts
         self.arrived[source] = now_ms
+        self.caught_up_since.pop(source, None)
+
+    def assigned(self, source: str, now_ms: int, caught_up: bool) -> None:
+        """``source`` is read by this stage; ``caught_up``: nothing is left to read in it."""
+        if source in self.newest:
+            return
+        if caught_up:
+            self.caught_up_since.setdefault(source, now_ms)
+        else:
+            self.caught_up_since.pop(source, None)
 
     def forget(self, source: str) -> None:
         """The partition was given to another worker, which reports it from now on."""
         self.newest.pop(source, None)
         self.arrived.pop(source, None)
+        self.caught_up_since.pop(source, None)
         self._reported.pop(source, None)
 
     def report(self, now_ms: int) -> dict[str, list] | None:
         """Every source's [newest event time, idle], or None when nothing changed since the last report."""
         state = {source: [ts, now_ms - self.arrived[source] >= self.idle_ms]
                  for source, ts in self.newest.items()}
+        # No event time of its own (-1): the consumer keeps the one it holds and marks it idle.
+        state.update({source: [-1, True] for source, since in self.caught_up_since.items()
+                      if now_ms - since >= self.idle_ms})
         if state == self._reported:
             return None
         self._reported = dict(state)
