@@ -147,10 +147,23 @@ def register(pipe: Pipeline) -> None:
 
     # Open like /health: links only, the pages behind them want the token.
     index = index_html(pipe.role)
+    _drop_faust_index(app)
 
     @app.page("/")
     async def index_page(web, request):  # type: ignore[no-untyped-def]
         return web.html(index)
+
+
+FAUST_INDEX = "faust.web.apps.production_index:blueprint"
+
+
+def _drop_faust_index(app: Any) -> None:
+    """Faust mounts its own ``/`` ({"status": "OK"}) whenever its stats view is off, and
+    aiohttp refuses a second ``/`` when the server starts ("Added route will never be
+    executed"): the worker then exits. Faust 0.15's BlueprintManager has no remove, so
+    its list of blueprints still to apply is filtered before the server starts."""
+    manager = app.web.blueprints
+    manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled if bp != FAUST_INDEX]
 
 
 def index_html(role: str) -> str:

@@ -61,6 +61,19 @@ def test_the_bind_address_and_no_faust_view_reach_the_app() -> None:
     assert {"/health", "/metrics"} <= paths
 
 
+@pytest.mark.parametrize("role", ["all", "compute", "writer"])
+def test_the_front_page_is_ccpulses_alone_in_every_role(role: str) -> None:
+    """Faust mounts its own ``/`` too; in the writer role ccpulse's was the last route, and
+    aiohttp refused the second one at server start, so the worker exited."""
+    from streams.app import create_app
+
+    app = create_app(load_settings(env={}), role=role)
+    app.web.init_server()
+    index = [r for r in app.web.web_app.router.routes() if r.resource.canonical == "/" and r.method == "GET"]
+    assert len(index) == 1, index
+    assert "production_index" not in repr(index[0].handler)
+
+
 # --- chdb:// DSNs -------------------------------------------------------------------
 
 
