@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 from ccpulse.config import channel_kind
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
+from ccpulse.core.sla import SlaTargets
 from ccpulse.core.windowing import DAY, Windowing
 from schemas.events import format_ms
 from schemas.records import queue_state_record, window_name
@@ -32,10 +33,9 @@ from streams.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS
 from streams.merge_index import merged_agg
 from streams.web_auth import guarded, login_redirect
 
-# Service-level target ratio: green at or above it, amber within AMBER_BAND below it,
-# red further below. A ``service_level_target`` on the queue's Thresholds (once
-# configurable) takes precedence.
-DEFAULT_SERVICE_LEVEL_TARGET = 0.80
+# A tile's service level is judged against the queue's ``[targets]`` service_level
+# (ccpulse/core/sla.py, the target the SLA breaches use): green at or above it, amber
+# within AMBER_BAND below it, red further below; no colour where no target is set.
 AMBER_BAND = 0.05
 _EPSILON = 1e-9  # 0.9 - 0.05 is 0.8500000000000001 in floating point
 KIND_ORDER = {"voice": 0, "chat": 1, "ticket": 2}
@@ -46,9 +46,9 @@ WINDOW_FIELDS = ("offered", "answered", "abandoned", "service_level", "service_l
                  "abandonment_rate", "asa_seconds", "first_response_avg_seconds", "csat")
 
 
-def sl_status(service_level: float | None, target: float) -> str:
-    """"green" >= target, "amber" >= target - 0.05, "red" below, "none" without a service level."""
-    if service_level is None:
+def sl_status(service_level: float | None, target: float | None) -> str:
+    """"green" >= target, "amber" >= target - 0.05, "red" below; "none" without a service level or target."""
+    if service_level is None or target is None:
         return "none"
     if service_level >= target - _EPSILON:
         return "green"
@@ -57,9 +57,10 @@ def sl_status(service_level: float | None, target: float) -> str:
     return "red"
 
 
-def sl_target(th: Any) -> float:
-    target = getattr(th, "service_level_target", None)
-    return DEFAULT_SERVICE_LEVEL_TARGET if target is None else float(target)
+def sl_target(targets: SlaTargets, queue: str, channel: str) -> float | None:
+    """The queue's configured service-level target ([targets.<kind>], [queues.<q>.targets.<kind>])."""
+    target = targets.for_queue(queue, channel).get("service_level")
+    return None if target is None else target.value
 
 
 def channel_sort_key(queue: str, channel: str) -> tuple[int, str, str]:
@@ -67,7 +68,7 @@ def channel_sort_key(queue: str, channel: str) -> tuple[int, str, str]:
     return KIND_ORDER[channel_kind(channel)], channel, queue
 
 
-def _window_view(agg: WindowAgg, th: Any, target: float) -> dict[str, Any]:
+def _window_view(agg: WindowAgg, th: Any, target: float | None) -> dict[str, Any]:
     figures = kpi_figures(agg, th)
     view = {k: figures[k] for k in WINDOW_FIELDS}
     view["service_level_target"] = target
@@ -109,7 +110,7 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
     rows = []
     for queue, channel in sorted(queues, key=lambda qc: channel_sort_key(*qc)):
         th = pipe.settings.thresholds_for(queue, channel)
-        target = sl_target(th)
+        target = sl_target(pipe.settings.targets, queue, channel)
         parts = live.get((queue, channel), [])
         oldest = [p["oldest_entered"] for p in parts if p.get("oldest_entered") is not None]
         agents = set().union(*(p.get("agents", ()) for p in parts))
@@ -138,7 +139,6 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
         "as_of": format_ms(as_of) if as_of else None,
         "mode": None if not as_of else "replay" if abs(now_ms - as_of) > REPLAY_AFTER_MS else "live",
         "generated_at": format_ms(now_ms),
-        "service_level_target": DEFAULT_SERVICE_LEVEL_TARGET,
         "amber_band": AMBER_BAND,
         "queues": rows,
     }

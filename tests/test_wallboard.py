@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ccpulse.config import Settings, Thresholds, WindowSettings
+from ccpulse.config import Settings, WindowSettings, load_settings
 from ccpulse.core.engine import PartitionEngine
 from ccpulse.core.kpis import QUEUE
 from ccpulse.core.lifecycle import Interaction, Step
@@ -98,19 +98,59 @@ def test_status_in_the_json_follows_the_last_15_minutes(within: int, answered: i
     assert last["service_level_status"] == status
     assert last["service_level_target"] == 0.8
     assert last["service_level_seconds"] == 20.0
-    assert body["service_level_target"] == 0.8
+    assert "service_level_target" not in body  # each tile has its own
 
 
-def test_a_configured_target_on_the_thresholds_wins() -> None:
-    th = SimpleNamespace(**{f: getattr(Thresholds(), f) for f in Thresholds.__dataclass_fields__},
-                         service_level_target=0.9)
-    settings = SimpleNamespace(windows=WindowSettings(), thresholds_for=lambda q, c: th)
-    body = wb.wallboard(pipe_of(
-        window(60, T0, "billing", "voice", T0, {"0": agg(answered=17, answered_within_target=17, abandoned=3)}),
-        settings=settings), now_ms=T0)
+TARGETS_CONFIG = """
+[targets.voice]
+service_level = { min = 0.85 }
+[targets.chat]
+service_level = false
+[queues.vip.targets.voice]
+service_level = { min = 0.95 }
+"""
+
+
+def configured(tmp_path: Any, text: str = TARGETS_CONFIG) -> Settings:
+    (tmp_path / "ccpulse.toml").write_text(text)
+    return load_settings(tmp_path / "ccpulse.toml", env={})
+
+
+def sl_window(queue: str, channel: str, within: int, answered: int = 100) -> tuple[str, dict[str, Any]]:
+    """A 1-minute window whose service level is ``within / answered`` (nothing abandoned)."""
+    return window(60, T0, queue, channel, T0, {"0": agg(offered=answered, answered=answered,
+                                                         answered_within_target=within)})
+
+
+def test_tiles_are_judged_against_the_configured_service_level_targets(tmp_path: Any) -> None:
+    # [queues.vip.targets.voice] 0.95: 88% is red (80% would have called it green);
+    # billing has no override and takes [targets.voice] 0.85: 88% is green there.
+    body = wb.wallboard(pipe_of(sl_window("vip", "voice", 88), sl_window("billing", "voice", 88),
+                                settings=configured(tmp_path)), now_ms=T0)
+    vip, billing = row(body, "vip", "voice")["last_15m"], row(body, "billing", "voice")["last_15m"]
+    assert (vip["service_level"], vip["service_level_target"], vip["service_level_status"]) == (0.88, 0.95, "red")
+    assert (billing["service_level_target"], billing["service_level_status"]) == (0.85, "green")
+    assert row(body, "vip", "voice")["today"]["service_level_target"] == 0.95
+    # 90% is 5 points under 0.95: amber, the band's edge
+    edge = wb.wallboard(pipe_of(sl_window("vip", "voice", 90), settings=configured(tmp_path)), now_ms=T0)
+    assert row(edge, "vip", "voice")["last_15m"]["service_level_status"] == "amber"
+
+
+def test_without_a_service_level_target_a_tile_has_no_colour(tmp_path: Any) -> None:
+    # [targets.chat] service_level = false removes it; tickets have none by default.
+    body = wb.wallboard(pipe_of(sl_window("web", "chat", 10), sl_window("tier1", "email", 10),
+                                settings=configured(tmp_path)), now_ms=T0)
+    for queue, channel in (("web", "chat"), ("tier1", "email")):
+        last = row(body, queue, channel)["last_15m"]
+        assert last["service_level"] == 0.1
+        assert (last["service_level_target"], last["service_level_status"]) == (None, "none"), channel
+
+
+def test_the_default_targets_are_those_of_the_targets_table() -> None:
+    body = wb.wallboard(pipe_of(sl_window("billing", "voice", 79)), now_ms=T0)
     last = row(body, "billing", "voice")["last_15m"]
-    assert last["service_level"] == pytest.approx(17 / 20)
-    assert (last["service_level_target"], last["service_level_status"]) == (0.9, "amber")
+    assert last["service_level_target"] == Settings().targets.for_queue("billing", "voice")["service_level"].value
+    assert last["service_level_status"] == "amber"
 
 
 # -- null handling ------------------------------------------------------------------

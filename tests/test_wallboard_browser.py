@@ -275,6 +275,9 @@ service_level_seconds = 4
 
 [queues.sales.voice]
 service_level_seconds = 2
+
+[queues.sales.targets.voice]
+service_level = { min = 0.95 }
 """
 
 
@@ -364,6 +367,11 @@ def test_wallboard_page_shows_the_api_numbers_live(worker: WorkerProcess, browse
     assert {"voice", "chat", "ticket"} <= set(kinds), kinds
     assert kinds == sorted(kinds, key=["voice", "chat", "ticket"].index), kinds  # voice, chat, tickets
     assert sum(q["waiting"] for q in body["queues"]) + sum(q["today"]["answered"] for q in body["queues"]) > 0
+    # Each tile is judged against its queue's [targets]: sales' own, the others the default.
+    shown = {(t["queue"], t["channel"]): dict((f[0], f[2]) for f in t["fields"])["last_15m.service_level_target"]
+             for t in first["tiles"]}
+    assert shown[("sales", "voice")] == "95%" and shown[("support", "voice")] == "80%", shown
+    assert all(text == "–" for (_q, channel), text in shown.items() if channel not in ("voice", "chat")), shown
     before = today_offered(first)
     assert sum(before.values()) > 0
     browser.evaluate("document.querySelectorAll('#tiles .tile').forEach(t => t.dataset.probe = 'kept')")
