@@ -1,6 +1,9 @@
 """Records ccpulse publishes and stores: built here, in one place, from domain objects.
 
-Pure functions; the JSON Schemas in ``schemas/json/`` describe the same shapes.
+That includes every ClickHouse row (``interaction_rows``, ``raw_event_row``,
+``breach_row``, ``scorecard_row``; a ``kpi.windows`` or ``kpi.agents`` record is its
+row as it is). Pure functions; the JSON Schemas in ``schemas/json/`` and the tables in
+``schemas/clickhouse/`` describe the same shapes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from ccpulse.config import Thresholds
 from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures
 from ccpulse.core.lifecycle import Interaction, Step
+from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection, format_ms
 
 WINDOW_NAMES = {60: "1m", 900: "15m", 3600: "1h", 86400: "1d"}
@@ -160,3 +164,38 @@ def interaction_rows(inter: Interaction, version: int) -> list[dict[str, Any]]:
             "version": version,
         })
     return rows
+
+
+# -- ClickHouse rows of the records above ----------------------------------------------
+
+
+def raw_event_row(doc: dict[str, Any], hasher: CustomerIdHasher | None = None) -> dict[str, Any]:
+    """The raw_events row of a forwarded event (an ``event_message`` dict); with ``hasher``,
+    the customer id is stored hashed, in its column and in the payload."""
+    topic, partition, offset = doc["source"]
+    customer_id, payload = doc["customer_id"], doc["payload"]
+    if hasher is not None and customer_id:
+        customer_id, payload = hasher.hash(customer_id), hasher.payload(payload)
+    return {
+        "event_id": doc["event_id"], "type": doc["type"], "channel": doc["channel"],
+        "occurred_at": format_ms(doc["ts"]), "interaction_id": doc["interaction_id"],
+        "queue": doc["queue"], "agent_id": doc["agent_id"], "customer_id": customer_id,
+        "schema_version": doc["schema_version"], "source_topic": topic,
+        "source_partition": partition, "source_offset": offset, "payload": payload,
+    }
+
+
+def breach_row(record: dict[str, Any]) -> dict[str, Any]:
+    """An ``sla.breaches`` record as a ClickHouse ``sla_breaches`` row (target flattened)."""
+    return {**record, "target_op": record["target"]["op"], "target_value": record["target"]["value"]}
+
+
+def scorecard_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``kpi.scorecards`` record as a ClickHouse ``scorecards`` row (components as maps)."""
+    parts = record["components"]
+    return {**record,
+            "weights": {k: c["weight"] for k, c in parts.items()},
+            "effective_weights": {k: c["effective_weight"] for k, c in parts.items()},
+            "targets": {k: c["target"] for k, c in parts.items()},
+            "observed": {k: c["observed"] for k, c in parts.items() if c["observed"] is not None},
+            "attainment": {k: c["attainment"] for k, c in parts.items() if c["attainment"] is not None}}

@@ -1,10 +1,11 @@
 """ClickHouse sink: embedded chDB (``chdb://PATH``) or a server (``http(s)://``), same code.
 
-Writes are batched by the calling agent and retried with capped exponential
-backoff until they succeed: a failed write is never dropped, and since the agent
-does not take the next batch meanwhile, Kafka consumption stops (backpressure)
-instead of data piling up in memory. Tables are ReplacingMergeTree, so a batch
-written twice (re-delivery after a crash) counts once.
+Each table is a batching sink (sinks/base.py): the calling agent adds rows and flushes
+them as one insert, retried with capped exponential backoff until it succeeds: a
+failed write is never dropped, and since the agent does not take the next batch
+meanwhile, Kafka consumption stops (backpressure) instead of data piling up in memory.
+Tables are ReplacingMergeTree, so a batch written twice (re-delivery after a crash)
+counts once.
 
 While writes fail the writer reports why and since when (:meth:`ClickHouseWriter.health_part`,
 the ``/health`` body) and what it holds (rows, age of the oldest, current backoff: the
@@ -28,6 +29,7 @@ import clickhouse_connect
 import orjson
 
 from ccpulse.config import masked_dsn
+from sinks.base import BatchingSink, SinkBackpressureError, SinkBatch, SinkGroup
 
 log = logging.getLogger(__name__)
 
@@ -165,29 +167,60 @@ def current_ttl(client: Any, table: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+class ClickHouseTable(BatchingSink):
+    """One table's sink: a flush is one insert of the newest version of each row's key."""
+
+    kind = "ClickHouse"
+
+    def __init__(self, writer: "ClickHouseWriter", table: str) -> None:
+        # The writer's callbacks are looked up at each call: a caller may set them later.
+        super().__init__(table, writer.initial_backoff, writer.max_backoff,
+                         on_write=lambda *args: writer.on_write(*args),
+                         on_error=lambda *args: writer.on_error(*args))
+        self.writer = writer
+
+    async def write(self, batches: Sequence[SinkBatch]) -> None:
+        rows = [row for batch in batches for row in batch.rows]
+        try:
+            await self.writer.insert(self.name, self.writer.newest(self.name, rows))
+        except Exception as exc:  # any driver/engine error: the batch is kept and retried
+            raise SinkBackpressureError(self.writer._one_line(exc)) from None
+
+
 @dataclass
 class ClickHouseWriter:
+    """The store: its connection, tables and retention, and one :class:`ClickHouseTable` sink
+    per table (``sink(table)``), seen together by ``/health`` and the sink gauges."""
+
     dsn: str
     on_write: Callable[[str, int, float], None] = lambda table, rows, seconds: None
     on_error: Callable[[str, Exception], None] = lambda table, exc: None
     max_backoff: float = 10.0
     client: Any = None
-    healthy: bool = True
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _columns: dict[str, list[str]] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
     username: str = ""
     password: str = field(default="", repr=False)
     initial_backoff: float = 0.2
-    # table -> wall-clock time its writes started failing (absent: its last write succeeded)
-    _failing: dict[str, float] = field(default_factory=dict)
-    _last_error: str = ""
-    _backoff: dict[str, float] = field(default_factory=dict)
-    # one entry per write in progress: (rows, wall-clock time it was handed over)
-    _pending: dict[int, tuple[int, float]] = field(default_factory=dict)
+    sinks: SinkGroup = field(default_factory=SinkGroup)
+    _tables: dict[str, ClickHouseTable] = field(default_factory=dict)
+    # table -> its sorting key columns, when its rows carry a version to keep the newest of
+    _keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # the DSN may hold a password
         return f"ClickHouseWriter(dsn={redact(self.dsn)!r}, healthy={self.healthy})"
+
+    @property
+    def healthy(self) -> bool:
+        return self.sinks.healthy
+
+    def sink(self, table: str) -> ClickHouseTable:
+        """The table's sink: ``add`` rows, then ``await flush(should_stop)``."""
+        found = self._tables.get(table)
+        if found is None:
+            found = self._tables[table] = self.sinks.add(ClickHouseTable(self, table))
+        return found
 
     def open(self) -> None:
         self.client = connect(self.dsn, self.username, self.password)
@@ -197,6 +230,11 @@ class ClickHouseWriter:
         for table in TABLES:
             described = self.client.query(f"DESCRIBE TABLE {table}").result_rows
             self._columns[table] = [row[0] for row in described if row[2] != "DEFAULT"]
+            # The batch keeps what ReplacingMergeTree would: the newest version per sorting key.
+            key = self.client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
+                                    "AND name = {t:String}", parameters={"t": table}).result_rows[0][0]
+            if "version" in self._columns[table]:
+                self._keys[table] = tuple(column.strip() for column in key.split(","))
 
     def apply_retention(self) -> None:
         """Set the configured TTLs; a table whose TTL is already the configured one is left alone
@@ -221,6 +259,25 @@ class ClickHouseWriter:
         body = b"\n".join(map(orjson.dumps, rows))
         self.client.raw_insert(table, self._columns[table], body, settings=INSERT_SETTINGS, fmt="JSONEachRow")
 
+    async def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """One insert, off the event loop; the store is opened first if it is not yet (or no longer)."""
+        async with self._lock:
+            if self.client is None:
+                await asyncio.to_thread(self.open)
+            await asyncio.to_thread(self.insert_now, table, rows)
+
+    def newest(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Only the highest version per key within a batch: less to write and merge."""
+        key = self._keys.get(table)
+        if key is None:
+            return rows
+        best: dict[tuple, dict[str, Any]] = {}
+        for row in rows:
+            k = tuple(row[name] for name in key)
+            if k not in best or row["version"] >= best[k]["version"]:
+                best[k] = row
+        return list(best.values())
+
     async def count(self, table: str) -> int | None:
         """Rows of a table (latest versions), or None while the store is failing."""
         try:
@@ -232,51 +289,11 @@ class ClickHouseWriter:
 
     async def write(self, table: str, rows: Sequence[dict[str, Any]],
                     should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Insert ``rows``; on failure retry with backoff until done. False only if stopped first.
-
-        The caller holds ``rows`` (one batch) until this returns, and takes no other
-        batch meanwhile: that, not a buffer here, is what bounds memory in an outage.
-        """
-        if not rows:
-            return True
-        token = id(rows)
-        self._pending[token] = (len(rows), time.time())
-        delay = self.initial_backoff
-        try:
-            while True:
-                started = time.perf_counter()
-                try:
-                    async with self._lock:
-                        if self.client is None:
-                            await asyncio.to_thread(self.open)
-                        await asyncio.to_thread(self.insert_now, table, rows)
-                except Exception as exc:  # any driver/engine error: keep the batch and retry
-                    self._failed(table, exc, delay)
-                    if should_stop():
-                        return False
-                    await _sleep_unless(delay, should_stop)
-                    delay = min(delay * 2, self.max_backoff)
-                    continue
-                self._succeeded(table)
-                self.on_write(table, len(rows), time.perf_counter() - started)
-                return True
-        finally:
-            self._pending.pop(token, None)
-
-    def _failed(self, table: str, exc: Exception, delay: float) -> None:
-        self._failing.setdefault(table, time.time())
-        self._backoff[table] = delay
-        self._last_error = f"{table}: {self._one_line(exc)}"
-        self.healthy = False
-        self.on_error(table, exc)
-        log.warning("ClickHouse write to %s failed (%s); retrying in %.3gs",
-                    table, self._one_line(exc), delay)
-
-    def _succeeded(self, table: str) -> None:
-        if self._failing.pop(table, None) is not None:
-            log.info("ClickHouse writes to %s succeed again", table)
-        self._backoff.pop(table, None)
-        self.healthy = not self._failing
+        """Add ``rows`` to the table's sink and flush it (see BatchingSink.flush)."""
+        sink = self.sink(table)
+        for row in rows:
+            sink.add(row)
+        return await sink.flush(should_stop)
 
     def _one_line(self, exc: BaseException) -> str:
         return one_line(exc, self.password, *_dsn_secrets(self.dsn))
@@ -284,21 +301,17 @@ class ClickHouseWriter:
     # -- status, for /health and the sink gauges ------------------------------------
 
     def failing_since(self) -> float | None:
-        """Wall-clock time the current outage began (None: every last write succeeded)."""
-        return min(self._failing.values()) if self._failing else None
+        return self.sinks.failing_since()
 
     def retry_backoff(self) -> float:
-        """The longest current delay before a retry (0 when no write is failing)."""
-        return max(self._backoff.values(), default=0.0)
+        return self.sinks.retry_backoff()
 
     def pending_rows(self) -> int:
-        """Rows handed to the writer and not yet stored (at most one batch per agent)."""
-        return sum(rows for rows, _since in list(self._pending.values()))
+        """Rows taken and not yet stored (at most one batch per table sink)."""
+        return self.sinks.pending_rows()
 
     def oldest_unwritten_age(self) -> float:
-        """Seconds since the oldest batch still unwritten was handed over (0: none)."""
-        oldest = min((since for _rows, since in list(self._pending.values())), default=None)
-        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        return self.sinks.oldest_unwritten_age()
 
     def health_part(self) -> dict[str, Any]:
         """The ``clickhouse`` part of ``/health``: ok, and while failing why and since when."""
@@ -313,8 +326,8 @@ class ClickHouseWriter:
                       "consumption waits)",
             "failing_since": _iso(since),
             "failing_seconds": round(time.time() - since, 3),
-            "failing_tables": sorted(self._failing),
-            "last_error": self._last_error,
+            "failing_tables": self.sinks.failing(),
+            "last_error": self.sinks.last_error(),
             "retry_backoff_seconds": self.retry_backoff(),
             "oldest_unwritten_seconds": round(self.oldest_unwritten_age(), 3),
         })
@@ -324,12 +337,3 @@ class ClickHouseWriter:
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-
-async def _sleep_unless(delay: float, should_stop: Callable[[], bool]) -> None:
-    """Sleep ``delay`` seconds, waking early when the worker stops (shutdown stays prompt)."""
-    deadline = time.monotonic() + delay
-    while not should_stop():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        await asyncio.sleep(min(left, 0.5))

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from ccpulse.core.scorecard import eligible, scorecard_key, scorecard_record
 from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, queue_state_values, window_values
 from schemas.events import parse_timestamp_ms
-from streams.app import Pipeline
+from streams.context import Pipeline
 from streams.guard import stage_guard
 
 OBSERVATIONS = "sla-observations"
@@ -188,18 +188,3 @@ class SlaCollector(Collector):
                                  1.0 if det.get("status") in OPEN_STATES else 0.0)
         yield gauge
 
-
-def breach_row(record: dict[str, Any]) -> dict[str, Any]:
-    """An ``sla.breaches`` record as a ClickHouse ``sla_breaches`` row (target flattened)."""
-    return {**record, "target_op": record["target"]["op"], "target_value": record["target"]["value"]}
-
-
-def scorecard_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A ``kpi.scorecards`` record as a ClickHouse ``scorecards`` row (components as maps)."""
-    parts = record["components"]
-    return {**record,
-            "weights": {k: c["weight"] for k, c in parts.items()},
-            "effective_weights": {k: c["effective_weight"] for k, c in parts.items()},
-            "targets": {k: c["target"] for k, c in parts.items()},
-            "observed": {k: c["observed"] for k, c in parts.items() if c["observed"] is not None},
-            "attainment": {k: c["attainment"] for k, c in parts.items() if c["attainment"] is not None}}

@@ -1,7 +1,9 @@
 """ClickHouse writer agents: raw events, interaction rows and KPI windows.
 
-Each agent takes a batch, writes it (retrying until it succeeds) and only then
-lets Faust acknowledge the batch, so a committed offset always means "stored".
+Each agent takes a batch, adds each record's row (schemas/records.py) to its table's
+sink (sinks/base.py) and flushes it, retrying until it is written; only then does
+Faust acknowledge the batch, so a committed offset always means "stored". A record
+whose row cannot be built is dead-lettered (processing_error), the rest stored.
 
 Memory while ClickHouse is down stays bounded: per agent, the batch being retried
 (``clickhouse.batch_size`` rows) plus the one event ``take`` holds back, plus what
@@ -14,32 +16,20 @@ fetched: offsets stay uncommitted and the consumer lag grows instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 from ccpulse.pseudonym import CustomerIdHasher
-from schemas.events import format_ms
+from schemas.records import breach_row, raw_event_row, scorecard_row
 from sinks.clickhouse import ClickHouseWriter, Retention
-from streams.app import Pipeline
+from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.ingest import WATERMARK_FIELD
-from streams.sla import breach_row, scorecard_row
 
 
-def raw_event_row(doc: dict[str, Any], hasher: CustomerIdHasher | None = None) -> dict[str, Any]:
-    """The raw_events row of a forwarded event; with ``hasher``, customer ids are stored hashed."""
-    topic, partition, offset = doc["source"]
-    customer_id, payload = doc["customer_id"], doc["payload"]
-    if hasher is not None and customer_id:
-        customer_id, payload = hasher.hash(customer_id), hasher.payload(payload)
-    return {
-        "event_id": doc["event_id"], "type": doc["type"], "channel": doc["channel"],
-        "occurred_at": format_ms(doc["ts"]), "interaction_id": doc["interaction_id"],
-        "queue": doc["queue"], "agent_id": doc["agent_id"], "customer_id": customer_id,
-        "schema_version": doc["schema_version"], "source_topic": topic,
-        "source_partition": partition, "source_offset": offset, "payload": payload,
-    }
+def _same(record: dict[str, Any]) -> dict[str, Any]:
+    return record
 
 
 def register(pipe: Pipeline) -> None:
@@ -62,58 +52,33 @@ def register(pipe: Pipeline) -> None:
     metrics.watch_sink("clickhouse", lambda: writer.healthy, writer.failing_since, writer.retry_backoff,
                        writer.pending_rows, writer.oldest_unwritten_age)
     hasher = CustomerIdHasher.from_secret(ch.customer_id_key) if ch.hash_customer_ids else None
-
     guard = stage_guard(pipe)
 
     def stopping() -> bool:
         return app.should_stop
 
-    @app.agent(pipe.topics["events"], name="store-raw-events")
-    async def store_raw(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
-            rows = []
-            for event in batch:
-                with guard.record("store-raw-events", event.message):
-                    doc = orjson.loads(event.value)
-                    if WATERMARK_FIELD not in doc:
-                        rows.append(raw_event_row(doc, hasher))
-            await writer.write("raw_events", rows, stopping)
+    def store(topic: str, table: str, name: str, row: Callable[[Any], dict[str, Any] | None]) -> None:
+        """One agent per table: each record's row goes to the table's sink under its partition,
+        and the batch is acknowledged once the sink has written it."""
+        sink = writer.sink(table)
 
-    @app.agent(pipe.topics["interactions"], name="store-interactions")
-    async def store_interactions(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            await writer.write("interactions", _newest(batch, ("interaction_id", "segment")), stopping)
+        @app.agent(pipe.topics[topic], name=name)
+        async def agent(stream):  # type: ignore[no-untyped-def]
+            async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
+                for event in batch:
+                    with guard.record(name, event.message):
+                        built = row(event.value)
+                        if built is not None:
+                            sink.add(built, event.message.partition)
+                await sink.flush(stopping)
 
-    @app.agent(pipe.topics["kpi_agents"], name="store-agent-windows")
-    async def store_agents(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            await writer.write("agent_windows",
-                               _newest(batch, ("window", "window_start", "agent_id", "channel")), stopping)
+    def raw_row(value: bytes) -> dict[str, Any] | None:
+        doc = orjson.loads(value)
+        return None if WATERMARK_FIELD in doc else raw_event_row(doc, hasher)
 
-    @app.agent(pipe.topics["kpi_windows"], name="store-kpi-windows")
-    async def store_windows(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            await writer.write("kpi_windows",
-                               _newest(batch, ("window", "window_start", "queue", "channel")), stopping)
-
-    @app.agent(pipe.topics["sla_breaches"], name="store-sla-breaches")
-    async def store_breaches(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            await writer.write("sla_breaches", [breach_row(r) for r in _newest(batch, ("breach_id",))],
-                               stopping)
-
-    @app.agent(pipe.topics["kpi_scorecards"], name="store-scorecards")
-    async def store_scorecards(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take(ch.batch_size, within=ch.flush_seconds):
-            await writer.write("scorecards", [scorecard_row(r) for r in _newest(
-                batch, ("window", "window_start", "queue", "channel"))], stopping)
-
-
-def _newest(rows: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Keep only the highest version per key within a batch: less to write and merge."""
-    best: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        k = tuple(row[name] for name in key)
-        if k not in best or row["version"] >= best[k]["version"]:
-            best[k] = row
-    return list(best.values())
+    store("events", "raw_events", "store-raw-events", raw_row)
+    store("interactions", "interactions", "store-interactions", _same)
+    store("kpi_agents", "agent_windows", "store-agent-windows", _same)
+    store("kpi_windows", "kpi_windows", "store-kpi-windows", _same)
+    store("sla_breaches", "sla_breaches", "store-sla-breaches", breach_row)
+    store("kpi_scorecards", "scorecards", "store-scorecards", scorecard_row)

@@ -1,7 +1,7 @@
 """The ClickHouse writer under failing writes, in process: capped backoff, one batch held,
 health and gauges saying why and since when, and catch-up with no loss or duplicate.
 
-The real store is made unwritable with ccpulse.fault_injection (chattr +i); the backoff
+The real store is made unwritable with ccpulse.tools.fault_injection (chattr +i); the backoff
 sequence is checked against a client that fails a known number of times.
 The end-to-end version with a worker process is tests/test_sink_outage_integration.py.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ccpulse.fault_injection import (FaultInjectionUnavailable, make_store_unwritable,
+from ccpulse.tools.fault_injection import (FaultInjectionUnavailable, make_store_unwritable,
                                      store_unwritable_unsupported)
 from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
@@ -76,11 +76,28 @@ def test_a_stopping_worker_gives_up_the_batch_unacknowledged() -> None:
 
 
 def test_one_table_failing_keeps_the_writer_unhealthy_until_it_succeeds() -> None:
-    writer = ClickHouseWriter("http://h:1")
-    writer._failed("kpi_windows", RuntimeError("boom"), 0.2)
-    writer._succeeded("raw_events")
-    assert not writer.healthy and writer.health_part()["failing_tables"] == ["kpi_windows"]
-    writer._succeeded("kpi_windows")
+    class OneTableDown(FlakyClient):
+        def raw_insert(self, table: str, *args: Any, **kwargs: Any) -> None:
+            if table == "kpi_windows" and self.failures:
+                self.failures -= 1
+                raise ConnectionError("Connection refused")
+            self.rows.append([table])
+
+    writer = ClickHouseWriter("http://h:1", initial_backoff=0.01)
+    writer.client = OneTableDown(failures=100)
+    writer._columns.update(raw_events=["event_id"], kpi_windows=["queue"])
+
+    async def run() -> None:
+        assert await writer.write("kpi_windows", [{"queue": "q"}], lambda: True) is False
+        assert await writer.write("raw_events", [{"event_id": "e"}])
+
+    asyncio.run(run())
+    part = writer.health_part()
+    assert not writer.healthy and part["failing_tables"] == ["kpi_windows"] and part["pending_rows"] == 1
+    assert part["last_error"] == "kpi_windows: Connection refused"
+    writer.client.failures = 0
+    assert asyncio.run(writer.sink("kpi_windows").flush())  # the held row, written now
+    assert writer.client.rows == [["raw_events"], ["kpi_windows"]]
     assert writer.healthy and writer.health_part() == {"ok": True, "dsn": "http://h:1",
                                                        "pending_rows": 0, "detail": "writing"}
 
@@ -91,6 +108,25 @@ def store(tmp_path: Path):  # type: ignore[no-untyped-def]
     writer.open()
     yield writer
     writer.close()
+
+
+def test_a_batch_keeps_the_newest_version_of_each_key_as_the_table_would(store: ClickHouseWriter) -> None:
+    # The key is the table's own sorting key, read from the store (not a second copy of the DDL).
+    inserted: list[list[dict[str, Any]]] = []
+    insert_now = store.insert_now
+    store.insert_now = lambda table, rows: (inserted.append(list(rows)), insert_now(table, rows))[1]
+    sink = store.sink("interactions")
+    for segment, version, outcome in ((0, 1, "waiting"), (1, 1, "waiting"), (0, 3, "answered"), (0, 2, "waiting")):
+        sink.add({"interaction_id": "i1", "segment": segment, "channel": "voice", "queue": "q",
+                  "offered_at": "2026-01-05T08:00:00.000Z", "outcome": outcome, "version": version})
+    assert asyncio.run(sink.flush()) is True
+    assert sorted((r["segment"], r["version"]) for r in inserted[0]) == [(0, 3), (1, 1)]
+    rows = store.client.query("SELECT segment, outcome FROM interactions FINAL ORDER BY segment").result_rows
+    assert rows == [(0, "answered"), (1, "waiting")]
+    # raw events carry no version: every row goes in (the table keeps one per event_id)
+    store.insert_now = insert_now
+    assert asyncio.run(store.write("raw_events", [raw_row(1), raw_row(1)]))
+    assert store.client.query("SELECT count() FROM raw_events FINAL").result_rows[0][0] == 1
 
 
 def test_history_batch_spanning_many_months_is_stored(store: ClickHouseWriter) -> None:

@@ -415,7 +415,8 @@ def test_state_round_trips_through_json(raw: list, hold_ms: tuple[int, int]) -> 
 def test_breach_gauge_and_clickhouse_rows() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from streams.sla import SlaCollector, breach_row
+    from schemas.records import breach_row
+    from streams.sla import SlaCollector
 
     q = QueueSla("billing", "voice")
     observe(q, 0, {"service_level": 0.1, "asa_seconds": 5.0}, 1)
