@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 deploy/kafka/target/lib/.complete: deploy/kafka/pom.xml $(STAMP)
-	$(BIN)/python -c "from ccpulse.local_kafka import ensure_jars; print('Kafka jars in', ensure_jars())"
+	$(BIN)/python -c "from ccpulse.commands.local_kafka import ensure_jars; print('Kafka jars in', ensure_jars())"
 	@touch $@
 
 demo: setup

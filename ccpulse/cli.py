@@ -2,75 +2,28 @@
 
 Every command turns a wrong setting or an unreachable service into one line on
 stderr and a non-zero exit, never a traceback.
+
+The top layer: it wires the worker (``streams``), the user commands
+(``ccpulse.commands``) and the developer tools (``ccpulse.tools``) into one parser;
+none of them imports it back (tests/test_structure.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from ccpulse.commands.errors import CommandError
+from ccpulse.commands.preflight import check_clickhouse_reachable, check_web_port
 from ccpulse.config import ConfigError, Settings, load_settings
-
-
-class CommandError(RuntimeError):
-    """A failure the user can act on; printed as one line."""
 
 
 def _settings() -> Settings:
     return load_settings()
-
-
-def check_web_port(settings: Settings) -> None:
-    """Refuse a web port another process holds, before anything is started.
-
-    Faust would fail on it only after joining the group (a long traceback), and a
-    demo polling /health there would take the other process for its worker.
-    """
-    port, bind = settings.web_port, settings.web.bind
-    try:
-        addresses = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise CommandError(f"web.bind: cannot resolve {bind!r} ({exc.strerror or exc})") from None
-    for family, kind, proto, _name, address in addresses:
-        with socket.socket(family, kind, proto) as sock:
-            # As the worker's HTTP server binds: leftovers in TIME_WAIT do not count as busy.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                why = "is in use by another process" if exc.errno == errno.EADDRINUSE else \
-                    f"cannot be listened on ({exc.strerror or exc})"
-                raise CommandError(f"web port {port} on {bind} {why}: set CCPULSE_WEB_PORT to a free port "
-                                   "(or stop the other worker or demo)") from None
-
-
-def check_clickhouse_reachable(settings: Settings, timeout: float = 5.0) -> None:
-    """A ClickHouse server that does not even accept a connection: one complete line.
-
-    The driver would log a line of its own and then fail with a long message about
-    connection pools; the reason the operator needs is just "refused" or "timed out".
-    """
-    ch = settings.clickhouse
-    if not ch.enabled or ch.dsn.startswith("chdb://"):
-        return
-    from ccpulse.config import masked_dsn
-    from sinks.clickhouse import client_kwargs
-
-    target = client_kwargs(ch.dsn)
-    host, port = target["host"], target["port"]
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
-        raise CommandError(f"ClickHouse at {masked_dsn(ch.dsn)} unreachable: cannot connect to "
-                           f"{host}:{port} ({reason})") from None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -119,7 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ccpulse import simulate, simulate_channels
+    from ccpulse.commands import simulate, simulate_channels
 
     settings = _settings()
     try:
@@ -129,7 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if unknown or not channels:
             raise ValueError(f"--channels: {','.join(sorted(unknown)) or 'nothing'} is not voice, chat or ticket")
         if args.scenario:
-            from ccpulse import scenarios
+            from ccpulse.commands import scenarios
             voice, chat, ticket = scenarios.configs_from_args(args, seed=cfg.seed, start=cfg.start)
         else:
             voice = cfg
@@ -144,37 +97,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
               "ticket": settings.topics.name("tickets")}
+    from ccpulse.commands.publish import publish_events
+
     sent = asyncio.run(publish_events(settings, events, speed))
     print(f"published {sent} events to {', '.join(topics.values())}", file=sys.stderr)
     return 0
 
 
-async def publish_events(settings: Settings, events, speed: float | None,  # type: ignore[no-untyped-def]
-                         stop: asyncio.Event | None = None) -> int:
-    """Publish (family, event) pairs to the configured input topics, creating them first."""
-    from ccpulse.simulate_channels import publish_mixed
-    from streams.topics import KafkaUnavailable, ensure_topics_async
-
-    try:
-        await ensure_topics_async(settings)
-    except KafkaUnavailable as exc:
-        raise CommandError(str(exc)) from None
-    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
-              "ticket": settings.topics.name("tickets")}
-    from aiokafka.errors import KafkaError
-
-    from ccpulse.kafka_security import describe, publisher_kwargs
-
-    k = settings.kafka
-    try:
-        return await publish_mixed(events, k.bootstrap, topics, speed, stop=stop, **publisher_kwargs(k))
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        # E.g. the broker went away, or an ACL forbids writing a topic: one line, no traceback.
-        raise CommandError(describe(exc, k)) from None
-
-
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from ccpulse import local_kafka
+    from ccpulse.commands import local_kafka
 
     settings = _settings()
     state = Path(settings.state_dir) / "kafka"
@@ -226,7 +157,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ccpulse.demo import run_demo
+    from ccpulse.commands.demo import run_demo
 
     return run_demo(_settings(), duration=args.duration, rate=args.rate, agents=args.agents,
                     scenario=args.scenario, scenarios_file=args.scenarios_file)
@@ -250,7 +181,7 @@ def tcp_port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ccpulse import simulate
+    from ccpulse.commands import simulate
 
     parser = OneLineParser(prog="ccpulse", description="Real-time contact-center KPIs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=simulate._positive, default=1.0,
                       help="calls per second (default %(default)s)")
     demo.add_argument("--agents", type=simulate._agents, default=26, help="agents per queue (default %(default)s)")
-    from ccpulse import scenarios as demo_scenarios
+    from ccpulse.commands import scenarios as demo_scenarios
 
     demo_scenarios.add_scenario_argument(demo)
     demo.set_defaults(func=cmd_demo)
@@ -275,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="publish realistic call, chat and ticket events")
     simulate.add_arguments(sim)
-    from ccpulse import scenarios
+    from ccpulse.commands import scenarios
 
     scenarios.add_scenario_argument(sim)
     sim.add_argument("--channels", default="voice,chat,ticket",
@@ -286,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tickets per second (default %(default)s)")
     sim.set_defaults(func=cmd_simulate)
 
-    from ccpulse import replay
+    from ccpulse.commands import replay
 
     rep = sub.add_parser("replay", help="publish a historical export as lifecycle events")
     replay.add_arguments(rep)
@@ -307,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only check that the file is up to date (exit 1 if not)")
     rules.set_defaults(func=cmd_rules)
 
-    from ccpulse import bench
+    from ccpulse.tools import bench
     bench.add_parser(sub)
-    from ccpulse import chaos
+    from ccpulse.tools import chaos
     chaos.add_parser(sub)
     return parser
 
@@ -326,9 +257,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m ccpulse.cli` (the demo's and the tests' way) runs this file as
-    # __main__, a second copy beside the ccpulse.cli that replay and demo import:
-    # their CommandError would not be this copy's, and would escape as a traceback.
-    from ccpulse.cli import main as canonical_main
-
-    sys.exit(canonical_main())
+    # `python -m ccpulse.cli` (the demo's and the tests' way) runs this file as __main__;
+    # CommandError lives in ccpulse.commands.errors, so every command raises this copy's.
+    sys.exit(main())

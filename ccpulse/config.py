@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+from ccpulse.core.params import DEFAULT_MAX_STEPS_PER_INTERACTION, Thresholds
 from ccpulse.core.scorecard import ScorecardSettings, parse_scorecard
 from ccpulse.core.sla import SlaTargets, parse_targets
+from ccpulse.kafka_security import KafkaSecurityError, ssl_context
 from schemas.events import name_problem
 
 SERVICE_LEVEL_FORMULAS = (
@@ -33,16 +35,6 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 
 class ConfigError(ValueError):
     """A setting is missing, of the wrong type or out of range."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Per-channel KPI thresholds (METRICS.md), overridable per queue."""
-
-    service_level_seconds: float = 20.0
-    short_abandon_seconds: float = 5.0
-    immediate_seconds: float = 0.0
-    service_level_formula: str = "answered_over_exits"
 
 
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
@@ -197,7 +189,7 @@ class LimitSettings:
     # interaction_too_long. Every step re-derives the interaction, and its changelog
     # record must stay under Kafka's 1 MiB message limit: at the largest allowed value
     # with every name at 128 characters it is about 0.8 MiB (tests/test_interaction_limits.py).
-    max_steps_per_interaction: int = 2000
+    max_steps_per_interaction: int = DEFAULT_MAX_STEPS_PER_INTERACTION
     MAX_STEPS_PER_INTERACTION: ClassVar[int] = 3000
 
 
@@ -537,8 +529,6 @@ def _validate_kafka_security(k: KafkaSettings) -> None:
             except OSError as exc:
                 raise ConfigError(f"kafka.{key}: cannot read {path} ({exc.strerror or exc})") from None
     if k.security_protocol.endswith("SSL"):
-        from ccpulse.kafka_security import KafkaSecurityError, ssl_context
-
         try:
             ssl_context(k)  # a wrong PEM or key password fails here, not at the first connection
         except KafkaSecurityError as exc:

@@ -5,7 +5,7 @@ One source for all of them, so the worker, the topic admin, ``simulate`` and
 
 - :func:`ssl_context`: the TLS context (CA bundle, client certificate, hostname check);
 - :func:`client_kwargs`: keyword arguments for aiokafka clients (producer, consumer, admin);
-- :func:`publisher_kwargs`: the same for ``simulate.publish`` / ``publish_mixed`` / ``replay``;
+- :func:`publisher_kwargs`: the same for ``publish.publish`` / ``publish_mixed`` / ``replay``;
 - :func:`broker_credentials`: Faust's ``broker_credentials``;
 - :func:`diagnose` / :func:`describe`: why a connection failed, as one line naming the
   broker, the mechanism and the user, never the password.
@@ -17,29 +17,66 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
-if TYPE_CHECKING:
-    from ccpulse.config import KafkaSettings
+
+class KafkaClientSettings(Protocol):
+    """What this module reads of ``ccpulse.config.KafkaSettings``.
+
+    Named structurally, not imported: config validates the TLS material with
+    :func:`ssl_context` while loading, so importing config here would tie the two
+    modules into a cycle.
+    """
+
+    # Read-only properties, as the frozen dataclass's fields are.
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def security_protocol(self) -> str: ...
+
+    @property
+    def sasl_mechanism(self) -> str: ...
+
+    @property
+    def sasl_username(self) -> str: ...
+
+    @property
+    def sasl_password(self) -> str: ...
+
+    @property
+    def ssl_cafile(self) -> str: ...
+
+    @property
+    def ssl_certfile(self) -> str: ...
+
+    @property
+    def ssl_keyfile(self) -> str: ...
+
+    @property
+    def ssl_key_password(self) -> str: ...
+
+    @property
+    def ssl_check_hostname(self) -> bool: ...
 
 
 class KafkaSecurityError(ValueError):
     """The TLS material cannot be used (one line: which file and why)."""
 
 
-def uses_tls(k: KafkaSettings) -> bool:
+def uses_tls(k: KafkaClientSettings) -> bool:
     return k.security_protocol in ("SSL", "SASL_SSL")
 
 
-def uses_sasl(k: KafkaSettings) -> bool:
+def uses_sasl(k: KafkaClientSettings) -> bool:
     return k.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
 
 
-def mechanism(k: KafkaSettings) -> str:
+def mechanism(k: KafkaClientSettings) -> str:
     return k.sasl_mechanism or "PLAIN"
 
 
-def ssl_context(k: KafkaSettings) -> ssl.SSLContext:
+def ssl_context(k: KafkaClientSettings) -> ssl.SSLContext:
     """A client TLS context: system CAs unless ``ssl_cafile``; mutual TLS with ``ssl_certfile``."""
     try:
         context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=k.ssl_cafile or None)
@@ -59,7 +96,7 @@ def ssl_context(k: KafkaSettings) -> ssl.SSLContext:
     return context
 
 
-def client_kwargs(k: KafkaSettings) -> dict[str, Any]:
+def client_kwargs(k: KafkaClientSettings) -> dict[str, Any]:
     """Security keyword arguments for ``AIOKafkaProducer/Consumer/AdminClient`` (no bootstrap)."""
     kwargs: dict[str, Any] = {"security_protocol": k.security_protocol}
     if uses_tls(k):
@@ -70,8 +107,8 @@ def client_kwargs(k: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
-def publisher_kwargs(k: KafkaSettings) -> dict[str, Any]:
-    """Security keyword arguments of ``simulate.publish``, ``publish_mixed`` and ``replay``."""
+def publisher_kwargs(k: KafkaClientSettings) -> dict[str, Any]:
+    """Security keyword arguments of ``publish.publish``, ``publish_mixed`` and ``replay``."""
     kwargs: dict[str, Any] = {"security_protocol": k.security_protocol}
     if uses_tls(k):
         kwargs["ssl_context"] = ssl_context(k)
@@ -80,7 +117,7 @@ def publisher_kwargs(k: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
-def broker_credentials(k: KafkaSettings) -> dict[str, Any]:
+def broker_credentials(k: KafkaClientSettings) -> dict[str, Any]:
     """Faust app keyword arguments: ``broker_credentials`` for SASL/TLS, nothing for PLAINTEXT."""
     import faust
 
@@ -94,7 +131,7 @@ def broker_credentials(k: KafkaSettings) -> dict[str, Any]:
     return {"broker_credentials": faust.SSLCredentials(context)}
 
 
-def describe(exc: BaseException, k: KafkaSettings, host: str | None = None) -> str:
+def describe(exc: BaseException, k: KafkaClientSettings, host: str | None = None) -> str:
     """One line for a failed connection to Kafka; names user and mechanism, never the password."""
     from aiokafka import errors
 
@@ -138,7 +175,7 @@ def describe(exc: BaseException, k: KafkaSettings, host: str | None = None) -> s
     return f"{where}: {text}"
 
 
-async def diagnose(k: KafkaSettings, timeout: float = 10.0) -> str | None:
+async def diagnose(k: KafkaClientSettings, timeout: float = 10.0) -> str | None:
     """Connect to each bootstrap server as ccpulse's clients would; the first failure as one line.
 
     aiokafka's clients only report "Unable to bootstrap" once every server failed;

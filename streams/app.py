@@ -6,55 +6,27 @@
  events.dead-letter   raw_events (CH)                <app>-interactions     ▼
                                                        interactions (CH)   kpi.windows ──▶ kpi_windows (CH)
 
-Everything mutable lives on the ``Pipeline`` object owned by the app.
+Everything mutable lives on the ``Pipeline`` object owned by the app (streams/context.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import faust
 
 from ccpulse.config import Settings
-from ccpulse.core.engine import PartitionEngine, PartitionRecord
-from ccpulse.core.fcr import FcrEngine
+from ccpulse.core.engine import PartitionRecord
 from ccpulse.core.lifecycle import Interaction
-from ccpulse.pseudonym import CustomerIdHasher
-from sinks.clickhouse import ClickHouseWriter
 from sinks.prometheus import PipelineMetrics
 from streams import codecs
+from streams.context import Pipeline
 from streams.kafka_consumer import InOrderApp
 from streams.outbox import Outbox
 from streams.topics import EVENT_MESSAGE_MAX_BYTES
 
-if TYPE_CHECKING:
-    from streams.broker_health import BrokerProbe
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pipeline:
-    settings: Settings
-    app: faust.App
-    topics: dict[str, Any] = field(default_factory=dict)
-    tables: dict[str, Any] = field(default_factory=dict)
-    engines: dict[int, PartitionEngine] = field(default_factory=dict)
-    metrics: PipelineMetrics | None = None
-    writer: ClickHouseWriter | None = None
-    # window record key -> True when the merged record must be re-published
-    merged_dirty: set[str] = field(default_factory=set)
-    fcr_engines: dict[int, FcrEngine] = field(default_factory=dict)
-    role: str = "all"
-    outbox: Outbox = None  # type: ignore[assignment]  # set right after the app exists
-    broker: BrokerProbe | None = None  # set by web.register
-    # HMAC of customer ids for FCR: set by streams.fcr.customer_hasher once the key is known
-    fcr_hasher: CustomerIdHasher | None = None
-
-    def internal(self, suffix: str) -> str:
-        return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"
 
 
 def broker_credentials(settings: Settings) -> dict[str, Any]:

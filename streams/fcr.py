@@ -32,9 +32,9 @@ from ccpulse import kafka_security, probes
 from ccpulse.config import Settings
 from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
 from ccpulse.core.windowing import Windowing
-from ccpulse.pseudonym import CustomerIdHasher
+from ccpulse.pseudonym import CustomerIdHasher, secret_bytes
 from schemas.records import window_record_key
-from streams.app import Pipeline
+from streams.context import Pipeline
 from streams.topics import admin_kwargs
 from streams.guard import stage_guard
 from streams.ingest import WATERMARK_FIELD
@@ -57,7 +57,7 @@ async def shared_key(settings: Settings, topic: str, timeout: float = 30.0) -> b
     at first start still agree, and so does every later start.
     """
     if settings.fcr.customer_key:
-        return settings.fcr.customer_key.encode("utf-8")
+        return secret_bytes(settings.fcr.customer_key)
     client = kafka_security.client_kwargs(settings.kafka)
     admin = AIOKafkaAdminClient(**admin_kwargs(settings))
     await admin.start()
@@ -89,7 +89,7 @@ async def customer_hasher(pipe: Pipeline) -> CustomerIdHasher:
     delay = 1.0
     while pipe.fcr_hasher is None:
         try:
-            pipe.fcr_hasher = CustomerIdHasher(await shared_key(pipe.settings, topic))
+            pipe.fcr_hasher = CustomerIdHasher.from_secret(await shared_key(pipe.settings, topic))
         except (KafkaError, OSError, asyncio.TimeoutError, kafka_security.KafkaSecurityError) as exc:
             log.warning("FCR customer key: cannot read or store it on %s (%s); retrying in %.0fs", topic,
                         kafka_security.describe(exc, pipe.settings.kafka), delay)

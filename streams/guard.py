@@ -112,7 +112,7 @@ def _origin(message: Any) -> tuple[bytes | None, str, int, int]:
         return raw, message.topic, message.partition, message.offset
 
 
-class _Pipeline(Protocol):  # streams.app.Pipeline, named without importing the app
+class _Pipeline(Protocol):  # streams.context.Pipeline, named without importing it
     app: AppT
     metrics: PipelineMetrics | None
     outbox: Outbox

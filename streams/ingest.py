@@ -17,7 +17,7 @@ from ccpulse.core.watermark import InputWatermarks
 from ccpulse.core.windowing import Windowing
 from schemas.events import Rejection, decode
 from schemas.records import dead_letter, event_message
-from streams.app import Pipeline
+from streams.context import Pipeline
 from streams.guard import stage_guard
 
 FAMILIES = {"calls": "call", "chats": "chat", "tickets": "ticket"}

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
 from ccpulse.log_limit import LogLimiter
 from streams import broker_health, web_auth
-from streams.app import Pipeline
+from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.merge import merged_record
 from streams.web_auth import guarded

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from ccpulse import local_kafka
+from ccpulse.commands import local_kafka
 
 
 def _free_loopback_port() -> int:

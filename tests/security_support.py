@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ccpulse import kafka_security, local_kafka, probes
+from ccpulse import kafka_security, probes
+from ccpulse.commands import local_kafka
 from ccpulse.probes import free_port
 from ccpulse.config import KafkaSettings
 

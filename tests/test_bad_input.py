@@ -8,7 +8,7 @@ import calendar
 import orjson
 import pytest
 
-from ccpulse.bad_input import (BadInput, FAMILY_TOPIC_ATTR, OVERSIZE_TOPIC_CONFIG, bad_input_corpus,
+from ccpulse.tools.bad_input import (BadInput, FAMILY_TOPIC_ATTR, OVERSIZE_TOPIC_CONFIG, bad_input_corpus,
                                covered_reasons)
 from ccpulse.config import TopicSettings
 from schemas.events import MAX_MESSAGE_BYTES, REASONS, Event, Rejection, decode

@@ -22,10 +22,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ccpulse.bad_input import (OVERSIZE_PRODUCER_MAX_REQUEST, OVERSIZE_TOPIC_CONFIG, BadInput,
+from ccpulse.tools.bad_input import (OVERSIZE_PRODUCER_MAX_REQUEST, OVERSIZE_TOPIC_CONFIG, BadInput,
                                bad_input_corpus)
-from ccpulse.simulate import QueueModel, SimulationConfig
-from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+from ccpulse.commands.simulate import QueueModel, SimulationConfig
+from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 from schemas.events import TYPES
 from tests.worker_process import WorkerProcess, read_topic, wait_until
 
@@ -47,7 +47,7 @@ def valid_events() -> list[tuple[str, dict[str, Any]]]:
 
 
 async def _create_input_topics(bootstrap: str, prefix: str) -> None:
-    # The oversize item needs input topics that accept it (see ccpulse.bad_input).
+    # The oversize item needs input topics that accept it (see ccpulse.tools.bad_input).
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

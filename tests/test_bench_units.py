@@ -8,9 +8,9 @@ import math
 import orjson
 import pytest
 
-from ccpulse.bench import Row, add_parser, format_table, open_contacts, percentile, plan_from_args, FULL, SHORT
-from ccpulse.bench_latency import ProbeBook
-from ccpulse.bench_worker import metric_sum, summarize_profile
+from ccpulse.tools.bench import Row, add_parser, format_table, open_contacts, percentile, plan_from_args, FULL, SHORT
+from ccpulse.tools.bench_latency import ProbeBook
+from ccpulse.tools.bench_worker import metric_sum, summarize_profile
 
 
 def test_percentile_is_nearest_rank() -> None:

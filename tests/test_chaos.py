@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ccpulse.chaos import SENTINEL_QUEUE, sentinel_events, soak_workload
-from ccpulse.chaos_checks import check_raw, compare_windows, index_windows
-from ccpulse.chaos_worker import parse_metrics
+from ccpulse.tools.chaos import SENTINEL_QUEUE, sentinel_events, soak_workload
+from ccpulse.tools.chaos_checks import check_raw, compare_windows, index_windows
+from ccpulse.tools.chaos_worker import parse_metrics
 
 
 def window(start: str, queue: str = "billing", size: str = "1m", **fields: object) -> dict:

@@ -63,8 +63,9 @@ import orjson
 import pytest
 import yaml
 
-from ccpulse import simulate
-from ccpulse import simulate_channels as sc
+from ccpulse.commands import simulate
+from ccpulse.commands import simulate_channels as sc
+from ccpulse.commands.publish import publish_mixed
 from sinks.clickhouse import Retention, current_ttl
 from tests.prometheus_server import PrometheusError, PrometheusServer, prometheus_binary
 from tests.test_grafana_dashboards import (
@@ -114,7 +115,7 @@ def iso(moment: datetime) -> str:
 
 def publish(bootstrap: str, prefix: str, events: list[tuple[str, dict[str, Any]]], speed: float | None) -> int:
     topics = {"call": f"{prefix}calls", "chat": f"{prefix}chats", "ticket": f"{prefix}tickets"}
-    return asyncio.run(sc.publish_mixed(events, bootstrap, topics, speed))
+    return asyncio.run(publish_mixed(events, bootstrap, topics, speed))
 
 
 # ---------------------------------------------------------------- PromQL

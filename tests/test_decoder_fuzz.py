@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ccpulse.simulate import QueueModel, SimulationConfig
-from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+from ccpulse.commands.simulate import QueueModel, SimulationConfig
+from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 from schemas.events import (MAX_ID_CHARS, MAX_SCHEMA_VERSION, REASONS, TYPES, Event, Rejection, decode,
                             format_ms, name_problem)
 

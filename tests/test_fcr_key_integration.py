@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ccpulse import simulate
-from ccpulse.cli import publish_events
+from ccpulse.commands import simulate
+from ccpulse.commands.publish import publish_events
 from ccpulse.config import load_settings
 from streams.fcr import KEY_TOPIC_SUFFIX, shared_key
 from tests.worker_process import WorkerProcess, read_topic, wait_until

@@ -1,4 +1,4 @@
-"""ccpulse.local_kafka against a real broker, plus the jar cache's marker logic."""
+"""ccpulse.commands.local_kafka against a real broker, plus the jar cache's marker logic."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse import local_kafka
-from ccpulse.local_kafka import LocalKafkaError
+from ccpulse.commands import local_kafka
+from ccpulse.commands.local_kafka import LocalKafkaError
 from ccpulse.probes import free_port
 
 

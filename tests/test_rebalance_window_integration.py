@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ccpulse.chaos_worker import committed, end_offsets
+from ccpulse.tools.chaos_worker import committed, end_offsets
 from ccpulse.config import load_settings
 from streams.topics import ensure_topics
 from tests.worker_process import WorkerProcess, read_topic, wait_until

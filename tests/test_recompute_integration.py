@@ -17,7 +17,7 @@ import clickhouse_connect
 import orjson
 import pytest
 
-from ccpulse import simulate
+from ccpulse.commands import simulate
 from tests.worker_process import WorkerProcess, latest_windows, produce, wait_until
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ccpulse import replay
-from ccpulse.replay import ReplayError, ReplayStats, load_mapping, mapping_from_dict
+from ccpulse.commands import replay
+from ccpulse.commands.replay import ReplayError, ReplayStats, load_mapping, mapping_from_dict
 from schemas.events import Event, parse_timestamp_ms, validate
 
 REPO = Path(__file__).resolve().parents[1]

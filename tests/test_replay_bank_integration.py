@@ -2,7 +2,7 @@
 broker and worker; ClickHouse's day windows must equal a plain recomputation.
 
 The recomputation below reads the TSV itself (its own parsing, not
-``ccpulse.replay``) and applies METRICS.md: offered on the day of queue entry,
+``ccpulse.commands.replay``) and applies METRICS.md: offered on the day of queue entry,
 answered and abandoned on the day the caller left the queue, short abandons
 (<= 5 s) not counted as abandoned, service level = answered within 20 s /
 (answered + abandoned), immediate response = answered with no wait /
@@ -34,7 +34,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse import replay
+from ccpulse.commands import replay
 from tests.worker_process import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from ccpulse import replay
-from ccpulse.chaos_worker import end_offsets
+from ccpulse.commands import replay
+from ccpulse.tools.chaos_worker import end_offsets
 from ccpulse.config import load_settings
-from ccpulse.simulate import QueueModel, SimulationConfig
-from ccpulse.simulate_channels import generate_mixed_events
+from ccpulse.commands.simulate import QueueModel, SimulationConfig
+from ccpulse.commands.simulate_channels import generate_mixed_events
 from tests.worker_process import WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.integration

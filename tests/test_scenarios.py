@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ccpulse import scenarios
-from ccpulse.scenarios import (
+from ccpulse.commands import scenarios
+from ccpulse.commands.scenarios import (
     DEFAULT_SCENARIOS_FILE,
     add_scenario_argument,
     agents_for_service_level,
@@ -22,8 +22,8 @@ from ccpulse.scenarios import (
     load_scenarios,
     staffing_plan,
 )
-from ccpulse.simulate import DEFAULT_START, SimulationConfig, add_arguments, generate_call_events
-from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+from ccpulse.commands.simulate import DEFAULT_START, SimulationConfig, add_arguments, generate_call_events
+from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 from schemas.events import Event, validate
 from tests.test_simulate import Occupancy, ms, spans
 
@@ -58,7 +58,7 @@ def kpis(events: list[dict]) -> dict[str, float]:
 
 def test_the_shipped_file_has_the_named_scenarios(shipped):
     assert {"normal", "understaffed", "outage", "outage_now", "peak", "steady"} <= set(shipped)
-    assert DEFAULT_SCENARIOS_FILE == Path(scenarios.__file__).resolve().parents[1] / "deploy" / "scenarios.toml"
+    assert DEFAULT_SCENARIOS_FILE == Path(scenarios.__file__).resolve().parents[2] / "deploy" / "scenarios.toml"
     for name, scenario in shipped.items():
         assert scenario.name == name and scenario.description
         voice, chat, ticket = scenario.configs(7, DEFAULT_START)

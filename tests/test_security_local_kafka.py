@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ccpulse import kafka_security, local_kafka
+from ccpulse import kafka_security
+from ccpulse.commands import local_kafka
 from ccpulse.config import KafkaSettings
-from ccpulse.local_kafka import LocalKafkaError, SaslSetup, SaslUser
+from ccpulse.commands.local_kafka import LocalKafkaError, SaslSetup, SaslUser
 from tests.security_support import free_port
 
 

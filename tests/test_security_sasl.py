@@ -23,8 +23,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from ccpulse import kafka_security, simulate, simulate_channels
-from ccpulse.cli import publish_events
+from ccpulse import kafka_security
+from ccpulse.commands import simulate, simulate_channels
+from ccpulse.commands.publish import publish_events
 from ccpulse.config import KafkaSettings, Settings, load_settings
 from tests.security_support import (MECHANISM, SaslBroker, http_get, latest_windows, read_topic,
                                     start_sasl_broker)

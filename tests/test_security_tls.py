@@ -14,7 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from ccpulse import kafka_security, local_kafka
+from ccpulse import kafka_security
+from ccpulse.commands import local_kafka
 from ccpulse.config import KafkaSettings
 from tests.security_support import free_port, latest_windows
 from tests.tls_certs import Certs, make_certs

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccpulse.simulate import (
+from ccpulse.commands.simulate import (
     DEFAULT_START,
     Outage,
     QueueModel,
@@ -31,8 +31,8 @@ from ccpulse.simulate import (
     encode,
     generate_call_events,
     live_start,
-    publish,
 )
+from ccpulse.commands.publish import publish
 from schemas.events import Event, validate
 
 RFC3339_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")

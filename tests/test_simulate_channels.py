@@ -16,16 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccpulse.simulate import DEFAULT_START, QueueModel, SimulationConfig, encode, generate_call_events
-from ccpulse.simulate_channels import (
+from ccpulse.commands.simulate import DEFAULT_START, QueueModel, SimulationConfig, encode, generate_call_events
+from ccpulse.commands.simulate_channels import (
     FAMILIES,
     ChatConfig,
     TicketConfig,
     generate_chat_events,
     generate_mixed_events,
     generate_ticket_events,
-    publish_mixed,
 )
+from ccpulse.commands.publish import publish_mixed
 from schemas.events import Event, validate
 
 RFC3339_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")

@@ -23,9 +23,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse.fault_injection import make_store_unwritable, store_unwritable_unsupported
-from ccpulse.simulate import SimulationConfig
-from ccpulse.simulate_channels import ChatConfig, generate_mixed_events
+from ccpulse.tools.fault_injection import make_store_unwritable, store_unwritable_unsupported
+from ccpulse.commands.simulate import SimulationConfig
+from ccpulse.commands.simulate_channels import ChatConfig, generate_mixed_events
 from tests.worker_process import WorkerProcess, latest_windows, produce, wait_until
 
 pytestmark = pytest.mark.integration

@@ -35,8 +35,9 @@ import clickhouse_connect
 import pytest
 from jsonschema import Draft202012Validator
 
-from ccpulse.simulate import QueueModel, SimulationConfig, generate_call_events
-from ccpulse.simulate_channels import TicketConfig, generate_ticket_events, publish_mixed
+from ccpulse.commands.simulate import QueueModel, SimulationConfig, generate_call_events
+from ccpulse.commands.publish import publish_mixed
+from ccpulse.commands.simulate_channels import TicketConfig, generate_ticket_events
 from schemas.json_schemas import load
 from tests.worker_process import WorkerProcess, read_topic, wait_until
 

@@ -30,8 +30,9 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from ccpulse.simulate import QueueModel, SimulationConfig, live_start
-from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events, publish_mixed
+from ccpulse.commands.simulate import QueueModel, SimulationConfig, live_start
+from ccpulse.commands.publish import publish_mixed
+from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 from tests.worker_process import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from ccpulse import replay
-from ccpulse.simulate import QueueModel, SimulationConfig
-from ccpulse.simulate_channels import generate_mixed_events
+from ccpulse.commands import replay
+from ccpulse.commands.simulate import QueueModel, SimulationConfig
+from ccpulse.commands.simulate_channels import generate_mixed_events
 from tests.test_wallboard_browser import READ_DOM, Browser, chromium_binary
 from tests.worker_process import WorkerProcess, wait_until
 

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from ccpulse import simulate
-from ccpulse.cli import publish_events
+from ccpulse.commands import simulate
+from ccpulse.commands.publish import publish_events
 from ccpulse.config import Settings, load_settings
 from tests.security_support import http_get
 from tests.worker_process import WorkerProcess, read_topic, wait_until

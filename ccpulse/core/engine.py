@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from ccpulse.config import LimitSettings, Thresholds
 from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, interaction_facts
 from ccpulse.core.lifecycle import Derivation, Interaction, Step, is_ticket
+from ccpulse.core.params import DEFAULT_MAX_STEPS_PER_INTERACTION, Thresholds
 from ccpulse.core.watermark import low_watermark
 from ccpulse.core.windowing import Windowing
 
@@ -115,7 +115,7 @@ class PartitionEngine:
     def __init__(self, partition: int, windowing: Windowing, lateness_s: float,
                  thresholds: Callable[[str, str], Thresholds], horizon_s: float,
                  record: PartitionRecord | None = None,
-                 max_steps: int = LimitSettings.max_steps_per_interaction) -> None:
+                 max_steps: int = DEFAULT_MAX_STEPS_PER_INTERACTION) -> None:
         self.partition = partition
         # Steps kept per interaction: bounds its state, its changelog record and the
         # work of re-deriving it on every step (see LimitSettings in ccpulse/config.py).

@@ -21,9 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ccpulse.config import Thresholds
 from ccpulse.core import sketch
 from ccpulse.core.lifecycle import Derivation, Segment, is_ticket
+from ccpulse.core.params import Thresholds
 from ccpulse.core.windowing import Windowing
 
 Fact = tuple[int, int, str, str, str, str, int]

@@ -5,7 +5,7 @@ item's ``value`` with its ``key`` to the input topic of its ``family``, interlea
 with valid events, then expect exactly one ``events.dead-letter`` record per item
 whose ``reason`` is ``item.reason`` and whose ``value_base64`` is ``item.value``::
 
-    from ccpulse.bad_input import bad_input_corpus
+    from ccpulse.tools.bad_input import bad_input_corpus
     for item in bad_input_corpus():
         send(settings.topics.name(item.topic_attr), key=item.key, value=item.value)
 

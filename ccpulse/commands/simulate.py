@@ -5,7 +5,7 @@ servers, exponential talk time (plus an exponential after-call wrap-up during
 which the agent stays busy), FIFO waiting and exponential customer patience.
 It is a discrete-event simulation in event time driven by a heap, so one hour
 of traffic costs milliseconds to generate and the wall clock only matters when
-``publish`` paces the output.
+``ccpulse.commands.publish`` paces the output.
 
 Everything that makes a day in a real contact center look like one is opt-in,
 and with the defaults the output is exactly that of the plain model:
@@ -39,7 +39,6 @@ the wait the model produced.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import heapq
 import math
 import random
@@ -48,7 +47,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import accumulate
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -64,7 +63,6 @@ __all__ = [
     "encode",
     "generate_call_events",
     "live_start",
-    "publish",
 ]
 
 # A Monday morning: fixed so that a seed alone pins the whole output.
@@ -609,43 +607,6 @@ def _rating(call: _Call, ev: dict[str, Any], q: _QueueState) -> dict[str, Any]:
 
 def encode(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
-
-
-def _event_time(event: dict[str, Any]) -> float:
-    return datetime.fromisoformat(event["occurred_at"]).timestamp()
-
-
-async def publish(
-    events: Iterable[dict[str, Any]],
-    bootstrap: str,
-    topic: str,
-    speed: float | None,
-    *,
-    security_protocol: str = "PLAINTEXT",
-    sasl_mechanism: str | None = None,
-    sasl_username: str | None = None,
-    sasl_password: str | None = None,
-    ssl_context: Any = None,
-    progress: Callable[[int], None] | None = None,
-    stop: asyncio.Event | None = None,
-    batch_size: int = 1000,
-) -> int:
-    """Send ``events`` to ``topic`` keyed by ``interaction_id``; returns how many were acknowledged.
-
-    ``speed=None`` sends as fast as the broker takes them; otherwise event time is
-    replayed at ``speed`` times the wall clock, measured from the first event.
-    ``progress`` gets the running total of acknowledged messages after each
-    batch. Setting ``stop`` ends the run cleanly: what was sent is flushed and
-    counted. ``events`` is consumed lazily, so an endless generator is fine.
-    """
-    # One publisher for every generator: simulate_channels.publish_mixed, one family.
-    from ccpulse.simulate_channels import publish_mixed
-
-    return await publish_mixed((("call", event) for event in events), bootstrap, {"call": topic}, speed,
-                               stop=stop, progress=progress, batch_size=batch_size,
-                               security_protocol=security_protocol, sasl_mechanism=sasl_mechanism,
-                               sasl_username=sasl_username, sasl_password=sasl_password,
-                               ssl_context=ssl_context)
 
 
 # ---------------------------------------------------------------- command line

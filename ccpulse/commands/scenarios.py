@@ -1,10 +1,10 @@
 """Named simulation scenarios from a TOML file (``deploy/scenarios.toml``).
 
 A scenario is a whole contact-center day in a few lines: the voice model of
-:mod:`ccpulse.simulate` (intraday arrival profile, staffing schedules or an
+:mod:`ccpulse.commands.simulate` (intraday arrival profile, staffing schedules or an
 Erlang C staffing plan, outages, handle-time distribution, transfers, repeat
 callers, surveys) plus optional chat and ticket models of
-:mod:`ccpulse.simulate_channels`. Seed and start come from the caller, so one
+:mod:`ccpulse.commands.simulate_channels`. Seed and start come from the caller, so one
 scenario replays exactly (a fixed seed and start) or runs live (now).
 
 File layout::
@@ -49,9 +49,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from ccpulse import simulate
-from ccpulse.simulate import DEFAULT_START, HOURS, Outage, QueueModel, SimulationConfig
-from ccpulse.simulate_channels import ChatConfig, TicketConfig
+from ccpulse.commands import simulate
+from ccpulse.commands.simulate import DEFAULT_START, HOURS, Outage, QueueModel, SimulationConfig
+from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig
 
 __all__ = [
     "DEFAULT_SCENARIOS_FILE",
@@ -68,7 +68,7 @@ __all__ = [
 # The project's copy (a source checkout or an editable install); an installed package
 # (e.g. the Docker image) has none, so there it is deploy/scenarios.toml of the
 # working directory.
-_SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "scenarios.toml"
+_SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "scenarios.toml"
 DEFAULT_SCENARIOS_FILE = _SHIPPED if _SHIPPED.is_file() else Path("deploy", "scenarios.toml")
 
 _VOICE_KEYS = {

@@ -30,8 +30,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from ccpulse.bench_kafka import partitions_of, producer, simulated_dicts
-from ccpulse.bench_worker import BenchApp, WorkerProc, metric_sum
+from ccpulse.tools.bench_kafka import partitions_of, producer, simulated_dicts
+from ccpulse.tools.bench_worker import BenchApp, WorkerProc, metric_sum
 from schemas.events import format_ms
 
 PROBE_QUEUE = "probe"

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccpulse.bench_kafka import GroupTopics
+from ccpulse.tools.bench_kafka import GroupTopics
 from ccpulse.probes import free_port
 
 # Run with the worker's code: which topics each role's consumer group consumes.

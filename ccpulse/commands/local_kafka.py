@@ -159,8 +159,8 @@ class BrokerInfo:
 
 
 def project_root() -> Path:
-    """The source checkout holding ``deploy/kafka/pom.xml`` (this file's grandparent)."""
-    root = Path(__file__).resolve().parent.parent
+    """The source checkout holding ``deploy/kafka/pom.xml`` (ccpulse/commands/ -> the checkout)."""
+    root = Path(__file__).resolve().parents[2]
     if not (root / "deploy" / "kafka" / "pom.xml").is_file():
         raise LocalKafkaError(
             f"deploy/kafka/pom.xml not found under {root}: the local broker needs a source checkout of ccpulse"
@@ -459,7 +459,7 @@ def _server_properties(port: int, controller_port: int, data: Path, sasl: SaslSe
             "ssl.truststore.location": str(Path(tls.cafile).resolve()),
             "ssl.client.auth": "none",
         })
-    header = "# Written by ccpulse.local_kafka at every start; edits are overwritten.\n"
+    header = "# Written by ccpulse.commands.local_kafka at every start; edits are overwritten.\n"
     return header + "".join(f"{key}={value}\n" for key, value in lines.items())
 
 

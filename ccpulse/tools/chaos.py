@@ -6,16 +6,16 @@ a paced rate), injects its fault, waits until every window is final, and
 compares the KPI windows -- the latest record per key on ``kpi.windows`` and
 ``kpi_windows FINAL`` in the embedded ClickHouse store -- with an uninterrupted
 reference run of the same events under another app id and topic prefix.
-``ccpulse/chaos_checks.py`` defines "lost" and "counted twice".
+``ccpulse/tools/chaos_checks.py`` defines "lost" and "counted twice".
 
 - crash: kill -9 the worker's process group at random moments, restart it;
 - sink-outage: the embedded store made unwritable for a while, then restored
-  (``ccpulse.fault_injection``): /health must say 503 meanwhile, 200 after;
+  (``ccpulse.tools.fault_injection``): /health must say 503 meanwhile, 200 after;
 - broker-restart: the local broker stopped for a while and started again on the
   same port and data (the publisher pauses meanwhile: producers are not under test);
 - rebalance: 2 compute workers + 1 writer, a third compute worker added and one
   stopped mid-run; each worker's /metrics must carry only its own partitions;
-- bad-input: the malformed corpus of ``ccpulse.bad_input`` interleaved with the
+- bad-input: the malformed corpus of ``ccpulse.tools.bad_input`` interleaved with the
   workload: each on the dead-letter topic with its reason, valid events once;
 - soak (not in --short): >= 1M events, some interactions never ending; worker RSS
   and table sizes sampled every ~10 s must stay flat.
@@ -47,8 +47,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ccpulse import chaos_checks
-from ccpulse.chaos_worker import (ChaosWorker, committed, dump_store, end_offsets, group_lag, kill_all,
+from ccpulse.tools import chaos_checks
+from ccpulse.tools.chaos_worker import (ChaosWorker, committed, dump_store, end_offsets, group_lag, kill_all,
                                   latest_by_key, read_topic)
 from ccpulse.probes import free_port
 
@@ -108,8 +108,8 @@ SENTINEL_GAP_SECONDS = 780.0
 
 
 def make_workload(duration: float, sentinel_gap: float = SENTINEL_GAP_SECONDS) -> Workload:
-    from ccpulse.simulate import SimulationConfig
-    from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+    from ccpulse.commands.simulate import SimulationConfig
+    from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 
     voice = SimulationConfig(rate=2.5, seed=61, start=START, rating_probability=0.2, transfer_probability=0.05,
                              repeat_probability=0.2)
@@ -148,7 +148,7 @@ def input_topics(prefix: str) -> dict[str, str]:
 async def _publish_sentinels(bootstrap: str, prefix: str, at_ms: int) -> list[str]:
     from aiokafka import AIOKafkaProducer
 
-    from ccpulse.simulate import encode
+    from ccpulse.commands.simulate import encode
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
@@ -200,7 +200,7 @@ class Publisher(threading.Thread):
             self.done.set()
 
     async def _main(self) -> None:
-        from ccpulse.simulate_channels import publish_mixed
+        from ccpulse.commands.publish import publish_mixed
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -591,7 +591,7 @@ def scenario_crash(run: Run) -> ScenarioResult:
 
 def _fault_injection() -> Any:
     try:
-        from ccpulse import fault_injection
+        from ccpulse.tools import fault_injection
     except ImportError:
         return None
     return fault_injection if hasattr(fault_injection, "make_store_unwritable") else None
@@ -601,7 +601,7 @@ def scenario_sink_outage(run: Run) -> ScenarioResult:
     result = ScenarioResult("sink-outage")
     faults = _fault_injection()
     if faults is None:
-        result.skipped = "ccpulse.fault_injection.make_store_unwritable is not available"
+        result.skipped = "ccpulse.tools.fault_injection.make_store_unwritable is not available"
         return result
     worker = run.worker("sink-outage")
     unsupported = faults.store_unwritable_unsupported(run.workdir)
@@ -656,7 +656,7 @@ def scenario_sink_outage(run: Run) -> ScenarioResult:
 
 
 def scenario_broker_restart(run: Run) -> ScenarioResult:
-    from ccpulse import local_kafka
+    from ccpulse.commands import local_kafka
 
     result = ScenarioResult("broker-restart")
     if run.broker_state is None:
@@ -816,7 +816,7 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
 
 
 def scenario_bad_input(run: Run) -> ScenarioResult:
-    from ccpulse.bad_input import bad_input_corpus
+    from ccpulse.tools.bad_input import bad_input_corpus
 
     result = ScenarioResult("bad-input")
     worker = run.worker("bad-input")
@@ -880,8 +880,8 @@ def soak_workload(target_events: int, never_end_share: float, offered_only_share
                   seed: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """``target_events`` events of a busy center, some interactions never ending:
     ``never_end_share`` lose their answer/end events, ``offered_only_share`` keep only the offer."""
-    from ccpulse.simulate import QueueModel, SimulationConfig
-    from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+    from ccpulse.commands.simulate import QueueModel, SimulationConfig
+    from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 
     voice = SimulationConfig(rate=60.0, seed=seed, start=START,
                              queues=tuple(QueueModel(f"q{i}", agents=60) for i in range(8)))
@@ -934,7 +934,7 @@ def scenario_soak(run: Run, target_events: int) -> ScenarioResult:
     lag_limit = 30000
 
     def publish() -> None:
-        from ccpulse.simulate_channels import publish_mixed
+        from ccpulse.commands.publish import publish_mixed
 
         events = soak_workload(target_events, never_end_share=0.03, offered_only_share=0.01, seed=run.seed)
         try:
@@ -1023,7 +1023,7 @@ def _soak_sample(run: Run, worker: ChaosWorker, started: float, sent: int) -> di
 
 def run_chaos(scenarios: list[str], short: bool, bootstrap: str | None, workdir: Path | None,
               seed: int, soak_events: int, sentinel_gap: float = SENTINEL_GAP_SECONDS) -> list[ScenarioResult]:
-    from ccpulse import local_kafka
+    from ccpulse.commands import local_kafka
 
     profile = SHORT if short else FULL
     base = workdir or Path(tempfile.mkdtemp(prefix="ccpulse-chaos-"))
@@ -1074,8 +1074,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         raise ValueError(f"--scenarios: {','.join(unknown) or 'nothing'} is not one of {','.join(SCENARIOS)}")
     if args.short and "soak" in names:
         raise ValueError("--short: the soak has no short form; leave it out of --scenarios")
-    from ccpulse.cli import CommandError
-    from ccpulse.local_kafka import LocalKafkaError
+    from ccpulse.commands.errors import CommandError
+    from ccpulse.commands.local_kafka import LocalKafkaError
 
     try:
         results = run_chaos(names, args.short, args.bootstrap, Path(args.workdir) if args.workdir else None,

@@ -134,14 +134,14 @@ class Bench:
     memory_timeout: float = 600.0
 
     def app(self, name: str, input_prefix: str) -> Any:
-        from ccpulse.bench_worker import BenchApp
+        from ccpulse.tools.bench_worker import BenchApp
 
         app = BenchApp(name, self.root, self.bootstrap, self.code, input_prefix, self.plan.publish_interval)
         app.write_config()
         return app
 
     def spawn(self, app: Any, role: str, index: int) -> Any:
-        from ccpulse.bench_worker import WorkerProc
+        from ccpulse.tools.bench_worker import WorkerProc
 
         worker = WorkerProc(app, role, index)
         self.workers.append(worker)
@@ -153,7 +153,7 @@ class Bench:
             worker.stop()
 
     async def run(self) -> Report:
-        from ccpulse import bench_kafka
+        from ccpulse.tools import bench_kafka
 
         r = self.report
         source = self.app("source", "bench.")
@@ -194,8 +194,8 @@ class Bench:
     # ------------------------------------------------------------ throughput
 
     async def throughput(self, n: int, events: int, ceiling_rate: float) -> float:
-        from ccpulse.bench_kafka import OffsetWatch
-        from ccpulse.bench_worker import Profiler, summarize_profile
+        from ccpulse.tools.bench_kafka import OffsetWatch
+        from ccpulse.tools.bench_worker import Profiler, summarize_profile
 
         app = self.app(f"tp{n}", "bench.")
         topology = app.topology()
@@ -267,7 +267,7 @@ class Bench:
     # ------------------------------------------------------------ latency
 
     async def latency(self, rate: int) -> None:
-        from ccpulse.bench_latency import LatencyRun
+        from ccpulse.tools.bench_latency import LatencyRun
 
         app = self.app(f"lat{rate}", f"lat{rate}.")
         await ensure_topics(app)
@@ -312,8 +312,8 @@ class Bench:
             await self._memory(roles)
 
     async def _memory(self, roles: tuple[str, ...]) -> None:
-        from ccpulse import bench_kafka
-        from ccpulse.bench_kafka import OffsetWatch
+        from ccpulse.tools import bench_kafka
+        from ccpulse.tools.bench_kafka import OffsetWatch
 
         n, queues = self.plan.open_interactions, self.plan.open_queues
         split = len(roles) > 1
@@ -377,7 +377,7 @@ def open_contacts(count: int, queues: int, topic: str) -> Any:
 
 
 def _waiting(worker: Any) -> float:
-    from ccpulse.bench_worker import metric_sum
+    from ccpulse.tools.bench_worker import metric_sum
 
     status, text = worker.get("/metrics", timeout=30.0)
     return metric_sum(text, "ccpulse_queue_waiting") if status == 200 else 0.0
@@ -398,7 +398,7 @@ async def ensure_topics(app: Any) -> None:
 
 
 def _loadavg() -> list[float]:
-    from ccpulse.bench_worker import loadavg
+    from ccpulse.tools.bench_worker import loadavg
 
     return loadavg()
 
@@ -473,10 +473,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from ccpulse.cli import CommandError
+    from ccpulse.commands.errors import CommandError
 
     plan = plan_from_args(args)
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # the checkout holding ccpulse/tools/bench.py
     code = Path(args.worker_pythonpath).resolve() if args.worker_pythonpath else here
     if not (code / "streams" / "app.py").is_file() or not (code / "ccpulse" / "cli.py").is_file():
         raise CommandError(f"--worker-pythonpath {code}: not a ccpulse source tree (no streams/app.py)")
@@ -504,7 +504,7 @@ def _json_default(value: Any) -> Any:
 
 
 async def _main(plan: Plan, code: Path, profile: bool, keep: bool) -> Report:
-    from ccpulse import local_kafka
+    from ccpulse.commands import local_kafka
     from ccpulse.probes import free_port
 
     def say(text: str) -> None:

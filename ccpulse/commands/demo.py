@@ -19,7 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable
 
-from ccpulse import local_kafka, scenarios, simulate, simulate_channels
+from ccpulse.commands import local_kafka, scenarios, simulate, simulate_channels
+from ccpulse.commands.preflight import check_web_port
+from ccpulse.commands.publish import publish_events
 from ccpulse.config import Settings
 
 STATUS_EVERY_SECONDS = 5.0
@@ -38,8 +40,6 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
         except ValueError as exc:
             print(f"ccpulse demo: {exc}", file=sys.stderr)
             return 1
-    from ccpulse.cli import check_web_port
-
     # Before the broker: a worker on a taken port fails late, and meanwhile /health
     # there answers for the other process.
     check_web_port(settings)
@@ -147,8 +147,6 @@ def _print_where_to_look(settings: Settings, bootstrap: str, base: str) -> None:
 
 async def _simulate_and_report(settings: Settings, base: str, events: Iterable[tuple[str, dict]],
                                duration: float | None, worker: subprocess.Popen) -> None:
-    from ccpulse.cli import publish_events
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)

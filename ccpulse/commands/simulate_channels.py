@@ -1,6 +1,6 @@
 """Chat and ticket events, and a mixed voice + chat + ticket stream.
 
-The companions of :mod:`ccpulse.simulate` (voice), built the same way: a
+The companions of :mod:`ccpulse.commands.simulate` (voice), built the same way: a
 discrete-event simulation on integer milliseconds of event time driven by a
 heap, deterministic for a seed, lazy (``duration=math.inf`` streams forever in
 bounded memory) and yielding EVENTS.md-shaped dicts in event-time order with
@@ -31,7 +31,6 @@ the interaction id plus the event's 1-based position in that interaction.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import math
 import random
@@ -40,13 +39,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import accumulate, count
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
-from ccpulse.simulate import (
+from ccpulse.commands.simulate import (
     DEFAULT_START,
     QueueModel,
     SimulationConfig,
-    encode,
     _Clock,
     _Customers,
     generate_call_events,
@@ -59,7 +57,6 @@ __all__ = [
     "generate_chat_events",
     "generate_mixed_events",
     "generate_ticket_events",
-    "publish_mixed",
 ]
 
 # Event families, in the order the mixed stream breaks event-time ties.
@@ -281,7 +278,7 @@ def generate_chat_events(cfg: ChatConfig, duration: float) -> Iterator[dict[str,
     agent_id) -> ``chat.ended`` (agent_id) -> sometimes ``chat.rated`` (csat).
     A ``chat.transferred`` (to_queue) replaces an agent's turn; the chat then
     waits in ``to_queue`` and is answered (or abandoned) there. Lazy and
-    deterministic, like :func:`ccpulse.simulate.generate_call_events`.
+    deterministic, like :func:`ccpulse.commands.simulate.generate_call_events`.
     """
     horizon_ms = _horizon_ms(duration)
     return _chat_events(cfg, horizon_ms)
@@ -651,125 +648,3 @@ def _tagged(family: str, events: Iterable[dict[str, Any]]) -> Iterator[tuple[str
 
 def _occurred_at(item: tuple[str, dict[str, Any]]) -> str:
     return item[1]["occurred_at"]
-
-
-# ---------------------------------------------------------------- publishing
-
-async def publish_mixed(
-    events: Iterable[tuple[str, dict[str, Any]]],
-    bootstrap: str,
-    topics: Mapping[str, str],
-    speed: float | None,
-    *,
-    stop: asyncio.Event | None = None,
-    progress: Callable[[int], None] | None = None,
-    batch_size: int = 1000,
-    security_protocol: str = "PLAINTEXT",
-    sasl_mechanism: str | None = None,
-    sasl_username: str | None = None,
-    sasl_password: str | None = None,
-    ssl_context: Any = None,
-    partition: int | None = None,
-) -> int:
-    """Send each ``(family, event)`` to ``topics[family]`` keyed by ``interaction_id``.
-
-    Same contract as :func:`ccpulse.simulate.publish` (pacing by event time at
-    ``speed``, or as fast as possible for ``None``; ``progress``; ``stop``;
-    security options; returns how many were acknowledged), with one producer for
-    all topics so the families stay interleaved in event time. A family missing
-    from ``topics`` raises ``ValueError`` when its first event comes up.
-    """
-    from aiokafka import AIOKafkaProducer
-
-    for family, topic in topics.items():
-        if family not in FAMILIES:
-            raise ValueError(f"topics: unknown family {family!r}, expected one of {FAMILIES}")
-        if not isinstance(topic, str) or not topic:
-            raise ValueError(f"topics: the {family} topic must be a non-empty string")
-    if speed is not None and not (speed > 0 and math.isfinite(speed)):
-        raise ValueError("speed: must be a positive number, or None for as fast as possible")
-    if batch_size < 1:
-        raise ValueError("batch_size: must be at least 1")
-    if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)
-                                  or partition < 0):
-        raise ValueError("partition: must be a partition number (0, 1, ...) or None")
-    if security_protocol in ("SSL", "SASL_SSL") and ssl_context is None:
-        from aiokafka.helpers import create_ssl_context
-
-        ssl_context = create_ssl_context()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-        security_protocol=security_protocol,
-        ssl_context=ssl_context,
-        sasl_mechanism=sasl_mechanism or "PLAIN",
-        sasl_plain_username=sasl_username or None,
-        sasl_plain_password=sasl_password or None,
-    )
-    loop = asyncio.get_running_loop()
-    pending: list[asyncio.Future[Any]] = []
-    acked = 0
-
-    async def drain() -> None:
-        nonlocal acked
-        if not pending:
-            return
-        await asyncio.gather(*pending)  # the first delivery error propagates: never count a failed send
-        acked += len(pending)
-        pending.clear()
-        if progress is not None:
-            progress(acked)
-
-    try:
-        await producer.start()
-        if partition is not None:  # pinned (replay): the partition must exist everywhere
-            for topic in set(topics.values()):
-                known = await producer.partitions_for(topic)
-                if partition not in known:
-                    raise ValueError(f"partition: {topic} has partitions {sorted(known)}, not {partition}")
-        wall0: float | None = None
-        event0 = 0
-        for family, ev in events:
-            if stop is not None and stop.is_set():
-                break
-            topic = topics.get(family)
-            if topic is None:
-                raise ValueError(f"topics: no topic for the {family!r} family")
-            if speed is not None:
-                t = _event_ms(ev["occurred_at"])
-                if wall0 is None:
-                    wall0, event0 = loop.time(), t
-                due = wall0 + (t - event0) / 1000 / speed
-                if due > loop.time():
-                    await drain()
-                    delay = due - loop.time()
-                    if delay > 0 and await _sleep_or_stop(delay, stop):
-                        break
-            pending.append(await producer.send(topic, encode(ev), key=ev["interaction_id"].encode(),
-                                               partition=partition))
-            if len(pending) >= batch_size:
-                await drain()
-        await producer.flush()
-        await drain()
-    finally:
-        await producer.stop()
-    return acked
-
-
-def _event_ms(text: str) -> int:
-    return (datetime.fromisoformat(text) - _EPOCH) // _MS
-
-
-async def _sleep_or_stop(delay: float, stop: asyncio.Event | None) -> bool:
-    """Sleeps ``delay`` seconds; True when ``stop`` was set meanwhile."""
-    if stop is None:
-        await asyncio.sleep(delay)
-        return False
-    try:
-        await asyncio.wait_for(stop.wait(), delay)
-    except TimeoutError:
-        return False
-    return True

@@ -17,8 +17,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse.simulate import QueueModel, SimulationConfig, encode
-from ccpulse.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+from ccpulse.commands.simulate import QueueModel, SimulationConfig, encode
+from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 
 # A mid-sized contact center: 8 voice queues of 300 agents, a 200-agent chat
 # desk and a ticket desk, so per-agent windows, FCR, SLA and scorecards all

@@ -1020,14 +1020,14 @@ async def publish(events: Iterable[tuple[str, dict[str, Any]]], bootstrap: str, 
                   batch_size: int = 1000, security_protocol: str = "PLAINTEXT",
                   sasl_mechanism: str | None = None, sasl_username: str | None = None,
                   sasl_password: str | None = None, ssl_context: Any = None) -> int:
-    """``ccpulse.simulate_channels.publish_mixed`` with a fixed ``partition`` (None: by key).
+    """``ccpulse.commands.publish.publish_mixed`` with a fixed ``partition`` (None: by key).
 
     Same contract otherwise: ``(family, event)`` pairs to ``topics[family]``, keyed
     by ``interaction_id``, paced by event time at ``speed`` (None: as fast as
     possible), ``progress(acknowledged)``, ``stop``; returns how many were
     acknowledged. One producer for all topics keeps the families interleaved.
     """
-    from ccpulse.simulate_channels import publish_mixed
+    from ccpulse.commands.publish import publish_mixed
 
     return await publish_mixed(events, bootstrap, topics, speed, stop=stop, progress=progress,
                                batch_size=batch_size, security_protocol=security_protocol,
@@ -1288,11 +1288,11 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
     """``ccpulse replay``: read, publish, print one summary line on stderr; 0 on success.
 
     Raises ``ReplayError`` (a ValueError, one line) for a bad mapping or record and
-    ``ccpulse.cli.CommandError`` when Kafka is unreachable.
+    ``ccpulse.commands.errors.CommandError`` when Kafka is unreachable.
     """
     from dataclasses import replace
 
-    from ccpulse.cli import CommandError
+    from ccpulse.commands.errors import CommandError
 
     path = Path(ns.file)
     if ns.mapping is not None:
