@@ -18,14 +18,20 @@ import orjson
 HASH_HEX_CHARS = 32  # 128 bits: no collisions in practice, half the width of a full digest
 
 
+def secret_bytes(secret: str | bytes) -> bytes:
+    """A secret as HMAC key bytes: text is UTF-8, bytes are taken as they are."""
+    return secret if isinstance(secret, bytes) else secret.encode("utf-8")
+
+
 @dataclass(frozen=True)
 class CustomerIdHasher:
     key: bytes = field(repr=False)
     hex_chars: int = HASH_HEX_CHARS
 
     @classmethod
-    def from_secret(cls, secret: str) -> "CustomerIdHasher":
-        return cls(secret.encode("utf-8"))
+    def from_secret(cls, secret: str | bytes) -> "CustomerIdHasher":
+        """The one way to make a hasher: a configured secret (text, UTF-8) or a stored key (bytes)."""
+        return cls(secret_bytes(secret))
 
     @property
     def key_id(self) -> str:

@@ -22,10 +22,11 @@ from ccpulse.core.windowing import Windowing
 from ccpulse.log_limit import CountedLines
 from schemas.events import Rejection
 from schemas.records import dead_letter, interaction_rows, step_from_message, window_label, window_record_key
-from streams.app import Pipeline
+from streams.context import Pipeline
 from streams.fcr import customer_hasher
 from streams.guard import stage_guard
 from streams.merge import ClockSender
+from streams.merged import live_key
 from streams.ingest import WATERMARK_FIELD
 
 EXPIRY_SCAN_SECONDS = 10.0
@@ -108,7 +109,7 @@ def register(pipe: Pipeline) -> None:
                  "waiting_at_start": snap.waiting_at_start, "waiting_at_end": snap.waiting_at_end})
         for (queue, channel), live in engine.take_live():
             outbox.send(
-                partials, f"live|{queue}|{channel}".encode(),
+                partials, live_key(queue, channel).encode(),
                 {"kind": "live", "queue": queue, "channel": channel, "partition": partition,
                  "version": engine.version(False), "watermark": wm,
                  "waiting": sum(live.waiting.values()),

@@ -20,10 +20,11 @@ import orjson
 
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from ccpulse.core.merge_clock import MergeClock, expected_sources
-from schemas.records import queue_state_record, window_record, window_record_key
-from streams.app import Pipeline
+from schemas.records import queue_state_record, window_record_key
+from streams.context import Pipeline
 from streams.guard import stage_guard
-from streams.merge_index import MergeIndex, merged_agg
+from streams.merge_index import MergeIndex
+from streams.merged import entry_key, live_key, live_queue, merged_record
 from streams.outbox import Outbox
 
 ROLLING_WINDOW_MS = 15 * 60 * 1000
@@ -54,35 +55,6 @@ class ClockSender:
 
     def forget(self, source: str) -> None:
         self._sent.pop(source, None)
-
-
-def entry_key(partial: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A live or window partial's key in the merged table, and the fields a new entry starts with."""
-    if partial.get("kind") == "live":
-        return (f"live|{partial['queue']}|{partial['channel']}",
-                {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]})
-    key = window_record_key(tuple(partial["key"]))
-    key = key if partial["key"][2] == QUEUE else "agent|" + key
-    return key, {"kind": "window", "key": partial["key"], "end": partial["end"]}
-
-
-def merged_record(entry: dict[str, Any], pipe: Pipeline, now_ms: int, agg: WindowAgg | None = None) -> dict[str, Any]:
-    parts = entry["parts"]
-    size, start, scope, name, channel = entry["key"]
-    queue = name if scope == QUEUE else ""
-    # The FCR part is a delayed window: it does not hold back `final` of the rest.
-    kpi_parts = [p for source, p in parts.items() if not source.startswith("fcr-")]
-    fcr_parts = [p for source, p in parts.items() if source.startswith("fcr-")]
-    record = window_record(
-        (size, start, scope, name, channel), entry["end"], agg if agg is not None else merged_agg(entry),
-        pipe.settings.thresholds_for(queue, channel),
-        version=sum(part["version"] for part in parts.values()),
-        final=all(part["final"] for part in kpi_parts or fcr_parts), now_ms=now_ms,
-        waiting_at_start=sum(part.get("waiting_at_start", 0) for part in kpi_parts),
-        waiting_at_end=sum(part.get("waiting_at_end", 0) for part in kpi_parts))
-    if scope == QUEUE:
-        record["fcr_final"] = all(part["final"] for part in fcr_parts) if fcr_parts else None
-    return record
 
 
 def register(pipe: Pipeline) -> None:
@@ -168,7 +140,7 @@ def register(pipe: Pipeline) -> None:
             record = merged_record(entry, pipe, now_ms, index.agg(key, entry))
             outbox.send(topics[entry["key"][2]], window_record_key(tuple(entry["key"])).encode(), record)
             if entry["key"][2] == QUEUE and entry["key"][0] == ROLLING_SIZE_S:
-                live_keys.add(f"live|{entry['key'][3]}|{entry['key'][4]}")
+                live_keys.add(live_key(entry["key"][3], entry["key"][4]))
         # Queue state: every queue with contacts waiting is refreshed each tick (its
         # longest wait grows with time), the others when something changed.
         live_keys |= index.waiting()
@@ -180,7 +152,7 @@ def register(pipe: Pipeline) -> None:
         await outbox.flush()
 
     def queue_state(key: str, now_ms: int) -> dict[str, Any] | None:
-        _, queue, channel = key.split("|", 2)
+        queue, channel = live_queue(key)
         entry = merged.data.get(key)
         parts = entry["parts"].values() if entry else []
         oldest = [p["oldest_entered"] for p in parts if p["oldest_entered"] is not None]

@@ -16,15 +16,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 from ccpulse.core.kpis import QUEUE, WindowAgg
-
-Entry = dict[str, Any]
-
-
-def merged_agg(entry: Entry) -> WindowAgg:
-    agg = WindowAgg()
-    for part in entry["parts"].values():
-        agg.merge(WindowAgg.from_dict(part["agg"]))
-    return agg
+from streams.merged import Entry, merged_agg
 
 
 class MergeIndex:

@@ -19,7 +19,7 @@ from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
 from streams import wallboard as wb
-from streams.merge import entry_key
+from streams.merged import entry_key
 
 S = 1000
 MIN = 60 * S

@@ -1,0 +1,69 @@
+"""The merged table's entries, in one place: their keys, their counters summed over their
+parts and the ``kpi.windows`` / ``kpi.agents`` record published from them.
+
+An entry gathers the partials of one window (``kind: window``) or of one queue's live
+state (``kind: live``) sent by every source partition (``parts``: source -> its newest
+partial). The merge stage (streams/merge.py) writes the entries; its index, the
+wallboard and ``/api/windows`` read them with these helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccpulse.core.kpis import QUEUE, WindowAgg
+from schemas.records import window_record, window_record_key
+from streams.context import Pipeline
+
+Entry = dict[str, Any]
+# The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".
+FCR_SOURCE_PREFIX = "fcr-"
+
+
+def live_key(queue: str, channel: str) -> str:
+    """The live entry of a queue x channel (also the message key of its live partials)."""
+    return f"live|{queue}|{channel}"
+
+
+def live_queue(key: str) -> tuple[str, str]:
+    """(queue, channel) of a live key; queue names never hold '|' (the config's name rule)."""
+    _, queue, channel = key.split("|", 2)
+    return queue, channel
+
+
+def entry_key(partial: dict[str, Any]) -> tuple[str, Entry]:
+    """A live or window partial's key in the merged table, and the fields a new entry starts with."""
+    if partial.get("kind") == "live":
+        return (live_key(partial["queue"], partial["channel"]),
+                {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]})
+    key = window_record_key(tuple(partial["key"]))
+    key = key if partial["key"][2] == QUEUE else "agent|" + key
+    return key, {"kind": "window", "key": partial["key"], "end": partial["end"]}
+
+
+def merged_agg(entry: Entry) -> WindowAgg:
+    """A window entry's counters summed over its parts."""
+    agg = WindowAgg()
+    for part in entry["parts"].values():
+        agg.merge(WindowAgg.from_dict(part["agg"]))
+    return agg
+
+
+def merged_record(entry: Entry, pipe: Pipeline, now_ms: int, agg: WindowAgg | None = None) -> dict[str, Any]:
+    """The record a window entry publishes; ``agg``: its merged counters when already at hand."""
+    parts = entry["parts"]
+    size, start, scope, name, channel = entry["key"]
+    queue = name if scope == QUEUE else ""
+    # The FCR part is a delayed window: it does not hold back `final` of the rest.
+    kpi_parts = [p for source, p in parts.items() if not source.startswith(FCR_SOURCE_PREFIX)]
+    fcr_parts = [p for source, p in parts.items() if source.startswith(FCR_SOURCE_PREFIX)]
+    record = window_record(
+        (size, start, scope, name, channel), entry["end"], agg if agg is not None else merged_agg(entry),
+        pipe.settings.thresholds_for(queue, channel),
+        version=sum(part["version"] for part in parts.values()),
+        final=all(part["final"] for part in kpi_parts or fcr_parts), now_ms=now_ms,
+        waiting_at_start=sum(part.get("waiting_at_start", 0) for part in kpi_parts),
+        waiting_at_end=sum(part.get("waiting_at_end", 0) for part in kpi_parts))
+    if scope == QUEUE:
+        record["fcr_final"] = all(part["final"] for part in fcr_parts) if fcr_parts else None
+    return record
