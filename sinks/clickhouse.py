@@ -255,6 +255,13 @@ class ClickHouseWriter:
             self.client.close()
             self.client = None
 
+    def __enter__(self) -> "ClickHouseWriter":
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def insert_now(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         body = b"\n".join(map(orjson.dumps, rows))
         self.client.raw_insert(table, self._columns[table], body, settings=INSERT_SETTINGS, fmt="JSONEachRow")

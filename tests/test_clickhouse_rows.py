@@ -6,7 +6,6 @@ column the table has without a default is in the row, and it reads back.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import orjson
@@ -73,11 +72,8 @@ def test_every_table_written_has_its_row_builder_here() -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseWriter]:
-    path: Path = tmp_path_factory.mktemp("rows-store")
-    writer = ClickHouseWriter(f"chdb://{path}")
-    writer.open()
-    yield writer
-    writer.close()
+    with ClickHouseWriter(f"chdb://{tmp_path_factory.mktemp('rows-store')}") as writer:
+        yield writer
 
 
 @pytest.mark.parametrize("table", TABLES)

@@ -104,10 +104,8 @@ def test_one_table_failing_keeps_the_writer_unhealthy_until_it_succeeds() -> Non
 
 @pytest.fixture()
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    writer = ClickHouseWriter(f"chdb://{tmp_path / 'store'}", initial_backoff=0.05, max_backoff=0.2)
-    writer.open()
-    yield writer
-    writer.close()
+    with ClickHouseWriter(f"chdb://{tmp_path / 'store'}", initial_backoff=0.05, max_backoff=0.2) as writer:
+        yield writer
 
 
 def test_a_batch_keeps_the_newest_version_of_each_key_as_the_table_would(store: ClickHouseWriter) -> None:
