@@ -46,22 +46,196 @@ waiting for more input. The fetch outlives a cancelled caller, so every record
 aiokafka hands out is seen; partitions with nothing committed are sought where
 the reset policy says. Records of topics without acknowledgements (table
 changelogs) keep Faust's own handling.
+
+Batch topics (``InOrderApp.batch_topic``): the records of one partition that one
+fetch returned reach the agent as ONE Faust event, an ``Envelope``, instead of one
+event each (Faust's per-record delivery costs about 30 µs, more than a stage's
+work on a record). A record joins an envelope only once the rules above accept it,
+and an envelope not handed to its stream, or overtaken by a seek or a rebalance,
+is read again as its records would have been. Acknowledging the envelope
+acknowledges every offset it covers. Faust's own commit arithmetic
+(``_new_offset``) commits past one unacknowledged offset, and past any number when
+nothing was committed yet; for batch topics an ``EnvelopeLedger`` decides instead:
+the commit never passes an envelope that is not acknowledged.
+
+Every workaround here was written against the faust-streaming and aiokafka
+versions ccpulse pins (pyproject.toml); ``InOrderApp`` refuses to start with
+others (``check_versions``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+from collections import deque
 from contextlib import contextmanager
-from typing import Any, Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Optional, cast
+from importlib import metadata
+from typing import Any, Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Mapping, Optional, cast
 
 import faust
 from faust.agents import current_agent
+from faust.serializers import Schema
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, AppT, TopicT
+from faust.types.tuples import ConsumerMessage, ack_lock
 from mode import Service
+from mode.utils.futures import notify
 
 from streams.guard import crash_of
+
+log = logging.getLogger(__name__)
+
+# The libraries whose internals this module copies or patches.
+PATCHED = ("faust-streaming", "aiokafka")
+
+
+class UntestedLibraries(ValueError):
+    """The installed Faust or aiokafka is not the version the workarounds were written for.
+
+    A ValueError so that ``ccpulse worker`` says it in one line (ccpulse/cli.py)."""
+
+
+def version_problem(installed: Mapping[str, Optional[str]], pinned: Mapping[str, str]) -> Optional[str]:
+    """One line naming every patched library whose installed version is not the pinned one; None if all match."""
+    wrong = [f"{name} {installed.get(name) or 'missing'} (written for {pinned[name]})"
+             for name in PATCHED if name in pinned and installed.get(name) != pinned[name]]
+    if not wrong:
+        return None
+    fix = " ".join(f"{name}=={pinned[name]}" for name in PATCHED if name in pinned)
+    return (f"streams/kafka_consumer.py patches Faust's fetch loop and commit for exact versions; installed: "
+            f"{', '.join(wrong)}. Install them with: pip install {fix}")
+
+
+def pinned_versions() -> dict[str, str]:
+    """What ccpulse pins for the patched libraries (pyproject.toml, as installed); empty if not installed."""
+    try:
+        requirements = metadata.requires("ccpulse") or []
+    except metadata.PackageNotFoundError:
+        return {}
+    pins = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^;\s]+)", requirement.strip())
+        if match and match.group(1) in PATCHED:
+            pins[match.group(1)] = match.group(2)
+    return pins
+
+
+def installed_versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {}
+    for name in PATCHED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def check_versions() -> None:
+    """Refuse to run on other versions of Faust or aiokafka than the pinned ones.
+
+    Refused rather than logged: this module replaces Faust's fetch loop and its commit
+    arithmetic, and relies on private attributes (``_read_offset``, ``_acked``,
+    ``_n_acked``, ``_committed_offset``...). On another version they can mean
+    something else, and the likely failure is silent: offsets committed for records
+    never processed. A worker that does not start says so; one that loses data does not.
+    """
+    pinned = pinned_versions()
+    if not pinned:  # running from a source tree that was never installed: nothing to compare with
+        log.warning("ccpulse is not installed: cannot check the Faust and aiokafka versions "
+                    "streams/kafka_consumer.py was written for")
+        return
+    problem = version_problem(installed_versions(), pinned)
+    if problem is not None:
+        raise UntestedLibraries(problem)
+
+
+class Envelope:
+    """The records of one partition of a batch topic from one fetch, in offset order:
+    one Faust event (see the module docstring). ``records`` are Faust's messages
+    (``topic``, ``partition``, ``offset``, ``key``, ``value``, ``timestamp``, ``headers``)."""
+
+    __slots__ = ("topic", "partition", "records")
+
+    def __init__(self, topic: str, partition: int, records: list[Any]) -> None:
+        self.topic, self.partition, self.records = topic, partition, records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return (f"Envelope({self.topic}[{self.partition}] "
+                f"{self.records[0].offset}..{self.records[-1].offset}, {len(self.records)} records)")
+
+
+class EnvelopeLedger:
+    """How far the offsets of batch topics may be committed: through the last envelope
+    of an unbroken run of acknowledged ones, never past one that is not.
+
+    Envelopes of a partition are delivered in offset order and each starts where the
+    one before ended (holes confirmed by a re-fetch included), so the end of that run
+    is the offset to commit. A seek to the committed offsets (a rebalance) voids the
+    envelopes delivered before it (``forget``): their records are read again, and an
+    acknowledgement that arrives for one of them later is ignored.
+    """
+
+    def __init__(self) -> None:
+        # partition -> [envelope, acknowledged], in delivery order
+        self._open: dict[Any, deque[list]] = {}
+
+    def delivered(self, tp: Any, envelope: Envelope) -> None:
+        self._open.setdefault(tp, deque()).append([envelope, False])
+
+    def discard(self, tp: Any, envelope: Envelope) -> None:
+        """It never reached its stream; its records are read again."""
+        entries = self._open.get(tp)
+        if entries:
+            for entry in entries:
+                if entry[0] is envelope:
+                    entries.remove(entry)
+                    return
+
+    def acked(self, tp: Any, envelope: Envelope) -> bool:
+        """False for an envelope it does not hold (voided by a seek, or acknowledged already)."""
+        for entry in self._open.get(tp, ()):
+            if entry[0] is envelope:
+                if entry[1]:
+                    return False
+                entry[1] = True
+                return True
+        return False
+
+    def committable(self, tp: Any) -> Optional[int]:
+        """The offset to commit for ``tp`` now (one past the run of acknowledged envelopes), or None."""
+        entries = self._open.get(tp)
+        end = None
+        while entries and entries[0][1]:
+            end = entries.popleft()[0].records[-1].offset + 1
+        return end
+
+    def unacked(self, tp: Any) -> int:
+        return sum(1 for _, done in self._open.get(tp, ()) if not done)
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        for tp in tps:
+            self._open.pop(tp, None)
+
+
+class EnvelopeSchema(Schema):
+    """The schema of batch topics: the envelope is the event's value, as it is."""
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: AppT, *, on_key_decode_error: Any = None, on_value_decode_error: Any = None,
+                default_propagate: bool = False) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
 
 
 class InOrderTracker:
@@ -179,6 +353,12 @@ class InOrderTracker:
     def delivered(self, tp: Any, offset: int) -> None:
         self._expected[tp] = offset + 1
 
+    def rewind(self, tp: Any, offset: int) -> None:
+        """Records from ``offset`` on, taken as delivered, were not (an envelope that never
+        reached its stream): reading resumes there, like after any undelivered record."""
+        if not self._seeking.get(tp):
+            self._expected[tp] = offset
+
     def forget(self, tp: Any) -> None:
         self._expected.pop(tp, None)
         self._suspects.pop(tp, None)
@@ -285,6 +465,7 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         # Offsets whose commit waits for the outbox to deliver what failed (see _commit_offsets).
         self.held_offsets: dict[TP, int] = {}
         self._commit_tried = False
+        self.ledger = EnvelopeLedger()
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         records, self.batch_clock = await self._fetch.get(
@@ -297,6 +478,7 @@ class InOrderConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         tps = set(self.assignment())
+        self.ledger.forget(tps)  # every partition reads again from its committed offset
         targets: dict[TP, Optional[int]] = {}
         with self.order.seeking(tps, targets):
             committed = await self.seek_to_committed()
@@ -319,12 +501,38 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         return await self.earliest_offsets(*tps)
 
     async def seek(self, partition: TP, offset: int) -> None:
+        self.ledger.forget([partition])
         with self.order.seeking([partition], {partition: offset}):
             await super().seek(partition, offset)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        self.ledger.forget(partitions)
         with self.order.seeking(partitions, partitions):
             await super().seek_wait(partitions)
+
+    def ack(self, message: Any) -> bool:
+        envelope = message.value
+        if type(envelope) is not Envelope:
+            return super().ack(message)
+        with ack_lock:  # as Faust's ack: Message.ack holds it around this call
+            if message.acked:
+                return False
+            message.acked = True
+            self._unacked_messages.discard(message)
+            try:
+                if not self.ledger.acked(message.tp, envelope):
+                    return False
+                # Faust looks for offsets to commit only in partitions it saw acknowledged.
+                self._acked[message.tp]  # noqa: B018 - creates the entry
+                self._n_acked += len(envelope.records)
+                return True
+            finally:
+                notify(self._waiting_for_ack)
+
+    def _new_offset(self, tp: TP) -> Optional[int]:
+        if tp.topic in self.app.batch_topics:
+            return self.ledger.committable(tp)
+        return super()._new_offset(tp)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         # Stopping cancels the agents, and Faust's ``take_events`` acknowledges the batch
@@ -371,6 +579,7 @@ class InOrderConsumer(faust_aiokafka.Consumer):
             guard.agent_crashed(agent.name if agent is not None else "unknown", exc)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.ledger.forget(revoked)
         for tp in revoked:
             self.order.forget(tp)
             # Its next owner reads again from the last commit.
@@ -433,15 +642,12 @@ class InOrderConsumer(faust_aiokafka.Consumer):
     async def _drain(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         # Faust's loop (faust.transport.consumer.Consumer._drain_messages) with
         # in-order delivery for acknowledged topics; see the module docstring.
-        callback = self.callback
         order = self.order
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        num_since_yield = 0
+        # Envelopes being filled from the fetch being walked: partition -> (the seeks of
+        # it when the first record joined, the expected offset then, the records).
+        filling: dict[TP, tuple[int, int, list[Any]]] = {}
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 for tp in order.undelivered():
@@ -452,57 +658,18 @@ class InOrderConsumer(faust_aiokafka.Consumer):
                 if self.should_stop:
                     continue
                 refetched: set[TP] = set()
-                async for tp, message in ait:
-                    seeks_at_receipt = order.seeks(tp)
-                    num_since_yield += 1
-                    if num_since_yield > 100:
-                        await asyncio.sleep(0)
-                        num_since_yield = 0
-                    offset = message.offset
-                    acked = acks_enabled_for(message.topic)
-                    if acked:
-                        if tp in refetched:
-                            continue  # the rest of this batch predates the re-fetch
-                        verdict = order.accept(tp, offset, self.batch_clock)
-                        if verdict is False:
-                            continue
-                        if verdict is None:
-                            refetched.add(tp)
-                            await self._refetch(tp, "the next record seen was past it")
-                            continue
-                        expected = order.expected(tp)
-                        if expected is not None and offset > expected:
-                            await self._add_gap(tp, expected, offset - 1)
-                    else:
-                        r_offset = get_read_offset(tp)
-                        if r_offset is not None and offset < r_offset:
-                            continue
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if acked and (order.seeks(tp) != seeks_at_receipt
-                                  or message.generation_id != self.app.consumer_generation_id
-                                  or self.app.rebalancing):
-                        # A seek or a rebalance came while this record waited (at an await
-                        # above): the seek decides where the partition resumes, and a stream
-                        # silently skips a record of an older generation, which would then
-                        # count as delivered and its re-fetch be dropped as a duplicate.
-                        # Until the rebalance has ended nothing is delivered: Faust resumes
-                        # stream partitions and seeks them *before* its final
-                        # ``flow_control.resume()``, which empties every stream's queue, so
-                        # a record delivered in between was dropped unseen (its partition is
-                        # re-read from the expected offset once the rebalance has ended).
-                        continue
-                    delivered = await self._deliver(callback(message))
-                    if order.seeks(tp) != seeks_at_receipt:
-                        continue  # a seek decided where this partition resumes
-                    if not delivered:
-                        # The stream never got it: the expected offset stays, so this
-                        # partition is re-fetched from here before the next fetch.
-                        continue
-                    set_read_offset(tp, offset)
-                    if acked:
-                        order.delivered(tp, offset)
+                try:
+                    await self._walk(ait, filling, refetched)
+                    # Every envelope filled goes now, in the order its partition came first.
+                    while filling:
+                        tp = next(iter(filling))
+                        await self._hand_over(tp, *filling.pop(tp))
+                finally:
+                    # Stopped or failed first: their records are read again.
+                    for tp, (seeks, start, _records) in filling.items():
+                        if order.seeks(tp) == seeks:
+                            order.rewind(tp, start)
+                    filling.clear()
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -520,6 +687,117 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
+    async def _walk(self, ait: Any, filling: dict[TP, tuple[int, int, list[Any]]],
+                    refetched: set[TP]) -> None:  # pragma: no cover - needs a broker
+        """One fetched batch, record by record (Faust's loop, in order; see the module docstring)."""
+        callback = self.callback
+        order = self.order
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        batch_topics = self.app.batch_topics
+        num_since_yield = 0
+        async for tp, message in ait:
+            seeks_at_receipt = order.seeks(tp)
+            num_since_yield += 1
+            if num_since_yield > 100:
+                await asyncio.sleep(0)
+                num_since_yield = 0
+            offset = message.offset
+            acked = acks_enabled_for(message.topic)
+            if acked:
+                if tp in refetched:
+                    continue  # the rest of this batch predates the re-fetch
+                verdict = order.accept(tp, offset, self.batch_clock)
+                if verdict is False:
+                    continue
+                if verdict is None:
+                    refetched.add(tp)
+                    if tp in filling:  # its records come before where the re-fetch reads from
+                        await self._hand_over(tp, *filling.pop(tp))
+                    await self._refetch(tp, "the next record seen was past it")
+                    continue
+                expected = order.expected(tp)
+                if tp.topic in batch_topics:
+                    envelope = filling.get(tp)
+                    if envelope is None or envelope[0] != seeks_at_receipt:
+                        # (one filled before a seek is void: the seek decided where tp resumes)
+                        envelope = filling[tp] = (seeks_at_receipt, offset if expected is None else expected, [])
+                    envelope[2].append(message)
+                    # Taken as delivered, so the next record is accepted after it; undone
+                    # (rewind) if the envelope does not reach its stream.
+                    order.delivered(tp, offset)
+                    continue
+                if expected is not None and offset > expected:
+                    await self._add_gap(tp, expected, offset - 1)
+            else:
+                r_offset = get_read_offset(tp)
+                if r_offset is not None and offset < r_offset:
+                    continue
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            if acked and self._overtaken(tp, seeks_at_receipt, message):
+                # A seek or a rebalance came while this record waited (at an await
+                # above): the seek decides where the partition resumes, and a stream
+                # silently skips a record of an older generation, which would then
+                # count as delivered and its re-fetch be dropped as a duplicate.
+                # Until the rebalance has ended nothing is delivered: Faust resumes
+                # stream partitions and seeks them *before* its final
+                # ``flow_control.resume()``, which empties every stream's queue, so
+                # a record delivered in between was dropped unseen (its partition is
+                # re-read from the expected offset once the rebalance has ended).
+                continue
+            delivered = await self._deliver(callback(message))
+            if order.seeks(tp) != seeks_at_receipt:
+                continue  # a seek decided where this partition resumes
+            if not delivered:
+                # The stream never got it: the expected offset stays, so this
+                # partition is re-fetched from here before the next fetch.
+                continue
+            set_read_offset(tp, offset)
+            if acked:
+                order.delivered(tp, offset)
+
+    def _overtaken(self, tp: TP, seeks_at_receipt: int, message: Any) -> bool:
+        return (self.order.seeks(tp) != seeks_at_receipt
+                or message.generation_id != self.app.consumer_generation_id
+                or self.app.rebalancing)
+
+    async def _hand_over(self, tp: TP, seeks: int, start: int, records: list[Any]) -> None:
+        """Deliver the envelope of ``records``, under the rules a single record follows."""
+        order = self.order
+        last = records[-1]
+        if self._overtaken(tp, seeks, last):
+            if order.seeks(tp) == seeks:  # a rebalance, no seek yet: read them again
+                order.rewind(tp, start)
+            return
+        envelope = Envelope(tp.topic, tp.partition, records)
+        message = ConsumerMessage(
+            tp.topic, tp.partition, last.offset, last.timestamp, last.timestamp_type, None, None,
+            envelope, None, 0, 0, tp, generation_id=last.generation_id)
+        self.ledger.delivered(tp, envelope)
+        delivered = False
+        try:
+            delivered = await self._deliver(self.callback(message))
+        finally:
+            if not delivered:
+                # Read again; should it reach its stream all the same, its
+                # acknowledgement is ignored rather than holding every commit.
+                self.ledger.discard(tp, envelope)
+                if order.seeks(tp) == seeks:
+                    order.rewind(tp, start)
+        if order.seeks(tp) != seeks:
+            return  # a seek decided where this partition resumes
+        if not delivered:
+            return
+        self._read_offset[tp] = last.offset
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+
 
 class InOrderTransport(faust_aiokafka.Transport):
     Consumer = InOrderConsumer
@@ -527,6 +805,19 @@ class InOrderTransport(faust_aiokafka.Transport):
 
 class InOrderApp(faust.App):
     """``faust.App`` whose consumer is :class:`InOrderConsumer`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_versions()
+        super().__init__(*args, **kwargs)
+        # Topics whose records reach their agent in envelopes (see batch_topic).
+        self.batch_topics: set[str] = set()
+
+    def batch_topic(self, *names: str, **kwargs: Any) -> TopicT:
+        """A topic whose agent receives :class:`Envelope` values: the records one fetch
+        returned for one partition, in offset order, as one event. Acknowledging the
+        event acknowledges them all; the commit never passes an envelope that is not."""
+        self.batch_topics.update(names)
+        return self.topic(*names, schema=EnvelopeSchema(), **kwargs)
 
     def _new_transport(self) -> Any:
         return InOrderTransport(self.conf.broker_consumer, self)
