@@ -339,6 +339,65 @@ def test_a_bank_row_that_is_broken_is_skipped_and_counted(tmp_path: Path) -> Non
     assert stats.examples == ("line 3: q_exit '6:75:43' is not a time of day (H:MM:SS)",)
 
 
+# ---------------------------------------------------------------- served calls, 0:00:00 and midnight
+
+# In the bank's log 0:00:00 is both "no such step" and midnight. A served (AGENT) call
+# is offered and answered whatever its times say, and its wait is the row's q_time.
+SERVED_ROWS = [
+    # one of the 19 served rows of January whose queue and service times all read 0:00:00:
+    # offered and answered (wait 0) when it left the voice menu; no service times, no ended
+    "AA0102\t28609\t0\t0\tPS\t990104\t13:39:21\t13:39:30\t9\t0:00:00\t0:00:00\t0\tAGENT\t0:00:00\t0:00:00\t0\tGILI",
+    # queued at midnight exactly (q_start 0:00:00 is a time here), answered 25 s later
+    "AA0300\t1\t0\t0\tPS\t990105\t23:59:50\t0:00:00\t10\t0:00:00\t0:00:25\t25\tAGENT\t0:00:25\t0:03:00\t155\tANAT",
+    # answered at midnight exactly (q_exit and ser_start 0:00:00) after 25 s in the queue
+    "AA0300\t2\t0\t0\tPS\t990105\t23:59:30\t23:59:35\t5\t23:59:35\t0:00:00\t25\tAGENT\t0:00:00\t0:02:00\t120\tANAT",
+]
+SERVED_EVENTS = [
+    call(1, "offered", "1999-01-04T11:39:30.000Z", "AA0102-28609", attributes={"priority": "0"}),
+    call(2, "answered", "1999-01-04T11:39:30.000Z", "AA0102-28609", agent_id="GILI"),
+    call(1, "offered", "1999-01-05T21:59:35.000Z", "AA0300-2", attributes={"priority": "0"}),
+    call(1, "offered", "1999-01-05T22:00:00.000Z", "AA0300-1", attributes={"priority": "0"}),
+    call(2, "answered", "1999-01-05T22:00:00.000Z", "AA0300-2", agent_id="ANAT"),
+    call(2, "answered", "1999-01-05T22:00:25.000Z", "AA0300-1", agent_id="ANAT"),
+    call(3, "ended", "1999-01-05T22:02:00.000Z", "AA0300-2"),
+    call(3, "ended", "1999-01-05T22:03:00.000Z", "AA0300-1"),
+]
+
+
+def test_a_served_row_is_offered_and_answered_whatever_its_times_read(tmp_path: Path) -> None:
+    path = tmp_path / "bank.tsv"
+    path.write_bytes(("\r\n".join([BANK_HEADER, *SERVED_ROWS]) + "\r\n").encode())
+    mapping = load_mapping(BANK_MAPPING)
+    records, stats = replay.read_interactions(path, mapping)
+    assert (stats.invalid, stats.skipped) == ({}, {})
+    assert stats.adjusted == {"served_without_times": 1, "after_midnight": 2}
+    events = replay.lifecycle_events(records, mapping)
+    assert events == SERVED_EVENTS
+    for _family, doc in events:
+        assert isinstance(validate(doc, "call", now_ms=FAR_FUTURE_MS), Event), doc
+
+
+def test_a_served_row_without_any_usable_time_is_a_bad_record_not_a_skip(tmp_path: Path) -> None:
+    # Without served_offered, nothing says when it happened: counted as bad, never dropped quietly.
+    doc = {"id": "id", "queue": "queue", "offered": "offered_at", "answered": "answered_at",
+           "wait": "wait", "outcome": {"column": "result", "answered": ["served"]}}
+    path = write(tmp_path, "x.csv", "id,queue,offered_at,answered_at,wait,result,agent\n"
+                                    "a,q,,,0,served,ann\n")
+    with pytest.raises(ReplayError, match="served, but no time"):
+        replay.read_interactions(path, mapping_from_dict(doc))
+    path = write(tmp_path, "y.csv", "id,queue,offered_at,answered_at,wait,result,agent\n"
+                                    "a,q,,,0,served,ann\n"
+                                    "b,q,2026-01-05T10:00:00Z,,soon,served,ann\n"
+                                    "c,q,2026-01-05T10:00:00Z,,-3,served,ann\n"
+                                    "d,q,2026-01-05T10:00:00Z,,,served,ann\n"
+                                    "e,q,2026-01-05T10:00:00Z,,12.5,served,ann\n")
+    records, stats = replay.read_interactions(path, mapping_from_dict({**doc, "on_error": "skip"}))
+    assert stats.invalid == {"missing_time": 2, "invalid_wait": 2} and stats.skipped == {}
+    assert [(r.interaction_id, r.exit_ms - r.offered_ms) for r in records] == [("e", 12_500)]
+    with pytest.raises(ReplayError, match="wait: must be a column name"):
+        mapping_from_dict({**doc, "wait": 5})
+
+
 # ---------------------------------------------------------------- the whole real file
 
 @pytest.fixture(scope="module")
@@ -354,10 +413,41 @@ def test_the_real_file_reads_fast_and_every_row_is_accounted_for(bank_events) ->
     _events, stats, seconds = bank_events
     assert seconds < 10, f"reading and sorting took {seconds:.1f} s"
     assert stats.rows == 31_599
-    assert stats.skipped == {"not_offered": 1_217, "outcome PHANTOM": 240}
+    # not_offered: the 1,198 calls that hung up in the voice menu; every served call is replayed
+    assert stats.skipped == {"not_offered": 1_198, "outcome PHANTOM": 240}
     assert stats.invalid == {}
-    assert stats.interactions == 30_142 and stats.events == 87_302
-    assert stats.adjusted == {"unknown_agent": 490, "ended_before_answered": 70, "after_midnight": 24}
+    assert stats.interactions == 30_161 and stats.events == 87_340
+    assert stats.adjusted == {"unknown_agent": 490, "ended_before_answered": 70, "after_midnight": 24,
+                              "served_without_times": 19}
+
+
+def test_every_served_row_of_the_real_file_is_offered_and_answered(bank_events) -> None:
+    """Read from the TSV itself: every AGENT row, the 19 whose times all read 0:00:00 included."""
+    events, _stats, _seconds = bank_events
+    served: dict[str, str] = {}  # id -> vru_exit of the rows without queue or service times
+    agent_rows = 0
+    with open(BANK_FILE, encoding="ascii", newline="") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+        for text in handle:
+            fields = text.rstrip("\r\n").split("\t")
+            row = dict(zip(header, fields if len(fields) == len(header) else text.split()))
+            if row["outcome"] != "AGENT":
+                continue
+            agent_rows += 1
+            if {row[c] for c in ("q_start", "q_exit", "ser_start", "ser_exit")} == {"0:00:00"}:
+                served[f"{row['vru+line']}-{row['call_id']}"] = row["vru_exit"]
+    assert len(served) == 19
+    steps: dict[str, dict[str, str]] = {}
+    for _family, doc in events:
+        steps.setdefault(doc["interaction_id"], {})[doc["type"]] = doc["occurred_at"]
+    answered = [iid for iid, s in steps.items() if {"call.offered", "call.answered"} <= s.keys()]
+    assert len(answered) == agent_rows == 27_060
+    for iid, vru_exit in served.items():
+        s = steps[iid]
+        assert s["call.offered"] == s["call.answered"], iid  # the row's wait: 0
+        # Israel is UTC+2 in January: the local time of day is two hours ahead of the UTC one
+        hours, minutes, seconds = (int(x) for x in vru_exit.split(":"))
+        assert s["call.offered"][11:19] == f"{(hours - 2) % 24:02d}:{minutes:02d}:{seconds:02d}", iid
 
 
 def test_the_real_file_in_event_time_order_with_valid_unique_events(bank_events) -> None:

@@ -11,10 +11,12 @@ answered and abandoned on the day the caller left the queue, short abandons
 crossings, the time zone) is checked too.
 
 Interpretation of the log (deploy/replay/README.md): PHANTOM rows are not
-calls; a call with neither ``q_start`` nor ``ser_start`` hung up in the voice
-menu (never offered); a served call that never queued is offered and answered
-when its service starts (wait 0); AGENT = answered, HANG = abandoned when
-leaving the queue. The date is the day of ``vru_entry``: a time more than 12 h
+calls; a call that was not served and has neither ``q_start`` nor ``ser_start``
+hung up in the voice menu (never offered); a served call (AGENT) is always
+offered and answered, after the wait its row gives (``q_time``): when it queued
+(``q_start``), else when its service started, else, for the 19 served rows whose
+queue and service times all read 0:00:00, when it left the voice menu
+(``vru_exit``); HANG = abandoned when leaving the queue. The date is the day of ``vru_entry``: a time more than 12 h
 earlier is after midnight. Days are Israel's (the worker runs with
 ``timezone = "Asia/Jerusalem"``).
 """
@@ -80,16 +82,19 @@ def recompute(path: Path) -> dict[tuple[date, str], dict[str, float | int | None
             if outcome == "PHANTOM":
                 continue
             queued = row["q_start"] != "0:00:00"
-            if not queued and row["ser_start"] == "0:00:00":
+            started = row["ser_start"] != "0:00:00"
+            if not queued and not started and outcome != "AGENT":
                 continue  # hung up in the voice menu: never offered to a queue
             d = row["date"]
             day = date(1900 + int(d[:2]), int(d[2:4]), int(d[4:]))
-            entry = _seconds(row["q_start"] if queued else row["ser_start"])
+            # An agent served every AGENT row: one without queue or service times
+            # reached the queue as it left the voice menu.
+            entry = _seconds(row["q_start"] if queued else row["ser_start"] if started else row["vru_exit"])
             if entry < _seconds(row["vru_entry"]) - 12 * 3600:
                 day += timedelta(days=1)  # the call reached the queue after midnight
             queue = row["type"]
             acc[(day, queue)]["offered"] += 1
-            wait = int(row["q_time"]) if queued else 0
+            wait = int(row["q_time"])  # 0 for every call that did not queue
             left = day + timedelta(days=(entry + wait) // 86400)
             out = acc[(left, queue)]
             if outcome == "AGENT":

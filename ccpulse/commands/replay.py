@@ -128,6 +128,12 @@ class ReplayMapping:
     answered: tuple[str, ...] = ()
     abandoned: tuple[str, ...] = ()
     ended: tuple[str, ...] = ()
+    # A served (answered) contact's wait in seconds, as the row gives it: where a time
+    # reads like "did not happen" (0:00:00 is also midnight), the other is derived from it.
+    wait: str | None = None
+    # Where a served contact none of whose offered and answered columns has a time was
+    # offered (answered after ``wait``): e.g. when it left the voice menu.
+    served_offered: tuple[str, ...] = ()
     outcome: OutcomeRule | None = None
     timestamp_format: str = "iso"  # iso, epoch, epoch_ms or a strptime pattern
     date: str | None = None  # a date column: time columns then hold times of day
@@ -143,7 +149,7 @@ class ReplayMapping:
     attributes: Mapping[str, str] = field(default_factory=dict)  # attribute -> column
 
     def time_columns(self) -> tuple[str, ...]:
-        cols = self.offered + self.answered + self.abandoned + self.ended
+        cols = self.offered + self.answered + self.abandoned + self.ended + self.served_offered
         return cols + ((self.date_reference,) if self.date_reference else ())
 
     def columns(self) -> set[str]:
@@ -156,13 +162,15 @@ class ReplayMapping:
             out.add(self.outcome.column)
         if self.date:
             out.add(self.date)
+        if self.wait:
+            out.add(self.wait)
         out.update(self.attributes.values())
         return out
 
 
 _KEYS = ("format", "delimiter", "split_on_whitespace_fallback", "encoding", "id", "id_separator",
          "channel", "queue", "agent", "customer", "offered", "answered", "abandoned", "ended",
-         "outcome", "timestamp_format", "date", "date_format", "date_reference", "timezone",
+         "wait", "served_offered", "outcome", "timestamp_format", "date", "date_format", "date_reference", "timezone",
          "empty_times", "agent_missing", "customer_missing", "unknown_agent", "clock_skew_seconds",
          "on_error", "attributes")
 
@@ -233,6 +241,9 @@ def mapping_from_dict(doc: Mapping[str, Any]) -> ReplayMapping:
     unknown_agent = _string(doc, "unknown_agent", "unknown")
     if not 1 <= len(unknown_agent) <= MAX_ID_CHARS:
         raise ReplayError(f"unknown_agent: must be 1-{MAX_ID_CHARS} characters")
+    wait = doc.get("wait")
+    if wait is not None and (not isinstance(wait, str) or not wait):
+        raise ReplayError("wait: must be a column name (the wait of a served contact, in seconds)")
     attributes = doc.get("attributes", {})
     if not isinstance(attributes, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v for k, v in attributes.items()):
@@ -252,6 +263,8 @@ def mapping_from_dict(doc: Mapping[str, Any]) -> ReplayMapping:
         answered=_columns(doc, "answered"),
         abandoned=_columns(doc, "abandoned"),
         ended=_columns(doc, "ended"),
+        wait=wait,
+        served_offered=_columns(doc, "served_offered"),
         outcome=_outcome(doc.get("outcome")),
         timestamp_format=ts_format,
         date=date_col,
@@ -697,6 +710,21 @@ class _RowParser:
                 return ((hours * 60 + minutes) * 60 + seconds) * 1000 + int((frac or "0")[:3].ljust(3, "0"))
         raise _bad(line, "unparseable_time", f"{column} {raw!r} is not a time of day (H:MM:SS)")
 
+    def wait_ms(self, line: int, row: Mapping[str, Any]) -> int | None:
+        """The row's wait (the ``wait`` column, seconds) in ms; None when not mapped or empty."""
+        if self.m.wait is None:
+            return None
+        text = self.text(row, self.m.wait)
+        if not text:
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise _bad(line, "invalid_wait", f"{self.m.wait} {text!r} is not a number of seconds")
+        return int(round(seconds * 1000))
+
     def local_ms(self, day: date, ms_of_day: int) -> int:
         base = datetime(day.year, day.month, day.day)
         if self.utc:
@@ -723,7 +751,7 @@ class _RowParser:
                            f"{m.outcome.column} {value!r} is not listed under outcome.answered, "
                            "outcome.abandoned or outcome.skip")
         offered = self.first_time(row, m.offered)
-        if offered is None:
+        if offered is None and outcome != "answered":
             raise _Skip("not_offered")
 
         iid = self.value(row, m.id)
@@ -756,8 +784,24 @@ class _RowParser:
                 outcome, abandoned, ended = "abandoned", ended, None
             else:
                 outcome = "open"
-        elif outcome == "answered" and answered is None:
-            raise _bad(line, "missing_time", f"answered, but no answered time ({', '.join(m.answered)} empty)")
+        elif outcome == "answered":
+            # A served contact was offered and answered, whatever else its row says: an
+            # agent served it. "No time" may be a time (0:00:00 is also midnight), so the
+            # row's wait, when the mapping names it, places what the columns cannot.
+            if offered is None and answered is None:
+                offered = self.first_time(row, m.served_offered)
+                if offered is None:
+                    raise _bad(line, "missing_time", "served, but no time at which it was offered or answered ("
+                                                     + ", ".join(m.offered + m.answered + m.served_offered)
+                                                     + " empty)")
+                notes.append("served_without_times")
+            if self.wait_ms(line, row) is None:
+                if answered is None:
+                    raise _bad(line, "missing_time",
+                               f"answered, but no answered time ({', '.join(m.answered)} empty)")
+                if offered is None:
+                    raise _bad(line, "missing_time", f"served, but no offered time ({', '.join(m.offered)} "
+                                                     f"empty) and no wait ({m.wait or 'no wait column'})")
         elif outcome == "abandoned" and abandoned is None:
             raise _bad(line, "missing_time",
                        f"abandoned, but no abandoned time ({', '.join(m.abandoned)} empty)")
@@ -766,13 +810,15 @@ class _RowParser:
             ended = None  # an abandoned contact is over when it leaves the queue
 
         if m.date is None:
-            offered_ms = self.timestamp_ms(line, *offered)
+            offered_ms = self.timestamp_ms(line, *offered) if offered is not None else None
             exit_ms = self.timestamp_ms(line, *exit_) if exit_ is not None else None
             ended_ms = self.timestamp_ms(line, *ended) if ended is not None else None
         else:
             day = self.day(line, row)
             reference = self.first_time(row, (m.date_reference,)) if m.date_reference else None
-            ref = self.time_of_day_ms(line, *(reference or offered))
+            known = reference or offered or exit_
+            assert known is not None  # a row without offered time is served with an answered one
+            ref = self.time_of_day_ms(line, *known)
 
             rolled = []
 
@@ -783,24 +829,34 @@ class _RowParser:
                     return self.local_ms(day + timedelta(days=1), ms)
                 return self.local_ms(day, ms)
 
-            offered_ms = resolve(offered)
+            offered_ms = resolve(offered) if offered is not None else None
             exit_ms = resolve(exit_) if exit_ is not None else None
             ended_ms = resolve(ended) if ended is not None else None
             if rolled:
                 notes.append("after_midnight")
 
+        wait_ms = self.wait_ms(line, row) if outcome == "answered" else None
+        if wait_ms is not None:
+            # The wait is the row's own figure: the answer minus the wait is when the
+            # contact was offered, also where an offered column read "did not happen".
+            if exit_ms is not None:
+                offered_ms = exit_ms - wait_ms
+            else:
+                assert offered_ms is not None
+                exit_ms = offered_ms + wait_ms
+        assert offered_ms is not None  # checked above: a served row has one time and a wait
+        exit_what = f"{exit_[0]} {exit_[1]}" if exit_ is not None else f"{m.wait} after offered"
         if exit_ms is not None and exit_ms < offered_ms:
-            assert exit_ is not None
+            assert offered is not None  # a derived time is never before the one it comes from
             if offered_ms - exit_ms > self.skew_ms:
-                raise _bad(line, "time_order", f"{outcome} ({exit_[0]} {exit_[1]}) before offered "
+                raise _bad(line, "time_order", f"{outcome} ({exit_what}) before offered "
                                                f"({offered[0]} {offered[1]})")
             exit_ms = offered_ms
             notes.append(f"{outcome}_before_offered")
         if ended_ms is not None and exit_ms is not None and ended_ms < exit_ms:
-            assert ended is not None and exit_ is not None
+            assert ended is not None
             if exit_ms - ended_ms > self.skew_ms:
-                raise _bad(line, "time_order", f"ended ({ended[0]} {ended[1]}) before answered "
-                                               f"({exit_[0]} {exit_[1]})")
+                raise _bad(line, "time_order", f"ended ({ended[0]} {ended[1]}) before answered ({exit_what})")
             ended_ms = exit_ms
             notes.append("ended_before_answered")
 
