@@ -1,5 +1,8 @@
 """Looking at a running pipeline from outside: for the tests, ``ccpulse chaos`` and ``ccpulse bench``.
 
+Product code, not tooling: the worker reads its shared FCR key with ``read_topic_async``
+(streams/fcr.py), and the local broker takes its port from ``free_port``.
+
 - ``free_port``: a free loopback port for a worker's HTTP server or a broker;
 - ``parse_metrics``: the Prometheus text of ``/metrics`` as {(name, sorted labels): value};
 - ``read_topic``: every message of a topic up to its end at the time of the call.
