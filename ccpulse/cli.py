@@ -95,12 +95,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         events = simulate_channels.generate_mixed_events(voice, chat, ticket, duration)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
-              "ticket": settings.topics.name("tickets")}
-    from ccpulse.commands.publish import publish_events
+    from ccpulse.commands.publish import input_topics, publish_events
 
     sent = asyncio.run(publish_events(settings, events, speed))
-    print(f"published {sent} events to {', '.join(topics.values())}", file=sys.stderr)
+    print(f"published {sent} events to {', '.join(input_topics(settings).values())}", file=sys.stderr)
     return 0
 
 

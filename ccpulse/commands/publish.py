@@ -25,6 +25,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
 
+def input_topics(settings: Settings) -> dict[str, str]:
+    """Event family -> the configured input topic it is published to."""
+    return {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
+            "ticket": settings.topics.name("tickets")}
+
+
 async def publish_events(settings: Settings, events: Iterable[tuple[str, dict[str, Any]]], speed: float | None,
                          stop: asyncio.Event | None = None) -> int:
     """Publish (family, event) pairs to the configured input topics, creating them first."""
@@ -37,8 +43,7 @@ async def publish_events(settings: Settings, events: Iterable[tuple[str, dict[st
         await ensure_topics_async(settings)
     except KafkaUnavailable as exc:
         raise CommandError(str(exc)) from None
-    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
-              "ticket": settings.topics.name("tickets")}
+    topics = input_topics(settings)
     k = settings.kafka
     try:
         return await publish_mixed(events, k.bootstrap, topics, speed, stop=stop, **publisher_kwargs(k))

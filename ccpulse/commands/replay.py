@@ -1349,6 +1349,7 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
     from dataclasses import replace
 
     from ccpulse.commands.errors import CommandError
+    from ccpulse.commands.publish import input_topics
 
     path = Path(ns.file)
     if ns.mapping is not None:
@@ -1368,8 +1369,7 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
 
     from streams.topics import KafkaUnavailable, ensure_topics_async
 
-    topics = {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
-              "ticket": settings.topics.name("tickets")}
+    topics = input_topics(settings)
     k = settings.kafka
     from ccpulse.kafka_security import describe, publisher_kwargs
     security = publisher_kwargs(k)
