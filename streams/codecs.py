@@ -30,7 +30,15 @@ class _ObjectCodec(codecs.Codec):
 
 
 class InteractionCodec(_ObjectCodec):
+    """The compact record of ``Interaction.to_bytes``; records written before it are read too."""
+
     kind = Interaction
+
+    def _dumps(self, obj: Any) -> bytes | None:
+        return None if obj is None else obj.to_bytes()
+
+    def _loads(self, s: bytes) -> Any:
+        return Interaction.from_bytes(s)
 
 
 class PartitionRecordCodec(_ObjectCodec):

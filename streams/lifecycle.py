@@ -20,18 +20,17 @@ from ccpulse.core.engine import PartitionEngine, PartitionRecord, Snapshot
 from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from ccpulse.log_limit import CountedLines
-from schemas.events import Rejection
-from schemas.records import dead_letter, interaction_rows, step_from_message, window_label, window_record_key
+from schemas.records import dead_letter, interaction_rows, step_from_message, window_label
 from streams.context import Pipeline
 from streams.fcr import customer_hasher
 from streams.guard import stage_guard
+from streams.stages.partials import live_partial, window_partial
+from streams.stages.validation import TOO_LONG, too_long
 from streams.merge import ClockSender
-from streams.merged import live_key
 from streams.ingest import WATERMARK_FIELD
 
 EXPIRY_SCAN_SECONDS = 10.0
 # The dead-letter reason of a step past limits.max_steps_per_interaction.
-TOO_LONG = "interaction_too_long"
 log = logging.getLogger(__name__)
 
 
@@ -92,29 +91,16 @@ def register(pipe: Pipeline) -> None:
         topic, partition, offset = doc["source"]
         pipe.metrics.events_invalid.labels(TOO_LONG).inc()
         pipe.metrics.dead_lettered.inc()
-        detail = (f"interaction {doc['interaction_id'][:64]!r} already holds {limit} steps "
-                  "(limits.max_steps_per_interaction)")
         outbox.send(pipe.topics["dead_letter"], key, dead_letter(
-            doc["payload"].encode("utf-8"), Rejection(TOO_LONG, detail), topic, partition, offset,
+            doc["payload"].encode("utf-8"), too_long(doc["interaction_id"], limit), topic, partition, offset,
             int(time.time() * 1000)))
 
     def publish(partition: int, engine: PartitionEngine, snaps: list[Snapshot]) -> None:
         wm = engine.record.watermark
         for snap in snaps:
-            outbox.send(
-                partials, window_record_key(snap.key).encode(),
-                {"kind": "window", "key": list(snap.key), "partition": partition,
-                 "version": snap.version, "final": snap.final, "agg": snap.agg.to_dict(),
-                 "end": windowing.end(snap.key[0], snap.key[1]), "watermark": wm,
-                 "waiting_at_start": snap.waiting_at_start, "waiting_at_end": snap.waiting_at_end})
+            outbox.send(partials, *window_partial(partition, snap, windowing.end(snap.key[0], snap.key[1]), wm))
         for (queue, channel), live in engine.take_live():
-            outbox.send(
-                partials, live_key(queue, channel).encode(),
-                {"kind": "live", "queue": queue, "channel": channel, "partition": partition,
-                 "version": engine.version(False), "watermark": wm,
-                 "waiting": sum(live.waiting.values()),
-                 "oldest_entered": min(live.waiting) if live.waiting else None,
-                 "agents": sorted(live.busy), "open_tickets": live.open_tickets})
+            outbox.send(partials, *live_partial(partition, queue, channel, live, engine.version(False), wm))
 
     @app.agent(pipe.topics["events"], name="lifecycle")
     async def lifecycle(stream):  # type: ignore[no-untyped-def]
@@ -145,18 +131,18 @@ def register(pipe: Pipeline) -> None:
                         late_lines.note(window_label(outcome.late_window), time.monotonic())
                     touched[iid] = (msg.partition, inter)
                     partitions.add(msg.partition)
-                    d = outcome.derivation
+                    d = outcome.fold
                     if d is not None and d.customer and d.segments and (step.customer or step.step == "offered"):
                         # Only the steps that can create or change the contact send it again.
                         # Customers meet on the FCR partition by a keyed hash (streams/fcr.py).
                         contact = {"customer": hasher.hash(d.customer), "kid": hasher.key_id,
                                    "interaction_id": iid,
-                                   "ts": d.segments[0].entered, "queue": d.segments[0].queue,
+                                   "ts": d.first_entered, "queue": d.first_queue,
                                    "channel": inter.channel}
                         outbox.send(contacts, contact["customer"].encode(), orjson.dumps(contact))
             for iid, (partition, inter) in touched.items():
                 put(interactions, partition, iid, inter)
-                for row in interaction_rows(inter, version=len(inter.steps)):
+                for row in interaction_rows(inter, version=inter.step_count):
                     outbox.send(rows_topic, f"{iid}|{row['segment']}".encode(), row)
             for partition in partitions:
                 put(records, partition, str(partition), pipe.engines[partition].record)

@@ -243,7 +243,7 @@ def test_duplicates_change_nothing() -> None:
     engine = make_engine()
     feed = run_scenario(engine)
     before = normal_windows(engine.windows)
-    applied = {iid: dict(i.applied) for iid, i in feed.inters.items()}
+    held = {iid: i.to_bytes() for iid, i in feed.inters.items()}
     for n, (iid, step) in enumerate(SCENARIO[::3]):
         assert flags(feed(iid, step)) == DUP
         assert engine.record.duplicates == n + 1
@@ -251,7 +251,7 @@ def test_duplicates_change_nothing() -> None:
     assert flags(feed("B", ans(T0 + 90 * S, "B2"))) == DUP
     assert engine.record.duplicates == len(SCENARIO[::3]) + 1
     assert normal_windows(engine.windows) == before
-    assert {iid: dict(i.applied) for iid, i in feed.inters.items()} == applied
+    assert {iid: i.to_bytes() for iid, i in feed.inters.items()} == held
     assert engine.record.watermark == T0 + 100 * S
     assert engine.record.late_events == 0
 
@@ -428,7 +428,7 @@ def test_orphans_expire_at_the_horizon() -> None:
     engine = make_engine(lateness_s=120, horizon_s=3600)
     feed = Feed(engine)
     feed("O", ans(T0, "O1"))
-    assert feed.inters["O"].applied == {}
+    assert engine.facts(feed.inters["O"]) == {}
     engine.advance(T0 + 3600 * S - 1)
     engine.close()
     assert not engine.expirable(feed.inters["O"])

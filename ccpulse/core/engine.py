@@ -1,11 +1,18 @@
 """The KPI engine of one input partition: pure state, no I/O.
 
-Durable state is only (a) the interactions, each with the facts it has applied,
-and (b) one small ``PartitionRecord`` (event-time watermark, how far windows are
+Durable state is only (a) the interactions (their steps) and (b) one small ``PartitionRecord`` (event-time watermark, how far windows are
 final, running totals of final windows). Open window aggregates and the live
 queue state are *derived*: ``rebuild`` recomputes them from the interactions, so
 after a crash or a rebalance they are exactly what the interactions say,
 whatever changelog message was lost in between.
+
+Incremental: an interaction keeps the fold of its steps (ccpulse/core/lifecycle.py). A
+step that comes in order is folded onto it and changes the windows by what it changed:
+the one segment still open (waiting or served), what the step created (a segment, a
+response, a solve, a reopen, a rating) and where a complaint counts, so its cost does
+not grow with the interaction. A step that comes out of order re-derives the
+interaction before and after it and applies the difference of their facts; both give
+what folding the sorted steps from the start gives.
 
 Event time: every input partition (a *source*) reports the newest ``occurred_at``
 it delivered, and the watermark is the minimum over the active sources (as in
@@ -27,8 +34,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, interaction_facts
-from ccpulse.core.lifecycle import Derivation, Interaction, Step, is_ticket
+from ccpulse.core.kpis import (QUEUE, Item, WindowAgg, WindowKey, complaint_items, created_items,
+                               interaction_facts, segment_items, window_facts)
+from ccpulse.core.lifecycle import DONE, SERVING, WAITING, Derivation, Fold, Interaction, Segment, Step, is_ticket
 from ccpulse.core.params import DEFAULT_MAX_STEPS_PER_INTERACTION, Thresholds
 from ccpulse.core.watermark import low_watermark
 from ccpulse.core.windowing import Windowing
@@ -74,7 +82,7 @@ class Snapshot:
 class Outcome:
     duplicate: bool = False
     late: bool = False
-    derivation: Derivation | None = None
+    fold: Fold | None = None  # where the interaction stands after the step
     late_window: WindowKey | None = None  # a final window the event would have changed
     too_long: bool = False  # refused: the interaction already holds max_steps steps
 
@@ -91,24 +99,26 @@ class LiveQueue:
         return not self.waiting and not self.busy and not self.open_tickets
 
 
-def live_contribution(inter: Interaction, d: Derivation) -> list[tuple[str, str, str, Any]]:
+def live_contribution(channel: str, fold: Fold) -> list[tuple[str, str, str, Any]]:
     """What an interaction adds to the live state now: (queue, channel, kind, value)."""
     out: list[tuple[str, str, str, Any]] = []
-    for seg in d.segments:
-        if seg.exit is None:
-            out.append((seg.queue, inter.channel, "waiting", seg.entered))
-        elif seg.exit == "answered" and seg.ended is None and seg.agent and not is_ticket(inter.channel):
-            out.append((seg.queue, inter.channel, "busy", seg.agent))
-    if d.ticket_open and d.segments:
-        out.append((d.segments[-1].queue, inter.channel, "open", 1))
+    seg = fold.last
+    if seg is not None:
+        # Only the last segment can still be waiting or being served.
+        if fold.phase == WAITING:
+            out.append((seg.queue, channel, "waiting", seg.entered))
+        elif fold.phase == SERVING and seg.agent and not is_ticket(channel):
+            out.append((seg.queue, channel, "busy", seg.agent))
+        if fold.ticket_open:
+            out.append((seg.queue, channel, "open", 1))
     return out
 
 
-def _take_back(inter: Interaction, step: Step) -> None:
-    """Undo ``inter.add(step)``."""
-    inter.steps.remove(step)
-    inter.ids.discard(step.event_id)
-    inter.last_ts = max((s.ts for s in inter.steps), default=0)
+def _shape(seg: Segment | None) -> tuple[Any, ...] | None:
+    """What a step can change of the open segment: equal shapes derive equal facts."""
+    if seg is None:
+        return None
+    return (seg.exit, seg.left, seg.agent, len(seg.transfer_times), seg.ended, seg.wrapup_ms)
 
 
 class PartitionEngine:
@@ -130,12 +140,7 @@ class PartitionEngine:
         self.dirty: set[WindowKey] = set()
         self.live: dict[tuple[str, str], LiveQueue] = {}
         self.live_dirty: set[tuple[str, str]] = set()
-        # interaction id -> its current live contribution (derived, so not persisted)
-        self._live_of: dict[str, list[tuple[str, str, str, Any]]] = {}
         self._closes: dict[tuple[int, int], int] = {}  # (size, start) -> end + lateness
-        # One shared tuple per distinct fact: most interactions of a window share their
-        # facts ("offered in billing 08:01"), and 100k open interactions hold ~8 each.
-        self._facts: dict[tuple, tuple] = {}
 
     # -- state ----------------------------------------------------------------
 
@@ -155,14 +160,17 @@ class PartitionEngine:
         """Derive the open windows and live state from the interactions (after recovery or assignment)."""
         self.windows.clear()
         self.live.clear()
-        self._live_of.clear()
         for inter in interactions:
-            for fact, n in inter.applied.items():
+            for fact, n in self.facts(inter).items():
                 if not self.is_final(fact):
                     self._apply_fact(fact, n)
-            self._update_live(inter, inter.derive())
+            self._update_live([], live_contribution(inter.channel, inter.fold()))
         self.dirty = set(self.windows)
         self.live_dirty = set(self.live)
+
+    def facts(self, inter: Interaction) -> Counter:
+        """Every fact the interaction's steps derive (counted, or refused as late)."""
+        return interaction_facts(inter.derive(), inter.channel, self.thresholds, self.windowing)
 
     # -- events ---------------------------------------------------------------
 
@@ -171,44 +179,78 @@ class PartitionEngine:
         if inter.has(step):
             self.record.duplicates += 1
             return Outcome(duplicate=True)
-        if len(inter.steps) >= self.max_steps:
+        fold = inter.fold()
+        if fold.count >= self.max_steps:
             return Outcome(too_long=True)
-        inter.add(step)
+        saved = inter.save()
+        live_before = live_contribution(inter.channel, fold)
         try:
-            derivation = inter.derive()
-            new = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
+            if self._in_order(inter, fold, step):
+                delta = self._fold_in(inter, fold, step)
+            else:
+                delta, fold = self._refold_in(inter, step)
         except Exception:
             # Nothing else has changed yet. Kept, a step that cannot be derived would
             # break every later step of its interaction; the stage dead-letters it.
-            _take_back(inter, step)
+            inter.restore(saved)
             raise
         self.observe({source: [step.ts, False]})
-        old = inter.applied
         late: WindowKey | None = None
         final_through = self.record.final_through
-        # A change to a final window is refused (the window stays as published) but
-        # still recorded in ``applied``: otherwise every later step of the interaction
-        # would find the same difference again and be counted as late too.
-        for fact, n in old.items():
-            delta = new.get(fact, 0) - n
-            if delta < 0:  # retractions
-                if self.closes_at(fact) <= final_through:
-                    late = fact[:5]  # keep it counted: the final window already published it
-                else:
-                    self._apply_fact(fact, delta)
-        for fact, n in new.items():
-            delta = n - old.get(fact, 0)
-            if delta > 0:
-                if self.closes_at(fact) <= final_through:
-                    late = fact[:5]
-                else:
-                    self._apply_fact(fact, delta)
-        intern = self._facts.setdefault
-        inter.applied = {intern(fact, fact): n for fact, n in new.items()}
-        self._update_live(inter, derivation)
+        # A change to a final window is refused (the window stays as published) but the
+        # step is kept: its facts are derived from the steps, so a later step of the
+        # interaction does not find the same difference again (and is not late for it).
+        # Retractions first, as a window's kept maxima need.
+        for fact, n in sorted(delta.items(), key=lambda item: item[1] > 0):
+            if self.closes_at(fact) <= final_through:
+                late = fact[:5]
+            else:
+                self._apply_fact(fact, n)
+        self._update_live(live_before, live_contribution(inter.channel, fold))
         if late:
             self.record.late_events += 1
-        return Outcome(late=late is not None, derivation=derivation, late_window=late)
+        return Outcome(late=late is not None, fold=fold, late_window=late)
+
+    def _in_order(self, inter: Interaction, fold: Fold, step: Step) -> bool:
+        """Whether ``step`` takes the incremental path (it sorts after every step held)."""
+        return inter.follows(fold, step)
+
+    def _fold_in(self, inter: Interaction, fold: Fold, step: Step) -> Counter:
+        """Fold an in-order step onto ``fold`` (changed in place) and keep it; returns the
+        change of the interaction's facts: only what the step can touch is looked at."""
+        channel = inter.channel
+        current = fold.last if fold.phase != DONE else None
+        shape = _shape(current)
+        current_first = fold.segments == 1
+        complaint = fold.resolved_complaint()
+        before: list[Item] = []
+        if current is not None:
+            before = segment_items(current, current_first, channel, self.thresholds(current.queue, channel))
+        segments_before = fold.segments
+        created = Derivation([], 0, False)
+        fold.step(step, created)
+        after = created_items(created)
+        if _shape(current) != shape:  # the open segment was changed in place by the step
+            after += segment_items(current, current_first, channel, self.thresholds(current.queue, channel))
+        else:
+            before = []
+        if fold.resolved_complaint() != complaint:
+            before += complaint_items(complaint)
+            after += complaint_items(fold.resolved_complaint())
+        for index, seg in enumerate(created.segments, segments_before):
+            after += segment_items(seg, index == 0, channel, self.thresholds(seg.queue, channel))
+        delta = window_facts(after, channel, self.windowing)
+        delta.subtract(window_facts(before, channel, self.windowing))
+        inter.append(step, fold)
+        return Counter({fact: n for fact, n in delta.items() if n})
+
+    def _refold_in(self, inter: Interaction, step: Step) -> tuple[Counter, Fold]:
+        """Insert an out-of-order step: the facts of every step after it, before and after."""
+        old = self.facts(inter)
+        derivation, fold = inter.insert(step)
+        delta = interaction_facts(derivation, inter.channel, self.thresholds, self.windowing)
+        delta.subtract(old)
+        return Counter({fact: n for fact, n in delta.items() if n}), fold
 
     def _apply_fact(self, fact: tuple, n: int) -> None:
         size, start, scope, name, channel, field_name, value = fact
@@ -221,9 +263,7 @@ class PartitionEngine:
             agg.apply(field_name, value, sign)
         self.dirty.add(key)
 
-    def _update_live(self, inter: Interaction, d: Derivation) -> None:
-        new = live_contribution(inter, d)
-        old = self._live_of.get(inter.interaction_id, [])
+    def _update_live(self, old: list[tuple[str, str, str, Any]], new: list[tuple[str, str, str, Any]]) -> None:
         if new == old:
             return
         for items, sign in ((old, -1), (new, 1)):
@@ -240,14 +280,10 @@ class PartitionEngine:
                 else:
                     live.open_tickets += sign
                 self.live_dirty.add((queue, channel))
-        if new:
-            self._live_of[inter.interaction_id] = new
-        else:
-            self._live_of.pop(inter.interaction_id, None)
 
     def forget(self, inter: Interaction) -> None:
         """Drop an expired interaction's live contribution (its facts stay counted)."""
-        self._update_live(inter, Derivation([], 0, True))
+        self._update_live(live_contribution(inter.channel, inter.fold()), [])
 
     # -- time -----------------------------------------------------------------
 
@@ -285,8 +321,6 @@ class PartitionEngine:
                     for counter, value in agg.counts.items():
                         totals[counter] = totals.get(counter, 0) + value
         self.record.final_through = max(self.record.final_through, wm)
-        if finals:  # facts of final windows are never applied again: let them go
-            self._facts = {f: f for f in self._facts if self.closes_at(f) > self.record.final_through}
         return finals
 
     def take_dirty(self) -> list[Snapshot]:
@@ -347,19 +381,21 @@ class PartitionEngine:
 
     def expirable(self, inter: Interaction) -> bool:
         """An interaction may be forgotten once all its windows are final and it went quiet."""
-        if any(not self.is_final(fact) for fact in inter.applied):
+        # Checked on quiet interactions only (the stage looks at the idle time first).
+        if any(not self.is_final(fact) for fact in self.facts(inter)):
             return False
-        idle = self.record.watermark - inter.last_ts
-        if inter.derive().ended:
+        fold = inter.fold()
+        idle = self.record.watermark - fold.last_ts
+        if fold.ended:
             return idle >= self.lateness_ms
         return idle >= self.horizon_ms
 
     def count_expired(self, inter: Interaction) -> None:
-        derivation = inter.derive()
+        fold = inter.fold()
         self.record.expired += 1
-        if not derivation.segments:
+        if not fold.segments:
             self.record.expired_orphans += 1
-        elif not derivation.ended:
+        elif not fold.ended:
             self.record.expired_unfinished += 1
         self.forget(inter)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from ccpulse.core import sketch
-from ccpulse.core.lifecycle import Derivation, Segment, is_ticket
+from ccpulse.core.lifecycle import Derivation, Rating, Response, Segment, Solve, is_ticket
 from ccpulse.core.params import Thresholds
 from ccpulse.core.windowing import Windowing
 
@@ -110,53 +110,90 @@ def rating_outcomes(csat: int | None, nps: int | None, ts: int) -> list[tuple[in
     return out
 
 
+# What an element of a derivation contributes, before windowing: (scope, name, (ts, field, value)).
+Item = tuple[str, str, tuple[int, str, int]]
+
+
+def segment_items(seg: Segment, first: bool, channel: str, th: Thresholds) -> list[Item]:
+    """One queue segment's items (``first``: the interaction's first segment)."""
+    items: list[Item] = [(QUEUE, seg.queue, o) for o in segment_outcomes(seg, th)]
+    mine = agent_outcomes(seg)
+    items += [(QUEUE, seg.queue, o) for o in mine]
+    if seg.agent:
+        items += [(AGENT, seg.agent, o) for o in mine]
+        if seg.exit == "answered":
+            items.append((AGENT, seg.agent, (seg.left, "answered", 1)))
+    if first and seg.exit == "answered" and is_ticket(channel):
+        # A ticket's first response is its answer: created -> first public agent reply.
+        items += [(QUEUE, seg.queue, (seg.left, "first_responses", 1)),
+                  (QUEUE, seg.queue, (seg.left, "first_response_ms", seg.wait_ms))]
+    return items
+
+
+def response_items(r: Response) -> list[Item]:
+    items: list[Item] = [(QUEUE, r.queue, (r.ts, "agent_responses", 1)),
+                         (QUEUE, r.queue, (r.ts, "agent_response_ms", r.response_ms))]
+    if r.first:
+        items += [(QUEUE, r.queue, (r.ts, "first_responses", 1)),
+                  (QUEUE, r.queue, (r.ts, "first_response_ms", r.response_ms))]
+    return items
+
+
+def solve_items(s: Solve) -> list[Item]:
+    items: list[Item] = [(QUEUE, s.queue, (s.ts, "solved", 1)), (QUEUE, s.queue, (s.ts, "resolution_ms", s.resolution_ms))]
+    if s.one_touch:
+        items.append((QUEUE, s.queue, (s.ts, "one_touch", 1)))
+    return items
+
+
+def rating_items(rating: Rating) -> list[Item]:
+    outcomes = rating_outcomes(rating.csat, rating.nps, rating.ts)
+    items: list[Item] = [(QUEUE, rating.queue, o) for o in outcomes]
+    if rating.agent:
+        items += [(AGENT, rating.agent, o) for o in outcomes]
+    return items
+
+
+def created_items(d: Derivation) -> list[Item]:
+    """The items of the responses, solves, reopens and ratings of ``d`` (not its segments
+    nor its complaint: those can still change while the interaction goes on)."""
+    items: list[Item] = []
+    for r in d.responses:
+        items += response_items(r)
+    for s in d.solves:
+        items += solve_items(s)
+    items += [(QUEUE, queue, (ts, "reopened", 1)) for ts, queue in d.reopens]
+    for rating in d.ratings:
+        items += rating_items(rating)
+    return items
+
+
+def complaint_items(complaint: tuple[int, str] | None) -> list[Item]:
+    if complaint is None or not complaint[1]:
+        return []
+    return [(QUEUE, complaint[1], (complaint[0], "complaints", 1))]
+
+
+def window_facts(items: Iterable[Item], channel: str, windowing: Windowing) -> Counter:
+    """The facts of ``items``: one per window of every size each falls in."""
+    facts: Counter = Counter()
+    for scope, name, (ts, fname, value) in items:
+        for size, start in windowing.starts(ts):
+            if scope == AGENT and size < AGENT_MIN_WINDOW_S:
+                continue
+            facts[(size, start, scope, name, channel, fname, value)] += 1
+    return facts
+
+
 def interaction_facts(d: Derivation, channel: str, thresholds: Callable[[str, str], Thresholds],
                       windowing: Windowing) -> Counter:
     """Every fact of one interaction's derivation, for every window size."""
-    by_queue: list[tuple[str, tuple[int, str, int]]] = []
-    by_agent: list[tuple[str, tuple[int, str, int]]] = []
-    for seg in d.segments:
-        th = thresholds(seg.queue, channel)
-        by_queue += [(seg.queue, o) for o in segment_outcomes(seg, th)]
-        mine = agent_outcomes(seg)
-        by_queue += [(seg.queue, o) for o in mine]
-        if seg.agent:
-            by_agent += [(seg.agent, o) for o in mine]
-            if seg.exit == "answered":
-                by_agent.append((seg.agent, (seg.left, "answered", 1)))
-    if is_ticket(channel) and d.segments and d.segments[0].exit == "answered":
-        # A ticket's first response is its answer: created -> first public agent reply.
-        first = d.segments[0]
-        by_queue += [(first.queue, (first.left, "first_responses", 1)),
-                     (first.queue, (first.left, "first_response_ms", first.wait_ms))]
-    for r in d.responses:
-        by_queue.append((r.queue, (r.ts, "agent_responses", 1)))
-        by_queue.append((r.queue, (r.ts, "agent_response_ms", r.response_ms)))
-        if r.first:
-            by_queue.append((r.queue, (r.ts, "first_responses", 1)))
-            by_queue.append((r.queue, (r.ts, "first_response_ms", r.response_ms)))
-    for s in d.solves:
-        by_queue += [(s.queue, (s.ts, "solved", 1)), (s.queue, (s.ts, "resolution_ms", s.resolution_ms))]
-        if s.one_touch:
-            by_queue.append((s.queue, (s.ts, "one_touch", 1)))
-    for ts, queue in d.reopens:
-        by_queue.append((queue, (ts, "reopened", 1)))
-    for rating in d.ratings:
-        outcomes = rating_outcomes(rating.csat, rating.nps, rating.ts)
-        by_queue += [(rating.queue, o) for o in outcomes]
-        if rating.agent:
-            by_agent += [(rating.agent, o) for o in outcomes]
-    if d.complaint is not None and d.complaint[1]:
-        by_queue.append((d.complaint[1], (d.complaint[0], "complaints", 1)))
-
-    facts: Counter = Counter()
-    for scope, items in ((QUEUE, by_queue), (AGENT, by_agent)):
-        for name, (ts, fname, value) in items:
-            for size, start in windowing.starts(ts):
-                if scope == AGENT and size < AGENT_MIN_WINDOW_S:
-                    continue
-                facts[(size, start, scope, name, channel, fname, value)] += 1
-    return facts
+    items: list[Item] = []
+    for index, seg in enumerate(d.segments):
+        items += segment_items(seg, index == 0, channel, thresholds(seg.queue, channel))
+    items += created_items(d)
+    items += complaint_items(d.complaint)
+    return window_facts(items, channel, windowing)
 
 
 @dataclass(slots=True)

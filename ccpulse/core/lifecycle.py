@@ -1,10 +1,11 @@
 """The interaction lifecycle: offered -> waits -> answered | abandoned -> ended.
 
-An ``Interaction`` keeps the (few) steps it has seen, in event-time order, and
-derives everything from them every time. Deriving from the sorted steps, instead
-of mutating a state machine per arrival, is what makes an out-of-order delivery
-give exactly the in-order result, and a duplicate (same ``event_id``) change
-nothing.
+An ``Interaction`` keeps the steps it has seen, in event-time order, and what they
+derive is a fold over them (``Fold``). A step that comes in order is folded onto the
+kept fold; one that comes out of order is inserted and every step folded again. Both
+give what folding the sorted steps from the start gives, which is what makes an
+out-of-order delivery give exactly the in-order result, and a duplicate (same
+``event_id``) change nothing.
 
 Channel adapters (EVENTS.md -> lifecycle):
 - voice and chat: ``*.offered`` enters a queue, ``*.answered`` / ``*.abandoned`` leave
@@ -18,9 +19,12 @@ Channel adapters (EVENTS.md -> lifecycle):
 
 from __future__ import annotations
 
-from bisect import bisect_right
+import sys
+from bisect import insort
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
+
+import orjson
 
 # Ties at the same millisecond are broken by lifecycle order, then event id, so
 # the derivation never depends on arrival order.
@@ -131,182 +135,470 @@ def is_ticket(channel: str) -> bool:
     return channel not in ("voice", "chat")
 
 
-@dataclass(slots=True)
-class Interaction:
-    interaction_id: str
-    channel: str
-    steps: list[Step] = field(default_factory=list)
-    last_ts: int = 0
-    # Facts (see kpis.py) currently counted for this interaction, with multiplicity.
-    applied: dict[tuple, int] = field(default_factory=dict)
-    partition: int = -1  # the input partition that owns it (kept across recovery)
-    ids: set[str] = field(default_factory=set, init=False, compare=False, repr=False)
+# A step's kind and sender as the changelog writes them: one small code for the pair
+# (any other pair as [kind, sender]).
+STEP_KINDS = ("offered", "answered", "abandoned", "transferred", "ended", "message", "replied",
+              "assigned", "solved", "reopened", "closed", "rated")
+SENDERS = (None, "customer", "agent")
+_KINDS = tuple((kind, sender) for kind in STEP_KINDS for sender in SENDERS)
+_KIND_CODE = {pair: code for code, pair in enumerate(_KINDS)}
+# A step row: [ts - base, kind, event_id, queue, agent, customer, to_queue, wrapup_ms, public,
+# csat, nps, complaint], trailing defaults left out. Queue, agent and customer names repeat on
+# many steps: each is written once, in the interaction's ``names``, and a row holds its index,
+# which also keeps the changelog record of the longest allowed interaction well under Kafka's
+# 1 MiB message limit. The common fields come first, so most rows stop after three to six.
+_ROW_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, None, None, 0, True, None, None, False)
+_NAME_FIELDS = (3, 4, 5, 6)
 
-    def __post_init__(self) -> None:
-        # Derived from the steps (never persisted): a duplicate is found by one lookup,
-        # not a scan, which made a long interaction cost the square of its length.
-        self.ids = {s.event_id for s in self.steps}
+
+def step_row(s: Step, base: int, ref: Callable[[str | None], int | None]) -> list[Any]:
+    kind = _KIND_CODE.get((s.step, s.sender))
+    row = [s.ts - base, [s.step, s.sender] if kind is None else kind, s.event_id, ref(s.queue), ref(s.agent),
+           ref(s.customer), ref(s.to_queue), s.wrapup_ms, s.public, s.csat, s.nps, s.complaint]
+    while len(row) > 3:
+        default = _ROW_DEFAULTS[len(row) - 1]
+        last = row[-1]
+        if last is not default and not (last == default and type(last) is type(default)):
+            break
+        row.pop()
+    return row
+
+
+def step_from_row(row: list[Any], base: int, names: list[str]) -> Step:
+    values = list(row) + list(_ROW_DEFAULTS[len(row):])
+    for i in _NAME_FIELDS:
+        if values[i] is not None:
+            values[i] = names[values[i]]
+    ts, kind, event_id, queue, agent, customer, to_queue, wrapup_ms, public, csat, nps, complaint = values
+    step, sender = _KINDS[kind] if isinstance(kind, int) else kind
+    return Step(ts + base, sys.intern(step), event_id, queue, agent, to_queue, wrapup_ms, sender, public, csat,
+                nps, complaint, customer)
+
+
+# Where the current segment stands (Fold.phase).
+DONE, WAITING, SERVING = 0, 1, 2
+_EXITS = (None, "answered", "abandoned", "transferred")  # Segment.exit, as a fold writes it
+# Fold.flags
+_FIRST_RESPONSE_DONE, _OPEN_TICKET, _ENDED = 1, 2, 4
+
+
+class Fold:
+    """Where an interaction's lifecycle stands after the steps folded so far, in sort order.
+
+    ``derive`` folds every step from the start and collects every segment, response,
+    solve, reopen and rating; the engine keeps the fold of an interaction and folds one
+    more step when it comes in order, so an in-order step costs the same whatever came
+    before it. Only the last segment can still change (the one waiting or being served),
+    which is why it is the only one kept.
+    """
+
+    __slots__ = ("ticket", "names", "base", "count", "last_ts", "tail_order", "queue", "last", "phase", "segments",
+                 "first_queue", "first_entered", "answered_agent", "pending", "first_customer", "flags",
+                 "public_replies", "orphans", "complaint", "customer")
+
+    def __init__(self, ticket: bool) -> None:
+        self.ticket = ticket
+        self.names: list[str] = []  # every name the step rows refer to (see ``step_row``)
+        self.base = 0  # event time the step rows are written from (the first step's)
+        self.count = 0  # steps folded
+        self.last_ts = 0
+        self.tail_order = 0  # STEP_ORDER of the last step: with last_ts, where the next one goes
+        self.queue: str | None = None  # the queue named last
+        self.last: Segment | None = None
+        self.phase = DONE
+        self.segments = 0
+        self.first_queue: str | None = None
+        self.first_entered = 0
+        self.answered_agent: str | None = None  # agent of the last answered segment (ratings)
+        self.pending: list[int] = []  # chat: customer messages awaiting an agent message
+        self.first_customer: int | None = None
+        self.flags = 0
+        self.public_replies = 0
+        self.orphans = 0
+        self.complaint: tuple[int, str] | None = None
+        self.customer: str | None = None
+
+    # -- folding ----------------------------------------------------------------
+
+    def follows(self, step: Step) -> bool | None:
+        """True if ``step`` sorts after every step folded so far, False if before one;
+        None on a tie of time and order (the event ids decide: the caller looks)."""
+        if not self.count:
+            return True
+        order = STEP_ORDER.get(step.step, 9)
+        if step.ts != self.last_ts:
+            return step.ts > self.last_ts
+        if order != self.tail_order:
+            return order > self.tail_order
+        return None
+
+    def step(self, s: Step, out: Derivation) -> None:
+        """Fold one more step; what it creates (a segment, a response, ...) is appended to ``out``."""
+        if not self.count:
+            self.base = s.ts
+        self.count += 1
+        self.last_ts = s.ts if self.count == 1 else max(self.last_ts, s.ts)
+        self.tail_order = STEP_ORDER.get(s.step, 9)
+        queue = self.queue = s.queue or self.queue
+        self.customer = self.customer or s.customer
+        if s.complaint and self.complaint is None:
+            self.complaint = (s.ts, queue or "")
+        waiting = self.last if self.phase == WAITING else None
+        serving = self.last if self.phase == SERVING else None
+        kind = s.step
+        if self.ticket:
+            if kind == "replied":
+                if s.sender == "agent" and s.public:
+                    # A reply before the ticket exists (in event time) is an orphan.
+                    self.public_replies += 1 if self.segments else 0
+                    kind = "answered" if waiting is not None else "reply"
+                else:
+                    kind = "note"
+            elif kind == "closed":
+                kind = "ended"
+        if kind == "offered":
+            if waiting is None and serving is None and queue:
+                self._enter(Segment(queue, s.ts), out)
+                self._set(_OPEN_TICKET, self.ticket)
+            else:
+                self.orphans += 1  # an offer while queued or handled: nothing new
+        elif kind == "answered":
+            if waiting is not None:
+                waiting.exit, waiting.left, waiting.agent = "answered", s.ts, s.agent
+                self.phase, self.answered_agent = SERVING, s.agent
+            else:
+                self.orphans += 1
+        elif kind == "abandoned":
+            if waiting is not None:
+                waiting.exit, waiting.left = "abandoned", s.ts
+                self.phase = DONE
+                self._set(_ENDED, True)  # the customer left: the interaction is over
+            else:
+                self.orphans += 1
+        elif kind == "transferred":
+            if waiting is not None:
+                waiting.exit, waiting.left = "transferred", s.ts
+                self.phase = DONE
+            elif serving is not None:
+                serving.transfer_times.append(s.ts)
+                if s.to_queue:
+                    # The contact leaves the agent to wait again: close its handling.
+                    serving.ended = s.ts
+                    self.phase = DONE
+            else:
+                self.orphans += 1
+                return
+            if s.to_queue:
+                self.queue = s.to_queue
+                self._enter(Segment(s.to_queue, s.ts), out)
+        elif kind == "ended":
+            if waiting is not None:
+                # Hanging up while still queued (or a ticket closed unanswered) is an abandon.
+                waiting.exit, waiting.left = "abandoned", s.ts
+                self.phase = DONE
+                self._set(_ENDED, True)
+            elif serving is not None:
+                serving.ended, serving.wrapup_ms = s.ts, s.wrapup_ms
+                self.phase = DONE
+                self._set(_ENDED, True)
+            else:
+                self.orphans += 1
+            self._set(_OPEN_TICKET, False)
+        elif kind == "message":
+            if s.sender == "customer":
+                self.pending.append(s.ts)
+                if self.first_customer is None:
+                    self.first_customer = s.ts
+            elif s.sender == "agent" and self.pending:
+                owner = serving or waiting
+                q = owner.queue if owner else (queue or "")
+                for sent in self.pending:
+                    first = not self.flags & _FIRST_RESPONSE_DONE and sent == self.first_customer
+                    out.responses.append(Response(s.ts, s.ts - sent, first, q))
+                    if first:
+                        self._set(_FIRST_RESPONSE_DONE, True)
+                self.pending = []
+        elif kind == "solved":
+            if self.last is not None:
+                out.solves.append(Solve(s.ts, s.ts - self.first_entered, self.public_replies == 1,
+                                        self.last.queue))
+                self._set(_OPEN_TICKET, False)
+            else:
+                self.orphans += 1
+        elif kind == "reopened":
+            if self.last is not None:
+                out.reopens.append((s.ts, self.last.queue))
+                self._set(_OPEN_TICKET, not self.ended)
+            else:
+                self.orphans += 1
+        elif kind == "rated":
+            if self.last is not None:
+                out.ratings.append(Rating(s.ts, s.csat, s.nps, self.last.queue, self.answered_agent))
+            else:
+                self.orphans += 1
+
+    def _enter(self, seg: Segment, out: Derivation) -> None:
+        self.last, self.phase = seg, WAITING
+        self.segments += 1
+        if self.segments == 1:
+            self.first_queue, self.first_entered = seg.queue, seg.entered
+        out.segments.append(seg)
+
+    def ref(self, name: str | None) -> int | None:
+        """The index of ``name`` in ``names`` (added if new)."""
+        if name is None:
+            return None
+        try:
+            return self.names.index(name)
+        except ValueError:
+            self.names.append(name)
+            return len(self.names) - 1
+
+    def _set(self, flag: int, on: bool) -> None:
+        self.flags = self.flags | flag if on else self.flags & ~flag
+
+    # -- what it says -------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.flags & _ENDED)
+
+    @property
+    def ticket_open(self) -> bool:
+        return bool(self.flags & _OPEN_TICKET)
+
+    @property
+    def waiting(self) -> Segment | None:
+        return self.last if self.phase == WAITING else None
+
+    @property
+    def serving(self) -> Segment | None:
+        return self.last if self.phase == SERVING else None
+
+    def resolved_complaint(self) -> tuple[int, str] | None:
+        """The complaint as counted now: a flag raised before any queue was named counts
+        in the interaction's last queue (so it moves with a later transfer)."""
+        c = self.complaint
+        if c is not None and not c[1]:
+            return (c[0], self.last.queue) if self.last is not None else None
+        return c
+
+    def finish(self, d: Derivation) -> Derivation:
+        """Complete a derivation whose elements this fold appended, from the start."""
+        d.orphan_steps, d.ended, d.customer = self.orphans, self.ended, self.customer
+        d.complaint = self.resolved_complaint()
+        d.ticket_open = self.ticket_open
+        return d
+
+    # -- kept as bytes: a few dozen per open interaction ---------------------------
+
+    def encode(self) -> bytes:
+        b, ref = self.base, self.ref
+        last = self.last
+        seg = None if last is None else [ref(last.queue), last.entered - b, _EXITS.index(last.exit),
+                                         None if last.left is None else last.left - b, ref(last.agent),
+                                         [t - b for t in last.transfer_times],
+                                         None if last.ended is None else last.ended - b, last.wrapup_ms]
+        complaint = self.complaint
+        row = [b, self.count, self.last_ts - b, self.tail_order, ref(self.queue), self.phase, seg, self.segments,
+               ref(self.first_queue), self.first_entered - b if self.segments else None, ref(self.answered_agent),
+               [t - b for t in self.pending], None if self.first_customer is None else self.first_customer - b,
+               self.flags, self.public_replies, self.orphans,
+               None if complaint is None else [complaint[0] - b, ref(complaint[1] or None)], ref(self.customer)]
+        while row and row[-1] is None:
+            row.pop()
+        return orjson.dumps([self.names, *row])
+
+    @classmethod
+    def decode(cls, data: bytes, ticket: bool) -> "Fold":
+        f = cls(ticket)
+        if not data:
+            return f
+        names, *row = orjson.loads(data)
+        names = f.names = [sys.intern(n) for n in names]
+        row += [None] * (18 - len(row))
+        (b, f.count, last_ts, f.tail_order, queue, f.phase, seg, f.segments, first_queue, first_entered,
+         answered_agent, pending, first_customer, f.flags, f.public_replies, f.orphans, complaint,
+         customer) = row
+
+        def name(index: int | None) -> str | None:
+            return None if index is None else names[index]
+
+        f.base, f.last_ts = b, last_ts + b
+        f.first_entered = 0 if first_entered is None else first_entered + b
+        f.queue, f.first_queue, f.answered_agent, f.customer = (name(queue), name(first_queue),
+                                                                name(answered_agent), name(customer))
+        if seg is not None:
+            q, entered, exit_, left, agent, transfers, ended, wrapup = seg
+            f.last = Segment(names[q], entered + b, _EXITS[exit_], None if left is None else left + b,
+                             name(agent), [t + b for t in transfers], None if ended is None else ended + b, wrapup)
+        f.pending = [t + b for t in pending]
+        f.first_customer = None if first_customer is None else first_customer + b
+        if complaint is not None:
+            f.complaint = (complaint[0] + b, name(complaint[1]) or "")
+        return f
+
+
+_EMPTY = b""  # the fold of no step, shared by every new interaction
+_NO_STEPS = b"[]"
+
+
+class Interaction:
+    """One interaction: its steps (packed rows, in event-time order) and their fold.
+
+    Held as two small byte strings rather than objects: an open interaction costs a few
+    hundred bytes however its steps are shaped. The steps are read back only for an
+    out-of-order step, a re-derivation (``derive``) or a duplicate's confirmation.
+    """
+
+    __slots__ = ("interaction_id", "channel", "partition", "_fold", "_log")
+
+    def __init__(self, interaction_id: str, channel: str, steps: Iterable[Step] = (),
+                 partition: int = -1) -> None:
+        self.interaction_id = interaction_id
+        self.channel = channel
+        self.partition = partition  # the input partition that owns it (kept across recovery)
+        self._fold = _EMPTY
+        self._log = _NO_STEPS
+        ordered = sorted(steps, key=Step.sort_key)
+        if ordered:
+            self._replace(ordered)
+
+    def __repr__(self) -> str:
+        return f"Interaction({self.interaction_id!r}, {self.channel!r}, {self.steps!r}, partition={self.partition})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Interaction) and (self.interaction_id, self.channel, self.partition, self.steps)
+                == (other.interaction_id, other.channel, other.partition, other.steps))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- reading ------------------------------------------------------------------
+
+    @property
+    def ticket(self) -> bool:
+        return is_ticket(self.channel)
+
+    def fold(self) -> Fold:
+        """Where the lifecycle stands (a fresh copy: changing it changes nothing here)."""
+        return Fold.decode(self._fold, self.ticket)
+
+    @property
+    def steps(self) -> list[Step]:
+        fold = self.fold()
+        return [step_from_row(row, fold.base, fold.names) for row in orjson.loads(self._log)]
+
+    @property
+    def step_count(self) -> int:
+        return self.fold().count
+
+    @property
+    def last_ts(self) -> int:
+        return self.fold().last_ts
+
+    def has(self, step: Step) -> bool:
+        # The id as JSON writes it is looked for in the packed rows first (in C, no
+        # decoding): nearly every step is new and is told so at once. A hit may be some
+        # other field's text, so it is confirmed on the decoded rows.
+        if orjson.dumps(step.event_id) not in self._log:
+            return False
+        return any(row[2] == step.event_id for row in orjson.loads(self._log))
+
+    def derive(self) -> Derivation:
+        return self._refold(self.steps)[0]
+
+    # -- changing -----------------------------------------------------------------
 
     def add(self, step: Step) -> bool:
         """Insert a step in event-time order; False when its event id was seen before."""
         if self.has(step):
             return False
-        # Nearly always appended at the end; a late step is placed by bisection.
-        key = step.sort_key()
-        steps = self.steps
-        if steps and steps[-1].sort_key() > key:
-            steps.insert(bisect_right(steps, key, key=Step.sort_key), step)
+        fold = self.fold()
+        if self.follows(fold, step):
+            fold.step(step, Derivation([], 0, False))
+            self.append(step, fold)
         else:
-            steps.append(step)
-        self.ids.add(step.event_id)
-        self.last_ts = max(self.last_ts, step.ts)
+            self.insert(step)
         return True
 
-    def has(self, step: Step) -> bool:
-        return step.event_id in self.ids
+    def follows(self, fold: Fold, step: Step) -> bool:
+        """Whether ``step`` (not a duplicate) sorts after every step held; ``fold`` is this one's."""
+        after = fold.follows(step)
+        if after is None:  # same time and order as the last step: its event id decides
+            last = orjson.loads(self._log)[-1]
+            return step.event_id > last[2]
+        return after
 
-    def derive(self) -> Derivation:
-        ticket = is_ticket(self.channel)
+    def append(self, step: Step, fold: Fold) -> None:
+        """Keep ``step``, which sorts last, and ``fold``, this interaction's fold after it."""
+        row = orjson.dumps(step_row(step, fold.base, fold.ref))
+        log = self._log
+        self._log = b"[" + row + b"]" if log == _NO_STEPS else log[:-1] + b"," + row + b"]"
+        self._fold = fold.encode()
+
+    def insert(self, step: Step) -> tuple[Derivation, Fold]:
+        """Keep ``step`` wherever it sorts, re-folding every step; returns the new derivation and fold."""
+        steps = self.steps
+        insort(steps, step, key=Step.sort_key)
+        return self._replace(steps)
+
+    def save(self) -> tuple[bytes, bytes]:
+        return self._fold, self._log
+
+    def restore(self, saved: tuple[bytes, bytes]) -> None:
+        """Back to what ``save`` returned (a step whose effects could not be computed is taken back)."""
+        self._fold, self._log = saved
+
+    def _replace(self, ordered: list[Step]) -> tuple[Derivation, Fold]:
+        d, fold = self._refold(ordered)
+        self._log = orjson.dumps([step_row(s, fold.base, fold.ref) for s in ordered])
+        self._fold = fold.encode()
+        return d, fold
+
+    def _refold(self, ordered: list[Step]) -> tuple[Derivation, Fold]:
+        fold = Fold(self.ticket)
         d = Derivation([], 0, False)
-        waiting: Segment | None = None  # the segment currently in queue
-        serving: Segment | None = None  # the segment whose agent has the contact
-        queue: str | None = None
-        pending_customer: list[int] = []  # chat: customer messages awaiting an agent message
-        first_customer: int | None = None
-        first_response_done = False
-        public_replies = 0
-        open_ticket = False
-        for s in self.steps:
-            queue = s.queue or queue
-            d.customer = d.customer or s.customer
-            if s.complaint and d.complaint is None:
-                d.complaint = (s.ts, queue or "")
-            kind = s.step
-            if ticket:
-                if kind == "replied":
-                    if s.sender == "agent" and s.public:
-                        # A reply before the ticket exists (in event time) is an orphan.
-                        public_replies += 1 if d.segments else 0
-                        kind = "answered" if waiting is not None else "reply"
-                    else:
-                        kind = "note"
-                elif kind == "closed":
-                    kind = "ended"
-            if kind == "offered":
-                if waiting is None and serving is None and queue:
-                    waiting = Segment(queue, s.ts)
-                    d.segments.append(waiting)
-                    open_ticket = ticket
-                else:
-                    d.orphan_steps += 1  # an offer while queued or handled: nothing new
-            elif kind == "answered":
-                if waiting is not None:
-                    waiting.exit, waiting.left, waiting.agent = "answered", s.ts, s.agent
-                    serving, waiting = waiting, None
-                else:
-                    d.orphan_steps += 1
-            elif kind == "abandoned":
-                if waiting is not None:
-                    waiting.exit, waiting.left = "abandoned", s.ts
-                    waiting = None
-                    d.ended = True  # the customer left: the interaction is over
-                else:
-                    d.orphan_steps += 1
-            elif kind == "transferred":
-                if waiting is not None:
-                    waiting.exit, waiting.left = "transferred", s.ts
-                    waiting = None
-                elif serving is not None:
-                    serving.transfer_times.append(s.ts)
-                    if s.to_queue:
-                        # The contact leaves the agent to wait again: close its handling.
-                        serving.ended = s.ts
-                        serving = None
-                else:
-                    d.orphan_steps += 1
-                    continue
-                if s.to_queue:
-                    queue = s.to_queue
-                    waiting = Segment(queue, s.ts)
-                    d.segments.append(waiting)
-            elif kind == "ended":
-                if waiting is not None:
-                    # Hanging up while still queued (or a ticket closed unanswered) is an abandon.
-                    waiting.exit, waiting.left = "abandoned", s.ts
-                    waiting = None
-                    d.ended = True
-                elif serving is not None:
-                    serving.ended, serving.wrapup_ms = s.ts, s.wrapup_ms
-                    serving = None
-                    d.ended = True
-                else:
-                    d.orphan_steps += 1
-                open_ticket = False
-            elif kind == "message":
-                if s.sender == "customer":
-                    pending_customer.append(s.ts)
-                    if first_customer is None:
-                        first_customer = s.ts
-                elif s.sender == "agent" and pending_customer:
-                    owner = serving or waiting
-                    q = owner.queue if owner else (queue or "")
-                    for sent in pending_customer:
-                        first = not first_response_done and sent == first_customer
-                        d.responses.append(Response(s.ts, s.ts - sent, first, q))
-                        first_response_done = first_response_done or first
-                    pending_customer.clear()
-            elif kind == "solved":
-                if d.segments:
-                    d.solves.append(Solve(s.ts, s.ts - d.segments[0].entered, public_replies == 1,
-                                          d.segments[-1].queue))
-                    open_ticket = False
-                else:
-                    d.orphan_steps += 1
-            elif kind == "reopened":
-                if d.segments:
-                    d.reopens.append((s.ts, d.segments[-1].queue))
-                    open_ticket = not d.ended
-                else:
-                    d.orphan_steps += 1
-            elif kind == "rated":
-                if d.segments:
-                    # The agent of the last answered segment (none if it named no agent).
-                    agent = next((seg.agent for seg in reversed(d.segments)
-                                  if seg.exit == "answered"), None)
-                    d.ratings.append(Rating(s.ts, s.csat, s.nps, d.segments[-1].queue, agent))
-                else:
-                    d.orphan_steps += 1
-        if d.complaint is not None and not d.complaint[1]:
-            d.complaint = (d.complaint[0], d.last_queue or "") if d.segments else None
-        d.ticket_open = open_ticket
-        return d
+        for s in ordered:
+            fold.step(s, d)
+        return fold.finish(d), fold
+
+    # -- the changelog --------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The changelog record: ``[2, id, channel, partition, base, names, [step rows]]`` (the
+        fold is derived again when it is read)."""
+        fold = self.fold()
+        return orjson.dumps([2, self.interaction_id, self.channel, self.partition, fold.base, fold.names,
+                             orjson.Fragment(self._log)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Interaction":
+        if data[:1] == b"{":  # written before the compact record (issue 15)
+            return cls.from_dict(orjson.loads(data))
+        version, iid, channel, partition, base, names, rows = orjson.loads(data)
+        if version != 2:
+            raise ValueError(f"unknown interaction record version {version!r}")
+        return cls(iid, channel, [step_from_row(row, base, names) for row in rows], partition)
 
     def to_dict(self) -> dict[str, Any]:
-        # Queue, agent and customer names repeat on every step and fact: each is written
-        # once in ``names`` and referred to by its index, which keeps the changelog record
-        # of the longest allowed interaction well under Kafka's 1 MiB message limit.
-        names: dict[str, int] = {}
-
-        def ref(name: str | None) -> int | None:
-            return None if name is None else names.setdefault(name, len(names))
-
-        steps = [[s.ts, s.step, s.event_id, ref(s.queue), ref(s.agent), ref(s.to_queue), s.wrapup_ms,
-                  s.sender, s.public, s.csat, s.nps, s.complaint, ref(s.customer)] for s in self.steps]
-        applied = [[size, start, scope, ref(name), *rest, n]
-                   for (size, start, scope, name, *rest), n in self.applied.items()]
-        return {"id": self.interaction_id, "ch": self.channel, "last": self.last_ts, "steps": steps,
-                "applied": applied, "p": self.partition, "names": list(names)}
+        fold = self.fold()
+        return {"v": 2, "id": self.interaction_id, "ch": self.channel, "p": self.partition,
+                "base": fold.base, "names": fold.names, "rows": orjson.loads(self._log)}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "Interaction":
+        if doc.get("v") == 2:
+            base, names = doc["base"], doc["names"]
+            return cls(doc["id"], doc["ch"], [step_from_row(row, base, names) for row in doc["rows"]],
+                       doc.get("p", -1))
+        # Records before issue 15: whole steps (names shared in ``names`` since issue 14) and
+        # the facts they applied, which are derived again now.
         names = doc.get("names")
-        rows, applied = doc["steps"], doc.get("applied", ())
-        if names is not None:  # records written before ``names`` hold the names themselves
+        rows = doc["steps"]
+        if names is not None:
             def name(index: int | None) -> str | None:
                 return None if index is None else names[index]
 
             rows = [[r[0], r[1], r[2], name(r[3]), name(r[4]), name(r[5]), *r[6:12], name(r[12])]
                     for r in rows]
-            applied = [[*row[:3], name(row[3]), *row[4:]] for row in applied]
-        return cls(doc["id"], doc["ch"], [Step.from_list(r) for r in rows], doc["last"],
-                   {tuple(row[:-1]): row[-1] for row in applied}, doc.get("p", -1))
+        return cls(doc["id"], doc["ch"], [Step.from_list(r) for r in rows], doc.get("p", -1))
