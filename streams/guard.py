@@ -25,23 +25,12 @@ import orjson
 from faust.types import AppT, TopicT
 
 from ccpulse.log_limit import LogLimiter
-from schemas.events import Rejection
 from schemas.records import dead_letter
 from sinks.prometheus import PipelineMetrics
 from streams.outbox import Outbox
+from streams.stages.validation import PROCESSING_ERROR, describe, processing_error
 
 log = logging.getLogger(__name__)
-
-PROCESSING_ERROR = "processing_error"
-_DETAIL_CHARS = 300
-
-
-def describe(exc: BaseException) -> str:
-    """``ExceptionType: message`` on one short line, for a dead-letter detail or /health."""
-    text = " ".join(str(exc).split())
-    if len(text) > _DETAIL_CHARS:
-        text = text[:_DETAIL_CHARS] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class StageGuard:
@@ -61,9 +50,10 @@ class StageGuard:
         raw, topic, partition, offset = _origin(message)
         self._metrics.events_invalid.labels(PROCESSING_ERROR).inc()
         self._metrics.dead_lettered.inc()
-        detail = f"{stage}: {describe(exc)}"
+        rejection = processing_error(stage, exc)
+        detail = rejection.detail
         self._outbox.send(self._dead_letters, message.key, dead_letter(
-            raw, Rejection(PROCESSING_ERROR, detail), topic, partition, offset, now_ms))
+            raw, rejection, topic, partition, offset, now_ms))
         held = self._log_limit.allow(time.monotonic())
         if held is not None:
             more = f" ({held} more since the last such line)" if held else ""

@@ -12,15 +12,13 @@ from typing import Any
 
 import orjson
 
-from ccpulse.core.timestamps import format_ms
 from ccpulse.core.watermark import InputWatermarks
 from ccpulse.core.windowing import Windowing
-from schemas.events import Rejection, decode
+from schemas.events import Rejection
 from schemas.records import dead_letter, event_message
 from streams.context import Pipeline
 from streams.guard import stage_guard
-
-FAMILIES = {"calls": "call", "chats": "chat", "tickets": "ticket"}
+from streams.stages.validation import FAMILIES, decode_event
 # A message on the events topic with only this field is a watermark tick, not an event.
 WATERMARK_FIELD = "watermark"
 
@@ -41,11 +39,7 @@ def register(pipe: Pipeline) -> None:
 
     def forward(msg: Any, now_ms: int) -> None:
         raw = msg.value
-        result = decode(raw, family_of.get(msg.topic, "call"), now_ms, max_future_ms)
-        if not isinstance(result, Rejection):
-            unplaceable = windowing.placeable(result.occurred_at_ms)
-            if unplaceable is not None:
-                result = Rejection("bad_timestamp", f"occurred_at {format_ms(result.occurred_at_ms)}: {unplaceable}")
+        result = decode_event(raw, family_of.get(msg.topic, "call"), now_ms, max_future_ms, windowing)
         if isinstance(result, Rejection):
             metrics.events_invalid.labels(result.reason).inc()
             metrics.dead_lettered.inc()

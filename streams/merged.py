@@ -14,15 +14,11 @@ from typing import Any
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import window_record, window_record_key
 from streams.context import Pipeline
+from streams.stages.partials import live_key
 
 Entry = dict[str, Any]
 # The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".
 FCR_SOURCE_PREFIX = "fcr-"
-
-
-def live_key(queue: str, channel: str) -> str:
-    """The live entry of a queue x channel (also the message key of its live partials)."""
-    return f"live|{queue}|{channel}"
 
 
 def live_queue(key: str) -> tuple[str, str]:

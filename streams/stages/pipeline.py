@@ -1,0 +1,294 @@
+"""The pipeline stage: one pass over the input, per partition (docs/streaming-layer.md).
+
+For each record of ``calls``, ``chats``, ``tickets`` and ``<app>-rekey`` on partition
+*p*: decode it (dead-letter what EVENTS.md refuses), then either apply it to the
+engine of *p*, or, when it does not belong on *p*, forward it to ``<app>-rekey``
+keyed by its ``interaction_id``, which brings it back on the right partition. Event
+time is tracked per source partition (``calls/p``, ..., ``<app>-rekey/p``) without
+control records. Everything to write collects in a ``Checkpoint`` that
+``checkpoint()`` hands out: the Faust agent around this class writes it, then
+acknowledges the envelopes it covers.
+
+No Faust here: tests drive it with plain records.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, MutableMapping, Protocol
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from ccpulse.config import Settings
+from ccpulse.core.engine import PartitionEngine, PartitionRecord
+from ccpulse.core.lifecycle import Interaction
+from ccpulse.core.watermark import InputWatermarks
+from ccpulse.core.windowing import Windowing
+from ccpulse.log_limit import CountedLines
+from ccpulse.pseudonym import CustomerIdHasher
+from schemas.events import Event, Rejection
+from schemas.records import dead_letter, event_message, step_from_message, window_label
+from sinks.prometheus import PipelineMetrics
+from streams.stages.partials import live_partial, window_partial
+from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
+
+log = logging.getLogger(__name__)
+
+STAGE = "pipeline"
+# Keys whose partition is remembered: an interaction's events share one key, so this
+# covers every open interaction of a busy partition; past it the cache starts over.
+PARTITION_CACHE_KEYS = 100_000
+
+
+class Record(Protocol):
+    """A consumed record, as Faust's messages and aiokafka's records both have it."""
+
+    key: bytes | None
+    value: bytes | None
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to produce: ``value`` is bytes or a JSON-able dict (as Outbox.send takes)."""
+
+    key: bytes | None
+    value: Any
+
+
+@dataclass
+class Checkpoint:
+    """What must be written before the envelopes read since the last checkpoint are acknowledged."""
+
+    rekey: list[Message] = field(default_factory=list)  # -> <app>-rekey
+    dead_letters: list[Message] = field(default_factory=list)  # -> events.dead-letter
+    # Accepted events for the raw store, as schemas.records.event_message builds them.
+    raw_events: list[dict[str, Any]] = field(default_factory=list)
+    contacts: list[Message] = field(default_factory=list)  # -> <app>-contacts
+    interactions: dict[str, Interaction] = field(default_factory=dict)  # changed: each once
+    records: dict[int, PartitionRecord] = field(default_factory=dict)  # partition -> its record
+    partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the Java client's, aiokafka's and kafka-python's default partitioner
+    give ``key`` (aiokafka.partitioner.DefaultPartitioner)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class PipelineStage:
+    def __init__(self, settings: Settings, rekey_topic: str, *,
+                 interactions: MutableMapping[str, Interaction] | None = None,
+                 metrics: PipelineMetrics | None = None,
+                 hasher: CustomerIdHasher | None = None) -> None:
+        self.settings = settings
+        w = settings.windows
+        self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
+        self.rekey_topic = rekey_topic
+        self.partitions = settings.kafka.partitions
+        self.family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
+        self.max_future_ms = int(settings.max_future_seconds * 1000)
+        self.idle_ms = int(w.source_idle_seconds * 1000)
+        self.idle_close_ms = int(w.idle_close_seconds * 1000)
+        # Every interaction this worker owns, by id (the wrapper passes its table's data).
+        self.interactions: MutableMapping[str, Interaction] = {} if interactions is None else interactions
+        self.metrics = metrics
+        self.hasher = hasher  # contacts for FCR are sent only once it is known
+        self.engines: dict[int, PartitionEngine] = {}
+        self._sources: dict[int, InputWatermarks] = {}
+        # partition -> (wall clock ms of its last applied event, event time then)
+        self._arrival: dict[int, tuple[int, int]] = {}
+        # partition -> source -> one past the last offset read: their sum orders versions
+        self._positions: dict[int, dict[str, int]] = {}
+        self._partition_of: dict[bytes, int] = {}
+        self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
+        self._out = Checkpoint()
+        self._late = CountedLines(log.warning, "late events (their window was already final; "
+                                  "counted in ccpulse_late_events_total, not in the window)")
+
+    # -- partitions -------------------------------------------------------------
+
+    def assign(self, partition: int, record: PartitionRecord | None = None,
+               interactions: Iterable[Interaction] = (), now_ms: int = 0) -> PartitionEngine:
+        """Own ``partition`` from now on: its engine rebuilt from what was persisted."""
+        w = self.settings.windows
+        record = record or PartitionRecord()
+        engine = PartitionEngine(partition, self.windowing, w.allowed_lateness_seconds,
+                                 self.settings.thresholds_for, w.interaction_horizon_seconds, record,
+                                 self.settings.limits.max_steps_per_interaction)
+        engine.rebuild(interactions)
+        self.engines[partition] = engine
+        self._sources[partition] = InputWatermarks(self.idle_ms)
+        self._arrival[partition] = (now_ms, record.watermark)
+        self._positions[partition] = {}
+        return engine
+
+    def revoke(self, partition: int) -> None:
+        """Another worker owns ``partition`` now; its interactions go with it."""
+        self.engines.pop(partition, None)
+        self._sources.pop(partition, None)
+        self._arrival.pop(partition, None)
+        self._positions.pop(partition, None)
+        self._touched.discard(partition)
+        for iid in [iid for iid, inter in self.interactions.items() if inter.partition == partition]:
+            del self.interactions[iid]
+
+    def _engine(self, partition: int, now_ms: int) -> PartitionEngine:
+        engine = self.engines.get(partition)
+        return engine if engine is not None else self.assign(partition, now_ms=now_ms)
+
+    # -- input ----------------------------------------------------------------
+
+    def on_batch(self, topic: str, partition: int, records: Iterable[Record], now_ms: int) -> None:
+        """Every record of one envelope (one partition of one topic, in offset order)."""
+        engine = self._engine(partition, now_ms)
+        source = f"{topic}/{partition}"
+        sources = self._sources[partition]
+        positions = self._positions[partition]
+        rekeyed = topic == self.rekey_topic
+        n = 0
+        for record in records:
+            n += 1
+            positions[source] = record.offset + 1
+            try:
+                self._one(engine, topic, partition, source, sources, rekeyed, record, now_ms)
+            except Exception as exc:  # one record's failure costs that record only (issue 14)
+                self._failed(topic, partition, record, exc, now_ms)
+        if n and self.metrics is not None and not rekeyed:  # once per batch: labels() takes a lock
+            self.metrics.events_consumed.labels(topic).inc(n)
+        # The engine learns at once how far this source has been read, also when it
+        # applied none of it (all forwarded), before any later batch moves event time.
+        report = sources.report(now_ms)
+        if report is not None:
+            engine.observe(report)
+
+    def _one(self, engine: PartitionEngine, topic: str, partition: int, source: str,
+             sources: InputWatermarks, rekeyed: bool, record: Record, now_ms: int) -> None:
+        raw, origin = record.value, (topic, partition, record.offset)
+        if rekeyed:
+            doc = orjson.loads(raw)  # type: ignore[arg-type]
+            origin = (str(doc["source"][0]), int(doc["source"][1]), int(doc["source"][2]))
+            raw = doc["payload"].encode("utf-8")
+        result = decode_event(raw, self.family_of.get(origin[0], "call"), now_ms, self.max_future_ms,
+                              self.windowing)
+        if isinstance(result, Rejection):
+            self._dead_letter(record.key, raw, result, origin, now_ms)
+            return
+        sources.seen(source, result.occurred_at_ms, now_ms)
+        key = result.interaction_id.encode()
+        if not rekeyed and (record.key != key or self._partition(key) != partition):
+            # Keyless, keyed otherwise, or placed by another partitioner: the events of
+            # one interaction must meet on one partition. (A re-keyed record is applied
+            # where it arrives: the same partitioner over the same partition count placed it.)
+            self._out.rekey.append(Message(key, orjson.dumps(
+                {"source": list(origin), "payload": raw.decode("utf-8")})))  # type: ignore[union-attr]
+            return
+        self._apply(engine, partition, source, result, raw, origin, now_ms)  # type: ignore[arg-type]
+
+    def _apply(self, engine: PartitionEngine, partition: int, source: str, event: Event, raw: bytes,
+               origin: tuple[str, int, int], now_ms: int) -> None:
+        doc = event_message(event, raw, *origin)
+        step = step_from_message(doc)
+        iid = event.interaction_id
+        inter = self.interactions.get(iid)
+        if inter is None:
+            inter = Interaction(iid, event.channel, partition=partition)
+        # Versions order a window's partials: the sum of every source's position grows
+        # with each record read, and so does the version (the engine keeps the maximum).
+        outcome = engine.apply(inter, step, sum(self._positions[partition].values()), source)
+        if outcome.too_long:
+            self._dead_letter(iid.encode(), raw, too_long(iid, engine.max_steps), origin, now_ms)
+            return
+        self._touched.add(partition)
+        if outcome.duplicate:
+            return
+        self.interactions[iid] = inter
+        self._out.interactions[iid] = inter
+        self._out.raw_events.append(doc)
+        self._arrival[partition] = (now_ms, engine.record.watermark)
+        if outcome.late_window is not None:
+            self._late.note(window_label(outcome.late_window), now_ms / 1000)
+        fold = outcome.fold
+        if (self.hasher is not None and fold is not None and fold.customer and fold.segments
+                and (step.customer or step.step == "offered")):
+            # Only the steps that can create or change the contact send it again.
+            # Customers meet on the FCR partition by a keyed hash (streams/fcr.py).
+            customer = self.hasher.hash(fold.customer)
+            self._out.contacts.append(Message(customer.encode(), orjson.dumps(
+                {"customer": customer, "kid": self.hasher.key_id, "interaction_id": iid,
+                 "ts": fold.first_entered, "queue": fold.first_queue, "channel": inter.channel})))
+
+    def _partition(self, key: bytes) -> int:
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if len(self._partition_of) >= PARTITION_CACHE_KEYS:
+                self._partition_of.clear()
+            partition = self._partition_of[key] = key_partition(key, self.partitions)
+        return partition
+
+    def _dead_letter(self, key: bytes | None, raw: bytes | None, rejection: Rejection,
+                     origin: tuple[str, int, int], now_ms: int) -> None:
+        if self.metrics is not None:
+            self.metrics.events_invalid.labels(rejection.reason).inc()
+            self.metrics.dead_lettered.inc()
+        self._out.dead_letters.append(Message(key, dead_letter(raw, rejection, *origin, now_ms)))
+
+    def _failed(self, topic: str, partition: int, record: Record, exc: Exception, now_ms: int) -> None:
+        raw, origin = record.value, (topic, partition, record.offset)
+        if topic == self.rekey_topic:
+            try:  # the input record behind it, when the wrapper can be read
+                doc = orjson.loads(raw)  # type: ignore[arg-type]
+                raw, origin = doc["payload"].encode("utf-8"), (str(doc["source"][0]), int(doc["source"][1]),
+                                                                int(doc["source"][2]))
+            except Exception:  # noqa: BLE001 - the record stands for itself
+                pass
+        self._dead_letter(record.key, raw, processing_error(STAGE, exc), origin, now_ms)
+        log.error("dead-lettered %s[%d]@%d: %s", origin[0], origin[1], origin[2],
+                  processing_error(STAGE, exc).detail, exc_info=exc)
+
+    # -- time -----------------------------------------------------------------
+
+    def on_tick(self, now_ms: int, caught_up: Mapping[tuple[str, int], bool]) -> None:
+        """Move event time and close windows. ``caught_up``: every input partition
+        (topic, partition) assigned to this worker, and whether it has nothing left to read."""
+        for (topic, partition), done in caught_up.items():
+            self._engine(partition, now_ms)
+            self._sources[partition].assigned(f"{topic}/{partition}", now_ms, done)
+        self._late.flush(now_ms / 1000)
+        for partition, engine in self.engines.items():
+            before = (engine.record.watermark, engine.record.final_through)
+            report = self._sources[partition].report(now_ms)
+            if report is not None:
+                engine.observe(report)
+            arrived_at, watermark_then = self._arrival[partition]
+            quiet = now_ms - arrived_at
+            if quiet >= self.idle_close_ms and watermark_then:
+                # Nothing applied for a while: event time follows the wall clock, so the
+                # last windows of a quiet stream still close.
+                engine.advance(watermark_then + quiet)
+            for snap in engine.close():
+                self._out.partials.append(Message(*window_partial(
+                    partition, snap, self.windowing.end(snap.key[0], snap.key[1]), engine.record.watermark)))
+            if (engine.record.watermark, engine.record.final_through) != before:
+                self._touched.add(partition)
+
+    # -- output ---------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """Everything to write since the last checkpoint, each changed interaction once."""
+        out, self._out = self._out, Checkpoint()
+        for partition, engine in self.engines.items():
+            watermark = engine.record.watermark
+            for snap in engine.take_dirty():
+                out.partials.append(Message(*window_partial(
+                    partition, snap, self.windowing.end(snap.key[0], snap.key[1]), watermark)))
+                self._touched.add(partition)
+            for (queue, channel), live in engine.take_live():
+                out.partials.append(Message(*live_partial(partition, queue, channel, live,
+                                                          engine.version(False), watermark)))
+        out.records = {p: self.engines[p].record for p in sorted(self._touched) if p in self.engines}
+        self._touched.clear()
+        return out
+

@@ -1,0 +1,291 @@
+"""PipelineStage (streams/stages/pipeline.py) without Kafka: re-key only what needs it,
+dead-letter what breaks, event time per source partition, windows closing, one
+changelog per changed interaction, and the same windows as the old ingest+lifecycle path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from ccpulse.config import Settings, WindowSettings
+from ccpulse.core.engine import PartitionEngine
+from ccpulse.core.kpis import WindowAgg
+from ccpulse.core.lifecycle import Interaction
+from ccpulse.core.timestamps import format_ms
+from ccpulse.core.windowing import Windowing
+from schemas.events import Rejection, parse_timestamp_ms
+from schemas.records import event_message, step_from_message
+from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
+from streams.stages.validation import decode_event
+
+PARTITIONS = 4
+REKEY = "ccpulse-rekey"
+T0 = parse_timestamp_ms("2026-01-05T08:00:00Z")
+NOW = T0 + 3_600_000
+
+
+@dataclass
+class Rec:
+    key: bytes | None
+    value: bytes | None
+    offset: int
+
+
+def settings(**windows: Any) -> Settings:
+    base = Settings()
+    return replace(base, kafka=replace(base.kafka, partitions=PARTITIONS),
+                   windows=replace(WindowSettings(), **windows))
+
+
+def call(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
+    doc = {"event_id": f"{iid}-{n}", "type": f"call.{kind}", "occurred_at": format_ms(ts),
+           "interaction_id": iid, **extra}
+    if kind == "offered":
+        doc.setdefault("queue", "billing")
+    if kind == "answered":
+        doc.setdefault("agent_id", "a1")
+    return orjson.dumps(doc)
+
+
+def iid_on(partition: int, prefix: str = "i") -> str:
+    """An interaction id whose murmur2 partition is ``partition``."""
+    n = 0
+    while key_partition(f"{prefix}{n}".encode(), PARTITIONS) != partition:
+        n += 1
+    return f"{prefix}{n}"
+
+
+def back_from_rekey(stage: PipelineStage, out: Checkpoint, now_ms: int = NOW) -> None:
+    """What <app>-rekey brings back: each message on its key's partition."""
+    offsets: dict[int, int] = {}
+    for message in out.rekey:
+        p = key_partition(message.key, PARTITIONS)
+        stage.on_batch(REKEY, p, [Rec(message.key, message.value, offsets.get(p, 0))], now_ms)
+        offsets[p] = offsets.get(p, 0) + 1
+
+
+def test_keyless_and_miskeyed_go_to_rekey_and_keyed_on_partition_are_applied() -> None:
+    stage = PipelineStage(settings(), REKEY)
+    right, elsewhere = iid_on(0), iid_on(1)
+    stage.on_batch("calls", 0, [
+        Rec(right.encode(), call(right, 1, "offered", T0), 0),          # applied here
+        Rec(None, call(elsewhere, 1, "offered", T0), 1),                 # keyless
+        Rec(b"customer-7", call(right, 2, "answered", T0 + 5000), 2),    # keyed otherwise
+        Rec(elsewhere.encode(), call(elsewhere, 2, "answered", T0 + 5000), 3),  # another partition's
+    ], NOW)
+    out = stage.checkpoint()
+    assert set(out.interactions) == {right}
+    assert [m.key for m in out.rekey] == [elsewhere.encode(), right.encode(), elsewhere.encode()]
+    assert json.loads(out.rekey[0].value)["source"] == ["calls", 0, 1]
+    assert [doc["source"] for doc in out.raw_events] == [["calls", 0, 0]]
+    back_from_rekey(stage, out)
+    again = stage.checkpoint()
+    assert set(again.interactions) == {right, elsewhere}
+    assert again.interactions[right].partition == 0 and again.interactions[elsewhere].partition == 1
+    # The store gets each event once, with the input record it came from.
+    assert sorted(doc["source"][2] for doc in again.raw_events) == [1, 2, 3]
+    assert not again.rekey and not again.dead_letters
+
+
+def test_a_bad_record_is_dead_lettered_and_the_rest_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = PipelineStage(settings(), REKEY)
+    iid = iid_on(0)
+    real_apply = PartitionEngine.apply
+
+    def apply(self: PartitionEngine, inter: Interaction, step: Any, offset: int, source: str = "") -> Any:
+        if step.event_id == f"{iid}-2":
+            raise ZeroDivisionError("boom")
+        return real_apply(self, inter, step, offset, source)
+    monkeypatch.setattr(PartitionEngine, "apply", apply)
+    stage.on_batch("calls", 0, [
+        Rec(iid.encode(), call(iid, 1, "offered", T0), 10),
+        Rec(iid.encode(), call(iid, 2, "answered", T0 + 1000), 11),  # makes the stage raise
+        Rec(iid.encode(), b"{not json", 12),
+        Rec(iid.encode(), call(iid, 3, "abandoned", T0 + 2000), 13),
+    ], NOW)
+    out = stage.checkpoint()
+    letters = [m.value for m in out.dead_letters]
+    assert [(d["reason"], d["offset"]) for d in letters] == [("processing_error", 11), ("not_json", 12)]
+    assert letters[0]["detail"] == "pipeline: ZeroDivisionError: boom"
+    assert base64.b64decode(letters[0]["value_base64"]) == call(iid, 2, "answered", T0 + 1000)
+    assert [s.event_id for s in out.interactions[iid].steps] == [f"{iid}-1", f"{iid}-3"]
+
+
+def test_event_time_is_the_slowest_active_source_of_the_partition_until_it_goes_idle() -> None:
+    stage = PipelineStage(settings(source_idle_seconds=5.0), REKEY)
+    a, b = iid_on(0, "a"), iid_on(0, "b")
+    stage.on_batch("chats", 0, [Rec(b"x", orjson.dumps({
+        "event_id": "c1", "type": "chat.offered", "occurred_at": format_ms(T0), "interaction_id": b,
+        "queue": "web"}), 0)], NOW)  # mis-keyed: forwarded, but chats/0 has been read that far
+    stage.on_batch("calls", 0, [Rec(a.encode(), call(a, 1, "offered", T0 + 60_000), 0)], NOW)
+    stage.on_batch("calls", 1, [Rec(None, call(b, 1, "offered", T0 + 600_000), 0)], NOW)  # another partition's
+    assigned = {(t, p): True for t in ("calls", "chats", "tickets", REKEY) for p in (0, 1)}
+    stage.on_tick(NOW, assigned)
+    assert stage.engines[0].record.watermark == T0  # chats/0 is behind calls/0
+    assert stage.engines[1].record.watermark == T0 + 600_000  # partition 1 has its own sources
+    stage.on_tick(NOW + 5_000, assigned)  # chats/0 silent for source_idle_seconds: idle
+    assert stage.engines[0].record.watermark == T0 + 60_000
+    assert stage.checkpoint().records.keys() == {0, 1}
+
+
+def test_windows_close_and_the_final_partials_go_at_the_checkpoint() -> None:
+    stage = PipelineStage(settings(allowed_lateness_seconds=60.0), REKEY)
+    iid, later = iid_on(2, "w"), iid_on(2, "x")
+    stage.on_batch("calls", 2, [Rec(iid.encode(), call(iid, 1, "offered", T0 + 1000), 0),
+                                Rec(iid.encode(), call(iid, 2, "abandoned", T0 + 9000), 1)], NOW)
+    first = stage.checkpoint()
+    assert {(m.value["key"][0], m.value["final"]) for m in first.partials if m.value["kind"] == "window"} \
+        == {(60, False), (900, False), (3600, False), (86400, False)}
+    # The 08:00 minute closes once event time passes its end plus the lateness.
+    stage.on_batch("calls", 2, [Rec(later.encode(), call(later, 1, "offered", T0 + 121_000), 2)], NOW)
+    stage.on_tick(NOW, {("calls", 2): True})
+    out = stage.checkpoint()
+    finals = [m for m in out.partials if m.value["kind"] == "window" and m.value["final"]]
+    assert [(m.key, m.value["agg"]["counts"]["offered"]) for m in finals] == \
+        [(b"1m|2026-01-05T08:00:00.000Z|billing|voice", 1)]
+    assert out.records[2].final_through == T0 + 121_000
+
+
+def test_a_checkpoint_holds_each_changed_interaction_once() -> None:
+    stage = PipelineStage(settings(), REKEY)
+    iid, other = iid_on(3, "c"), iid_on(3, "d")
+    stage.on_batch("calls", 3, [Rec(iid.encode(), call(iid, 1, "offered", T0), 0),
+                                Rec(iid.encode(), call(iid, 2, "answered", T0 + 1000), 1)], NOW)
+    stage.on_batch("calls", 3, [Rec(iid.encode(), call(iid, 3, "ended", T0 + 9000), 2),
+                                Rec(iid.encode(), call(iid, 3, "ended", T0 + 9000), 3),  # duplicate
+                                Rec(other.encode(), call(other, 1, "offered", T0), 4)], NOW)
+    out = stage.checkpoint()
+    assert list(out.interactions) == [iid, other]
+    assert len(out.interactions[iid].steps) == 3
+    assert len(out.raw_events) == 4  # the duplicate is not stored again
+    assert list(out.records) == [3] and out.records[3].duplicates == 1
+    assert not stage.checkpoint().interactions  # nothing changed since
+
+
+# -- the same windows as the old path
+
+
+def old_path(raws: list[tuple[str, int, int, bytes]], s: Settings) -> dict[int, PartitionEngine]:
+    """streams/ingest.py then streams/lifecycle.py, minus Kafka: decode, key by interaction,
+    apply on the interaction's partition of <app>-events in the order ingest forwarded it."""
+    w = s.windows
+    windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
+    engines = {p: PartitionEngine(p, windowing, w.allowed_lateness_seconds, s.thresholds_for,
+                                  w.interaction_horizon_seconds) for p in range(PARTITIONS)}
+    interactions: dict[str, Interaction] = {}
+    offsets = dict.fromkeys(range(PARTITIONS), 0)
+    for topic, partition, offset, raw in raws:
+        result = decode_event(raw, "call", NOW, int(s.max_future_seconds * 1000), windowing)
+        if isinstance(result, Rejection):
+            continue
+        p = key_partition(result.interaction_id.encode(), PARTITIONS)
+        doc = event_message(result, raw, topic, partition, offset)
+        inter = interactions.setdefault(result.interaction_id,
+                                        Interaction(result.interaction_id, result.channel, partition=p))
+        engines[p].apply(inter, step_from_message(doc), offsets[p], f"{topic}/{partition}")
+        offsets[p] += 1
+    return engines
+
+
+def agg(doc: dict[str, Any]) -> dict[str, Any]:
+    """A window's aggregate without empty entries: a maximum taken back (an event that
+    came later in one path) may leave an empty list behind, which means the same."""
+    return {part: {k: v for k, v in values.items() if v} if isinstance(values, dict) else values
+            for part, values in doc.items()}
+
+
+def open_windows(engines: dict[int, PartitionEngine]) -> dict[tuple, Any]:
+    """The open windows as the old path published them: one take_dirty at the end."""
+    return {(p, snap.key): (agg(snap.agg.to_dict()), snap.waiting_at_start, snap.waiting_at_end)
+            for p, engine in engines.items() for snap in engine.take_dirty() if not snap.agg.is_empty()}
+
+
+def published(checkpoints: list[Checkpoint]) -> dict[tuple, Any]:
+    """The open windows as the stage's partials left them: the last one per window."""
+    out: dict[tuple, Any] = {}
+    for cp in checkpoints:
+        for m in cp.partials:
+            v = m.value
+            if v["kind"] == "window":
+                out[(v["partition"], tuple(v["key"]))] = (agg(v["agg"]), v["waiting_at_start"], v["waiting_at_end"])
+    empty = agg(WindowAgg().to_dict())
+    return {k: v for k, v in out.items() if v[0] != empty}
+
+
+def finals(engines: dict[int, PartitionEngine]) -> dict[tuple, Any]:
+    out = {}
+    for p, engine in engines.items():
+        engine.advance(T0 + 30 * 86_400_000)
+        for snap in engine.close():
+            out[(p, snap.key)] = (agg(snap.agg.to_dict()), snap.waiting_at_start, snap.waiting_at_end)
+    return out
+
+
+STEPS = st.sampled_from([("answered", 1), ("abandoned", 1), ("answered_ended", 2), ("transferred", 1), ("none", 0)])
+
+
+@st.composite
+def traffic(draw: Any) -> list[tuple[str, int, int, bytes, bytes | None]]:
+    """Interactions' events as producers might key and place them: (topic, partition, offset, value, key)."""
+    events = []
+    for i in range(draw(st.integers(1, 25))):
+        iid = f"p{i}"
+        start = T0 + draw(st.integers(0, 7200)) * 1000
+        wait = draw(st.integers(0, 400)) * 1000
+        kind, _ = draw(STEPS)
+        seq = [call(iid, 1, "offered", start, queue=draw(st.sampled_from(["billing", "sales"])))]
+        if kind == "answered" or kind == "answered_ended":
+            seq.append(call(iid, 2, "answered", start + wait))
+        if kind == "answered_ended":
+            seq.append(call(iid, 3, "ended", start + wait + draw(st.integers(1, 900)) * 1000))
+        if kind == "abandoned":
+            seq.append(call(iid, 2, "abandoned", start + wait))
+        if kind == "transferred":
+            seq.append(call(iid, 2, "transferred", start + wait, to_queue="sales"))
+        for value in seq:
+            placement = draw(st.sampled_from(["keyed", "keyless", "miskeyed", "elsewhere"]))
+            right = key_partition(iid.encode(), PARTITIONS)
+            key = {"keyed": iid.encode(), "keyless": None, "miskeyed": b"cust"}.get(placement, iid.encode())
+            partition = (right + 1) % PARTITIONS if placement == "elsewhere" else \
+                (right if placement == "keyed" else draw(st.integers(0, PARTITIONS - 1)))
+            events.append((partition, value, key))
+        if draw(st.booleans()):  # a duplicate delivery
+            events.append(events[-1])
+    order = draw(st.permutations(range(len(events))))
+    counters = dict.fromkeys(range(PARTITIONS), 0)
+    out = []
+    for index in order:
+        partition, value, key = events[index]
+        out.append(("calls", partition, counters[partition], value, key))
+        counters[partition] += 1
+    return out
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traffic(), st.integers(1, 5))
+def test_the_stage_gives_the_windows_the_old_ingest_and_lifecycle_path_gives(
+        records: list[tuple[str, int, int, bytes, bytes | None]], batch: int) -> None:
+    # Lateness past every event: which events are late depends on when each path
+    # closes windows, not on what they count; closing comes after, on both.
+    s = settings(allowed_lateness_seconds=10 * 86400.0)
+    stage = PipelineStage(s, REKEY)
+    by_partition: dict[int, list[Any]] = {}
+    for topic, partition, offset, value, key in records:
+        by_partition.setdefault(partition, []).append(Rec(key, value, offset))
+    for partition, recs in sorted(by_partition.items()):
+        for i in range(0, len(recs), batch):
+            stage.on_batch("calls", partition, recs[i:i + batch], NOW)
+    checkpoints = [stage.checkpoint()]
+    back_from_rekey(stage, checkpoints[0])
+    checkpoints.append(stage.checkpoint())
+    assert not checkpoints[1].rekey  # a re-keyed record is never forwarded again
+    old = old_path([(t, p, o, v) for t, p, o, v, _k in records], s)
+    assert published(checkpoints) == open_windows(old)
+    assert finals(stage.engines) == finals(old)
