@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from ccpulse.core.kpis import (QUEUE, Item, WindowAgg, WindowKey, complaint_items, created_items,
-                               interaction_facts, segment_items, window_facts)
+                               interaction_facts, segment_items, windowed)
 from ccpulse.core.lifecycle import DONE, SERVING, WAITING, Derivation, Fold, Interaction, Segment, Step, is_ticket
 from ccpulse.core.params import DEFAULT_MAX_STEPS_PER_INTERACTION, Thresholds
 from ccpulse.core.watermark import low_watermark
@@ -239,8 +239,10 @@ class PartitionEngine:
             after += complaint_items(fold.resolved_complaint())
         for index, seg in enumerate(created.segments, segments_before):
             after += segment_items(seg, index == 0, channel, self.thresholds(seg.queue, channel))
-        delta = window_facts(after, channel, self.windowing)
-        delta.subtract(window_facts(before, channel, self.windowing))
+        # What the step left as it was cancels out before it is placed in windows.
+        items = Counter(after)
+        items.subtract(before)
+        delta = windowed(items, channel, self.windowing)
         inter.append(step, fold)
         return Counter({fact: n for fact, n in delta.items() if n})
 
@@ -381,14 +383,18 @@ class PartitionEngine:
 
     def expirable(self, inter: Interaction) -> bool:
         """An interaction may be forgotten once all its windows are final and it went quiet."""
-        # Checked on quiet interactions only (the stage looks at the idle time first).
-        if any(not self.is_final(fact) for fact in self.facts(inter)):
-            return False
         fold = inter.fold()
         idle = self.record.watermark - fold.last_ts
-        if fold.ended:
-            return idle >= self.lateness_ms
-        return idle >= self.horizon_ms
+        if idle < (self.lateness_ms if fold.ended else self.horizon_ms):
+            return False
+        # Its offer counts in every window of its first queue entry: while one of them is
+        # open, so is one of its facts (the common answer, without deriving anything).
+        if fold.segments and not all(self.is_final(w) for w in self.windowing.starts(fold.first_entered)):
+            return False
+        # Every fact is at the time of one of its steps: all final once the last step's windows are.
+        if all(self.is_final(w) for w in self.windowing.starts(fold.last_ts)):
+            return True
+        return all(self.is_final(fact) for fact in self.facts(inter))
 
     def count_expired(self, inter: Interaction) -> None:
         fold = inter.fold()

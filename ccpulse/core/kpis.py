@@ -176,12 +176,19 @@ def complaint_items(complaint: tuple[int, str] | None) -> list[Item]:
 
 def window_facts(items: Iterable[Item], channel: str, windowing: Windowing) -> Counter:
     """The facts of ``items``: one per window of every size each falls in."""
+    return windowed(Counter(items), channel, windowing)
+
+
+def windowed(items: Counter, channel: str, windowing: Windowing) -> Counter:
+    """The facts of counted items (a negative count retracts), zero counts left out."""
     facts: Counter = Counter()
-    for scope, name, (ts, fname, value) in items:
+    for (scope, name, (ts, fname, value)), n in items.items():
+        if not n:
+            continue
         for size, start in windowing.starts(ts):
             if scope == AGENT and size < AGENT_MIN_WINDOW_S:
                 continue
-            facts[(size, start, scope, name, channel, fname, value)] += 1
+            facts[(size, start, scope, name, channel, fname, value)] += n
     return facts
 
 

@@ -407,7 +407,7 @@ class Fold:
                None if complaint is None else [complaint[0] - b, ref(complaint[1] or None)], ref(self.customer)]
         while row and row[-1] is None:
             row.pop()
-        return orjson.dumps([self.names, *row])
+        return _kept(orjson.dumps([self.names, *row]))
 
     @classmethod
     def decode(cls, data: bytes, ticket: bool) -> "Fold":
@@ -437,6 +437,12 @@ class Fold:
         if complaint is not None:
             f.complaint = (complaint[0] + b, name(complaint[1]) or "")
         return f
+
+
+def _kept(data: bytes) -> bytes:
+    """``data`` in a buffer of its own size: orjson's output keeps the few KiB it was
+    written into, which held for every open interaction would cost ten times its content."""
+    return memoryview(data).tobytes()
 
 
 _EMPTY = b""  # the fold of no step, shared by every new interaction
@@ -551,7 +557,7 @@ class Interaction:
 
     def _replace(self, ordered: list[Step]) -> tuple[Derivation, Fold]:
         d, fold = self._refold(ordered)
-        self._log = orjson.dumps([step_row(s, fold.base, fold.ref) for s in ordered])
+        self._log = _kept(orjson.dumps([step_row(s, fold.base, fold.ref) for s in ordered]))
         self._fold = fold.encode()
         return d, fold
 
