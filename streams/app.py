@@ -114,7 +114,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         return app
 
     pipe.tables["interactions"] = _table(app, "interactions", "ccpulse_interaction", settings,
-                                         Interaction.from_dict)
+                                         Interaction.from_record)
     pipe.tables["partitions"] = _table(app, "partition-records", "ccpulse_partition_record", settings,
                                        PartitionRecord.from_dict)
     pipe.tables["merged"] = _table(app, "merged-windows", "orjson", settings, None)
@@ -151,8 +151,9 @@ def _table(app: faust.App, name: str, value_serializer: str, settings: Settings,
     return table
 
 
-def _recovered(table: str, value: Any, from_dict: Callable[[dict], Any]) -> Any:
-    if not isinstance(value, dict):
+def _recovered(table: str, value: Any, from_dict: Callable[[Any], Any]) -> Any:
+    # A record as JSON decoded it: an object, or an array (the compact interaction record).
+    if not isinstance(value, (dict, list)):
         return value
     try:
         return from_dict(value)

@@ -579,9 +579,15 @@ class Interaction:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Interaction":
-        if data[:1] == b"{":  # written before the compact record (issue 15)
-            return cls.from_dict(orjson.loads(data))
-        version, iid, channel, partition, base, names, rows = orjson.loads(data)
+        return cls.from_record(orjson.loads(data))
+
+    @classmethod
+    def from_record(cls, record: list[Any] | dict[str, Any]) -> "Interaction":
+        """A changelog record as JSON decodes it: the compact array, or the object written
+        before it (issue 15)."""
+        if isinstance(record, dict):
+            return cls.from_dict(record)
+        version, iid, channel, partition, base, names, rows = record
         if version != 2:
             raise ValueError(f"unknown interaction record version {version!r}")
         return cls(iid, channel, [step_from_row(row, base, names) for row in rows], partition)
