@@ -25,9 +25,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse.probes import free_port
+from ccpulse.probes import MetricKey, free_port, parse_metrics
 
-MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 # Every worker spawned by this process, so a failing run can still kill them all.
 LIVE: list["ChaosWorker"] = []
 
@@ -182,41 +181,6 @@ def kill_all() -> None:
     """SIGKILL every worker this process started that is still running."""
     while LIVE:
         LIVE.pop().kill9()
-
-
-def parse_metrics(text: str) -> dict[MetricKey, float]:
-    """Prometheus text format into {(name, sorted labels): value}."""
-    out: dict[MetricKey, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if "{" in head:
-            name, rest = head.split("{", 1)
-            labels = tuple(sorted((k, v.strip('"')) for k, v in (
-                item.split("=", 1) for item in _split_labels(rest.rstrip("}")))))
-        else:
-            name, labels = head, ()
-        try:
-            out[(name, labels)] = float(value)
-        except ValueError:
-            continue
-    return out
-
-
-def _split_labels(text: str) -> list[str]:
-    parts, current, quoted = [], "", False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if current:
-        parts.append(current)
-    return parts
 
 
 # ---------------------------------------------------------------- Kafka probes
