@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from ccpulse.commands import arguments
 from ccpulse.commands.errors import CommandError
 from ccpulse.commands.preflight import check_clickhouse_reachable, check_web_port
 from ccpulse.config import ConfigError, Settings, load_settings
@@ -186,10 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Every argument is checked by its type here, before a command starts anything.
     demo = sub.add_parser("demo", help="run broker, worker, embedded ClickHouse and simulator together")
-    demo.add_argument("--duration", type=simulate._positive, default=None, help="stop after this many seconds")
-    demo.add_argument("--rate", type=simulate._positive, default=1.0,
+    demo.add_argument("--duration", type=arguments.positive_float, default=None, help="stop after this many seconds")
+    demo.add_argument("--rate", type=arguments.positive_float, default=1.0,
                       help="calls per second (default %(default)s)")
-    demo.add_argument("--agents", type=simulate._agents, default=26, help="agents per queue (default %(default)s)")
+    demo.add_argument("--agents", type=arguments.positive_int, default=26, help="agents per queue (default %(default)s)")
     from ccpulse.commands import scenarios as demo_scenarios
 
     demo_scenarios.add_scenario_argument(demo)
@@ -209,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     scenarios.add_scenario_argument(sim)
     sim.add_argument("--channels", default="voice,chat,ticket",
                      help="which channels to simulate (default %(default)s)")
-    sim.add_argument("--chat-rate", type=simulate._positive, default=0.5,
+    sim.add_argument("--chat-rate", type=arguments.positive_float, default=0.5,
                      help="chats per second (default %(default)s)")
-    sim.add_argument("--ticket-rate", type=simulate._positive, default=0.2,
+    sim.add_argument("--ticket-rate", type=arguments.positive_float, default=0.2,
                      help="tickets per second (default %(default)s)")
     sim.set_defaults(func=cmd_simulate)
 

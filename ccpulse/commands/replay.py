@@ -46,6 +46,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from ccpulse.commands import arguments
+
 __all__ = [
     "ReplayError",
     "ReplayMapping",
@@ -1281,28 +1283,6 @@ def progress_bar(total: int, stream: Any = None, width: int = 30) -> Callable[[i
 
 # ---------------------------------------------------------------- command line
 
-def _speed(text: str) -> float | None:
-    if text.strip().lower() == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive, 0 or 'max'")
-    return None if value == 0 else value
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def _partition(text: str) -> int | None:
     if text.strip().lower() == "key":
         return None
@@ -1321,10 +1301,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mapping", metavar="PATH", default=None,
                         help="the TOML mapping of the file's columns (deploy/replay/README.md); "
                              "not needed for a .jsonl file of EVENTS.md events")
-    parser.add_argument("--speed", type=_speed, default=None, metavar="max|N",
+    parser.add_argument("--speed", type=arguments.speed, default=None, metavar="max|N",
                         help="event time per wall-clock time: 1 real time, 60 one hour per minute, "
                              "'max' or 0 as fast as possible (default max)")
-    parser.add_argument("--limit", type=_limit, default=None, metavar="N",
+    parser.add_argument("--limit", type=arguments.positive_int, default=None, metavar="N",
                         help="replay only the first N interactions in event time")
     parser.add_argument("--partition", type=_partition, default=0, metavar="N|key",
                         help="input partition for every event, so the worker reads the replay in "

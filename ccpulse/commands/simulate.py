@@ -51,6 +51,8 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
+from ccpulse.commands import arguments
+
 __all__ = [
     "CUSTOMER_POPULATION",
     "DEFAULT_START",
@@ -611,48 +613,6 @@ def encode(event: dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------- command line
 
-def _speed(text: str) -> float | None:
-    if text.strip().lower() == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
-    if value < 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive, 0 or 'max'")
-    return None if value == 0 else value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be zero or a positive number")
-    return value
-
-
-def _agents(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def _start(text: str) -> datetime | str:
     if text.strip().lower() == "now":
         return "now"
@@ -686,11 +646,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimulationConfig()
     # The CLI defaults are a staffed centre: 1 call/s over 3 queues at ~200 s per call
     # is ~67 Erlangs per queue, which 75 agents serve at a realistic service level.
-    parser.add_argument("--rate", type=_positive, default=1.0,
+    parser.add_argument("--rate", type=arguments.positive_float, default=1.0,
                         help="calls per second of event time, all queues together (default %(default)s)")
-    parser.add_argument("--duration", type=_positive, default=None,
+    parser.add_argument("--duration", type=arguments.positive_float, default=None,
                         help="seconds of event time to simulate (default: until stopped, in real time)")
-    parser.add_argument("--speed", type=_speed, default=1.0,
+    parser.add_argument("--speed", type=arguments.speed, default=1.0,
                         help="event time per wall-clock time: 1 real time, 60 one hour per minute, "
                              "0 or 'max' as fast as possible (default 1)")
     parser.add_argument("--seed", type=int, default=None,
@@ -699,13 +659,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queues", type=_queues, default=_queues(",".join(DEFAULT_QUEUE_NAMES)),
                         help="comma-separated queue names, each optionally NAME:WEIGHT for its share "
                              "of the arrivals (default billing,support,sales, equal shares)")
-    parser.add_argument("--agents", type=_agents, default=75, help="agents per queue (default %(default)s)")
-    parser.add_argument("--patience", type=_non_negative, default=defaults.patience_mean,
+    parser.add_argument("--agents", type=arguments.positive_int, default=75, help="agents per queue (default %(default)s)")
+    parser.add_argument("--patience", type=arguments.non_negative_float, default=defaults.patience_mean,
                         help="mean caller patience in seconds before abandoning; 0: never abandon "
                              "(default %(default)s)")
-    parser.add_argument("--service-mean", type=_positive, default=defaults.service_mean,
+    parser.add_argument("--service-mean", type=arguments.positive_float, default=defaults.service_mean,
                         help="mean talk time in seconds (default %(default)s)")
-    parser.add_argument("--wrapup-mean", type=_non_negative, default=defaults.wrapup_mean,
+    parser.add_argument("--wrapup-mean", type=arguments.non_negative_float, default=defaults.wrapup_mean,
                         help="mean after-call work in seconds; 0: none (default %(default)s)")
     parser.add_argument("--start", type=_start, default=None,
                         help="event time of the first instant, ISO 8601 or 'now' (default: now when "
