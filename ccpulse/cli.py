@@ -34,11 +34,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         check_clickhouse_reachable(settings)
     from sinks.clickhouse import ClickHouseUnavailable
     from streams.app import create_app
-    from streams.topics import KafkaUnavailable, ensure_topics
+    from streams.topics import KafkaUnavailable, PartitionMismatch, ensure_topics
 
     try:
         ensure_topics(settings)
-    except KafkaUnavailable as exc:
+    except (KafkaUnavailable, PartitionMismatch) as exc:
         raise CommandError(str(exc)) from None
     Path(settings.state_dir, "faust").mkdir(parents=True, exist_ok=True)
     if args.role == "writer" and not settings.clickhouse.enabled:

@@ -1,10 +1,12 @@
 """The Faust app: topics, tables and the agents of every stage, built from Settings.
 
-    calls/chats/tickets ──ingest──▶ <app>-events (keyed by interaction) ──lifecycle──▶ <app>-window-partials
-      │                    │                                   │            │
-      ▼                    ▼                                   ▼          merge
- events.dead-letter   raw_events (CH)                <app>-interactions     ▼
-                                                       interactions (CH)   kpi.windows ──▶ kpi_windows (CH)
+    calls/chats/tickets/<app>-rekey ──pipeline──▶ <app>-window-partials ──merge──▶ kpi.windows ──▶ kpi_windows (CH)
+                                        │  ├──▶ <app>-rekey (events not on their interaction's partition)
+                                        │  ├──▶ <app>-contacts ──fcr──▶ <app>-window-partials
+                                        │  └──▶ events.dead-letter
+                                        └──▶ raw_events, interactions (CH; role compute: <app>-interactions)
+
+One pass per event (docs/streaming-layer.md); the pipeline is streams/pipeline.py.
 
 Everything mutable lives on the ``Pipeline`` object owned by the app (streams/context.py).
 """
@@ -96,8 +98,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     t = settings.topics
     internal = dict(partitions=settings.kafka.partitions, internal=True, replicas=1)
     raw, json_ = codecs.DirectSchema("raw"), codecs.DirectSchema("orjson")
-    pipe.topics["input"] = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"), schema=raw)
-    pipe.topics["events"] = app.topic(pipe.internal("events"), schema=raw, **internal)
+    pipe.topics["rekey"] = app.topic(pipe.internal("rekey"), schema=raw, **internal)
     pipe.topics["partials"] = app.topic(pipe.internal("window-partials"), schema=json_, **internal)
     pipe.topics["contacts"] = app.topic(pipe.internal("contacts"), schema=raw, **internal)
     pipe.topics["interactions"] = app.topic(pipe.internal("interactions"), schema=json_, compacting=True,
@@ -108,6 +109,8 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     pipe.topics["sla_observations"] = app.topic(pipe.internal("sla-observations"), schema=json_, **internal)
 
     if role == "writer":
+        # Its own consumer group reads the input for raw_events (streams/storage.py).
+        pipe.topics["input_raw"] = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"), schema=raw)
         from streams import storage, web
         storage.register(pipe)
         web.register(pipe)
@@ -123,14 +126,17 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     pipe.tables["fcr_records"] = _table(app, "fcr-records", "orjson", settings, None)
     pipe.tables["sla"] = _table(app, "sla-state", "orjson", settings, None)
 
-    from streams import fcr, ingest, lifecycle, merge, sla, storage, wallboard, web
-    ingest.register(pipe)
-    lifecycle.register(pipe)
+    # The input topics and <app>-rekey are co-partitioned (checked at start,
+    # streams.topics.partition_mismatch), so Faust assigns partition p of all four to one worker.
+    pipe.topics["input"] = app.batch_topic(t.name("calls"), t.name("chats"), t.name("tickets"),
+                                           pipe.internal("rekey"))
+    from streams import fcr, merge, pipeline, sla, storage, wallboard, web
+    if settings.clickhouse.enabled and role == "all":
+        storage.register(pipe)  # first: the pipeline's checkpoint stores through it
+    pipeline.register(pipe)
     fcr.register(pipe)
     merge.register(pipe)
     sla.register(pipe)
-    if settings.clickhouse.enabled and role == "all":
-        storage.register(pipe)
     web.register(pipe)
     wallboard.register(pipe)
     return app

@@ -48,6 +48,9 @@ class Pipeline:
     broker: BrokerHealth | None = None  # set by streams.broker_health.register
     # HMAC of customer ids for FCR: set by streams.fcr.customer_hasher once the key is known
     fcr_hasher: CustomerIdHasher | None = None
+    # Role all: the ClickHouse writes of the pipeline's checkpoint (streams.pipeline.DirectRows),
+    # set by streams.storage.register; None when raw events and interaction rows go to topics.
+    direct_rows: Any = None
 
     def internal(self, suffix: str) -> str:
         return f"{self.settings.topics.prefix}{self.settings.app_id}-{suffix}"

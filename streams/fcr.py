@@ -1,6 +1,6 @@
 """Stage 2b: first-contact resolution, keyed by (hashed) customer.
 
-The lifecycle stage sends one contact per interaction that has a customer id to
+The pipeline stage sends one contact per interaction that has a customer id to
 ``<app>-contacts``, keyed by a hash of the customer id (the id itself never
 leaves the raw store). Here every contact of a customer meets on one partition;
 a pure ``FcrEngine`` per partition decides each contact once the horizon has
@@ -37,10 +37,12 @@ from schemas.records import window_record_key
 from streams.context import Pipeline
 from streams.topics import admin_kwargs
 from streams.guard import stage_guard
-from streams.ingest import WATERMARK_FIELD
 from streams.merge import ClockSender
 
 EXPIRY_SCAN_SECONDS = 30.0
+# A message on the contacts topic with only this field is the pipeline's clock
+# ({"lifecycle/<p>": event time of partition p}), not a contact.
+WATERMARK_FIELD = "watermark"
 KEY_TOPIC_SUFFIX = "fcr-key"
 # In a contact and in the partition's stored record: which key hashed its customers.
 KEY_ID_FIELD = "kid"
@@ -192,7 +194,7 @@ def register(pipe: Pipeline) -> None:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}
         for partition in owned:
             engine_for(partition)
-        for partition in set(engines) - owned:  # see streams/lifecycle.py
+        for partition in set(engines) - owned:  # re-created by a batch fetched before a rebalance (streams/pipeline.py)
             drop(partition)
         expire_now = time.monotonic() - last_expiry[0] >= EXPIRY_SCAN_SECONDS
         for partition, engine in list(engines.items()):

@@ -1,5 +1,10 @@
 """ClickHouse writer agents: raw events, interaction rows and KPI windows.
 
+In the all-in-one role the pipeline's checkpoint stores raw events and interaction
+rows itself (streams.pipeline.DirectRows); the writer role reads them from the input
+topics (decoded with the pipeline's own ``decode_event``, so it stores exactly the
+events the pipeline accepted) and from ``<app>-interactions``.
+
 Each agent takes a batch, adds each record's row (schemas/records.py) to its table's
 sink (sinks/base.py) and flushes it, retrying until it is written; only then does
 Faust acknowledge the batch, so a committed offset always means "stored". A record
@@ -18,14 +23,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import orjson
+import time
 
+from ccpulse.core.windowing import Windowing
 from ccpulse.pseudonym import CustomerIdHasher
-from schemas.records import breach_row, raw_event_row, scorecard_row
+from schemas.events import Rejection
+from schemas.records import breach_row, event_message, raw_event_row, scorecard_row
 from sinks.clickhouse import ClickHouseWriter, Retention
 from streams.context import Pipeline
 from streams.guard import stage_guard
-from streams.ingest import WATERMARK_FIELD
+from streams.pipeline import DirectRows
+from streams.stages.validation import FAMILIES, decode_event
 
 
 def _same(record: dict[str, Any]) -> dict[str, Any]:
@@ -67,18 +75,32 @@ def register(pipe: Pipeline) -> None:
             async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
                 for event in batch:
                     with guard.record(name, event.message):
-                        built = row(event.value)
+                        built = row(event)
                         if built is not None:
                             sink.add(built, event.message.partition)
                 await sink.flush(stopping)
 
-    def raw_row(value: bytes) -> dict[str, Any] | None:
-        doc = orjson.loads(value)
-        return None if WATERMARK_FIELD in doc else raw_event_row(doc, hasher)
+    family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
+    max_future_ms = int(settings.max_future_seconds * 1000)
+    windowing = Windowing(settings.windows.sizes, settings.windows.timezone, settings.windows.day_start_hour)
 
-    store("events", "raw_events", "store-raw-events", raw_row)
-    store("interactions", "interactions", "store-interactions", _same)
-    store("kpi_agents", "agent_windows", "store-agent-windows", _same)
-    store("kpi_windows", "kpi_windows", "store-kpi-windows", _same)
-    store("sla_breaches", "sla_breaches", "store-sla-breaches", breach_row)
-    store("kpi_scorecards", "scorecards", "store-scorecards", scorecard_row)
+    def raw_row(event: Any) -> dict[str, Any] | None:
+        msg = event.message
+        # Refused records are the pipeline's to dead-letter; only accepted ones are stored.
+        event = decode_event(msg.value, family_of[msg.topic], int(time.time() * 1000), max_future_ms, windowing)
+        if isinstance(event, Rejection):
+            return None
+        return raw_event_row(event_message(event, msg.value, msg.topic, msg.partition, msg.offset), hasher)
+
+    def value_of(row: Callable[[Any], dict[str, Any] | None]) -> Callable[[Any], dict[str, Any] | None]:
+        return lambda event: row(event.value)
+
+    if pipe.role == "writer":
+        store("input_raw", "raw_events", "store-raw-events", raw_row)
+        store("interactions", "interactions", "store-interactions", value_of(_same))
+    else:
+        pipe.direct_rows = DirectRows(writer.sink("raw_events"), writer.sink("interactions"), hasher, stopping)
+    store("kpi_agents", "agent_windows", "store-agent-windows", value_of(_same))
+    store("kpi_windows", "kpi_windows", "store-kpi-windows", value_of(_same))
+    store("sla_breaches", "sla_breaches", "store-sla-breaches", value_of(breach_row))
+    store("kpi_scorecards", "scorecards", "store-scorecards", value_of(scorecard_row))

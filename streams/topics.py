@@ -26,6 +26,28 @@ class KafkaUnavailable(RuntimeError):
     """The broker cannot be reached or refused us (one-line message for the CLI)."""
 
 
+class PartitionMismatch(RuntimeError):
+    """The input topics are not co-partitioned with each other and the settings (one line)."""
+
+
+def partition_mismatch(counts: dict[str, int], expected: int) -> str | None:
+    """Why the pipeline cannot read ``counts`` (topic -> partitions) as one agent, or None.
+
+    The pipeline applies every event of partition *p* of each input topic on one
+    engine: with another count, events of one interaction keyed the same way land
+    on partitions owned by different engines, and Faust does not assign the topics together.
+    """
+    distinct = set(counts.values())
+    if distinct == {expected} or not counts:
+        return None
+    most = max(distinct, key=lambda n: sum(1 for c in counts.values() if c == n))
+    odd = ", ".join(f"{name} has {n}" for name, n in sorted(counts.items()) if n != expected)
+    return (f"the input topics must all have kafka.partitions = {expected} partitions "
+            f"({odd}): set kafka.partitions = {most} in the settings if every input topic has {most}, "
+            "or give each topic that many (kafka-topics.sh --alter --partitions N; keyed producers "
+            "then place new events differently, so do it before the first events)")
+
+
 def admin_kwargs(settings: Settings) -> dict:
     return {"bootstrap_servers": settings.kafka.bootstrap, **kafka_security.client_kwargs(settings.kafka)}
 
@@ -37,7 +59,7 @@ def admin_kwargs(settings: Settings) -> dict:
 # and is dead-lettered as too_large, where ccpulse counts it, instead of bouncing off the
 # broker. Producers need max.request.size (aiokafka: max_request_size) of this much too.
 INPUT_MESSAGE_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
-# The internal events topic carries an event's raw payload as a JSON string (escaping can
+# The re-key topic carries an event's raw payload as a JSON string (escaping can
 # double it) plus its decoded fields.
 EVENT_MESSAGE_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
 
@@ -63,7 +85,8 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("kpi_scorecards"): compact,
         # ccpulse's internal topics (Faust would create them too, but only after
         # complaining at first start that they are missing).
-        internal("events"): {**keep_week, "max.message.bytes": str(EVENT_MESSAGE_MAX_BYTES)},
+        # Events not on their interaction's partition, forwarded by the pipeline to come back there.
+        internal("rekey"): {**keep_week, "max.message.bytes": str(EVENT_MESSAGE_MAX_BYTES)},
         internal("window-partials"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
         internal("contacts"): keep_week,
         internal("interactions"): compact,
@@ -96,9 +119,18 @@ async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list
             await admin.create_topics(missing)
         inputs = [settings.topics.name(attr) for attr in ("calls", "chats", "tickets")]
         await _report_small_limits(admin, [name for name in inputs if name in existing])
+        counts = await _partition_counts(admin, inputs + [f"{settings.topics.prefix}{settings.app_id}-rekey"])
+        problem = partition_mismatch(counts, settings.kafka.partitions)
+        if problem is not None:
+            raise PartitionMismatch(problem)
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    described = await admin.describe_topics(topics)
+    return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
 
 
 async def _report_small_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> None:

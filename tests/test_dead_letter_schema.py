@@ -5,7 +5,7 @@ from __future__ import annotations
 from schemas.events import REASONS
 from schemas.json_schemas import load
 from streams.guard import PROCESSING_ERROR
-from streams.lifecycle import TOO_LONG
+from streams.stages.validation import TOO_LONG
 
 
 def test_every_dead_letter_reason_is_in_the_schema() -> None:

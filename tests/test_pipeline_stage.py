@@ -71,6 +71,13 @@ def back_from_rekey(stage: PipelineStage, out: Checkpoint, now_ms: int = NOW) ->
         offsets[p] = offsets.get(p, 0) + 1
 
 
+def clocks_back(stage: PipelineStage, out: Checkpoint, now_ms: int = NOW) -> None:
+    """The checkpoint's clocks, read back from every partition of <app>-rekey."""
+    for clock in out.clocks:
+        for p in list(stage.engines):
+            stage.on_batch(REKEY, p, [Rec(None, clock.value, 0)], now_ms)
+
+
 def test_keyless_and_miskeyed_go_to_rekey_and_keyed_on_partition_are_applied() -> None:
     stage = PipelineStage(settings(), REKEY)
     right, elsewhere = iid_on(0), iid_on(1)
@@ -99,10 +106,11 @@ def test_a_bad_record_is_dead_lettered_and_the_rest_applied(monkeypatch: pytest.
     iid = iid_on(0)
     real_apply = PartitionEngine.apply
 
-    def apply(self: PartitionEngine, inter: Interaction, step: Any, offset: int, source: str = "") -> Any:
+    def apply(self: PartitionEngine, inter: Interaction, step: Any, offset: int, source: str = "",
+              moves_time: bool = True) -> Any:
         if step.event_id == f"{iid}-2":
             raise ZeroDivisionError("boom")
-        return real_apply(self, inter, step, offset, source)
+        return real_apply(self, inter, step, offset, source, moves_time)
     monkeypatch.setattr(PartitionEngine, "apply", apply)
     stage.on_batch("calls", 0, [
         Rec(iid.encode(), call(iid, 1, "offered", T0), 10),
@@ -118,7 +126,7 @@ def test_a_bad_record_is_dead_lettered_and_the_rest_applied(monkeypatch: pytest.
     assert [s.event_id for s in out.interactions[iid].steps] == [f"{iid}-1", f"{iid}-3"]
 
 
-def test_event_time_is_the_slowest_active_source_of_the_partition_until_it_goes_idle() -> None:
+def test_event_time_is_the_slowest_active_input_partition_everywhere_until_it_goes_idle() -> None:
     stage = PipelineStage(settings(source_idle_seconds=5.0), REKEY)
     a, b = iid_on(0, "a"), iid_on(0, "b")
     stage.on_batch("chats", 0, [Rec(b"x", orjson.dumps({
@@ -128,11 +136,18 @@ def test_event_time_is_the_slowest_active_source_of_the_partition_until_it_goes_
     stage.on_batch("calls", 1, [Rec(None, call(b, 1, "offered", T0 + 600_000), 0)], NOW)  # another partition's
     assigned = {(t, p): True for t in ("calls", "chats", "tickets", REKEY) for p in (0, 1)}
     stage.on_tick(NOW, assigned)
-    assert stage.engines[0].record.watermark == T0  # chats/0 is behind calls/0
-    assert stage.engines[1].record.watermark == T0 + 600_000  # partition 1 has its own sources
+    # Event time moves only with the clocks read back from <app>-rekey.
+    assert stage.engines[0].record.watermark == stage.engines[1].record.watermark == 0
+    clocks_back(stage, stage.checkpoint())
+    # chats/0 is behind every other input partition, on both engines.
+    assert stage.engines[0].record.watermark == stage.engines[1].record.watermark == T0
+    stage.on_batch("calls", 0, [Rec(a.encode(), call(a, 2, "answered", T0 + 61_000), 1)], NOW + 3_000)
+    stage.on_batch("calls", 1, [Rec(None, call(b, 2, "answered", T0 + 601_000), 1)], NOW + 3_000)
     stage.on_tick(NOW + 5_000, assigned)  # chats/0 silent for source_idle_seconds: idle
-    assert stage.engines[0].record.watermark == T0 + 60_000
-    assert stage.checkpoint().records.keys() == {0, 1}
+    out = stage.checkpoint()
+    clocks_back(stage, out, NOW + 5_000)
+    assert stage.engines[0].record.watermark == stage.engines[1].record.watermark == T0 + 61_000
+    assert out.records.keys() | stage.checkpoint().records.keys() == {0, 1}
 
 
 def test_windows_close_and_the_final_partials_go_at_the_checkpoint() -> None:
@@ -145,12 +160,52 @@ def test_windows_close_and_the_final_partials_go_at_the_checkpoint() -> None:
         == {(60, False), (900, False), (3600, False), (86400, False)}
     # The 08:00 minute closes once event time passes its end plus the lateness.
     stage.on_batch("calls", 2, [Rec(later.encode(), call(later, 1, "offered", T0 + 121_000), 2)], NOW)
+    clocks_back(stage, stage.checkpoint())
     stage.on_tick(NOW, {("calls", 2): True})
     out = stage.checkpoint()
     finals = [m for m in out.partials if m.value["kind"] == "window" and m.value["final"]]
     assert [(m.key, m.value["agg"]["counts"]["offered"]) for m in finals] == \
         [(b"1m|2026-01-05T08:00:00.000Z|billing|voice", 1)]
     assert out.records[2].final_through == T0 + 121_000
+
+
+def rekey_topic(out: Checkpoint, log: dict[int, list[Rec]]) -> None:
+    """What the Faust shell writes to <app>-rekey at a checkpoint, appended per partition:
+    the forwarded events on their key's partition, then each clock on every partition."""
+    for message in out.rekey:
+        p = key_partition(message.key, PARTITIONS)
+        log.setdefault(p, []).append(Rec(message.key, message.value, len(log.get(p, []))))
+    for clock in out.clocks:
+        for p in range(PARTITIONS):
+            log.setdefault(p, []).append(Rec(None, clock.value, len(log.get(p, []))))
+
+
+def test_an_event_back_from_rekey_is_not_late_when_its_partition_had_moved_on() -> None:
+    # Keyless D is read on calls/0 at 08:00:30; calls/1, D's partition, is already at
+    # 08:10. Partition 1 must not close 08:00 before D comes back over <app>-rekey,
+    # however long <app>-rekey/1 had nothing to read.
+    stage = PipelineStage(settings(source_idle_seconds=5.0, allowed_lateness_seconds=60.0), REKEY)
+    d, t = iid_on(1, "d"), iid_on(1, "t")
+    every = {(topic, p): True for topic in ("calls", "chats", "tickets", REKEY) for p in range(PARTITIONS)}
+    stage.on_tick(NOW, every)
+    later = NOW + 6_000  # every source idle: nothing to read anywhere
+    stage.on_tick(later, every)
+    topic: dict[int, list[Rec]] = {}
+    rekey_topic(stage.checkpoint(), topic)
+    stage.on_batch("calls", 0, [Rec(None, call(d, 1, "offered", T0 + 30_000), 0)], later)
+    stage.on_batch("calls", 1, [Rec(t.encode(), call(t, 1, "offered", T0 + 600_000), 0)], later)
+    stage.on_tick(later, {k: v for k, v in every.items() if k[1] != 1 or k[0] == REKEY})
+    first = stage.checkpoint()
+    rekey_topic(first, topic)
+    for p, records in topic.items():
+        stage.on_batch(REKEY, p, records, later)
+    stage.on_tick(later + 1_000, every)
+    out = stage.checkpoint()
+    assert stage.engines[1].record.late_events == 0
+    assert d in out.interactions and out.interactions[d].partition == 1
+    minute = b"1m|2026-01-05T08:00:00.000Z|billing|voice"
+    parts = [m.value for m in first.partials + out.partials if m.key == minute and m.value["partition"] == 1]
+    assert parts and parts[-1]["agg"]["counts"]["offered"] == 1
 
 
 def test_a_checkpoint_holds_each_changed_interaction_once() -> None:

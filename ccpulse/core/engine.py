@@ -174,7 +174,8 @@ class PartitionEngine:
 
     # -- events ---------------------------------------------------------------
 
-    def apply(self, inter: Interaction, step: Step, offset: int, source: str = "") -> Outcome:
+    def apply(self, inter: Interaction, step: Step, offset: int, source: str = "",
+              moves_time: bool = True) -> Outcome:
         self.record.last_offset = max(self.record.last_offset, offset)
         if inter.has(step):
             self.record.duplicates += 1
@@ -194,7 +195,8 @@ class PartitionEngine:
             # break every later step of its interaction; the stage dead-letters it.
             inter.restore(saved)
             raise
-        self.observe({source: [step.ts, False]})
+        if moves_time:  # else event time moves only by observe() (the pipeline's clocks)
+            self.observe({source: [step.ts, False]})
         late: WindowKey | None = None
         final_through = self.record.final_through
         # A change to a final window is refused (the window stays as published) but the

@@ -4,8 +4,16 @@ For each record of ``calls``, ``chats``, ``tickets`` and ``<app>-rekey`` on part
 *p*: decode it (dead-letter what EVENTS.md refuses), then either apply it to the
 engine of *p*, or, when it does not belong on *p*, forward it to ``<app>-rekey``
 keyed by its ``interaction_id``, which brings it back on the right partition. Event
-time is tracked per source partition (``calls/p``, ..., ``<app>-rekey/p``) without
-control records. Everything to write collects in a ``Checkpoint`` that
+time is tracked per input partition (``calls/p``, ``chats/p``, ``tickets/p``) without
+control records in the input topics: after the events it forwarded, each partition's
+owner writes its sources' event time as a clock record to every partition of
+``<app>-rekey``, and an engine's event time moves only with the clocks it reads there,
+its own included. So an event forwarded before a clock is applied before that clock
+moves any engine (on one worker always: one producer writes both in order), and no
+partition closes a window an event on its way back from ``<app>-rekey`` belongs to,
+which its own, further input partition would have it do. Event time is the slowest
+active input partition everywhere, as one engine over the whole input would have it.
+Everything to write collects in a ``Checkpoint`` that
 ``checkpoint()`` hands out: the Faust agent around this class writes it, then
 acknowledges the envelopes it covers.
 
@@ -40,6 +48,9 @@ STAGE = "pipeline"
 # Keys whose partition is remembered: an interaction's events share one key, so this
 # covers every open interaction of a busy partition; past it the cache starts over.
 PARTITION_CACHE_KEYS = 100_000
+# A record of <app>-rekey with only this field is a clock: {source: [newest event time, idle]}
+# of one partition's input sources (ccpulse/core/watermark.py), not an event.
+CLOCK_FIELD = "clock"
 
 
 class Record(Protocol):
@@ -70,6 +81,8 @@ class Checkpoint:
     interactions: dict[str, Interaction] = field(default_factory=dict)  # changed: each once
     records: dict[int, PartitionRecord] = field(default_factory=dict)  # partition -> its record
     partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
+    # -> EVERY partition of <app>-rekey, after ``rekey`` (they cover the events forwarded)
+    clocks: list[Message] = field(default_factory=list)
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -103,6 +116,9 @@ class PipelineStage:
         # partition -> source -> one past the last offset read: their sum orders versions
         self._positions: dict[int, dict[str, int]] = {}
         self._partition_of: dict[bytes, int] = {}
+        # partition -> its input sources' newest report, and the one last sent as a clock
+        self._report: dict[int, dict[str, list]] = {}
+        self._clock_sent: dict[int, dict[str, list]] = {}
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
         self._out = Checkpoint()
         self._late = CountedLines(log.warning, "late events (their window was already final; "
@@ -131,6 +147,8 @@ class PipelineStage:
         self._sources.pop(partition, None)
         self._arrival.pop(partition, None)
         self._positions.pop(partition, None)
+        self._report.pop(partition, None)
+        self._clock_sent.pop(partition, None)
         self._touched.discard(partition)
         for iid in [iid for iid, inter in self.interactions.items() if inter.partition == partition]:
             del self.interactions[iid]
@@ -158,17 +176,23 @@ class PipelineStage:
                 self._failed(topic, partition, record, exc, now_ms)
         if n and self.metrics is not None and not rekeyed:  # once per batch: labels() takes a lock
             self.metrics.events_consumed.labels(topic).inc(n)
-        # The engine learns at once how far this source has been read, also when it
-        # applied none of it (all forwarded), before any later batch moves event time.
-        report = sources.report(now_ms)
+        # How far this source has been read, also when none of it was applied (all
+        # forwarded): told to every engine by the next checkpoint's clock.
+        self._note(partition, sources.report(now_ms))
+
+    def _note(self, partition: int, report: dict[str, list] | None) -> None:
         if report is not None:
-            engine.observe(report)
+            self._report[partition] = report
 
     def _one(self, engine: PartitionEngine, topic: str, partition: int, source: str,
              sources: InputWatermarks, rekeyed: bool, record: Record, now_ms: int) -> None:
         raw, origin = record.value, (topic, partition, record.offset)
         if rekeyed:
             doc = orjson.loads(raw)  # type: ignore[arg-type]
+            if CLOCK_FIELD in doc:  # another partition's input event time (see the module docstring)
+                engine.observe(doc[CLOCK_FIELD])
+                self._touched.add(partition)
+                return
             origin = (str(doc["source"][0]), int(doc["source"][1]), int(doc["source"][2]))
             raw = doc["payload"].encode("utf-8")
         result = decode_event(raw, self.family_of.get(origin[0], "call"), now_ms, self.max_future_ms,
@@ -176,7 +200,8 @@ class PipelineStage:
         if isinstance(result, Rejection):
             self._dead_letter(record.key, raw, result, origin, now_ms)
             return
-        sources.seen(source, result.occurred_at_ms, now_ms)
+        if not rekeyed:  # a forwarded event's time is its input partition's, told by clocks
+            sources.seen(source, result.occurred_at_ms, now_ms)
         key = result.interaction_id.encode()
         if not rekeyed and (record.key != key or self._partition(key) != partition):
             # Keyless, keyed otherwise, or placed by another partitioner: the events of
@@ -197,7 +222,8 @@ class PipelineStage:
             inter = Interaction(iid, event.channel, partition=partition)
         # Versions order a window's partials: the sum of every source's position grows
         # with each record read, and so does the version (the engine keeps the maximum).
-        outcome = engine.apply(inter, step, sum(self._positions[partition].values()), source)
+        # No source: event time moves only with the clocks (see the module docstring).
+        outcome = engine.apply(inter, step, sum(self._positions[partition].values()), moves_time=False)
         if outcome.too_long:
             self._dead_letter(iid.encode(), raw, too_long(iid, engine.max_steps), origin, now_ms)
             return
@@ -255,13 +281,12 @@ class PipelineStage:
         (topic, partition) assigned to this worker, and whether it has nothing left to read."""
         for (topic, partition), done in caught_up.items():
             self._engine(partition, now_ms)
-            self._sources[partition].assigned(f"{topic}/{partition}", now_ms, done)
+            if topic != self.rekey_topic:  # not a source of event time (clocks speak for it)
+                self._sources[partition].assigned(f"{topic}/{partition}", now_ms, done)
         self._late.flush(now_ms / 1000)
         for partition, engine in self.engines.items():
             before = (engine.record.watermark, engine.record.final_through)
-            report = self._sources[partition].report(now_ms)
-            if report is not None:
-                engine.observe(report)
+            self._note(partition, self._sources[partition].report(now_ms))
             arrived_at, watermark_then = self._arrival[partition]
             quiet = now_ms - arrived_at
             if quiet >= self.idle_close_ms and watermark_then:
@@ -288,6 +313,10 @@ class PipelineStage:
             for (queue, channel), live in engine.take_live():
                 out.partials.append(Message(*live_partial(partition, queue, channel, live,
                                                           engine.version(False), watermark)))
+        for partition, report in self._report.items():
+            if self._clock_sent.get(partition) != report:
+                self._clock_sent[partition] = report
+                out.clocks.append(Message(None, orjson.dumps({CLOCK_FIELD: report})))
         out.records = {p: self.engines[p].record for p in sorted(self._touched) if p in self.engines}
         self._touched.clear()
         return out
