@@ -33,7 +33,8 @@ ROLLING_SIZE_S = 60
 # straggling partial is still merged and the rolling view still sees it.
 FINAL_RETENTION_MS = 20 * 60 * 1000
 # Open agent windows (>= 15 min, thousands of agents) are re-published at most this
-# often; their final record goes out at once. Queue windows keep the 1 s cadence.
+# often; their final record goes out at once. Queue windows and queue state go out
+# with the batch that changed them, without waiting for a timer.
 AGENT_PUBLISH_SECONDS = 10.0
 
 
@@ -104,12 +105,22 @@ def register(pipe: Pipeline) -> None:
                 put(merged, partition, key, entry)
                 index.put(key, entry)
                 pipe.merged_dirty.add(key)
+            # Published with the batch: a second timer in series after the pipeline's
+            # checkpoint would add up to publish_interval_seconds to every record's latency.
+            publish(waiting_too=False)
             await outbox.flush()
 
     @app.timer(pipe.settings.windows.publish_interval_seconds, name="publish-merged")
     async def publish_merged() -> None:
+        # What a batch cannot trigger: owed agent windows, the growing wait of queues
+        # with contacts waiting, a rebuild after a rebalance, forgetting final windows.
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
+        publish(waiting_too=True)
+        expire()
+        await outbox.flush()
+
+    def publish(waiting_too: bool) -> None:
         if index.generation != app.consumer_generation_id:
             # Recovery after a restart or a rebalance rewrote the table behind the index,
             # and the previous owner of a partition may have written a change to it
@@ -143,13 +154,12 @@ def register(pipe: Pipeline) -> None:
                 live_keys.add(live_key(entry["key"][3], entry["key"][4]))
         # Queue state: every queue with contacts waiting is refreshed each tick (its
         # longest wait grows with time), the others when something changed.
-        live_keys |= index.waiting()
+        if waiting_too:
+            live_keys |= index.waiting()
         for key in sorted(live_keys):
             record = queue_state(key, now_ms)
             if record is not None:
                 outbox.send(state_topic, f"{record['queue']}|{record['channel']}".encode(), record)
-        expire()
-        await outbox.flush()
 
     def queue_state(key: str, now_ms: int) -> dict[str, Any] | None:
         queue, channel = live_queue(key)
