@@ -82,7 +82,8 @@ def outage(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # t
     compute = WorkerProcess.create(kafka_bootstrap, tmp, "outage", role="compute")
     writer = compute.sibling(tmp / "writer", role="writer")
     prefix = compute.prefix
-    stored_topics = [f"{prefix}outage-events", f"{prefix}outage-interactions", f"{prefix}kpi.windows",
+    # The writer reads raw events from the input topics themselves (streams/storage.py).
+    stored_topics = [f"{prefix}calls", f"{prefix}chats", f"{prefix}outage-interactions", f"{prefix}kpi.windows",
                      f"{prefix}kpi.agents", f"{prefix}sla.breaches", f"{prefix}kpi.scorecards"]
     all_events = events()
     thirds = [all_events[i * len(all_events) // 3:(i + 1) * len(all_events) // 3] for i in range(3)]
