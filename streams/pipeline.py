@@ -32,6 +32,7 @@ from faust.types import TP
 from schemas.records import interaction_rows, raw_event_row
 from streams.context import Pipeline
 from streams.fcr import WATERMARK_FIELD, customer_hasher
+from streams.guard import stage_guard
 from streams.merge import ClockSender
 from streams.stages.pipeline import PipelineStage
 
@@ -75,38 +76,49 @@ def register(pipe: Pipeline) -> None:
         merge_clock.forget(str(partition))
         sent_fcr_clock.pop(f"lifecycle/{partition}", None)
 
+    guard = stage_guard(pipe)
+
     async def checkpoint() -> None:
         async with lock:
             covered = list(pending)
             pending.clear()
             last["checkpoint"] = time.monotonic()
-            out = stage.checkpoint()
-            if pipe.direct_rows is not None:  # (1) role all: ClickHouse first
-                if not await pipe.direct_rows.store(out.raw_events, out.interactions):
-                    return  # stopping: nothing acknowledged, the next owner reads it again
-            for iid, inter in out.interactions.items():  # (2)
-                outbox.put(interactions, inter.partition, iid, inter)
-            for partition, record in out.records.items():
-                outbox.put(records, partition, str(partition), record)
-            for m in out.rekey:  # (3)
-                outbox.send(pipe.topics["rekey"], m.key, m.value)
-            for m in out.clocks:  # after the events they cover, by the same producer
-                for partition in range(settings.kafka.partitions):
-                    outbox.send(pipe.topics["rekey"], None, m.value, partition)
-            for m in out.dead_letters:
-                outbox.send(pipe.topics["dead_letter"], m.key, m.value)
-            for m in out.partials:
-                outbox.send(pipe.topics["partials"], m.key, m.value)
-            for m in out.contacts:
-                outbox.send(pipe.topics["contacts"], m.key, m.value)
-            if pipe.direct_rows is None:
-                for iid, inter in out.interactions.items():
-                    for row in interaction_rows(inter, version=inter.step_count):
-                        outbox.send(pipe.topics["interactions"], f"{iid}|{row['segment']}".encode(), row)
-            send_clocks()
-            await outbox.flush()  # (4)
-            for event in covered:
-                event.ack()
+            try:
+                await write(covered)
+            except Exception as exc:  # noqa: BLE001 - see below
+                # Outside any one record (records fail alone in the stage): the guard stops
+                # every commit and /health says so; a restart reads it all again. The live
+                # view goes on meanwhile (from the agent or a timer alike).
+                guard.agent_crashed("pipeline", exc)
+
+    async def write(covered: list[Any]) -> None:
+        out = stage.checkpoint()
+        if pipe.direct_rows is not None:  # (1) role all: ClickHouse first
+            if not await pipe.direct_rows.store(out.raw_events, out.interactions):
+                return  # stopping: nothing acknowledged, the next owner reads it again
+        for iid, inter in out.interactions.items():  # (2)
+            outbox.put(interactions, inter.partition, iid, inter)
+        for partition, record in out.records.items():
+            outbox.put(records, partition, str(partition), record)
+        for m in out.rekey:  # (3)
+            outbox.send(pipe.topics["rekey"], m.key, m.value)
+        for m in out.clocks:  # after the events they cover, by the same producer
+            for partition in range(settings.kafka.partitions):
+                outbox.send(pipe.topics["rekey"], None, m.value, partition)
+        for m in out.dead_letters:
+            outbox.send(pipe.topics["dead_letter"], m.key, m.value)
+        for m in out.partials:
+            outbox.send(pipe.topics["partials"], m.key, m.value)
+        for m in out.contacts:
+            outbox.send(pipe.topics["contacts"], m.key, m.value)
+        if pipe.direct_rows is None:
+            for iid, inter in out.interactions.items():
+                for row in interaction_rows(inter, version=inter.step_count):
+                    outbox.send(pipe.topics["interactions"], f"{iid}|{row['segment']}".encode(), row)
+        send_clocks()
+        await outbox.flush()  # (4)
+        for event in covered:
+            event.ack()
 
     def send_clocks() -> None:
         # After the partials and contacts they cover, by the same producer: the merge

@@ -97,7 +97,7 @@ def test_a_record_that_raises_is_dead_lettered_and_the_rest_of_its_batch_counted
         assert sorted(by_reason) == ["bad_timestamp", "processing_error"], dead
         assert len(dead) == 2
         poisoned = by_reason["processing_error"]
-        assert poisoned["detail"].startswith("lifecycle: ValueError: injected fault"), poisoned
+        assert poisoned["detail"].startswith("pipeline: ValueError: injected fault"), poisoned
         assert base64.b64decode(poisoned["value_base64"]) == values[2]
         assert (poisoned["topic"], poisoned["partition"], poisoned["offset"]) == where[2]
         too_early = by_reason["bad_timestamp"]
@@ -113,7 +113,7 @@ def test_a_record_that_raises_is_dead_lettered_and_the_rest_of_its_batch_counted
 def test_a_dead_agent_commits_nothing_and_a_restart_loses_nothing(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     worker = faulty_worker(kafka_bootstrap, tmp_path, "agentcrash", "crash-rows")
-    events_topic = f"{worker.prefix}agentcrash-events"
+    events_topic = f"{worker.prefix}calls"  # the pipeline commits the input itself
     first = [offered(f"a-{n}", f"a-{n}") for n in range(5)] + [offered("crash", "crash-me")]
     first += [offered(f"b-{n}", f"b-{n}") for n in range(5)]
     later = [offered(f"c-{n}", f"c-{n}") for n in range(3)]
@@ -127,8 +127,8 @@ def test_a_dead_agent_commits_nothing_and_a_restart_loses_nothing(
 
         body = wait_until(unhealthy, 90, "/health to report the dead agent")
         assert body["parts"]["stages"]["ok"] is False
-        assert "lifecycle: RuntimeError: injected crash" in body["parts"]["stages"]["detail"], body
-        assert metric(worker, "ccpulse_stage_crashes_total", stage="lifecycle") == 1
+        assert "pipeline: RuntimeError: injected crash" in body["parts"]["stages"]["detail"], body
+        assert metric(worker, "ccpulse_stage_crashes_total", stage="pipeline") == 1
         at_crash = committed(kafka_bootstrap, "agentcrash", events_topic)
         publish(kafka_bootstrap, f"{worker.prefix}calls", later)
         # The restarted agent goes on (the live view stays fresh) but commits nothing.

@@ -6,7 +6,7 @@ bind the wrapped functions. ``CCPULSE_TEST_FAULTS`` picks the faults (comma-sepa
 
 - ``poison-step``: deriving the step of event id ``poison`` raises (one record's processing);
 - ``crash-rows``: building the interaction rows of interaction ``crash-me`` raises once
-  per process, outside any one record's processing: the lifecycle agent dies.
+  per process, outside any one record's processing: the pipeline's checkpoint fails.
 """
 
 from __future__ import annotations
