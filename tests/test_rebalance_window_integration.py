@@ -105,7 +105,7 @@ def test_records_fetched_while_a_rebalance_ends_are_processed(kafka_bootstrap: s
     settings = load_settings(a.env["CCPULSE_CONFIG"], env=a.env)
     ensure_topics(settings)
     input_topic = f"{a.prefix}calls"
-    events_topic = f"{a.prefix}{settings.app_id}-events"
+    rows_topic = f"{a.prefix}{settings.app_id}-interactions"
     backlog = calls()
     produce_all(kafka_bootstrap, input_topic, backlog[:1000])
     # The rest arrives steadily while b joins, so both workers fetch records as the
@@ -121,13 +121,18 @@ def test_records_fetched_while_a_rebalance_ends_are_processed(kafka_bootstrap: s
         assert sum(ends.values()) == len(backlog)
         wait_until(lambda: committed_to(kafka_bootstrap, settings.app_id, ends), 90,
                    "the input committed to its end (a partition stalled?)")
-        forwarded = {json.loads(value)["event_id"] for _, value in read_topic(kafka_bootstrap, events_topic)
-                     if b"event_id" in value}
-        missing = {json.loads(value)["event_id"] for _, value in backlog} - forwarded
-        assert not missing, f"{len(missing)} events committed but never forwarded, e.g. {sorted(missing)[:5]}"
-        events_ends = end_offsets(kafka_bootstrap, [events_topic])
-        wait_until(lambda: committed_to(kafka_bootstrap, settings.app_id, events_ends), 90,
-                   "the events topic committed to its end")
+        # Every event applied: each interaction's latest row says it was abandoned.
+        def outcomes() -> dict[str, str]:
+            return {json.loads(value)["interaction_id"]: json.loads(value)["outcome"]
+                    for _, value in read_topic(kafka_bootstrap, rows_topic)}
+
+        def not_applied() -> set[str]:
+            seen = outcomes()
+            return {f"w-{i}" for i in range(INTERACTIONS)} - {iid for iid, o in seen.items() if o == "abandoned"}
+
+        wait_until(lambda: not not_applied() or None, 60, "every interaction's rows")
+        missing = not_applied()
+        assert not missing, f"{len(missing)} interactions committed but not fully applied, e.g. {sorted(missing)[:5]}"
         log = a.log_path.read_text(errors="replace") + b.log_path.read_text(errors="replace")
         assert log.count("holding the end of a rebalance") >= 3  # a's first, then a's and b's
         assert "records were delivered before the rebalance ended" not in log

@@ -315,9 +315,10 @@ def wait_final(bootstrap: str, workers: list[ChaosWorker], timeout: float) -> fl
     """Wait until every window is final on kpi.windows, the consumer groups have nothing
     left on the topics that feed the KPIs and the store, and that holds for a few seconds."""
     prefix, app = workers[0].prefix, workers[0].app
-    watched = [f"{prefix}{attr}" for attr in FAMILY_TOPICS.values()] + [
-        f"{prefix}{app}-events", f"{prefix}{app}-window-partials", f"{prefix}{app}-contacts"]
-    stored = [f"{prefix}kpi.windows", f"{prefix}{app}-events", f"{prefix}{app}-interactions"]
+    inputs = [f"{prefix}{attr}" for attr in FAMILY_TOPICS.values()]
+    watched = inputs + [f"{prefix}{app}-rekey", f"{prefix}{app}-window-partials", f"{prefix}{app}-contacts"]
+    # The writer stores raw events from the input topics themselves (streams/storage.py).
+    stored = [f"{prefix}kpi.windows", f"{prefix}{app}-interactions"] + inputs
     groups = {w.group: (stored if w.role == "writer" else watched + (stored if w.role == "all" else []))
               for w in workers}
     started = time.monotonic()
@@ -622,8 +623,9 @@ def scenario_sink_outage(run: Run) -> ScenarioResult:
                     unhealthy_after = time.monotonic() - began
                     seen["health_body"] = body_
                 time.sleep(0.5)
-            lag = group_lag(run.bootstrap, worker.group, [f"{worker.prefix}{worker.app}-events"])
-            seen["events_lag_at_end_of_outage"] = lag.by_topic.get(f"{worker.prefix}{worker.app}-events", 0)
+            # The pipeline's checkpoint waits for the store: the input is held back.
+            inputs = [f"{worker.prefix}{attr}" for attr in FAMILY_TOPICS.values()]
+            seen["input_lag_at_end_of_outage"] = group_lag(run.bootstrap, worker.group, inputs).total
             errors = sum(v for (name, _), v in worker.metrics().items() if name == "ccpulse_sink_write_errors_total")
             seen["sink_write_errors"] = errors
         finally:
@@ -650,7 +652,7 @@ def scenario_sink_outage(run: Run) -> ScenarioResult:
         result.notes.append("FAIL: ccpulse_sink_write_errors_total did not grow during the outage")
     result.notes.append(f"store unwritable {run.profile.outage_seconds:.0f}s: /health 503 after "
                         f"{seen.get('unhealthy_after_s')}s, {seen.get('sink_write_errors')} failed writes, "
-                        f"events-topic lag at the end of the outage {seen.get('events_lag_at_end_of_outage')} "
+                        f"input lag at the end of the outage {seen.get('input_lag_at_end_of_outage')} "
                         "(consumption held back, not dropped); recover = restore to /health 200 and caught up")
     return result
 
@@ -712,7 +714,7 @@ def scenario_broker_restart(run: Run) -> ScenarioResult:
 
 
 def partition_labels(worker: ChaosWorker) -> tuple[set[str], set[str]]:
-    """Partitions on the worker's KPI series: lifecycle partitions and FCR ("fcr-N") ones."""
+    """Partitions on the worker's KPI series: pipeline partitions and FCR ("fcr-N") ones."""
     kpi, fcr = set(), set()
     for (name, labels), _ in worker.metrics().items():
         if not name.startswith("ccpulse_"):
@@ -944,7 +946,7 @@ def scenario_soak(run: Run, target_events: int) -> ScenarioResult:
                     return
                 sent[0] += asyncio.run(publish_mixed(chunk, run.bootstrap, input_topics(worker.prefix), None))
                 # As fast as the worker keeps up: hold back while any stage is far behind
-                # (the input alone is read 2x faster than the lifecycle stage applies it).
+                # (the pipeline, then the merge and the store, each have their own lag).
                 while not stop.is_set() and group_lag(run.bootstrap, worker.group).total > lag_limit:
                     time.sleep(1)
         except BaseException as exc:
@@ -962,7 +964,7 @@ def scenario_soak(run: Run, target_events: int) -> ScenarioResult:
                 f"tables {s['tables']}")
             if error:
                 raise ChaosError(f"soak publishing failed: {error[0]}")
-            # Done when every stage has caught up, not only the first: the lifecycle and
+            # Done when every stage has caught up, not only the first: the FCR and
             # merge stages may still be working through a backlog when the input is read.
             if not thread.is_alive() and s["input_lag"] == 0 and 0 <= s["pipeline_lag"] <= SOAK_SETTLED_LAG:
                 break
