@@ -72,7 +72,10 @@ def register(pipe: Pipeline) -> None:
                           if inter is not None and inter.partition == partition], now_ms)
 
     def drop(partition: int) -> None:
-        stage.revoke(partition)
+        # The table keeps the interactions: deleting them here lost the open interactions of
+        # a partition given back to this worker in the same rebalance (chaos "rebalance":
+        # their windows never became final), as Faust's recovery did not read them again.
+        stage.revoke(partition, forget_interactions=False)
         merge_clock.forget(str(partition))
         sent_fcr_clock.pop(f"lifecycle/{partition}", None)
 

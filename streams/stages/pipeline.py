@@ -141,8 +141,10 @@ class PipelineStage:
         self._positions[partition] = {}
         return engine
 
-    def revoke(self, partition: int) -> None:
-        """Another worker owns ``partition`` now; its interactions go with it."""
+    def revoke(self, partition: int, forget_interactions: bool = True) -> None:
+        """Another worker owns ``partition`` now; its interactions go with it (unless the
+        caller's store keeps them: a Faust table drops them itself after recovery, and
+        does not restore what it believes it still holds when the partition comes back)."""
         self.engines.pop(partition, None)
         self._sources.pop(partition, None)
         self._arrival.pop(partition, None)
@@ -150,6 +152,8 @@ class PipelineStage:
         self._report.pop(partition, None)
         self._clock_sent.pop(partition, None)
         self._touched.discard(partition)
+        if not forget_interactions:
+            return
         for iid in [iid for iid, inter in self.interactions.items() if inter.partition == partition]:
             del self.interactions[iid]
 
