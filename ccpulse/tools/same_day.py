@@ -1,21 +1,21 @@
 """``ccpulse same-day``: the same simulated day through two versions of the worker gives the same KPIs.
 
-One run starts its own local Kafka broker (free port, temporary state), publishes
+One run starts its own local Kafka broker (free port, temporary state), makes
 one fixed-seed simulated day (voice, chat and tickets; ``--short``: its first
-hour) once to shared input topics, and runs one ``ccpulse worker --role all``
-of each source tree side by side, each with its own app id and output topics
-(the bench's ``BenchApp``/``WorkerProc``, so ``--old`` works like the bench's
-``--worker-pythonpath``: the current venv's Python with ``PYTHONPATH`` at the
-tree).
+hour) and runs one ``ccpulse worker --role all`` of each source tree, one after
+the other, each with its own app id, its own copy of the day on its own input
+topics, its own output topics and store (the bench's ``BenchApp``/``WorkerProc``,
+so ``--old`` works like the bench's ``--worker-pythonpath``: the current venv's
+Python with ``PYTHONPATH`` at the tree).
 
-Once both have consumed the day, one sentinel contact per input partition, two
+Once a worker has read the day, one sentinel contact per input partition, two
 days of event time later (queue ``chaos-sentinel``, as ``ccpulse chaos`` does,
 excluded from the comparison), closes every window, FCR decision and open
 interaction by event time alone; idle-close, a wall-clock rule, is set out of
-reach so it cannot make the runs differ. When every window is final on both
-``kpi.windows`` topics, both consumer groups have nothing left to read and
-nothing changed for a few seconds, the newest version per key of each
-``kpi.windows`` (and ``kpi.agents``) is compared field by field, ignoring
+reach so it cannot make the runs differ. When every window is final on its
+``kpi.windows``, its consumer group has nothing left to read and nothing changed
+for a few seconds, the worker is stopped. Then the newest version per key of
+both ``kpi.windows`` (and ``kpi.agents``) is compared field by field, ignoring
 ``version`` and ``published_at``. Exit 0 when identical, 1 otherwise.
 """
 
@@ -193,7 +193,9 @@ class Side:
 def make_side(label: str, root: Path, bootstrap: str, code: Path) -> Side:
     from ccpulse.tools.bench_worker import BenchApp
 
-    app = BenchApp(label, root, bootstrap, code, INPUT_PREFIX)
+    # Its own copy of the input too: each side runs alone, from the same offsets, with the
+    # same sentinels after the same day, so the two runs cannot disturb each other.
+    app = BenchApp(label, root, bootstrap, code, f"{label}-{INPUT_PREFIX}")
     path = app.write_config()
     path.write_text(path.read_text(encoding="utf-8") + WORKER_WINDOWS, encoding="utf-8")
     return Side(label, app)
@@ -201,78 +203,85 @@ def make_side(label: str, root: Path, bootstrap: str, code: Path) -> Side:
 
 def run_day(old_code: Path, new_code: Path, plan: DayPlan, seed: int, root: Path, bootstrap: str,
             say: Callable[[str], None]) -> list[KeyedDiff]:
-    """Publish the day, run both workers until every window is final, compare their outputs."""
+    """Publish the day, run each worker alone until every window is final, compare their outputs."""
     from ccpulse.commands.simulate import encode
+    from ccpulse.tools.chaos import _ms
+
+    day = day_events(plan, seed)
+    last_ms = max(_ms(ev["occurred_at"]) for _, ev in day)
+    events = [(family, encode(ev)) for family, ev in day]
+    del day
+    say(f"the simulated day: {len(events):,} events (seed {seed})")
+    sides = [make_side("old", root, bootstrap, old_code), make_side("new", root, bootstrap, new_code)]
+    # One after the other: on 2 cores, two workers side by side starve each other (and the
+    # old worker's stages stalled on a backlog that way).
+    for side in sides:
+        run_side(side, events, last_ms, plan, bootstrap, say)
+    old, new = sides
+    return [compare_keyed("kpi.windows", old.windows(bootstrap), new.windows(bootstrap)),
+            compare_keyed("kpi.agents", old.agents(bootstrap), new.agents(bootstrap))]
+
+
+def run_side(side: Side, events: list[tuple[str, bytes]], last_ms: int, plan: DayPlan, bootstrap: str,
+             say: Callable[[str], None]) -> None:
+    """Publish the day to this side's input, run its worker until every window is final, stop it."""
     from ccpulse.tools import bench_kafka
     from ccpulse.tools.bench import ensure_topics
     from ccpulse.tools.bench_worker import WorkerProc
-    from ccpulse.tools.chaos import _ms, _publish_sentinels
+    from ccpulse.tools.chaos import _publish_sentinels
 
-    sides = [make_side("old", root, bootstrap, old_code), make_side("new", root, bootstrap, new_code)]
-    for side in sides:
-        asyncio.run(ensure_topics(side.app))
-        role = side.app.topology()["all"]
-        steady = side.app.steady_topics
-        side.group, side.topics = role.group, [t for t in role.topics if t not in steady]
-    events = day_events(plan, seed)
-    say(f"publishing {len(events):,} events of the simulated day (seed {seed}) ...")
-    inputs = sides[0].app.input_topics
-    sent = asyncio.run(bench_kafka.produce_all(
-        bootstrap, bench_kafka.event_messages(((f, encode(ev)) for f, ev in events), inputs)))
+    asyncio.run(ensure_topics(side.app))
+    role = side.app.topology()["all"]
+    side.group = role.group
+    side.topics = [t for t in role.topics if t not in side.app.steady_topics]
+    inputs = side.app.input_topics
+    sent = asyncio.run(bench_kafka.produce_all(bootstrap, bench_kafka.event_messages(events, inputs)))
     if sent != len(events):
         raise RuntimeError(f"only {sent} of {len(events)} events were acknowledged by the broker")
-    last_ms = max(_ms(ev["occurred_at"]) for _, ev in events)
-    del events
+    say(f"{side.label} worker ({side.app.code}) ...")
+    side.worker = WorkerProc(side.app, "all", 0)
+    side.worker.start()
     try:
-        for side in sides:
-            side.worker = WorkerProc(side.app, "all", 0)
-            side.worker.start()
-        for side in sides:
-            side.worker.wait_healthy()
+        side.worker.wait_healthy()
         started = time.monotonic()
         deadline = started + plan.timeout
-        # The sentinels go in once both have read the whole day, so no event of the day
-        # can be late because a sentinel of another partition was read first.
+        # The sentinels go in once the whole day is read, so no event of the day can be
+        # late because a sentinel of another partition was read first.
         input_set = set(inputs.values())
-        _wait(say, deadline, sides, "both workers read the day's input",
-              lambda: all(s.lag(bootstrap, input_set) == 0 for s in sides))
-        asyncio.run(_publish_sentinels(bootstrap, INPUT_PREFIX, last_ms + SENTINEL_GAP_MS))
-        say(f"  read in {time.monotonic() - started:.0f}s; sentinels published, waiting for every window to be final")
+        _wait(say, deadline, side, "the day's input is read", lambda: side.lag(bootstrap, input_set) == 0)
+        asyncio.run(_publish_sentinels(bootstrap, side.app.input_prefix, last_ms + SENTINEL_GAP_MS))
+        say(f"  read in {time.monotonic() - started:.0f}s; sentinels published")
         state: dict[str, Any] = {}
 
         def settled() -> bool:
-            if any(s.lag(bootstrap) for s in sides):
+            # Every topic the group consumes (an internal one never committed counts as unread).
+            if side.lag(bootstrap):
                 return False
-            windows = {s.label: s.windows(bootstrap) for s in sides}
-            if not all(windows.values()) or any(open_windows(w) for w in windows.values()):
+            windows = side.windows(bootstrap)
+            if not windows or open_windows(windows):
                 state.pop("since", None)
                 return False
-            snapshot = {label: {k: v.get("version") for k, v in w.items()} for label, w in windows.items()}
+            snapshot = {k: v.get("version") for k, v in windows.items()}
             if snapshot != state.get("snapshot"):
                 state.update(snapshot=snapshot, since=time.monotonic())
             return time.monotonic() - state.get("since", time.monotonic()) >= STABLE_SECONDS
 
-        _wait(say, deadline, sides, "every window final on both kpi.windows", settled)
-        say(f"  final {time.monotonic() - started:.0f}s after the workers were healthy")
-        old, new = sides
-        return [compare_keyed("kpi.windows", old.windows(bootstrap), new.windows(bootstrap)),
-                compare_keyed("kpi.agents", old.agents(bootstrap), new.agents(bootstrap))]
+        _wait(say, deadline, side, "every window is final", settled)
+        say(f"  every window final {time.monotonic() - started:.0f}s after the worker was healthy")
     finally:
-        for side in sides:
-            if side.worker is not None:
-                side.worker.stop()
+        side.worker.stop()
 
 
-def _wait(say: Callable[[str], None], deadline: float, sides: list[Side], what: str,
+def _wait(say: Callable[[str], None], deadline: float, side: Side, what: str,
           done: Callable[[], bool], poll: float = 2.0) -> None:
     noted = time.monotonic()
     while not done():
-        for side in sides:
-            side.check_alive()
+        side.check_alive()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting until {what}")
+            raise RuntimeError(f"{side.label} worker: timed out waiting until {what}; "
+                               f"log: {side.worker.log_path}")
         if time.monotonic() - noted > 30:
-            say(f"  ... still waiting until {what}")
+            say(f"  ... {side.label}: waiting until {what}")
             noted = time.monotonic()
         time.sleep(poll)
 
