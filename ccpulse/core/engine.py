@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from ccpulse.core.kpis import (AGENT_MIN_WINDOW_S, PLAIN_COUNTERS, QUEUE, Item, WindowAgg, WindowKey, complaint_items,
                                created_items, interaction_facts, segment_items, windowed)
@@ -78,8 +78,9 @@ class Snapshot:
     waiting_at_end: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What ``apply`` did with a step (immutable; a tuple, built on every step)."""
+
     duplicate: bool = False
     late: bool = False
     fold: Fold | None = None  # where the interaction stands after the step
@@ -141,8 +142,9 @@ class PartitionEngine:
         self.live: dict[tuple[str, str], LiveQueue] = {}
         self.live_dirty: set[tuple[str, str]] = set()
         self._closes: dict[tuple[int, int], int] = {}  # (size, start) -> end + lateness
-        # ts -> ((size, start, closes), ...) of its windows, agents' windows apart: an in-order
-        # step places each of its few timestamps in every size, so each is computed once.
+        # granule of ts -> ((size, start, closes), ...) of its windows, agents' windows apart:
+        # computed once for all the moments of a granule (see Windowing.granule_ms).
+        self.granule_ms = windowing.granule_ms
         self._places: dict[int, tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]] = {}
 
     # -- state ----------------------------------------------------------------
@@ -262,35 +264,52 @@ class PartitionEngine:
 
     def _placements(self, ts: int) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
         """(size, start, closes) of every window of ``ts``: for queues, and for agents."""
-        places = self._places.get(ts)
+        granule = ts // self.granule_ms
+        places = self._places.get(granule)
         if places is None:
             if len(self._places) > 4096:  # bounded: replays move through many windows
                 self._places.clear()
             every = tuple((size, start, self.closes_at((size, start))) for size, start in self.windowing.starts(ts))
-            places = self._places[ts] = (every, tuple(p for p in every if p[0] >= AGENT_MIN_WINDOW_S))
+            places = self._places[granule] = (every, tuple(p for p in every if p[0] >= AGENT_MIN_WINDOW_S))
         return places
 
     def _place(self, items: tuple[tuple[Item, int], ...], channel: str, final_through: int) -> WindowKey | None:
         """Add counted items (n > 0) to their windows, what ``windowed`` then ``_apply_fact``
-        do for them, in the same order; returns the last final window one fell in."""
+        do for them; returns the last final window one of them fell in, as they do.
+
+        The items of one step mostly share a name and a time (an answer: its count, wait,
+        maximum, sketch and buckets), so their windows are looked up once per group."""
         windows, dirty = self.windows, self.dirty
         late: WindowKey | None = None
+        groups: dict[tuple[str, str, int], tuple[list[WindowAgg], WindowKey | None]] = {}
         for (scope, name, (ts, field_name, value)), n in items:
-            every, agents = self._placements(ts)
-            for size, start, closes in (every if scope == QUEUE else agents):
-                key = (size, start, scope, name, channel)
-                if closes <= final_through:
-                    late = key
-                    continue
-                agg = windows.get(key)
-                if agg is None:
-                    agg = windows[key] = WindowAgg()
-                if field_name in PLAIN_COUNTERS:  # WindowAgg.add, inlined for the common counter
+            group = groups.get((scope, name, ts))
+            if group is None:
+                every, agents = self._placements(ts)
+                aggs: list[WindowAgg] = []
+                final: WindowKey | None = None
+                for size, start, closes in (every if scope == QUEUE else agents):
+                    key = (size, start, scope, name, channel)
+                    if closes <= final_through:
+                        final = key
+                        continue
+                    agg = windows.get(key)
+                    if agg is None:
+                        agg = windows[key] = WindowAgg()
+                    dirty.add(key)
+                    aggs.append(agg)
+                group = groups[(scope, name, ts)] = (aggs, final)
+            aggs, final = group
+            if final is not None:
+                late = final
+            if field_name in PLAIN_COUNTERS:  # WindowAgg.add, inlined for the common counter
+                add = n * value
+                for agg in aggs:
                     counts = agg.counts
-                    counts[field_name] = counts.get(field_name, 0) + n * value
-                else:
+                    counts[field_name] = counts.get(field_name, 0) + add
+            else:
+                for agg in aggs:
                     agg.add(field_name, value, n)
-                dirty.add(key)
         return late
 
     def _refold_in(self, inter: Interaction, step: Step) -> tuple[Counter, Fold]:
