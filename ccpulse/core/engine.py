@@ -199,7 +199,11 @@ class PartitionEngine:
             # break every later step of its interaction; the stage dead-letters it.
             inter.restore(saved)
             raise
-        self.observe({source: [step.ts, False]})
+        seen = self.record.sources.get(source)
+        # A step no newer than its active source's newest changes nothing of event time:
+        # the watermark already covers what observe would compute again.
+        if seen is None or seen[1] or step.ts > seen[0]:
+            self.observe({source: [step.ts, False]})
         late: WindowKey | None = None
         final_through = self.record.final_through
         # A change to a final window is refused (the window stays as published) but the
