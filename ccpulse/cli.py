@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     from ccpulse.tools import chaos
     chaos.add_parser(sub)
+    from ccpulse.tools import same_day
+    same_day.add_parser(sub)
     return parser
 
 

@@ -9,6 +9,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ccpulse.config import DEFAULT_THRESHOLDS, Thresholds
 from ccpulse.core.kpis import (
@@ -518,3 +520,15 @@ def test_window_from_segments_end_to_end() -> None:
     assert agg.sketch() == {sk(0): 1, sk(30_000): 1}
     # Two answered waits, 0 and 30 s; percentiles are lower quantiles (rank int(q * (n - 1)) = 0).
     assert out["wait_answered_p50_seconds"] == 0.0 and out["wait_answered_p95_seconds"] == 0.0
+
+
+@given(st.sampled_from([(60, 900, 3600, 86400), (60, 86400), (240, 360, 86400), (86400,), (300,)]),
+       st.integers(0, 23), st.integers(-10**12, 4 * 10**12))
+def test_the_cached_window_starts_are_the_starts_of_each_moment(sizes: tuple[int, ...], day_start: int,
+                                                                 ts: int) -> None:
+    """starts() is cached per granule of time (Windowing.granule_ms): every moment of a granule
+    gets what start() gives it, around every boundary."""
+    w = Windowing(sizes, "UTC", day_start)
+    for moment in (ts, ts - ts % 60_000, ts - ts % 60_000 - 1, ts + 1):
+        w.starts(moment - 1)  # a neighbour cached first
+        assert w.starts(moment) == [(size, w.start(moment, size)) for size in sizes]

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
-from ccpulse.core.kpis import (QUEUE, Item, WindowAgg, WindowKey, complaint_items, created_items,
-                               interaction_facts, segment_items, windowed)
+from ccpulse.core.kpis import (AGENT_MIN_WINDOW_S, PLAIN_COUNTERS, QUEUE, Item, WindowAgg, WindowKey, complaint_items,
+                               created_items, interaction_facts, segment_items, windowed)
 from ccpulse.core.lifecycle import DONE, SERVING, WAITING, Derivation, Fold, Interaction, Segment, Step, is_ticket
 from ccpulse.core.params import DEFAULT_MAX_STEPS_PER_INTERACTION, Thresholds
 from ccpulse.core.watermark import low_watermark
@@ -78,8 +78,9 @@ class Snapshot:
     waiting_at_end: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What ``apply`` did with a step (immutable; a tuple, built on every step)."""
+
     duplicate: bool = False
     late: bool = False
     fold: Fold | None = None  # where the interaction stands after the step
@@ -141,6 +142,10 @@ class PartitionEngine:
         self.live: dict[tuple[str, str], LiveQueue] = {}
         self.live_dirty: set[tuple[str, str]] = set()
         self._closes: dict[tuple[int, int], int] = {}  # (size, start) -> end + lateness
+        # granule of ts -> ((size, start, closes), ...) of its windows, agents' windows apart:
+        # computed once for all the moments of a granule (see Windowing.granule_ms).
+        self.granule_ms = windowing.granule_ms
+        self._places: dict[int, tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]] = {}
 
     # -- state ----------------------------------------------------------------
 
@@ -195,7 +200,11 @@ class PartitionEngine:
             # break every later step of its interaction; the stage dead-letters it.
             inter.restore(saved)
             raise
-        if moves_time:  # else event time moves only by observe() (the pipeline's clocks)
+        # Event time moves here only when the caller lets it (else by observe(): the
+        # pipeline's clocks). A step no newer than its active source's newest changes
+        # nothing of event time: the watermark already covers what observe would compute.
+        seen = self.record.sources.get(source) if moves_time else None
+        if moves_time and (seen is None or seen[1] or step.ts > seen[0]):
             self.observe({source: [step.ts, False]})
         late: WindowKey | None = None
         final_through = self.record.final_through
@@ -203,11 +212,14 @@ class PartitionEngine:
         # step is kept: its facts are derived from the steps, so a later step of the
         # interaction does not find the same difference again (and is not late for it).
         # Retractions first, as a window's kept maxima need.
-        for fact, n in sorted(delta.items(), key=lambda item: item[1] > 0):
-            if self.closes_at(fact) <= final_through:
-                late = fact[:5]
-            else:
-                self._apply_fact(fact, n)
+        if type(delta) is tuple:  # only additions, not yet windowed (see _fold_in)
+            late = self._place(delta, inter.channel, final_through)
+        else:
+            for fact, n in sorted(delta.items(), key=lambda item: item[1] > 0):
+                if self.closes_at(fact) <= final_through:
+                    late = fact[:5]
+                else:
+                    self._apply_fact(fact, n)
         self._update_live(live_before, live_contribution(inter.channel, fold))
         if late:
             self.record.late_events += 1
@@ -217,9 +229,14 @@ class PartitionEngine:
         """Whether ``step`` takes the incremental path (it sorts after every step held)."""
         return inter.follows(fold, step)
 
-    def _fold_in(self, inter: Interaction, fold: Fold, step: Step) -> Counter:
+    def _fold_in(self, inter: Interaction, fold: Fold, step: Step) -> Counter | tuple[tuple[Item, int], ...]:
         """Fold an in-order step onto ``fold`` (changed in place) and keep it; returns the
-        change of the interaction's facts: only what the step can touch is looked at."""
+        change of the interaction's facts: only what the step can touch is looked at.
+
+        Nearly every in-order step only adds items (an answer, an end, a message). Then no
+        two of its facts can cancel, so the items are returned as they are, counted, and
+        ``_place`` puts them in windows without building the facts; a step that also takes
+        items back gets its facts netted as the full path nets them."""
         channel = inter.channel
         current = fold.last if fold.phase != DONE else None
         shape = _shape(current)
@@ -243,10 +260,63 @@ class PartitionEngine:
             after += segment_items(seg, index == 0, channel, self.thresholds(seg.queue, channel))
         # What the step left as it was cancels out before it is placed in windows.
         items = Counter(after)
-        items.subtract(before)
-        delta = windowed(items, channel, self.windowing)
         inter.append(step, fold)
-        return Counter({fact: n for fact, n in delta.items() if n})
+        if before:
+            items.subtract(before)
+            if min(items.values()) < 0:
+                delta = windowed(items, channel, self.windowing)
+                return Counter({fact: n for fact, n in delta.items() if n})
+        return tuple(item for item in items.items() if item[1])
+
+    def _placements(self, ts: int) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
+        """(size, start, closes) of every window of ``ts``: for queues, and for agents."""
+        granule = ts // self.granule_ms
+        places = self._places.get(granule)
+        if places is None:
+            if len(self._places) > 4096:  # bounded: replays move through many windows
+                self._places.clear()
+            every = tuple((size, start, self.closes_at((size, start))) for size, start in self.windowing.starts(ts))
+            places = self._places[granule] = (every, tuple(p for p in every if p[0] >= AGENT_MIN_WINDOW_S))
+        return places
+
+    def _place(self, items: tuple[tuple[Item, int], ...], channel: str, final_through: int) -> WindowKey | None:
+        """Add counted items (n > 0) to their windows, what ``windowed`` then ``_apply_fact``
+        do for them; returns the last final window one of them fell in, as they do.
+
+        The items of one step mostly share a name and a time (an answer: its count, wait,
+        maximum, sketch and buckets), so their windows are looked up once per group."""
+        windows, dirty = self.windows, self.dirty
+        late: WindowKey | None = None
+        groups: dict[tuple[str, str, int], tuple[list[WindowAgg], WindowKey | None]] = {}
+        for (scope, name, (ts, field_name, value)), n in items:
+            group = groups.get((scope, name, ts))
+            if group is None:
+                every, agents = self._placements(ts)
+                aggs: list[WindowAgg] = []
+                final: WindowKey | None = None
+                for size, start, closes in (every if scope == QUEUE else agents):
+                    key = (size, start, scope, name, channel)
+                    if closes <= final_through:
+                        final = key
+                        continue
+                    agg = windows.get(key)
+                    if agg is None:
+                        agg = windows[key] = WindowAgg()
+                    dirty.add(key)
+                    aggs.append(agg)
+                group = groups[(scope, name, ts)] = (aggs, final)
+            aggs, final = group
+            if final is not None:
+                late = final
+            if field_name in PLAIN_COUNTERS:  # WindowAgg.add, inlined for the common counter
+                add = n * value
+                for agg in aggs:
+                    counts = agg.counts
+                    counts[field_name] = counts.get(field_name, 0) + add
+            else:
+                for agg in aggs:
+                    agg.add(field_name, value, n)
+        return late
 
     def _refold_in(self, inter: Interaction, step: Step) -> tuple[Counter, Fold]:
         """Insert an out-of-order step: the facts of every step after it, before and after."""

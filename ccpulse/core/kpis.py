@@ -43,12 +43,15 @@ ADDITIVE = (
     "complaints",
 )
 MAXIMA = ("wait_answered_max_ms", "wait_abandoned_max_ms")
+_KEPT_MAXIMA = frozenset(MAXIMA)
 SKETCH = "wait_sk"  # value = sketch bucket of an answered wait
 # Answered-wait histogram bounds (seconds) for Prometheus: the default service-level
 # targets (20 s voice, 60 s chat) are bounds, so PromQL can compute them exactly.
 WAIT_BUCKETS_S = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
                   600.0, 1200.0, 3600.0, 14400.0, 86400.0)
 _BUCKETS_MS = tuple(int(b * 1000) for b in WAIT_BUCKETS_S)
+# Counters that a fact adds its value to as it is (not a kept maximum, not a sketch bucket).
+PLAIN_COUNTERS = frozenset(ADDITIVE) | {f"wait_bucket_{i}" for i in range(len(_BUCKETS_MS) + 1)}
 # Retractions are rare (contradictory or out-of-order exits), so keeping the few
 # largest values is enough to keep the maximum exact after one.
 TOP_KEPT = 16
@@ -211,7 +214,7 @@ class WindowAgg:
     tops: dict[str, list[int]] = field(default_factory=dict)  # ascending, at most TOP_KEPT
 
     def apply(self, name: str, value: int, sign: int) -> None:
-        if name in MAXIMA:
+        if name in _KEPT_MAXIMA:
             top = self.tops.setdefault(name, [])
             if sign > 0:
                 insort(top, value)
@@ -223,6 +226,14 @@ class WindowAgg:
         if name == SKETCH:
             name, value = f"{SKETCH}:{value}", 1
         self.counts[name] = self.counts.get(name, 0) + sign * value
+
+    def add(self, name: str, value: int, n: int) -> None:
+        """``apply(name, value, 1)`` ``n`` times (n > 0), a counter in one update."""
+        if name in PLAIN_COUNTERS:
+            self.counts[name] = self.counts.get(name, 0) + n * value
+            return
+        for _ in range(n):
+            self.apply(name, value, 1)
 
     def is_empty(self) -> bool:
         return not any(self.counts.values()) and not any(self.tops.values())

@@ -9,6 +9,7 @@ are local calendar days, so a daylight-saving change makes one 23 h and one 25 h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -55,10 +56,23 @@ class Windowing:
     _day_starts: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _utc: bool = field(init=False, repr=False)
     _starts: dict[int, list[tuple[int, int]]] = field(default_factory=dict, init=False, repr=False)
+    # Every window boundary is a multiple of this (ms): all the moments of one granule lie in the
+    # same windows, so they share one entry of the caches keyed by ``granule_of``. In UTC it is the
+    # gcd of the sizes and the day's start; a zone's offset may change at any moment, so 1 there.
+    granule_ms: int = field(init=False, repr=False, default=1)
 
     def __post_init__(self) -> None:
         self._zone = ZoneInfo(self.timezone)
         self._utc = self.timezone in ("UTC", "Etc/UTC")
+        if self._utc and self.sizes:
+            bounds = [size * 1000 for size in self.sizes]
+            if DAY in self.sizes:
+                bounds.append(self.day_start_hour * 3_600_000)
+            self.granule_ms = math.gcd(*bounds)
+
+    def granule_of(self, ts_ms: int) -> int:
+        """The cache key of ``ts_ms``: equal keys, equal windows."""
+        return ts_ms // self.granule_ms
 
     def start(self, ts_ms: int, size_s: int) -> int:
         if size_s == DAY:
@@ -83,11 +97,12 @@ class Windowing:
         Cached: an interaction's facts are derived again at each of its steps, from
         the same few timestamps. The returned list is shared: do not modify it.
         """
-        cached = self._starts.get(ts_ms)
+        granule = ts_ms // self.granule_ms
+        cached = self._starts.get(granule)
         if cached is None:
             if len(self._starts) > 4096:
                 self._starts.clear()
-            cached = self._starts[ts_ms] = [(size, self.start(ts_ms, size)) for size in self.sizes]
+            cached = self._starts[granule] = [(size, self.start(ts_ms, size)) for size in self.sizes]
         return cached
 
     def placeable(self, ts_ms: int) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse.probes import MetricKey, free_port, parse_metrics
+from ccpulse.probes import MetricKey, free_port, parse_metrics, read_topic_async
 
 # Every worker spawned by this process, so a failing run can still kill them all.
 LIVE: list["ChaosWorker"] = []
@@ -248,41 +248,10 @@ def group_lag(bootstrap: str, group: str, topics: list[str] | None = None) -> Gr
     return lag
 
 
-async def _read_topic(bootstrap: str, topic: str, timeout: float) -> list[tuple[bytes | None, bytes, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
-    await consumer.start()
-    out: list[tuple[bytes | None, bytes, int]] = []
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while remaining:
-            if loop.time() > deadline:
-                raise TimeoutError(f"reading {topic}: not at its end after {timeout:.0f}s")
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
-                out.extend((r.key, r.value, tp.partition) for r in records if r.offset < ends[tp])
-                if records and records[-1].offset >= ends[tp] - 1:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
 def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[tuple[bytes | None, bytes, int]]:
     """Every message of ``topic`` up to its end when called, as (key, value, partition)."""
-    return run_async(_read_topic(bootstrap, topic, timeout))
+    records = run_async(read_topic_async(bootstrap, topic, timeout))
+    return [(r.key, r.value, r.partition) for r in records]
 
 
 def latest_by_key(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:

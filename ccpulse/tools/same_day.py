@@ -1,0 +1,357 @@
+"""``ccpulse same-day``: the same simulated day through two versions of the worker gives the same KPIs.
+
+One run starts its own local Kafka broker (free port, temporary state), makes
+one fixed-seed simulated day (voice, chat and tickets; ``--short``: its first
+hour) and runs one ``ccpulse worker --role all`` of each source tree, one after
+the other, each with its own app id, its own copy of the day on its own input
+topics, its own output topics and store (the bench's ``BenchApp``/``WorkerProc``,
+so ``--old`` works like the bench's ``--worker-pythonpath``: the current venv's
+Python with ``PYTHONPATH`` at the tree).
+
+Once a worker has read the day, one sentinel contact per input partition, two
+days of event time later (queue ``chaos-sentinel``, as ``ccpulse chaos`` does,
+excluded from the comparison), closes every window, FCR decision and open
+interaction by event time alone; idle-close, a wall-clock rule, is set out of
+reach so it cannot make the runs differ. When every window is final on its
+``kpi.windows``, its consumer group has nothing left to read and nothing changed
+for a few seconds, the worker is stopped. Then the newest version per key of
+both ``kpi.windows`` (and ``kpi.agents``) is compared field by field, ignoring
+``version`` and ``published_at``. Exit 0 when identical, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ccpulse.tools.chaos_checks import IGNORED_FIELDS, _norm
+
+# The day simulated: a Monday from midnight UTC, so the day window is whole.
+DAY_START = datetime(2026, 1, 5, 0, 0, tzinfo=timezone.utc)
+SEED = 15
+INPUT_PREFIX = "day."
+# Past the day window (1 d), the FCR horizon (1 d) and the interaction horizon (1 d)
+# of the last event, plus the lateness: every window, decision and open contact closes.
+SENTINEL_GAP_MS = (2 * 86400 + 600) * 1000
+# Event time advances by events only: the two workers' wall clocks never matter.
+WORKER_WINDOWS = "\n[windows]\nidle_close_seconds = 864000\n"
+STABLE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class DayPlan:
+    """How much of the day is simulated, and how long the workers may take."""
+
+    seconds: float
+    timeout: float  # from the workers' start until every window is final
+
+
+FULL = DayPlan(seconds=86400.0, timeout=1800.0)  # about 90,000 events
+SHORT = DayPlan(seconds=3600.0, timeout=600.0)  # about 3,400 events
+
+
+def day_events(plan: DayPlan, seed: int = SEED) -> list[tuple[str, dict[str, Any]]]:
+    """(family, event) of the simulated day: three voice queues, the chat desk and tickets."""
+    from ccpulse.commands.simulate import QueueModel, SimulationConfig
+    from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
+
+    # Few agents per queue: calls wait, some abandon, so service level and waits vary by window.
+    voice = SimulationConfig(rate=0.2, seed=seed, start=DAY_START,
+                             queues=tuple(QueueModel(name, agents=4) for name in ("billing", "support", "sales")),
+                             transfer_probability=0.05, repeat_probability=0.2, rating_probability=0.2)
+    chat = ChatConfig(rate=0.05, seed=seed, start=DAY_START)
+    ticket = TicketConfig(rate=0.02, seed=seed, start=DAY_START)
+    return list(generate_mixed_events(voice, chat, ticket, plan.seconds))
+
+
+# ---------------------------------------------------------------- the comparison
+
+
+@dataclass
+class Difference:
+    key: str
+    field: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.field}: old {self.old!r} != new {self.new!r}"
+
+
+@dataclass
+class KeyedDiff:
+    """Two compacted topics (newest record per key) compared key by key."""
+
+    topic: str
+    keys: int = 0  # keys in either
+    identical: int = 0
+    differing: int = 0  # keys in both with at least one differing field
+    only_old: list[str] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)  # every differing field
+
+    @property
+    def same(self) -> bool:
+        return not (self.differing or self.only_old or self.only_new)
+
+    def counts(self) -> str:
+        return (f"{self.topic}: {self.keys:,} keys, {self.identical:,} identical, {self.differing:,} differing, "
+                f"{len(self.only_old):,} only in old, {len(self.only_new):,} only in new")
+
+    def first(self, limit: int = 10) -> list[str]:
+        lines = [f"  {d}" for d in self.differences[:limit]]
+        lines += [f"  only in old: {k}" for k in self.only_old[:limit]]
+        lines += [f"  only in new: {k}" for k in self.only_new[:limit]]
+        return lines
+
+
+def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]],
+                  ignored: frozenset[str] = IGNORED_FIELDS) -> KeyedDiff:
+    """Every field of every key, except ``ignored`` (bookkeeping: version, published_at).
+
+    A field present on one side only differs (shown as None on the other); maps and
+    lists are compared as chaos compares them (sketch buckets in any order).
+    """
+    diff = KeyedDiff(topic)
+    for key in sorted(set(old) | set(new)):
+        diff.keys += 1
+        a, b = old.get(key), new.get(key)
+        if a is None or b is None:
+            (diff.only_new if a is None else diff.only_old).append(key)
+            continue
+        fields = [name for name in sorted(set(a) | set(b))
+                  if name not in ignored and _norm(a.get(name)) != _norm(b.get(name))]
+        if fields:
+            diff.differing += 1
+            diff.differences.extend(Difference(key, name, a.get(name), b.get(name)) for name in fields)
+        else:
+            diff.identical += 1
+    return diff
+
+
+def verdict(diffs: list[KeyedDiff]) -> str:
+    if all(d.same for d in diffs):
+        return "IDENTICAL: " + "; ".join(d.counts() for d in diffs)
+    return "DIFFERENT: " + "; ".join(d.counts() for d in diffs)
+
+
+def without_sentinel(records: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    from ccpulse.tools.chaos import SENTINEL_QUEUE
+
+    return {k: v for k, v in records.items() if v.get("queue") != SENTINEL_QUEUE}
+
+
+def open_windows(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Keys not final yet: the window itself, or its FCR part (null: no FCR part)."""
+    return [k for k, v in records.items() if not v.get("final") or v.get("fcr_final") is False]
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Side:
+    """One version of the worker: its app (config, topics, store) and its process."""
+
+    label: str
+    app: Any  # bench_worker.BenchApp
+    worker: Any = None  # bench_worker.WorkerProc
+    group: str = ""
+    topics: list[str] = field(default_factory=list)  # what its consumer group must have read
+
+    def windows(self, bootstrap: str) -> dict[str, dict[str, Any]]:
+        from ccpulse.tools.chaos_worker import latest_by_key
+
+        return without_sentinel(latest_by_key(bootstrap, self.app.kpi_windows_topic))
+
+    def agents(self, bootstrap: str) -> dict[str, dict[str, Any]]:
+        from ccpulse.tools.chaos_worker import latest_by_key
+
+        return without_sentinel(latest_by_key(bootstrap, f"{self.app.name}.kpi.agents"))
+
+    def lag(self, bootstrap: str, only: set[str] | None = None) -> int:
+        from ccpulse.tools.chaos_worker import group_lag
+
+        topics = [t for t in self.topics if only is None or t in only]
+        return group_lag(bootstrap, self.group, topics).total
+
+    def check_alive(self) -> None:
+        if not self.worker.alive():
+            raise RuntimeError(f"the {self.label} worker exited: {self.worker.log_tail()}")
+
+
+def make_side(label: str, root: Path, bootstrap: str, code: Path) -> Side:
+    from ccpulse.tools.bench_worker import BenchApp
+
+    # Its own copy of the input too: each side runs alone, from the same offsets, with the
+    # same sentinels after the same day, so the two runs cannot disturb each other.
+    app = BenchApp(label, root, bootstrap, code, f"{label}-{INPUT_PREFIX}")
+    path = app.write_config()
+    path.write_text(path.read_text(encoding="utf-8") + WORKER_WINDOWS, encoding="utf-8")
+    return Side(label, app)
+
+
+def run_day(old_code: Path, new_code: Path, plan: DayPlan, seed: int, root: Path, bootstrap: str,
+            say: Callable[[str], None]) -> list[KeyedDiff]:
+    """Publish the day, run each worker alone until every window is final, compare their outputs."""
+    from ccpulse.commands.simulate import encode
+    from ccpulse.tools.chaos import _ms
+
+    day = day_events(plan, seed)
+    last_ms = max(_ms(ev["occurred_at"]) for _, ev in day)
+    events = [(family, encode(ev)) for family, ev in day]
+    del day
+    say(f"the simulated day: {len(events):,} events (seed {seed})")
+    sides = [make_side("old", root, bootstrap, old_code), make_side("new", root, bootstrap, new_code)]
+    # One after the other: on 2 cores, two workers side by side starve each other (and the
+    # old worker's stages stalled on a backlog that way).
+    for side in sides:
+        run_side(side, events, last_ms, plan, bootstrap, say)
+    old, new = sides
+    return [compare_keyed("kpi.windows", old.windows(bootstrap), new.windows(bootstrap)),
+            compare_keyed("kpi.agents", old.agents(bootstrap), new.agents(bootstrap))]
+
+
+def run_side(side: Side, events: list[tuple[str, bytes]], last_ms: int, plan: DayPlan, bootstrap: str,
+             say: Callable[[str], None]) -> None:
+    """Publish the day to this side's input, run its worker until every window is final, stop it."""
+    from ccpulse.tools import bench_kafka
+    from ccpulse.tools.bench import ensure_topics
+    from ccpulse.tools.bench_worker import WorkerProc
+    from ccpulse.tools.chaos import _publish_sentinels
+
+    asyncio.run(ensure_topics(side.app))
+    role = side.app.topology()["all"]
+    side.group = role.group
+    side.topics = [t for t in role.topics if t not in side.app.steady_topics]
+    inputs = side.app.input_topics
+    sent = asyncio.run(bench_kafka.produce_all(bootstrap, bench_kafka.event_messages(events, inputs)))
+    if sent != len(events):
+        raise RuntimeError(f"only {sent} of {len(events)} events were acknowledged by the broker")
+    say(f"{side.label} worker ({side.app.code}) ...")
+    side.worker = WorkerProc(side.app, "all", 0)
+    side.worker.start()
+    try:
+        side.worker.wait_healthy()
+        started = time.monotonic()
+        deadline = started + plan.timeout
+        # The sentinels go in once the whole day is read, so no event of the day can be
+        # late because a sentinel of another partition was read first.
+        input_set = set(inputs.values())
+        _wait(say, deadline, side, "the day's input is read", lambda: side.lag(bootstrap, input_set) == 0)
+        asyncio.run(_publish_sentinels(bootstrap, side.app.input_prefix, last_ms + SENTINEL_GAP_MS))
+        say(f"  read in {time.monotonic() - started:.0f}s; sentinels published")
+        state: dict[str, Any] = {}
+
+        def settled() -> bool:
+            # Every topic the group consumes (an internal one never committed counts as unread).
+            if side.lag(bootstrap):
+                return False
+            windows = side.windows(bootstrap)
+            if not windows or open_windows(windows):
+                state.pop("since", None)
+                return False
+            snapshot = {k: v.get("version") for k, v in windows.items()}
+            if snapshot != state.get("snapshot"):
+                state.update(snapshot=snapshot, since=time.monotonic())
+            return time.monotonic() - state.get("since", time.monotonic()) >= STABLE_SECONDS
+
+        _wait(say, deadline, side, "every window is final", settled)
+        say(f"  every window final {time.monotonic() - started:.0f}s after the worker was healthy")
+    finally:
+        side.worker.stop()
+
+
+def _wait(say: Callable[[str], None], deadline: float, side: Side, what: str,
+          done: Callable[[], bool], poll: float = 2.0) -> None:
+    noted = time.monotonic()
+    while not done():
+        side.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{side.label} worker: timed out waiting until {what}; "
+                               f"log: {side.worker.log_path}")
+        if time.monotonic() - noted > 30:
+            say(f"  ... {side.label}: waiting until {what}")
+            noted = time.monotonic()
+        time.sleep(poll)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("same-day", help="run one simulated day through an old and the current worker "
+                                               "on a private local broker and compare their kpi.windows")
+    p.add_argument("--old", required=True, metavar="TREE",
+                   help="source tree of the old worker (e.g. a git worktree of an older commit)")
+    p.add_argument("--new", default=None, metavar="TREE", help="source tree of the new worker (default: this one)")
+    p.add_argument("--short", action="store_true", help="only the day's first hour (the CI run, a few minutes)")
+    p.add_argument("--seed", type=int, default=SEED, help="simulation seed (default %(default)s)")
+    p.add_argument("--show", type=int, default=10, help="differences shown per topic (default %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (worker logs, stores)")
+    p.set_defaults(func=run_from_args)
+
+
+def _tree(text: str, option: str) -> Path:
+    from ccpulse.commands.errors import CommandError
+
+    code = Path(text).resolve()
+    if not (code / "streams" / "app.py").is_file() or not (code / "ccpulse" / "cli.py").is_file():
+        raise CommandError(f"{option} {code}: not a ccpulse source tree (no streams/app.py)")
+    return code
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from ccpulse.commands import local_kafka
+    from ccpulse.commands.errors import CommandError
+    from ccpulse.probes import free_port
+
+    old = _tree(args.old, "--old")
+    new = _tree(args.new, "--new") if args.new else Path(__file__).resolve().parents[2]
+    plan = SHORT if args.short else FULL
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    root = Path(tempfile.mkdtemp(prefix="ccpulse-same-day-"))
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C: the broker and the workers are stopped.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        say(f"old: {old}\nnew: {new}\nstarting a private Kafka broker in {root} ...")
+        info = local_kafka.start(root / "kafka", free_port(), True)
+        diffs = run_day(old, new, plan, args.seed, root, info.bootstrap, say)
+    except (RuntimeError, OSError, KafkaError, asyncio.TimeoutError) as exc:
+        raise CommandError(str(exc) or type(exc).__name__) from None
+    finally:
+        try:
+            local_kafka.stop(root / "kafka")
+        except Exception as exc:  # the broker must not hide the run's own error
+            say(f"stopping the broker: {exc}")
+        signal.signal(signal.SIGTERM, previous)
+        if args.keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(verdict(diffs))
+    for diff in diffs:
+        if not diff.same:
+            print(f"first differences of {diff.topic}:")
+            print("\n".join(diff.first(args.show)))
+    return 0 if all(d.same for d in diffs) else 1
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,77 @@
+"""The comparison of ``ccpulse same-day`` (pure: no broker)."""
+
+from __future__ import annotations
+
+import copy
+
+from ccpulse.tools.same_day import SHORT, compare_keyed, day_events, open_windows, verdict, without_sentinel
+
+KEY = "1m|2026-01-05T08:00:00.000Z|billing|voice"
+OTHER = "1m|2026-01-05T08:01:00.000Z|billing|voice"
+
+
+def window(**changes: object) -> dict:
+    record = {"window": "1m", "window_start": "2026-01-05T08:00:00.000Z", "queue": "billing", "channel": "voice",
+              "offered": 12, "answered": 10, "service_level": 0.75, "final": True, "fcr_final": True,
+              "wait_sketch": {"3": 4, "1": 2}, "version": 7, "published_at": "2026-12-06T00:00:00.000Z"}
+    record.update(changes)
+    return record
+
+
+def topic(**records: dict) -> dict[str, dict]:
+    return {KEY: window(), OTHER: window(window_start="2026-01-05T08:01:00.000Z"), **records}
+
+
+def test_identical_outputs_are_identical_whatever_version_and_published_at() -> None:
+    old = topic()
+    new = copy.deepcopy(old)
+    new[KEY].update(version=99, published_at="2027-01-01T00:00:00.000Z")
+    new[KEY]["wait_sketch"] = {"1": 2, "3": 4}  # bucket order is not a difference
+    diff = compare_keyed("kpi.windows", old, new)
+    assert diff.same and (diff.keys, diff.identical, diff.differing) == (2, 2, 0)
+    assert verdict([diff]).startswith("IDENTICAL")
+
+
+def test_a_changed_kpi_is_a_difference() -> None:
+    diff = compare_keyed("kpi.windows", topic(), topic(**{KEY: window(answered=9)}))
+    assert not diff.same and (diff.identical, diff.differing) == (1, 1)
+    assert [(d.key, d.field, d.old, d.new) for d in diff.differences] == [(KEY, "answered", 10, 9)]
+    assert verdict([diff]).startswith("DIFFERENT")
+
+
+def test_a_missing_key_is_a_difference_on_its_side() -> None:
+    old = topic()
+    new = topic()
+    del new[OTHER]
+    new["1d|2026-01-05T00:00:00.000Z|billing|voice"] = window(window="1d")
+    diff = compare_keyed("kpi.windows", old, new)
+    assert not diff.same
+    assert diff.only_old == [OTHER] and diff.only_new == ["1d|2026-01-05T00:00:00.000Z|billing|voice"]
+    assert (diff.keys, diff.identical) == (3, 1)
+
+
+def test_a_differing_final_flag_is_a_difference() -> None:
+    for field in ("final", "fcr_final"):
+        diff = compare_keyed("kpi.windows", topic(), topic(**{KEY: window(**{field: False})}))
+        assert [d.field for d in diff.differences] == [field]
+
+
+def test_a_field_on_one_side_only_is_a_difference() -> None:
+    extra = window()
+    extra["abandon_rate"] = 0.1
+    diff = compare_keyed("kpi.windows", topic(), topic(**{KEY: extra}))
+    assert [(d.field, d.old, d.new) for d in diff.differences] == [("abandon_rate", None, 0.1)]
+
+
+def test_the_sentinel_is_left_out_and_open_windows_found() -> None:
+    records = topic(**{"1m|2026-01-07T00:00:00.000Z|chaos-sentinel|voice": window(queue="chaos-sentinel", final=False)})
+    kept = without_sentinel(records)
+    assert set(kept) == {KEY, OTHER}
+    assert open_windows(topic(**{KEY: window(fcr_final=False)})) == [KEY]
+    assert open_windows(topic(**{KEY: window(fcr_final=None)})) == []
+
+
+def test_the_short_day_is_fixed_by_its_seed_and_has_every_channel() -> None:
+    first, again = day_events(SHORT), day_events(SHORT)
+    assert first == again and len(first) > 1000
+    assert {family for family, _ in first} == {"call", "chat", "ticket"}
