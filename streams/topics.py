@@ -43,7 +43,8 @@ def partition_mismatch(counts: dict[str, int], expected: int) -> str | None:
     most = max(distinct, key=lambda n: sum(1 for c in counts.values() if c == n))
     odd = ", ".join(f"{name} has {n}" for name, n in sorted(counts.items()) if n != expected)
     return (f"the input topics must all have kafka.partitions = {expected} partitions "
-            f"({odd}): set kafka.partitions = {most} in the settings if every input topic has {most}, "
+            f"({odd}): set kafka.partitions = {most} in the settings (CCPULSE_KAFKA_PARTITIONS={most}) "
+            f"if every input topic has {most}, "
             "or give each topic that many (kafka-topics.sh --alter --partitions N; keyed producers "
             "then place new events differently, so do it before the first events)")
 
@@ -112,23 +113,28 @@ async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list
         raise KafkaUnavailable(cause or kafka_security.describe(exc, settings.kafka)) from None
     try:
         existing = set(await admin.list_topics())
+        inputs = [settings.topics.name(attr) for attr in ("calls", "chats", "tickets")]
+        # Checked before creating anything: topics created now would take kafka.partitions
+        # and hide the count the existing ones share (the one to advise).
+        copartitioned = [name for name in inputs + [f"{settings.topics.prefix}{settings.app_id}-rekey"]
+                         if name in existing]
+        problem = partition_mismatch(await _partition_counts(admin, copartitioned), settings.kafka.partitions)
+        if problem is not None:
+            raise PartitionMismatch(problem)
         specs = topic_specs(settings)
         missing = [NewTopic(name, settings.kafka.partitions, 1, topic_configs=config)
                    for name, config in specs.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
-        inputs = [settings.topics.name(attr) for attr in ("calls", "chats", "tickets")]
         await _report_small_limits(admin, [name for name in inputs if name in existing])
-        counts = await _partition_counts(admin, inputs + [f"{settings.topics.prefix}{settings.app_id}-rekey"])
-        problem = partition_mismatch(counts, settings.kafka.partitions)
-        if problem is not None:
-            raise PartitionMismatch(problem)
         return [topic.name for topic in missing]
     finally:
         await admin.close()
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    if not topics:  # a metadata request without topics may describe every topic of the cluster
+        return {}
     described = await admin.describe_topics(topics)
     return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
 
