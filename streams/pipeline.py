@@ -46,160 +46,185 @@ TICK_SECONDS = 1.0
 EXPIRY_SCAN_SECONDS = 10.0
 
 
-def register(pipe: Pipeline) -> None:
-    app, settings = pipe.app, pipe.settings
-    interactions = pipe.tables["interactions"]
-    records = pipe.tables["partitions"]
-    rekey_name = pipe.internal("rekey")
-    input_names = set(pipe.topics["input"].topics)
-    outbox = pipe.outbox
-    stage = PipelineStage(settings, rekey_name, interactions=interactions.data, metrics=pipe.metrics)
-    pipe.engines = stage.engines  # /health and /metrics read the stage's engines
-    merge_clock = ClockSender(outbox, pipe.topics["partials"], settings.kafka.partitions)
-    sent_fcr_clock: dict[str, int] = {}
-    lock = asyncio.Lock()
-    pending: list[Any] = []  # envelopes applied, not yet covered by a checkpoint
-    last = {"checkpoint": time.monotonic(), "expiry": time.monotonic()}
+class PipelineShell:
+    """The Faust side of the pipeline stage: what was read but not yet covered by a
+    checkpoint, when the last checkpoint and expiry scan ran, and the clocks sent."""
 
-    def owned() -> set[TP]:
-        return {tp for tp in app.assignor.assigned_actives() if tp.topic in input_names}
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe, self.app, self.settings = pipe, pipe.app, pipe.settings
+        self.interactions = pipe.tables["interactions"]
+        self.records = pipe.tables["partitions"]
+        self.input_names = set(pipe.topics["input"].topics)
+        self.outbox = pipe.outbox
+        self.stage = PipelineStage(pipe.settings, pipe.internal("rekey"), interactions=self.interactions.data,
+                                   metrics=pipe.metrics)
+        pipe.engines = self.stage.engines  # /health and /metrics read the stage's engines
+        self.merge_clock = ClockSender(self.outbox, pipe.topics["partials"], pipe.settings.kafka.partitions)
+        self.sent_fcr_clock: dict[str, int] = {}
+        self.lock = asyncio.Lock()
+        self.pending: list[Any] = []  # envelopes applied, not yet covered by a checkpoint
+        self.last_checkpoint = self.last_expiry = time.monotonic()
+        self.guard = stage_guard(pipe)
 
-    def ensure(partition: int, now_ms: int) -> None:
+    def owned(self) -> set[TP]:
+        return {tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.input_names}
+
+    def ensure(self, partition: int, now_ms: int) -> None:
         # Rebuilt from what the tables recovered: open windows are derived, never stored.
-        if partition not in stage.engines:
-            stage.assign(partition, records.data.get(str(partition)),
-                         [inter for inter in list(interactions.data.values())
-                          if inter is not None and inter.partition == partition], now_ms)
+        if partition not in self.stage.engines:
+            self.stage.assign(partition, self.records.data.get(str(partition)),
+                              [inter for inter in list(self.interactions.data.values())
+                               if inter is not None and inter.partition == partition], now_ms)
 
-    def drop(partition: int) -> None:
+    def drop(self, partition: int) -> None:
         # The table keeps the interactions: deleting them here lost the open interactions of
         # a partition given back to this worker in the same rebalance (chaos "rebalance":
         # their windows never became final), as Faust's recovery did not read them again.
-        stage.revoke(partition, forget_interactions=False)
-        merge_clock.forget(str(partition))
-        sent_fcr_clock.pop(f"lifecycle/{partition}", None)
+        self.stage.revoke(partition, forget_interactions=False)
+        self.merge_clock.forget(str(partition))
+        self.sent_fcr_clock.pop(f"lifecycle/{partition}", None)
 
-    guard = stage_guard(pipe)
+    def checkpoint_due(self) -> bool:
+        return (len(self.pending) >= CHECKPOINT_ENVELOPES or self.lock.locked()
+                or time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS)
 
-    async def checkpoint() -> None:
-        async with lock:
-            covered = list(pending)
-            pending.clear()
-            last["checkpoint"] = time.monotonic()
+    async def on_envelope(self, event: Any) -> None:
+        envelope = event.value
+        if TP(envelope.topic, envelope.partition) not in self.owned():
+            return  # fetched before a rebalance took it away: its new owner reads it
+        now_ms = int(time.time() * 1000)
+        self.ensure(envelope.partition, now_ms)
+        self.stage.on_batch(envelope.topic, envelope.partition, envelope.records, now_ms)
+        self.pending.append(event)
+        if self.checkpoint_due():
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        async with self.lock:
+            covered, self.pending = self.pending, []
+            self.last_checkpoint = time.monotonic()
             try:
-                await write(covered)
+                await self.write(covered)
             except Exception as exc:  # noqa: BLE001 - see below
                 # Outside any one record (records fail alone in the stage): the guard stops
                 # every commit and /health says so; a restart reads it all again. The live
                 # view goes on meanwhile (from the agent or a timer alike).
-                guard.agent_crashed("pipeline", exc)
+                self.guard.agent_crashed("pipeline", exc)
 
-    async def write(covered: list[Any]) -> None:
-        out = stage.checkpoint()
+    async def write(self, covered: list[Any]) -> None:
+        pipe, outbox, topics = self.pipe, self.outbox, self.pipe.topics
+        out = self.stage.checkpoint()
         if pipe.direct_rows is not None:  # (1) role all: ClickHouse first
             if not await pipe.direct_rows.store(out.raw_events, out.interactions):
                 return  # stopping: nothing acknowledged, the next owner reads it again
         for iid, inter in out.interactions.items():  # (2)
-            outbox.put(interactions, inter.partition, iid, inter)
+            outbox.put(self.interactions, inter.partition, iid, inter)
         for partition, record in out.records.items():
-            outbox.put(records, partition, str(partition), record)
+            outbox.put(self.records, partition, str(partition), record)
         for m in out.rekey:  # (3)
-            outbox.send(pipe.topics["rekey"], m.key, m.value)
+            outbox.send(topics["rekey"], m.key, m.value)
         for m in out.clocks:  # after the events they cover, by the same producer
-            for partition in range(settings.kafka.partitions):
-                outbox.send(pipe.topics["rekey"], None, m.value, partition)
+            for partition in range(self.settings.kafka.partitions):
+                outbox.send(topics["rekey"], None, m.value, partition)
         for m in out.dead_letters:
-            outbox.send(pipe.topics["dead_letter"], m.key, m.value)
+            outbox.send(topics["dead_letter"], m.key, m.value)
         for m in out.partials:
-            outbox.send(pipe.topics["partials"], m.key, m.value)
+            outbox.send(topics["partials"], m.key, m.value)
         for m in out.contacts:
-            outbox.send(pipe.topics["contacts"], m.key, m.value)
+            outbox.send(topics["contacts"], m.key, m.value)
         if pipe.direct_rows is None:
             for iid, inter in out.interactions.items():
                 for row in interaction_rows(inter, version=inter.step_count):
-                    outbox.send(pipe.topics["interactions"], f"{iid}|{row['segment']}".encode(), row)
-        send_clocks()
+                    outbox.send(topics["interactions"], f"{iid}|{row['segment']}".encode(), row)
+        self.send_clocks()
         await outbox.flush()  # (4)
         for event in covered:
             event.ack()
 
-    def send_clocks() -> None:
+    def send_clocks(self) -> None:
         # After the partials and contacts they cover, by the same producer: the merge
         # forgets a final window, and FCR decides a contact, only behind these clocks.
         report = {}
-        for partition, engine in stage.engines.items():
+        for partition, engine in self.stage.engines.items():
             watermark = engine.record.watermark
-            merge_clock.send(str(partition), watermark)
-            if watermark and sent_fcr_clock.get(f"lifecycle/{partition}") != watermark:
+            self.merge_clock.send(str(partition), watermark)
+            if watermark and self.sent_fcr_clock.get(f"lifecycle/{partition}") != watermark:
                 report[f"lifecycle/{partition}"] = watermark
         if report:
-            sent_fcr_clock.update(report)
+            self.sent_fcr_clock.update(report)
             value = orjson.dumps({WATERMARK_FIELD: report})
-            for partition in range(settings.kafka.partitions):
-                outbox.send(pipe.topics["contacts"], None, value, partition)
+            for partition in range(self.settings.kafka.partitions):
+                self.outbox.send(self.pipe.topics["contacts"], None, value, partition)
 
-    @app.agent(pipe.topics["input"], name="pipeline")
-    async def pipeline(stream):  # type: ignore[no-untyped-def]
-        stage.hasher = await customer_hasher(pipe)
-        async for event in stream.noack().events():
-            envelope = event.value
-            if TP(envelope.topic, envelope.partition) not in owned():
-                continue  # fetched before a rebalance took it away: its new owner reads it
-            now_ms = int(time.time() * 1000)
-            ensure(envelope.partition, now_ms)
-            stage.on_batch(envelope.topic, envelope.partition, envelope.records, now_ms)
-            pending.append(event)
-            if (len(pending) >= CHECKPOINT_ENVELOPES or lock.locked()
-                    or time.monotonic() - last["checkpoint"] >= CHECKPOINT_SECONDS):
-                await checkpoint()
-
-    @app.timer(CHECKPOINT_SECONDS, name="pipeline-checkpoint")
-    async def checkpoint_idle() -> None:
+    async def on_idle(self) -> None:
         # Envelopes of a stream that went quiet are still acknowledged within the interval.
-        if pending and time.monotonic() - last["checkpoint"] >= CHECKPOINT_SECONDS:
-            await checkpoint()
+        if self.pending and time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
+            await self.checkpoint()
 
-    @app.timer(TICK_SECONDS, name="pipeline-tick")
-    async def tick() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+    async def on_tick(self) -> None:
+        if self.app.rebalancing or not self.app.tables.recovery.completed.is_set():
             return
         now_ms = int(time.time() * 1000)
-        tps = owned()
+        tps = self.owned()
         partitions = {tp.partition for tp in tps}
-        for partition in set(stage.engines) - partitions:
-            drop(partition)
+        for partition in set(self.stage.engines) - partitions:
+            self.drop(partition)
         for partition in partitions:
-            ensure(partition, now_ms)
-        stage.on_tick(now_ms, {(tp.topic, tp.partition): caught_up(tp) for tp in tps})
-        if time.monotonic() - last["expiry"] >= EXPIRY_SCAN_SECONDS:
-            last["expiry"] = time.monotonic()
-            expire()
-        await checkpoint()
+            self.ensure(partition, now_ms)
+        self.stage.on_tick(now_ms, {(tp.topic, tp.partition): self.caught_up(tp) for tp in tps})
+        if time.monotonic() - self.last_expiry >= EXPIRY_SCAN_SECONDS:
+            self.last_expiry = time.monotonic()
+            self.expire()
+        await self.checkpoint()
 
-    def expire() -> None:
+    def expire(self) -> None:
         """Forget the interactions whose windows are all final and that went quiet."""
-        for iid, inter in list(interactions.data.items()):
-            engine = stage.engines.get(inter.partition) if inter is not None else None
+        for iid, inter in list(self.interactions.data.items()):
+            engine = self.stage.engines.get(inter.partition) if inter is not None else None
             if engine is None or engine.record.watermark - inter.last_ts < engine.lateness_ms:
                 continue  # still active: the cheap test first, the derivation only if needed
             if engine.expirable(inter):
                 engine.count_expired(inter)
-                outbox.delete(interactions, inter.partition, iid)
-                outbox.put(records, inter.partition, str(inter.partition), engine.record)
+                self.outbox.delete(self.interactions, inter.partition, iid)
+                self.outbox.put(self.records, inter.partition, str(inter.partition), engine.record)
 
-    def caught_up(tp: TP) -> bool:
+    def caught_up(self, tp: TP) -> bool:
         """Nothing left to read: the offset expected next has reached the partition's end."""
-        consumer = app.consumer
+        consumer = self.app.consumer
         order = getattr(consumer, "order", None)  # streams/kafka_consumer.InOrderConsumer
         expected = order.expected(tp) if order is not None else None
         end = consumer.highwater(tp)
         return expected is not None and end is not None and expected >= end
 
+    def on_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            if tp.topic in self.input_names:
+                self.drop(tp.partition)
+
+
+def register(pipe: Pipeline) -> PipelineShell:
+    app = pipe.app
+    shell = PipelineShell(pipe)
+
+    @app.agent(pipe.topics["input"], name="pipeline")
+    async def pipeline(stream):  # type: ignore[no-untyped-def]
+        shell.stage.hasher = await customer_hasher(pipe)
+        async for event in stream.noack().events():
+            await shell.on_envelope(event)
+
+    @app.timer(CHECKPOINT_SECONDS, name="pipeline-checkpoint")
+    async def checkpoint_idle() -> None:
+        await shell.on_idle()
+
+    @app.timer(TICK_SECONDS, name="pipeline-tick")
+    async def tick() -> None:
+        await shell.on_tick()
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
-        for tp in revoked:
-            if tp.topic in input_names:
-                drop(tp.partition)
+        shell.on_revoked(revoked)
+
+    return shell
 
 
 class DirectRows:
