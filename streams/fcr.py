@@ -1,11 +1,9 @@
 """Stage 2b: first-contact resolution, keyed by (hashed) customer.
 
-The pipeline stage sends one contact per interaction that has a customer id to
-``<app>-contacts``, keyed by a hash of the customer id (the id itself never
-leaves the raw store). Here every contact of a customer meets on one partition;
-a pure ``FcrEngine`` per partition decides each contact once the horizon has
-passed and publishes the delayed FCR part of the contact's windows as partials,
-which the merge stage folds into the same ``kpi.windows`` records.
+The stage's logic is ``FcrStage`` (streams/stages/fcr.py); here are its Faust agent,
+publish timer and rebalance hook, and the customer key every worker hashes with. The
+pipeline sends contacts keyed by a hash of the customer id (the id itself never
+leaves the raw store), so every contact of a customer meets on one partition.
 
 The hash is an HMAC (``ccpulse.pseudonym``): a plain SHA-256 of a phone number can
 be computed by anyone who knows the number. Its key is ``[fcr] customer_key``, or,
@@ -23,29 +21,20 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from ccpulse import kafka_security, probes
 from ccpulse.config import Settings
-from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
-from ccpulse.core.windowing import Windowing
 from ccpulse.pseudonym import CustomerIdHasher, secret_bytes
-from schemas.records import window_record_key
 from streams.context import Pipeline
-from streams.topics import admin_kwargs
 from streams.guard import stage_guard
 from streams.merge import ClockSender
+from streams.stages.fcr import FcrStage, FcrWrites
+from streams.topics import admin_kwargs
 
-EXPIRY_SCAN_SECONDS = 30.0
-# A message on the contacts topic with only this field is the pipeline's clock
-# ({"lifecycle/<p>": event time of partition p}), not a contact.
-WATERMARK_FIELD = "watermark"
 KEY_TOPIC_SUFFIX = "fcr-key"
-# In a contact and in the partition's stored record: which key hashed its customers.
-KEY_ID_FIELD = "kid"
 KEY_RETRY_MAX_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
@@ -104,144 +93,53 @@ async def customer_hasher(pipe: Pipeline) -> CustomerIdHasher:
 
 
 def register(pipe: Pipeline) -> None:
+    """The Faust shell around ``FcrStage``: its agent, publish timer and rebalance hook."""
     app, settings = pipe.app, pipe.settings
-    w = settings.windows
-    customers = pipe.tables["fcr_customers"]
-    records = pipe.tables["fcr_records"]
+    customers, records = pipe.tables["fcr_customers"], pipe.tables["fcr_records"]
     partials = pipe.topics["partials"]
     topic_name = pipe.topics["contacts"].get_topic_name()
-    windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
-    engines: dict[int, FcrEngine] = pipe.fcr_engines
     outbox = pipe.outbox
-    put, delete = outbox.put, outbox.delete
-    last_expiry = [time.monotonic()]
+    stage = FcrStage(settings, customers.data, records.data, now=time.monotonic())
+    pipe.fcr_engines = stage.engines  # /metrics reads the stage's engines
     merge_clock = ClockSender(outbox, partials, settings.kafka.partitions)
     guard = stage_guard(pipe)
 
-    def customer_lists(partition: int) -> list[tuple[str, list[Contact]]]:
-        return [(key, value["contacts"]) for key, value in list(customers.data.items())
-                if value is not None and value["p"] == partition]
+    async def write(out: FcrWrites) -> None:
+        for record, exc in out.failed:
+            guard.record_failed("fcr", record, exc)
+        for m in out.partials:
+            outbox.send(partials, m.key, m.value)
+        for source, watermark in out.clocks.items():  # after the partials they cover
+            merge_clock.send(source, watermark)
+        for partition, doc in out.records.items():
+            outbox.put(records, partition, str(partition), doc)
+        for key, (partition, entry) in out.customers.items():
+            if entry is None:
+                outbox.delete(customers, partition, key)
+            else:
+                outbox.put(customers, partition, key, entry)
+        await outbox.flush()
 
-    def lookup(customer: str) -> list[Contact] | None:
-        entry = customers.data.get(customer)
-        return entry["contacts"] if entry is not None else None
-
-    # partition -> id of the key its customers are hashed with ("": before keyed hashes)
-    state_keys: dict[int, str] = {}
-    warned: set[tuple[int, str, str]] = set()
-
-    def record_doc(partition: int) -> dict[str, Any]:
-        doc = engines[partition].record.to_dict()
-        if partition in state_keys:
-            doc[KEY_ID_FIELD] = state_keys[partition]
-        return doc
-
-    def check_key(partition: int, key_id: str) -> None:
-        """A contact hashed with another key than the partition's state cannot meet that
-        customer's earlier contacts: FCR would count repeats as resolved. Say so."""
-        before = state_keys.setdefault(partition, key_id)
-        if before == key_id:
-            return
-        state_keys[partition] = key_id
-        if (partition, before, key_id) not in warned:
-            warned.add((partition, before, key_id))
-            log.warning("FCR partition %d: contacts hashed with customer key %s meet state hashed with %s "
-                        "(the key changed, a worker has another [fcr] customer_key, or the state predates "
-                        "keyed hashes): contacts of one customer before and after are not linked until "
-                        "windows.fcr_horizon_seconds has passed", partition, key_id or "(none)",
-                        before or "(none: unkeyed SHA-256)")
-
-    def engine_for(partition: int) -> FcrEngine:
-        engine = engines.get(partition)
-        if engine is None:
-            stored = records.data.get(str(partition))
-            if stored:
-                state_keys[partition] = stored.get(KEY_ID_FIELD, "")
-            record = FcrRecord.from_dict(stored) if stored else FcrRecord()
-            engine = FcrEngine(windowing, int(w.fcr_horizon_seconds * 1000),
-                               int(w.allowed_lateness_seconds * 1000), record)
-            engine.rebuild(customer_lists(partition))
-            engines[partition] = engine
-        return engine
+    def drop(partition: int) -> None:
+        stage.revoke(partition)
+        merge_clock.forget(f"fcr-{partition}")
 
     @app.agent(pipe.topics["contacts"], name="fcr")
     async def fcr(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            touched: set[int] = set()
-            for event in batch:
-                msg = event.message
-                with guard.record("fcr", msg):
-                    doc = orjson.loads(msg.value)
-                    engine = engine_for(msg.partition)
-                    touched.add(msg.partition)
-                    if WATERMARK_FIELD in doc:
-                        engine.observe(doc[WATERMARK_FIELD], settings.kafka.partitions, lookup)
-                        continue
-                    check_key(msg.partition, doc.get(KEY_ID_FIELD, ""))
-                    key = doc["customer"]
-                    entry = customers.data.get(key) or {"p": msg.partition, "contacts": []}
-                    contact = Contact(doc["ts"], doc["interaction_id"], doc["queue"], doc["channel"])
-                    if engine.add(key, entry["contacts"], contact, msg.offset):
-                        put(customers, msg.partition, key, entry)
-            for partition in touched:
-                put(records, partition, str(partition), record_doc(partition))
-            await outbox.flush()
+            await write(stage.on_batch([event.message for event in batch]))
 
-    @app.timer(w.publish_interval_seconds, name="publish-fcr")
+    @app.timer(settings.windows.publish_interval_seconds, name="publish-fcr")
     async def publish_fcr() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}
-        for partition in owned:
-            engine_for(partition)
-        for partition in set(engines) - owned:  # re-created by a batch fetched before a rebalance (streams/pipeline.py)
+        for partition in set(stage.engines) - owned:  # re-created by a batch fetched before a rebalance
             drop(partition)
-        expire_now = time.monotonic() - last_expiry[0] >= EXPIRY_SCAN_SECONDS
-        for partition, engine in list(engines.items()):
-            before = engine.record.final_through
-            for snap in engine.close() + engine.take_dirty():
-                outbox.send(partials, window_record_key(snap.key).encode(),
-                            partial(snap, partition, engine.record.watermark,
-                                    windowing.end(snap.key[0], snap.key[1])))
-            merge_clock.send(f"fcr-{partition}", engine.record.watermark)
-            if engine.record.final_through != before:
-                put(records, partition, str(partition), record_doc(partition))
-        if expire_now:
-            expire()
-            last_expiry[0] = time.monotonic()
-        await outbox.flush()
-
-    def expire() -> None:
-        for key, entry in list(customers.data.items()):
-            engine = engines.get(entry["p"]) if entry is not None else None
-            if engine is None:
-                continue
-            partition = entry["p"]
-            gone = engine.expired(entry["contacts"])
-            if not gone:
-                continue
-            entry["contacts"] = [c for c in entry["contacts"] if c not in gone]
-            if entry["contacts"]:
-                put(customers, partition, key, entry)
-            else:
-                delete(customers, partition, key)
-
-    def drop(partition: int) -> None:
-        engines.pop(partition, None)
-        state_keys.pop(partition, None)
-        merge_clock.forget(f"fcr-{partition}")
+        await write(stage.on_tick(time.monotonic(), owned))
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == topic_name:
                 drop(tp.partition)
-
-
-def partial(snap: FcrSnapshot, partition: int, watermark: int, end: int) -> dict[str, Any]:
-    """An FCR partial for the merge stage: its own source, so it never replaces the KPI part."""
-    return {"kind": "window", "key": list(snap.key), "partition": f"fcr-{partition}",
-            "version": snap.version, "final": snap.final, "watermark": watermark,
-            "end": end,
-            "agg": {"counts": {"fcr_contacts": snap.contacts, "fcr_decided": snap.decided,
-                               "fcr_resolved": snap.resolved}, "tops": {}}}
