@@ -39,6 +39,7 @@ from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection
 from schemas.records import dead_letter, event_message, step_from_message, window_label
 from sinks.prometheus import PipelineMetrics
+from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
 from streams.stages.partials import live_partial, window_partial
 from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
 
@@ -197,6 +198,9 @@ class PipelineStage:
                 engine.observe(doc[CLOCK_FIELD])
                 self._touched.add(partition)
                 return
+            if END_OF_INPUT_FIELD in doc:  # a replay's end (streams/stages/end_of_input.py)
+                self._end_of_input(engine, partition, sources, doc[END_OF_INPUT_FIELD], now_ms)
+                return
             origin = (str(doc["source"][0]), int(doc["source"][1]), int(doc["source"][2]))
             raw = doc["payload"].encode("utf-8")
         result = decode_event(raw, self.family_of.get(origin[0], "call"), now_ms, self.max_future_ms,
@@ -215,6 +219,13 @@ class PipelineStage:
                 {"source": list(origin), "payload": raw.decode("utf-8")})))  # type: ignore[union-attr]
             return
         self._apply(engine, partition, source, result, raw, origin, now_ms)  # type: ignore[arg-type]
+
+    def _end_of_input(self, engine: PartitionEngine, partition: int, sources: InputWatermarks, doc: Any,
+                      now_ms: int) -> None:
+        end = EndOfInput.parse(doc)
+        through = closes_through(self.windowing, engine.lateness_ms, end.newest_ms)
+        # Its sources' new report goes out with the next checkpoint's clock, like any other.
+        apply_end_of_input(end, partition, self.family_of, sources, self._positions[partition], through, now_ms)
 
     def _apply(self, engine: PartitionEngine, partition: int, source: str, event: Event, raw: bytes,
                origin: tuple[str, int, int], now_ms: int) -> None:
