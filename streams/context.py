@@ -40,8 +40,6 @@ class Pipeline:
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     metrics: PipelineMetrics | None = None
     writer: ClickHouseWriter | None = None
-    # window record keys whose merged record must be re-published
-    merged_dirty: set[str] = field(default_factory=set)
     fcr_engines: dict[int, FcrEngine] = field(default_factory=dict)
     role: str = "all"
     outbox: Outbox = None  # type: ignore[assignment]  # set right after the app exists

@@ -30,7 +30,7 @@ from ccpulse.config import Settings
 from ccpulse.pseudonym import CustomerIdHasher, secret_bytes
 from streams.context import Pipeline
 from streams.guard import stage_guard
-from streams.merge import ClockSender
+from streams.stages.merge import ClockSender
 from streams.stages.fcr import FcrStage, FcrWrites
 from streams.topics import admin_kwargs
 

@@ -3,22 +3,28 @@ parts and the ``kpi.windows`` / ``kpi.agents`` record published from them.
 
 An entry gathers the partials of one window (``kind: window``) or of one queue's live
 state (``kind: live``) sent by every source partition (``parts``: source -> its newest
-partial). The merge stage (streams/merge.py) writes the entries; its index, the
+partial). The merge stage (streams/stages/merge.py) writes the entries; its index, the
 wallboard and ``/api/windows`` read them with these helpers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+from ccpulse.config import Settings
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import window_record, window_record_key
-from streams.context import Pipeline
 from streams.stages.partials import live_key
 
 Entry = dict[str, Any]
 # The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".
 FCR_SOURCE_PREFIX = "fcr-"
+
+
+class WithSettings(Protocol):
+    """Whatever carries the settings: the pipeline context (/api/windows) or the merge stage."""
+
+    settings: Settings
 
 
 def live_queue(key: str) -> tuple[str, str]:
@@ -45,7 +51,7 @@ def merged_agg(entry: Entry) -> WindowAgg:
     return agg
 
 
-def merged_record(entry: Entry, pipe: Pipeline, now_ms: int, agg: WindowAgg | None = None) -> dict[str, Any]:
+def merged_record(entry: Entry, pipe: WithSettings, now_ms: int, agg: WindowAgg | None = None) -> dict[str, Any]:
     """The record a window entry publishes; ``agg``: its merged counters when already at hand."""
     parts = entry["parts"]
     size, start, scope, name, channel = entry["key"]

@@ -33,7 +33,7 @@ from schemas.records import interaction_rows, raw_event_row
 from streams.context import Pipeline
 from streams.fcr import customer_hasher
 from streams.guard import stage_guard
-from streams.merge import ClockSender
+from streams.stages.merge import ClockSender
 from streams.stages.fcr import WATERMARK_FIELD
 from streams.stages.pipeline import PipelineStage
 

@@ -104,7 +104,7 @@ class RecordingOutbox:
 def test_a_source_sends_its_clock_to_every_merge_partition_when_it_moves() -> None:
     import orjson
 
-    from streams.merge import ClockSender
+    from streams.stages.merge import ClockSender
 
     outbox = RecordingOutbox()
     sender = ClockSender(outbox, "partials", 3)  # type: ignore[arg-type]

@@ -10,7 +10,8 @@ from typing import Any
 from ccpulse.config import Settings
 from ccpulse.core.kpis import QUEUE
 from schemas.records import window_record_key
-from streams import merge, merge_index, merged, wallboard
+from streams import merge_index, merged, wallboard
+from streams.stages import merge
 
 T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 
