@@ -1,4 +1,5 @@
-"""Stage 4: SLA breaches and the weighted scorecard.
+"""Stage 4: SLA breaches and the weighted scorecard: the Faust shell around the stages of
+streams/stages/sla.py (their logic and unit tests: tests/test_sla_stage.py).
 
     kpi.queue-state ─────────────────────────────┐
                                                   ├─ sla ──▶ sla.breaches ──▶ sla_breaches (CH)
@@ -35,156 +36,62 @@ Live traffic, one record a second, is not affected.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
-from ccpulse.core.scorecard import eligible, scorecard_key, scorecard_record
-from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, queue_state_values, window_values
-from schemas.events import parse_timestamp_ms
 from streams.context import Pipeline
 from streams.guard import stage_guard
+from streams.stages.io import Consumed, Failure, Sends
+from streams.stages.sla import ScorecardStage, SlaCollector, SlaStage, SlaWindowsStage
 
 OBSERVATIONS = "sla-observations"
-
-
-def _ms(text: str) -> int:
-    ms = parse_timestamp_ms(text)
-    if ms is None:
-        raise ValueError(f"not a timestamp: {text!r}")
-    return ms
+BATCH, WITHIN = 2000, 0.05
 
 
 def register(pipe: Pipeline) -> None:
-    app, settings = pipe.app, pipe.settings
-    targets = settings.targets
-    hold = targets.hold
+    app, settings, outbox = pipe.app, pipe.settings, pipe.outbox
     table = pipe.tables["sla"]
-    breaches_topic = pipe.topics["sla_breaches"]
-    observations = pipe.topics["sla_observations"]
-    scorecards_topic = pipe.topics["kpi_scorecards"]
     source_names = {settings.topics.name("kpi_queue_state"), pipe.internal(OBSERVATIONS)}
     source = app.topic(*sorted(source_names), value_serializer="orjson", key_serializer="raw")
-
-    def active_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in source_names}
-
-    def owned_entries() -> Iterable[dict[str, Any]]:
-        actives = active_partitions()
-        return [entry for entry in list(table.data.values())
-                if entry is not None and entry.get("p") in actives]
-
-    pipe.metrics.registry.register(SlaCollector(owned_entries))
-
-    outbox = pipe.outbox
     guard = stage_guard(pipe)
 
-    def publish(events: list[Breach]) -> None:
-        now_ms = int(time.time() * 1000)
-        for breach in events:
-            outbox.send(breaches_topic, breach.breach_id.encode(), breach.to_record(now_ms))
+    def owned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in source_names}
 
-    def save(partition: int, key: str, sla: QueueSla, before: dict[str, Any] | None,
-             force: bool) -> None:
-        after = {"p": partition, **sla.to_dict()}
-        if force or before is None or _significant(before) != _significant(after):
-            outbox.put(table, partition, key, after)
+    stage = SlaStage(settings.targets, table.data, owned)
+    windows = SlaWindowsStage()
+    scorecards = ScorecardStage(settings.scorecard)
+    pipe.metrics.registry.register(SlaCollector(stage.snapshot))
+
+    def dead_letter(agent: str, failures: list[Failure]) -> None:
+        for failure in failures:
+            guard.record_failed(agent, failure.message, failure.error)
+
+    def send(topic: str, out: Sends) -> None:
+        for m in out.messages:
+            outbox.send(pipe.topics[topic], m.key, m.value)
 
     @app.agent(source, name="sla")
     async def sla(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take_events(2000, within=0.05):
-            newest = 0
-            for event in batch:
-                with guard.record("sla", event.message):
-                    doc = event.value
-                    if not isinstance(doc, dict) or "queue" not in doc or "channel" not in doc:
-                        continue
-                    queue, channel = doc["queue"], doc["channel"]
-                    key = f"{queue}|{channel}"
-                    before = table.data.get(key)
-                    state = QueueSla.from_dict(before) if before else QueueSla(queue, channel)
-                    partition = before["p"] if before else event.message.partition
-                    queue_targets = targets.for_queue(queue, channel)
-                    if "last_15m" in doc:  # a kpi.queue-state record
-                        at = _ms(doc["as_of"])
-                        if at <= 0:
-                            # Published before the merge stage saw any event time (just after
-                            # its restart): no time to place it at, and its rolling view is void.
-                            continue
-                        newest = max(newest, at)
-                        seq = (at, _ms(doc["published_at"]))
-                        events = state.observe(queue_state_values(doc), at, queue_targets, hold,
-                                               seq=seq, source="state")
-                    else:  # an observation re-keyed from kpi.windows
-                        events = state.observe(doc["values"], doc["at"], queue_targets, hold,
-                                               seq=doc["seq"], source=doc["source"])
-                    publish(events)
-                    save(partition, key, state, before, force=True)
-            if newest:
-                tick(newest)
+        async for batch in stream.take_events(BATCH, within=WITHIN):
+            out = stage.on_batch([Consumed.of(event) for event in batch], int(time.time() * 1000))
+            dead_letter("sla", out.failures)
+            for m in out.breaches:  # before the state that follows from them
+                outbox.send(pipe.topics["sla_breaches"], m.key, m.value)
+            for put in out.puts:
+                outbox.put(table, put.partition, put.key, put.value)
             await outbox.flush()
-
-    def tick(at: int) -> None:
-        for entry in owned_entries():
-            state = QueueSla.from_dict(entry)
-            events = state.tick(at, targets.for_queue(state.queue, state.channel), hold)
-            publish(events)
-            save(entry["p"], f"{state.queue}|{state.channel}", state, entry, force=False)
 
     @app.agent(pipe.topics["kpi_windows"], name="sla-windows")
     async def sla_windows(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take_events(2000, within=0.05):
-            for event in batch:
-                record = event.value
-                with guard.record("sla-windows", event.message):
-                    values = window_values(record) if isinstance(record, dict) else None
-                    if values is None:
-                        continue
-                    end = _ms(record["window_end"])
-                    outbox.send(
-                        observations, f"{record['queue']}|{record['channel']}".encode(),
-                        {"queue": record["queue"], "channel": record["channel"], "values": values,
-                         "at": end, "seq": [end, record["version"]], "source": "windows-1h"})
+        async for batch in stream.take_events(BATCH, within=WITHIN):
+            out = windows.on_batch([Consumed.of(event) for event in batch])
+            dead_letter("sla-windows", out.failures)
+            send("sla_observations", out)
             await outbox.flush()
 
     @app.agent(pipe.topics["kpi_windows"], name="scorecards")
-    async def scorecards(stream):  # type: ignore[no-untyped-def]
-        async for batch in stream.take_events(2000, within=0.05):
-            now_ms = int(time.time() * 1000)
-            for event in batch:
-                record = event.value
-                with guard.record("scorecards", event.message):
-                    if not isinstance(record, dict) or not eligible(record, settings.scorecard):
-                        continue
-                    card = scorecard_record(record, settings.scorecard, now_ms)
-                    outbox.send(scorecards_topic, scorecard_key(card).encode(), card)
+    async def scorecards_agent(stream):  # type: ignore[no-untyped-def]
+        async for batch in stream.take_events(BATCH, within=WITHIN):
+            out = scorecards.on_batch([Consumed.of(event) for event in batch], int(time.time() * 1000))
+            dead_letter("scorecards", out.failures)
+            send("kpi_scorecards", out)
             await outbox.flush()
-
-
-def _significant(entry: dict[str, Any]) -> Any:
-    """A stored entry without the bookkeeping a tick moves on every batch (last_at)."""
-    return {**entry, "detectors": {k: {f: v for f, v in d.items() if f != "last_at"}
-                                   for k, d in entry.get("detectors", {}).items()}}
-
-
-class SlaCollector(Collector):
-    """``ccpulse_sla_breach_open{queue,channel,kpi}``: 1 while a breach is open, else 0.
-
-    Read from the recovered state table at scrape time (like the KPI counters), for
-    the queues whose partitions this worker owns.
-    """
-
-    def __init__(self, entries: Callable[[], Iterable[dict[str, Any]]]) -> None:
-        self._entries = entries
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("ccpulse_sla_breach_open",
-                                  "1 while an SLA breach of the KPI is open (targets in the config)",
-                                  labels=["queue", "channel", "kpi"])
-        for entry in self._entries():
-            for kpi, det in sorted(entry.get("detectors", {}).items()):
-                gauge.add_metric([entry["queue"], entry["channel"], kpi],
-                                 1.0 if det.get("status") in OPEN_STATES else 0.0)
-        yield gauge
-

@@ -1,4 +1,5 @@
-"""ClickHouse writer agents: raw events, interaction rows and KPI windows.
+"""ClickHouse writer agents: raw events, interaction rows and KPI windows; the Faust shell
+around the store stage of streams/stages/store.py (unit tests: tests/test_store_stage.py).
 
 In the all-in-one role the pipeline's checkpoint stores raw events and interaction
 rows itself (streams.pipeline.DirectRows); the writer role reads them from the input
@@ -21,19 +22,16 @@ fetched: offsets stay uncommitted and the consumer lag grows instead.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import time
-
-from ccpulse.core.windowing import Windowing
 from ccpulse.pseudonym import CustomerIdHasher
-from schemas.events import Rejection
-from schemas.records import breach_row, event_message, raw_event_row, scorecard_row
+from schemas.records import breach_row, scorecard_row
 from sinks.clickhouse import ClickHouseWriter, Retention
 from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.pipeline import DirectRows
-from streams.stages.validation import FAMILIES, decode_event
+from streams.stages.io import Consumed
+from streams.stages.store import RawEventRows, RowOf, StoreStage, of_value
 
 
 def _same(record: dict[str, Any]) -> dict[str, Any]:
@@ -65,42 +63,23 @@ def register(pipe: Pipeline) -> None:
     def stopping() -> bool:
         return app.should_stop
 
-    def store(topic: str, table: str, name: str, row: Callable[[Any], dict[str, Any] | None]) -> None:
-        """One agent per table: each record's row goes to the table's sink under its partition,
-        and the batch is acknowledged once the sink has written it."""
-        sink = writer.sink(table)
+    def store(topic: str, table: str, name: str, row: RowOf) -> None:
+        """One agent per table; a batch is acknowledged once the sink has written it."""
+        stage = StoreStage(name, writer.sink(table), row)
 
         @app.agent(pipe.topics[topic], name=name)
         async def agent(stream):  # type: ignore[no-untyped-def]
             async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
-                for event in batch:
-                    with guard.record(name, event.message):
-                        built = row(event)
-                        if built is not None:
-                            sink.add(built, event.message.partition)
-                await sink.flush(stopping)
-
-    family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
-    max_future_ms = int(settings.max_future_seconds * 1000)
-    windowing = Windowing(settings.windows.sizes, settings.windows.timezone, settings.windows.day_start_hour)
-
-    def raw_row(event: Any) -> dict[str, Any] | None:
-        msg = event.message
-        # Refused records are the pipeline's to dead-letter; only accepted ones are stored.
-        event = decode_event(msg.value, family_of[msg.topic], int(time.time() * 1000), max_future_ms, windowing)
-        if isinstance(event, Rejection):
-            return None
-        return raw_event_row(event_message(event, msg.value, msg.topic, msg.partition, msg.offset), hasher)
-
-    def value_of(row: Callable[[Any], dict[str, Any] | None]) -> Callable[[Any], dict[str, Any] | None]:
-        return lambda event: row(event.value)
+                for failure in stage.on_batch([Consumed.of(event) for event in batch]):
+                    guard.record_failed(name, failure.message, failure.error)
+                await stage.flush(stopping)
 
     if pipe.role == "writer":
-        store("input_raw", "raw_events", "store-raw-events", raw_row)
-        store("interactions", "interactions", "store-interactions", value_of(_same))
+        store("input_raw", "raw_events", "store-raw-events", RawEventRows(settings, hasher))
+        store("interactions", "interactions", "store-interactions", of_value(_same))
     else:
         pipe.direct_rows = DirectRows(writer.sink("raw_events"), writer.sink("interactions"), hasher, stopping)
-    store("kpi_agents", "agent_windows", "store-agent-windows", value_of(_same))
-    store("kpi_windows", "kpi_windows", "store-kpi-windows", value_of(_same))
-    store("sla_breaches", "sla_breaches", "store-sla-breaches", value_of(breach_row))
-    store("kpi_scorecards", "scorecards", "store-scorecards", value_of(scorecard_row))
+    store("kpi_agents", "agent_windows", "store-agent-windows", of_value(_same))
+    store("kpi_windows", "kpi_windows", "store-kpi-windows", of_value(_same))
+    store("sla_breaches", "sla_breaches", "store-sla-breaches", of_value(breach_row))
+    store("kpi_scorecards", "scorecards", "store-scorecards", of_value(scorecard_row))

@@ -295,7 +295,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                           st.integers(-62_135_596_800_000, NOW), st.text(max_size=40)), min_size=1, max_size=30))
 def test_accepted_events_are_storable(store: Any, batch: list) -> None:
     from schemas.records import event_message
-    from streams.storage import raw_event_row
+    from schemas.records import raw_event_row
     rows = []
     for i, ((family, doc), version, at, customer) in enumerate(batch):
         mutated = {**doc, "schema_version": version, "occurred_at": format_ms(at), "customer_id": customer or None,

@@ -416,7 +416,7 @@ def test_breach_gauge_and_clickhouse_rows() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from schemas.records import breach_row
-    from streams.sla import SlaCollector
+    from streams.stages.sla import SlaCollector
 
     q = QueueSla("billing", "voice")
     observe(q, 0, {"service_level": 0.1, "asa_seconds": 5.0}, 1)
