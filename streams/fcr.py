@@ -105,19 +105,19 @@ def register(pipe: Pipeline) -> None:
     guard = stage_guard(pipe)
 
     async def write(out: FcrWrites) -> None:
-        for record, exc in out.failed:
-            guard.record_failed("fcr", record, exc)
+        for failure in out.failures:
+            guard.record_failed("fcr", failure.message, failure.error)
         for m in out.partials:
             outbox.send(partials, m.key, m.value)
         for source, watermark in out.clocks.items():  # after the partials they cover
             merge_clock.send(source, watermark)
-        for partition, doc in out.records.items():
-            outbox.put(records, partition, str(partition), doc)
-        for key, (partition, entry) in out.customers.items():
-            if entry is None:
-                outbox.delete(customers, partition, key)
+        for put in out.records:
+            outbox.put(records, put.partition, put.key, put.value)
+        for put in out.customers:
+            if put.value is None:
+                outbox.delete(customers, put.partition, put.key)
             else:
-                outbox.put(customers, partition, key, entry)
+                outbox.put(customers, put.partition, put.key, put.value)
         await outbox.flush()
 
     def drop(partition: int) -> None:

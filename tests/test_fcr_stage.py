@@ -20,6 +20,7 @@ from ccpulse.core.fcr import Contact
 from schemas.events import parse_timestamp_ms
 from schemas.records import window_record_key
 from streams.stages.fcr import EXPIRY_SCAN_SECONDS, FcrStage, FcrWrites
+from streams.stages.io import TablePut
 
 PARTITIONS = 2
 T0 = parse_timestamp_ms("2026-01-05T08:00:00Z")
@@ -67,14 +68,20 @@ class Tables:
 
     def write(self, out: FcrWrites) -> FcrWrites:
         """What the shell's outbox does with the table writes."""
-        for key, (_partition, entry) in out.customers.items():
-            if entry is None:
-                self.customers.pop(key, None)
+        for put in out.customers:
+            if put.value is None:
+                self.customers.pop(put.key, None)
             else:
-                self.customers[key] = entry
-        for partition, doc in out.records.items():
-            self.records[str(partition)] = doc
+                self.customers[put.key] = put.value
+        for put in out.records:
+            self.records[put.key] = put.value
         return out
+
+    @staticmethod
+    def record(out: FcrWrites, partition: int) -> dict[str, Any]:
+        [put] = [put for put in out.records if put.partition == partition]
+        assert put.key == str(partition)
+        return put.value
 
 
 def window_key(start: int) -> tuple[int, int, str, str, str]:
@@ -86,26 +93,28 @@ def test_a_contact_is_stored_under_its_customer_and_the_record_names_the_key() -
     stage = tables.stage()
     out = tables.write(stage.on_batch([Rec(1, 5, contact("c1", "i1", T0))]))
     entry = {"p": 1, "contacts": [Contact(T0, "i1", "billing", "voice")]}
-    assert out.customers == {"c1": (1, entry)} and tables.customers == {"c1": entry}
-    assert out.records[1]["kid"] == "k1" and out.records[1]["last_offset"] == 5
-    assert out.partials == [] and out.clocks == {} and out.failed == []
+    assert out.customers == [TablePut(1, "c1", entry)] and tables.customers == {"c1": entry}
+    assert tables.record(out, 1)["kid"] == "k1" and tables.record(out, 1)["last_offset"] == 5
+    assert out.partials == [] and out.clocks == {} and out.failures == []
     assert set(stage.engines) == {1}
     # The same contact again (a re-delivery) changes no customer; the record notes the offset.
     again = tables.write(stage.on_batch([Rec(1, 6, contact("c1", "i1", T0))]))
-    assert again.customers == {} and again.records[1]["last_offset"] == 6
+    assert again.customers == [] and tables.record(again, 1)["last_offset"] == 6
 
 
 def test_a_repeat_within_the_horizon_is_not_resolved_and_a_window_becomes_final() -> None:
     tables = Tables()
     stage = tables.stage()
-    tables.write(stage.on_batch([Rec(0, 0, contact("c1", "i1", T0)),
-                                 Rec(0, 1, contact("c2", "i3", T0 + 10_000)),
-                                 Rec(0, 2, contact("c1", "i2", T0 + 100_000))]))
+    first = tables.write(stage.on_batch([Rec(0, 0, contact("c1", "i1", T0)),
+                                         Rec(0, 1, contact("c2", "i3", T0 + 10_000)),
+                                         Rec(0, 2, contact("c1", "i2", T0 + 100_000))]))
+    assert [put.key for put in first.customers] == ["c1", "c2"]  # each changed customer once
+    assert [c.interaction_id for c in first.customers[0].value["contacts"]] == ["i1", "i2"]
     # One lifecycle partition of two has reported: event time does not move.
     tables.write(stage.on_batch([Rec(0, 3, clock(FIRST_WINDOW_FINAL + 10_000, range(1)))]))
     held = tables.write(stage.on_tick(1.0, {0}))
     assert [(m.value["key"][1], m.value["final"]) for m in held.partials] == [(T0, False), (T0 + MIN, False)]
-    assert held.clocks == {"fcr-0": 0} and held.records == {}  # (a clock at 0 is never sent)
+    assert held.clocks == {"fcr-0": 0} and held.records == []  # (a clock at 0 is never sent)
 
     tables.write(stage.on_batch([Rec(0, 4, clock(FIRST_WINDOW_FINAL + 10_000))]))
     out = tables.write(stage.on_tick(2.0, {0}))
@@ -117,11 +126,11 @@ def test_a_repeat_within_the_horizon_is_not_resolved_and_a_window_becomes_final(
         # i1 has a repeat (i2, 100 s later): decided, not resolved; i3 is resolved
         "agg": {"counts": {"fcr_contacts": 2, "fcr_decided": 2, "fcr_resolved": 1}, "tops": {}}}
     assert out.clocks == {"fcr-0": FIRST_WINDOW_FINAL + 10_000}
-    assert out.records[0]["final_through"] == FIRST_WINDOW_FINAL + 10_000
-    assert out.records[0]["totals"] == {"billing|voice": [2, 2, 1]}
+    assert tables.record(out, 0)["final_through"] == FIRST_WINDOW_FINAL + 10_000
+    assert tables.record(out, 0)["totals"] == {"billing|voice": [2, 2, 1]}
     # Nothing changed since: nothing to send (the shell's ClockSender sends a clock once).
     quiet = stage.on_tick(3.0, {0})
-    assert quiet.partials == [] and quiet.records == {} and quiet.clocks == {"fcr-0": FIRST_WINDOW_FINAL + 10_000}
+    assert quiet.partials == [] and quiet.records == [] and quiet.clocks == {"fcr-0": FIRST_WINDOW_FINAL + 10_000}
     # i2 is decided at its ts + horizon + lateness, before its window is final: resolved.
     decided_at = T0 + 100_000 + (HORIZON_S + LATENESS_S) * 1000
     tables.write(stage.on_batch([Rec(0, 5, clock(decided_at))]))
@@ -138,10 +147,10 @@ def test_a_record_that_fails_costs_that_record_only(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="streams.stages.fcr"):
         out = tables.write(stage.on_batch([*bad, Rec(0, 3, contact("c1", "i1", T0))]))
     assert not [r for r in caplog.records if "customer key" in r.getMessage()]
-    assert [record for record, _exc in out.failed] == bad
-    assert all(isinstance(exc, Exception) for _record, exc in out.failed)
-    assert list(out.customers) == ["c1"] and tables.customers["c1"]["contacts"][0].interaction_id == "i1"
-    assert out.records[0]["last_offset"] == 3
+    assert [failure.message for failure in out.failures] == bad
+    assert all(isinstance(failure.error, Exception) for failure in out.failures)
+    assert [put.key for put in out.customers] == ["c1"] and tables.customers["c1"]["contacts"][0].interaction_id == "i1"
+    assert tables.record(out, 0)["last_offset"] == 3
 
 
 def test_contacts_hashed_with_another_key_are_reported_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -155,7 +164,7 @@ def test_contacts_hashed_with_another_key_are_reported_once(caplog: pytest.LogCa
                                      Rec(0, 4, contact("c5", "i5", T0, kid="k2"))]))
     warnings = [r.getMessage() for r in caplog.records if "customer key" in r.getMessage()]
     assert len(warnings) == 2  # k1 -> k2, k2 -> k1; k1 -> k2 again repeats the first line: not logged
-    assert out.records[0]["kid"] == "k2"
+    assert tables.record(out, 0)["kid"] == "k2"
 
 
 def test_a_partition_is_rebuilt_from_the_tables(caplog: pytest.LogCaptureFixture) -> None:
@@ -185,7 +194,7 @@ def test_on_tick_owns_the_partitions_it_is_given_and_revoke_forgets_one() -> Non
     assert set(stage.engines) == {0}
     # The customers stay in the table: Faust drops a revoked partition's keys itself.
     assert "c1" in tables.customers
-    assert tables.write(stage.on_batch([Rec(1, 1, contact("c1", "i1", T0))])).customers == {}
+    assert tables.write(stage.on_batch([Rec(1, 1, contact("c1", "i1", T0))])).customers == []
     assert set(stage.engines) == {0, 1}
 
 
@@ -198,12 +207,12 @@ def test_contacts_no_window_needs_expire_every_scan_interval() -> None:
     done = late - 1000  # past the first contacts' windows and decisions, not the late one's
     tables.write(stage.on_batch([Rec(0, 3, clock(done))]))
     early = tables.write(stage.on_tick(100.0 + EXPIRY_SCAN_SECONDS - 1, {0}))
-    assert early.customers == {} and set(tables.customers) == {"c1", "c2"}
+    assert early.customers == [] and set(tables.customers) == {"c1", "c2"}
     out = tables.write(stage.on_tick(100.0 + EXPIRY_SCAN_SECONDS, {0}))
-    assert out.customers == {"c1": (0, None), "c2": (0, {"p": 0, "contacts": [Contact(late, "i3", "billing",
-                                                                                       "voice")]})}
+    assert out.customers == [TablePut(0, "c1", None),
+                             TablePut(0, "c2", {"p": 0, "contacts": [Contact(late, "i3", "billing", "voice")]})]
     assert set(tables.customers) == {"c2"}
     # The next scan is an interval later.
     tables.write(stage.on_batch([Rec(0, 4, clock(late + 2 * (HORIZON_S + LATENESS_S) * 1000))]))
-    assert tables.write(stage.on_tick(100.0 + 2 * EXPIRY_SCAN_SECONDS - 1, {0})).customers == {}
-    assert tables.write(stage.on_tick(100.0 + 2 * EXPIRY_SCAN_SECONDS, {0})).customers == {"c2": (0, None)}
+    assert tables.write(stage.on_tick(100.0 + 2 * EXPIRY_SCAN_SECONDS - 1, {0})).customers == []
+    assert tables.write(stage.on_tick(100.0 + 2 * EXPIRY_SCAN_SECONDS, {0})).customers == [TablePut(0, "c2", None)]

@@ -28,6 +28,7 @@ from ccpulse.config import Settings
 from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
+from streams.stages.io import Failure, TablePut
 from streams.stages.pipeline import Message
 
 # A contact sent by the pipeline is re-checked for expiry this often (monotonic seconds).
@@ -49,7 +50,8 @@ class CustomerEntry(TypedDict):
 
 
 class ContactRecord(Protocol):
-    """A consumed record of ``<app>-contacts``, as Faust's messages have it."""
+    """A consumed record of ``<app>-contacts``, as Faust's messages have it (the shell
+    passes the messages themselves: a failed one is dead-lettered as it was read)."""
 
     partition: int
     offset: int
@@ -60,14 +62,14 @@ class ContactRecord(Protocol):
 class FcrWrites:
     """What must be written before the records behind it are acknowledged."""
 
-    # customer -> (its partition, its entry now; None: delete it), each changed customer once
-    customers: dict[str, tuple[int, CustomerEntry | None]] = field(default_factory=dict)
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # partition -> its record
+    # fcr-customers, each changed customer once, as the mapping holds it now (value None:
+    # deleted); already applied to the mapping, since deciding reads it back
+    customers: list[TablePut] = field(default_factory=list)
+    records: list[TablePut] = field(default_factory=list)  # fcr-records: str(partition) -> its record
     partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
     # merge clock source ("fcr-<p>") -> its watermark: sent after ``partials``, which it covers
     clocks: dict[str, int] = field(default_factory=dict)
-    # records whose processing raised: dead-lettered by the shell (streams/guard.py)
-    failed: list[tuple[ContactRecord, Exception]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)  # dead-lettered by the shell (streams/guard.py)
 
 
 def fcr_partial(snap: FcrSnapshot, partition: int, watermark: int, end: int) -> Message:
@@ -127,16 +129,17 @@ class FcrStage:
         """Contacts and clocks of ``<app>-contacts``, each partition's in offset order."""
         out = FcrWrites()
         touched: set[int] = set()
+        changed: dict[str, int] = {}  # customer -> its partition, in the order first changed
         for record in records:
             try:
-                self._one(record, touched, out)
+                self._one(record, touched, changed)
             except Exception as exc:  # one record's failure costs that record only (issue 14)
-                out.failed.append((record, exc))
-        for partition in sorted(touched):
-            out.records[partition] = self._record_doc(partition)
+                out.failures.append(Failure(record, exc))
+        out.customers = [TablePut(partition, key, self.customers.get(key)) for key, partition in changed.items()]
+        out.records = [self._record_put(partition) for partition in sorted(touched)]
         return out
 
-    def _one(self, record: ContactRecord, touched: set[int], out: FcrWrites) -> None:
+    def _one(self, record: ContactRecord, touched: set[int], changed: dict[str, int]) -> None:
         doc = orjson.loads(record.value)  # type: ignore[arg-type]
         engine = self._engine(record.partition)
         touched.add(record.partition)
@@ -150,7 +153,7 @@ class FcrStage:
         entry = self.customers.get(key) or CustomerEntry(p=record.partition, contacts=[])
         if engine.add(key, entry["contacts"], contact, record.offset):
             self.customers[key] = entry
-            out.customers[key] = (record.partition, entry)
+            changed.setdefault(key, record.partition)
 
     def _lookup(self, customer: str) -> list[Contact] | None:
         entry = self.customers.get(customer)
@@ -171,11 +174,11 @@ class FcrStage:
                         "windows.fcr_horizon_seconds has passed", partition, key_id or "(none)",
                         before or "(none: unkeyed SHA-256)")
 
-    def _record_doc(self, partition: int) -> dict[str, Any]:
+    def _record_put(self, partition: int) -> TablePut:
         doc = self.engines[partition].record.to_dict()
         if partition in self._state_keys:
             doc[KEY_ID_FIELD] = self._state_keys[partition]
-        return doc
+        return TablePut(partition, str(partition), doc)
 
     # -- time -----------------------------------------------------------------
 
@@ -193,7 +196,7 @@ class FcrStage:
                                                 self.windowing.end(snap.key[0], snap.key[1])))
             out.clocks[f"fcr-{partition}"] = engine.record.watermark
             if engine.record.final_through != before:
-                out.records[partition] = self._record_doc(partition)
+                out.records.append(self._record_put(partition))
         if now - self._last_expiry >= EXPIRY_SCAN_SECONDS:
             self._expire(out)
             self._last_expiry = now
@@ -209,7 +212,7 @@ class FcrStage:
                 continue
             entry["contacts"] = [c for c in entry["contacts"] if c not in gone]
             if entry["contacts"]:
-                out.customers[key] = (entry["p"], entry)
+                out.customers.append(TablePut(entry["p"], key, entry))
             else:
                 del self.customers[key]
-                out.customers[key] = (entry["p"], None)
+                out.customers.append(TablePut(entry["p"], key, None))
