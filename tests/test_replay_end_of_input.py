@@ -240,3 +240,15 @@ def test_a_malformed_end_is_dead_lettered_and_moves_nothing(bad: dict[str, Any])
     assert len(out.dead_letters) == 1
     assert "end_of_input" in out.dead_letters[0].value["detail"]
     assert not out.clocks
+
+
+def test_the_rekey_topic_written_is_the_one_the_worker_reads() -> None:
+    import os
+
+    from ccpulse.config import load_settings
+    from streams.app import create_app
+    from streams.stages.end_of_input import rekey_topic
+
+    env = {"CCPULSE_APP_ID": "some-app", "CCPULSE_TOPIC_PREFIX": "p.", "CCPULSE_CONFIG": os.devnull}
+    s = load_settings(env=env)
+    assert rekey_topic(s) == create_app(s).pipeline.topics["rekey"].get_topic_name()  # type: ignore[attr-defined]

@@ -452,6 +452,7 @@ class ReplayStats:
     adjusted: dict[str, int] = field(default_factory=dict)  # rows kept after a documented fix-up
     examples: tuple[str, ...] = ()  # the first few bad-record messages
     families: tuple[str, ...] = ()  # event families published (call, chat, ticket)
+    newest_ms: int | None = None  # the newest occurred_at published (None: nothing published)
 
     def summary(self) -> str:
         parts = [f"{self.rows:,} rows -> {self.interactions:,} interactions, {self.events:,} events"]
@@ -1057,6 +1058,8 @@ async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str
     ``pipeline``: the event time of the pipeline the events go to; when some of
     them would be late there, nothing is published (``ReplayError``).
     """
+    from schemas.events import parse_timestamp_ms
+
     events, stats = load(path, mapping, limit)
     if pipeline is not None:
         pipeline.refuse_late(events, path)
@@ -1068,8 +1071,10 @@ async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str
     callback = None if progress is None else (lambda done: progress(done, total))
     sent = await publish(events, bootstrap, {f: topics[f] for f in families}, speed, stop=stop,
                          progress=callback, partition=partition, **security)
+    # Events are in event-time order. Only a complete replay has an end of input.
+    newest = parse_timestamp_ms(events[-1][1]["occurred_at"]) if events and sent == total else None
     return ReplayStats(stats.rows, stats.interactions, stats.skipped, sent, stats.invalid,
-                       stats.adjusted, stats.examples, tuple(sorted(families)))
+                       stats.adjusted, stats.examples, tuple(sorted(families)), newest)
 
 
 async def publish(events: Iterable[tuple[str, dict[str, Any]]], bootstrap: str, topics: Mapping[str, str],
@@ -1257,6 +1262,102 @@ async def _newest_times(settings: Any, wanted: Mapping[str, tuple[int, Callable[
     return newest
 
 
+# ---------------------------------------------------------------- the end of input
+
+# The replay gives up waiting for the workers when their group commits nothing further
+# of the input for this long: a worker that restarts is back within its session timeout
+# (10 s) plus recovery.
+END_OF_INPUT_STALL_SECONDS = 60.0
+
+
+async def send_end_of_input(settings: Any, newest_ms: int, stall_seconds: float = END_OF_INPUT_STALL_SECONDS,
+                            timeout: float = 15.0) -> str:
+    """Close every window the replay touched: the line to print (streams/stages/end_of_input.py).
+
+    Waits until the workers' consumer group (the app id) has committed every partition of
+    the input topics through the ends it reads now, then writes one end-of-input record
+    to every partition of ``<app>-rekey``. No worker in the group: nothing is sent (the
+    line says so). ``CommandError`` when the group commits nothing further for
+    ``stall_seconds``.
+    """
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from ccpulse.commands.publish import input_topics
+    from ccpulse.core.timestamps import format_ms
+    from ccpulse.core.windowing import Windowing
+    from ccpulse.kafka_security import client_kwargs, quiet_client_logs
+    from streams.stages.end_of_input import EndOfInput, closes_through, rekey_topic
+
+    k, group, rekey = settings.kafka, settings.app_id, rekey_topic(settings)
+    consumer = AIOKafkaConsumer(bootstrap_servers=k.bootstrap, group_id=None, enable_auto_commit=False,
+                                **client_kwargs(k))
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap, **client_kwargs(k))
+    producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap, acks="all", **client_kwargs(k))
+    with quiet_client_logs():
+        await asyncio.wait_for(asyncio.gather(consumer.start(), admin.start(), producer.start()), timeout)
+        try:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(topic, p) for topic in sorted(set(input_topics(settings).values()))
+                   for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)
+            if not await _group_members(admin, group):
+                return (f"end of input not sent: no worker of app {group} is running (its windows close "
+                        "as event time passes them; replay with a worker running to close them at once)")
+            await _wait_until_read(admin, group, {tp: end for tp, end in ends.items() if end > starts[tp]},
+                                   stall_seconds)
+            end = EndOfInput(uuid.uuid4().hex[:12], newest_ms,
+                             {f"{tp.topic}/{tp.partition}": offset for tp, offset in sorted(ends.items())})
+            partitions = sorted(await producer.partitions_for(rekey))
+            for p in partitions:
+                await producer.send(rekey, end.value(), partition=p)
+            await producer.flush()
+        finally:
+            await asyncio.gather(consumer.stop(), admin.close(), producer.stop(), return_exceptions=True)
+    w = settings.windows
+    through = closes_through(Windowing(w.sizes, w.timezone, w.day_start_hour),
+                             int(w.allowed_lateness_seconds * 1000), newest_ms)
+    line = (f"end of input sent (run {end.run}) to the {len(partitions)} partitions of {rekey}, "
+            f"its newest event at {format_ms(newest_ms)}: ")
+    if through <= time.time() * 1000:
+        return line + f"closes through {format_ms(through)} (its windows' end plus allowed_lateness_seconds)"
+    return line + (f"closes through the wall clock, not past it (live windows stay open); the rest "
+                   f"closes as event time reaches {format_ms(through)}")
+
+
+async def _group_members(admin: Any, group: str) -> int:
+    described = await admin.describe_consumer_groups([group])
+    return sum(len(g["members"]) for response in described for g in response.to_object()["groups"]
+               if g["group"] == group)
+
+
+async def _wait_until_read(admin: Any, group: str, ends: Mapping[Any, int], stall_seconds: float) -> None:
+    """Until ``group`` has committed every partition of ``ends`` through its end (a
+    committed offset means every effect of the records before it is written)."""
+    from ccpulse.commands.errors import CommandError
+
+    loop = asyncio.get_running_loop()
+    best, since = -1, loop.time()
+    while True:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+        done = {tp: min(max(offsets[tp].offset, 0), end) if tp in offsets else 0 for tp, end in ends.items()}
+        left = {tp: end - done[tp] for tp, end in ends.items() if done[tp] < end}
+        if not left:
+            return
+        read = sum(done.values())
+        if read > best:
+            best, since = read, loop.time()
+        elif loop.time() - since >= stall_seconds:
+            behind = ", ".join(f"{tp.topic}/{tp.partition} {n:,} left" for tp, n in sorted(left.items())[:4])
+            raise CommandError(f"end of input not sent: the workers of app {group} have committed nothing "
+                               f"further for {stall_seconds:g} s ({behind}); is a worker stuck (see its /health)? "
+                               "The replayed events are published: their windows close as event time passes them")
+        await asyncio.sleep(0.5)
+
+
 def progress_bar(total: int, stream: Any = None, width: int = 30) -> Callable[[int, int], None]:
     """A one-line progress bar on stderr, redrawn in place (at most ~10 times a second)."""
     out = stream if stream is not None else sys.stderr
@@ -1318,6 +1419,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-late", action="store_true",
                         help="publish even when the pipeline's event time is past the file's events "
                              "(they are then counted as late, in no KPI)")
+    parser.add_argument("--no-end-of-input", action="store_true",
+                        help="do not close the replay's windows once the workers have read it (by default "
+                             "the replay waits for that, then closes every window it touched, never past "
+                             "the wall clock); leave them to event time, e.g. when more of the same period follows")
 
 
 def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
@@ -1355,17 +1460,9 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
     security = publisher_kwargs(k)
     show = progress_bar(0) if sys.stderr.isatty() else None
 
-    async def run() -> ReplayStats:
+    async def kafka(step: Any) -> Any:
         try:
-            await ensure_topics_async(settings)
-        except KafkaUnavailable as exc:
-            raise CommandError(str(exc)) from None
-        stop = asyncio.Event()
-        try:
-            pipeline = None if ns.allow_late else await pipeline_event_time(settings)
-            return await replay(path, mapping, k.bootstrap, topics, ns.speed, progress=show,
-                                stop=stop, limit=ns.limit, partition=ns.partition, pipeline=pipeline,
-                                **security)
+            return await step
         except (OSError, asyncio.TimeoutError) as exc:
             raise CommandError(describe(exc, k)) from None
         except Exception as exc:  # aiokafka errors: one line, not a traceback
@@ -1373,8 +1470,22 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
                 raise CommandError(describe(exc, k)) from None
             raise
 
+    async def run() -> ReplayStats:
+        try:
+            await ensure_topics_async(settings)
+        except KafkaUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        stop = asyncio.Event()
+        pipeline = None if ns.allow_late else await kafka(pipeline_event_time(settings))
+        return await kafka(replay(path, mapping, k.bootstrap, topics, ns.speed, progress=show,
+                                  stop=stop, limit=ns.limit, partition=ns.partition, pipeline=pipeline,
+                                  **security))
+
     stats = asyncio.run(run())
     used = ", ".join(topics[f] for f in stats.families) or "no topic"
     print(f"ccpulse replay: {path}: {stats.summary()}; published to {used} "
           f"in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    if not ns.no_end_of_input and stats.newest_ms is not None:
+        line = asyncio.run(kafka(send_end_of_input(settings, stats.newest_ms)))
+        print(f"ccpulse replay: {line}", file=sys.stderr)
     return 0

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 
+from ccpulse.config import Settings
 from ccpulse.core.timestamps import format_ms
 from ccpulse.core.watermark import InputWatermarks
 from ccpulse.core.windowing import Windowing
@@ -113,3 +114,8 @@ def apply_end_of_input(end: EndOfInput, partition: int, topics: Iterable[str], s
     if moved:
         log.info("end of input of replay %s: %s moved to %s", end.run, ", ".join(moved), format_ms(at))
     return moved
+
+
+def rekey_topic(settings: Settings) -> str:
+    """``<app>-rekey``, as the worker names it (streams/context.py ``Pipeline.internal``)."""
+    return f"{settings.topics.prefix}{settings.app_id}-rekey"
