@@ -252,3 +252,36 @@ def test_the_rekey_topic_written_is_the_one_the_worker_reads() -> None:
     env = {"CCPULSE_APP_ID": "some-app", "CCPULSE_TOPIC_PREFIX": "p.", "CCPULSE_CONFIG": os.devnull}
     s = load_settings(env=env)
     assert rekey_topic(s) == create_app(s).pipeline.topics["rekey"].get_topic_name()  # type: ignore[attr-defined]
+
+
+class FakeAdmin:
+    """A consumer group's committed offsets, one answer per look."""
+
+    def __init__(self, *looks: dict[Any, int]) -> None:
+        self.looks = list(looks)
+
+    async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
+        from aiokafka.structs import OffsetAndMetadata
+
+        look = self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
+        return {tp: OffsetAndMetadata(offset, "") for tp, offset in look.items()}
+
+
+def test_the_replay_waits_while_the_group_reads_and_gives_up_when_it_stops() -> None:
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from ccpulse.commands.errors import CommandError
+    from ccpulse.commands.replay import _wait_until_read
+
+    a, b = TopicPartition("calls", 0), TopicPartition("calls", 1)
+    ends = {a: 100, b: 7}
+    # Reading on (b committed later, a moving): done once both reach their ends.
+    admin = FakeAdmin({a: 10}, {a: 60}, {a: 100}, {a: 100, b: 7})
+    asyncio.run(_wait_until_read(admin, "app", ends, stall_seconds=0.6))
+    assert admin.looks == [{a: 100, b: 7}]
+    # Stuck at 40 of 100: a one-line error naming what is left, after stall_seconds.
+    with pytest.raises(CommandError, match=r"app app .*committed nothing further for 0\.6 s \(calls/0 60 left, "
+                                           r"calls/1 7 left\)"):
+        asyncio.run(_wait_until_read(FakeAdmin({a: 40}), "app", ends, stall_seconds=0.6))
