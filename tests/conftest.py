@@ -38,3 +38,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         local_kafka.stop(state_dir)
+
+
+@pytest.fixture(scope="module")
+def fresh_kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of this module alone, on which no consumer group exists yet.
+
+    The shared broker has its group coordinator (``__consumer_offsets``) ready once any
+    earlier test used a group; the first group request of a fresh cluster is answered
+    "coordinator not available" while the broker creates it, which a command must
+    outwait, not report.
+    """
+    state_dir: Path = tmp_path_factory.mktemp("fresh-kafka")
+    try:
+        info = local_kafka.start(state_dir, port=_free_loopback_port(), fresh=True)
+        yield info.bootstrap
+    finally:
+        local_kafka.stop(state_dir)

@@ -213,7 +213,8 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
     client.close()
     print(f"\nbank replay: {stats.summary()}; published in {published - started:.1f} s "
           f"(worker start included), all final after {finished - started:.1f} s")
-    yield dict(expected=expected, rows=rows, stats=stats, metrics=metrics, exit_code=exit_code)
+    yield dict(expected=expected, rows=rows, stats=stats, metrics=metrics, exit_code=exit_code,
+               log_tail=worker.log_tail(6000))
 
 
 def _sum(metrics: dict, name: str, **labels: str) -> float:
@@ -236,7 +237,7 @@ def test_the_worker_saw_every_event_in_time(run) -> None:
     assert _sum(m, "ccpulse_events_invalid_total") == 0
     assert _sum(m, "ccpulse_duplicate_events_total") == 0
     assert _sum(m, "ccpulse_late_events_total") == 0
-    assert run["exit_code"] == 0
+    assert run["exit_code"] == 0, run["log_tail"]
 
 
 def test_clickhouse_day_windows_equal_the_independent_recomputation(run) -> None:

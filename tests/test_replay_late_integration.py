@@ -70,6 +70,22 @@ def test_history_older_than_the_input_is_refused_then_published_with_allow_late(
     assert input_ends(kafka_bootstrap, "late-input.") == sent_recent + sent_old
 
 
+def test_a_replay_on_a_cluster_without_any_consumer_group_yet_completes(
+        tmp_path: Path, fresh_kafka_bootstrap: str) -> None:
+    # The end of input asks the app's group for its members; the cluster's first group
+    # request waits for the coordinator to be created, and the replay must not fail on it
+    # (it did: "GroupCoordinatorNotAvailableError", exit 1, after publishing everything).
+    env = worker_env(fresh_kafka_bootstrap, tmp_path, "first-group")
+    recent = tmp_path / "recent.jsonl"
+    sent = write_events(recent, datetime.now(timezone.utc) - timedelta(hours=1))
+
+    code, err = run_replay(env, str(recent))
+
+    assert code == 0, err
+    assert "end of input not sent: no worker of app first-group is running" in err, err
+    assert input_ends(fresh_kafka_bootstrap, "first-group.") == sent
+
+
 def test_history_older_than_a_workers_state_is_refused_on_fresh_input_topics(
         tmp_path: Path, kafka_bootstrap: str) -> None:
     """The worker's persisted event time counts even when the input topics are new
