@@ -15,6 +15,7 @@ from typing import Any
 
 from schemas.events import format_ms
 from streams.context import Pipeline
+from streams.kafka_consumer import aiokafka_producer
 
 PROBE_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 3.0
@@ -47,9 +48,8 @@ class BrokerProbe:
 
 async def probe_once(app: Any, probe: BrokerProbe, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
     try:
-        # Faust exposes no public handle on its aiokafka client; the producer's is the
-        # one every stage's output goes through.
-        client = app.producer._ensure_producer().client
+        # The producer's client: the one every stage's output goes through.
+        client = aiokafka_producer(app).client
         await asyncio.wait_for(client.fetch_all_metadata(), timeout)
     except Exception as exc:  # any failure means "not reachable now"; the reason goes to /health
         probe.failed(f"{type(exc).__name__}: {exc}"[:300], time.time())

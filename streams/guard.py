@@ -117,9 +117,3 @@ def stage_guard(pipe: _Pipeline) -> StageGuard:
         guard = StageGuard(pipe.metrics, pipe.outbox, pipe.topics["dead_letter"])
         pipe.app.stage_guard = guard  # type: ignore[attr-defined]
     return guard
-
-
-def crash_of(app: AppT) -> str | None:
-    """The first agent crash of ``app``, if any (None for an app without a guard)."""
-    guard = getattr(app, "stage_guard", None)
-    return guard.crashed if guard is not None else None

@@ -83,7 +83,6 @@ from faust.types.tuples import ConsumerMessage, ack_lock
 from mode import Service
 from mode.utils.futures import notify
 
-from streams.guard import crash_of
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +148,40 @@ def check_versions() -> None:
     problem = version_problem(installed_versions(), pinned)
     if problem is not None:
         raise UntestedLibraries(problem)
+
+
+def crash_of(app: AppT) -> str | None:
+    """The first agent crash of ``app``, if any (None for an app without a guard): streams/guard.py
+    sets ``app.stage_guard``; read here by attribute, as the guard sits above this module."""
+    guard = getattr(app, "stage_guard", None)
+    return guard.crashed if guard is not None else None
+
+
+# -- the producer's internals (the Outbox and the broker probe) ---------------------
+# Faust exposes no public handle on its aiokafka producer, and aiokafka none on the
+# metadata wait and the partitioners ``send`` uses; the Outbox batches per partition
+# and must place each message where ``send`` would have.
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The aiokafka producer behind Faust's producer (started if it is not yet)."""
+    return app.producer._ensure_producer()
+
+
+async def topic_partitions(producer: Any, topic: str) -> list[int]:
+    """Every partition of ``topic``, once the producer's metadata knows it."""
+    await producer.client._wait_on_metadata(topic)
+    return sorted(producer.client.cluster.partitions_for_topic(topic))
+
+
+def keyless_partition(producer: Any, topic: str) -> int:
+    """Where ``send`` puts a message without a key: spread over the partitions with a leader."""
+    return producer._partition(topic, None, None, None, None, None)
+
+
+def key_partition_of(producer: Any, key: bytes, partitions: list[int]) -> int:
+    """Where ``send`` puts a message with ``key`` (the producer's configured partitioner)."""
+    return producer._partitioner(key, partitions, partitions)
 
 
 class Envelope:

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from faust.serializers import codecs
 from faust.types import AppT, TableT, TopicT
+from streams.kafka_consumer import aiokafka_producer, key_partition_of, keyless_partition, topic_partitions
 
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Outbox:
         included, before it commits offsets.
         """
         async with self._lock:
-            producer = self._app.producer._ensure_producer()  # the aiokafka producer
+            producer = aiokafka_producer(self._app)
             while self._items:
                 items, self._items = self._items, []
                 await self._send(producer, items)
@@ -159,7 +160,7 @@ class Outbox:
             self._delivered(delivery)
         if self._failed:
             async with self._lock:
-                producer = self._app.producer._ensure_producer()
+                producer = aiokafka_producer(self._app)
                 retry, self._failed = self._failed, []
                 await self._send(producer, self._resend(retry))
             await producer.flush()
@@ -204,14 +205,13 @@ class Outbox:
     async def _partition(self, producer: Any, topic: str, key: bytes | None) -> int:
         partitions = self._partitions.get(topic)
         if partitions is None:
-            await producer.client._wait_on_metadata(topic)
-            partitions = self._partitions[topic] = sorted(producer.client.cluster.partitions_for_topic(topic))
+            partitions = self._partitions[topic] = await topic_partitions(producer, topic)
         if key is None:  # spread over the partitions that have a leader, as send() does
-            return producer._partition(topic, None, None, None, None, None)
+            return keyless_partition(producer, topic)
         known = self._partition_of.setdefault(topic, {})
         partition = known.get(key)
         if partition is None:
             if len(known) >= PARTITION_CACHE_KEYS:
                 known.clear()
-            partition = known[key] = producer._partitioner(key, partitions, partitions)
+            partition = known[key] = key_partition_of(producer, key, partitions)
         return partition
