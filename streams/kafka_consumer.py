@@ -157,6 +157,20 @@ def crash_of(app: AppT) -> str | None:
     return guard.crashed if guard is not None else None
 
 
+# -- Faust's web server ----------------------------------------------------------
+
+FAUST_INDEX = "faust.web.apps.production_index:blueprint"
+
+
+def drop_faust_index(app: Any) -> None:
+    """Faust mounts its own ``/`` ({"status": "OK"}) whenever its stats view is off, and
+    aiohttp refuses a second ``/`` when the server starts ("Added route will never be
+    executed"): the worker then exits. Faust 0.15's BlueprintManager has no remove, so
+    its list of blueprints still to apply is filtered before the server starts."""
+    manager = app.web.blueprints
+    manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled if bp != FAUST_INDEX]
+
+
 # -- the producer's internals (the Outbox and the broker probe) ---------------------
 # Faust exposes no public handle on its aiokafka producer, and aiokafka none on the
 # metadata wait and the partitioners ``send`` uses; the Outbox batches per partition

@@ -18,6 +18,7 @@ from ccpulse.log_limit import LogLimiter
 from streams import broker_health, web_auth
 from streams.context import Pipeline
 from streams.guard import stage_guard
+from streams.kafka_consumer import drop_faust_index
 from streams.merge import merged_record
 from streams.web_auth import guarded
 
@@ -147,23 +148,11 @@ def register(pipe: Pipeline) -> None:
 
     # Open like /health: links only, the pages behind them want the token.
     index = index_html(pipe.role)
-    _drop_faust_index(app)
+    drop_faust_index(app)
 
     @app.page("/")
     async def index_page(web, request):  # type: ignore[no-untyped-def]
         return web.html(index)
-
-
-FAUST_INDEX = "faust.web.apps.production_index:blueprint"
-
-
-def _drop_faust_index(app: Any) -> None:
-    """Faust mounts its own ``/`` ({"status": "OK"}) whenever its stats view is off, and
-    aiohttp refuses a second ``/`` when the server starts ("Added route will never be
-    executed"): the worker then exits. Faust 0.15's BlueprintManager has no remove, so
-    its list of blueprints still to apply is filtered before the server starts."""
-    manager = app.web.blueprints
-    manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled if bp != FAUST_INDEX]
 
 
 def index_html(role: str) -> str:
