@@ -77,7 +77,10 @@ class WorkerProcess:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
+            if code != 0:  # a test asserts the code; the reason is only in the log
+                print(f"worker exited with {code} on SIGTERM: {self.log_tail()}", file=sys.stderr)
+            return code
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
