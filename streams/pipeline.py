@@ -114,7 +114,7 @@ class PipelineShell:
 
     async def write(self, covered: list[Any]) -> None:
         pipe, outbox, topics = self.pipe, self.outbox, self.pipe.topics
-        out = self.stage.checkpoint()
+        out = self.stage.checkpoint(int(time.time() * 1000))
         if pipe.direct_rows is not None:  # (1) role all: ClickHouse first
             if not await pipe.direct_rows.store(out.raw_events, out.interactions):
                 return  # stopping: nothing acknowledged, the next owner reads it again

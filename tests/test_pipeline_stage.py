@@ -344,3 +344,27 @@ def test_the_stage_gives_the_windows_the_old_ingest_and_lifecycle_path_gives(
     old = old_path([(t, p, o, v) for t, p, o, v, _k in records], s)
     assert published(checkpoints) == open_windows(old)
     assert finals(stage.engines) == finals(old)
+
+
+def test_open_agent_windows_go_out_at_most_every_agent_interval_queue_windows_every_checkpoint() -> None:
+    from streams.stages.pipeline import AGENT_PARTIALS_SECONDS
+
+    def kinds(out: Checkpoint) -> set[str]:
+        return {orjson.loads(m.value)["key"][2] if isinstance(m.value, bytes) else m.value["key"][2]
+                for m in out.partials if (orjson.loads(m.value) if isinstance(m.value, bytes) else m.value)
+                .get("kind") == "window"}
+
+    stage = PipelineStage(settings(), REKEY)
+    p = 0
+    iid = iid_on(p)
+    interval = int(AGENT_PARTIALS_SECONDS * 1000)
+    stage.on_batch("calls", p, [Rec(iid.encode(), call(iid, 1, "offered", T0), 0),
+                                Rec(iid.encode(), call(iid, 2, "answered", T0 + 5_000), 1)], NOW)
+    first = stage.checkpoint(NOW)
+    assert kinds(first) == {"q", "a"}  # the first checkpoint sends both
+    stage.on_batch("calls", p, [Rec(iid.encode(), call(iid, 3, "ended", T0 + 60_000), 2)], NOW + 200)
+    soon = stage.checkpoint(NOW + 200)
+    assert kinds(soon) == {"q"}  # the agent's windows changed too, but wait for the interval
+    later = stage.checkpoint(NOW + interval)
+    assert kinds(later) == {"a"}  # ... and then go out, with what changed meanwhile
+    assert kinds(stage.checkpoint(NOW + 2 * interval)) == set()  # nothing changed since

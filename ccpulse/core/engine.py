@@ -397,18 +397,28 @@ class PartitionEngine:
         self.record.final_through = max(self.record.final_through, wm)
         return finals
 
-    def take_dirty(self) -> list[Snapshot]:
-        keys = set(self.dirty)
-        self.dirty.clear()
-        # A change in one window moves waiting_at_start of every later window of its queue.
+    def take_dirty(self, agents: bool = True) -> list[Snapshot]:
+        """Snapshots of the windows changed since the last call. ``agents=False`` leaves
+        the changed agent windows for a later call: one answer changes three of an agent's
+        windows, and with thousands of agents their partials outnumbered the events."""
+        if agents:
+            keys = set(self.dirty)
+            self.dirty.clear()
+        else:
+            keys = {k for k in self.dirty if k[2] == QUEUE}
+            self.dirty.difference_update(keys)
+        # A change in one window moves waiting_at_start of every later window of its
+        # queue (queue windows only: agent windows have no waiting).
         earliest: dict[tuple, int] = {}
         for size, start, scope, name, channel in keys:
-            group = (size, scope, name, channel)
-            earliest[group] = min(start, earliest.get(group, start))
-        for key in self.windows:
-            group = (key[0], key[2], key[3], key[4])
-            if group in earliest and key[1] > earliest[group]:
-                keys.add(key)
+            if scope == QUEUE:
+                group = (size, scope, name, channel)
+                earliest[group] = min(start, earliest.get(group, start))
+        if earliest:
+            for key in self.windows:
+                group = (key[0], key[2], key[3], key[4])
+                if group in earliest and key[1] > earliest[group]:
+                    keys.add(key)
         keys = {k for k in keys if k in self.windows}
         waiting = self._waiting(keys)
         snaps = [Snapshot(k, self.windows[k], False, self.version(False), *waiting.get(k, (0, 0)))

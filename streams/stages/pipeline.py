@@ -52,6 +52,10 @@ PARTITION_CACHE_KEYS = 100_000
 # A record of <app>-rekey with only this field is a clock: {source: [newest event time, idle]}
 # of one partition's input sources (ccpulse/core/watermark.py), not an event.
 CLOCK_FIELD = "clock"
+# Open agent windows (>= 15 min, one per agent and size) change with nearly every answer:
+# sent with every checkpoint, their partials outnumbered the input events, and the merge
+# re-publishes an open agent window at most every 10 s anyway (streams/stages/merge.py).
+AGENT_PARTIALS_SECONDS = 5.0
 
 
 class Record(Protocol):
@@ -121,6 +125,7 @@ class PipelineStage:
         self._report: dict[int, dict[str, list]] = {}
         self._clock_sent: dict[int, dict[str, list]] = {}
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
+        self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
         self._out = Checkpoint()
         self._late = CountedLines(log.warning, "late events (their window was already final; "
                                   "counted in ccpulse_late_events_total, not in the window)")
@@ -316,12 +321,17 @@ class PipelineStage:
 
     # -- output ---------------------------------------------------------------
 
-    def checkpoint(self) -> Checkpoint:
-        """Everything to write since the last checkpoint, each changed interaction once."""
+    def checkpoint(self, now_ms: int | None = None) -> Checkpoint:
+        """Everything to write since the last checkpoint, each changed interaction once.
+        Changed open agent windows go out at most every ``AGENT_PARTIALS_SECONDS`` of
+        ``now_ms`` (every time without it); final ones at once, from ``on_tick``."""
         out, self._out = self._out, Checkpoint()
+        agents = now_ms is None or now_ms - self._agents_sent_ms >= AGENT_PARTIALS_SECONDS * 1000
+        if agents and now_ms is not None:
+            self._agents_sent_ms = now_ms
         for partition, engine in self.engines.items():
             watermark = engine.record.watermark
-            for snap in engine.take_dirty():
+            for snap in engine.take_dirty(agents):
                 out.partials.append(Message(*window_partial(
                     partition, snap, self.windowing.end(snap.key[0], snap.key[1]), watermark)))
                 self._touched.add(partition)
