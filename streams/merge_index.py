@@ -26,6 +26,9 @@ class MergeIndex:
         self._waiting: set[str] = set()                       # live keys with contacts waiting
         self._final: set[str] = set()                         # windows whose every part is final
         self._aggs: dict[str, WindowAgg] = {}
+        # queue x channel -> (its final 1-minute windows summed, that sum): every queue state
+        # sums up to 15 windows, of which only the newest one or two still change.
+        self._final_sums: dict[tuple[str, str], tuple[frozenset[str], WindowAgg]] = {}
         self.generation: Any = None
 
     def rebuild(self, data: Mapping[str, Entry], generation: Any) -> None:
@@ -33,6 +36,7 @@ class MergeIndex:
         self._waiting.clear()
         self._final.clear()
         self._aggs.clear()
+        self._final_sums.clear()
         for key, entry in data.items():
             self.put(key, entry)
         self.generation = generation
@@ -47,9 +51,12 @@ class MergeIndex:
                 self._waiting.discard(key)
             return
         k = entry["key"]
+        final = all(p["final"] for p in parts)
         if k[0] == self._rolling_size_s and k[2] == QUEUE:
             self._rolling.setdefault((k[3], k[4]), set()).add(key)
-        if all(p["final"] for p in parts):
+            if final or key in self._final:  # the sum of the final windows may have changed
+                self._final_sums.pop((k[3], k[4]), None)
+        if final:
             self._final.add(key)
         else:
             self._final.discard(key)
@@ -60,6 +67,7 @@ class MergeIndex:
         self._final.discard(key)
         if entry is not None and entry["kind"] == "window":
             k = entry["key"]
+            self._final_sums.pop((k[3], k[4]), None)
             keys = self._rolling.get((k[3], k[4]))
             if keys is not None:
                 keys.discard(key)
@@ -78,6 +86,26 @@ class MergeIndex:
 
     def final(self) -> list[str]:
         return list(self._final)
+
+    def rolling_agg(self, data: Mapping[str, Entry], queue: str, channel: str, since_ms: int) -> WindowAgg:
+        """The counters of the queue's 1-minute windows that end after ``since_ms``, merged
+        (a new object: the caller may change it)."""
+        final: list[str] = []
+        total = WindowAgg()
+        for key, entry in self.rolling(data, queue, channel, since_ms):
+            if key in self._final:
+                final.append(key)
+            else:
+                total.merge(self.agg(key, entry))
+        members = frozenset(final)
+        cached = self._final_sums.get((queue, channel))
+        if cached is None or cached[0] != members:
+            summed = WindowAgg()
+            for key in members:
+                summed.merge(self.agg(key, data[key]))
+            cached = self._final_sums[(queue, channel)] = (members, summed)
+        total.merge(cached[1])  # counters add up and the kept maxima are the top of the union: any order
+        return total
 
     def rolling(self, data: Mapping[str, Entry], queue: str, channel: str, since_ms: int) -> Iterator[tuple[str, Entry]]:
         """The queue's 1-minute windows that end after ``since_ms``."""

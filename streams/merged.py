@@ -19,6 +19,8 @@ from streams.stages.partials import live_key
 Entry = dict[str, Any]
 # The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".
 FCR_SOURCE_PREFIX = "fcr-"
+# An agent window's entry key: its record key behind this (record keys of queues and agents may meet).
+AGENT_PREFIX = "agent|"
 
 
 class WithSettings(Protocol):
@@ -39,15 +41,21 @@ def entry_key(partial: dict[str, Any]) -> tuple[str, Entry]:
         return (live_key(partial["queue"], partial["channel"]),
                 {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]})
     key = window_record_key(tuple(partial["key"]))
-    key = key if partial["key"][2] == QUEUE else "agent|" + key
+    key = key if partial["key"][2] == QUEUE else AGENT_PREFIX + key
     return key, {"kind": "window", "key": partial["key"], "end": partial["end"]}
+
+
+def record_key(key: str) -> str:
+    """The ``kpi.windows`` / ``kpi.agents`` key of a window entry's key (see ``entry_key``)."""
+    return key[len(AGENT_PREFIX):] if key.startswith(AGENT_PREFIX) else key
 
 
 def merged_agg(entry: Entry) -> WindowAgg:
     """A window entry's counters summed over its parts."""
     agg = WindowAgg()
     for part in entry["parts"].values():
-        agg.merge(WindowAgg.from_dict(part["agg"]))
+        doc = part["agg"]
+        agg.merge(WindowAgg(doc["counts"], doc["tops"]))  # read only: no copy (WindowAgg.from_dict)
     return agg
 
 

@@ -166,6 +166,21 @@ def test_an_open_agent_window_is_published_at_most_every_few_seconds_and_its_fin
     assert [p.key for p in final.puts] == [wkey(T0, scope="a", name="ag-1")]
 
 
+def test_owed_agent_windows_go_out_in_key_order_with_the_fresh_ones_and_then_at_once_again() -> None:
+    s = Stage()
+    ag = {n: f"1m|2026-01-05T08:00:00.000Z|{n}|voice" for n in ("ag-0", "ag-1", "ag-2")}
+    s.batch(window(0, T0, version=1, scope="a", name="ag-1", handled=1),
+            window(0, T0, version=1, scope="a", name="ag-2", handled=1))
+    s.mono += 1
+    s.batch(window(0, T0, version=2, scope="a", name="ag-2", handled=2))  # owed
+    s.mono += AGENT_PUBLISH_SECONDS
+    out = s.batch(window(0, T0, version=1, scope="a", name="ag-0", handled=1))
+    assert [p.key.decode() for p in out.records] == [ag["ag-0"], ag["ag-2"]]  # ag-1 owes nothing
+    s.mono += AGENT_PUBLISH_SECONDS
+    again = s.batch(window(0, T0, version=2, scope="a", name="ag-1", handled=2))
+    assert [p.key.decode() for p in again.records] == [ag["ag-1"]]  # its wait was over long ago
+
+
 # -- queue state ---------------------------------------------------------------------------
 
 

@@ -25,12 +25,12 @@ from typing import Any, Iterable, MutableMapping, NamedTuple, Protocol
 import orjson
 
 from ccpulse.config import Settings
-from ccpulse.core.kpis import QUEUE, WindowAgg
+from ccpulse.core.kpis import QUEUE
 from ccpulse.core.merge_clock import MergeClock, expected_sources
-from schemas.records import queue_state_record, window_record_key
+from schemas.records import queue_state_record
 from sinks.prometheus import PipelineMetrics
 from streams.merge_index import MergeIndex
-from streams.merged import Entry, entry_key, live_key, live_queue, merged_record
+from streams.merged import Entry, entry_key, live_key, live_queue, merged_record, record_key
 
 STAGE = "merge"
 ROLLING_WINDOW_MS = 15 * 60 * 1000
@@ -126,7 +126,7 @@ def _part(kind: str, partial: dict[str, Any]) -> dict[str, Any]:
         _need(part, "final", bool)
         agg = _need(part, "agg", dict)
         counts, tops = agg.get("counts"), agg.get("tops")
-        if not (isinstance(counts, dict) and all(isinstance(v, _NUMBER) for v in counts.values())):
+        if not isinstance(counts, dict) or not _numbers(counts.values()):
             raise ValueError("window partial: 'agg.counts' is not an object of numbers")
         if not (isinstance(tops, dict) and all(isinstance(v, list) and all(isinstance(x, _NUMBER) for x in v)
                                                for v in tops.values())):
@@ -142,6 +142,14 @@ def _part(kind: str, partial: dict[str, Any]) -> dict[str, Any]:
         if "oldest_entered" not in part or not isinstance(part["oldest_entered"], (int, type(None))):
             raise ValueError("live partial: 'oldest_entered' is not an integer or null")
     return part
+
+
+def _numbers(values: Iterable[Any]) -> bool:
+    try:  # one pass in C, not a test per value: a part holds dozens of counters
+        sum(values)
+    except TypeError:
+        return False
+    return True
 
 
 def _need(doc: dict[str, Any], name: str, kind: type) -> Any:
@@ -163,7 +171,11 @@ class MergeStage:
                                 int(w.allowed_lateness_seconds * 1000), FINAL_RETENTION_MS)
         self.as_of = 0  # newest event-time watermark reported by any partition
         self._dirty: set[str] = set()  # keys whose merged record must be (re-)published
-        self._agent_published: dict[str, float] = {}  # agent window key -> when it was last published
+        # Open agent windows published less than AGENT_PUBLISH_SECONDS ago -> when, oldest
+        # first (re-inserted when published again), and those of them changed since: owed.
+        # Kept apart from ``_dirty`` so a batch does not sort and look at thousands of them.
+        self._agent_published: dict[str, float] = {}
+        self._owed: set[str] = set()
 
     # -- input -----------------------------------------------------------------------
 
@@ -237,6 +249,16 @@ class MergeStage:
             self.index.rebuild(self.merged, generation)
             self._dirty.update(self.merged.keys())
         dirty, self._dirty = self._dirty, set()
+        published = self._agent_published
+        while published:
+            key, when = next(iter(published.items()))
+            if mono - when < AGENT_PUBLISH_SECONDS:
+                break
+            # Its wait is over: owed, it is published now; if it changes later, at once.
+            del published[key]
+            if key in self._owed:
+                self._owed.discard(key)
+                dirty.add(key)
         live_keys = set()
         for key in sorted(dirty):
             entry = self.merged.get(key)
@@ -247,16 +269,15 @@ class MergeStage:
                 continue
             if entry["key"][2] != QUEUE:
                 final = all(p["final"] for p in entry["parts"].values())
-                if not final and mono - self._agent_published.get(key, -AGENT_PUBLISH_SECONDS) < AGENT_PUBLISH_SECONDS:
-                    self._dirty.add(key)  # still owed: published on a later tick
+                if not final and key in published:
+                    self._owed.add(key)  # published on a later tick
                     continue
-                if final:
-                    self._agent_published.pop(key, None)
-                else:
-                    self._agent_published[key] = mono
+                self._owed.discard(key)
+                published.pop(key, None)
+                if not final:
+                    published[key] = mono
             record = merged_record(entry, self, now_ms, self.index.agg(key, entry))
-            out.records.append(Publish(_WINDOW_TOPIC[entry["key"][2]],
-                                       window_record_key(tuple(entry["key"])).encode(), record))
+            out.records.append(Publish(_WINDOW_TOPIC[entry["key"][2]], record_key(key).encode(), record))
             if entry["key"][2] == QUEUE and entry["key"][0] == ROLLING_SIZE_S:
                 live_keys.add(live_key(entry["key"][3], entry["key"][4]))
         # Queue state: every queue with contacts waiting is refreshed each tick (its
@@ -275,9 +296,7 @@ class MergeStage:
         parts = entry["parts"].values() if entry else []
         oldest = [p["oldest_entered"] for p in parts if p["oldest_entered"] is not None]
         agents = set().union(*(p["agents"] for p in parts)) if parts else set()
-        last15 = WindowAgg()
-        for other_key, other in self.index.rolling(self.merged, queue, channel, self.as_of - ROLLING_WINDOW_MS):
-            last15.merge(self.index.agg(other_key, other))
+        last15 = self.index.rolling_agg(self.merged, queue, channel, self.as_of - ROLLING_WINDOW_MS)
         return queue_state_record(
             queue, channel, self.as_of, sum(p["waiting"] for p in parts),
             min(oldest) if oldest else None, len(agents), sum(p["open_tickets"] for p in parts),
@@ -289,7 +308,7 @@ class MergeStage:
             if entry is None:
                 self.index.delete(key, None)
             # A key changed since this tick began still owes its (final) record.
-            elif key not in self._dirty and self.clock.done_with(entry["partition"], entry["end"]):
+            elif key not in self._owed and self.clock.done_with(entry["partition"], entry["end"]):
                 del self.merged[key]
                 out.deletes.append(TableDelete(entry["partition"], key))
                 self.index.delete(key, entry)
