@@ -14,7 +14,8 @@ import time
 from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.merged import merged_record
-from streams.stages.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS, STAGE, MergeOutput, MergeStage, Partial
+from streams.stages.io import Consumed
+from streams.stages.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS, STAGE, MergeOutput, MergeStage
 
 # Read from here by the wallboard and /api/windows.
 __all__ = ["ROLLING_SIZE_S", "ROLLING_WINDOW_MS", "merged_record", "register"]
@@ -27,10 +28,10 @@ def register(pipe: Pipeline) -> None:
     guard = stage_guard(pipe)
 
     def write(out: MergeOutput) -> None:
-        for message, exc in out.failed:
-            guard.record_failed(STAGE, message, exc)
+        for failure in out.failures:
+            guard.record_failed(STAGE, failure.message, failure.error)
         for put in out.puts:
-            outbox.put(merged, put.partition, put.key, put.entry)
+            outbox.put(merged, put.partition, put.key, put.value)
         for record in out.records:
             outbox.send(pipe.topics[record.topic], record.key, record.value)
         for delete in out.deletes:
@@ -39,7 +40,7 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics["partials"], name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
-            write(stage.on_batch([Partial(e.message.partition, e.value, e.message) for e in batch],
+            write(stage.on_batch([Consumed.of(e) for e in batch],
                                  generation=app.consumer_generation_id, now_ms=int(time.time() * 1000),
                                  mono=time.monotonic()))
             await outbox.flush()

@@ -36,7 +36,8 @@ from ccpulse.core.lifecycle import Interaction  # noqa: E402
 from ccpulse.core.windowing import Windowing  # noqa: E402
 from schemas.events import Event, validate  # noqa: E402
 from schemas.records import event_message, step_from_message  # noqa: E402
-from streams.stages.merge import MergeStage, Partial  # noqa: E402
+from streams.stages.io import Consumed  # noqa: E402
+from streams.stages.merge import MergeStage  # noqa: E402
 from streams.stages.partials import live_partial, window_partial  # noqa: E402
 
 AGENT_BATCH = 2000  # the merge agent's take_events: the most it takes at once
@@ -86,7 +87,8 @@ def partial_batches(settings: Settings, hours: float, rate: float, checkpoint: i
 
 def run(settings: Settings, encoded: list[list[tuple[int, bytes]]], tick_every: int) -> dict[str, float | str | int]:
     # Decoded afresh each run, as the agent gets them: the stage may keep what it is given.
-    batches = [[Partial(mp, orjson.loads(value)) for mp, value in batch] for batch in encoded]
+    topic = "ccpulse-window-partials"
+    batches = [[Consumed(topic, mp, 0, orjson.loads(value)) for mp, value in batch] for batch in encoded]
     stage = MergeStage(settings, {})
     digest = hashlib.sha256()
     spent = 0.0
@@ -105,12 +107,12 @@ def run(settings: Settings, encoded: list[list[tuple[int, bytes]]], tick_every: 
             spent += clock() - t0
         partials += len(batch)
         for o in outs:
-            assert not o.failed, o.failed[:1]
+            assert not o.failures, o.failures[:1]
             records += len(o.records)
             for r in o.records:
                 digest.update(r.topic.encode() + r.key + orjson.dumps(r.value, option=orjson.OPT_SORT_KEYS))
             for put in o.puts:
-                digest.update(b"put" + put.key.encode() + orjson.dumps(put.entry))
+                digest.update(b"put" + put.key.encode() + orjson.dumps(put.value))
             for d in o.deletes:
                 digest.update(b"del" + d.key.encode())
     return {"partials": partials, "records": records, "entries": len(stage.merged),

@@ -17,8 +17,9 @@ from ccpulse.core.engine import LiveQueue, Snapshot
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import window_record_key
 from sinks.prometheus import PipelineMetrics
+from streams.stages.io import Consumed, TablePut
 from streams.stages.merge import (AGENT_PUBLISH_SECONDS, KPI_AGENTS, KPI_QUEUE_STATE, KPI_WINDOWS, MergeOutput,
-                                  MergeStage, Partial, TableDelete, TablePut)
+                                  MergeStage, TableDelete)
 from streams.stages.partials import live_partial, window_partial
 
 MIN = 60_000
@@ -70,11 +71,15 @@ class Stage:
         self.now_ms, self.mono, self.generation = NOW, 1000.0, GEN
 
     def batch(self, *partials: dict[str, Any] | Any, partition: int = 0) -> MergeOutput:
-        return self.stage.on_batch([Partial(partition, p, ("origin", i)) for i, p in enumerate(partials)],
+        return self.stage.on_batch([consumed(partition, p, ("origin", i)) for i, p in enumerate(partials)],
                                    generation=self.generation, now_ms=self.now_ms, mono=self.mono)
 
     def tick(self) -> MergeOutput:
         return self.stage.on_tick(generation=self.generation, now_ms=self.now_ms, mono=self.mono)
+
+
+def consumed(partition: int, value: Any, message: Any) -> Consumed:
+    return Consumed("ccpulse-window-partials", partition, 0, value, message)
 
 
 def records(out: MergeOutput, topic: str) -> dict[str, dict[str, Any]]:
@@ -106,7 +111,7 @@ def test_parts_of_two_sources_merge_into_one_entry_written_once_per_batch() -> N
     assert (record["offered"], record["answered"], record["version"], record["final"]) == (4, 1, 9, False)
     assert (record["waiting_at_start"], record["waiting_at_end"], record["published_at"]) == (
         2, 4, "2026-01-05T09:00:00.000Z")
-    assert out.deletes == [] and out.failed == []
+    assert out.deletes == [] and out.failures == []
 
 
 def test_an_older_part_changes_nothing_and_an_equal_one_is_merged_again() -> None:
@@ -135,11 +140,11 @@ def test_a_bad_partial_fails_alone_and_leaves_no_trace() -> None:
     bad = [{"kind": "window"}, ["not", "an", "object"], no_version, bad_agg,
            {**live(1, version=1), "agents": 7}, {**live(2, version=1), "waiting": None}]
     # Each would have crashed the publish after the batch (and the agent with it) had it been stored.
-    good = [Partial(0, window(0, T0, version=1, offered=1), "ok")]
-    out = s.stage.on_batch([Partial(0, p, f"b{i}") for i, p in enumerate(bad)] + good,
+    good = [consumed(0, window(0, T0, version=1, offered=1), "ok")]
+    out = s.stage.on_batch([consumed(0, p, f"b{i}") for i, p in enumerate(bad)] + good,
                            generation=GEN, now_ms=NOW, mono=0.0)
-    assert [origin for origin, _ in out.failed] == [f"b{i}" for i in range(len(bad))]
-    assert all(isinstance(exc, Exception) for _, exc in out.failed)
+    assert [f.message for f in out.failures] == [f"b{i}" for i in range(len(bad))]
+    assert all(isinstance(f.error, Exception) for f in out.failures)
     assert list(s.table) == [wkey(T0)] and s.table[wkey(T0)]["parts"]["0"]["version"] == 1
     assert len(records(out, KPI_WINDOWS)) == 1
 

@@ -20,7 +20,7 @@ before the batch is acknowledged. No Faust here: tests drive it with dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, MutableMapping, NamedTuple, Protocol
+from typing import Any, Iterable, MutableMapping, Protocol
 
 import orjson
 
@@ -31,6 +31,7 @@ from schemas.records import queue_state_record
 from sinks.prometheus import PipelineMetrics
 from streams.merge_index import MergeIndex
 from streams.merged import Entry, entry_key, live_key, live_queue, merged_record, record_key
+from streams.stages.io import Consumed, Failure, TablePut
 
 STAGE = "merge"
 ROLLING_WINDOW_MS = 15 * 60 * 1000
@@ -73,21 +74,6 @@ class ClockSender:
         self._sent.pop(source, None)
 
 
-class Partial(NamedTuple):
-    """One message of ``<app>-window-partials`` as the stage takes it."""
-
-    partition: int  # the merge partition it was read from
-    value: Any  # the decoded message: a window, live or clock partial when well-formed
-    origin: Any = None  # handed back with a failure, for the shell to dead-letter (its Faust message)
-
-
-@dataclass(frozen=True, slots=True)
-class TablePut:
-    partition: int
-    key: str
-    entry: Entry
-
-
 @dataclass(frozen=True, slots=True)
 class TableDelete:
     partition: int
@@ -105,7 +91,7 @@ class Publish:
 class MergeOutput:
     """What to write, in this order, before the partials behind it are acknowledged."""
 
-    failed: list[tuple[Any, Exception]] = field(default_factory=list)  # (origin, why): dead-letter each
+    failures: list[Failure] = field(default_factory=list)  # dead-lettered by the shell (streams/guard.py)
     puts: list[TablePut] = field(default_factory=list)  # merged table, each key once; already in the mapping
     records: list[Publish] = field(default_factory=list)
     deletes: list[TableDelete] = field(default_factory=list)  # merged table; already out of the mapping
@@ -152,10 +138,13 @@ def _numbers(values: Iterable[Any]) -> bool:
     return True
 
 
+_WHAT = {int: "an integer", bool: "true or false", dict: "an object"}
+
+
 def _need(doc: dict[str, Any], name: str, kind: type) -> Any:
     value = doc.get(name)
     if not isinstance(value, kind):
-        raise ValueError(f"partial: {name!r} is not {'a ' + kind.__name__}")
+        raise ValueError(f"partial: {name!r} is not {_WHAT[kind]}")
     return value
 
 
@@ -179,8 +168,9 @@ class MergeStage:
 
     # -- input -----------------------------------------------------------------------
 
-    def on_batch(self, partials: Iterable[Partial], *, generation: Any, now_ms: int, mono: float) -> MergeOutput:
-        """Merge a batch and publish every key it touched at once.
+    def on_batch(self, partials: Iterable[Consumed], *, generation: Any, now_ms: int, mono: float) -> MergeOutput:
+        """Merge a batch of ``<app>-window-partials`` (window, live and clock partials, each
+        on the merge partition it was read from) and publish every key it touched at once.
 
         ``generation``: the consumer generation (a new one means recovery may have
         rewritten the table); ``now_ms``: wall clock for ``published_at``; ``mono``:
@@ -192,7 +182,7 @@ class MergeStage:
             try:
                 self._merge(partial.partition, partial.value, touched)
             except Exception as exc:  # one record's failure costs that record only
-                out.failed.append((partial.origin, exc))
+                out.failures.append(Failure(partial.message, exc))
         # Each key once per batch: one changelog record however many partials it got.
         for key, (partition, entry) in touched.items():
             self.merged[key] = entry
