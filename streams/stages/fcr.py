@@ -27,9 +27,9 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
 from ccpulse.core.windowing import Windowing
+from ccpulse.pseudonym import CustomerIdHasher
 from schemas.records import window_record_key
-from streams.stages.io import Failure, TablePut
-from streams.stages.pipeline import Message
+from streams.stages.io import Failure, Message, TablePut
 
 # A contact sent by the pipeline is re-checked for expiry this often (monotonic seconds).
 EXPIRY_SCAN_SECONDS = 30.0
@@ -70,6 +70,16 @@ class FcrWrites:
     # merge clock source ("fcr-<p>") -> its watermark: sent after ``partials``, which it covers
     clocks: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)  # dead-lettered by the shell (streams/guard.py)
+
+
+def contact_message(hasher: CustomerIdHasher, customer_id: str, interaction_id: str, ts: int,
+                    queue: str | None, channel: str) -> Message:
+    """The pipeline's contact for this stage, keyed by the hashed customer (the only form
+    of the customer id that leaves the pipeline)."""
+    customer = hasher.hash(customer_id)
+    return Message(customer.encode(), orjson.dumps(
+        {"customer": customer, KEY_ID_FIELD: hasher.key_id, "interaction_id": interaction_id,
+         "ts": ts, "queue": queue, "channel": channel}))
 
 
 def fcr_partial(snap: FcrSnapshot, partition: int, watermark: int, end: int) -> Message:

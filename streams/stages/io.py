@@ -7,7 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from streams.stages.pipeline import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to produce: ``value`` is bytes or a JSON-able dict (as Outbox.send takes)."""
+
+    key: bytes | None
+    value: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ from schemas.events import Event, Rejection
 from schemas.records import dead_letter, event_message, step_from_message, window_label
 from sinks.prometheus import PipelineMetrics
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
+from streams.stages.fcr import contact_message
+from streams.stages.io import Message
 from streams.stages.partials import live_partial, window_partial
 from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
 
@@ -64,14 +66,6 @@ class Record(Protocol):
     key: bytes | None
     value: bytes | None
     offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One message to produce: ``value`` is bytes or a JSON-able dict (as Outbox.send takes)."""
-
-    key: bytes | None
-    value: Any
 
 
 @dataclass
@@ -261,10 +255,8 @@ class PipelineStage:
                 and (step.customer or step.step == "offered")):
             # Only the steps that can create or change the contact send it again.
             # Customers meet on the FCR partition by a keyed hash (streams/fcr.py).
-            customer = self.hasher.hash(fold.customer)
-            self._out.contacts.append(Message(customer.encode(), orjson.dumps(
-                {"customer": customer, "kid": self.hasher.key_id, "interaction_id": iid,
-                 "ts": fold.first_entered, "queue": fold.first_queue, "channel": inter.channel})))
+            self._out.contacts.append(contact_message(self.hasher, fold.customer, iid, fold.first_entered,
+                                                      fold.first_queue, inter.channel))
 
     def _partition(self, key: bytes) -> int:
         partition = self._partition_of.get(key)

@@ -28,7 +28,7 @@ from ccpulse.core.scorecard import ScorecardSettings, eligible, scorecard_key, s
 from ccpulse.core.sla import OPEN_STATES, Breach, QueueSla, SlaTargets, queue_state_values, window_values
 from schemas.events import parse_timestamp_ms
 from streams.stages.io import Consumed, Failure, Sends, TablePut, each
-from streams.stages.pipeline import Message
+from streams.stages.io import Message
 
 # The ``source`` of the observations SlaWindowsStage sends (a QueueSla orders each source's records).
 WINDOWS_SOURCE = "windows-1h"
