@@ -92,43 +92,43 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     )
     pipe = Pipeline(settings, app, role=role)
     pipe.outbox = Outbox(app)
-    pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines, lambda: pipe.tables)
+    pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines, lambda: dict(pipe.tables.items()))
     app.pipeline = pipe  # type: ignore[attr-defined]
 
     t = settings.topics
     internal = dict(partitions=settings.kafka.partitions, internal=True, replicas=1)
     raw, json_ = codecs.DirectSchema("raw"), codecs.DirectSchema("orjson")
-    pipe.topics["rekey"] = app.topic(pipe.internal("rekey"), schema=raw, **internal)
-    pipe.topics["partials"] = app.topic(pipe.internal("window-partials"), schema=json_, **internal)
-    pipe.topics["contacts"] = app.topic(pipe.internal("contacts"), schema=raw, **internal)
-    pipe.topics["interactions"] = app.topic(pipe.internal("interactions"), schema=json_, compacting=True,
+    pipe.topics.rekey = app.topic(pipe.internal("rekey"), schema=raw, **internal)
+    pipe.topics.partials = app.topic(pipe.internal("window-partials"), schema=json_, **internal)
+    pipe.topics.contacts = app.topic(pipe.internal("contacts"), schema=raw, **internal)
+    pipe.topics.interactions = app.topic(pipe.internal("interactions"), schema=json_, compacting=True,
                                             **internal)
     for name in ("kpi_windows", "kpi_agents", "kpi_queue_state", "dead_letter", "sla_breaches",
                  "kpi_scorecards"):
-        pipe.topics[name] = app.topic(t.name(name), schema=json_)
-    pipe.topics["sla_observations"] = app.topic(pipe.internal("sla-observations"), schema=json_, **internal)
+        setattr(pipe.topics, name, app.topic(t.name(name), schema=json_))
+    pipe.topics.sla_observations = app.topic(pipe.internal("sla-observations"), schema=json_, **internal)
 
     if role == "writer":
         # Its own consumer group reads the input for raw_events (streams/storage.py).
-        pipe.topics["input_raw"] = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"), schema=raw)
+        pipe.topics.input_raw = app.topic(t.name("calls"), t.name("chats"), t.name("tickets"), schema=raw)
         from streams import storage, web
         storage.register(pipe)
         web.register(pipe)
         return app
 
-    pipe.tables["interactions"] = _table(app, "interactions", "ccpulse_interaction", settings,
+    pipe.tables.interactions = _table(app, "interactions", "ccpulse_interaction", settings,
                                          Interaction.from_record)
-    pipe.tables["partitions"] = _table(app, "partition-records", "ccpulse_partition_record", settings,
+    pipe.tables.partitions = _table(app, "partition-records", "ccpulse_partition_record", settings,
                                        PartitionRecord.from_dict)
-    pipe.tables["merged"] = _table(app, "merged-windows", "orjson", settings, None)
-    pipe.tables["fcr_customers"] = _table(app, "fcr-customers", "ccpulse_fcr_customer", settings,
+    pipe.tables.merged = _table(app, "merged-windows", "orjson", settings, None)
+    pipe.tables.fcr_customers = _table(app, "fcr-customers", "ccpulse_fcr_customer", settings,
                                           codecs.customer_from_dict)
-    pipe.tables["fcr_records"] = _table(app, "fcr-records", "orjson", settings, None)
-    pipe.tables["sla"] = _table(app, "sla-state", "orjson", settings, None)
+    pipe.tables.fcr_records = _table(app, "fcr-records", "orjson", settings, None)
+    pipe.tables.sla = _table(app, "sla-state", "orjson", settings, None)
 
     # The input topics and <app>-rekey are co-partitioned (checked at start,
     # streams.topics.partition_mismatch), so Faust assigns partition p of all four to one worker.
-    pipe.topics["input"] = app.batch_topic(t.name("calls"), t.name("chats"), t.name("tickets"),
+    pipe.topics.input = app.batch_topic(t.name("calls"), t.name("chats"), t.name("tickets"),
                                            pipe.internal("rekey"))
     from streams import fcr, merge, pipeline, sla, storage, wallboard, web
     if settings.clickhouse.enabled and role == "all":

@@ -32,11 +32,53 @@ class BrokerHealth(Protocol):
 
 
 @dataclass
+class Topics:
+    """Every topic a stage reads or writes (Faust topics; None where the role has none)."""
+
+    rekey: Any = None  # <app>-rekey: events off their interaction's partition, and clocks
+    partials: Any = None  # <app>-window-partials -> merge
+    contacts: Any = None  # <app>-contacts -> fcr
+    interactions: Any = None  # <app>-interactions (role compute: rows for the writer)
+    sla_observations: Any = None
+    kpi_windows: Any = None
+    kpi_agents: Any = None
+    kpi_queue_state: Any = None
+    dead_letter: Any = None
+    sla_breaches: Any = None
+    kpi_scorecards: Any = None
+    input: Any = None  # calls, chats, tickets and <app>-rekey, in envelopes (the pipeline)
+    input_raw: Any = None  # calls, chats, tickets record by record (the writer role's raw events)
+
+    def named(self, name: str) -> Any:
+        """The topic of a settings name ([topics] kpi_windows, ...), for stages built from a list."""
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+@dataclass
+class Tables:
+    """The Faust tables (changelogged state); None in the writer role."""
+
+    interactions: Any = None  # interaction id -> Interaction
+    partitions: Any = None  # partition -> PartitionRecord
+    merged: Any = None  # window record key -> merged entry
+    fcr_customers: Any = None
+    fcr_records: Any = None
+    sla: Any = None
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(name, table) of the tables this role has."""
+        return [(name, getattr(self, name)) for name in self.__dataclass_fields__
+                if getattr(self, name) is not None]
+
+
+@dataclass
 class Pipeline:
     settings: Settings
     app: faust.App
-    topics: dict[str, Any] = field(default_factory=dict)
-    tables: dict[str, Any] = field(default_factory=dict)
+    topics: Topics = field(default_factory=Topics)
+    tables: Tables = field(default_factory=Tables)
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     metrics: PipelineMetrics | None = None
     writer: ClickHouseWriter | None = None

@@ -95,9 +95,9 @@ async def customer_hasher(pipe: Pipeline) -> CustomerIdHasher:
 def register(pipe: Pipeline) -> None:
     """The Faust shell around ``FcrStage``: its agent, publish timer and rebalance hook."""
     app, settings = pipe.app, pipe.settings
-    customers, records = pipe.tables["fcr_customers"], pipe.tables["fcr_records"]
-    partials = pipe.topics["partials"]
-    topic_name = pipe.topics["contacts"].get_topic_name()
+    customers, records = pipe.tables.fcr_customers, pipe.tables.fcr_records
+    partials = pipe.topics.partials
+    topic_name = pipe.topics.contacts.get_topic_name()
     outbox = pipe.outbox
     stage = FcrStage(settings, customers.data, records.data, now=time.monotonic())
     pipe.fcr_engines = stage.engines  # /metrics reads the stage's engines
@@ -124,7 +124,7 @@ def register(pipe: Pipeline) -> None:
         stage.revoke(partition)
         merge_clock.forget(f"fcr-{partition}")
 
-    @app.agent(pipe.topics["contacts"], name="fcr")
+    @app.agent(pipe.topics.contacts, name="fcr")
     async def fcr(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             await write(stage.on_batch([event.message for event in batch]))

@@ -114,6 +114,6 @@ def stage_guard(pipe: _Pipeline) -> StageGuard:
     guard = getattr(pipe.app, "stage_guard", None)
     if guard is None:
         assert pipe.metrics is not None
-        guard = StageGuard(pipe.metrics, pipe.outbox, pipe.topics["dead_letter"])
+        guard = StageGuard(pipe.metrics, pipe.outbox, pipe.topics.dead_letter)
         pipe.app.stage_guard = guard  # type: ignore[attr-defined]
     return guard

@@ -23,7 +23,7 @@ __all__ = ["ROLLING_SIZE_S", "ROLLING_WINDOW_MS", "merged_record", "register"]
 
 def register(pipe: Pipeline) -> None:
     app, outbox = pipe.app, pipe.outbox
-    merged = pipe.tables["merged"]
+    merged = pipe.tables.merged
     stage = MergeStage(pipe.settings, merged.data, metrics=pipe.metrics)
     guard = stage_guard(pipe)
 
@@ -33,11 +33,11 @@ def register(pipe: Pipeline) -> None:
         for put in out.puts:
             outbox.put(merged, put.partition, put.key, put.value)
         for record in out.records:
-            outbox.send(pipe.topics[record.topic], record.key, record.value)
+            outbox.send(pipe.topics.named(record.topic), record.key, record.value)
         for delete in out.deletes:
             outbox.delete(merged, delete.partition, delete.key)
 
-    @app.agent(pipe.topics["partials"], name="merge")
+    @app.agent(pipe.topics.partials, name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
             write(stage.on_batch([Consumed.of(e) for e in batch],

@@ -53,14 +53,14 @@ class PipelineShell:
 
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe, self.app, self.settings = pipe, pipe.app, pipe.settings
-        self.interactions = pipe.tables["interactions"]
-        self.records = pipe.tables["partitions"]
-        self.input_names = set(pipe.topics["input"].topics)
+        self.interactions = pipe.tables.interactions
+        self.records = pipe.tables.partitions
+        self.input_names = set(pipe.topics.input.topics)
         self.outbox = pipe.outbox
         self.stage = PipelineStage(pipe.settings, pipe.internal("rekey"), interactions=self.interactions.data,
                                    metrics=pipe.metrics)
         pipe.engines = self.stage.engines  # /health and /metrics read the stage's engines
-        self.merge_clock = ClockSender(self.outbox, pipe.topics["partials"], pipe.settings.kafka.partitions)
+        self.merge_clock = ClockSender(self.outbox, pipe.topics.partials, pipe.settings.kafka.partitions)
         self.sent_fcr_clock: dict[str, int] = {}
         self.lock = asyncio.Lock()
         self.pending: list[Any] = []  # envelopes applied, not yet covered by a checkpoint
@@ -123,20 +123,20 @@ class PipelineShell:
         for partition, record in out.records.items():
             outbox.put(self.records, partition, str(partition), record)
         for m in out.rekey:  # (3)
-            outbox.send(topics["rekey"], m.key, m.value)
+            outbox.send(topics.rekey, m.key, m.value)
         for m in out.clocks:  # after the events they cover, by the same producer
             for partition in range(self.settings.kafka.partitions):
-                outbox.send(topics["rekey"], None, m.value, partition)
+                outbox.send(topics.rekey, None, m.value, partition)
         for m in out.dead_letters:
-            outbox.send(topics["dead_letter"], m.key, m.value)
+            outbox.send(topics.dead_letter, m.key, m.value)
         for m in out.partials:
-            outbox.send(topics["partials"], m.key, m.value)
+            outbox.send(topics.partials, m.key, m.value)
         for m in out.contacts:
-            outbox.send(topics["contacts"], m.key, m.value)
+            outbox.send(topics.contacts, m.key, m.value)
         if pipe.direct_rows is None:
             for iid, inter in out.interactions.items():
                 for row in interaction_rows(inter, version=inter.step_count):
-                    outbox.send(topics["interactions"], f"{iid}|{row['segment']}".encode(), row)
+                    outbox.send(topics.interactions, f"{iid}|{row['segment']}".encode(), row)
         self.send_clocks()
         await outbox.flush()  # (4)
         for event in covered:
@@ -155,7 +155,7 @@ class PipelineShell:
             self.sent_fcr_clock.update(report)
             value = orjson.dumps({WATERMARK_FIELD: report})
             for partition in range(self.settings.kafka.partitions):
-                self.outbox.send(self.pipe.topics["contacts"], None, value, partition)
+                self.outbox.send(self.pipe.topics.contacts, None, value, partition)
 
     async def on_idle(self) -> None:
         # Envelopes of a stream that went quiet are still acknowledged within the interval.
@@ -207,7 +207,7 @@ def register(pipe: Pipeline) -> PipelineShell:
     app = pipe.app
     shell = PipelineShell(pipe)
 
-    @app.agent(pipe.topics["input"], name="pipeline")
+    @app.agent(pipe.topics.input, name="pipeline")
     async def pipeline(stream):  # type: ignore[no-untyped-def]
         shell.stage.hasher = await customer_hasher(pipe)
         async for event in stream.noack().events():

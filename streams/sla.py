@@ -48,7 +48,7 @@ BATCH, WITHIN = 2000, 0.05
 
 def register(pipe: Pipeline) -> None:
     app, settings, outbox = pipe.app, pipe.settings, pipe.outbox
-    table = pipe.tables["sla"]
+    table = pipe.tables.sla
     source_names = {settings.topics.name("kpi_queue_state"), pipe.internal(OBSERVATIONS)}
     source = app.topic(*sorted(source_names), value_serializer="orjson", key_serializer="raw")
     guard = stage_guard(pipe)
@@ -67,7 +67,7 @@ def register(pipe: Pipeline) -> None:
 
     def send(topic: str, out: Sends) -> None:
         for m in out.messages:
-            outbox.send(pipe.topics[topic], m.key, m.value)
+            outbox.send(pipe.topics.named(topic), m.key, m.value)
 
     @app.agent(source, name="sla")
     async def sla(stream):  # type: ignore[no-untyped-def]
@@ -75,12 +75,12 @@ def register(pipe: Pipeline) -> None:
             out = stage.on_batch([Consumed.of(event) for event in batch], int(time.time() * 1000))
             dead_letter("sla", out.failures)
             for m in out.breaches:  # before the state that follows from them
-                outbox.send(pipe.topics["sla_breaches"], m.key, m.value)
+                outbox.send(pipe.topics.sla_breaches, m.key, m.value)
             for put in out.puts:
                 outbox.put(table, put.partition, put.key, put.value)
             await outbox.flush()
 
-    @app.agent(pipe.topics["kpi_windows"], name="sla-windows")
+    @app.agent(pipe.topics.kpi_windows, name="sla-windows")
     async def sla_windows(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(BATCH, within=WITHIN):
             out = windows.on_batch([Consumed.of(event) for event in batch])
@@ -88,7 +88,7 @@ def register(pipe: Pipeline) -> None:
             send("sla_observations", out)
             await outbox.flush()
 
-    @app.agent(pipe.topics["kpi_windows"], name="scorecards")
+    @app.agent(pipe.topics.kpi_windows, name="scorecards")
     async def scorecards_agent(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(BATCH, within=WITHIN):
             out = scorecards.on_batch([Consumed.of(event) for event in batch], int(time.time() * 1000))

@@ -67,7 +67,7 @@ def register(pipe: Pipeline) -> None:
         """One agent per table; a batch is acknowledged once the sink has written it."""
         stage = StoreStage(name, writer.sink(table), row)
 
-        @app.agent(pipe.topics[topic], name=name)
+        @app.agent(pipe.topics.named(topic), name=name)
         async def agent(stream):  # type: ignore[no-untyped-def]
             async for batch in stream.take_events(ch.batch_size, within=ch.flush_seconds):
                 for failure in stage.on_batch([Consumed.of(event) for event in batch]):

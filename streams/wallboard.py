@@ -77,9 +77,9 @@ def _window_view(agg: WindowAgg, th: Any, target: float | None) -> dict[str, Any
 
 
 def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
-    """The ``/api/wallboard`` body from ``pipe.tables["merged"]`` (see the module doc)."""
+    """The ``/api/wallboard`` body from ``pipe.tables.merged`` (see the module doc)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    entries = list(pipe.tables["merged"].data.values())
+    entries = list(pipe.tables.merged.data.values())
     as_of = max((part.get("watermark", 0) or 0 for entry in entries for part in entry["parts"].values()),
                 default=0)
     w = pipe.settings.windows

@@ -96,7 +96,7 @@ async def kpi_summary(pipe: Pipeline, recent: int = 20) -> dict[str, Any]:
         figures.pop("wait_buckets")
         queues.append({"queue": queue, "channel": channel, **figures})
     now_ms = int(time.time() * 1000)
-    merged = pipe.tables["merged"].data.values() if "merged" in pipe.tables else []
+    merged = pipe.tables.merged.data.values() if pipe.tables.merged is not None else []
     entries = sorted((e for e in merged
                       if e["kind"] == "window" and e["key"][2] == QUEUE),
                      key=lambda e: (e["key"][1], e["key"][0]), reverse=True)

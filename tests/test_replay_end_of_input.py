@@ -251,7 +251,7 @@ def test_the_rekey_topic_written_is_the_one_the_worker_reads() -> None:
 
     env = {"CCPULSE_APP_ID": "some-app", "CCPULSE_TOPIC_PREFIX": "p.", "CCPULSE_CONFIG": os.devnull}
     s = load_settings(env=env)
-    assert rekey_topic(s) == create_app(s).pipeline.topics["rekey"].get_topic_name()  # type: ignore[attr-defined]
+    assert rekey_topic(s) == create_app(s).pipeline.topics.rekey.get_topic_name()  # type: ignore[attr-defined]
 
 
 class FakeAdmin:

@@ -120,5 +120,5 @@ def test_the_state_topic_read_is_the_one_the_worker_writes() -> None:
     env = {"CCPULSE_APP_ID": "some-app", "CCPULSE_TOPIC_PREFIX": "p.", "CCPULSE_CONFIG": os.devnull}
     settings = load_settings(env=env)
     app = create_app(settings)
-    written = app.pipeline.tables["partitions"].changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+    written = app.pipeline.tables.partitions.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
     assert replay.state_topic(settings) == written

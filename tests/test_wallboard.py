@@ -19,6 +19,7 @@ from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.windowing import Windowing
 from schemas.records import window_record_key
 from streams import wallboard as wb
+from streams.context import Tables
 from streams.merged import entry_key
 
 S = 1000
@@ -60,7 +61,7 @@ def live(queue: str, channel: str, watermark: int,
 
 def pipe_of(*entries: tuple[str, dict[str, Any]], settings: Any = None) -> Any:
     return SimpleNamespace(settings=settings or Settings(),
-                           tables={"merged": SimpleNamespace(data=dict(entries))})
+                           tables=Tables(merged=SimpleNamespace(data=dict(entries))))
 
 
 def row(body: dict[str, Any], queue: str, channel: str) -> dict[str, Any]:
