@@ -24,7 +24,7 @@ from ccpulse.core.lifecycle import Interaction
 from sinks.prometheus import PipelineMetrics
 from streams import codecs
 from streams.context import Pipeline
-from streams.kafka_consumer import InOrderApp
+from streams.kafka_consumer import InOrderApp, convert_recovered_values
 from streams.outbox import Outbox
 from streams.topics import EVENT_MESSAGE_MAX_BYTES
 
@@ -153,7 +153,7 @@ def _table(app: faust.App, name: str, value_serializer: str, settings: Settings,
     table.key_serializer = "json"
     table.value_serializer = value_serializer
     if from_dict is not None:
-        table._to_value = lambda v: _recovered(name, v, from_dict)
+        convert_recovered_values(table, lambda v: _recovered(name, v, from_dict))
     return table
 
 

@@ -157,6 +157,15 @@ def crash_of(app: AppT) -> str | None:
     return guard.crashed if guard is not None else None
 
 
+# -- tables ------------------------------------------------------------------------
+
+
+def convert_recovered_values(table: Any, convert: Callable[[Any], Any]) -> None:
+    """Turn each value Faust's recovery decodes for ``table`` into ``convert(value)``: Faust
+    derives the changelog codecs from value_type and offers no hook for the domain object."""
+    table._to_value = convert
+
+
 # -- Faust's web server ----------------------------------------------------------
 
 FAUST_INDEX = "faust.web.apps.production_index:blueprint"
