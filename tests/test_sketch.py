@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccpulse.core.sketch import (
-    GAMMA, RELATIVE_ACCURACY, bucket_of, bucket_value, decode, encode, merge, quantile, sketch_of,
+    GAMMA, RELATIVE_ACCURACY, bucket_of, bucket_value, decode, encode, merge, quantile, quantiles, sketch_of,
     subtract,
 )
 
@@ -222,3 +222,10 @@ def test_fewer_than_1000_buckets_from_1_ms_to_7_days() -> None:
     assert distinct < 1000
     assert distinct == 865  # the figure documented in ccpulse/core/sketch.py
     assert bucket_of(top) == 1012  # index span 1..1012; low ones hold no integer
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**7), max_size=200),
+       st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=5))
+def test_quantiles_in_one_pass_equal_each_quantile(values: list[int], qs: list[float]) -> None:
+    buckets = sketch_of(values)
+    assert quantiles(buckets, qs) == [quantile(buckets, q) for q in qs]

@@ -306,8 +306,7 @@ def kpi_figures(agg: WindowAgg, th: Thresholds) -> dict[str, Any]:
         top = agg.tops.get(name)
         out[name.replace("_max_ms", "_max_seconds")] = top[-1] / 1000 if top else None
     waits = agg.sketch()
-    for q, label in ((0.5, "p50"), (0.9, "p90"), (0.95, "p95")):
-        value = sketch.quantile(waits, q)
+    for label, value in zip(("p50", "p90", "p95"), sketch.quantiles(waits, (0.5, 0.9, 0.95))):
         out[f"wait_answered_{label}_seconds"] = None if value is None else value / 1000
     out["wait_sketch"] = sketch.encode(waits)
     out["asa_seconds"] = mean_seconds(c.get("wait_answered_ms", 0), answered)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from fractions import Fraction
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 RELATIVE_ACCURACY: float = 0.01
 # Exact twin of RELATIVE_ACCURACY (parsed from its decimal text, so 1/100, not the
@@ -107,19 +107,30 @@ def quantile(buckets: Mapping[int, int], q: float) -> float | None:
     Buckets with a count <= 0 are ignored (a transiently over-retracted window must
     not shift ranks). None for an empty sketch.
     """
-    if not 0.0 <= q <= 1.0:  # also rejects NaN
-        raise ValueError(f"quantile must be in [0, 1], got {q!r}")
+    return quantiles(buckets, (q,))[0]
+
+
+def quantiles(buckets: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
+    """``quantile`` of each of ``qs`` (in any order), sorting the buckets once."""
+    for q in qs:
+        if not 0.0 <= q <= 1.0:  # also rejects NaN
+            raise ValueError(f"quantile must be in [0, 1], got {q!r}")
     live = sorted((i, c) for i, c in buckets.items() if c > 0)
     n = sum(c for _, c in live)
     if n == 0:
-        return None
+        return [None] * len(qs)
     # Same expression as sorted(values)[int(q * (n - 1))], so the float rounding matches too.
-    rank = int(q * (n - 1))
+    out: list[float | None] = [None] * len(qs)
+    pending = sorted((int(q * (n - 1)), k) for k, q in enumerate(qs))
     seen = 0
+    at = 0
     for index, count in live:
         seen += count
-        if rank < seen:
-            return bucket_value(index)
+        while at < len(pending) and pending[at][0] < seen:
+            out[pending[at][1]] = bucket_value(index)
+            at += 1
+        if at == len(pending):
+            return out
     raise AssertionError("unreachable: rank < n")
 
 
