@@ -145,6 +145,9 @@ class PartitionEngine:
         # granule of ts -> ((size, start, closes), ...) of its windows, agents' windows apart:
         # computed once for all the moments of a granule (see Windowing.granule_ms).
         self.granule_ms = windowing.granule_ms
+        # The newest event time applied here: how far the input has been read, which the
+        # watermark (clocks, the slowest source) only reaches a round trip later.
+        self.frontier = 0
         self._places: dict[int, tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]] = {}
 
     # -- state ----------------------------------------------------------------
@@ -169,7 +172,9 @@ class PartitionEngine:
             for fact, n in self.facts(inter).items():
                 if not self.is_final(fact):
                     self._apply_fact(fact, n)
-            self._update_live([], live_contribution(inter.channel, inter.fold()))
+            fold = inter.fold()
+            self.frontier = max(self.frontier, fold.last_ts)
+            self._update_live([], live_contribution(inter.channel, fold))
         self.dirty = set(self.windows)
         self.live_dirty = set(self.live)
 
@@ -206,6 +211,8 @@ class PartitionEngine:
         seen = self.record.sources.get(source) if moves_time else None
         if moves_time and (seen is None or seen[1] or step.ts > seen[0]):
             self.observe({source: [step.ts, False]})
+        if step.ts > self.frontier:
+            self.frontier = step.ts
         late: WindowKey | None = None
         final_through = self.record.final_through
         # A change to a final window is refused (the window stays as published) but the
@@ -400,7 +407,11 @@ class PartitionEngine:
     def take_dirty(self, agents: bool = True) -> list[Snapshot]:
         """Snapshots of the windows changed since the last call. ``agents=False`` leaves
         the changed agent windows for a later call: one answer changes three of an agent's
-        windows, and with thousands of agents their partials outnumbered the events."""
+        windows, and with thousands of agents their partials outnumbered the events. It
+        leaves too the queue windows the events applied already put past their lateness
+        (``frontier``): they close as soon as the watermark gets there, a clock's round
+        trip later, so their open snapshot would only precede the final one. Catching up
+        (a replay at full speed) that was nearly every window, each sent twice."""
         if agents:
             keys = set(self.dirty)
             self.dirty.clear()
@@ -420,6 +431,10 @@ class PartitionEngine:
                 if group in earliest and key[1] > earliest[group]:
                     keys.add(key)
         keys = {k for k in keys if k in self.windows}
+        if not agents:
+            passed = {k for k in keys if self.closes_at(k) <= self.frontier}
+            keys -= passed
+            self.dirty |= passed
         waiting = self._waiting(keys)
         snaps = [Snapshot(k, self.windows[k], False, self.version(False), *waiting.get(k, (0, 0)))
                  for k in sorted(keys)]

@@ -9,7 +9,10 @@ measures, with every KPI, window and sink enabled:
    ``writer``, as the embedded store requires);
 3. end-to-end latency of probe contacts at fixed offered loads, as seen on
    ``kpi.windows``, on ``/metrics`` and in ClickHouse;
-4. peak RSS of the workers, and RSS with many interactions open on many queues.
+4. peak RSS of the workers, and RSS with many interactions open on many queues;
+5. the bank month (``../shared/data/anonymous-bank-1999-01.tsv``) replayed with
+   ``ccpulse replay --speed max`` into a running worker: until every day is final on
+   ``kpi.windows`` and in ClickHouse (ccpulse/tools/bench_replay.py).
 
 It prints one table and writes it as JSON. Figures depend on the machine and
 its load; the load average is recorded with each scenario.
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_JSON = "bench/results/latest.json"
+SCENARIOS = ("throughput", "latency", "memory", "replay")
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,15 @@ class Plan:
     open_interactions: int
     open_queues: int
     publish_interval: float | None  # None: the worker's default (windows.publish_interval_seconds)
+    scenarios: tuple[str, ...] = SCENARIOS
+    replay_limit: int | None = None  # the bank replay's first N interactions; None: the whole month
 
 
 FULL = Plan(events=200_000, workers=(1, 2, 3), loads=(1000, 5000), latency_seconds=30.0, probe_hz=4.0,
             open_interactions=100_000, open_queues=1000, publish_interval=None)
+# The bank replay's first 2,000 calls in event time: its first three days.
 SHORT = Plan(events=5_000, workers=(1, 2), loads=(200,), latency_seconds=10.0, probe_hz=4.0,
-             open_interactions=5_000, open_queues=50, publish_interval=None)
+             open_interactions=5_000, open_queues=50, publish_interval=None, replay_limit=2000)
 
 # Targets of issue 7; the latency ones apply at this offered load.
 TARGET_LOAD = 5000
@@ -132,11 +139,13 @@ class Bench:
     report: Report = field(default_factory=Report)
     workers: list[Any] = field(default_factory=list)  # every WorkerProc started, for cleanup
     memory_timeout: float = 600.0
+    replay_timeout: float = 900.0
 
-    def app(self, name: str, input_prefix: str) -> Any:
+    def app(self, name: str, input_prefix: str, windows: dict[str, Any] | None = None) -> Any:
         from ccpulse.tools.bench_worker import BenchApp
 
-        app = BenchApp(name, self.root, self.bootstrap, self.code, input_prefix, self.plan.publish_interval)
+        app = BenchApp(name, self.root, self.bootstrap, self.code, input_prefix, self.plan.publish_interval,
+                       windows=windows or {})
         app.write_config()
         return app
 
@@ -153,6 +162,19 @@ class Bench:
             worker.stop()
 
     async def run(self) -> Report:
+        scenarios = self.plan.scenarios
+        if "throughput" in scenarios:
+            await self.throughputs()
+        if "latency" in scenarios:
+            for load_rate in self.plan.loads:
+                await self.latency(load_rate)
+        if "memory" in scenarios:
+            await self.memory()
+        if "replay" in scenarios:
+            await self.replay()
+        return self.report
+
+    async def throughputs(self) -> None:
         from ccpulse.tools import bench_kafka
 
         r = self.report
@@ -183,10 +205,6 @@ class Bench:
                 if n > 1 and rates[1] > 0:
                     target = ">= 1.7" if n == 2 else ""
                     r.add(f"scaling {n} workers", f"throughput / 1 worker", rates[n] / rates[1], "x", target)
-        for load_rate in self.plan.loads:
-            await self.latency(load_rate)
-        await self.memory()
-        return r
 
     def _lag_note(self, lag: int) -> None:
         self.say(f"  ... {lag:,} messages not yet committed by every stage")
@@ -362,6 +380,83 @@ class Bench:
                  + f" (peak {holder.peak_rss / 2**20:.0f} MB), {open_now:,.0f} contacts waiting on /metrics")
 
 
+    # ------------------------------------------------------------ bank month replay
+
+    async def replay(self) -> None:
+        from ccpulse.core.windowing import Windowing
+        from ccpulse.tools.bench_replay import (BANK_FILE, BANK_JANUARY_DAYS, BANK_MAPPING, BANK_TIMEZONE,
+                                                TARGET_SECONDS, ReplayRun, expected_day_windows)
+        from ccpulse.tools.bench_worker import Profiler, summarize_profile
+
+        limit = self.plan.replay_limit
+        if not BANK_FILE.is_file():
+            raise RuntimeError(f"the bank month is not at {BANK_FILE} (skip it: --only without replay)")
+        app = self.app("bank", "bank.", windows={"timezone": BANK_TIMEZONE})
+        await ensure_topics(app)
+        topology = app.topology()
+        from ccpulse.config import load_settings
+
+        w = load_settings(app.config_path, env={}).windows
+        wanted = await asyncio.to_thread(expected_day_windows, BANK_FILE, BANK_MAPPING, limit,
+                                         Windowing(w.sizes, w.timezone, w.day_start_hour))
+        days = sorted({key.split("|")[1] for key in wanted})
+        if limit is None and len(days) < BANK_JANUARY_DAYS:
+            raise RuntimeError(f"the bank month touches {len(days)} days, expected {BANK_JANUARY_DAYS} at least")
+        what = "whole month" if limit is None else f"first {limit:,} calls"
+        scenario = "replay bank month" if limit is None else f"replay bank, {what}"
+        self.say(f"replay of the bank month ({what}: {len(wanted)} day windows on {len(days)} days) into one "
+                 "--role all worker ...")
+        load = _loadavg()
+        worker = self.spawn(app, "all", 0)
+        await asyncio.to_thread(worker.wait_healthy)
+        profiler = None
+        if self.profile:
+            profiler = Profiler(worker.pid, app.dir / "profile-replay.txt")
+            if not profiler.start():
+                self.say(f"  profile unavailable: {profiler.error}")
+                profiler = None
+        run = ReplayRun(self.bootstrap, app, worker, topology["all"].group, wanted, limit,
+                        timeout=self.replay_timeout, say=self.say)
+        sampler = asyncio.create_task(_sample_rss([worker]))
+        try:
+            result = await run.run()
+        finally:
+            sampler.cancel()
+            if profiler is not None:
+                profiler.stop()
+        worker.stop()
+        book = result.book
+        target = f"<= {TARGET_SECONDS:g}" if limit is None else ""
+        publishing = (result.last_ms - result.first_ms) / 1000
+        self.report.add(scenario, "replay publishing (first to last record)", publishing, "s")
+        unfinal = book.not_final()
+        note = f" (>=, {len(unfinal)} not final)" if unfinal else ""
+        self.report.add(scenario, f"every day final on kpi.windows{note}", result.final_seconds(), "s", target)
+        unstored = len(book.final) - len(book.stored) + len(unfinal)
+        note = f" (>=, {unstored} not stored)" if unstored else ""
+        self.report.add(scenario, f"every day final in ClickHouse{note}", result.stored_seconds(), "s", target)
+        detail: dict[str, Any] = {
+            "interactions_limit": limit, "input_records": result.records, "day_windows": len(wanted),
+            "days": len(days), "first_day": days[0] if days else None, "last_day": days[-1] if days else None,
+            "windows_seen_not_expected": sorted(book.seen - wanted)[:20], "not_final": unfinal[:20],
+            "replay_process_seconds": round(result.replay_seconds, 2),
+            "replay_reported_seconds": result.replay_reported_seconds(), "replay_output": result.replay_lines,
+            "timeline_seconds_consumed_final_stored": result.timeline,
+            "loadavg_start": load, "loadavg_end": _loadavg(), "peak_rss_mb": round(worker.peak_rss / 2**20, 1)}
+        if profiler is not None:
+            if profiler.out.exists():
+                summary = summarize_profile(profiler.out.read_text())
+                detail["profile"] = {"samples": summary.samples, "self": summary.self_top,
+                                     "inclusive": summary.inclusive_top}
+                self.say(format_profile(summary))
+            else:
+                detail["profile"] = {"error": profiler.error or "no profile written"}
+        self.report.details[scenario] = detail
+        self.say(f"  published in {publishing:.1f}s; every day final on kpi.windows after "
+                 f"{result.final_seconds():.1f}s, in ClickHouse after {result.stored_seconds():.1f}s "
+                 f"(from the first record published), load {load}")
+
+
 def open_contacts(count: int, queues: int, topic: str) -> Any:
     """``count`` call.offered events spread over ``queues`` queues and the last 10 minutes, never answered."""
     import orjson
@@ -428,11 +523,14 @@ def add_parser(subparsers: Any) -> None:
                        help="offered loads of the latency runs, events/s (default 1000,5000; --short 300)")
     bench.add_argument("--publish-interval", type=float, default=None,
                        help="override windows.publish_interval_seconds for the workers (default: theirs)")
+    bench.add_argument("--only", type=_scenarios, default=None,
+                       help=f"run only these scenarios, e.g. replay or latency,memory (of {','.join(SCENARIOS)})")
     bench.add_argument("--json", default=DEFAULT_JSON, help="where to write the results (default %(default)s)")
     bench.add_argument("--worker-pythonpath", default=None,
                        help="run the workers from this source tree (e.g. a git worktree of another version)")
     bench.add_argument("--profile", action="store_true",
-                       help="profile the single worker of the throughput run with py-spy; print the top 15")
+                       help="profile the single worker of the throughput run and the replay's worker with py-spy; "
+                            "print the top 15")
     bench.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     bench.set_defaults(func=run_from_args)
 
@@ -445,6 +543,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!r}: not a scenario "
+                                         f"(one or more of {', '.join(SCENARIOS)})")
+    return names
 
 
 def _worker_counts(text: str) -> tuple[int, ...]:
@@ -465,6 +572,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         changes["workers"] = tuple(sorted(set(args.workers)))
     if args.loads is not None:
         changes["loads"] = args.loads
+    if args.only is not None:
+        changes["scenarios"] = args.only
     if args.publish_interval is not None:
         if not args.publish_interval > 0:
             raise ValueError("--publish-interval: must be a positive number of seconds")

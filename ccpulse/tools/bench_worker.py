@@ -17,6 +17,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ccpulse.tools.bench_kafka import GroupTopics
 from ccpulse.probes import free_port
@@ -50,6 +51,7 @@ class BenchApp:
     input_prefix: str  # input topics are <input_prefix>calls|chats|tickets (shareable between apps)
     publish_interval: float | None = None
     effective_publish_interval: float | None = None  # as the worker's code reads its config
+    windows: dict[str, Any] = field(default_factory=dict)  # more [windows] settings (TOML values)
 
     @property
     def dir(self) -> Path:
@@ -67,8 +69,11 @@ class BenchApp:
     def write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         n = self.name
-        windows = (f"\n[windows]\npublish_interval_seconds = {self.publish_interval}\n"
-                   if self.publish_interval is not None else "")
+        settings = dict(self.windows)
+        if self.publish_interval is not None:
+            settings["publish_interval_seconds"] = self.publish_interval
+        windows = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        windows = f"\n[windows]\n{windows}" if windows else ""
         self.config_path.write_text(f"""app_id = "{n}"
 state_dir = "{self.dir / 'state'}"
 

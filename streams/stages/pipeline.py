@@ -305,24 +305,34 @@ class PipelineStage:
                 # Nothing applied for a while: event time follows the wall clock, so the
                 # last windows of a quiet stream still close.
                 engine.advance(watermark_then + quiet)
-            for snap in engine.close():
-                self._out.partials.append(Message(*window_partial(
-                    partition, snap, self.windowing.end(snap.key[0], snap.key[1]), engine.record.watermark)))
+            self._close(partition, engine, self._out.partials)
             if (engine.record.watermark, engine.record.final_through) != before:
                 self._touched.add(partition)
+
+    def _close(self, partition: int, engine: PartitionEngine, partials: list[Message]) -> None:
+        """The final partials of every window the watermark has passed by its lateness."""
+        for snap in engine.close():
+            partials.append(Message(*window_partial(
+                partition, snap, self.windowing.end(snap.key[0], snap.key[1]), engine.record.watermark)))
 
     # -- output ---------------------------------------------------------------
 
     def checkpoint(self, now_ms: int | None = None) -> Checkpoint:
         """Everything to write since the last checkpoint, each changed interaction once.
         Changed open agent windows go out at most every ``AGENT_PARTIALS_SECONDS`` of
-        ``now_ms`` (every time without it); final ones at once, from ``on_tick``."""
+        ``now_ms`` (every time without it); final ones at once, from ``on_tick`` or here
+        when clocks read since moved event time."""
         out, self._out = self._out, Checkpoint()
         agents = now_ms is None or now_ms - self._agents_sent_ms >= AGENT_PARTIALS_SECONDS * 1000
         if agents and now_ms is not None:
             self._agents_sent_ms = now_ms
         for partition, engine in self.engines.items():
             watermark = engine.record.watermark
+            if engine.record.final_through < watermark:
+                # Clocks read since the tick moved event time: what they close goes out final
+                # now, not open first (catching up, nearly every window; see take_dirty).
+                self._close(partition, engine, out.partials)
+                self._touched.add(partition)
             for snap in engine.take_dirty(agents):
                 out.partials.append(Message(*window_partial(
                     partition, snap, self.windowing.end(snap.key[0], snap.key[1]), watermark)))
