@@ -157,6 +157,10 @@ def crash_of(app: AppT) -> str | None:
     return guard.crashed if guard is not None else None
 
 
+# Envelopes buffered per partition of a batch topic before its fetching pauses.
+ENVELOPE_BUFFER = 8
+
+
 # -- tables ------------------------------------------------------------------------
 
 
@@ -873,7 +877,12 @@ class InOrderApp(faust.App):
         returned for one partition, in offset order, as one event. Acknowledging the
         event acknowledges them all; the commit never passes an envelope that is not."""
         self.batch_topics.update(names)
-        return self.topic(*names, schema=EnvelopeSchema(), **kwargs)
+        topic = self.topic(*names, schema=EnvelopeSchema(), **kwargs)
+        # Faust's stream buffer counts events: 4,096 envelopes of a fetch each would let
+        # the fetcher run a whole backlog ahead into memory before flow control stops it.
+        # (App.topic takes ``maxsize`` but does not pass it on: set on the topic.)
+        topic.maxsize = ENVELOPE_BUFFER
+        return topic
 
     def _new_transport(self) -> Any:
         return InOrderTransport(self.conf.broker_consumer, self)

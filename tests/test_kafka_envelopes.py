@@ -273,3 +273,15 @@ def test_a_rebalance_and_a_restart_mid_stream_lose_and_double_nothing(kafka_boot
         assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), \
             f"worker {pid} generation {generation} partition {p}: {offsets[:20]}..."
     assert len({(line["pid"], line["generation"]) for line in lines}) >= 3, "no rebalance happened"
+
+
+def test_a_batch_topic_buffers_few_envelopes_per_partition() -> None:
+    """Faust's App.topic drops ``maxsize``: without it set on the topic, 4,096 envelopes
+    (each a whole fetch) per partition could sit in memory before fetching paused."""
+    from ccpulse.config import Settings
+    from streams.app import create_app
+    from streams.kafka_consumer import ENVELOPE_BUFFER
+
+    topic = create_app(Settings(), "compute").pipeline.topics.input  # type: ignore[attr-defined]
+    assert topic.maxsize == ENVELOPE_BUFFER and topic.clone().maxsize == ENVELOPE_BUFFER
+    assert ENVELOPE_BUFFER < 100
