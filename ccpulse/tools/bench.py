@@ -386,7 +386,7 @@ class Bench:
         from ccpulse.core.windowing import Windowing
         from ccpulse.tools.bench_replay import (BANK_FILE, BANK_JANUARY_DAYS, BANK_MAPPING, BANK_TIMEZONE,
                                                 TARGET_SECONDS, ReplayRun, expected_day_windows)
-        from ccpulse.tools.bench_worker import Profiler, summarize_profile
+        from ccpulse.tools.bench_worker import Profiler, cpu_seconds, summarize_profile
 
         limit = self.plan.replay_limit
         if not BANK_FILE.is_file():
@@ -418,12 +418,14 @@ class Bench:
         run = ReplayRun(self.bootstrap, app, worker, topology["all"].group, wanted, limit,
                         timeout=self.replay_timeout, say=self.say)
         sampler = asyncio.create_task(_sample_rss([worker]))
+        cpu_before = cpu_seconds(worker.pid)
         try:
             result = await run.run()
         finally:
             sampler.cancel()
             if profiler is not None:
                 profiler.stop()
+        cpu = cpu_seconds(worker.pid) - cpu_before
         worker.stop()
         book = result.book
         target = f"<= {TARGET_SECONDS:g}" if limit is None else ""
@@ -435,6 +437,7 @@ class Bench:
         unstored = len(book.final) - len(book.stored) + len(unfinal)
         note = f" (>=, {unstored} not stored)" if unstored else ""
         self.report.add(scenario, f"every day final in ClickHouse{note}", result.stored_seconds(), "s", target)
+        self.report.add(scenario, "worker CPU until then", cpu, "s")
         detail: dict[str, Any] = {
             "interactions_limit": limit, "input_records": result.records, "day_windows": len(wanted),
             "days": len(days), "first_day": days[0] if days else None, "last_day": days[-1] if days else None,
