@@ -14,7 +14,7 @@ import asyncio
 import random
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -124,3 +124,24 @@ async def read_topic_async(bootstrap: str, topic: str, timeout: float = 60.0,
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0, **client: Any) -> list[ConsumerRecord]:
     return asyncio.run(read_topic_async(bootstrap, topic, timeout, **client))
+
+
+# A cluster's first group request makes the broker create __consumer_offsets and is
+# answered "coordinator not available" meanwhile (seconds); a moving coordinator, "not
+# coordinator". Both pass: the replay had published everything and then failed on them.
+COORDINATOR_WAIT_SECONDS = 30.0
+
+
+async def coordinated(request: Callable[[], Any], timeout: float = COORDINATOR_WAIT_SECONDS) -> Any:
+    """``await request()`` (an admin call about a consumer group), again while its coordinator is not ready."""
+    from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await request()
+        except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.5)

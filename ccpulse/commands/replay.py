@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from ccpulse.commands import arguments
+from ccpulse.probes import coordinated
 
 __all__ = [
     "ReplayError",
@@ -1328,29 +1329,8 @@ async def send_end_of_input(settings: Any, newest_ms: int, stall_seconds: float 
                    f"closes as event time reaches {format_ms(through)}")
 
 
-# A cluster's first group request makes the broker create __consumer_offsets and is
-# answered "coordinator not available" meanwhile (seconds); a moving coordinator, "not
-# coordinator". Both pass: the replay had published everything and then failed on them.
-COORDINATOR_WAIT_SECONDS = 30.0
-
-
-async def _coordinated(request: Callable[[], Any], timeout: float = COORDINATOR_WAIT_SECONDS) -> Any:
-    """``await request()`` (an admin call about a consumer group), again while its coordinator is not ready."""
-    from aiokafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            return await request()
-        except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
-            if loop.time() >= deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
 async def _group_members(admin: Any, group: str) -> int:
-    described = await _coordinated(lambda: admin.describe_consumer_groups([group]))
+    described = await coordinated(lambda: admin.describe_consumer_groups([group]))
     return sum(len(g["members"]) for response in described for g in response.to_object()["groups"]
                if g["group"] == group)
 
@@ -1363,7 +1343,7 @@ async def _wait_until_read(admin: Any, group: str, ends: Mapping[Any, int], stal
     loop = asyncio.get_running_loop()
     best, since = -1, loop.time()
     while True:
-        offsets = await _coordinated(lambda: admin.list_consumer_group_offsets(group, partitions=list(ends)))
+        offsets = await coordinated(lambda: admin.list_consumer_group_offsets(group, partitions=list(ends)))
         done = {tp: min(max(offsets[tp].offset, 0), end) if tp in offsets else 0 for tp, end in ends.items()}
         left = {tp: end - done[tp] for tp, end in ends.items() if done[tp] < end}
         if not left:

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from ccpulse.probes import coordinated
 from ccpulse.commands.simulate import QueueModel, SimulationConfig, encode
 from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
 
@@ -196,7 +197,7 @@ class OffsetWatch:
         before = self.history[0][1]
         total = 0
         for g in self.groups:
-            committed = await self.admin.list_consumer_group_offsets(g.group)
+            committed = await coordinated(lambda: self.admin.list_consumer_group_offsets(g.group))
             for tp in tps:
                 if tp.topic not in g.topics:
                     continue
@@ -211,7 +212,7 @@ class OffsetWatch:
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         """Committed offset per partition of ``topic`` (missing: nothing committed)."""
         assert self.admin is not None
-        offsets = await self.admin.list_consumer_group_offsets(group)
+        offsets = await coordinated(lambda: self.admin.list_consumer_group_offsets(group))
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
     async def wait_done(self, quiet: float = 3.0, timeout: float = 900.0, interval: float = 0.5,

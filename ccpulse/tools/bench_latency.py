@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from ccpulse.probes import coordinated
 from ccpulse.tools.bench_kafka import partitions_of, producer, simulated_dicts
 from ccpulse.tools.bench_worker import BenchApp, WorkerProc, metric_sum
 from schemas.events import format_ms
@@ -221,7 +222,7 @@ class LatencyRun:
         topic = self.app.kpi_windows_topic
         while not stop.is_set():
             tick = time.monotonic()
-            offsets = await admin.list_consumer_group_offsets(self.store_group)
+            offsets = await coordinated(lambda: admin.list_consumer_group_offsets(self.store_group))
             at = time.time()
             self.book.stored_through({tp.partition: meta.offset for tp, meta in offsets.items()
                                       if tp.topic == topic}, at)

@@ -33,6 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from ccpulse.core.kpis import QUEUE
+from ccpulse.probes import coordinated
 from ccpulse.core.windowing import Windowing
 from ccpulse.tools.bench_kafka import partitions_of
 from ccpulse.tools.bench_worker import BenchApp, WorkerProc
@@ -231,7 +232,7 @@ class ReplayRun:
         topic = self.app.kpi_windows_topic
         while not stop.is_set():
             tick = time.monotonic()
-            offsets = await admin.list_consumer_group_offsets(self.store_group)
+            offsets = await coordinated(lambda: admin.list_consumer_group_offsets(self.store_group))
             book.stored_through({tp.partition: meta.offset for tp, meta in offsets.items()
                                  if tp.topic == topic}, time.time())
             await asyncio.sleep(max(0.0, tick + 0.1 - time.monotonic()))

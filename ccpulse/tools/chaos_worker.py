@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ccpulse.probes import MetricKey, free_port, parse_metrics, read_topic_async
+from ccpulse.probes import MetricKey, coordinated, free_port, parse_metrics, read_topic_async
 
 # Every worker spawned by this process, so a failing run can still kill them all.
 LIVE: list["ChaosWorker"] = []
@@ -213,7 +213,7 @@ async def _committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        offsets = await coordinated(lambda: admin.list_consumer_group_offsets(group))
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
     finally:
         await admin.close()
