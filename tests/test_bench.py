@@ -41,6 +41,9 @@ def test_short_bench_reports_every_figure(tmp_path: Path) -> None:
     }
     expected |= {("latency @200/s", f"{sink} {q}") for sink in ("kpi.windows", "/metrics", "ClickHouse")
                  for q in ("p50", "p99")}
+    replay = "replay bank, first 2,000 calls"
+    expected |= {(replay, m) for m in ("replay publishing", "every day final on kpi.windows",
+                                       "every day final in ClickHouse", "worker CPU until then")}
     missing = expected - metrics
     assert not missing, f"figures missing from the JSON: {sorted(missing)}"
     memory = {(s, m) for s, m in metrics if s.startswith("memory ")}
@@ -58,3 +61,8 @@ def test_short_bench_reports_every_figure(tmp_path: Path) -> None:
     assert next(r["value"] for r in rows if r["scenario"] == "throughput 1 worker"
                 and r["metric"] == "sustained events/s") == pytest.approx(one["events"] / one["seconds"], rel=0.01)
     assert "+---" not in output and "sustained events/s" in output
+    # The short replay's three days all turned final and stored (no ">=" lower bound).
+    bank = doc["details"][replay]
+    assert bank["days"] == 3 and bank["not_final"] == [] and bank["input_records"] > 5000
+    assert not any(r["metric"].endswith("not stored)") or r["metric"].endswith("not final)")
+                   for r in rows if r["scenario"] == replay), rows
