@@ -15,7 +15,7 @@ from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.merged import merged_record
 from streams.stages.io import Consumed
-from streams.stages.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS, STAGE, MergeOutput, MergeStage
+from streams.stages.merge import PUBLISH_SECONDS, ROLLING_SIZE_S, ROLLING_WINDOW_MS, STAGE, MergeOutput, MergeStage
 
 # Read from here by the wallboard and /api/windows.
 __all__ = ["ROLLING_SIZE_S", "ROLLING_WINDOW_MS", "merged_record", "register"]
@@ -40,10 +40,19 @@ def register(pipe: Pipeline) -> None:
     @app.agent(pipe.topics.partials, name="merge")
     async def merge(stream):  # type: ignore[no-untyped-def]
         async for batch in stream.take_events(2000, within=0.05):
+            mono = time.monotonic()
             write(stage.on_batch([Consumed.of(e) for e in batch],
                                  generation=app.consumer_generation_id, now_ms=int(time.time() * 1000),
-                                 mono=time.monotonic()))
+                                 mono=mono, publish=stage.publish_due(mono)))
             await outbox.flush()
+
+    @app.timer(PUBLISH_SECONDS, name="merge-flush")
+    async def flush_merged() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        write(stage.on_flush(generation=app.consumer_generation_id, now_ms=int(time.time() * 1000),
+                             mono=time.monotonic()))
+        await outbox.flush()
 
     @app.timer(pipe.settings.windows.publish_interval_seconds, name="publish-merged")
     async def publish_merged() -> None:

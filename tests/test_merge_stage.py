@@ -70,9 +70,9 @@ class Stage:
         self.stage = MergeStage(settings, self.table, metrics=metrics)
         self.now_ms, self.mono, self.generation = NOW, 1000.0, GEN
 
-    def batch(self, *partials: dict[str, Any] | Any, partition: int = 0) -> MergeOutput:
+    def batch(self, *partials: dict[str, Any] | Any, partition: int = 0, publish: bool = True) -> MergeOutput:
         return self.stage.on_batch([consumed(partition, p, ("origin", i)) for i, p in enumerate(partials)],
-                                   generation=self.generation, now_ms=self.now_ms, mono=self.mono)
+                                   generation=self.generation, now_ms=self.now_ms, mono=self.mono, publish=publish)
 
     def tick(self) -> MergeOutput:
         return self.stage.on_tick(generation=self.generation, now_ms=self.now_ms, mono=self.mono)
@@ -273,3 +273,20 @@ def test_records_are_json_and_keys_are_the_record_keys() -> None:
 def test_clocks_are_not_entries(partial: dict[str, Any]) -> None:
     s = Stage()
     assert s.batch(partial) == MergeOutput() and s.table == {}
+
+
+def test_a_batch_too_soon_after_a_publish_keeps_its_keys_for_the_flush() -> None:
+    from streams.stages.merge import PUBLISH_SECONDS
+
+    s = Stage()
+    first = s.batch(window(0, T0, version=3, offered=2), publish=s.stage.publish_due(s.mono))
+    assert KPI_WINDOWS in {r.topic for r in first.records}
+    s.mono += PUBLISH_SECONDS / 5
+    assert not s.stage.publish_due(s.mono)
+    soon = s.batch(window(1, T0, version=5, offered=1), publish=s.stage.publish_due(s.mono))
+    assert soon.puts and not soon.records  # merged and written to the table, not yet published
+    s.mono += PUBLISH_SECONDS
+    flushed = s.stage.on_flush(generation=s.generation, now_ms=s.now_ms, mono=s.mono)
+    record = records(flushed, KPI_WINDOWS)["1m|2026-01-05T08:00:00.000Z|billing|voice"]
+    assert record["offered"] == 3  # both sources, in one record
+    assert s.stage.on_flush(generation=s.generation, now_ms=s.now_ms, mono=s.mono + 1).records == []

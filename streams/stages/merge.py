@@ -43,6 +43,11 @@ FINAL_RETENTION_MS = 20 * 60 * 1000
 # often; their final record goes out at once. Queue windows and queue state go out
 # with the batch that changed them, without waiting for a timer.
 AGENT_PUBLISH_SECONDS = 10.0
+# A batch publishes what it merged at most this often (the shell flushes the rest on a
+# timer as often): each of a window's pipeline partitions sends its partial at its own
+# checkpoint, and publishing per batch sent one window up to 20 times a second, each
+# record then stored, checked for SLA and scored downstream.
+PUBLISH_SECONDS = 0.25
 # The topics a record goes to, as the shell names them (Pipeline.topics).
 KPI_WINDOWS, KPI_AGENTS, KPI_QUEUE_STATE = "kpi_windows", "kpi_agents", "kpi_queue_state"
 _WINDOW_TOPIC = {QUEUE: KPI_WINDOWS, "a": KPI_AGENTS}
@@ -165,12 +170,15 @@ class MergeStage:
         # Kept apart from ``_dirty`` so a batch does not sort and look at thousands of them.
         self._agent_published: dict[str, float] = {}
         self._owed: set[str] = set()
+        self._published_mono = float("-inf")  # when the last publish ran (monotonic seconds)
 
     # -- input -----------------------------------------------------------------------
 
-    def on_batch(self, partials: Iterable[Consumed], *, generation: Any, now_ms: int, mono: float) -> MergeOutput:
+    def on_batch(self, partials: Iterable[Consumed], *, generation: Any, now_ms: int, mono: float,
+                 publish: bool = True) -> MergeOutput:
         """Merge a batch of ``<app>-window-partials`` (window, live and clock partials, each
-        on the merge partition it was read from) and publish every key it touched at once.
+        on the merge partition it was read from) and publish every key it touched at once
+        (``publish=False``: keep them for the next ``on_flush``, see PUBLISH_SECONDS).
 
         ``generation``: the consumer generation (a new one means recovery may have
         rewritten the table); ``now_ms``: wall clock for ``published_at``; ``mono``:
@@ -191,8 +199,21 @@ class MergeStage:
             self._dirty.add(key)
         # Published with the batch: a second timer in series after the pipeline's
         # checkpoint would add up to publish_interval_seconds to every record's latency.
-        self._publish(out, generation, now_ms, mono, waiting_too=False)
+        if publish:
+            self._publish(out, generation, now_ms, mono, waiting_too=False)
         return out
+
+    def on_flush(self, *, generation: Any, now_ms: int, mono: float) -> MergeOutput:
+        """Publish what batches merged without publishing (``on_batch(publish=False)``)."""
+        out = MergeOutput()
+        if self._dirty:
+            self._publish(out, generation, now_ms, mono, waiting_too=False)
+        return out
+
+    def publish_due(self, mono: float) -> bool:
+        """Whether a batch read now should publish at once: at most every PUBLISH_SECONDS,
+        as every pipeline partition's checkpoint sends its partials of a window separately."""
+        return mono - self._published_mono >= PUBLISH_SECONDS
 
     def _merge(self, partition: int, partial: Any, touched: dict[str, tuple[int, Entry]]) -> None:
         self.as_of = max(self.as_of, partial.get("watermark", 0))
@@ -238,6 +259,7 @@ class MergeStage:
             # every entry again (idempotent: same record, same version).
             self.index.rebuild(self.merged, generation)
             self._dirty.update(self.merged.keys())
+        self._published_mono = mono
         dirty, self._dirty = self._dirty, set()
         published = self._agent_published
         while published:
