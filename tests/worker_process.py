@@ -136,13 +136,27 @@ def worker_env(bootstrap: str, tmp: Path, name: str, **extra: str) -> dict[str, 
     return env
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]],
+            one_at_a_time: bool = False) -> None:
+    """Send ``messages`` in order and return once every one is acknowledged.
+
+    By default all are sent before any acknowledgement is awaited: a round trip (plus
+    linger) per message made 6,500 events take 41 s instead of 0.5 s. Order within a
+    partition holds (aiokafka has one batch per partition in flight; idempotence keeps a
+    retry from doubling one). ``one_at_a_time`` appends each message before the next is
+    sent, across partitions too: a live trickle rather than a backlog read all at once.
+    """
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                    enable_idempotence=True)
         await producer.start()
         try:
-            for key, value in messages:
-                await producer.send_and_wait(topic, value=value, key=key)
+            if one_at_a_time:
+                for key, value in messages:
+                    await producer.send_and_wait(topic, value=value, key=key)
+            else:
+                sent = [await producer.send(topic, value=value, key=key) for key, value in messages]
+                await asyncio.gather(*sent)
         finally:
             await producer.stop()
     asyncio.run(run())
