@@ -43,6 +43,9 @@ CHECKPOINT_SECONDS = 0.2
 # Envelopes read since the last checkpoint past which the agent checkpoints at once:
 # bounds what a checkpoint holds (and what a crash makes the next owner re-read).
 CHECKPOINT_ENVELOPES = 200
+# ... and events applied since it: what one checkpoint holds in memory (documents, rows,
+# changelog values) is bounded, also when a backlog comes in large fetches.
+CHECKPOINT_EVENTS = 5000
 TICK_SECONDS = 1.0
 EXPIRY_SCAN_SECONDS = 10.0
 
@@ -60,6 +63,7 @@ class PipelineShell:
         self.stage = PipelineStage(pipe.settings, pipe.internal("rekey"), interactions=self.interactions.data,
                                    metrics=pipe.metrics)
         pipe.engines = self.stage.engines  # /health and /metrics read the stage's engines
+        self.stage.keep_raw_events = pipe.direct_rows is not None  # set by storage.register, before
         self.merge_clock = ClockSender(self.outbox, pipe.topics.partials, pipe.settings.kafka.partitions)
         self.sent_fcr_clock: dict[str, int] = {}
         self.lock = asyncio.Lock()
@@ -87,6 +91,7 @@ class PipelineShell:
 
     def checkpoint_due(self) -> bool:
         return (len(self.pending) >= CHECKPOINT_ENVELOPES or self.lock.locked()
+                or self.stage.records_since_checkpoint >= CHECKPOINT_EVENTS
                 or time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS)
 
     async def on_envelope(self, event: Any) -> None:

@@ -368,3 +368,15 @@ def test_open_agent_windows_go_out_at_most_every_agent_interval_queue_windows_ev
     later = stage.checkpoint(NOW + interval)
     assert kinds(later) == {"a"}  # ... and then go out, with what changed meanwhile
     assert kinds(stage.checkpoint(NOW + 2 * interval)) == set()  # nothing changed since
+
+
+def test_raw_events_are_kept_for_the_checkpoint_only_when_asked_and_events_are_counted() -> None:
+    stage = PipelineStage(settings(), REKEY)
+    iid = iid_on(0)
+    stage.on_batch("calls", 0, [Rec(iid.encode(), call(iid, 1, "offered", T0), 0)], NOW)
+    assert stage.records_since_checkpoint == 1
+    assert len(stage.checkpoint().raw_events) == 1 and stage.records_since_checkpoint == 0
+    stage.keep_raw_events = False  # compute role: the writer reads the raw events from the input
+    stage.on_batch("calls", 0, [Rec(iid.encode(), call(iid, 2, "answered", T0 + 1000), 1)], NOW)
+    out = stage.checkpoint()
+    assert out.raw_events == [] and iid in out.interactions

@@ -120,6 +120,10 @@ class PipelineStage:
         self._clock_sent: dict[int, dict[str, list]] = {}
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
         self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
+        # The raw events go to the store from the checkpoint in the all-in-one role only
+        # (the writer role reads them from the input): not collected otherwise.
+        self.keep_raw_events = True
+        self.records_since_checkpoint = 0  # events applied since the last checkpoint
         self._out = Checkpoint()
         self._late = CountedLines(log.warning, "late events (their window was already final; "
                                   "counted in ccpulse_late_events_total, not in the window)")
@@ -246,7 +250,9 @@ class PipelineStage:
             return
         self.interactions[iid] = inter
         self._out.interactions[iid] = inter
-        self._out.raw_events.append(doc)
+        if self.keep_raw_events:
+            self._out.raw_events.append(doc)
+        self.records_since_checkpoint += 1
         self._arrival[partition] = (now_ms, engine.record.watermark)
         if outcome.late_window is not None:
             self._late.note(window_label(outcome.late_window), now_ms / 1000)
@@ -323,6 +329,7 @@ class PipelineStage:
         ``now_ms`` (every time without it); final ones at once, from ``on_tick`` or here
         when clocks read since moved event time."""
         out, self._out = self._out, Checkpoint()
+        self.records_since_checkpoint = 0
         agents = now_ms is None or now_ms - self._agents_sent_ms >= AGENT_PARTIALS_SECONDS * 1000
         if agents and now_ms is not None:
             self._agents_sent_ms = now_ms
