@@ -214,7 +214,7 @@ class Bench:
     async def throughput(self, n: int, events: int, ceiling_rate: float) -> float:
         from ccpulse.tools import bench_writes
         from ccpulse.tools.bench_kafka import OffsetWatch
-        from ccpulse.tools.bench_worker import Profiler, summarize_profile
+        from ccpulse.tools.bench_worker import Profiler
 
         app = self.app(f"tp{n}", "bench.")
         topology = app.topology()
@@ -277,17 +277,21 @@ class Bench:
             "groups": {g.group: g.topics for g in groups},
             "written": None if writes is None else writes.by_topic}
         if profiler is not None:
-            if profiler.out.exists():
-                summary = summarize_profile(profiler.out.read_text())
-                detail["profile"] = {"samples": summary.samples, "self": summary.self_top,
-                                     "inclusive": summary.inclusive_top}
-                self.say(format_profile(summary))
-            else:
-                detail["profile"] = {"error": profiler.error or "no profile written"}
+            detail["profile"] = self._profile_detail(profiler)
         self.report.details[scenario] = detail
         self.say(f"  {rate:,.0f} events/s over {seconds:.1f}s ({rate / ceiling_rate:.1%} of the ceiling), "
                  f"peak RSS {peak:.0f} MB, load {load}")
         return rate
+
+    def _profile_detail(self, profiler: Any) -> dict[str, Any]:
+        """The profile's top functions for the report's details (and printed)."""
+        from ccpulse.tools.bench_worker import summarize_profile
+
+        if not profiler.out.exists():
+            return {"error": profiler.error or "no profile written"}
+        summary = summarize_profile(profiler.out.read_text())
+        self.say(format_profile(summary))
+        return {"samples": summary.samples, "self": summary.self_top, "inclusive": summary.inclusive_top}
 
     # ------------------------------------------------------------ latency
 
@@ -395,7 +399,7 @@ class Bench:
         from ccpulse.core.windowing import Windowing
         from ccpulse.tools.bench_replay import (BANK_FILE, BANK_JANUARY_DAYS, BANK_MAPPING, BANK_TIMEZONE,
                                                 TARGET_SECONDS, ReplayRun, expected_day_windows)
-        from ccpulse.tools.bench_worker import Profiler, cpu_seconds, summarize_profile
+        from ccpulse.tools.bench_worker import Profiler, cpu_seconds
 
         limit = self.plan.replay_limit
         if not BANK_FILE.is_file():
@@ -456,13 +460,7 @@ class Bench:
             "timeline_seconds_consumed_final_stored": result.timeline,
             "loadavg_start": load, "loadavg_end": _loadavg(), "peak_rss_mb": round(worker.peak_rss / 2**20, 1)}
         if profiler is not None:
-            if profiler.out.exists():
-                summary = summarize_profile(profiler.out.read_text())
-                detail["profile"] = {"samples": summary.samples, "self": summary.self_top,
-                                     "inclusive": summary.inclusive_top}
-                self.say(format_profile(summary))
-            else:
-                detail["profile"] = {"error": profiler.error or "no profile written"}
+            detail["profile"] = self._profile_detail(profiler)
         self.report.details[scenario] = detail
         self.say(f"  published in {publishing:.1f}s; every day final on kpi.windows after "
                  f"{result.final_seconds():.1f}s, in ClickHouse after {result.stored_seconds():.1f}s "
