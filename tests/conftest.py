@@ -29,15 +29,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    state_dir: Path = tmp_path_factory.mktemp("kafka")
-    try:
-        # An explicit free port rather than 9092: a developer's own broker (or a
-        # later `ccpulse kafka start`) expects 9092, and must never end up talking
-        # to this throw-away one.
-        info = local_kafka.start(state_dir, port=_free_loopback_port(), fresh=True)
-        yield info.bootstrap
-    finally:
-        local_kafka.stop(state_dir)
+    yield from _local_broker(tmp_path_factory.mktemp("kafka"))
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +41,15 @@ def fresh_kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     "coordinator not available" while the broker creates it, which a command must
     outwait, not report.
     """
-    state_dir: Path = tmp_path_factory.mktemp("fresh-kafka")
+    yield from _local_broker(tmp_path_factory.mktemp("fresh-kafka"))
+
+
+def _local_broker(state_dir: Path) -> Iterator[str]:
+    """A throw-away local broker's bootstrap address, stopped when the generator closes."""
     try:
+        # An explicit free port rather than 9092: a developer's own broker (or a
+        # later `ccpulse kafka start`) expects 9092, and must never end up talking
+        # to this throw-away one.
         info = local_kafka.start(state_dir, port=_free_loopback_port(), fresh=True)
         yield info.bootstrap
     finally:
