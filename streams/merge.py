@@ -13,12 +13,8 @@ import time
 
 from streams.context import Pipeline
 from streams.guard import stage_guard
-from streams.merged import merged_record
 from streams.stages.io import Consumed
-from streams.stages.merge import PUBLISH_SECONDS, ROLLING_SIZE_S, ROLLING_WINDOW_MS, STAGE, MergeOutput, MergeStage
-
-# Read from here by the wallboard and /api/windows.
-__all__ = ["ROLLING_SIZE_S", "ROLLING_WINDOW_MS", "merged_record", "register"]
+from streams.stages.merge import PUBLISH_SECONDS, STAGE, MergeOutput, MergeStage
 
 
 def register(pipe: Pipeline) -> None:

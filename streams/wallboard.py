@@ -29,7 +29,7 @@ from ccpulse.core.sla import SlaTargets
 from ccpulse.core.windowing import DAY, Windowing
 from schemas.events import format_ms
 from schemas.records import queue_state_record, window_name
-from streams.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS
+from streams.stages.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS
 from streams.merged import merged_agg
 from streams.web_auth import guarded, login_redirect
 

@@ -19,7 +19,7 @@ from streams import broker_health, web_auth
 from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.kafka_consumer import drop_faust_index
-from streams.merge import merged_record
+from streams.merged import merged_record
 from streams.web_auth import guarded
 
 log = logging.getLogger(__name__)

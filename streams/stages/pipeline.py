@@ -174,12 +174,16 @@ class PipelineStage:
         sources = self._sources[partition]
         positions = self._positions[partition]
         rekeyed = topic == self.rekey_topic
+        # Versions order a window's partials: the sum of every source's position grows
+        # with each record read. Only this source moves within the batch.
+        others = sum(position for name, position in positions.items() if name != source)
         n = 0
         for record in records:
             n += 1
             positions[source] = record.offset + 1
             try:
-                self._one(engine, topic, partition, source, sources, rekeyed, record, now_ms)
+                self._one(engine, topic, partition, source, sources, rekeyed, record, now_ms,
+                          others + record.offset + 1)
             except Exception as exc:  # one record's failure costs that record only (issue 14)
                 self._failed(topic, partition, record, exc, now_ms)
         if n and self.metrics is not None and not rekeyed:  # once per batch: labels() takes a lock
@@ -193,7 +197,7 @@ class PipelineStage:
             self._report[partition] = report
 
     def _one(self, engine: PartitionEngine, topic: str, partition: int, source: str,
-             sources: InputWatermarks, rekeyed: bool, record: Record, now_ms: int) -> None:
+             sources: InputWatermarks, rekeyed: bool, record: Record, now_ms: int, version: int) -> None:
         raw, origin = record.value, (topic, partition, record.offset)
         if rekeyed:
             doc = orjson.loads(raw)  # type: ignore[arg-type]
@@ -221,7 +225,7 @@ class PipelineStage:
             self._out.rekey.append(Message(key, orjson.dumps(
                 {"source": list(origin), "payload": raw.decode("utf-8")})))  # type: ignore[union-attr]
             return
-        self._apply(engine, partition, source, result, raw, origin, now_ms)  # type: ignore[arg-type]
+        self._apply(engine, partition, result, raw, origin, now_ms, version)  # type: ignore[arg-type]
 
     def _end_of_input(self, engine: PartitionEngine, partition: int, sources: InputWatermarks, doc: Any,
                       now_ms: int) -> None:
@@ -230,18 +234,17 @@ class PipelineStage:
         # Its sources' new report goes out with the next checkpoint's clock, like any other.
         apply_end_of_input(end, partition, self.family_of, sources, self._positions[partition], through, now_ms)
 
-    def _apply(self, engine: PartitionEngine, partition: int, source: str, event: Event, raw: bytes,
-               origin: tuple[str, int, int], now_ms: int) -> None:
+    def _apply(self, engine: PartitionEngine, partition: int, event: Event, raw: bytes,
+               origin: tuple[str, int, int], now_ms: int, version: int) -> None:
         doc = event_message(event, raw, *origin)
         step = step_from_message(doc)
         iid = event.interaction_id
         inter = self.interactions.get(iid)
         if inter is None:
             inter = Interaction(iid, event.channel, partition=partition)
-        # Versions order a window's partials: the sum of every source's position grows
-        # with each record read, and so does the version (the engine keeps the maximum).
-        # No source: event time moves only with the clocks (see the module docstring).
-        outcome = engine.apply(inter, step, sum(self._positions[partition].values()), moves_time=False)
+        # The engine keeps the highest version (see on_batch). No source: event time
+        # moves only with the clocks (see the module docstring).
+        outcome = engine.apply(inter, step, version, moves_time=False)
         if outcome.too_long:
             self._dead_letter(iid.encode(), raw, too_long(iid, engine.max_steps), origin, now_ms)
             return
