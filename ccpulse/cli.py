@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only check that the file is up to date (exit 1 if not)")
     rules.set_defaults(func=cmd_rules)
 
+    from ccpulse.commands import connect
+    connect.add_parser(sub, _settings)
+
     from ccpulse.tools import bench
     bench.add_parser(sub)
     from ccpulse.tools import chaos

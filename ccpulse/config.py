@@ -106,6 +106,8 @@ class TopicSettings:
     calls: str = "calls"
     chats: str = "chats"
     tickets: str = "tickets"
+    # Agent presence (EVENTS.md "Agents"), keyed by agent_id.
+    agents: str = "agents"
     dead_letter: str = "events.dead-letter"
     kpi_windows: str = "kpi.windows"
     kpi_agents: str = "kpi.agents"

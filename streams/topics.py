@@ -78,6 +78,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.name("calls"): inputs,
         t.name("chats"): inputs,
         t.name("tickets"): inputs,
+        t.name("agents"): inputs,
         t.name("dead_letter"): {"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
         t.name("kpi_windows"): compact,
         t.name("kpi_agents"): compact,
