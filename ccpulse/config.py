@@ -196,6 +196,46 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class ConnectSettings:
+    """[connect]: the platforms' own events in (README "Connect your platform")."""
+
+    # ccpulse connect http, the webhook receiver. Loopback by default: TLS is left to a
+    # reverse proxy in front of it (README), which is what the platforms call.
+    http_bind: str = "127.0.0.1"
+    http_port: int = 6070
+    # A larger body is refused with 413 before it is read.
+    max_body_bytes: int = 1_048_576
+    # How long a request waits for Kafka's acknowledgement before it is answered 503
+    # (the platform retries); under the platforms' own timeouts (Twilio: 15 s).
+    ack_timeout_seconds: float = 10.0
+    # The receiver's base URL as the platform calls it (https://host[:port], no path):
+    # Twilio signs the URL. Empty: from the request, X-Forwarded-Proto/-Host first.
+    public_url: str = ""
+    # The sources' secrets; a source without one is not served. *_file: a mounted secret.
+    twilio_auth_token: str = field(default="", repr=False)
+    twilio_auth_token_file: str = ""
+    zendesk_secret: str = field(default="", repr=False)
+    zendesk_secret_file: str = ""
+    # Zendesk signs a timestamp: a request signed longer ago than this is refused (replay).
+    zendesk_tolerance_seconds: float = 300.0
+    # Zendesk reports agent status per channel; the one whose status maps to agent events.
+    zendesk_agent_channel: str = "support"
+    jira_secret: str = field(default="", repr=False)
+    jira_secret_file: str = ""
+    # A Jira ticket's queue: its project key, or its request type's name (the project key
+    # when the payload carries none).
+    jira_queue: str = "project"
+    # EventBridge API destinations (Amazon Connect, Genesys Cloud): an API key in a header.
+    eventbridge_api_key: str = field(default="", repr=False)
+    eventbridge_api_key_file: str = ""
+    eventbridge_header: str = "x-api-key"
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("twilio_auth_token", "zendesk_secret", "jira_secret",
+                                          "eventbridge_api_key")
+    JIRA_QUEUES: ClassVar[tuple[str, ...]] = ("project", "request_type")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
@@ -204,6 +244,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     fcr: FcrSettings = field(default_factory=FcrSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    connect: ConnectSettings = field(default_factory=ConnectSettings)
     web_port: int = 6066
     state_dir: str = ".ccpulse"
     app_id: str = "ccpulse"
@@ -253,6 +294,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CCPULSE_CLICKHOUSE_CUSTOMER_ID_KEY": ("clickhouse", "customer_id_key"),
     "CCPULSE_CLICKHOUSE_CUSTOMER_ID_KEY_FILE": ("clickhouse", "customer_id_key_file"),
     "CCPULSE_TOPIC_PREFIX": ("topics", "prefix"),
+    **{f"CCPULSE_CONNECT_{f.upper()}": ("connect", f) for f in (
+        "http_bind", "http_port", "max_body_bytes", "ack_timeout_seconds", "public_url",
+        "twilio_auth_token", "twilio_auth_token_file", "zendesk_secret", "zendesk_secret_file",
+        "zendesk_tolerance_seconds", "zendesk_agent_channel", "jira_secret", "jira_secret_file",
+        "jira_queue", "eventbridge_api_key", "eventbridge_api_key_file", "eventbridge_header")},
     "CCPULSE_WEB_PORT": ("", "web_port"),
     "CCPULSE_STATE_DIR": ("", "state_dir"),
     "CCPULSE_APP_ID": ("", "app_id"),
@@ -285,7 +331,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 def _build(doc: dict[str, Any]) -> Settings:
     known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues", "targets", "scorecard",
-             "web", "fcr", "limits", "web_port", "state_dir", "app_id", "max_future_seconds"}
+             "web", "fcr", "limits", "connect", "web_port", "state_dir", "app_id", "max_future_seconds"}
     for key in doc:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
@@ -318,6 +364,7 @@ def _build(doc: dict[str, Any]) -> Settings:
         web=_web(_section(WebSettings, _table(doc, "web"), "web", WebSettings())),
         fcr=_fcr(_section(FcrSettings, _table(doc, "fcr"), "fcr", FcrSettings())),
         limits=_section(LimitSettings, _table(doc, "limits"), "limits", LimitSettings()),
+        connect=_connect(_section(ConnectSettings, _table(doc, "connect"), "connect", ConnectSettings())),
         web_port=_coerce(doc.get("web_port", 6066), int, "web_port"),
         state_dir=_coerce(doc.get("state_dir", ".ccpulse"), str, "state_dir"),
         app_id=_coerce(doc.get("app_id", "ccpulse"), str, "app_id"),
@@ -344,6 +391,7 @@ def _validate(s: Settings) -> None:
     if not s.state_dir:
         raise ConfigError("state_dir: must not be empty")
     _validate_topic_names(s)
+    _validate_connect(s.connect)
     if s.kafka.partitions < 1:
         raise ConfigError("kafka.partitions: must be at least 1")
     _validate_kafka_security(s.kafka)
@@ -471,6 +519,46 @@ def _web(w: WebSettings) -> WebSettings:
     if not token:
         raise ConfigError(f"web.token_file: {w.token_file} is empty")
     return replace(w, token=token)
+
+
+def _connect(c: ConnectSettings) -> ConnectSettings:
+    changes: dict[str, str] = {}
+    for key in ConnectSettings.SECRETS:
+        path = getattr(c, f"{key}_file")
+        if not path:
+            continue
+        if getattr(c, key):
+            raise ConfigError(f"connect.{key} and connect.{key}_file: set only one of them")
+        changes[key] = _secret_file(path, f"connect.{key}_file")
+        if not changes[key]:
+            raise ConfigError(f"connect.{key}_file: {path} is empty")
+    return replace(c, **changes)
+
+
+def _validate_connect(c: ConnectSettings) -> None:
+    if not _listen_address(c.http_bind):
+        raise ConfigError(f"connect.http_bind: {c.http_bind!r} is not an address to listen on (an IP address "
+                          "or host name, e.g. 127.0.0.1 or 0.0.0.0)")
+    if not 1 <= c.http_port <= 65535:
+        raise ConfigError(f"connect.http_port: {c.http_port} is not a TCP port (1-65535)")
+    if not 1024 <= c.max_body_bytes <= 16 * 1024 * 1024:
+        raise ConfigError(f"connect.max_body_bytes: {c.max_body_bytes} must be 1024-16777216")
+    for name in ("ack_timeout_seconds", "zendesk_tolerance_seconds"):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"connect.{name}: {getattr(c, name):g} must be positive")
+    if c.public_url and (not re.match(r"https?://[^/?#\s]+\Z", c.public_url)):
+        raise ConfigError(f"connect.public_url: {c.public_url!r} must be http(s)://host[:port] with no path")
+    if c.jira_queue not in ConnectSettings.JIRA_QUEUES:
+        raise ConfigError(f"connect.jira_queue: {c.jira_queue!r} is not one of "
+                          + ", ".join(ConnectSettings.JIRA_QUEUES))
+    if not re.match(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z", c.eventbridge_header):
+        raise ConfigError(f"connect.eventbridge_header: {c.eventbridge_header!r} is not an HTTP header name")
+    for key in ConnectSettings.SECRETS:
+        value = getattr(c, key)
+        if value and (value != value.strip() or len(value) < 8):
+            # A pasted secret with a stray space would fail every signature, silently.
+            raise ConfigError(f"connect.{key}: must be at least 8 characters with no leading or "
+                              "trailing whitespace")
 
 
 def _fcr(f: FcrSettings) -> FcrSettings:
