@@ -52,6 +52,9 @@ from typing import Any, Mapping
 from ccpulse.commands import simulate
 from ccpulse.commands.simulate import DEFAULT_START, HOURS, Outage, QueueModel, SimulationConfig
 from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig
+# The planner and the live agents_required are one Erlang C (the names stay importable from here).
+from ccpulse.core.staffing import agents_for_load as agents_for_service_level
+from ccpulse.core.staffing import erlang_c
 
 __all__ = [
     "DEFAULT_SCENARIOS_FILE",
@@ -109,28 +112,6 @@ class Scenario:
 
 
 # ---------------------------------------------------------------- Erlang C staffing
-
-def erlang_c(agents: int, load: float) -> float:
-    """Probability that a call waits in M/M/``agents`` at ``load`` Erlangs (1.0 if unstable)."""
-    if load <= 0:
-        return 0.0
-    if agents <= load:
-        return 1.0
-    b = 1.0  # Erlang B by its recurrence: numerically stable for hundreds of agents
-    for k in range(1, agents + 1):
-        b = load * b / (k + load * b)
-    return agents * b / (agents - load * (1.0 - b))
-
-
-def agents_for_service_level(load: float, aht: float, service_level: float, within: float) -> int:
-    """The fewest agents for which Erlang C answers ``service_level`` of the calls within ``within`` s."""
-    if load <= 0:
-        return 0
-    agents = max(1, math.floor(load) + 1)
-    while 1.0 - erlang_c(agents, load) * math.exp(-(agents - load) * within / aht) < service_level:
-        agents += 1
-    return agents
-
 
 def staffing_plan(rate: float, profile: tuple[float, ...] | None, queues: tuple[tuple[float, bool], ...], *,
                   service_mean: float, wrapup_mean: float, transfer_probability: float = 0.0,
