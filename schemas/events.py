@@ -19,6 +19,7 @@ from ccpulse.core.timestamps import format_ms  # noqa: F401  (part of this modul
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ID_CHARS = 128
+MAX_REASON_CHARS = 64  # a flow-out's (or an away state's) reason code
 MAX_SCHEMA_VERSION = 65535
 
 # Which event types each input topic carries, and the lifecycle step each maps to.
@@ -29,6 +30,10 @@ TYPES: dict[str, str] = {
     "chat.offered": "offered", "chat.answered": "answered", "chat.abandoned": "abandoned",
     "chat.transferred": "transferred", "chat.ended": "ended", "chat.message": "message",
     "chat.rated": "rated",
+    # Queue exits that are neither an answer nor an abandon (calls and chats), and hold (calls).
+    "call.flowed_out": "flowed_out", "chat.flowed_out": "flowed_out",
+    "call.callback_requested": "callback_requested", "chat.callback_requested": "callback_requested",
+    "call.held": "held", "call.resumed": "resumed",
     "ticket.created": "offered", "ticket.replied": "replied", "ticket.assigned": "assigned",
     "ticket.solved": "solved", "ticket.reopened": "reopened", "ticket.closed": "closed",
     "ticket.rated": "rated",
@@ -39,6 +44,12 @@ REASONS = (
     "too_large", "not_utf8", "not_json", "not_object", "missing_field", "wrong_type",
     "invalid_value", "unknown_type", "wrong_topic", "bad_timestamp", "future_timestamp",
 )
+
+# The `agents` topic (EVENTS.md "Agents"): presence, not a lifecycle step, so apart from
+# TYPES; decoded by ``decode_agent`` into an ``AgentEvent``.
+AGENT_TYPES = frozenset(("agent.logged_in", "agent.state_changed", "agent.logged_out"))
+AGENT_STATES = frozenset(("available", "away", "after_contact_work"))
+MAX_REASON_CHARS = 64
 
 _TS = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z", re.ASCII)
@@ -81,9 +92,40 @@ class Rejection:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """A valid event of the agents topic, normalised (apart from ``Event``: the contact
+    path's hot code never sees one). ``queues`` None: not given (the list is kept)."""
+
+    event_id: str
+    type: str  # one of AGENT_TYPES
+    agent_id: str
+    occurred_at_ms: int
+    queues: tuple[str, ...] | None = None
+    state: str | None = None  # one of AGENT_STATES; None: not given
+    reason: str | None = None
+    schema_version: int = 1
+
+
 def decode(raw: bytes | None, family: str, now_ms: int,
            max_future_ms: int = 86_400_000) -> Event | Rejection:
     """Decode one message read from the topic of ``family`` ("call", "chat" or "ticket")."""
+    doc = _load(raw)
+    if isinstance(doc, Rejection):
+        return doc
+    return validate(doc, family, now_ms, max_future_ms)
+
+
+def decode_agent(raw: bytes | None, now_ms: int, max_future_ms: int = 86_400_000) -> AgentEvent | Rejection:
+    """Decode one message read from the agents topic. Never raises."""
+    doc = _load(raw)
+    if isinstance(doc, Rejection):
+        return doc
+    return validate_agent(doc, now_ms, max_future_ms)
+
+
+def _load(raw: bytes | None) -> dict[str, Any] | Rejection:
+    """The JSON object in ``raw``, or why it is none (the same rules on every topic)."""
     if raw is None:
         return Rejection("not_json", "empty message (no value)")
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -98,7 +140,81 @@ def decode(raw: bytes | None, family: str, now_ms: int,
         return Rejection("not_json", str(exc)[:200])
     if not isinstance(doc, dict):
         return Rejection("not_object", f"JSON {type(doc).__name__}, expected an object")
-    return validate(doc, family, now_ms, max_future_ms)
+    return doc
+
+
+def validate_agent(doc: dict[str, Any], now_ms: int, max_future_ms: int = 86_400_000) -> AgentEvent | Rejection:
+    try:
+        event_id = _ident(doc, "event_id", required=True)
+        etype = _string(doc, "type", required=True)
+        if etype not in AGENT_TYPES:
+            if etype in TYPES:
+                return Rejection("wrong_topic", f"{etype} does not belong on the agents topic")
+            return Rejection("unknown_type", f"type {etype[:64]!r} is not in EVENTS.md")
+        occurred = _occurred_at(doc, now_ms, max_future_ms)
+        agent_id = _name(doc, "agent_id", required=True)
+        queues = _queues(doc, required=etype == "agent.logged_in")
+        state = _string(doc, "state", required=etype == "agent.state_changed")
+        if state is not None and state not in AGENT_STATES:
+            raise _Bad("invalid_value", f"state {state[:64]!r} is not one of {', '.join(sorted(AGENT_STATES))}")
+        reason = _string(doc, "reason", required=False)
+        if reason is not None and not 1 <= len(reason) <= MAX_REASON_CHARS:
+            raise _Bad("invalid_value", f"reason must be 1-{MAX_REASON_CHARS} characters")
+        if reason is not None:
+            # A reason becomes a metric label and a record key, as a queue name does.
+            problem = name_problem(reason)
+            if problem is not None:
+                raise _Bad("invalid_value", f"reason {reason!r} {problem}")
+        version = _schema_version(doc)
+    except _Bad as bad:
+        return Rejection(bad.reason, bad.detail)
+    return AgentEvent(event_id, etype, agent_id, occurred, queues, state, reason, version)
+
+
+def _occurred_at(doc: dict[str, Any], now_ms: int, max_future_ms: int) -> int:
+    ts_text = _string(doc, "occurred_at", required=True)
+    occurred = parse_timestamp_ms(ts_text)
+    if occurred is None:
+        raise _Bad("bad_timestamp", f"occurred_at {ts_text[:64]!r} is not RFC 3339")
+    if occurred > now_ms + max_future_ms:
+        raise _Bad("future_timestamp", f"occurred_at {ts_text} is more than "
+                                       f"{max_future_ms // 1000} s ahead of the worker clock")
+    return occurred
+
+
+def _schema_version(doc: dict[str, Any]) -> int:
+    # JSON null means "not given" for every optional field, as serializers emit it.
+    version = doc.get("schema_version")
+    if version is None:
+        version = 1
+    if type(version) is not int:
+        raise _Bad("wrong_type", "schema_version must be an integer")
+    if not 1 <= version <= MAX_SCHEMA_VERSION:
+        # Also what the raw store's UInt16 column holds: an event it could not store
+        # would stop the ClickHouse writer, so it is refused here, where it is dead-lettered.
+        raise _Bad("invalid_value", f"schema_version must be 1-{MAX_SCHEMA_VERSION}")
+    return version
+
+
+def _queues(doc: dict[str, Any], required: bool) -> tuple[str, ...] | None:
+    value = doc.get("queues")
+    if value is None:
+        if required:
+            raise _Bad("missing_field", "queues is required")
+        return None
+    if not isinstance(value, list):
+        raise _Bad("wrong_type", "queues must be an array of queue names")
+    if not value:
+        raise _Bad("invalid_value", "queues must name at least one queue")
+    names = []
+    for index, name in enumerate(value):
+        if not isinstance(name, str):
+            raise _Bad("wrong_type", f"queues[{index}] must be a string")
+        try:
+            names.append(_name({"queue": name}, "queue", required=True))
+        except _Bad as bad:  # the same rules as a queue field, named by position
+            raise _Bad("invalid_value", f"queues[{index}]: {bad.detail}") from None
+    return tuple(dict.fromkeys(names))  # a queue named twice is served once
 
 
 def validate(doc: dict[str, Any], family: str, now_ms: int,
@@ -108,30 +224,17 @@ def validate(doc: dict[str, Any], family: str, now_ms: int,
         etype = _string(doc, "type", required=True)
         step = TYPES.get(etype)
         if step is None:
+            if etype in AGENT_TYPES:
+                return Rejection("wrong_topic", f"{etype} belongs on the agents topic")
             return Rejection("unknown_type", f"type {etype[:64]!r} is not in EVENTS.md")
         if etype.split(".", 1)[0] != family:
             return Rejection("wrong_topic", f"{etype} does not belong on the {family} topic")
-        ts_text = _string(doc, "occurred_at", required=True)
-        occurred = parse_timestamp_ms(ts_text)
-        if occurred is None:
-            return Rejection("bad_timestamp", f"occurred_at {ts_text[:64]!r} is not RFC 3339")
-        if occurred > now_ms + max_future_ms:
-            return Rejection("future_timestamp", f"occurred_at {ts_text} is more than "
-                                                 f"{max_future_ms // 1000} s ahead of the worker clock")
+        occurred = _occurred_at(doc, now_ms, max_future_ms)
         interaction_id = _ident(doc, "interaction_id", required=True)
         queue = _name(doc, "queue", required=step == "offered")
         agent_id = _name(doc, "agent_id", required=step == "answered")
         customer_id = _string(doc, "customer_id", required=False)
-        # JSON null means "not given" for every optional field, as serializers emit it.
-        version = doc.get("schema_version")
-        if version is None:
-            version = 1
-        if type(version) is not int:
-            raise _Bad("wrong_type", "schema_version must be an integer")
-        if not 1 <= version <= MAX_SCHEMA_VERSION:
-            # Also what the raw store's UInt16 column holds: an event it could not store
-            # would stop the ClickHouse writer, so it is refused here, where it is dead-lettered.
-            raise _Bad("invalid_value", f"schema_version must be 1-{MAX_SCHEMA_VERSION}")
+        version = _schema_version(doc)
         attributes = doc.get("attributes")
         if attributes is None:
             attributes = {}
@@ -232,6 +335,15 @@ def _name(doc: dict[str, Any], key: str, required: bool) -> Any:
     return value
 
 
+def reason_code(doc: dict[str, Any], required: bool) -> Any:
+    """A reason code (``reason``): 1-64 characters under the name rules, since reasons are
+    grouped by and shown like names."""
+    value = _name(doc, "reason", required)
+    if value is not None and len(value) > MAX_REASON_CHARS:
+        raise _Bad("invalid_value", f"reason must be 1-{MAX_REASON_CHARS} characters")
+    return value
+
+
 def _details(doc: dict[str, Any], step: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if step == "transferred":
@@ -243,6 +355,11 @@ def _details(doc: dict[str, Any], step: str) -> dict[str, Any]:
             out["to_queue"] = to_queue
         if to_agent:
             out["to_agent"] = to_agent
+    elif step == "flowed_out":
+        out["reason"] = reason_code(doc, required=True)
+        to_queue = _name(doc, "to_queue", required=False)
+        if to_queue:
+            out["to_queue"] = to_queue
     elif step == "ended":
         wrapup = doc.get("wrapup_seconds")
         if wrapup is not None:
