@@ -196,6 +196,14 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class StaffingSettings:
+    # [staffing]: chats one agent handles at once; agents_required for a chat queue is
+    # the Erlang C sessions divided by this (ccpulse/core/staffing.py).
+    chat_sessions_per_agent: int = 3
+    MAX_CHAT_SESSIONS_PER_AGENT: ClassVar[int] = 100
+
+
+@dataclass(frozen=True)
 class ConnectSettings:
     """[connect]: the platforms' own events in (README "Connect your platform")."""
 
@@ -244,6 +252,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     fcr: FcrSettings = field(default_factory=FcrSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    staffing: StaffingSettings = field(default_factory=StaffingSettings)
     connect: ConnectSettings = field(default_factory=ConnectSettings)
     web_port: int = 6066
     state_dir: str = ".ccpulse"
@@ -331,7 +340,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 def _build(doc: dict[str, Any]) -> Settings:
     known = {"kafka", "topics", "clickhouse", "windows", "channels", "queues", "targets", "scorecard",
-             "web", "fcr", "limits", "connect", "web_port", "state_dir", "app_id", "max_future_seconds"}
+             "web", "fcr", "limits", "staffing", "connect", "web_port", "state_dir", "app_id", "max_future_seconds"}
     for key in doc:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
@@ -364,6 +373,7 @@ def _build(doc: dict[str, Any]) -> Settings:
         web=_web(_section(WebSettings, _table(doc, "web"), "web", WebSettings())),
         fcr=_fcr(_section(FcrSettings, _table(doc, "fcr"), "fcr", FcrSettings())),
         limits=_section(LimitSettings, _table(doc, "limits"), "limits", LimitSettings()),
+        staffing=_section(StaffingSettings, _table(doc, "staffing"), "staffing", StaffingSettings()),
         connect=_connect(_section(ConnectSettings, _table(doc, "connect"), "connect", ConnectSettings())),
         web_port=_coerce(doc.get("web_port", 6066), int, "web_port"),
         state_dir=_coerce(doc.get("state_dir", ".ccpulse"), str, "state_dir"),
@@ -383,6 +393,10 @@ def _validate(s: Settings) -> None:
     if not 1 <= steps <= LimitSettings.MAX_STEPS_PER_INTERACTION:
         raise ConfigError(f"limits.max_steps_per_interaction: must be 1-{LimitSettings.MAX_STEPS_PER_INTERACTION}"
                           f" (got {steps})")
+    sessions = s.staffing.chat_sessions_per_agent
+    if not 1 <= sessions <= StaffingSettings.MAX_CHAT_SESSIONS_PER_AGENT:
+        raise ConfigError(f"staffing.chat_sessions_per_agent: must be 1-{StaffingSettings.MAX_CHAT_SESSIONS_PER_AGENT}"
+                          f" (got {sessions})")
     if not 1 <= s.web_port <= 65535:
         raise ConfigError(f"web_port: {s.web_port} is not a TCP port (1-65535)")
     if s.max_future_seconds <= 0:

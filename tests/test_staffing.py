@@ -183,3 +183,22 @@ def test_agents_gap() -> None:
     assert agents_gap(10, 12, 0) == -2  # 2 more than needed
     assert agents_gap(0, 0, 0) == 0
     assert agents_gap(None, 12, 1) is None  # no handle time yet: no requirement, no gap
+
+
+# ---------------------------------------------------------------- the configured chat sessions
+
+def test_chat_sessions_per_agent_is_configured_and_checked(tmp_path) -> None:
+    from ccpulse.commands.simulate_channels import ChatConfig
+    from ccpulse.config import ConfigError, load_settings
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    # The simulator's chat agents handle what the pipeline is configured to assume.
+    assert load_settings(empty, env={}).staffing.chat_sessions_per_agent == ChatConfig().concurrency == 3
+    path = tmp_path / "ccpulse.toml"
+    path.write_text("[staffing]\nchat_sessions_per_agent = 4\n")
+    assert load_settings(path, env={}).staffing.chat_sessions_per_agent == 4
+    for bad in ("0", "101", "2.5", '"three"'):
+        path.write_text(f"[staffing]\nchat_sessions_per_agent = {bad}\n")
+        with pytest.raises(ConfigError, match=r"^staffing\.chat_sessions_per_agent: "):
+            load_settings(path, env={})

@@ -49,6 +49,7 @@ from ccpulse.commands.simulate import (
     _Customers,
     generate_call_events,
 )
+from ccpulse.config import StaffingSettings
 
 __all__ = [
     "FAMILIES",
@@ -126,7 +127,8 @@ class ChatConfig:
     # 0.5 chats/s of ~2.5 min each is ~80 chats open at once: 30 agents x 3 slots
     # run at ~85% occupancy, so chats wait a little and a few are missed.
     queues: tuple[QueueModel, ...] = (QueueModel("chat-support", agents=30),)
-    concurrency: int = 3  # chats one agent handles at once
+    # Chats one agent handles at once: what the pipeline's agents_required assumes by default.
+    concurrency: int = StaffingSettings.chat_sessions_per_agent
     patience_mean: float | None = 120.0  # s; a chat not accepted in time is abandoned. None: never
     messages_mean: float = 6.0  # messages per chat, alternating customer/agent, customer first
     agent_reply_mean: float = 20.0  # s from a customer message to the agent's reply
