@@ -41,7 +41,7 @@ def window_label(key: WindowKey) -> str:
 
 AGENT_FIELDS = ("answered", "handled", "handle_time_sum_seconds", "aht_seconds", "transfers",
                 "transfer_rate", "csat_responses", "csat_satisfied", "csat", "nps_responses",
-                "nps_promoters", "nps_detractors", "nps")
+                "nps_promoters", "nps_detractors", "nps", "held", "hold_seconds", "avg_hold_seconds")
 
 
 def window_record(key: WindowKey, end_ms: int, agg: WindowAgg, th: Thresholds, version: int,
@@ -106,7 +106,8 @@ def step_from_message(doc: dict[str, Any]) -> Step:
                 _shared(doc["agent_id"]),
                 _shared(details.get("to_queue")), round(details.get("wrapup_seconds", 0) * 1000),
                 details.get("sender"), details.get("public", True), details.get("csat"),
-                details.get("nps"), doc.get("complaint", False), doc.get("customer_id"))
+                details.get("nps"), doc.get("complaint", False), doc.get("customer_id"),
+                _shared(details.get("reason")))
 
 
 def _shared(name: str | None) -> str | None:
@@ -153,6 +154,7 @@ def interaction_rows(inter: Interaction, version: int) -> list[dict[str, Any]]:
             "queue": seg.queue,
             "offered_at": format_ms(seg.entered),
             "outcome": seg.exit or "waiting",
+            "exit_reason": seg.reason,
             "left_queue_at": None if seg.left is None else format_ms(seg.left),
             "wait_ms": seg.wait_ms,
             "agent_id": seg.agent,
@@ -161,6 +163,8 @@ def interaction_rows(inter: Interaction, version: int) -> list[dict[str, Any]]:
             "ended_at": None if seg.ended is None else format_ms(seg.ended),
             "wrapup_ms": seg.wrapup_ms,
             "handle_ms": seg.handle_ms,
+            "holds": len(seg.holds),  # closed holds; one still open counts once it ends
+            "hold_ms": seg.hold_ms,
             "version": version,
         })
     return rows

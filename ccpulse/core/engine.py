@@ -119,15 +119,21 @@ def _shape(seg: Segment | None) -> tuple[Any, ...] | None:
     """What a step can change of the open segment: equal shapes derive equal facts."""
     if seg is None:
         return None
-    return (seg.exit, seg.left, seg.agent, len(seg.transfer_times), seg.ended, seg.wrapup_ms)
+    # An open hold derives nothing until it ends (it is then one more of ``holds``).
+    return (seg.exit, seg.left, seg.agent, len(seg.transfer_times), seg.ended, seg.wrapup_ms, len(seg.holds))
 
 
 class PartitionEngine:
     def __init__(self, partition: int, windowing: Windowing, lateness_s: float,
                  thresholds: Callable[[str, str], Thresholds], horizon_s: float,
                  record: PartitionRecord | None = None,
-                 max_steps: int = DEFAULT_MAX_STEPS_PER_INTERACTION) -> None:
+                 max_steps: int = DEFAULT_MAX_STEPS_PER_INTERACTION,
+                 expected_sources: frozenset[str] = frozenset()) -> None:
         self.partition = partition
+        # Every input partition of the deployment (watermark.input_sources): event time
+        # waits until each has reported. Empty: the sources reported so far (one engine
+        # over its own input, as the tests of the core drive it).
+        self.expected_sources = expected_sources
         # Steps kept per interaction: bounds its state, its changelog record and the
         # work of re-deriving it on every step (see LimitSettings in ccpulse/config.py).
         self.max_steps = max_steps
@@ -374,8 +380,15 @@ class PartitionEngine:
         for source, (ts, idle) in sources.items():
             before = known.get(source)
             known[source] = [max(ts, before[0]) if before else ts, idle]
-        if known:
-            self.record.watermark = max(self.record.watermark, low_watermark(known.values()))
+        expected = self.expected_sources
+        if expected:
+            if not expected <= known.keys():
+                return  # one not heard of yet may still be behind every other: it holds event time
+            values = [known[source] for source in expected]  # a stale name (another config) is not waited for
+        else:
+            values = list(known.values())
+        if values:
+            self.record.watermark = max(self.record.watermark, low_watermark(values))
 
     def advance(self, watermark: int) -> None:
         """Let event time move without events (ticks from the input, or a quiet stream)."""

@@ -11,7 +11,9 @@ drift, and 1-minute windows add up exactly to longer ones.
 Attribution: ``offered`` counts in the window of queue entry; every other queue
 outcome in the window in which the contact left the queue; handle time in the
 window in which the contact ended; transfers, messages, solves, reopens, ratings
-and complaints in the window in which they happened.
+and complaints in the window in which they happened; a flow-out or a callback request
+(a queue exit) in the window of the exit; each hold in the window in which it ended,
+and ``held`` (a segment put on hold at least once) with its first hold.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ QUEUE, AGENT = "q", "a"
 AGENT_MIN_WINDOW_S = 900  # per-agent rollups for windows of 15 minutes and longer
 
 # Exits of a queue segment: what leaves the waiting line (reconciliation).
-EXITS = ("answered", "abandoned", "short_abandoned", "transferred_out")
+EXITS = ("answered", "abandoned", "short_abandoned", "transferred_out", "flowed_out", "callbacks_requested")
 ADDITIVE = (
     "offered", "answered", "abandoned", "short_abandoned", "answered_within_target",
     "abandoned_within_target", "answered_immediately", "transferred_out", "transfers", "handled",
@@ -40,7 +42,7 @@ ADDITIVE = (
     "first_responses", "first_response_ms", "agent_responses", "agent_response_ms",
     "solved", "reopened", "one_touch", "resolution_ms",
     "csat_responses", "csat_satisfied", "nps_responses", "nps_promoters", "nps_detractors",
-    "complaints",
+    "complaints", "flowed_out", "callbacks_requested", "held", "hold_ms",
 )
 MAXIMA = ("wait_answered_max_ms", "wait_abandoned_max_ms")
 _KEPT_MAXIMA = frozenset(MAXIMA)
@@ -87,11 +89,19 @@ def segment_outcomes(seg: Segment, th: Thresholds) -> list[tuple[int, str, int]]
                 out.append((seg.left, "abandoned_within_target", 1))
     elif seg.exit == "transferred":
         out.append((seg.left, "transferred_out", 1))
+    elif seg.exit == "flowed_out":
+        out.append((seg.left, "flowed_out", 1))
+    elif seg.exit == "callback_requested":
+        out.append((seg.left, "callbacks_requested", 1))
     return out
 
 
 def agent_outcomes(seg: Segment) -> list[tuple[int, str, int]]:
     out: list[tuple[int, str, int]] = [(ts, "transfers", 1) for ts in seg.transfer_times]
+    for index, (start, end) in enumerate(seg.holds):
+        out.append((end, "hold_ms", end - start))
+        if index == 0:
+            out.append((end, "held", 1))
     handle = seg.handle_ms
     if handle is not None:
         out += [(seg.ended, "handled", 1), (seg.ended, "handle_ms", handle)]
@@ -290,7 +300,7 @@ COUNT_FIELDS = ("offered", "answered", "abandoned", "short_abandoned", "answered
                 "abandoned_within_target", "answered_immediately", "transferred_out", "transfers",
                 "handled", "first_responses", "agent_responses", "solved", "reopened", "one_touch",
                 "csat_responses", "csat_satisfied", "nps_responses", "nps_promoters",
-                "nps_detractors", "complaints")
+                "nps_detractors", "complaints", "flowed_out", "callbacks_requested", "held")
 
 
 def kpi_figures(agg: WindowAgg, th: Thresholds) -> dict[str, Any]:
@@ -302,6 +312,8 @@ def kpi_figures(agg: WindowAgg, th: Thresholds) -> dict[str, Any]:
     out["wait_answered_sum_seconds"] = c.get("wait_answered_ms", 0) / 1000
     out["wait_abandoned_sum_seconds"] = c.get("wait_abandoned_ms", 0) / 1000
     out["handle_time_sum_seconds"] = c.get("handle_ms", 0) / 1000
+    out["hold_seconds"] = c.get("hold_ms", 0) / 1000
+    out["avg_hold_seconds"] = mean_seconds(c.get("hold_ms", 0), c.get("held", 0))
     for name in MAXIMA:
         top = agg.tops.get(name)
         out[name.replace("_max_ms", "_max_seconds")] = top[-1] / 1000 if top else None

@@ -10,7 +10,10 @@ out-of-order delivery give exactly the in-order result, and a duplicate (same
 Channel adapters (EVENTS.md -> lifecycle):
 - voice and chat: ``*.offered`` enters a queue, ``*.answered`` / ``*.abandoned`` leave
   it, ``*.transferred`` with ``to_queue`` starts a new queue segment, ``*.ended`` ends
-  the handling (ending while still queued is an abandon).
+  the handling (ending while still queued is an abandon). ``*.flowed_out`` and
+  ``*.callback_requested`` leave the queue too, neither answered nor abandoned (a
+  flow-out with ``to_queue`` is a transfer there); ``call.held`` / ``call.resumed``
+  open and close a hold of the answered segment, whose end also ends an open hold.
 - tickets: ``ticket.created`` enters the queue; the first *public agent* reply is the
   answer (its wait is the first response time); ``ticket.closed`` with no such reply
   is an abandon, otherwise it ends the handling; ``solved``/``reopened`` feed the
@@ -30,7 +33,10 @@ import orjson
 # the derivation never depends on arrival order.
 STEP_ORDER = {"offered": 0, "transferred": 1, "answered": 2, "message": 3, "replied": 3,
               "assigned": 3, "abandoned": 4, "solved": 5, "reopened": 6, "ended": 7,
-              "closed": 7, "rated": 8}
+              "closed": 7, "rated": 8,
+              # Exits rank as the abandon does; a hold and its resume at the same
+              # millisecond are a hold of 0 ms (held first), both after the answer.
+              "flowed_out": 4, "callback_requested": 4, "held": 3, "resumed": 5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,7 @@ class Step:
     nps: int | None = None
     complaint: bool = False
     customer: str | None = None
+    reason: str | None = None  # *.flowed_out
 
     def sort_key(self) -> tuple[int, int, str]:
         return (self.ts, STEP_ORDER.get(self.step, 9), self.event_id)
@@ -63,12 +70,20 @@ class Segment:
 
     queue: str
     entered: int
-    exit: str | None = None  # "answered" | "abandoned" | "transferred" | None (still waiting)
+    # "answered" | "abandoned" | "transferred" | "flowed_out" | "callback_requested" | None (waiting)
+    exit: str | None = None
     left: int | None = None
     agent: str | None = None
     transfer_times: list[int] = field(default_factory=list)  # agent transfers after answering
     ended: int | None = None
     wrapup_ms: int = 0
+    holds: list[tuple[int, int]] = field(default_factory=list)  # (held, resumed or ended), in order
+    hold_from: int | None = None  # the hold still open
+    reason: str | None = None  # why the contact left the queue (a flow-out's reason)
+
+    @property
+    def hold_ms(self) -> int:
+        return sum(end - start for start, end in self.holds)
 
     @property
     def wait_ms(self) -> int | None:
@@ -138,23 +153,24 @@ def is_ticket(channel: str) -> bool:
 # A step's kind and sender as the changelog writes them: one small code for the pair
 # (any other pair as [kind, sender]).
 STEP_KINDS = ("offered", "answered", "abandoned", "transferred", "ended", "message", "replied",
-              "assigned", "solved", "reopened", "closed", "rated")
+              "assigned", "solved", "reopened", "closed", "rated",
+              "flowed_out", "callback_requested", "held", "resumed")  # new kinds last: codes stay
 SENDERS = (None, "customer", "agent")
 _KINDS = tuple((kind, sender) for kind in STEP_KINDS for sender in SENDERS)
 _KIND_CODE = {pair: code for code, pair in enumerate(_KINDS)}
 # A step row: [ts - base, kind, event_id, queue, agent, customer, to_queue, wrapup_ms, public,
-# csat, nps, complaint], trailing defaults left out. Queue, agent and customer names repeat on
+# csat, nps, complaint, reason], trailing defaults left out. Queue, agent and customer names repeat on
 # many steps: each is written once, in the interaction's ``names``, and a row holds its index,
 # which also keeps the changelog record of the longest allowed interaction well under Kafka's
 # 1 MiB message limit. The common fields come first, so most rows stop after three to six.
-_ROW_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, None, None, 0, True, None, None, False)
-_NAME_FIELDS = (3, 4, 5, 6)
+_ROW_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, None, None, 0, True, None, None, False, None)
+_NAME_FIELDS = (3, 4, 5, 6, 12)
 
 
 def step_row(s: Step, base: int, ref: Callable[[str | None], int | None]) -> list[Any]:
     kind = _KIND_CODE.get((s.step, s.sender))
     row = [s.ts - base, [s.step, s.sender] if kind is None else kind, s.event_id, ref(s.queue), ref(s.agent),
-           ref(s.customer), ref(s.to_queue), s.wrapup_ms, s.public, s.csat, s.nps, s.complaint]
+           ref(s.customer), ref(s.to_queue), s.wrapup_ms, s.public, s.csat, s.nps, s.complaint, ref(s.reason)]
     while len(row) > 3:
         default = _ROW_DEFAULTS[len(row) - 1]
         last = row[-1]
@@ -169,15 +185,15 @@ def step_from_row(row: list[Any], base: int, names: list[str]) -> Step:
     for i in _NAME_FIELDS:
         if values[i] is not None:
             values[i] = names[values[i]]
-    ts, kind, event_id, queue, agent, customer, to_queue, wrapup_ms, public, csat, nps, complaint = values
+    ts, kind, event_id, queue, agent, customer, to_queue, wrapup_ms, public, csat, nps, complaint, reason = values
     step, sender = _KINDS[kind] if isinstance(kind, int) else kind
     return Step(ts + base, sys.intern(step), event_id, queue, agent, to_queue, wrapup_ms, sender, public, csat,
-                nps, complaint, customer)
+                nps, complaint, customer, reason)
 
 
 # Where the current segment stands (Fold.phase).
 DONE, WAITING, SERVING = 0, 1, 2
-_EXITS = (None, "answered", "abandoned", "transferred")  # Segment.exit, as a fold writes it
+_EXITS = (None, "answered", "abandoned", "transferred", "flowed_out", "callback_requested")  # Segment.exit, as a fold writes it
 # Fold.flags
 _FIRST_RESPONSE_DONE, _OPEN_TICKET, _ENDED = 1, 2, 4
 
@@ -284,6 +300,7 @@ class Fold:
                 if s.to_queue:
                     # The contact leaves the agent to wait again: close its handling.
                     serving.ended = s.ts
+                    _end_hold(serving, s.ts)
                     self.phase = DONE
             else:
                 self.orphans += 1
@@ -291,6 +308,29 @@ class Fold:
             if s.to_queue:
                 self.queue = s.to_queue
                 self._enter(Segment(s.to_queue, s.ts), out)
+        elif kind in ("flowed_out", "callback_requested"):
+            # Only a waiting contact can leave the queue.
+            if waiting is None:
+                self.orphans += 1
+            elif s.to_queue:  # a flow-out to another queue is a transfer there (EVENTS.md)
+                waiting.exit, waiting.left, waiting.reason = "transferred", s.ts, s.reason
+                self.queue = s.to_queue
+                self._enter(Segment(s.to_queue, s.ts), out)
+            else:
+                waiting.exit, waiting.left, waiting.reason = kind, s.ts, s.reason
+                self.phase = DONE
+                # Out of the queue and never answered: nothing more will be counted for it.
+                self._set(_ENDED, True)
+        elif kind == "held":
+            if serving is not None and serving.hold_from is None:
+                serving.hold_from = s.ts
+            else:
+                self.orphans += 1  # not answered yet, or already on hold
+        elif kind == "resumed":
+            if serving is not None and serving.hold_from is not None:
+                _end_hold(serving, s.ts)
+            else:
+                self.orphans += 1
         elif kind == "ended":
             if waiting is not None:
                 # Hanging up while still queued (or a ticket closed unanswered) is an abandon.
@@ -299,6 +339,7 @@ class Fold:
                 self._set(_ENDED, True)
             elif serving is not None:
                 serving.ended, serving.wrapup_ms = s.ts, s.wrapup_ms
+                _end_hold(serving, s.ts)  # a call that ends while held ends its hold
                 self.phase = DONE
                 self._set(_ENDED, True)
             else:
@@ -400,7 +441,8 @@ class Fold:
             seg = [ref(last.queue), last.entered - b, _EXITS.index(last.exit),
                    None if last.left is None else last.left - b, ref(last.agent),
                    [t - b for t in last.transfer_times], None if last.ended is None else last.ended - b,
-                   last.wrapup_ms]
+                   last.wrapup_ms, [[start - b, end - b] for start, end in last.holds],
+                   None if last.hold_from is None else last.hold_from - b, ref(last.reason)]
             _drop_defaults(seg, _SEG_DEFAULTS, 3)
         complaint = self.complaint
         row = [b, self.count, self.last_ts - b, self.tail_order, ref(self.queue), self.phase, seg, self.segments,
@@ -431,9 +473,12 @@ class Fold:
         f.queue, f.first_queue, f.answered_agent, f.customer = (name(queue), name(first_queue),
                                                                 name(answered_agent), name(customer))
         if seg is not None:
-            q, entered, exit_, left, agent, transfers, ended, wrapup = seg + list(_SEG_DEFAULTS[len(seg):])
+            (q, entered, exit_, left, agent, transfers, ended, wrapup, holds, hold_from,
+             reason) = seg + list(_SEG_DEFAULTS[len(seg):])
             f.last = Segment(names[q], entered + b, _EXITS[exit_], None if left is None else left + b,
-                             name(agent), [t + b for t in transfers], None if ended is None else ended + b, wrapup)
+                             name(agent), [t + b for t in transfers], None if ended is None else ended + b, wrapup,
+                             [(start + b, end + b) for start, end in holds],
+                             None if hold_from is None else hold_from + b, name(reason))
         f.pending = [t + b for t in pending]
         f.first_customer = None if first_customer is None else first_customer + b
         if complaint is not None:
@@ -444,7 +489,14 @@ class Fold:
 # What a packed fold leaves out at the end of its row and of its segment (the rarely set
 # fields come last): a call waiting or being served packs in about 60 bytes.
 _FOLD_DEFAULTS: list[Any] = [None] * 12 + [0, 0, 0, [], None, None]
-_SEG_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, [], None, 0)
+_SEG_DEFAULTS: tuple[Any, ...] = (None, None, None, None, None, [], None, 0, [], None, None)
+
+
+def _end_hold(seg: Segment, ts: int) -> None:
+    """Close the segment's open hold, if any, at ``ts``."""
+    if seg.hold_from is not None:
+        seg.holds.append((seg.hold_from, ts))
+        seg.hold_from = None
 
 
 def _drop_defaults(row: list[Any], defaults: Sequence[Any], keep: int) -> None:
