@@ -30,6 +30,11 @@ KPI_COUNTERS = {
     "abandoned_within_target": ("abandoned_within_target", 1, "Abandoned (not short) within service_level_seconds"),
     "answered_immediately": ("answered_immediately", 1, "Answered with wait <= immediate_seconds"),
     "transferred_out": ("transferred_out", 1, "Contacts transferred out of the queue while waiting"),
+    "flowed_out": ("flowed_out", 1, "Contacts the system took out of the queue (timeout, no agents, "
+                                    "voicemail, ...): neither answered nor abandoned"),
+    "callbacks_requested": ("callbacks_requested", 1, "Contacts that left the queue asking for a callback"),
+    "held": ("held", 1, "Answered contacts put on hold at least once (with their first hold's end)"),
+    "hold_time_seconds": ("hold_ms", 1000, "Time on hold, each hold counted when it ended"),
     "transfers": ("transfers", 1, "Transfers made by agents after answering"),
     "handled": ("handled", 1, "Contacts ended after being answered"),
     "handle_time_seconds": ("handle_ms", 1000, "Handle time of handled contacts (answer to end, plus wrap-up)"),

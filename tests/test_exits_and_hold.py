@@ -350,3 +350,85 @@ def test_interaction_rows_carry_the_exit_outcome_its_reason_and_the_hold() -> No
     assert (rows["C"]["hold_ms"], rows["C"]["holds"]) == (27_000, 2)
     assert (rows["D"]["outcome"], rows["D"]["exit_reason"]) == ("transferred", "overflow")
     assert rows["A"]["hold_ms"] == 0 and rows["A"]["holds"] == 0
+
+
+# -- ClickHouse ---------------------------------------------------------------------
+
+NEW_COLUMNS = {
+    "kpi_windows": {"flowed_out", "callbacks_requested", "held", "hold_seconds", "avg_hold_seconds"},
+    "agent_windows": {"held", "hold_seconds", "avg_hold_seconds"},
+    "interactions": {"exit_reason", "holds", "hold_ms"},
+}
+
+
+def _columns(client: Any, table: str) -> set[str]:
+    return {row[0] for row in client.query(f"DESCRIBE TABLE {table}").result_rows}
+
+
+def test_a_store_created_before_the_new_columns_gets_them_and_stores_them(tmp_path: Any) -> None:
+    from sinks.clickhouse import ClickHouseWriter, connect, ddl_statements
+    dsn = f"chdb://{tmp_path / 'store'}"
+    # The store as the code before issue 16 left it: its CREATE statements only.
+    client = connect(dsn)
+    for statement in ddl_statements():
+        if "CREATE TABLE" in statement and "ALTER TABLE" not in statement:
+            client.command(statement)
+    for table, new in NEW_COLUMNS.items():
+        assert not new & _columns(client, table), table
+    client.close()
+    with ClickHouseWriter(dsn) as writer:
+        for table, new in NEW_COLUMNS.items():
+            assert new <= _columns(writer.client, table), table
+        day = records.window_record((86400, T0 - 9 * 3600 * S, QUEUE, "billing", "voice"), T0 + 15 * 3600 * S,
+                                    agg_of(offered=3, answered=1, flowed_out=1, callbacks_requested=1, held=2,
+                                           hold_ms=50_000), VOICE, version=3, final=True, now_ms=T0)
+        next_day = dict(day, window_start=records.format_ms(T0 + 15 * 3600 * S),
+                        window_end=records.format_ms(T0 + 39 * 3600 * S), flowed_out=2, held=1, hold_seconds=10.0,
+                        avg_hold_seconds=10.0)
+        writer.insert_now("kpi_windows", [day, next_day])
+        writer.insert_now("agent_windows", [_record(AGENT)])
+        _, inters = feed(MIXED)
+        writer.insert_now("interactions", [r for i in inters.values() for r in records.interaction_rows(i, 1)])
+        c = writer.client
+        assert c.query("SELECT flowed_out, callbacks_requested, held, hold_seconds, avg_hold_seconds "
+                       "FROM kpi_windows FINAL ORDER BY window_start").result_rows == [
+            (1, 1, 2, 50.0, 25.0), (2, 1, 1, 10.0, 10.0)]
+        assert c.query("SELECT held, hold_seconds FROM agent_windows FINAL").result_rows == [(1, 30.0)]
+        assert dict(c.query("SELECT interaction_id, (outcome, exit_reason, holds, hold_ms) FROM interactions FINAL "
+                            "WHERE segment = 0").result_rows) == {
+            "A": ("flowed_out", "timeout", 0, 0), "B": ("callback_requested", None, 0, 0),
+            "C": ("answered", None, 2, 27_000), "D": ("transferred", "overflow", 0, 0)}
+        # The monthly rollup sums the counters and recomputes the average hold from them (the
+        # two days are a Sunday and a Monday: two weeks).
+        month = c.query("SELECT flowed_out, callbacks_requested, held, hold_seconds, avg_hold_seconds, days "
+                        "FROM kpi_monthly").result_rows
+        assert month == [(3, 2, 3, 60.0, 20.0, 2)]
+        assert c.query("SELECT count() FROM kpi_weekly").result_rows == [(2,)]
+        daily = c.query("SELECT avg_hold_seconds FROM kpi_daily ORDER BY period_start").result_rows
+        assert daily == [(25.0,), (10.0,)]
+    # Opening it again changes nothing (the migration runs at every start).
+    with ClickHouseWriter(dsn) as writer:
+        assert writer.client.query("SELECT count() FROM kpi_windows FINAL").result_rows == [(2,)]
+
+
+# -- Prometheus ---------------------------------------------------------------------
+
+
+def test_prometheus_counts_flow_outs_callbacks_and_hold_like_the_other_queue_counters() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sinks.prometheus import KpiCollector
+    eng, _ = feed(MIXED)
+    registry = CollectorRegistry()
+    registry.register(KpiCollector(lambda: {0: eng}))
+    samples = {(s.name, s.labels.get("queue")): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    assert samples[("ccpulse_queue_flowed_out_total", "billing")] == 1
+    assert samples[("ccpulse_queue_callbacks_requested_total", "billing")] == 1
+    assert samples[("ccpulse_queue_held_total", "billing")] == 1
+    assert samples[("ccpulse_queue_hold_time_seconds_total", "billing")] == 27.0
+    assert samples[("ccpulse_queue_transferred_out_total", "billing")] == 1  # D's flow-out to "spill"
+    assert samples[("ccpulse_queue_offered_total", "spill")] == 1
+    assert samples[("ccpulse_queue_waiting", "billing")] == 0

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS interactions
     channel         LowCardinality(String),
     queue           String,
     offered_at      DateTime64(3, 'UTC'),
-    outcome         LowCardinality(String),   -- waiting | answered | abandoned | transferred
+    outcome         LowCardinality(String),   -- waiting | answered | abandoned | transferred (| flowed_out | callback_requested: 002a)
     left_queue_at   Nullable(DateTime64(3, 'UTC')),
     wait_ms         Nullable(Int64),
     agent_id        Nullable(String),
