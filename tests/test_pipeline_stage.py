@@ -71,6 +71,18 @@ def back_from_rekey(stage: PipelineStage, out: Checkpoint, now_ms: int = NOW) ->
         offsets[p] = offsets.get(p, 0) + 1
 
 
+INPUT_TOPICS = ("calls", "chats", "tickets")
+EVERY = {(topic, p): True for topic in (*INPUT_TOPICS, REKEY) for p in range(PARTITIONS)}
+
+
+def idle_everywhere(stage: PipelineStage, now_ms: int = NOW) -> None:
+    """A worker owning every partition, its input read to the end for ``source_idle_seconds``
+    by ``now_ms``: every input partition reported idle, as before new input comes in."""
+    stage.on_tick(now_ms - stage.idle_ms, EVERY)
+    stage.on_tick(now_ms, EVERY)
+    clocks_back(stage, stage.checkpoint(), now_ms)
+
+
 def clocks_back(stage: PipelineStage, out: Checkpoint, now_ms: int = NOW) -> None:
     """The checkpoint's clocks, read back from every partition of <app>-rekey."""
     for clock in out.clocks:
@@ -134,7 +146,8 @@ def test_event_time_is_the_slowest_active_input_partition_everywhere_until_it_go
         "queue": "web"}), 0)], NOW)  # mis-keyed: forwarded, but chats/0 has been read that far
     stage.on_batch("calls", 0, [Rec(a.encode(), call(a, 1, "offered", T0 + 60_000), 0)], NOW)
     stage.on_batch("calls", 1, [Rec(None, call(b, 1, "offered", T0 + 600_000), 0)], NOW)  # another partition's
-    assigned = {(t, p): True for t in ("calls", "chats", "tickets", REKEY) for p in (0, 1)}
+    assigned = {(t, p): True for t in ("calls", "chats", "tickets", REKEY) for p in range(PARTITIONS)}
+    stage.on_tick(NOW - 5_000, assigned)  # the input partitions without events: idle by NOW
     stage.on_tick(NOW, assigned)
     # Event time moves only with the clocks read back from <app>-rekey.
     assert stage.engines[0].record.watermark == stage.engines[1].record.watermark == 0
@@ -147,11 +160,12 @@ def test_event_time_is_the_slowest_active_input_partition_everywhere_until_it_go
     out = stage.checkpoint()
     clocks_back(stage, out, NOW + 5_000)
     assert stage.engines[0].record.watermark == stage.engines[1].record.watermark == T0 + 61_000
-    assert out.records.keys() | stage.checkpoint().records.keys() == {0, 1}
+    assert out.records.keys() | stage.checkpoint().records.keys() == set(range(PARTITIONS))
 
 
 def test_windows_close_and_the_final_partials_go_at_the_checkpoint() -> None:
     stage = PipelineStage(settings(allowed_lateness_seconds=60.0), REKEY)
+    idle_everywhere(stage)
     iid, later = iid_on(2, "w"), iid_on(2, "x")
     stage.on_batch("calls", 2, [Rec(iid.encode(), call(iid, 1, "offered", T0 + 1000), 0),
                                 Rec(iid.encode(), call(iid, 2, "abandoned", T0 + 9000), 1)], NOW)
@@ -382,9 +396,6 @@ def test_raw_events_are_kept_for_the_checkpoint_only_when_asked_and_events_are_c
     assert out.raw_events == [] and iid in out.interactions
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 15 note): an engine's event time is the slowest "
-                   "source it has heard of; an input partition whose owner sent no clock yet does not hold "
-                   "it back, so a keyless event read there can come back from <app>-rekey late")
 def test_a_partition_that_has_not_reported_yet_holds_event_time_back() -> None:
     # Fresh start, a backlog: calls/1 (08:10) is read and checkpointed before calls/0,
     # which holds keyless D (08:00:30, interaction on partition 1). Nothing was idle yet.
@@ -402,3 +413,52 @@ def test_a_partition_that_has_not_reported_yet_holds_event_time_back() -> None:
         stage.on_batch(REKEY, p, records, NOW)
     stage.checkpoint()
     assert stage.engines[1].record.late_events == 0
+
+
+def test_a_worker_that_has_not_reported_holds_the_others_back_also_across_a_rebalance() -> None:
+    # Two workers: A owns partitions 0 and 1 and has read all of its input; B owns 2 and 3,
+    # started later, with a backlog. B's keyless D (08:00:30) belongs on partition 1.
+    s = settings(source_idle_seconds=5.0, allowed_lateness_seconds=60.0)
+    a, b = PipelineStage(s, REKEY), PipelineStage(s, REKEY)
+    owner = {0: a, 1: a, 2: b, 3: b}
+    topic: dict[int, list[Rec]] = {}
+    read = dict.fromkeys(range(PARTITIONS), 0)
+
+    def owned(stage: PipelineStage, caught_up: bool) -> dict[tuple[str, int], bool]:
+        return {(t, p): caught_up for t in (*INPUT_TOPICS, REKEY) for p, o in owner.items() if o is stage}
+
+    def round_trip(now_ms: int) -> None:
+        """Each worker's checkpoint to <app>-rekey, then each reads its partitions of it."""
+        for stage in (a, b):
+            rekey_topic(stage.checkpoint(), topic)
+        for p, records in topic.items():
+            owner[p].on_batch(REKEY, p, records[read[p]:], now_ms)
+            read[p] = len(records)
+
+    a.on_tick(NOW - 5_000, owned(a, True))
+    a.on_tick(NOW, owned(a, True))
+    b.on_tick(NOW, owned(b, False))
+    d, t = iid_on(1, "d"), iid_on(1, "t")
+    a.on_batch("calls", 1, [Rec(t.encode(), call(t, 1, "offered", T0 + 600_000), 0)], NOW)
+    round_trip(NOW)
+    assert a.engines[1].record.watermark == 0  # B's partitions have not reported: held back
+    # Partition 3 moves to A before B reported anything of it: nobody ever reported calls/3.
+    record = b.engines[3].record
+    b.revoke(3)
+    owner[3] = a
+    a.assign(3, record, now_ms=NOW)
+    b.on_batch("calls", 2, [Rec(None, call(d, 1, "offered", T0 + 30_000), 0)], NOW + 1_000)
+    b.on_tick(NOW + 1_000, owned(b, True))
+    b.on_tick(NOW + 6_000, owned(b, True))
+    for _ in range(2):
+        round_trip(NOW + 6_000)
+    # Everything of B is in; calls/3 (and chats/3, tickets/3) still unreported by A.
+    assert {e.record.watermark for e in (*a.engines.values(), *b.engines.values())} == {0}
+    a.on_tick(NOW + 6_000, owned(a, True))
+    a.on_tick(NOW + 11_000, owned(a, True))
+    for _ in range(2):
+        round_trip(NOW + 11_000)
+    assert {e.record.watermark for e in (*a.engines.values(), *b.engines.values())} == {T0 + 600_000}
+    assert a.engines[1].record.late_events == 0
+    assert a.engines[1].record.totals["billing|voice"]["offered"] == 1  # D, counted in the final 08:00
+    assert a.interactions[d].partition == 1

@@ -22,7 +22,7 @@ from ccpulse.core.timestamps import format_ms
 from ccpulse.core.windowing import Windowing
 from schemas.events import parse_timestamp_ms
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
-from tests.test_pipeline_stage import Rec, call, iid_on
+from tests.test_pipeline_stage import Rec, call, idle_everywhere, iid_on
 
 PARTITIONS = 4
 REKEY = "ccpulse-rekey"
@@ -113,6 +113,7 @@ def test_a_historic_replay_closes_every_window_it_touched_on_every_partition() -
     now = DAY + 7 * 86_400_000  # a week later
     stage = PipelineStage(settings(), REKEY)
     rekey = Rekey(stage)
+    idle_everywhere(stage, now)  # a running worker: nothing to read anywhere before the replay
     replayed_day(stage, rekey, now)
     outs = rekey.settle(now)
     # Without the end of input the day stays open: event time is the newest event.

@@ -22,6 +22,16 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 
+def input_sources(topics: Iterable[str], partitions: int) -> frozenset[str]:
+    """Every input partition ("topic/partition") of a deployment: what event time waits for.
+
+    An engine that took the minimum over the sources it had *heard of* let a partition
+    whose owner had not reported yet (a fresh start, a backlog read in another order)
+    count for nothing, and an event read there later was late. So event time moves only
+    once each of these has reported, with a time or as idle (``InputWatermarks``)."""
+    return frozenset(f"{topic}/{p}" for topic in topics for p in range(partitions))
+
+
 def low_watermark(sources: Iterable[list]) -> int:
     """Event time from [newest, idle] per source: the slowest active one, or the newest if all idle."""
     values = list(sources)

@@ -12,7 +12,9 @@ its own included. So an event forwarded before a clock is applied before that cl
 moves any engine (on one worker always: one producer writes both in order), and no
 partition closes a window an event on its way back from ``<app>-rekey`` belongs to,
 which its own, further input partition would have it do. Event time is the slowest
-active input partition everywhere, as one engine over the whole input would have it.
+active input partition everywhere, as one engine over the whole input would have it,
+and it moves only once every input partition has reported (a time, or idle): one not
+heard of yet may be a backlog behind all the others.
 Everything to write collects in a ``Checkpoint`` that
 ``checkpoint()`` hands out: the Faust agent around this class writes it, then
 acknowledges the envelopes it covers.
@@ -32,7 +34,7 @@ from aiokafka.partitioner import murmur2
 from ccpulse.config import Settings
 from ccpulse.core.engine import PartitionEngine, PartitionRecord
 from ccpulse.core.lifecycle import Interaction
-from ccpulse.core.watermark import InputWatermarks
+from ccpulse.core.watermark import InputWatermarks, input_sources
 from ccpulse.core.windowing import Windowing
 from ccpulse.log_limit import CountedLines
 from ccpulse.pseudonym import CustomerIdHasher
@@ -101,6 +103,8 @@ class PipelineStage:
         self.rekey_topic = rekey_topic
         self.partitions = settings.kafka.partitions
         self.family_of = {settings.topics.name(attr): family for attr, family in FAMILIES.items()}
+        # The input partitions every engine's event time waits for (not <app>-rekey: clocks speak for it).
+        self.input_sources = input_sources(self.family_of, self.partitions)
         self.max_future_ms = int(settings.max_future_seconds * 1000)
         self.idle_ms = int(w.source_idle_seconds * 1000)
         self.idle_close_ms = int(w.idle_close_seconds * 1000)
@@ -137,7 +141,7 @@ class PipelineStage:
         record = record or PartitionRecord()
         engine = PartitionEngine(partition, self.windowing, w.allowed_lateness_seconds,
                                  self.settings.thresholds_for, w.interaction_horizon_seconds, record,
-                                 self.settings.limits.max_steps_per_interaction)
+                                 self.settings.limits.max_steps_per_interaction, self.input_sources)
         engine.rebuild(interactions)
         self.engines[partition] = engine
         self._sources[partition] = InputWatermarks(self.idle_ms)
