@@ -1,0 +1,70 @@
+"""Reading a platform's payload: the helpers every webhook mapper shares.
+
+A field that is missing or of the wrong shape raises ``MappingError`` naming its
+path, so the dead letter says what the platform sent that ccpulse could not use.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+
+from ccpulse.connectors.base import MappingError
+from ccpulse.core.timestamps import format_ms
+from schemas.events import parse_timestamp_ms
+
+# Atlassian writes offsets without a colon (2026-01-05T08:00:00.000+0000); RFC 3339 has one.
+_COLONLESS_OFFSET = re.compile(r"([+-]\d{2})(\d{2})\Z")
+
+
+def dig(doc: Any, *path: str, required: bool = True) -> Any:
+    """``doc[path[0]][path[1]]...``; None (or ``MappingError`` when required) where a step is absent."""
+    value = doc
+    for i, key in enumerate(path):
+        value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            if required:
+                where = ".".join(path[: i + 1])
+                raise MappingError("missing_field", f"{where} is required")
+            return None
+    return value
+
+
+def ident(doc: Any, *path: str, required: bool = True) -> str | None:
+    """An identifier: platforms send ids as strings or as JSON numbers; both become the same text."""
+    value = dig(doc, *path, required=required)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise MappingError("wrong_type", f"{'.'.join(path)} must be a non-empty string or integer")
+    return str(value)
+
+
+def rfc3339(text: Any, where: str) -> str:
+    """A platform's timestamp as ccpulse's own RFC 3339 UTC text (milliseconds)."""
+    if not isinstance(text, str):
+        raise MappingError("bad_timestamp", f"{where} must be an RFC 3339 string")
+    ms = parse_timestamp_ms(_COLONLESS_OFFSET.sub(r"\1:\2", text.strip()))
+    if ms is None:
+        raise MappingError("bad_timestamp", f"{where} {text[:64]!r} is not RFC 3339")
+    return format_ms(ms)
+
+
+def epoch(value: Any, where: str, unit_ms: int) -> str:
+    """Epoch seconds (``unit_ms`` 1000) or milliseconds (1), number or numeric text, as RFC 3339."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    # Past year 9999 format_ms has no four-digit year; nothing a platform sends today.
+    if number is None or not 0 <= number * unit_ms < 253_402_300_800_000:
+        raise MappingError("bad_timestamp", f"{where} {str(value)[:64]!r} is not an epoch time")
+    return format_ms(int(number * unit_ms))
+
+
+def same_secret(expected: str | bytes, given: str | bytes) -> bool:
+    """Constant-time comparison, so the time of a refusal does not leak how much matched."""
+    a = expected.encode("utf-8") if isinstance(expected, str) else expected
+    b = given.encode("utf-8") if isinstance(given, str) else given
+    return hmac.compare_digest(a, b)
