@@ -1,0 +1,391 @@
+"""Amazon Connect -> EVENTS.md events: contact events, agent events and contact records.
+
+Sources (field names and meanings checked against AWS's own documentation):
+
+- Contact events (EventBridge, ``detail-type`` "Amazon Connect Contact Event"):
+  https://docs.aws.amazon.com/connect/latest/adminguide/contact-events.html
+  (``detail.eventType`` INITIATED / QUEUED / CONNECTED_TO_AGENT / DISCONNECTED /
+  COMPLETED / CONTACT_DATA_UPDATED / ..., ``contactId``, ``initialContactId``,
+  ``previousContactId``, ``channel``, ``initiationMethod``, ``disconnectTimestamp``,
+  ``disconnectReason``, ``queueInfo.queueArn`` / ``queueType`` / ``enqueueTimestamp``,
+  ``agentInfo.agentArn`` / ``connectedToAgentTimestamp`` / ``afterContactWorkEndTimestamp``;
+  COMPLETED "indicates when the contact is fully completed, including after contact
+  work", and is published right after DISCONNECTED with the same data when there is none).
+- Agent event stream (Kinesis): https://docs.aws.amazon.com/connect/latest/adminguide/agent-event-stream-model.html
+  (``AgentARN``, ``EventId``, ``EventTimestamp``, ``EventType`` LOGIN / LOGOUT /
+  STATE_CHANGE / HEART_BEAT, ``CurrentAgentSnapshot`` / ``PreviousAgentSnapshot`` with
+  ``AgentStatus.Name``, ``Configuration.RoutingProfile.InboundQueues[].Name|ARN`` and
+  ``Contacts[].State``; a contact in state ENDED is in after contact work:
+  https://docs.aws.amazon.com/connect/latest/adminguide/determine-acw-time.html).
+- Contact records (CTR, one JSON object per contact, Kinesis or S3):
+  https://docs.aws.amazon.com/connect/latest/adminguide/ctr-data-model.html
+  (``ContactId``, ``Channel``, ``Queue.ARN|Name|EnqueueTimestamp|DequeueTimestamp``,
+  ``Agent.ARN|ConnectedToAgentTimestamp|AfterContactWorkEndTimestamp``,
+  ``DisconnectTimestamp``, ``DisconnectReason``, ``NextContactId``, ``PreviousContactId``).
+
+The judgements (README "Connectors" > "Amazon Connect"), in short:
+
+- One Connect contact is one interaction (its ``contactId``): a transfer makes a new
+  contact, which is offered in the queue it goes to with its own wait; the pipeline's
+  ``*.transferred`` is not sent, because the first contact's end reaches ccpulse apart
+  from (and often before) the new one, and ending the interaction there would turn the
+  new queue visit into an abandon. ``initial_contact_id`` / ``previous_contact_id``
+  attributes link the contacts in the raw store.
+- Abandoned counts only contacts that were queued and left before an agent (Connect's
+  "abandoned over queued"); one that never reached a queue (IVR, outbound) maps to nothing.
+  A queued contact the flow moved on (``nextContactId``) or the flow disconnected is a
+  flow-out, not an abandon.
+- A handled contact ends when its after contact work ends (COMPLETED, or the CTR's
+  ``Agent.AfterContactWorkEndTimestamp``): handle time = talk + hold + ACW, as Connect's
+  own handle time; DISCONNECTED of an answered contact maps to nothing.
+- The same contact gives the same event ids from contact events and from its contact
+  record, so a record replayed over live events dedups.
+
+Pure: no Kafka, no HTTP. Every function raises ``MappingError`` for a payload it cannot map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ccpulse.connectors.base import Family, Mapped, MappingError, event_id
+from ccpulse.connectors.payload import dig, ident, rfc3339
+from schemas.events import MAX_ID_CHARS, MAX_REASON_CHARS, name_problem
+
+SOURCE = "connect"
+CONTACT_EVENT = "Amazon Connect Contact Event"
+CHANNEL_FAMILY: dict[str, Family] = {"VOICE": "call", "CHAT": "chat"}
+# Contact event types that change nothing ccpulse counts: the IVR leg (INITIATED,
+# CONNECTED_TO_SYSTEM), data updates, answering-machine detection; DISCONNECTED of an
+# answered contact waits for COMPLETED, which carries the end of after contact work.
+IGNORED_EVENT_TYPES = frozenset(("INITIATED", "CONNECTED_TO_SYSTEM", "CONTACT_DATA_UPDATED",
+                                 "AMD_DISABLED", "AMD_ERROR", "AMD_DETECTED"))
+# DisconnectReason values (CTR data model) for which a queued contact did not hang up
+# itself: the system took it out of the queue.
+FLOW_OUT_DISCONNECTS = {"CONTACT_FLOW_DISCONNECT": "flow_disconnect", "EXPIRED": "timeout",
+                        "API": "api_disconnect"}
+# AgentStatus.Type (newer streams) or, when absent, AgentStatus.Name.
+ROUTABLE_STATUS = "Available"
+OFFLINE_STATUS = "Offline"
+
+
+def map_record(doc: Any, queue_names: Mapping[str, str] | None = None) -> list[Mapped]:
+    """Any Amazon Connect payload ccpulse reads, recognised by its shape.
+
+    An EventBridge contact event (or its bare ``detail``), an agent event stream
+    record, or a contact record. ``queue_names`` maps a queue id (the last part of its
+    ARN) to the name to report; without it, a payload's own queue name, else the id.
+    An empty list: a valid payload with nothing to count (``ignored``).
+    """
+    if not isinstance(doc, dict):
+        raise MappingError("not_object", f"a JSON {type(doc).__name__}, expected an object")
+    names = queue_names or {}
+    if "detail" in doc or "detail-type" in doc:
+        detail_type = doc.get("detail-type")
+        if detail_type != CONTACT_EVENT:
+            raise MappingError("unknown_type", f"detail-type {str(detail_type)[:64]!r} is not "
+                                               f"{CONTACT_EVENT!r}")
+        return contact_event(dig(doc, "detail"), names, envelope_time=doc.get("time"))
+    if "AgentARN" in doc and "EventType" in doc:
+        return agent_event(doc, names)
+    if "ContactId" in doc and ("AWSContactTraceRecordFormatVersion" in doc or "Queue" in doc
+                               or "InitiationTimestamp" in doc):
+        return contact_record(doc, names)
+    if _get(doc, "eventType") is not None and _get(doc, "contactId") is not None:
+        return contact_event(doc, names)
+    raise MappingError("unknown_shape", "not an Amazon Connect contact event, agent event or contact record "
+                                        "(see README, Connectors > Amazon Connect)")
+
+
+# ---------------------------------------------------------------- contact events
+
+def contact_event(detail: Any, queue_names: Mapping[str, str] | None = None,
+                  envelope_time: Any = None) -> list[Mapped]:
+    """One contact event's ``detail`` -> the lifecycle events of that contact it shows."""
+    if not isinstance(detail, dict):
+        raise MappingError("wrong_type", "detail must be an object")
+    names = queue_names or {}
+    etype = _get(detail, "eventType")
+    if not isinstance(etype, str):
+        raise MappingError("missing_field", "detail.eventType is required")
+    if etype in IGNORED_EVENT_TYPES:
+        return []
+    if etype not in ("QUEUED", "CONNECTED_TO_AGENT", "DISCONNECTED", "COMPLETED"):
+        # New event types appear over time (the docs say to expect them): nothing to count.
+        return []
+    contact = _contact_id(detail, "contactId")
+    family = _family(_get(detail, "channel"))
+    if family is None:
+        return []  # TASK, EMAIL: not a queue-and-answer contact ccpulse counts (README)
+    queue_info = _get(detail, "queueInfo")
+    agent_info = _get(detail, "agentInfo")
+    enqueued = _get(queue_info, "enqueueTimestamp")
+    connected = _get(agent_info, "connectedToAgentTimestamp")
+    disconnected = _get(detail, "disconnectTimestamp")
+    fallback = envelope_time
+
+    def when(value: Any, where: str) -> str:
+        if value is not None:
+            return rfc3339(value, where)
+        if fallback is None:
+            raise MappingError("missing_field", f"{where} is required (no envelope time either)")
+        return rfc3339(fallback, "time")
+
+    if etype == "QUEUED":
+        queue = _queue(_get(queue_info, "queueArn"), None, names, "detail.queueInfo.queueArn")
+        offered = _event(family, contact, "offered", when(enqueued, "detail.queueInfo.enqueueTimestamp"),
+                         queue=queue)
+        offered["attributes"] = _links(contact, _get(detail, "initialContactId"),
+                                       _get(detail, "previousContactId"), _get(detail, "initiationMethod"))
+        return [Mapped(family, offered)]
+    if etype == "CONNECTED_TO_AGENT":
+        agent = _agent_id(_get(agent_info, "agentArn"), "detail.agentInfo.agentArn")
+        return [Mapped(family, _event(family, contact, "answered",
+                                      when(connected, "detail.agentInfo.connectedToAgentTimestamp"),
+                                      agent_id=agent))]
+    # DISCONNECTED / COMPLETED
+    if enqueued is None and _get(queue_info, "queueArn") is None:
+        return []  # never queued (IVR hang-up, outbound): not offered, not abandoned
+    if connected is not None:
+        if etype == "DISCONNECTED":
+            return []  # the end comes with COMPLETED, after the after contact work
+        end = _get(agent_info, "afterContactWorkEndTimestamp")
+        occurred = when(end if end is not None else disconnected, "detail.disconnectTimestamp")
+        return [Mapped(family, _event(family, contact, "ended", occurred))]
+    occurred = when(disconnected, "detail.disconnectTimestamp")
+    return [_queue_exit(family, contact, occurred, _get(detail, "disconnectReason"),
+                        _get(detail, "nextContactId"))]
+
+
+# ---------------------------------------------------------------- contact records
+
+def contact_record(ctr: Any, queue_names: Mapping[str, str] | None = None) -> list[Mapped]:
+    """One contact record (CTR) -> its lifecycle events, in event-time order.
+
+    Offered at ``Queue.EnqueueTimestamp``; answered at ``Agent.ConnectedToAgentTimestamp``;
+    ended at ``Agent.AfterContactWorkEndTimestamp`` (else ``DisconnectTimestamp``);
+    a queued contact with no agent left at ``Queue.DequeueTimestamp`` (else the disconnect):
+    abandoned, or flowed out (see ``contact_event``). Never queued: nothing.
+    """
+    if not isinstance(ctr, dict):
+        raise MappingError("not_object", "a contact record must be a JSON object")
+    names = queue_names or {}
+    contact = _contact_id(ctr, "ContactId")
+    family = _family(ctr.get("Channel"))
+    queue_doc = ctr.get("Queue")
+    enqueued = _get(queue_doc, "EnqueueTimestamp")
+    if family is None or enqueued is None:
+        return []
+    queue = _queue(_get(queue_doc, "ARN"), _get(queue_doc, "Name"), names, "Queue.ARN")
+    offered = _event(family, contact, "offered", rfc3339(enqueued, "Queue.EnqueueTimestamp"), queue=queue)
+    offered["attributes"] = _links(contact, ctr.get("InitialContactId"), ctr.get("PreviousContactId"),
+                                   ctr.get("InitiationMethod"))
+    out = [Mapped(family, offered)]
+    agent_doc = ctr.get("Agent")
+    connected = _get(agent_doc, "ConnectedToAgentTimestamp")
+    disconnected = ctr.get("DisconnectTimestamp")
+    if connected is not None:
+        agent = _agent_id(_get(agent_doc, "ARN"), "Agent.ARN")
+        out.append(Mapped(family, _event(family, contact, "answered",
+                                         rfc3339(connected, "Agent.ConnectedToAgentTimestamp"), agent_id=agent)))
+        end = _get(agent_doc, "AfterContactWorkEndTimestamp")
+        if end is not None:
+            out.append(Mapped(family, _event(family, contact, "ended",
+                                             rfc3339(end, "Agent.AfterContactWorkEndTimestamp"))))
+        elif disconnected is not None:
+            out.append(Mapped(family, _event(family, contact, "ended",
+                                             rfc3339(disconnected, "DisconnectTimestamp"))))
+        return out
+    left = _get(queue_doc, "DequeueTimestamp")
+    if left is None:
+        left = disconnected
+    if left is not None:
+        out.append(_queue_exit(family, contact, rfc3339(left, "Queue.DequeueTimestamp"),
+                               ctr.get("DisconnectReason"), ctr.get("NextContactId")))
+    return out
+
+
+# ---------------------------------------------------------------- agent events
+
+def agent_event(doc: Any, queue_names: Mapping[str, str] | None = None) -> list[Mapped]:
+    """One agent event stream record -> at most one ``agent.*`` event.
+
+    LOGIN -> ``agent.logged_in`` (the routing profile's inbound queues, the declared
+    state); LOGOUT -> ``agent.logged_out``; STATE_CHANGE -> ``agent.state_changed`` when
+    the declared state, its reason or the queues changed (a configuration change that
+    touches none of them maps to nothing). The status Offline is not staffed: changing
+    to it is a log-out, leaving it a log-in. HEART_BEAT: nothing.
+    """
+    if not isinstance(doc, dict):
+        raise MappingError("not_object", "an agent event must be a JSON object")
+    names = queue_names or {}
+    etype = ident(doc, "EventType")
+    if etype == "HEART_BEAT":
+        return []
+    if etype not in ("LOGIN", "LOGOUT", "STATE_CHANGE"):
+        raise MappingError("unknown_type", f"EventType {etype[:64]!r} is not LOGIN, LOGOUT, "
+                                           "STATE_CHANGE or HEART_BEAT")
+    agent = _agent_id(doc.get("AgentARN"), "AgentARN")
+    eid = event_id(SOURCE, "agent", ident(doc, "EventId"))
+    occurred = rfc3339(dig(doc, "EventTimestamp"), "EventTimestamp")
+
+    def event(etype_: str, **fields: Any) -> list[Mapped]:
+        return [Mapped("agent", {"event_id": eid, "type": etype_, "occurred_at": occurred,
+                                 "agent_id": agent, "schema_version": 1, **fields})]
+
+    if etype == "LOGOUT":
+        return event("agent.logged_out")
+    current = _snapshot(doc.get("CurrentAgentSnapshot"), names, "CurrentAgentSnapshot")
+    if etype == "LOGIN":
+        if current.state is None:
+            return []  # logged in but Offline: staffed from the first change out of it
+        return event("agent.logged_in", queues=current.queues, **current.fields())
+    previous_doc = doc.get("PreviousAgentSnapshot")
+    previous = _snapshot(previous_doc, names, "PreviousAgentSnapshot") if previous_doc is not None else None
+    if current.state is None:
+        return [] if previous is not None and previous.state is None else event("agent.logged_out")
+    if previous is not None and previous.state is None:
+        return event("agent.logged_in", queues=current.queues, **current.fields())
+    if previous is not None and (previous.state, previous.reason, previous.queues) == (
+            current.state, current.reason, current.queues):
+        return []
+    return event("agent.state_changed", queues=current.queues, **current.fields())
+
+
+class _Snapshot:
+    """The part of an AgentSnapshot EVENTS.md carries: declared state (None: Offline), reason, queues."""
+
+    __slots__ = ("state", "reason", "queues")
+
+    def __init__(self, state: str | None, reason: str | None, queues: list[str]) -> None:
+        self.state, self.reason, self.queues = state, reason, queues
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+def _snapshot(doc: Any, names: Mapping[str, str], where: str) -> _Snapshot:
+    if not isinstance(doc, dict):
+        raise MappingError("missing_field", f"{where} is required")
+    status = dig(doc, "AgentStatus", "Name") if isinstance(doc.get("AgentStatus"), dict) else None
+    if not isinstance(status, str) or not status:
+        raise MappingError("missing_field", f"{where}.AgentStatus.Name is required")
+    status_type = _get(doc.get("AgentStatus"), "Type")
+    queues_doc = _get(_get(doc.get("Configuration"), "RoutingProfile"), "InboundQueues") or []
+    if not isinstance(queues_doc, list):
+        raise MappingError("wrong_type", f"{where}.Configuration.RoutingProfile.InboundQueues must be a list")
+    queues: list[str] = []
+    for i, q in enumerate(queues_doc):
+        name = _queue(_get(q, "ARN"), _get(q, "Name"), names,
+                      f"{where}.Configuration.RoutingProfile.InboundQueues[{i}].ARN")
+        if name not in queues:
+            queues.append(name)
+    if status_type == "OFFLINE" or (status_type is None and status == OFFLINE_STATUS):
+        return _Snapshot(None, None, queues)
+    if status_type == "ROUTABLE" or (status_type is None and status == ROUTABLE_STATUS):
+        contacts = doc.get("Contacts") or []
+        in_acw = isinstance(contacts, list) and any(_get(c, "State") == "ENDED" for c in contacts)
+        return _Snapshot("after_contact_work" if in_acw else "available", None, queues)
+    return _Snapshot("away", _reason(status, f"{where}.AgentStatus.Name"), queues)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+def _get(doc: Any, name: str) -> Any:
+    """``doc[name]``, also under its PascalCase spelling (older contact events used it)."""
+    if not isinstance(doc, dict):
+        return None
+    value = doc.get(name)
+    if value is None:
+        value = doc.get(name[:1].upper() + name[1:])
+    return value
+
+
+def _family(channel: Any) -> Family | None:
+    if not isinstance(channel, str):
+        raise MappingError("missing_field", "channel is required (VOICE, CHAT, TASK or EMAIL)")
+    return CHANNEL_FAMILY.get(channel.upper())
+
+
+def _contact_id(doc: dict[str, Any], key: str) -> str:
+    value = _get(doc, key)
+    if not isinstance(value, str) or not value:
+        raise MappingError("missing_field", f"{key} is required")
+    if len(value) > MAX_ID_CHARS:
+        raise MappingError("invalid_value", f"{key} is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def _arn_id(arn: Any, marker: str, where: str) -> str:
+    """The resource id of a Connect ARN: what follows ``/queue/`` or ``/agent/``."""
+    if not isinstance(arn, str) or not arn:
+        raise MappingError("missing_field", f"{where} is required")
+    head, sep, tail = arn.partition(marker)
+    return tail if sep and tail else arn
+
+
+def _queue(arn: Any, name: Any, names: Mapping[str, str], where: str) -> str:
+    """The queue to report: the ``queue_names`` entry of its id, else the payload's name, else the id."""
+    if arn is None and isinstance(name, str) and name:
+        queue = names.get(name, name)
+    else:
+        qid = _arn_id(arn, "/queue/", where)
+        queue = names.get(qid) or (name if isinstance(name, str) and name else qid)
+    return _checked_name(queue, where)
+
+
+def _agent_id(arn: Any, where: str) -> str:
+    return _checked_name(_arn_id(arn, "/agent/", where), where)
+
+
+def _checked_name(name: str, where: str) -> str:
+    """A name the pipeline takes (README "Names"), or ``MappingError`` here rather than a dead
+    letter there."""
+    problem = name_problem(name) if len(name) <= MAX_ID_CHARS else f"is longer than {MAX_ID_CHARS} characters"
+    if problem is not None:
+        raise MappingError("invalid_value", f"{where} {name[:64]!r} {problem}")
+    return name
+
+
+def _reason(status: str, where: str) -> str:
+    """An away status name as a reason code: lower case, spaces as underscores (``On Break`` -> ``on_break``)."""
+    code = "_".join(status.lower().split())[:MAX_REASON_CHARS]
+    return _checked_name(code, where)
+
+
+def _links(contact: str, initial: Any, previous: Any, method: Any) -> dict[str, str]:
+    """The contact's relatives, as attributes: how a transferred contact links to the first."""
+    out = {}
+    if isinstance(initial, str) and initial and initial != contact:
+        out["initial_contact_id"] = initial
+    if isinstance(previous, str) and previous and previous != contact:
+        out["previous_contact_id"] = previous
+    if isinstance(method, str) and method:
+        out["initiation_method"] = method
+    return out
+
+
+def _queue_exit(family: Family, contact: str, occurred: str, disconnect_reason: Any,
+                next_contact: Any) -> Mapped:
+    """How a queued contact that no agent took left the queue: abandoned, unless the system moved it."""
+    if isinstance(next_contact, str) and next_contact:
+        reason: str | None = "transfer"  # the flow moved it on as a new contact (e.g. another queue)
+    else:
+        reason = FLOW_OUT_DISCONNECTS.get(disconnect_reason) if isinstance(disconnect_reason, str) else None
+    if reason is None:
+        return Mapped(family, _event(family, contact, "abandoned", occurred))
+    flowed = _event(family, contact, "flowed_out", occurred)
+    flowed["reason"] = reason
+    return Mapped(family, flowed)
+
+
+def _event(family: Family, contact: str, step: str, occurred: str, **fields: Any) -> dict[str, Any]:
+    # One id per contact and step: a redelivered event, or the contact record of a contact
+    # already seen live, dedups in the pipeline. A contact leaves its queue once, whichever
+    # way its payload tells it: one id for the abandon and the flow-out.
+    key = "queue_exit" if step in ("abandoned", "flowed_out") else step
+    return {"event_id": event_id(SOURCE, contact, key), "type": f"{family}.{step}", "occurred_at": occurred,
+            "interaction_id": contact, "schema_version": 1, **fields}

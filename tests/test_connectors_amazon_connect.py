@@ -1,0 +1,191 @@
+"""Amazon Connect mappers (pure): contact events, agent events and contact records.
+
+Fixtures are the payload shapes of AWS's documentation (tests/fixtures/connectors/
+amazon_connect/README.md); every mapped event must pass the pipeline's own validation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from ccpulse.connectors import amazon_connect
+from ccpulse.connectors.amazon_connect import agent_event, contact_event, contact_record, map_record
+from ccpulse.connectors.base import Mapped, MappingError
+from schemas import events as schema
+
+FIXTURES = Path(__file__).parent / "fixtures" / "connectors" / "amazon_connect"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def assert_valid(mapped: Sequence[Mapped]) -> None:
+    """Every mapped event passes the validation the pipeline applies to its topic."""
+    now = int(time.time() * 1000)
+    for m in mapped:
+        if m.family == "agent":
+            result = schema.validate_agent(m.event, now)
+        else:
+            result = schema.validate(m.event, m.family, now)
+        assert not isinstance(result, schema.Rejection), (m.event, result)
+
+
+def brief(mapped: Sequence[Mapped]) -> list[tuple[str, str, str | None, str | None, str]]:
+    return [(m.event["type"], m.event.get("interaction_id") or m.event["agent_id"], m.event.get("queue"),
+             m.event.get("agent_id"), m.event["occurred_at"]) for m in mapped]
+
+
+QUEUE = "a1b2c3d4-5678-90ab-cdef-EXAMPLE33333"
+AGENT = "a1b2c3d4-5678-90ab-cdef-EXAMPLE22222"
+CONTACT = "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111"
+
+
+def test_a_contact_s_events_map_to_offered_answered_and_ended_at_the_end_of_after_contact_work() -> None:
+    out = [m for name in ("contact_event_initiated.json", "contact_event_queued.json",
+                          "contact_event_connected_to_agent.json", "contact_event_disconnected_answered.json",
+                          "contact_event_completed.json")
+           for m in map_record(fixture(name))]
+    assert brief(out) == [
+        ("call.offered", CONTACT, QUEUE, None, "2021-08-04T17:29:04.000Z"),
+        ("call.answered", CONTACT, None, AGENT, "2021-08-04T17:29:09.000Z"),
+        ("call.ended", CONTACT, None, None, "2021-08-04T17:34:10.000Z"),
+    ]
+    assert out[0].key == CONTACT and out[0].family == "call"
+    assert_valid(out)
+
+
+def test_a_contact_that_leaves_its_queue_before_an_agent_is_abandoned_once_from_either_event() -> None:
+    doc = fixture("contact_event_disconnected_abandoned.json")
+    out = map_record(doc)
+    assert brief(out) == [("call.abandoned", "a1b2c3d4-5678-90ab-cdef-EXAMPLE44444", None, None,
+                           "2021-08-04T17:31:30.000Z")]
+    completed = json.loads(json.dumps(doc))
+    completed["detail"]["eventType"] = "COMPLETED"
+    assert [m.event for m in map_record(completed)] == [m.event for m in out]  # the same id: one abandon
+    assert_valid(out)
+
+
+def test_a_contact_never_queued_is_neither_offered_nor_abandoned() -> None:
+    doc = fixture("contact_event_disconnected_abandoned.json")
+    del doc["detail"]["queueInfo"]
+    assert map_record(doc) == []
+    assert contact_record(fixture("ctr_ivr_only.json")) == []
+
+
+def test_a_transferred_contact_is_offered_in_its_new_queue_and_linked_to_the_first() -> None:
+    out = map_record(fixture("contact_event_queued_transfer.json"))
+    assert brief(out) == [("call.offered", "a1b2c3d4-5678-90ab-cdef-EXAMPLE55555",
+                           "a1b2c3d4-5678-90ab-cdef-EXAMPLE66666", None, "2021-08-04T17:32:00.000Z")]
+    assert out[0].event["attributes"] == {"initial_contact_id": CONTACT, "previous_contact_id": CONTACT,
+                                          "initiation_method": "TRANSFER"}
+    assert_valid(out)
+
+
+def test_the_older_documented_sample_with_pascal_case_keys_maps_with_the_envelope_time() -> None:
+    out = map_record(fixture("contact_event_legacy_connected_to_agent.json"))
+    assert brief(out) == [("call.answered", "11111111-1111-1111-1111-111111111111", None, "arn",
+                           "2021-05-01T18:43:48.000Z")]
+    assert_valid(out)
+
+
+def test_queue_names_replace_the_queue_id_of_the_arn() -> None:
+    out = map_record(fixture("contact_event_queued.json"), {QUEUE: "billing"})
+    assert out[0].event["queue"] == "billing"
+
+
+def test_a_contact_record_maps_to_the_same_events_and_ids_as_the_live_contact_events() -> None:
+    out = contact_record(fixture("ctr_answered.json"))
+    assert brief(out) == [
+        ("call.offered", "15a5cf14-3212-45a1-9f86-a8e97db8afaf", "BasicQueue", None, "2022-04-08T15:00:42.000Z"),
+        ("call.answered", "15a5cf14-3212-45a1-9f86-a8e97db8afaf", None, "57db30ae-8c01-44e6-abd5-80b7b51944cf",
+         "2022-04-08T15:00:49.000Z"),
+        ("call.ended", "15a5cf14-3212-45a1-9f86-a8e97db8afaf", None, None, "2022-04-08T15:01:54.000Z"),
+    ]
+    assert_valid(out)
+    # The same contact's COMPLETED event, as EventBridge would have sent it: the same ids.
+    live = {"eventType": "COMPLETED", "contactId": "15a5cf14-3212-45a1-9f86-a8e97db8afaf", "channel": "VOICE",
+            "disconnectTimestamp": "2022-04-08T15:01:22Z",
+            "queueInfo": {"queueArn": fixture("ctr_answered.json")["Queue"]["ARN"],
+                          "enqueueTimestamp": "2022-04-08T15:00:42Z"},
+            "agentInfo": {"agentArn": fixture("ctr_answered.json")["Agent"]["ARN"],
+                          "connectedToAgentTimestamp": "2022-04-08T15:00:49Z",
+                          "afterContactWorkEndTimestamp": "2022-04-08T15:01:54Z"}}
+    assert [m.event for m in contact_event(live)] == [out[2].event]
+
+
+def test_a_contact_record_queued_and_left_is_abandoned_or_flowed_out_when_the_flow_moved_it() -> None:
+    abandoned = contact_record(fixture("ctr_abandoned.json"))
+    assert [e[0] for e in brief(abandoned)] == ["call.offered", "call.abandoned"]
+    assert abandoned[1].event["occurred_at"] == "2022-04-08T15:05:40.000Z"
+    flowed = contact_record(fixture("ctr_queue_transfer.json"))
+    assert [e[0] for e in brief(flowed)] == ["call.offered", "call.flowed_out"]
+    assert flowed[1].event["reason"] == "transfer"
+    assert_valid(abandoned + flowed)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("agent_event_login.json", ("agent.logged_in", "available", None)),
+    ("agent_event_state_change_break.json", ("agent.state_changed", "away", "break")),
+    ("agent_event_state_change_acw.json", ("agent.state_changed", "after_contact_work", None)),
+    ("agent_event_logout.json", ("agent.logged_out", None, None)),
+])
+def test_agent_events_map_to_the_agents_contract(name: str, expected: tuple[Any, ...]) -> None:
+    out = map_record(fixture(name))
+    assert [(m.event["type"], m.event.get("state"), m.event.get("reason")) for m in out] == [expected]
+    assert out[0].family == "agent" and out[0].key == "agent-1"
+    if expected[0] != "agent.logged_out":
+        assert out[0].event["queues"] == ["BasicQueue", "Billing"]
+    assert_valid(out)
+
+
+def test_heart_beats_and_changes_ccpulse_does_not_carry_map_to_nothing() -> None:
+    assert map_record(fixture("agent_event_heart_beat.json")) == []
+    assert map_record(fixture("agent_event_state_change_config_only.json")) == []
+
+
+def test_going_offline_is_a_log_out_and_coming_back_a_log_in() -> None:
+    doc = fixture("agent_event_state_change_break.json")
+    doc["CurrentAgentSnapshot"]["AgentStatus"]["Name"] = "Offline"
+    assert [m.event["type"] for m in agent_event(doc)] == ["agent.logged_out"]
+    back = fixture("agent_event_state_change_break.json")
+    back["PreviousAgentSnapshot"]["AgentStatus"]["Name"] = "Offline"
+    out = agent_event(back)
+    assert [(m.event["type"], m.event["state"]) for m in out] == [("agent.logged_in", "away")]
+    assert_valid(out)
+
+
+@pytest.mark.parametrize("doc, reason", [
+    ([1, 2], "not_object"),
+    ({"detail-type": "EC2 Instance State-change Notification", "detail": {}}, "unknown_type"),
+    ({"hello": "world"}, "unknown_shape"),
+    ({"detail-type": amazon_connect.CONTACT_EVENT, "detail": {"eventType": "QUEUED", "channel": "VOICE",
+                                                               "queueInfo": {"queueArn": "x/queue/q"}}},
+     "missing_field"),
+    ({"detail-type": amazon_connect.CONTACT_EVENT, "time": "2021-01-01T00:00:00Z",
+      "detail": {"eventType": "QUEUED", "contactId": "c", "channel": "VOICE",
+                 "queueInfo": {"queueArn": "x/queue/q", "enqueueTimestamp": "yesterday"}}}, "bad_timestamp"),
+    ({"detail-type": amazon_connect.CONTACT_EVENT, "time": "2021-01-01T00:00:00Z",
+      "detail": {"eventType": "QUEUED", "contactId": "c", "channel": "VOICE",
+                 "queueInfo": {"queueArn": "x/queue/a|b"}}}, "invalid_value"),
+    ({"AgentARN": "x/agent/a", "EventType": "DANCE", "EventId": "e", "EventTimestamp": "2021-01-01T00:00:00Z"},
+     "unknown_type"),
+    ({"AgentARN": "x/agent/a", "EventType": "LOGIN", "EventId": "e", "EventTimestamp": "2021-01-01T00:00:00Z"},
+     "missing_field"),
+])
+def test_payloads_that_cannot_be_mapped_raise_a_mapping_error_with_its_reason(doc: Any, reason: str) -> None:
+    with pytest.raises(MappingError) as caught:
+        map_record(doc)
+    assert caught.value.reason == reason, caught.value
+
+
+def test_every_fixture_maps_without_error_and_every_event_is_valid() -> None:
+    names = sorted(p.name for p in FIXTURES.glob("*.json"))
+    assert len(names) >= 15
+    for name in names:
+        assert_valid(map_record(fixture(name)))
