@@ -16,7 +16,8 @@ buffered) a checkpoint writes what the stage collected, in this order
 
 and only then acknowledges the envelopes it covers, so Faust commits no offset whose
 effects are not written. A timer ticks the stage once a second (idle sources, closing
-windows, expiry) and checkpoints what that produced.
+windows, expiry) and checkpoints what that produced. What to expire and which clocks to
+report the stage decides (``on_tick``, ``checkpoint``); this shell only times and writes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from faust.types import TP
 
 from schemas.records import interaction_rows, raw_event_row
@@ -34,7 +34,6 @@ from streams.context import Pipeline
 from streams.fcr import customer_hasher
 from streams.guard import stage_guard
 from streams.stages.merge import ClockSender
-from streams.stages.fcr import WATERMARK_FIELD
 from streams.stages.pipeline import PipelineStage
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,11 @@ CHECKPOINT_ENVELOPES = 200
 # changelog values) is bounded, also when a backlog comes in large fetches.
 CHECKPOINT_EVENTS = 5000
 TICK_SECONDS = 1.0
-EXPIRY_SCAN_SECONDS = 10.0
 
 
 class PipelineShell:
     """The Faust side of the pipeline stage: what was read but not yet covered by a
-    checkpoint, when the last checkpoint and expiry scan ran, and the clocks sent."""
+    checkpoint, and when the last checkpoint ran."""
 
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe, self.app, self.settings = pipe, pipe.app, pipe.settings
@@ -65,10 +63,9 @@ class PipelineShell:
         pipe.engines = self.stage.engines  # /health and /metrics read the stage's engines
         self.stage.keep_raw_events = pipe.direct_rows is not None  # set by storage.register, before
         self.merge_clock = ClockSender(self.outbox, pipe.topics.partials, pipe.settings.kafka.partitions)
-        self.sent_fcr_clock: dict[str, int] = {}
         self.lock = asyncio.Lock()
         self.pending: list[Any] = []  # envelopes applied, not yet covered by a checkpoint
-        self.last_checkpoint = self.last_expiry = time.monotonic()
+        self.last_checkpoint = time.monotonic()
         self.guard = stage_guard(pipe)
 
     def owned(self) -> set[TP]:
@@ -87,7 +84,6 @@ class PipelineShell:
         # their windows never became final), as Faust's recovery did not read them again.
         self.stage.revoke(partition, forget_interactions=False)
         self.merge_clock.forget(str(partition))
-        self.sent_fcr_clock.pop(f"lifecycle/{partition}", None)
 
     def checkpoint_due(self) -> bool:
         return (len(self.pending) >= CHECKPOINT_ENVELOPES or self.lock.locked()
@@ -125,6 +121,8 @@ class PipelineShell:
                 return  # stopping: nothing acknowledged, the next owner reads it again
         for iid, inter in out.interactions.items():  # (2)
             outbox.put(self.interactions, inter.partition, iid, inter)
+        for partition, iid in out.expired:  # after the puts: one changed, then expired, is gone
+            outbox.delete(self.interactions, partition, iid)
         for partition, record in out.records.items():
             outbox.put(self.records, partition, str(partition), record)
         for m in out.rekey:  # (3)
@@ -142,25 +140,15 @@ class PipelineShell:
             for iid, inter in out.interactions.items():
                 for row in interaction_rows(inter, version=inter.step_count):
                     outbox.send(topics.interactions, f"{iid}|{row['segment']}".encode(), row)
-        self.send_clocks()
+        # After the partials and contacts they cover, by the same producer.
+        for source, watermark in out.merge_clocks.items():
+            self.merge_clock.send(source, watermark)
+        for m in out.fcr_clocks:
+            for partition in range(self.settings.kafka.partitions):
+                outbox.send(topics.contacts, m.key, m.value, partition)
         await outbox.flush()  # (4)
         for event in covered:
             event.ack()
-
-    def send_clocks(self) -> None:
-        # After the partials and contacts they cover, by the same producer: the merge
-        # forgets a final window, and FCR decides a contact, only behind these clocks.
-        report = {}
-        for partition, engine in self.stage.engines.items():
-            watermark = engine.record.watermark
-            self.merge_clock.send(str(partition), watermark)
-            if watermark and self.sent_fcr_clock.get(f"lifecycle/{partition}") != watermark:
-                report[f"lifecycle/{partition}"] = watermark
-        if report:
-            self.sent_fcr_clock.update(report)
-            value = orjson.dumps({WATERMARK_FIELD: report})
-            for partition in range(self.settings.kafka.partitions):
-                self.outbox.send(self.pipe.topics.contacts, None, value, partition)
 
     async def on_idle(self) -> None:
         # Envelopes of a stream that went quiet are still acknowledged within the interval.
@@ -178,21 +166,7 @@ class PipelineShell:
         for partition in partitions:
             self.ensure(partition, now_ms)
         self.stage.on_tick(now_ms, {(tp.topic, tp.partition): self.caught_up(tp) for tp in tps})
-        if time.monotonic() - self.last_expiry >= EXPIRY_SCAN_SECONDS:
-            self.last_expiry = time.monotonic()
-            self.expire()
         await self.checkpoint()
-
-    def expire(self) -> None:
-        """Forget the interactions whose windows are all final and that went quiet."""
-        for iid, inter in list(self.interactions.data.items()):
-            engine = self.stage.engines.get(inter.partition) if inter is not None else None
-            if engine is None or engine.record.watermark - inter.last_ts < engine.lateness_ms:
-                continue  # still active: the cheap test first, the derivation only if needed
-            if engine.expirable(inter):
-                engine.count_expired(inter)
-                self.outbox.delete(self.interactions, inter.partition, iid)
-                self.outbox.put(self.records, inter.partition, str(inter.partition), engine.record)
 
     def caught_up(self, tp: TP) -> bool:
         """Nothing left to read: the offset expected next has reached the partition's end."""

@@ -462,3 +462,51 @@ def test_a_worker_that_has_not_reported_holds_the_others_back_also_across_a_reba
     assert a.engines[1].record.late_events == 0
     assert a.engines[1].record.totals["billing|voice"]["offered"] == 1  # D, counted in the final 08:00
     assert a.interactions[d].partition == 1
+
+
+# -- expiry and the clocks of the merge and FCR (decided here; streams/pipeline.py writes them)
+
+
+def test_on_tick_expires_quiet_interactions_every_scan_interval_and_the_checkpoint_deletes_them() -> None:
+    from streams.stages.pipeline import EXPIRY_SCAN_SECONDS
+
+    stage = PipelineStage(settings(allowed_lateness_seconds=60.0), REKEY)
+    idle_everywhere(stage)  # its first tick (NOW - idle) starts the scan interval
+    done, waiting, later = iid_on(0, "e"), iid_on(0, "w"), iid_on(0, "m")
+    stage.on_batch("calls", 0, [Rec(done.encode(), call(done, 1, "offered", T0), 0),
+                                Rec(done.encode(), call(done, 2, "abandoned", T0 + 3_000), 1),
+                                Rec(waiting.encode(), call(waiting, 1, "offered", T0 + 1_000), 2),
+                                # event time to the next morning: the 5 Jan day window is final
+                                Rec(later.encode(), call(later, 1, "offered", T0 + 17 * 3_600_000), 3)], NOW)
+    clocks_back(stage, stage.checkpoint(NOW))
+    due = NOW - stage.idle_ms + int(EXPIRY_SCAN_SECONDS * 1000)
+    stage.on_tick(due - 1, EVERY)
+    assert stage.checkpoint(due - 1).expired == [] and done in stage.interactions
+    stage.on_tick(due, EVERY)
+    out = stage.checkpoint(due)
+    # Ended and every window final: forgotten. Still waiting (the horizon), or open: kept.
+    assert out.expired == [(0, done)]
+    assert done not in stage.interactions and {waiting, later} <= set(stage.interactions)
+    assert out.records[0].expired == 1
+    stage.on_tick(due + 1_000, EVERY)
+    assert stage.checkpoint(due + 1_000).expired == []  # the next scan is an interval later
+
+
+def test_the_checkpoint_reports_each_partitions_event_time_to_the_merge_and_fcr_once_it_moved() -> None:
+    stage = PipelineStage(settings(), REKEY)
+    idle_everywhere(stage)  # every engine, no event time yet: nothing to report
+    out = stage.checkpoint(NOW)
+    assert out.merge_clocks == {} and out.fcr_clocks == []
+    iid = iid_on(1)
+    stage.on_batch("calls", 1, [Rec(iid.encode(), call(iid, 1, "offered", T0), 0)], NOW)
+    clocks_back(stage, stage.checkpoint(NOW))  # the clocks read back move every engine to T0
+    out = stage.checkpoint(NOW)
+    assert out.merge_clocks == {str(p): T0 for p in range(PARTITIONS)}
+    assert [m.key for m in out.fcr_clocks] == [None]
+    assert orjson.loads(out.fcr_clocks[0].value) == {"watermark": {f"lifecycle/{p}": T0 for p in range(PARTITIONS)}}
+    again = stage.checkpoint(NOW)
+    assert again.merge_clocks == {} and again.fcr_clocks == []  # nothing moved since
+    record = stage.engines[2].record
+    stage.revoke(2, forget_interactions=False)
+    stage.assign(2, record, now_ms=NOW)  # given back, from its stored record: reported again
+    assert stage.checkpoint(NOW).merge_clocks == {"2": T0}

@@ -42,7 +42,7 @@ from schemas.events import Event, Rejection
 from schemas.records import dead_letter, event_message, step_from_message, window_label
 from sinks.prometheus import PipelineMetrics
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
-from streams.stages.fcr import contact_message
+from streams.stages.fcr import WATERMARK_FIELD, contact_message
 from streams.stages.io import Message
 from streams.stages.partials import live_partial, window_partial
 from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
@@ -60,6 +60,9 @@ CLOCK_FIELD = "clock"
 # sent with every checkpoint, their partials outnumbered the input events, and the merge
 # re-publishes an open agent window at most every 10 s anyway (streams/stages/merge.py).
 AGENT_PARTIALS_SECONDS = 5.0
+# How often on_tick looks for interactions to forget: a pass reads every one this worker
+# owns, and an interaction expires hours after its last step, so seconds do not matter.
+EXPIRY_SCAN_SECONDS = 10.0
 
 
 class Record(Protocol):
@@ -84,6 +87,14 @@ class Checkpoint:
     partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
     # -> EVERY partition of <app>-rekey, after ``rekey`` (they cover the events forwarded)
     clocks: list[Message] = field(default_factory=list)
+    # (partition, interaction id) forgotten by on_tick: deleted from the interactions table
+    # after the changelog puts above (already out of the stage's mapping)
+    expired: list[tuple[int, str]] = field(default_factory=list)
+    # Event time of each partition that moved since it was last reported, for the merge clock
+    # (source "<p>" -> ms; streams/stages/merge.py ClockSender), after the partials it covers.
+    merge_clocks: dict[str, int] = field(default_factory=dict)
+    # The same as FCR's clock -> EVERY partition of <app>-contacts, after the contacts.
+    fcr_clocks: list[Message] = field(default_factory=list)
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -123,6 +134,9 @@ class PipelineStage:
         self._report: dict[int, dict[str, list]] = {}
         self._clock_sent: dict[int, dict[str, list]] = {}
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
+        # partition -> the event time last reported to the merge and FCR (checkpoint)
+        self._time_reported: dict[int, int] = {}
+        self._expiry_due_ms: int | None = None  # when on_tick next looks for interactions to forget
         self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
         # The raw events go to the store from the checkpoint in the all-in-one role only
         # (the writer role reads them from the input): not collected otherwise.
@@ -159,6 +173,7 @@ class PipelineStage:
         self._positions.pop(partition, None)
         self._report.pop(partition, None)
         self._clock_sent.pop(partition, None)
+        self._time_reported.pop(partition, None)  # its next owner reports it; if it comes back, so do we
         self._touched.discard(partition)
         if not forget_interactions:
             return
@@ -321,6 +336,23 @@ class PipelineStage:
             self._close(partition, engine, self._out.partials)
             if (engine.record.watermark, engine.record.final_through) != before:
                 self._touched.add(partition)
+        if self._expiry_due_ms is None:
+            self._expiry_due_ms = now_ms + int(EXPIRY_SCAN_SECONDS * 1000)
+        elif now_ms >= self._expiry_due_ms:
+            self._expiry_due_ms = now_ms + int(EXPIRY_SCAN_SECONDS * 1000)
+            self._expire()
+
+    def _expire(self) -> None:
+        """Forget the interactions whose windows are all final and that went quiet."""
+        for iid, inter in list(self.interactions.items()):
+            engine = self.engines.get(inter.partition) if inter is not None else None
+            if engine is None or engine.record.watermark - inter.last_ts < engine.lateness_ms:
+                continue  # still active: the cheap test first, the derivation only if needed
+            if engine.expirable(inter):
+                engine.count_expired(inter)
+                del self.interactions[iid]
+                self._out.expired.append((inter.partition, iid))
+                self._touched.add(inter.partition)
 
     def _close(self, partition: int, engine: PartitionEngine, partials: list[Message]) -> None:
         """The final partials of every window the watermark has passed by its lateness."""
@@ -358,6 +390,16 @@ class PipelineStage:
             if self._clock_sent.get(partition) != report:
                 self._clock_sent[partition] = report
                 out.clocks.append(Message(None, orjson.dumps({CLOCK_FIELD: report})))
+        # Taken with the partials above, which cover it (every window it closes is among
+        # them): the merge forgets a final window, and FCR decides a contact, only behind it.
+        for partition, engine in self.engines.items():
+            watermark = engine.record.watermark
+            if watermark and self._time_reported.get(partition) != watermark:
+                self._time_reported[partition] = watermark
+                out.merge_clocks[str(partition)] = watermark
+        if out.merge_clocks:
+            out.fcr_clocks.append(Message(None, orjson.dumps(
+                {WATERMARK_FIELD: {f"lifecycle/{p}": wm for p, wm in out.merge_clocks.items()}})))
         out.records = {p: self.engines[p].record for p in sorted(self._touched) if p in self.engines}
         self._touched.clear()
         return out
