@@ -67,7 +67,7 @@ def run_demo(settings: Settings, duration: float | None, rate: float, agents: in
         _print_where_to_look(settings, broker.bootstrap, base)
         seed, start = int(time.time()), simulate.live_start()
         if chosen is not None:
-            voice, chat, ticket = chosen.configs(seed, start)
+            voice, chat, ticket = demo_options(*chosen.configs(seed, start))
         else:
             voice, chat, ticket = _default_configs(rate, agents, seed, start)
         events = simulate_channels.generate_mixed_events(
@@ -92,6 +92,18 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def demo_options(voice: simulate.SimulationConfig | None, chat: simulate_channels.ChatConfig | None,
+                 ticket: simulate_channels.TicketConfig | None) -> tuple:  # type: ignore[type-arg]
+    """The configs with the agent side on, paced for a person watching: breaks every
+    few minutes, holds, flow-outs after 3 minutes, callbacks."""
+    if voice is not None:
+        voice = replace(voice, agent_events=True, break_interval=600.0, break_duration=120.0,
+                        hold_probability=0.2, max_wait=180.0, callback_probability=0.3)
+    if chat is not None:
+        chat = replace(chat, agent_events=True)
+    return voice, chat, ticket
+
+
 def _default_configs(rate: float, agents: int, seed: int, start) -> tuple:  # type: ignore[no-untyped-def]
     voice = simulate.SimulationConfig(
         rate=rate, queues=tuple(simulate.QueueModel(name, agents) for name in ("billing", "support", "sales")),
@@ -102,7 +114,7 @@ def _default_configs(rate: float, agents: int, seed: int, start) -> tuple:  # ty
     ticket = simulate_channels.TicketConfig(rate=rate * 0.1, seed=seed, start=start,
                                             first_reply_mean=120.0, solve_after_mean=300.0,
                                             close_after_solve=600.0, customer_reply_mean=120.0)
-    return voice, chat, ticket
+    return demo_options(voice, chat, ticket)
 
 
 def _wait_healthy(worker: subprocess.Popen, base: str, log: Path, timeout: float = 120.0) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ccpulse.commands.errors import CommandError
 from ccpulse.commands.simulate import encode
-from ccpulse.commands.simulate_channels import FAMILIES
+from ccpulse.connectors.base import FAMILY_TOPIC_ATTR, Mapped
 from ccpulse.config import Settings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -26,9 +26,15 @@ _MS = timedelta(milliseconds=1)
 
 
 def input_topics(settings: Settings) -> dict[str, str]:
-    """Event family -> the configured input topic it is published to."""
+    """Contact family -> the configured input topic it is published to (what a replay
+    waits for the workers to read)."""
     return {"call": settings.topics.name("calls"), "chat": settings.topics.name("chats"),
             "ticket": settings.topics.name("tickets")}
+
+
+def publish_topics(settings: Settings) -> dict[str, str]:
+    """Every family the simulators produce -> its topic: the contacts' and ``agents``."""
+    return {family: settings.topics.name(attr) for family, attr in FAMILY_TOPIC_ATTR.items()}
 
 
 async def publish_events(settings: Settings, events: Iterable[tuple[str, dict[str, Any]]], speed: float | None,
@@ -43,7 +49,7 @@ async def publish_events(settings: Settings, events: Iterable[tuple[str, dict[st
         await ensure_topics_async(settings)
     except KafkaUnavailable as exc:
         raise CommandError(str(exc)) from None
-    topics = input_topics(settings)
+    topics = publish_topics(settings)
     k = settings.kafka
     try:
         return await publish_mixed(events, k.bootstrap, topics, speed, stop=stop, **publisher_kwargs(k))
@@ -99,7 +105,8 @@ async def publish_mixed(
     ssl_context: Any = None,
     partition: int | None = None,
 ) -> int:
-    """Send each ``(family, event)`` to ``topics[family]`` keyed by ``interaction_id``.
+    """Send each ``(family, event)`` to ``topics[family]`` keyed by ``interaction_id``
+    (``agent_id`` for the ``agent`` family, EVENTS.md).
 
     Same contract as :func:`publish` (pacing by event time at
     ``speed``, or as fast as possible for ``None``; ``progress``; ``stop``;
@@ -110,8 +117,8 @@ async def publish_mixed(
     from aiokafka import AIOKafkaProducer
 
     for family, topic in topics.items():
-        if family not in FAMILIES:
-            raise ValueError(f"topics: unknown family {family!r}, expected one of {FAMILIES}")
+        if family not in FAMILY_TOPIC_ATTR:
+            raise ValueError(f"topics: unknown family {family!r}, expected one of {tuple(FAMILY_TOPIC_ATTR)}")
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"topics: the {family} topic must be a non-empty string")
     if speed is not None and not (speed > 0 and math.isfinite(speed)):
@@ -176,8 +183,8 @@ async def publish_mixed(
                     delay = due - loop.time()
                     if delay > 0 and await _sleep_or_stop(delay, stop):
                         break
-            pending.append(await producer.send(topic, encode(ev), key=ev["interaction_id"].encode(),
-                                               partition=partition))
+            key = Mapped(family, ev).key.encode()  # type: ignore[arg-type]  # family checked above
+            pending.append(await producer.send(topic, encode(ev), key=key, partition=partition))
             if len(pending) >= batch_size:
                 await drain()
         await producer.flush()

@@ -481,4 +481,11 @@ def configs_from_args(ns: argparse.Namespace, *, seed: int | None = None, start:
         else:
             start = simulate.live_start() if start is None else start
             seed = int(start.timestamp()) if seed is None else seed
-    return scenario.configs(seed, start)
+    voice, chat, ticket = scenario.configs(seed, start)
+    # --agent-events, --hold-rate, --max-wait, --callback-share apply to a scenario too.
+    options = {k: v for k, v in simulate.agent_side_options(ns).items() if v}
+    if voice is not None and options:
+        voice = dataclasses.replace(voice, **options)
+    if chat is not None and options.get("agent_events"):
+        chat = dataclasses.replace(chat, agent_events=True)
+    return voice, chat, ticket

@@ -27,6 +27,29 @@ and with the defaults the output is exactly that of the plain model:
   ``rating_probability``: a post-call survey (``call.rated``, csat 1-5 and
   sometimes nps 0-10, worse after long waits and transfers) after ``call.ended``.
 
+Opt-in as well, for the agent side of EVENTS.md (each off by default, so that a
+seed replays the stream it always did):
+
+- ``agent_events``: agents ``agent.logged_in`` / ``agent.logged_out`` as the
+  staffing changes, declare ``after_contact_work`` for the wrap-up and then
+  ``available``, and go ``away`` for a ``break`` or ``lunch`` (reason codes) about
+  every ``break_interval`` seconds of work. Breaks are shrinkage: the schedule
+  counts the agents who take calls, and as many more log in as cover the mean
+  share of time away (the way workforce management grosses up a plan), so a
+  scenario planned for its service level still meets it;
+- ``hold_probability``: the agent puts the call on hold once (``call.held``, then
+  ``call.resumed`` before the end; the hold is part of the talk time, so no other
+  call changes);
+- ``max_wait``: a caller still waiting after this many seconds in a queue flows
+  out (``call.flowed_out``, reason ``timeout``);
+- ``callback_probability``: a caller whose patience runs out asks for a callback
+  (``call.callback_requested``) instead of abandoning; the callback is placed a
+  little later as a new call (``<id>-cb``, ``attributes.callback_of``) that waits
+  for the next agent and never hangs up.
+
+Their random numbers come from generators of their own, so turning them on
+keeps the same callers.
+
 Every random number is drawn when a call arrives, whether it is used or not, so
 the random stream depends on the arrivals only: the same seed with fewer agents
 gives the same callers, with the same patience and talk times.
@@ -108,6 +131,11 @@ def _probability(name: str, value: Any) -> None:
         raise ValueError(f"{name}: must be a probability between 0 and 1")
 
 
+def _seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}: must be a positive number of seconds")
+
+
 @dataclass(frozen=True)
 class QueueModel:
     name: str
@@ -175,6 +203,13 @@ class SimulationConfig:
     repeat_probability: float = 0.0  # the caller called in the last hours already
     rating_probability: float = 0.0  # call.rated after call.ended
     outages: tuple[Outage, ...] = ()
+    # The agent side (module docstring); off by default.
+    agent_events: bool = False
+    break_interval: float = 7200.0  # mean seconds of work between two aways (with agent_events)
+    break_duration: float = 900.0  # seconds of a break; a lunch lasts twice as long
+    hold_probability: float = 0.0  # an answered call is put on hold once
+    max_wait: float | None = None  # seconds in a queue before the call flows out; None: never
+    callback_probability: float = 0.0  # a caller out of patience asks for a callback instead
 
     def __post_init__(self) -> None:
         if not (self.rate > 0 and math.isfinite(self.rate)):
@@ -211,6 +246,14 @@ class SimulationConfig:
         _probability("transfer_probability", self.transfer_probability)
         _probability("repeat_probability", self.repeat_probability)
         _probability("rating_probability", self.rating_probability)
+        _probability("hold_probability", self.hold_probability)
+        _probability("callback_probability", self.callback_probability)
+        _seconds("break_interval", self.break_interval)
+        _seconds("break_duration", self.break_duration)
+        if self.max_wait is not None:
+            _seconds("max_wait", self.max_wait)
+        if not isinstance(self.agent_events, bool):
+            raise ValueError("agent_events: must be true or false")
         outages = tuple(self.outages)
         for outage in outages:
             if not isinstance(outage, Outage):
@@ -233,7 +276,15 @@ def live_start() -> datetime:
 # patience timer fires (a caller whose patience ends exactly when an agent frees
 # is answered) and before a new arrival (which then finds the free agent).
 _STAFF, _END, _TRANSFER, _FREE, _ABANDON, _RATE, _ARRIVAL = range(7)
+# The opt-in kinds come after them, so that with the options off the heap orders
+# exactly as it always did.
+_HOLD, _RESUME, _FLOW_OUT, _CALLBACK, _AWAY, _BACK = range(7, 13)
+# _ABANDONED: gone from the queue (abandoned, flowed out or waiting for a callback).
 _WAITING, _ANSWERED, _ABANDONED = 0, 1, 2
+# An away every break_interval cycles through these; a lunch lasts twice a break.
+_AWAY_REASONS = ("break", "lunch", "break")
+_HOLD_MEAN = 40.0  # seconds on hold, before the cut to the talk time left
+_CALLBACK_DELAY_MEAN = 60.0  # seconds from the request until the callback is placed
 
 
 @dataclass(slots=True, eq=False)
@@ -258,6 +309,9 @@ class _Call:
     abandon_ms: int = -1  # when the live patience timer fires
     emitted: int = 0  # events so far: the event id suffix
     transferred: bool = False
+    hold: tuple[float, int] | None = None  # (where in the talk, share; hold ms): put on hold once
+    callback_ms: int = -1  # asks for a callback this long before it is placed, instead of abandoning; -1: no
+    callback_of: str | None = None  # this call is the callback of that one
 
 
 @dataclass(slots=True, eq=False)
@@ -275,8 +329,10 @@ class _QueueState:
 class _Staffing:
     """Agents scheduled per queue at a model time, and when that can next change."""
 
-    def __init__(self, cfg: SimulationConfig, start_ms: int) -> None:
+    def __init__(self, cfg: SimulationConfig, start_ms: int, away_share: float = 0.0) -> None:
         self._start_ms = start_ms
+        # Agents logged in per agent scheduled: the cover for the share of time away.
+        self._gross = 1.0 / (1.0 - away_share)
         self._schedules = [q.schedule for q in cfg.queues]
         self._agents = [q.agents for q in cfg.queues]
         self._hourly = any(s is not None for s in self._schedules)
@@ -293,7 +349,8 @@ class _Staffing:
         for a, b, f in self._outages[queue]:
             if a <= t < b:
                 factor *= f
-        return base if factor == 1.0 else int(base * factor + 0.5)
+        n = base if factor == 1.0 else int(base * factor + 0.5)
+        return n if self._gross == 1.0 else math.ceil(n * self._gross)
 
     def next_change(self, t: int) -> float:
         nxt: float = math.inf
@@ -347,6 +404,112 @@ class _Clock:
         return f"{self._prefix}{second:02d}.{ms:03d}Z"
 
 
+class _Presence:
+    """Agent presence events (EVENTS.md "Agents") of the voice model: who is logged
+    in, after-contact work, breaks and lunch. The queue keeps routing; this adds the
+    events and takes agents away for their breaks."""
+
+    def __init__(self, cfg: SimulationConfig, clock: _Clock, start_ms: int,
+                 push: Callable[[int, int, Any], None]) -> None:
+        self._rng = random.Random(f"ccpulse-agents-{cfg.seed}")  # apart from the callers' stream
+        self._interval_ms = cfg.break_interval * 1000
+        self._break_ms = round(cfg.break_duration * 1000)
+        self._clock, self._start_ms, self._push = clock, start_ms, push
+        self._prefix = f"ag-{cfg.seed}-"
+        self._emitted: dict[str, int] = {}
+        # By agent id: a login counter (timers of an earlier login are stale), the
+        # declared state, a break due while on a call, and the aways so far.
+        self._session: dict[str, int] = {}
+        self._declared: dict[str, str] = {}
+        self._due: set[str] = set()
+        self._aways: dict[str, int] = {}
+
+    @staticmethod
+    def away_share(cfg: SimulationConfig) -> float:
+        """The mean share of logged-in time away: breaks and lunches over work plus them."""
+        away = cfg.break_duration * sum(2 if r == "lunch" else 1 for r in _AWAY_REASONS) / len(_AWAY_REASONS)
+        return away / (cfg.break_interval + away)
+
+    def _event(self, aid: str, kind: str, now: int) -> dict[str, Any]:
+        n = self._emitted[aid] = self._emitted.get(aid, 0) + 1
+        return {"event_id": f"{self._prefix}{aid}-{n}", "type": kind,
+                "occurred_at": self._clock.format(self._start_ms + now), "agent_id": aid, "schema_version": 1}
+
+    def _state(self, aid: str, state: str, now: int, reason: str | None = None) -> dict[str, Any]:
+        self._declared[aid] = state
+        ev = self._event(aid, "agent.state_changed", now)
+        ev["state"] = state
+        if reason is not None:
+            ev["reason"] = reason
+        return ev
+
+    def _timer(self, q: _QueueState, agent: int, at: int, kind: int) -> None:
+        aid = q.names[agent]
+        self._push(at, kind, (q, agent, self._session[aid]))
+
+    def login(self, q: _QueueState, agent: int, now: int) -> dict[str, Any]:
+        aid = q.names[agent]
+        self._session[aid] = self._session.get(aid, 0) + 1
+        self._declared[aid] = "available"
+        self._due.discard(aid)
+        # The first away anywhere in the first 1.25 intervals: logins at the same hour stagger.
+        self._timer(q, agent, now + max(1, round(self._rng.uniform(0.25, 1.25) * self._interval_ms)), _AWAY)
+        ev = self._event(aid, "agent.logged_in", now)
+        ev["queues"] = [q.name]
+        return ev
+
+    def logout(self, q: _QueueState, agent: int, now: int) -> dict[str, Any]:
+        aid = q.names[agent]
+        self._session[aid] += 1
+        return self._event(aid, "agent.logged_out", now)
+
+    def after_contact_work(self, q: _QueueState, agent: int, now: int) -> dict[str, Any]:
+        return self._state(q.names[agent], "after_contact_work", now)
+
+    def stale(self, timer: tuple[_QueueState, int, int]) -> bool:
+        q, agent, session = timer
+        return self._session[q.names[agent]] != session
+
+    def break_due(self, q: _QueueState, agent: int, now: int) -> Iterator[dict[str, Any]]:
+        """Away now if idle, else after the current call and its wrap-up."""
+        if agent in q.free_agents:
+            q.free_agents.remove(agent)
+            yield self._away(q, agent, now)
+        else:
+            self._due.add(q.names[agent])
+
+    def _away(self, q: _QueueState, agent: int, now: int) -> dict[str, Any]:
+        aid = q.names[agent]
+        k = self._aways[aid] = self._aways.get(aid, 0) + 1
+        reason = _AWAY_REASONS[(k - 1) % len(_AWAY_REASONS)]
+        self._timer(q, agent, now + self._break_ms * (2 if reason == "lunch" else 1), _BACK)
+        return self._state(aid, "away", now, reason)
+
+    def free(self, q: _QueueState, agent: int, now: int,
+             answer: Callable[[_Call, _QueueState, int, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The agent is done with a call (and its wrap-up) and stays on shift."""
+        aid = q.names[agent]
+        if aid in self._due:
+            self._due.discard(aid)
+            yield self._away(q, agent, now)
+            return
+        if self._declared[aid] != "available":
+            yield self._state(aid, "available", now)
+        yield from _next_waiting(q, agent, now, answer)
+
+    def back(self, q: _QueueState, agent: int, now: int,
+             answer: Callable[[_Call, _QueueState, int, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Back from an away: logs off if the shift ended meanwhile, else takes calls again."""
+        if q.on_shift > q.target:
+            q.on_shift -= 1
+            heapq.heappush(q.off, agent)
+            yield self.logout(q, agent, now)
+            return
+        self._timer(q, agent, now + max(1, round(self._rng.uniform(0.5, 1.5) * self._interval_ms)), _AWAY)
+        yield self._state(q.names[agent], "available", now)
+        yield from _next_waiting(q, agent, now, answer)
+
+
 def _pick(u: float, cum_weights: tuple[float, ...]) -> int:
     return min(bisect_right(cum_weights, u * cum_weights[-1]), len(cum_weights) - 1)
 
@@ -376,7 +539,7 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
     random_, expovariate, lognormvariate = rng.random, rng.expovariate, rng.lognormvariate
     start_ms = (cfg.start - _EPOCH) // _MS
     clock = _Clock()
-    staffing = _Staffing(cfg, start_ms)
+    staffing = _Staffing(cfg, start_ms, _Presence.away_share(cfg) if cfg.agent_events else 0.0)
     queues = []
     for i, qm in enumerate(cfg.queues):
         n = staffing.target(i, 0)
@@ -396,6 +559,10 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
     transfer_p, rating_p = cfg.transfer_probability, cfg.rating_probability
     customers = _Customers(rng, cfg.repeat_probability) if cfg.repeat_probability > 0 else None
     prefix = f"c-{cfg.seed}-"
+    # The opt-in options draw from their own generator: the callers stay the same.
+    hold_p, callback_p = cfg.hold_probability, cfg.callback_probability
+    extra = random.Random(f"ccpulse-calls-{cfg.seed}") if hold_p or callback_p else None
+    max_wait_ms = None if cfg.max_wait is None else max(1, round(cfg.max_wait * 1000))
 
     rate = cfg.rate
     profile = cfg.profile
@@ -415,6 +582,22 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
         nonlocal seq
         seq += 1
         heapq.heappush(heap, (at_ms, kind, seq, call))
+
+    presence = _Presence(cfg, clock, start_ms, push) if cfg.agent_events else None
+
+    def draw_hold(call: _Call) -> None:
+        assert extra is not None
+        if hold_p and extra.random() < hold_p:
+            call.hold = (extra.random(), max(1, round(extra.expovariate(1.0 / _HOLD_MEAN) * 1000)))
+
+    def draw_service() -> tuple[int, int]:
+        """(talk ms, wrap-up s) of a callback, from the options' own generator."""
+        assert extra is not None
+        if lognormal:
+            service = max(1, round(extra.lognormvariate(service_mu, sigma) * 1000))
+            return service, 0 if wrapup_rate is None else round(extra.lognormvariate(wrapup_mu, sigma))
+        service = max(1, round(extra.expovariate(service_rate) * 1000))
+        return service, 0 if wrapup_rate is None else round(extra.expovariate(wrapup_rate))
 
     def next_arrival() -> None:
         nonlocal arrival_s, calls
@@ -456,6 +639,10 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             csat = random_()
             nps = random_() if random_() < _NPS_SHARE else None
             call.rating = (csat, nps, max(1, round(expovariate(1.0 / _RATING_DELAY_MEAN) * 1000)))
+        if extra is not None:
+            draw_hold(call)
+            if callback_p and extra.random() < callback_p:
+                call.callback_ms = max(1, round(extra.expovariate(1.0 / _CALLBACK_DELAY_MEAN) * 1000))
         push(offered, _ARRIVAL, call)
 
     def event(call: _Call, kind: str, at_ms: int) -> dict[str, Any]:
@@ -477,6 +664,14 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             push(now + call.transfer_ms, _TRANSFER, call)
         else:
             push(now + call.service_ms, _END, call)
+            if call.hold is not None:  # strictly inside the talk: resumed before the end
+                share, hold_ms = call.hold
+                call.hold = None
+                begin = now + 1 + int((call.service_ms - 2) * share)
+                end = min(begin + hold_ms, now + call.service_ms - 1)
+                if end > begin:
+                    push(begin, _HOLD, call)
+                    push(end, _RESUME, call)
         ev = event(call, "call.answered", now)
         ev["agent_id"] = q.names[agent]
         return ev
@@ -490,16 +685,26 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             call.abandon_ms = -1 if patience is None else now + patience
             if patience is not None:
                 push(call.abandon_ms, _ABANDON, call)
+            if max_wait_ms is not None and call.callback_of is None:  # a callback waits for its agent
+                push(now + max_wait_ms, _FLOW_OUT, call)
 
     def release(q: _QueueState, agent: int, now: int) -> Iterator[dict[str, Any]]:
         """The agent is done with a call (and its wrap-up): logs off if over the schedule, else takes the next."""
         if q.on_shift > q.target:
             q.on_shift -= 1
             heapq.heappush(q.off, agent)
-        else:
+            if presence is not None:
+                yield presence.logout(q, agent, now)
+        elif presence is None:
             yield from _next_waiting(q, agent, now, answer)
+        else:
+            yield from presence.free(q, agent, now, answer)
 
     next_arrival()
+    if presence is not None and horizon_ms > 0:
+        for q in queues:
+            for agent in range(q.on_shift):
+                yield presence.login(q, agent, 0)
     first_change = staffing.next_change(0)
     if first_change < math.inf:
         push(first_change, _STAFF, None)  # type: ignore[arg-type]
@@ -518,12 +723,16 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
                 if call.patience_ms is not None:
                     call.abandon_ms = now + call.patience_ms
                     push(call.abandon_ms, _ABANDON, call)
+                if max_wait_ms is not None:
+                    push(now + max_wait_ms, _FLOW_OUT, call)
         elif kind == _END:
             q = queues[call.queue]
             ev = event(call, "call.ended", now)
             ev["agent_id"] = q.names[call.agent]
             ev["wrapup_seconds"] = call.wrapup_s
             yield ev
+            if presence is not None and call.wrapup_s:
+                yield presence.after_contact_work(q, call.agent, now)
             if call.rating is not None:
                 push(now + call.rating[2], _RATE, call)
             if call.wrapup_s:
@@ -538,7 +747,14 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             # next looks for work.
             if call.state == _WAITING and call.abandon_ms == now:
                 call.state = _ABANDONED
-                yield event(call, "call.abandoned", now)
+                if call.callback_ms < 0:
+                    yield event(call, "call.abandoned", now)
+                else:
+                    yield event(call, "call.callback_requested", now)
+                    back = _Call(f"{call.iid}-cb", call.queue, None, *draw_service(), call.customer_id, now,
+                                 callback_of=call.iid)
+                    draw_hold(back)
+                    push(now + call.callback_ms, _CALLBACK, back)
         elif kind == _TRANSFER:
             q = queues[call.queue]
             ev = event(call, "call.transferred", now)
@@ -553,14 +769,40 @@ def _call_events(cfg: SimulationConfig, horizon_ms: float) -> Iterator[dict[str,
             yield from enqueue(call, queues[call.queue], now, call.patience2_ms)
         elif kind == _RATE:
             yield _rating(call, event(call, "call.rated", now), queues[call.queue])
-        else:  # _STAFF
+        elif kind == _STAFF:
             for i, q in enumerate(queues):
                 n = staffing.target(i, now)
                 if n != q.target:
-                    yield from _restaff(q, n, now, answer)
+                    yield from _restaff(q, n, now, answer, presence)
             nxt = staffing.next_change(now)
             if nxt < math.inf:
                 push(nxt, _STAFF, None)  # type: ignore[arg-type]
+        elif kind == _HOLD or kind == _RESUME:
+            ev = event(call, "call.held" if kind == _HOLD else "call.resumed", now)
+            ev["agent_id"] = queues[call.queue].names[call.agent]
+            yield ev
+        elif kind == _FLOW_OUT:
+            # Stale unless the call still waits in the wait this timer was set for.
+            if call.state == _WAITING and call.queued_ms + max_wait_ms == now:  # type: ignore[operator]
+                call.state = _ABANDONED
+                ev = event(call, "call.flowed_out", now)
+                ev["reason"] = "timeout"
+                yield ev
+        elif kind == _CALLBACK:  # placed: waits for the next agent, never hangs up
+            ev = event(call, "call.offered", now)
+            ev["customer_id"] = call.customer_id
+            ev["attributes"] = {"callback_of": call.callback_of}
+            yield ev
+            call.queued_ms = now
+            yield from enqueue(call, queues[call.queue], now, None)
+        else:  # _AWAY, _BACK: an agent's break is due, or over
+            assert presence is not None
+            if not presence.stale(call):
+                q, agent, _ = call
+                if kind == _AWAY:
+                    yield from presence.break_due(q, agent, now)
+                else:
+                    yield from presence.back(q, agent, now, answer)
 
 
 def _next_waiting(q: _QueueState, agent: int, now: int,
@@ -574,14 +816,18 @@ def _next_waiting(q: _QueueState, agent: int, now: int,
 
 
 def _restaff(q: _QueueState, n: int, now: int,
-             answer: Callable[[_Call, _QueueState, int, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+             answer: Callable[[_Call, _QueueState, int, int], dict[str, Any]],
+             presence: _Presence | None = None) -> Iterator[dict[str, Any]]:
     """Staffing changes to ``n``: idle agents log off at once (the longest idle stay),
-    busy ones after their call; new agents take waiting calls at once."""
+    busy (and away) ones after their call (or break); new agents take waiting calls at once."""
     q.target = n
     free = q.free_agents
     while q.on_shift > n and free:
-        heapq.heappush(q.off, free.pop())
+        agent = free.pop()
+        heapq.heappush(q.off, agent)
         q.on_shift -= 1
+        if presence is not None:
+            yield presence.logout(q, agent, now)
     while q.on_shift < n:
         if q.off:
             agent = heapq.heappop(q.off)
@@ -589,6 +835,8 @@ def _restaff(q: _QueueState, n: int, now: int,
             agent = len(q.names)
             q.names.append(f"{q.name}-a{agent + 1}")
         q.on_shift += 1
+        if presence is not None:
+            yield presence.login(q, agent, now)
         yield from _next_waiting(q, agent, now, answer)
 
 
@@ -642,6 +890,20 @@ def _queues(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
+
+
+# The agent-side options (module docstring): off by default, so a seed replays the stream it always did.
+AGENT_SIDE_OPTIONS = ("agent_events", "hold_probability", "max_wait", "callback_probability")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimulationConfig()
     # The CLI defaults are a staffed centre: 1 call/s over 3 queues at ~200 s per call
@@ -667,6 +929,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mean talk time in seconds (default %(default)s)")
     parser.add_argument("--wrapup-mean", type=arguments.non_negative_float, default=defaults.wrapup_mean,
                         help="mean after-call work in seconds; 0: none (default %(default)s)")
+    parser.add_argument("--agent-events", dest="agent_events", action="store_true",
+                        help="agent events on the agents topic: agents log in and out with the staffing, "
+                             "declare after-contact work for the wrap-up and take breaks and lunch "
+                             "(reason codes); chat agents log in (default off)")
+    parser.add_argument("--hold-rate", dest="hold_probability", type=_share, default=0.0, metavar="SHARE",
+                        help="share of answered calls put on hold once (call.held, call.resumed) (default 0)")
+    parser.add_argument("--max-wait", dest="max_wait", type=arguments.positive_float, default=None, metavar="S",
+                        help="seconds in a queue after which a waiting call flows out (call.flowed_out, "
+                             "reason timeout) (default: never)")
+    parser.add_argument("--callback-share", dest="callback_probability", type=_share, default=0.0, metavar="SHARE",
+                        help="share of callers out of patience who ask for a callback instead of abandoning "
+                             "(call.callback_requested; the callback is a new call with "
+                             "attributes.callback_of) (default 0)")
     parser.add_argument("--start", type=_start, default=None,
                         help="event time of the first instant, ISO 8601 or 'now' (default: now when "
                              f"--speed is 1 or slower, else {DEFAULT_START.isoformat()})")
@@ -694,5 +969,11 @@ def config_from_args(ns: argparse.Namespace) -> tuple[SimulationConfig, float, f
         patience_mean=ns.patience or None,
         seed=seed,
         start=start,
+        **agent_side_options(ns),
     )
     return cfg, duration, speed
+
+
+def agent_side_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The agent-side options given on the command line (none: the defaults)."""
+    return {name: getattr(ns, name) for name in AGENT_SIDE_OPTIONS if hasattr(ns, name)}

@@ -142,9 +142,13 @@ class ChatConfig:
     repeat_probability: float = 0.15
     seed: int = 1
     start: datetime = DEFAULT_START  # normalised to UTC milliseconds
+    # agent.logged_in for every chat agent at the start (family "agent"); off by default.
+    agent_events: bool = False
 
     def __post_init__(self) -> None:
         _check_common(self)
+        if not isinstance(self.agent_events, bool):
+            raise ValueError("agent_events: must be true or false")
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError("concurrency: must be an integer of at least 1")
         if self.patience_mean is not None:
@@ -455,6 +459,13 @@ def _chat_events(cfg: ChatConfig, horizon_ms: float) -> Iterator[dict[str, Any]]
             chat.agent = agent  # the rating names the agent who closed the chat
 
     next_arrival()
+    if cfg.agent_events and horizon_ms > 0:
+        # Chat agents stay logged in: staffed for the whole run (no breaks in the chat model).
+        for q in queues:
+            for agent in q.agents:
+                yield {"event_id": f"ag-chat-{cfg.seed}-{agent.name}-1", "type": "agent.logged_in",
+                       "occurred_at": clock.format(start_ms), "agent_id": agent.name, "queues": [q.name],
+                       "schema_version": 1}
     while heap[0][0] < horizon_ms:
         now, kind, _, chat, tag = heapq.heappop(heap)
         if kind == _STEP:
@@ -624,16 +635,18 @@ def generate_mixed_events(voice: SimulationConfig | None, chat: ChatConfig | Non
                           ticket: TicketConfig | None, duration: float) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(family, event)`` of every enabled generator, merged lazily in event-time order.
 
-    ``family`` is ``"call"``, ``"chat"`` or ``"ticket"`` (the topic to route to).
+    ``family`` is ``"call"``, ``"chat"`` or ``"ticket"`` (the topic to route to), and
+    ``"agent"`` for the agent events of a model with ``agent_events`` (their place in
+    the stream is their generator's: a login before the agent's first answer).
     Ties in ``occurred_at`` keep each generator's own order and put calls before
     chats before tickets, so the output is deterministic.
     """
     horizon_ms = _horizon_ms(duration)
     streams: list[Iterator[tuple[str, dict[str, Any]]]] = []
     if voice is not None:
-        streams.append(_tagged("call", generate_call_events(voice, duration)))
+        streams.append(_by_type(generate_call_events(voice, duration)))
     if chat is not None:
-        streams.append(_tagged("chat", _chat_events(chat, horizon_ms)))
+        streams.append(_by_type(_chat_events(chat, horizon_ms)))
     if ticket is not None:
         streams.append(_tagged("ticket", _ticket_events(ticket, horizon_ms)))
     if not streams:
@@ -646,6 +659,12 @@ def generate_mixed_events(voice: SimulationConfig | None, chat: ChatConfig | Non
 def _tagged(family: str, events: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for ev in events:
         yield family, ev
+
+
+def _by_type(events: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The family is the type's prefix: ``call.*`` -> call, ``agent.*`` -> agent."""
+    for ev in events:
+        yield ev["type"].partition(".")[0], ev
 
 
 def _occurred_at(item: tuple[str, dict[str, Any]]) -> str:
