@@ -1016,14 +1016,93 @@ def limit_events(events: list[tuple[str, dict[str, Any]]], limit: int) -> list[t
     return [(f, doc) for f, doc in events if doc["interaction_id"] in chosen]
 
 
-def load(path: str | Path, mapping: ReplayMapping | None,
+@dataclass(frozen=True)
+class ConnectorFormat:
+    """``--format``: a file of a platform's own records, mapped by its connector (no mapping file)."""
+
+    name: str  # one of CONNECTOR_FORMATS
+    on_error: str = "fail"
+
+
+# --format -> the connector mapper of one record (README "Connectors").
+CONNECTOR_FORMATS = ("connect-ctr",)
+
+
+def _json_documents(text: str) -> Iterator[tuple[int, Any]]:
+    """(n, document) of JSON Lines or of JSON objects written back to back (Kinesis Firehose's
+    S3 files); ``ReplayError`` at the first text that is not JSON (nothing after it can be found)."""
+    import json  # orjson reads one document per call; raw_decode also says where it ended
+
+    raw = json.JSONDecoder()
+    pos, n, end = 0, 0, len(text)
+    while True:
+        while pos < end and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= end:
+            return
+        n += 1
+        try:
+            doc, pos = raw.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise ReplayError(f"record {n}: not JSON ({exc.msg} at character {exc.pos})",
+                              kind="not_json") from None
+        yield n, doc
+
+
+def read_connector_file(path: str | Path, fmt: ConnectorFormat) -> tuple[list[tuple[str, dict[str, Any]]],
+                                                                          ReplayStats]:
+    """Every record of the file through the connector's mapper, as events in event-time order.
+
+    A record the mapper refuses is a ``ReplayError`` (``fmt.on_error`` "fail") or skipped and
+    counted by reason ("skip"); one with nothing to count (never queued) is skipped as ``not_queued``.
+    """
+    from ccpulse.connectors import amazon_connect
+    from ccpulse.connectors.base import MappingError
+    from schemas.events import parse_timestamp_ms
+
+    if fmt.name not in CONNECTOR_FORMATS:
+        raise ReplayError(f"--format {fmt.name!r}: not one of {', '.join(CONNECTOR_FORMATS)}")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ReplayError(f"{path}: not found") from None
+    except UnicodeDecodeError as exc:
+        raise ReplayError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    tally = _Tally()
+    keyed: list[tuple[int, int, str, dict[str, Any]]] = []
+    for n, doc in _json_documents(text):
+        tally.rows += 1
+        try:
+            mapped = amazon_connect.contact_record(doc)
+        except MappingError as exc:
+            message = f"record {n}: {exc.reason}: {exc.detail}"
+            if fmt.on_error == "fail":
+                raise ReplayError(message, line=n, kind=exc.reason) from None
+            tally.bump(tally.invalid, exc.reason)
+            if len(tally.examples) < 5:
+                tally.examples.append(message)
+            continue
+        if not mapped:
+            tally.bump(tally.skipped, "not_queued")
+        for m in mapped:
+            keyed.append((parse_timestamp_ms(m.event["occurred_at"]) or 0, len(keyed), m.family, m.event))
+    keyed.sort(key=lambda k: (k[0], k[1]))  # ties keep the file's (and each contact's lifecycle) order
+    events = [(family, doc) for _ms, _n, family, doc in keyed]
+    interactions = len({doc["interaction_id"] for _f, doc in events})
+    return events, ReplayStats(tally.rows, interactions, dict(tally.skipped), len(events), dict(tally.invalid),
+                               {}, tuple(tally.examples))
+
+
+def load(path: str | Path, mapping: ReplayMapping | ConnectorFormat | None,
          limit: int | None = None) -> tuple[list[tuple[str, dict[str, Any]]], ReplayStats]:
-    """Read a file (through ``mapping``, or as native events when it is None) into sorted events."""
-    if mapping is None:
-        events, stats = read_native_events(path)
+    """Read a file (through ``mapping``, a connector's ``--format``, or as native events when it is
+    None) into sorted events."""
+    if mapping is None or isinstance(mapping, ConnectorFormat):
+        events, stats = read_native_events(path) if mapping is None else read_connector_file(path, mapping)
         if limit is not None:
             events = limit_events(events, limit)
-            stats = ReplayStats(stats.rows, len({d["interaction_id"] for _f, d in events}), {}, len(events))
+            stats = ReplayStats(stats.rows, len({d["interaction_id"] for _f, d in events}), stats.skipped,
+                                len(events), stats.invalid, {}, stats.examples)
         return events, stats
     records, stats = read_interactions(path, mapping)
     if limit is not None and limit < len(records):
@@ -1036,10 +1115,11 @@ def load(path: str | Path, mapping: ReplayMapping | None,
 
 # ---------------------------------------------------------------- publishing
 
-async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str, topics: Mapping[str, str],
+async def replay(path: str | Path, mapping: ReplayMapping | ConnectorFormat | None, bootstrap: str,
+                 topics: Mapping[str, str],
                  speed: float | None, *, progress: Callable[[int, int], None] | None = None,
                  stop: asyncio.Event | None = None, limit: int | None = None,
-                 partition: int | None = 0, pipeline: PipelineTime | None = None,
+                 partition: int | None = None, pipeline: PipelineTime | None = None,
                  **security: Any) -> ReplayStats:
     """Read ``path`` and publish its events to ``topics`` (family -> topic), keyed by interaction.
 
@@ -1080,11 +1160,11 @@ async def replay(path: str | Path, mapping: ReplayMapping | None, bootstrap: str
 
 async def publish(events: Iterable[tuple[str, dict[str, Any]]], bootstrap: str, topics: Mapping[str, str],
                   speed: float | None, *, stop: asyncio.Event | None = None,
-                  progress: Callable[[int], None] | None = None, partition: int | None = 0,
+                  progress: Callable[[int], None] | None = None, partition: int | None = None,
                   batch_size: int = 1000, security_protocol: str = "PLAINTEXT",
                   sasl_mechanism: str | None = None, sasl_username: str | None = None,
                   sasl_password: str | None = None, ssl_context: Any = None) -> int:
-    """``ccpulse.commands.publish.publish_mixed`` with a fixed ``partition`` (None: by key).
+    """``ccpulse.commands.publish.publish_mixed`` with an optional fixed ``partition`` (None: by key).
 
     Same contract otherwise: ``(family, event)`` pairs to ``topics[family]``, keyed
     by ``interaction_id``, paced by event time at ``speed`` (None: as fast as
@@ -1403,15 +1483,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mapping", metavar="PATH", default=None,
                         help="the TOML mapping of the file's columns (deploy/replay/README.md); "
                              "not needed for a .jsonl file of EVENTS.md events")
+    parser.add_argument("--format", choices=CONNECTOR_FORMATS, default=None, dest="connector_format",
+                        help="a file of a platform's own records, mapped by its connector instead of a "
+                             "mapping: connect-ctr = Amazon Connect contact records, JSON Lines or as "
+                             "exported (README, Connectors)")
     parser.add_argument("--speed", type=arguments.speed, default=None, metavar="max|N",
                         help="event time per wall-clock time: 1 real time, 60 one hour per minute, "
                              "'max' or 0 as fast as possible (default max)")
     parser.add_argument("--limit", type=arguments.positive_int, default=None, metavar="N",
                         help="replay only the first N interactions in event time")
-    parser.add_argument("--partition", type=_partition, default=0, metavar="N|key",
-                        help="input partition for every event, so the worker reads the replay in "
-                             "event-time order (default 0); 'key' spreads by interaction id like a "
-                             "live producer (then set allowed_lateness_seconds generously)")
+    parser.add_argument("--partition", type=_partition, default=None, metavar="N|key",
+                        help="'key' (default): each event on its interaction id's partition, like a "
+                             "live producer; N: every event on input partition N (its events then "
+                             "take the pipeline's re-key hop)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default=None,
                         help="bad records: stop at the first one, or skip and count them "
                              "(default: the mapping's on_error, else fail)")
@@ -1438,13 +1522,17 @@ def run_from_args(ns: argparse.Namespace, settings: Any) -> int:
     from ccpulse.commands.publish import input_topics
 
     path = Path(ns.file)
-    if ns.mapping is not None:
-        mapping: ReplayMapping | None = load_mapping(ns.mapping)
+    if getattr(ns, "connector_format", None) is not None:
+        if ns.mapping is not None:
+            raise ReplayError("--format and --mapping: give one (a connector's format needs no mapping)")
+        mapping: ReplayMapping | ConnectorFormat | None = ConnectorFormat(ns.connector_format)
+    elif ns.mapping is not None:
+        mapping = load_mapping(ns.mapping)
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         mapping = None  # native: one EVENTS.md event per line
     else:
         raise ReplayError(f"{path}: --mapping is required (only a .jsonl file of EVENTS.md events "
-                          "needs none; see deploy/replay/README.md)")
+                          "needs none, or a platform's own records with --format; see deploy/replay/README.md)")
     if mapping is not None and ns.on_error is not None:
         mapping = replace(mapping, on_error=ns.on_error)
     started = time.monotonic()
