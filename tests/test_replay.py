@@ -501,7 +501,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_arguments() -> None:
     ns = parse("calls.csv", "--mapping", "m.toml", "--speed", "60", "--limit", "5")
     assert (ns.file, ns.mapping, ns.speed, ns.limit, ns.partition, ns.on_error, ns.dry_run) == \
-        ("calls.csv", "m.toml", 60.0, 5, 0, None, False)
+        ("calls.csv", "m.toml", 60.0, 5, None, None, False)
     assert parse("x.jsonl").speed is None and parse("x.jsonl", "--speed", "max").speed is None
     assert parse("x.jsonl", "--partition", "key").partition is None
     for bad in (["--speed", "fast"], ["--limit", "0"], ["--partition", "-1"]):

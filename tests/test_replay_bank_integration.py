@@ -50,8 +50,9 @@ WORKER_CONFIG = """\
 [windows]
 sizes = [86400]                    # day windows only: the comparison is per day
 timezone = "Asia/Jerusalem"
-# The replay sends every event to partition 0 (replay's default), so the worker
-# reads it in event-time order and the default lateness (120 s) holds at full speed.
+# The replay keys every event by interaction (replay's default): each partition is in
+# event-time order and event time is the slowest partition's, so the default lateness
+# (120 s) holds at full speed.
 # Works around a race in streams/merge.py: a window that turns final is sometimes
 # forgotten (expired fcr_horizon + lateness after its end, in event time) before its
 # final record is published; a month replayed in seconds gets there within one
@@ -187,8 +188,8 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
         stats = asyncio.run(replay.replay(DATA, replay.load_mapping(MAPPING), kafka_bootstrap,
                                           {"call": calls}, None))
         published = time.monotonic()
-        # The sentinel follows the replay on the same partition: sent on another one,
-        # it could overtake the replay and make its last days late.
+        # The sentinel follows the replay: on a partition read ahead of the others, it
+        # moves event time only once every partition has read its share of the replay.
         sentinel = {"event_id": "sentinel-1", "type": "call.offered", "occurred_at": SENTINEL_AT,
                     "interaction_id": "sentinel", "queue": "sentinel"}
         asyncio.run(replay.publish([("call", sentinel)], kafka_bootstrap, {"call": calls}, None))
@@ -268,10 +269,12 @@ def test_the_month_adds_up(run) -> None:
 
 # ---------------------------------------------------------------- the command's code path
 
-def test_run_from_args_publishes_every_family_on_partition_zero(
+def test_run_from_args_publishes_every_family_keyed_by_interaction(
         kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """What ``ccpulse replay FILE --mapping M`` runs: topics created, every event on partition 0."""
+    """What ``ccpulse replay FILE --mapping M`` runs: topics created, every event on its
+    interaction's partition (the pipeline applies it there, without the re-key hop)."""
     from ccpulse.config import load_settings
+    from streams.stages.pipeline import key_partition
     from tests.test_replay import GENERIC_CSV, GENERIC_MAPPING, parse
     from tests.worker_process import read_topic
 
@@ -286,21 +289,31 @@ def test_run_from_args_publishes_every_family_on_partition_zero(
     assert "4 rows -> 4 interactions, 11 events" in err
     assert "replaycli.calls, replaycli.chats, replaycli.tickets" in err
 
-    async def partitions(topic: str) -> list[int]:
+    async def placed(topic: str, count: int) -> tuple[list[tuple[bytes, int]], int]:
+        """(key, partition) of the topic's ``count`` records, and its partition count."""
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=None,
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            batch = await consumer.getmany(timeout_ms=5000)
-            return [r.partition for records in batch.values() for r in records]
+            out: list[tuple[bytes, int]] = []
+            deadline = time.monotonic() + 15
+            while len(out) < count and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=1000)
+                out += [(r.key, r.partition) for records in batch.values() for r in records]
+            return out, len(consumer.partitions_for_topic(topic) or ())
         finally:
             await consumer.stop()
 
+    used: set[int] = set()
     for topic, count in (("replaycli.calls", 5), ("replaycli.chats", 3), ("replaycli.tickets", 3)):
         records = read_topic(kafka_bootstrap, topic)
         assert len(records) == count, topic
         assert all(key.decode() == orjson.loads(value)["interaction_id"] for key, value in records)
-        assert set(asyncio.run(partitions(topic))) == {0}
+        where, partitions = asyncio.run(placed(topic, count))
+        assert len(where) == count and partitions == settings.kafka.partitions, topic
+        assert all(p == key_partition(key, partitions) for key, p in where), (topic, where)
+        used |= {p for _key, p in where}
+    assert len(used) > 1  # spread, not pinned
 
 
 def test_publish_paces_event_time_at_the_given_speed(kafka_bootstrap: str) -> None:

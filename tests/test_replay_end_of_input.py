@@ -286,3 +286,48 @@ def test_the_replay_waits_while_the_group_reads_and_gives_up_when_it_stops() -> 
     with pytest.raises(CommandError, match=r"app app .*committed nothing further for 0\.6 s \(calls/0 60 left, "
                                            r"calls/1 7 left\)"):
         asyncio.run(_wait_until_read(FakeAdmin({a: 40}), "app", ends, stall_seconds=0.6))
+
+
+def test_the_replay_keys_every_event_by_interaction_unless_a_partition_is_given() -> None:
+    """Pinned to one partition, three quarters of a replay (4 partitions) took the re-key hop
+    and were decoded twice. Keyed by interaction it reads in event-time order per partition
+    and the pipeline holds event time at the slowest one (``tests/test_pipeline_stage.py``)."""
+    import argparse
+    import inspect
+
+    from ccpulse.commands import replay
+
+    parser = argparse.ArgumentParser()
+    replay.add_arguments(parser)
+    assert parser.parse_args(["x.jsonl"]).partition is None
+    assert parser.parse_args(["x.jsonl", "--partition", "2"]).partition == 2
+    for publishing in (replay.replay, replay.publish):
+        assert inspect.signature(publishing).parameters["partition"].default is None, publishing.__name__
+
+
+def test_a_replay_keyed_by_interaction_takes_no_rekey_hop_and_its_end_closes_every_partition() -> None:
+    now = DAY + 7 * 86_400_000
+    stage = PipelineStage(settings(), REKEY)
+    rekey = Rekey(stage)
+    idle_everywhere(stage, now)
+    start = DAY + 9 * 3_600_000
+    ends: dict[str, int] = {}
+    newest = 0
+    for n in range(40):  # 40 calls, each on its key's partition, in event-time order per partition
+        iid = f"r{n}"
+        p = key_partition(iid.encode(), PARTITIONS)
+        at = start + n * 60_000
+        offset = ends.get(f"calls/{p}", 0)
+        stage.on_batch("calls", p, [Rec(iid.encode(), call(iid, 1, "offered", at), offset),
+                                    Rec(iid.encode(), call(iid, 2, "abandoned", at + 5_000), offset + 1)], now)
+        ends[f"calls/{p}"] = offset + 2
+        newest = at + 5_000
+    first = stage.checkpoint()
+    assert first.rekey == [] and len(first.interactions) == 40
+    rekey.write(first)
+    rekey.marker(marker(newest, ends))
+    outs = rekey.settle(now)
+    assert {e.record.watermark for e in stage.engines.values()} == {DAY_CLOSES}
+    day = [v for (key, _p), v in finals(outs).items() if key.startswith(b"1d|")]
+    assert sum(v["agg"]["counts"]["offered"] for v in day) == 40
+    assert len({v["partition"] for v in day}) > 1  # spread over the partitions
