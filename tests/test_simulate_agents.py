@@ -365,3 +365,61 @@ def test_agent_events_go_to_the_agents_topic_keyed_by_agent(kafka_bootstrap: str
         ev = orjson.loads(rec.value)
         want = ev["agent_id"] if family_of[rec.topic] == "agent" else ev["interaction_id"]
         assert rec.key == want.encode()
+
+
+def gap_at(events: list[dict[str, Any]], queue: str, instants: list[int], target: float = 0.8,
+           threshold: float = 20.0) -> list[int | None]:
+    """agents_gap of ``queue`` at each instant as METRICS.md defines it: Erlang C on the last
+    15 minutes' arrivals and handle time, against staffed minus away from the agent events."""
+    from ccpulse.core.staffing import agents_gap, agents_required
+
+    logged: set[str] = set()
+    away: set[str] = set()
+    offered: list[int] = []
+    handled: list[tuple[int, float]] = []  # (ended ms, handle s)
+    answered: dict[str, int] = {}
+    out: list[int | None] = []
+    pending = sorted(instants)
+    for ev in [*events, None]:
+        t = math.inf if ev is None else ms(ev["occurred_at"])
+        while pending and pending[0] < t:
+            now = pending.pop(0)
+            arrivals = sum(1 for o in offered if o > now - 900_000)
+            recent = [h for e, h in handled if e > now - 900_000]
+            required = agents_required(arrivals / 900, sum(recent) / len(recent) if recent else None, target,
+                                       threshold)
+            out.append(agents_gap(required, len(logged), len(away & logged)))
+        if ev is None:
+            break
+        kind, aid = ev["type"], ev.get("agent_id")
+        if kind == "agent.logged_in" and queue in ev["queues"]:
+            logged.add(aid)
+        elif kind == "agent.logged_out":
+            logged.discard(aid)
+            away.discard(aid)
+        elif kind == "agent.state_changed":
+            (away.add if ev["state"] == "away" else away.discard)(aid)
+        elif ev.get("queue") == queue:
+            if kind == "call.offered":
+                offered.append(t)
+            elif kind == "call.answered":
+                answered[ev["interaction_id"]] = t
+            elif kind == "call.ended" and ev["interaction_id"] in answered:
+                handled.append((t, (t - answered.pop(ev["interaction_id"])) / 1000 + ev["wrapup_seconds"]))
+    return out
+
+
+def test_understaffed_and_outage_drive_agents_gap_positive() -> None:
+    start = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+    t0 = ms("2026-01-05T08:00:00Z")
+    instants = [t0 + minute * 60_000 for minute in (125, 140)]  # 10:05 and 10:20, in the outage
+
+    def gaps(name: str) -> list[int | None]:
+        voice = dataclasses.replace(scenarios.load_scenario(name).voice_config(1, start), agent_events=True)
+        return gap_at(list(generate_call_events(voice, 2.5 * 3600)), "support", instants)
+
+    normal, understaffed, outage = gaps("normal"), gaps("understaffed"), gaps("outage")
+    for n, u, o in zip(normal, understaffed, outage):
+        assert abs(n) <= 10, "a day planned for its service level is about balanced, breaks covered"
+        assert u >= n + 10 and u > 0
+        assert o >= n + 50 and o > 0

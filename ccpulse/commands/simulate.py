@@ -932,7 +932,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-events", dest="agent_events", action="store_true",
                         help="agent events on the agents topic: agents log in and out with the staffing, "
                              "declare after-contact work for the wrap-up and take breaks and lunch "
-                             "(reason codes); chat agents log in (default off)")
+                             "(reason codes); with --scenario, its chat agents log in too (default off)")
     parser.add_argument("--hold-rate", dest="hold_probability", type=_share, default=0.0, metavar="SHARE",
                         help="share of answered calls put on hold once (call.held, call.resumed) (default 0)")
     parser.add_argument("--max-wait", dest="max_wait", type=arguments.positive_float, default=None, metavar="S",
