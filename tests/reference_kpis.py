@@ -19,6 +19,12 @@ Rules implemented (the brief of the test, refining METRICS.md):
 * tickets: ``created`` = offered; the first public agent reply while waiting =
   answered; ``closed`` = ended; ``solved`` / ``reopened`` / one-touch.
 * chat messages: an agent message answers every pending customer message.
+* ``flowed_out`` / ``callback_requested`` while waiting leave the queue (``flowed_out``
+  / ``callbacks_requested``, neither answered nor abandoned); a flow-out with
+  ``to_queue`` is a transfer there; the interaction is then over for the queue.
+* ``held`` / ``resumed`` while an agent has the contact: each hold counts ``hold_ms``
+  when it ends (resumed, or the handling ends: ``ended``, a transfer to a queue) and the
+  segment's first hold to end counts ``held``, for the queue and for the agent.
 * ``rated`` and ``complaint`` flags on any channel.
 * queue outcomes per segment, with the queue's thresholds; agent rollups for
   windows of 15 minutes and longer.
@@ -31,7 +37,10 @@ Judgement calls where the written rules are silent (kept in one place, here):
 * a public agent reply counts towards one-touch only once the ticket exists
   (i.e. after its first segment started); a reply before ``created`` is an orphan;
 * a chat response with no segment and no queue ever seen is attributed to the
-  queue ``""`` (there is nowhere else to put it; orphans must stay visible).
+  queue ``""`` (there is nowhere else to put it; orphans must stay visible);
+* a second ``held`` while on hold, a ``resumed`` with no hold, an exit or a hold in the
+  wrong state are orphans; a ``held`` and a ``resumed`` at the same millisecond are a
+  hold of 0 ms (``held`` ranks first); a transfer to an agent does not end a hold.
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ HISTOGRAM_BOUNDS_S = (0, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200
 
 RANK = {"offered": 0, "created": 0, "transferred": 1, "answered": 2, "message": 3, "replied": 3,
         "assigned": 3, "abandoned": 4, "solved": 5, "reopened": 6, "ended": 7, "closed": 7,
-        "rated": 8}
+        "rated": 8, "flowed_out": 4, "callback_requested": 4, "held": 3, "resumed": 5}
 
 WindowKey = tuple[int, int, str, str, str]  # (size_s, start_ms, scope, name, channel)
 MAXIMA = ("wait_answered_max_ms", "wait_abandoned_max_ms")
@@ -200,6 +209,8 @@ def walk(events: list[Ev], thresholds: Callable[[str, str], Thresholds]) -> Inte
     complaint: tuple[int, str | None] | None = None
     orphans = 0
     notes: set[str] = set()
+    hold_start: int | None = None  # the open hold of the served segment
+    holds_ended = 0  # holds of the served segment that ended
 
     def q(ts: int, queue: str, name: str, value: int = 1) -> None:
         facts.append((ts, QUEUE, queue, name, value))
@@ -238,9 +249,24 @@ def walk(events: list[Ev], thresholds: Callable[[str, str], Thresholds]) -> Inte
                 q(ts, seg.queue, "wait_abandoned_max_ms", wait)
                 if wait <= th.service_level_seconds * 1000:
                     q(ts, seg.queue, "abandoned_within_target")
+        elif how == "flowed_out":
+            q(ts, seg.queue, "flowed_out")
+        elif how == "callback_requested":
+            q(ts, seg.queue, "callbacks_requested")
         else:
             assert how == "transferred"
             q(ts, seg.queue, "transferred_out")
+
+    def end_hold(seg: Seg, ts: int) -> None:
+        nonlocal hold_start, holds_ended
+        if hold_start is None:
+            return
+        for scope_fn, name in ((q, seg.queue), (a, seg.agent)):
+            scope_fn(ts, name, "hold_ms", ts - hold_start)
+            if holds_ended == 0:
+                scope_fn(ts, name, "held")
+        hold_start = None
+        holds_ended += 1
 
     def handled(seg: Seg, ts: int, extra_ms: int) -> None:
         assert seg.left is not None
@@ -271,6 +297,28 @@ def walk(events: list[Ev], thresholds: Callable[[str, str], Thresholds]) -> Inte
             if waiting is not None:
                 leave(waiting, "answered", ev.ts, ev.agent)
                 serving, waiting = waiting, None
+                hold_start, holds_ended = None, 0
+            else:
+                orphans += 1
+        elif kind in ("flowed_out", "callback_requested"):
+            to_queue = doc.get("to_queue")
+            if waiting is None:
+                orphans += 1
+            elif to_queue:
+                leave(waiting, "transferred", ev.ts)
+                current = to_queue
+                waiting = open_segment(to_queue, ev.ts)
+            else:
+                leave(waiting, kind, ev.ts)
+                waiting = None
+        elif kind == "held":
+            if serving is not None and hold_start is None:
+                hold_start = ev.ts
+            else:
+                orphans += 1
+        elif kind == "resumed":
+            if serving is not None and hold_start is not None:
+                end_hold(serving, ev.ts)
             else:
                 orphans += 1
         elif kind == "abandoned":
@@ -284,6 +332,7 @@ def walk(events: list[Ev], thresholds: Callable[[str, str], Thresholds]) -> Inte
                 leave(waiting, "abandoned", ev.ts)
                 waiting = None
             elif serving is not None:
+                end_hold(serving, ev.ts)
                 handled(serving, ev.ts, 0 if ticket else wrapup_ms(doc))
                 serving = None
             else:
@@ -297,6 +346,7 @@ def walk(events: list[Ev], thresholds: Callable[[str, str], Thresholds]) -> Inte
                 q(ev.ts, serving.queue, "transfers")
                 a(ev.ts, serving.agent, "transfers")
                 if to_queue:
+                    end_hold(serving, ev.ts)
                     handled(serving, ev.ts, 0)
                     serving = None
             else:

@@ -1,7 +1,8 @@
 """The real engine against the independent batch reference (tests/reference_kpis.py).
 
 Random event histories across voice, chat and tickets (realistic lifecycles plus
-orphans, transfers, chat conversations, ticket replies/solves/reopens, ratings,
+orphans, transfers, flow-outs (to a queue or not), callback requests, holds (ended by a
+resume, by the call's end or a transfer), chat conversations, ticket replies/solves/reopens, ratings,
 complaints, zero waits, waits exactly at thresholds, waits across window
 boundaries) are validated and fed to a ``PartitionEngine`` in a shuffled order
 with re-sent duplicates; every final window must equal the reference exactly.
@@ -119,6 +120,7 @@ class Builder:
 
 
 OFFSETS = st.sampled_from([0, 0, 0, 60, -300, 330])
+REASON_CODES = st.sampled_from(["timeout", "no_agents", "overflow", "voicemail"])
 
 
 def gap(draw: Any) -> int:
@@ -164,8 +166,9 @@ def rating_fields(draw: Any) -> dict[str, int]:
 
 def noise(draw: Any, b: Builder, lo: int, hi: int, queues: tuple[str, ...]) -> None:
     """0-2 random events of the family at random times: orphans and odd states."""
-    kinds = (["offered", "answered", "abandoned", "ended", "transferred", "rated"]
-             + (["message"] if b.family == "chat" else []))
+    kinds = (["offered", "answered", "abandoned", "ended", "transferred", "rated", "flowed_out",
+              "callback_requested"]
+             + (["message"] if b.family == "chat" else ["held", "resumed", "held"]))
     if b.family == "ticket":
         kinds = ["created", "replied", "assigned", "solved", "reopened", "closed", "rated"]
     for _ in range(draw(st.integers(0, 2))):
@@ -176,6 +179,9 @@ def noise(draw: Any, b: Builder, lo: int, hi: int, queues: tuple[str, ...]) -> N
             fields["queue"] = draw(st.sampled_from(queues))
         if kind == "answered" or draw(st.integers(0, 3)) == 0:
             fields["agent_id"] = draw(st.sampled_from(AGENTS))
+        if kind == "flowed_out":
+            fields["reason"] = draw(REASON_CODES)
+            fields["to_queue"] = draw(st.sampled_from((None, None) + queues))
         if kind == "transferred":
             if draw(st.booleans()):
                 fields["to_queue"] = draw(st.sampled_from(queues))
@@ -190,6 +196,17 @@ def noise(draw: Any, b: Builder, lo: int, hi: int, queues: tuple[str, ...]) -> N
         if kind == "ended" and draw(st.booleans()):
             fields["wrapup_seconds"] = draw(st.integers(0, 120))
         b.add(kind, ts, **fields)
+
+
+def holds(draw: Any, b: Builder, t: int) -> int:
+    """0-2 holds of an answered call; the last one may stay open (ended by what follows)."""
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]))):
+        t += gap(draw) // 4
+        b.add("held", t)
+        if draw(st.integers(0, 3)):
+            t += draw(st.one_of(st.just(0), st.integers(0, 90 * S)))
+            b.add("resumed", t)
+    return t
 
 
 def chat_messages(draw: Any, b: Builder, t: int, senders: list[str], queue: str) -> int:
@@ -227,7 +244,8 @@ def voice_or_chat(draw: Any, iid: str, channel: str, queues: tuple[str, ...],
             senders = draw(st.lists(st.just("customer"), max_size=2))
             chat_messages(draw, b, t, senders, queue)
         outcome = draw(st.sampled_from(
-            ["answered"] * 5 + ["abandoned", "abandoned", "ended", "transfer_q", "transfer_a", "none"]))
+            ["answered"] * 5 + ["abandoned", "abandoned", "ended", "transfer_q", "transfer_a", "none",
+                                "flowed_out", "flowed_out_q", "callback"]))
         t += wait
         if outcome == "answered":
             agent = draw(st.sampled_from(AGENTS))
@@ -235,6 +253,8 @@ def voice_or_chat(draw: Any, iid: str, channel: str, queues: tuple[str, ...],
             if chat:
                 senders = draw(st.lists(st.sampled_from(["customer", "agent", "agent"]), max_size=5))
                 t = chat_messages(draw, b, t, senders, queue)
+            else:
+                t = holds(draw, b, t)
             action = draw(st.sampled_from(["end", "end", "end", "transfer_q", "transfer_a", "none"]))
             t += gap(draw)
             if action == "transfer_a":
@@ -256,6 +276,14 @@ def voice_or_chat(draw: Any, iid: str, channel: str, queues: tuple[str, ...],
             queue = draw(st.sampled_from(queues))
             b.add("transferred", t, to_queue=queue)
             continue
+        elif outcome == "flowed_out_q" and hop < 2:
+            queue = draw(st.sampled_from(queues))
+            b.add("flowed_out", t, reason=draw(REASON_CODES), to_queue=queue)
+            continue
+        elif outcome in ("flowed_out", "flowed_out_q"):
+            b.add("flowed_out", t, reason=draw(REASON_CODES), queue=maybe_queue(draw, queue))
+        elif outcome == "callback":
+            b.add("callback_requested", t, queue=maybe_queue(draw, queue))
         elif outcome == "transfer_a":
             b.add("transferred", t, to_agent=draw(st.sampled_from(AGENTS)))
         break
@@ -461,7 +489,8 @@ def assert_identity(snap: Snapshot) -> None:
     c = snap.agg.counts
     assert (snap.waiting_at_start + c.get("offered", 0)
             == c.get("answered", 0) + c.get("abandoned", 0) + c.get("short_abandoned", 0)
-            + c.get("transferred_out", 0) + snap.waiting_at_end), snap
+            + c.get("transferred_out", 0) + c.get("flowed_out", 0) + c.get("callbacks_requested", 0)
+            + snap.waiting_at_end), snap
 
 
 def assert_matches(reference: ref_mod.Reference, run: Run,

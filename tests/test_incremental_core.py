@@ -182,11 +182,12 @@ def any_steps(draw: st.DrawFn) -> list[Step]:
         out.append(Step(draw(st.integers(-10**13, 10**14)),
                         draw(st.sampled_from(["offered", "answered", "abandoned", "transferred", "ended",
                                               "message", "replied", "assigned", "solved", "reopened",
-                                              "closed", "rated", "not-a-kind"])),
+                                              "closed", "rated", "flowed_out", "callback_requested",
+                                              "held", "resumed", "not-a-kind"])),
                         eid, draw(st.none() | NAMES), draw(st.none() | NAMES), draw(st.none() | NAMES),
                         draw(st.sampled_from([0, 0, 1, 15_000, 2500])), draw(st.sampled_from([None, "agent", "customer"])),
                         draw(st.booleans()), draw(st.none() | st.integers(1, 5)), draw(st.none() | st.integers(0, 10)),
-                        draw(st.booleans()), draw(st.none() | NAMES)))
+                        draw(st.booleans()), draw(st.none() | NAMES), draw(st.none() | NAMES)))
     return out
 
 
