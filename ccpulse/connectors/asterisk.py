@@ -27,9 +27,14 @@ the follower's position (:meth:`QueueLogMapper.snapshot` / :meth:`QueueLogMapper
 - each agent's queues and paused queues, because ADDMEMBER/PAUSE name one queue
   while EVENTS.md's agent events carry the agent's whole list and one state;
 - the calls that left a queue by a transfer in the last day, because a call transferred
-  into another queue comes back with the same uniqueid, and a second ``call.offered``
-  of one interaction after it ended would be an orphan: each queue visit after the
-  n-th transfer is the interaction ``<uniqueid>.t<n>``.
+  into another queue comes back with the same uniqueid, usually within the same whole
+  second as the transfer; in one interaction that ``call.offered`` would sort before the
+  ``call.ended`` of the same millisecond (lifecycle order) and be an orphan, so each
+  queue visit after the n-th transfer is the interaction ``<uniqueid>.t<n>``.
+
+After a restart without the saved state (a new state file), an agent's queue list starts
+again from the lines read, and a transfer's re-entry within that day maps to the bare
+uniqueid (its offer may then be an orphan in the pipeline: counted, not lost).
 """
 
 from __future__ import annotations
