@@ -423,3 +423,14 @@ def test_understaffed_and_outage_drive_agents_gap_positive() -> None:
         assert abs(n) <= 10, "a day planned for its service level is about balanced, breaks covered"
         assert u >= n + 10 and u > 0
         assert o >= n + 50 and o > 0
+
+
+def test_the_break_cover_rounds_up_exactly() -> None:
+    # BUSY: aways of 300, 600 and 300 s every 1800 s of work, 2/11 of the time away: 9 agents
+    # scheduled are 11 logged in, 45 are 55 (45 x 11/9 is 55.00000000000001 in floats), 13 are 16.
+    assert simulate._Presence.away_share(BUSY) == pytest.approx(2 / 11)
+    cfg = dataclasses.replace(BUSY, queues=(QueueModel("billing", 45), QueueModel("support", 13),
+                                            QueueModel("sales", 9)), outages=())
+    logins = Counter(ev["agent_id"].rsplit("-", 1)[0] for ev in generate_call_events(cfg, 1)
+                     if ev["type"] == "agent.logged_in")
+    assert logins == {"billing": 55, "support": 16, "sales": 11}

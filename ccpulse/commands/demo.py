@@ -93,7 +93,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def demo_options(voice: simulate.SimulationConfig | None, chat: simulate_channels.ChatConfig | None,
-                 ticket: simulate_channels.TicketConfig | None) -> tuple:  # type: ignore[type-arg]
+                 ticket: simulate_channels.TicketConfig | None
+                 ) -> tuple[simulate.SimulationConfig | None, simulate_channels.ChatConfig | None,
+                            simulate_channels.TicketConfig | None]:
     """The configs with the agent side on, paced for a person watching: breaks every
     few minutes, holds, flow-outs after 3 minutes, callbacks."""
     if voice is not None:

@@ -350,7 +350,8 @@ class _Staffing:
             if a <= t < b:
                 factor *= f
         n = base if factor == 1.0 else int(base * factor + 0.5)
-        return n if self._gross == 1.0 else math.ceil(n * self._gross)
+        # The tolerance: 45 x 11/9 is 55.00000000000001 in floats, and 55 agents, not 56.
+        return n if self._gross == 1.0 else math.ceil(n * self._gross - 1e-9)
 
     def next_change(self, t: int) -> float:
         nxt: float = math.inf
@@ -523,7 +524,9 @@ def generate_call_events(cfg: SimulationConfig, duration: float) -> Iterator[dic
     ``call.answered`` or ``call.abandoned`` there -> ``call.ended`` (agent_id,
     wrapup_seconds) -> with ``rating_probability``, ``call.rated`` (agent_id,
     csat, sometimes nps). Event ids are the interaction id plus the event's
-    1-based position in the call.
+    1-based position in the call. With the agent-side options (module docstring)
+    also ``call.held``/``call.resumed``, ``call.flowed_out``, ``call.callback_requested``
+    and the callbacks' calls, and ``agent.*`` events (ids ``ag-<seed>-<agent>-<n>``).
 
     Lazy: ``duration=math.inf`` streams forever in bounded memory (as long as the
     model is stable or callers abandon). Calls still in progress at the horizon
