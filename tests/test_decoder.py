@@ -36,6 +36,8 @@ def base(etype: str = "call.offered", **extra: Any) -> dict[str, Any]:
         doc["agent_id"] = "a-17"
     if etype.endswith(".transferred"):
         doc["to_queue"] = "sales"
+    if etype.endswith(".flowed_out"):
+        doc["reason"] = "timeout"
     if etype in ("chat.message", "ticket.replied"):
         doc["sender"] = "agent"
     if etype.endswith(".rated"):
