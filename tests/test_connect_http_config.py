@@ -47,3 +47,28 @@ def test_bad_settings_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(path, env={})
     assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_sources_without_a_secret_are_not_served_and_named() -> None:
+    from ccpulse.commands.connect_http import served_sources
+
+    served, left_out = served_sources(load_settings(env={"CCPULSE_CONNECT_JIRA_SECRET": "jira-secret-1"}))
+    assert [s.path for s in served] == ["/jira"]
+    assert left_out == ["/twilio (no connect.twilio_auth_token)", "/zendesk (no connect.zendesk_secret)",
+                        "/eventbridge/connect (no connect.eventbridge_api_key)",
+                        "/eventbridge/genesys (no connect.eventbridge_api_key)"]
+
+
+def test_no_source_configured_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCPULSE_")}
+    env["CCPULSE_CONFIG"] = str(tmp_path / "none.toml")
+    (tmp_path / "none.toml").write_text("")
+    done = subprocess.run([sys.executable, "-m", "ccpulse.cli", "connect", "http"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ccpulse connect: no webhook source is configured: set at least one of "
+                                  "connect.twilio_auth_token") and done.stderr.count("\n") == 1

@@ -12,20 +12,23 @@ from typing import Iterator
 
 import pytest
 
-from tests.connect_http_support import (ReceiverProcess, jira_request, post, twilio_request,
+from tests.connect_http_support import (ReceiverProcess, Signed, jira_request, post, twilio_request,
                                         zendesk_request)
-from tests.connector_support import fixture
+from tests.connector_support import FIXTURES, fixture
 from tests.worker_process import read_topic
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "cxh1."
+EVENTBRIDGE_KEY = "eventbridge-api-key-0123456789"
 
 
 @pytest.fixture(scope="module")
 def receiver(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
     tmp: Path = tmp_path_factory.mktemp("connect-http")
-    r = ReceiverProcess.create(kafka_bootstrap, tmp, PREFIX, CCPULSE_CONNECT_MAX_BODY_BYTES="4096")
+    r = ReceiverProcess.create(kafka_bootstrap, tmp, PREFIX, CCPULSE_CONNECT_MAX_BODY_BYTES="4096",
+                               CCPULSE_CONNECT_EVENTBRIDGE_API_KEY=EVENTBRIDGE_KEY,
+                               CCPULSE_CONNECT_EVENTBRIDGE_HEADER="X-CCPulse-Key")
     r.start()
     try:
         yield r
@@ -112,10 +115,25 @@ def test_events_that_map_to_nothing_are_acknowledged(receiver: ReceiverProcess) 
     assert receiver.metric("ccpulse_connect_requests_total", source="zendesk", outcome="ignored") == 1
 
 
-def test_health_metrics_and_sources_not_served(receiver: ReceiverProcess) -> None:
+def test_health_lists_the_sources_served(receiver: ReceiverProcess) -> None:
     status, text = receiver.get("/health")
     assert status == 200
-    assert json.loads(text) == {"status": "ok", "kafka": "ok", "sources": ["/twilio", "/zendesk", "/jira"]}
-    # No EventBridge key configured: not served, and said at start.
-    assert post(receiver.base, jira_request(b"{}").__class__("/eventbridge/connect", b"{}", {}))[0] == 404
-    assert "not served: /eventbridge/connect (no connect.eventbridge_api_key)" in receiver.log_tail()
+    assert json.loads(text) == {"status": "ok", "kafka": "ok", "sources": [
+        "/twilio", "/zendesk", "/jira", "/eventbridge/connect", "/eventbridge/genesys"]}
+    assert receiver.get("/nowhere")[0] == 404
+
+
+def test_eventbridge_destinations_need_the_api_key(receiver: ReceiverProcess, kafka_bootstrap: str) -> None:
+    queued = (FIXTURES / "amazon_connect" / "contact_event_queued.json").read_bytes()
+    started = (FIXTURES / "genesys" / "acd_start.json").read_bytes()
+    json_type = {"Content-Type": "application/json"}
+    for path, body in (("/eventbridge/connect", queued), ("/eventbridge/genesys", started)):
+        assert post(receiver.base, Signed(path, body, json_type))[0] == 401
+        assert post(receiver.base, Signed(path, body, dict(json_type, **{"X-CCPulse-Key": "wrong-key"})))[0] == 401
+        assert post(receiver.base, Signed(path, body, dict(json_type, **{"X-CCPulse-Key": EVENTBRIDGE_KEY}))) == \
+            (200, b"{}")
+    offered = {v["interaction_id"] for _, v in topic(kafka_bootstrap, "calls") if v["type"] == "call.offered"}
+    assert "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111" in offered
+    assert receiver.metric("ccpulse_connect_requests_total", source="connect", outcome="accepted") == 1
+    assert receiver.metric("ccpulse_connect_requests_total", source="genesys", outcome="accepted") == 1
+    assert receiver.metric("ccpulse_connect_refused_total", source="genesys", reason="bad_signature") == 1

@@ -30,8 +30,7 @@ from ccpulse.commands.connect_publish import ConnectorPublisher, PublishError
 from ccpulse.commands.errors import CommandError
 from ccpulse.config import Settings
 from ccpulse.connectors.base import MappingError
-from ccpulse.connectors.registry import (EVENTBRIDGE_MODULES, SOURCES, WebhookRequest, WebhookSource,
-                                         eventbridge_available)
+from ccpulse.connectors.registry import SOURCES, WebhookRequest, WebhookSource
 from ccpulse.log_limit import CountedLines
 
 log = logging.getLogger(__name__)
@@ -57,17 +56,10 @@ def add_parser(sources: Any, settings: Callable[[], Any]) -> None:
 
 
 def served_sources(settings: Settings) -> tuple[list[WebhookSource], list[str]]:
-    """The sources with a secret configured (and a mapper), and one line per source left out."""
-    served: list[WebhookSource] = []
-    left_out: list[str] = []
-    for source in SOURCES:
-        module = EVENTBRIDGE_MODULES.get(source.name)
-        if not source.secret(settings.connect):
-            left_out.append(f"{source.path} (no connect.{source.secret_setting})")
-        elif module is not None and not eventbridge_available(module):
-            left_out.append(f"{source.path} (no mapper ccpulse.connectors.{module})")
-        else:
-            served.append(source)
+    """The sources with a secret configured, and one line per source left out."""
+    served = [source for source in SOURCES if source.secret(settings.connect)]
+    left_out = [f"{source.path} (no connect.{source.secret_setting})" for source in SOURCES
+                if source not in served]
     return served, left_out
 
 

@@ -7,7 +7,6 @@ Pure, like the mappers: the receiver hands in a ``WebhookRequest`` it read.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
@@ -15,7 +14,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ccpulse.config import ConnectSettings
-from ccpulse.connectors import jira, twilio, zendesk
+from ccpulse.connectors import amazon_connect, genesys, jira, twilio, zendesk
 from ccpulse.connectors.base import Mapped, MappingError
 from ccpulse.connectors.payload import same_secret
 
@@ -107,22 +106,6 @@ def _api_key_check(req: WebhookRequest, s: ConnectSettings) -> str | None:
     return None if s.eventbridge_api_key and same_secret(s.eventbridge_api_key, given) else BAD_SIGNATURE
 
 
-def _eventbridge_mapper(module: str) -> Mapper:
-    """The EventBridge sources' mappers, ``map_event(doc)`` of their own modules."""
-    def run(req: WebhookRequest, s: ConnectSettings) -> list[Mapped]:
-        mapper = getattr(importlib.import_module(f"ccpulse.connectors.{module}"), "map_event")
-        return list(mapper(_json(req.body)))
-    return run
-
-
-def eventbridge_available(module: str) -> bool:
-    """Whether ``ccpulse.connectors.<module>`` exists and has its ``map_event``."""
-    try:
-        return callable(getattr(importlib.import_module(f"ccpulse.connectors.{module}"), "map_event", None))
-    except ImportError:
-        return False
-
-
 SOURCES: tuple[WebhookSource, ...] = (
     WebhookSource("twilio", "/twilio", "twilio_auth_token", _twilio_check,
                   lambda req, s: twilio.map_callback(dict(_form(req.body)))),
@@ -130,9 +113,9 @@ SOURCES: tuple[WebhookSource, ...] = (
                   lambda req, s: zendesk.map_event(_json(req.body), s.zendesk_agent_channel)),
     WebhookSource("jira", "/jira", "jira_secret", _jira_check,
                   lambda req, s: jira.map_event(_json(req.body), s.jira_queue)),
+    # EventBridge API destinations: the whole EventBridge event as the body, as connect kafka reads it.
     WebhookSource("connect", "/eventbridge/connect", "eventbridge_api_key", _api_key_check,
-                  _eventbridge_mapper("amazon_connect")),
+                  lambda req, s: amazon_connect.map_record(_json(req.body))),
     WebhookSource("genesys", "/eventbridge/genesys", "eventbridge_api_key", _api_key_check,
-                  _eventbridge_mapper("genesys")),
+                  lambda req, s: genesys.map_record(_json(req.body))),
 )
-EVENTBRIDGE_MODULES = {"connect": "amazon_connect", "genesys": "genesys"}
