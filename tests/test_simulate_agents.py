@@ -434,3 +434,23 @@ def test_the_break_cover_rounds_up_exactly() -> None:
     logins = Counter(ev["agent_id"].rsplit("-", 1)[0] for ev in generate_call_events(cfg, 1)
                      if ev["type"] == "agent.logged_in")
     assert logins == {"billing": 55, "support": 16, "sales": 11}
+
+
+@pytest.mark.integration
+def test_publish_events_creates_and_fills_the_configured_agents_topic(kafka_bootstrap: str) -> None:
+    """What `ccpulse simulate --agent-events` and the demo do: the settings' topics, created first."""
+    from ccpulse.commands.publish import publish_events
+    from ccpulse.config import load_settings
+    from tests.test_simulate_channels import _read
+
+    prefix = f"sim{uuid.uuid4().hex[:6]}-"
+    settings = load_settings(env={"CCPULSE_KAFKA_BOOTSTRAP": kafka_bootstrap, "CCPULSE_TOPIC_PREFIX": prefix,
+                                  "CCPULSE_CONFIG": "/dev/null"})
+    events = list(generate_mixed_events(BUSY, None, None, 300))
+    agents = [ev for f, ev in events if f == "agent"]
+    assert asyncio.run(publish_events(settings, events, None)) == len(events)
+    records = asyncio.run(_read(kafka_bootstrap, [f"{prefix}agents"], len(agents)))
+    import orjson
+
+    assert sorted(orjson.loads(r.value)["event_id"] for r in records) == sorted(ev["event_id"] for ev in agents)
+    assert all(r.key == orjson.loads(r.value)["agent_id"].encode() for r in records)
