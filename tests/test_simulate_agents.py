@@ -454,3 +454,33 @@ def test_publish_events_creates_and_fills_the_configured_agents_topic(kafka_boot
 
     assert sorted(orjson.loads(r.value)["event_id"] for r in records) == sorted(ev["event_id"] for ev in agents)
     assert all(r.key == orjson.loads(r.value)["agent_id"].encode() for r in records)
+
+
+def test_a_scenario_file_may_set_the_agent_side(tmp_path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("""
+[scenarios.shift]
+[scenarios.shift.voice]
+rate = 0.3
+agent_events = true
+break_interval = 1200
+break_duration = 120
+hold_probability = 0.2
+max_wait = 90
+callback_probability = 0.25
+queues = [{ name = "billing", agents = 12 }]
+[scenarios.shift.chat]
+agent_events = true
+""")
+    voice, chat, _ = scenarios.load_scenario("shift", path).configs(1, START)
+    assert (voice.agent_events, voice.break_interval, voice.break_duration, voice.hold_probability, voice.max_wait,
+            voice.callback_probability) == (True, 1200, 120, 0.2, 90, 0.25)
+    assert chat.agent_events
+    for bad, where in (("agent_events = 1", "voice.agent_events"), ("max_wait = 0", "voice.max_wait"),
+                       ("hold_probability = 2", "voice.hold_probability")):
+        path.write_text(f"[scenarios.x.voice]\n{bad}\n")
+        with pytest.raises(ValueError, match=f"scenarios.x.{where}: "):
+            scenarios.load_scenarios(path)
+    path.write_text("[scenarios.x.chat]\nagent_events = 1\n")
+    with pytest.raises(ValueError, match="scenarios.x.chat.agent_events: "):
+        scenarios.load_scenarios(path)

@@ -19,6 +19,9 @@ File layout::
     rate = 0.5                       # `voice = false` for no calls
     profile = "retail_bank"          # a [profiles] name or 24 numbers
     patience_mean = 120              # 0: callers never hang up
+    agent_events = true              # optional, off by default: the agent side of
+    max_wait = 300                   # simulate.SimulationConfig (also hold_probability,
+                                     # callback_probability, break_interval, break_duration)
     [scenarios.normal.voice.staffing]  # optional: Erlang C plan for queues without agents/schedule
     service_level = 0.8              # share answered within `answer_within` seconds
     answer_within = 20
@@ -77,6 +80,7 @@ DEFAULT_SCENARIOS_FILE = _SHIPPED if _SHIPPED.is_file() else Path("deploy", "sce
 _VOICE_KEYS = {
     "rate", "queues", "service_mean", "wrapup_mean", "patience_mean", "profile", "service_distribution",
     "service_cv", "transfer_probability", "repeat_probability", "rating_probability", "outages", "staffing",
+    *simulate.AGENT_SIDE_OPTIONS, "break_interval", "break_duration",
 }
 _QUEUE_KEYS = {"name", "agents", "weight", "schedule"}
 _CHANNEL_QUEUE_KEYS = {"name", "agents", "weight"}
@@ -260,9 +264,12 @@ def _voice(body: dict[str, Any], key: str, profiles: dict[str, Any]) -> dict[str
     _keys(body, _VOICE_KEYS, key)
     kw: dict[str, Any] = {}
     for field in ("rate", "service_mean", "wrapup_mean", "service_cv", "transfer_probability",
-                  "repeat_probability", "rating_probability"):
+                  "repeat_probability", "rating_probability", "break_interval", "break_duration",
+                  "hold_probability", "max_wait", "callback_probability"):
         if field in body:
             kw[field] = _number(body[field], f"{key}.{field}")
+    if "agent_events" in body:
+        kw["agent_events"] = _flag(body["agent_events"], f"{key}.agent_events")
     if "patience_mean" in body:
         patience = _number(body["patience_mean"], f"{key}.patience_mean")
         kw["patience_mean"] = patience or None  # 0: never hang up, as on the command line
@@ -390,6 +397,8 @@ def _channel(body: dict[str, Any], key: str, cls: type) -> dict[str, Any]:
             kw[name] = tuple(_string(c, f"{key}.channels") for c in _array(value, f"{key}.channels"))
         elif name == "patience_mean":
             kw[name] = _number(value, f"{key}.{name}") or None
+        elif name == "agent_events":
+            kw[name] = _flag(value, f"{key}.{name}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Bad(f"{key}.{name}", "must be a number")
         else:
@@ -421,6 +430,12 @@ def _array(value: Any, key: str) -> list[Any]:
 def _number(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _Bad(key, "must be a number")
+    return value
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(key, "must be true or false")
     return value
 
 
