@@ -76,6 +76,24 @@ def test_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path) -
     assert drain(follower) == [line(2), line(3), line(4), line(5)]
 
 
+def test_lines_written_to_the_old_file_after_the_new_one_is_created_are_read(tmp_path: Path) -> None:
+    # logrotate renames, creates the new empty log, then tells Asterisk to reopen
+    # (postrotate `logger reload`): until then Asterisk still writes the old file.
+    log = tmp_path / "queue_log"
+    append(log, 1)
+    follower = started(log, from_start=True)
+    assert drain(follower) == [line(1)]
+    asterisk = open(log, "ab")
+    os.rename(log, tmp_path / "queue_log.1")
+    log.write_bytes(b"")
+    assert drain(follower) == []
+    asterisk.write(line(2) + b"\n")
+    asterisk.close()
+    assert drain(follower) == [line(2)]
+    append(log, 3)  # Asterisk reopened: the new file from its start
+    assert drain(follower) == [line(3)]
+
+
 def test_renamed_and_not_yet_recreated_keeps_reading_the_old_file(tmp_path: Path) -> None:
     log = tmp_path / "queue_log"
     append(log, 1)

@@ -7,7 +7,8 @@ bytes, so a new file that reuses the inode is told apart) plus a byte offset, sa
 atomically (write, fsync, rename) together with the mapper's small state.
 
 - Rotation (the file renamed, a new one created): the old file is read to its end,
-  then the new one from its start. After a restart, the file of the saved position is
+  then the new one from its start, once it has a line (logrotate creates it before
+  Asterisk reopens, and until then Asterisk still writes the old one). After a restart, the file of the saved position is
   looked for by inode among the files of the same directory whose name starts with the
   log's (``queue_log.1``, ``queue_log-20260105``): a follower stopped in the middle of a
   rotation finishes the old file first.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from ccpulse.commands.errors import CommandError
+from ccpulse.config import Settings
 
 log = logging.getLogger("ccpulse.connect.asterisk")
 
@@ -214,13 +216,17 @@ class QueueLogFollower:
         self._position.offset = offset
 
     def _rotated(self) -> bool:
-        """True when the path now names another file (a new log was created after a rename)."""
+        """True when the path names another file that Asterisk writes (rotation is over).
+
+        logrotate creates the new log before Asterisk reopens it (postrotate `logger
+        reload`): until the new file has a line, Asterisk may still write the old one.
+        """
         assert self._position is not None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False  # renamed, the new one not created yet: keep reading the old
-        return (st.st_dev, st.st_ino) != (self._position.dev, self._position.ino)
+        return (st.st_dev, st.st_ino) != (self._position.dev, self._position.ino) and st.st_size > 0
 
     def _find(self, saved: Position) -> IO[bytes] | None:
         """The file of a saved position: the log itself, or a rotated copy beside it."""
@@ -246,7 +252,7 @@ class QueueLogFollower:
         return None
 
 
-async def follow(settings: Any, queue_log: Path, state_file: Path, from_start: bool,
+async def follow(settings: Settings, queue_log: Path, state_file: Path, from_start: bool,
                  stop: asyncio.Event, poll_seconds: float = POLL_SECONDS) -> None:
     """Follow ``queue_log`` until ``stop`` is set: map, publish, then save the position."""
     from ccpulse.commands.connect_publish import ConnectorPublisher, PublishError
@@ -321,7 +327,7 @@ async def _until_stored(step: Callable[[], Any], stop: asyncio.Event, error: typ
             backoff = min(backoff * 2, 10.0)
 
 
-def run(args: argparse.Namespace, settings: Callable[[], Any]) -> int:
+def run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """``ccpulse connect asterisk``: follow until SIGTERM/SIGINT, then save and exit 0."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="ccpulse connect asterisk: %(message)s", stream=sys.stderr)
