@@ -134,6 +134,10 @@ class WorkerProc:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     peak_rss: int = 0  # bytes
+    # Memory attribution (tests/measure_worker_memory.py): the probe's report path, and more
+    # environment (PYTHONTRACEMALLOC, MALLOC_ARENA_MAX, ...).
+    probe: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -145,10 +149,18 @@ class WorkerProc:
 
     def start(self) -> None:
         self.env = self.app.env(self.index)
+        self.env.update(self.extra_env)
+        command = ["-m", "ccpulse.cli"]
+        if self.probe is not None:
+            from ccpulse.tools import memory_probe
+
+            # Loaded by path: the probe works in a worker of any tree.
+            self.env[memory_probe.ENV] = str(self.probe)
+            command = ["-c", memory_probe.BOOTSTRAP, memory_probe.__file__]
         log = open(self.log_path, "ab")
         # Its own session: stopping the benchmark stops exactly these processes.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ccpulse.cli", "worker", "--role", self.role, "--loglevel", "warn"],
+            [sys.executable, *command, "worker", "--role", self.role, "--loglevel", "warn"],
             env=self.env, cwd=self.app.code, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
@@ -186,6 +198,19 @@ class WorkerProc:
         if status != 200:
             return 0.0
         return metric_sum(text, "ccpulse_events_consumed_total")
+
+    def memory_report(self, trim: bool = False, timeout: float = 300.0) -> dict[str, Any]:
+        """Ask the worker's memory probe for a report (see ccpulse/tools/memory_probe.py)."""
+        assert self.probe is not None, "started without a memory probe"
+        self.probe.unlink(missing_ok=True)
+        request = Path(f"{self.probe}.request")
+        request.write_text("trim" if trim else "", encoding="utf-8")
+        deadline = time.monotonic() + timeout
+        while request.exists():
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"no memory report from {self.role}-{self.index}: {self.log_tail()}")
+            time.sleep(0.2)
+        return json.loads(self.probe.read_text(encoding="utf-8"))
 
     def sample_rss(self) -> int:
         rss = rss_bytes(self.pid) if self.alive() else 0
