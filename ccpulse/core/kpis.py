@@ -276,6 +276,18 @@ def ratio(numerator: int, denominator: int) -> float | None:
     return None if denominator <= 0 else numerator / denominator
 
 
+def occupancy(on_contact: int, after_contact_work: int, available: int) -> float | None:
+    """(on contact + after-contact work) / (those + available): of the time an agent could
+    take contacts, the share spent on them (METRICS.md "Agents and staffing")."""
+    busy = on_contact + after_contact_work
+    return ratio(busy, busy + available)
+
+
+def utilization(on_contact: int, after_contact_work: int, staffed: int) -> float | None:
+    """(on contact + after-contact work) / staffed; null for an agent never logged in."""
+    return ratio(on_contact + after_contact_work, staffed)
+
+
 def mean_seconds(total_ms: int, count: int) -> float | None:
     value = ratio(total_ms, count)
     return None if value is None else value / 1000

@@ -1,0 +1,476 @@
+"""Agent presence and time in state (METRICS.md "Agents and staffing"). Pure: no I/O.
+
+Per agent, a timeline built from two inputs:
+
+- its presence events (``Presence``, from the ``agents`` topic): de-duplicated by
+  ``event_id`` and ordered by ``(occurred_at, event_id)``, so any arrival order within
+  the lateness gives the in-order result (two events at one millisecond cannot be
+  ordered by time; the event_id makes the order the same on every run);
+- its contact intervals (``Contact``, from the pipeline: one per answered queue segment,
+  keyed ``(interaction_id, segment)``): idempotent versioned upserts, the highest version
+  wins, a removal too (a retraction moved the answer to another agent).
+
+At every instant the agent is in exactly one state: on_contact (any open interval; it
+wins over every declared state and over being logged out), else its declared state
+(available, away with a reason, after_contact_work) while logged in, else offline.
+Figures are the milliseconds in each state per window, split exactly at window
+boundaries (``Windowing``'s arithmetic), per agent (windows of 15 min and more) and per
+queue: staffed, available and away for every queue the agent serves at the instant,
+on-contact for each open contact's queue and channel, after-contact work for the queue
+and channel of the contact that ended last.
+
+Event time (``advance``) bounds what is counted: figures cover [start of the oldest
+open window, event time). A window is final once event time is past its end plus the
+lateness; what it holds then never changes, and a change that would touch it is
+counted late (``late_ms``) instead. Timeline parts are folded away once every window
+they touch is final (``floor``): each agent keeps its state at the floor, the events
+and contacts after it, and the contact that ended last (for after-contact work).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple
+
+from ccpulse.core.kpis import AGENT, AGENT_MIN_WINDOW_S, QUEUE
+from ccpulse.core.windowing import Windowing
+
+LOGGED_IN, STATE_CHANGED, LOGGED_OUT = "logged_in", "state_changed", "logged_out"
+AVAILABLE, AWAY, AFTER_CONTACT_WORK, ON_CONTACT = "available", "away", "after_contact_work", "on_contact"
+# The reason an away without one counts under (no valid reason is empty: schemas/events.py).
+NO_REASON = ""
+# The channel of a queue's figures that come from no contact (staffed, available, away):
+# an agent serves a queue, not a channel of it. No input channel is empty.
+ANY_CHANNEL = ""
+# Counters, in milliseconds: away time also per reason, as AWAY_BY_REASON + reason.
+STAFFED, AVAILABLE_MS, ON_CONTACT_MS, ACW_MS, AWAY_MS = (
+    "staffed_ms", "available_ms", "on_contact_ms", "after_contact_work_ms", "away_ms")
+AWAY_BY_REASON = "away_ms:"
+
+ContactKey = tuple[str, int]  # (interaction_id, segment index)
+# (size_s, window_start_ms, scope, name, channel): scope AGENT (name = agent id, channel
+# ANY_CHANNEL) or QUEUE (name = queue), as ccpulse/core/kpis.py scopes its windows.
+WindowKey = tuple[int, int, str, str, str]
+
+
+class Presence(NamedTuple):
+    """One presence event (``schemas.events.AgentEvent`` without the agent id, as the core
+    keeps it: it imports nothing above itself)."""
+
+    ts: int
+    event_id: str
+    kind: str  # LOGGED_IN | STATE_CHANGED | LOGGED_OUT
+    state: str | None = None
+    reason: str | None = None
+    queues: tuple[str, ...] | None = None
+
+
+class Contact(NamedTuple):
+    """An answered queue segment as its agent saw it."""
+
+    version: int
+    queue: str
+    channel: str
+    answered: int
+    ended: int | None  # None: still open
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What the presence events say at an instant."""
+
+    staffed: bool = False
+    state: str | None = None  # None while not logged in
+    reason: str = NO_REASON
+    queues: tuple[str, ...] = ()
+
+    def then(self, p: Presence) -> "Declared":
+        queues = self.queues if p.queues is None else p.queues  # given: replaces the list
+        if p.kind == LOGGED_OUT:
+            return Declared(False, None, NO_REASON, queues)
+        # A state change implies a login: a platform reports states of logged-in agents
+        # only, and the login may predate what was read (a replay, a retention limit).
+        state = p.state or (AVAILABLE if p.kind == LOGGED_IN else self.state or AVAILABLE)
+        return Declared(True, state, (p.reason or NO_REASON) if state == AWAY else NO_REASON, queues)
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """An agent's whole situation at an instant: what every figure is computed from."""
+
+    declared: Declared
+    open: frozenset[tuple[str, str]]  # (queue, channel) of each open contact
+    follows: tuple[str, str] | None  # (queue, channel) of the contact that ended last
+
+    @property
+    def state(self) -> str | None:
+        """The one state of METRICS.md (None: offline or unknown)."""
+        if self.open:
+            return ON_CONTACT
+        return self.declared.state if self.declared.staffed else None
+
+
+def agent_counters(inst: Instant) -> list[str]:
+    """The counters one agent's instant adds to, on its own windows."""
+    out = [STAFFED] if inst.declared.staffed else []
+    state = inst.state
+    if state == ON_CONTACT:
+        out.append(ON_CONTACT_MS)
+    elif state == AVAILABLE:
+        out.append(AVAILABLE_MS)
+    elif state == AWAY:
+        out += [AWAY_MS, AWAY_BY_REASON + inst.declared.reason]
+    elif state == AFTER_CONTACT_WORK:
+        out.append(ACW_MS)
+    return out
+
+
+def queue_counters(inst: Instant) -> list[tuple[str, str, str]]:
+    """(queue, channel, counter) one agent's instant adds to, with METRICS.md's attribution."""
+    d, state = inst.declared, inst.state
+    served: list[str] = []
+    if d.staffed:
+        served.append(STAFFED)
+    if state == AVAILABLE:
+        served.append(AVAILABLE_MS)
+    elif state == AWAY:
+        served += [AWAY_MS, AWAY_BY_REASON + d.reason]
+    out = [(queue, ANY_CHANNEL, name) for queue in d.queues for name in served]
+    if state == ON_CONTACT:
+        out += [(queue, channel, ON_CONTACT_MS) for queue, channel in sorted(inst.open)]
+    elif state == AFTER_CONTACT_WORK and inst.follows is not None:
+        out.append((inst.follows[0], inst.follows[1], ACW_MS))
+    return out
+
+
+@dataclass
+class Timeline:
+    """One agent: its declared state at the floor, and what follows it."""
+
+    base: Declared = field(default_factory=Declared)
+    # (ts, event_id) of the newest event folded into ``base``: an older one changes nothing
+    marker: tuple[int, str] | None = None
+    events: list[Presence] = field(default_factory=list)  # ordered by (ts, event_id)
+    contacts: dict[ContactKey, Contact] = field(default_factory=dict)
+    removed: dict[ContactKey, tuple[int, int]] = field(default_factory=dict)  # -> (version, answered)
+
+    def has(self, event_id: str) -> bool:
+        return any(p.event_id == event_id for p in self.events)
+
+    def at(self, t: int) -> Instant:
+        declared = self.base
+        for p in self.events:
+            if p.ts > t:
+                break
+            declared = declared.then(p)
+        open_: set[tuple[str, str]] = set()
+        last: tuple[int, ContactKey] | None = None
+        follows = None
+        for key, c in self.contacts.items():
+            if c.answered <= t and (c.ended is None or t < c.ended):
+                open_.add((c.queue, c.channel))
+            if c.ended is not None and c.ended <= t and (last is None or (c.ended, key) > last):
+                last, follows = (c.ended, key), (c.queue, c.channel)
+        return Instant(declared, frozenset(open_), follows)
+
+    def changes(self, a: int, b: int) -> list[int]:
+        """The instants in (a, b) at which the agent's situation may change."""
+        points = {p.ts for p in self.events}
+        for c in self.contacts.values():
+            points.add(c.answered)
+            if c.ended is not None:
+                points.add(c.ended)
+        return sorted(t for t in points if a < t < b)
+
+    def pieces(self, a: int, b: int) -> Iterable[tuple[int, int, Instant]]:
+        """[x0, x1) pieces of [a, b), the situation constant on each."""
+        if a >= b:
+            return
+        bounds = [a, *self.changes(a, b), b]
+        for x0, x1 in zip(bounds, bounds[1:]):
+            yield x0, x1, self.at(x0)
+
+    def insert(self, p: Presence) -> None:
+        order = (p.ts, p.event_id)
+        i = len(self.events)
+        while i and (self.events[i - 1].ts, self.events[i - 1].event_id) > order:
+            i -= 1
+        self.events.insert(i, p)
+
+    def fold(self, floor: int, keep_removed_ms: int) -> None:
+        """Forget what only final windows need: events before ``floor`` go into the base,
+        contacts over before it go, all but the one that ended last (after-contact work).
+        A removal is kept ``keep_removed_ms`` longer: an older upsert of its contact read
+        again later (input delivered again after a crash) would bring it back."""
+        n = 0
+        while n < len(self.events) and self.events[n].ts < floor:
+            self.base = self.base.then(self.events[n])
+            self.marker = (self.events[n].ts, self.events[n].event_id)
+            n += 1
+        del self.events[:n]
+        over = [(c.ended, key) for key, c in self.contacts.items() if c.ended is not None and c.ended <= floor]
+        for _ended, key in sorted(over)[:-1]:
+            del self.contacts[key]
+        for key in [key for key, (_v, answered) in self.removed.items() if answered + keep_removed_ms < floor]:
+            del self.removed[key]
+
+    def to_doc(self) -> dict[str, Any]:
+        """A compact, JSON-able encoding (the changelog value of one agent)."""
+        b = self.base
+        return {"b": [int(b.staffed), b.state, b.reason, list(b.queues)],
+                "m": list(self.marker) if self.marker else None,
+                "e": [[p.ts, p.event_id, p.kind, p.state, p.reason, None if p.queues is None else list(p.queues)]
+                      for p in self.events],
+                "c": [[k[0], k[1], *c] for k, c in self.contacts.items()],
+                "r": [[k[0], k[1], v, a] for k, (v, a) in self.removed.items()]}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Timeline":
+        staffed, state, reason, queues = doc["b"]
+        return cls(Declared(bool(staffed), state, reason, tuple(queues)),
+                   tuple(doc["m"]) if doc["m"] else None,  # type: ignore[arg-type]
+                   [Presence(ts, eid, kind, st, rs, None if qs is None else tuple(qs))
+                    for ts, eid, kind, st, rs, qs in doc["e"]],
+                   {(c[0], c[1]): Contact(*c[2:]) for c in doc["c"]},
+                   {(r[0], r[1]): (r[2], r[3]) for r in doc["r"]})
+
+
+def time_in_state(agent: str, timeline: Timeline, a: int, b: int, windowing: Windowing) -> Counter:
+    """Milliseconds per (window key, counter) of ``agent`` over [a, b), split at every
+    window boundary of every configured size."""
+    out: Counter = Counter()
+    for x0, x1, inst in timeline.pieces(a, b):
+        mine = agent_counters(inst)
+        queues = queue_counters(inst)
+        if not mine and not queues:
+            continue
+        for size in windowing.sizes:
+            start = windowing.start(x0, size)
+            while start < x1:
+                end = windowing.end(size, start)
+                ms = min(x1, end) - max(x0, start)
+                if size >= AGENT_MIN_WINDOW_S:
+                    for name in mine:
+                        out[((size, start, AGENT, agent, ANY_CHANNEL), name)] += ms
+                for queue, channel, name in queues:
+                    out[((size, start, QUEUE, queue, channel), name)] += ms
+                start = end
+    return out
+
+
+def live_counts(instants: Iterable[Instant]) -> dict[tuple[str, str], Counter]:
+    """Agents per (queue, channel) in each state now, with METRICS.md's attribution (the
+    agents themselves, not milliseconds): keys (queue, ANY_CHANNEL) for staffed, available,
+    away and away by reason, (queue, channel) for on contact and after-contact work."""
+    out: dict[tuple[str, str], Counter] = {}
+    for inst in instants:
+        # The same attribution as the windows: one instant's counters, counted once each.
+        for queue, channel, name in set(queue_counters(inst)):
+            out.setdefault((queue, channel), Counter())[name.replace("_ms", "")] += 1
+    return out
+
+
+@dataclass
+class WindowChange:
+    key: WindowKey
+    counters: dict[str, int]  # milliseconds per counter; a copy
+    final: bool
+
+
+class AgentCore:
+    """Every agent of one partition of the agents topic, and their open windows."""
+
+    def __init__(self, windowing: Windowing, lateness_ms: int) -> None:
+        self.windowing = windowing
+        self.lateness_ms = lateness_ms
+        # A removal outlives its windows by a day (or the longest window): input read again
+        # after a crash is one checkpoint's, far less event time even in a full-speed replay.
+        self.keep_removed_ms = max(86_400, *windowing.sizes) * 1000
+        self.agents: dict[str, Timeline] = {}
+        self.now: int | None = None  # event time; None until the first advance
+        self.windows: dict[WindowKey, Counter] = {}  # open windows only
+        self._dirty: set[WindowKey] = set()
+        self._finals: list[WindowChange] = []
+        self.late_events = 0  # presence events in a window already final
+        self.late_ms = 0  # milliseconds a change would have moved in final windows (not applied)
+        self.duplicates = 0
+
+    # -- time -----------------------------------------------------------------
+
+    def floor(self) -> int | None:
+        """The start of the oldest open window: nothing before it can change any figure."""
+        if self.now is None:
+            return None
+        closed = self.now - self.lateness_ms
+        return min(self.windowing.start(closed, size) for size in self.windowing.sizes)
+
+    def is_final(self, size: int, start: int) -> bool:
+        return self.now is not None and self.windowing.end(size, start) <= self.now - self.lateness_ms
+
+    def advance(self, now_ms: int) -> None:
+        """Event time moves to ``now_ms`` (never back): time in the current states
+        accrues, windows past their lateness become final, the rest is folded away."""
+        if self.now is None:
+            self.now = now_ms
+            self._rebuild()
+            return
+        if now_ms <= self.now:
+            return
+        before = self.now
+        for agent, timeline in self.agents.items():
+            self._add(time_in_state(agent, timeline, before, now_ms, self.windowing))
+        self.now = now_ms
+        for key in [k for k in self.windows if self.is_final(k[0], k[1])]:
+            self._finals.append(WindowChange(key, dict(self.windows.pop(key)), True))
+            self._dirty.discard(key)
+        floor = self.floor()
+        for timeline in self.agents.values():
+            timeline.fold(floor, self.keep_removed_ms)  # type: ignore[arg-type]
+
+    # -- input ----------------------------------------------------------------
+
+    def apply(self, agent: str, p: Presence) -> bool:
+        """One presence event; False if it changed nothing (a duplicate, or older than
+        the newest event already folded away, which it could not change)."""
+        timeline = self.agents.setdefault(agent, Timeline())
+        if timeline.has(p.event_id) or (timeline.marker is not None and (p.ts, p.event_id) <= timeline.marker):
+            self.duplicates += 1
+            return False
+        smallest = min(self.windowing.sizes)
+        if self.is_final(smallest, self.windowing.start(p.ts, smallest)):
+            self.late_events += 1
+        floor = self.floor()
+        if floor is not None and p.ts < floor:
+            # Every window of its own instant is final: it acts from the floor on.
+            self._change(agent, timeline, floor, lambda: _fold_late(timeline, p))
+        else:
+            self._change(agent, timeline, p.ts, lambda: timeline.insert(p))
+        return True
+
+    def upsert(self, agent: str, key: ContactKey, contact: Contact) -> bool:
+        """An answered segment of ``agent``; False if its version is not above the held one."""
+        timeline = self.agents.setdefault(agent, Timeline())
+        held = timeline.contacts.get(key)
+        if contact.version <= self._version(timeline, key):
+            self.duplicates += 1
+            return False
+        times = [t for c in (held, contact) if c is not None for t in (c.answered, c.ended) if t is not None]
+
+        def change() -> None:
+            timeline.removed.pop(key, None)
+            timeline.contacts[key] = contact
+
+        self._change(agent, timeline, min(times), change)
+        return True
+
+    def remove(self, agent: str, key: ContactKey, version: int, answered: int) -> bool:
+        """The segment is no longer ``agent``'s (a retraction moved its answer elsewhere).
+        Remembered until the floor passes ``answered``, so an older upsert of it read
+        later (a redelivery) does not bring it back."""
+        timeline = self.agents.setdefault(agent, Timeline())
+        if version <= self._version(timeline, key):
+            self.duplicates += 1
+            return False
+        held = timeline.contacts.get(key)
+
+        def change() -> None:
+            timeline.contacts.pop(key, None)
+            timeline.removed[key] = (version, answered if held is None else min(answered, held.answered))
+
+        self._change(agent, timeline, answered if held is None else min(answered, held.answered), change)
+        return True
+
+    @staticmethod
+    def _version(timeline: Timeline, key: ContactKey) -> int:
+        held, gone = timeline.contacts.get(key), timeline.removed.get(key)
+        return max(held.version if held else -1, gone[0] if gone else -1)
+
+    def _change(self, agent: str, timeline: Timeline, t: int, mutate: Any) -> None:
+        """Apply ``mutate`` to ``timeline``, and to every open window what it changes
+        from ``t`` on: the figures after less the figures before."""
+        if self.now is None:
+            mutate()
+            return
+        lo = max(t, self.floor())  # type: ignore[type-var]
+        if lo >= self.now:
+            mutate()  # in the future of event time: it counts as time gets there
+            return
+        before = time_in_state(agent, timeline, lo, self.now, self.windowing)
+        mutate()
+        after = time_in_state(agent, timeline, lo, self.now, self.windowing)
+        after.subtract(before)
+        self._add(after)
+
+    def _add(self, delta: Counter, late: bool = True) -> None:
+        """``delta`` into the open windows; what falls in a final one is dropped, and
+        counted in ``late_ms`` unless ``late`` is False (a rebuild: sent already)."""
+        for (key, name), ms in delta.items():
+            if not ms:
+                continue
+            if self.is_final(key[0], key[1]):
+                if late:
+                    self.late_ms += abs(ms)
+                continue
+            counters = self.windows.get(key)
+            if counters is None:
+                counters = self.windows[key] = Counter()
+            counters[name] += ms
+            self._dirty.add(key)
+
+    def _rebuild(self) -> None:
+        """Open windows from the timelines (at the first event time, and after a restore)."""
+        self.windows.clear()
+        floor = self.floor()
+        for agent, timeline in self.agents.items():
+            timeline.fold(floor, self.keep_removed_ms)  # type: ignore[arg-type]
+            self._add(time_in_state(agent, timeline, floor, self.now, self.windowing), late=False)  # type: ignore[arg-type]
+        self._dirty = set(self.windows)
+
+    # -- output ---------------------------------------------------------------
+
+    def take(self) -> list[WindowChange]:
+        """Every window that became final, then every open window that changed, since
+        the last call (each once; counters in milliseconds, zero counters left out)."""
+        out, self._finals = self._finals, []
+        for key in sorted(self._dirty):
+            out.append(WindowChange(key, {k: v for k, v in self.windows[key].items() if v}, False))
+        self._dirty.clear()
+        for change in out:
+            change.counters = {k: v for k, v in change.counters.items() if v}
+        return out
+
+    def instant(self, agent: str) -> Instant | None:
+        """``agent``'s situation at event time."""
+        timeline = self.agents.get(agent)
+        if timeline is None or self.now is None:
+            return None
+        return timeline.at(self.now)
+
+    def live(self) -> dict[tuple[str, str], Counter]:
+        """Agents per queue in each state at event time (``live_counts``)."""
+        instants = [self.instant(agent) for agent in self.agents]
+        return live_counts(i for i in instants if i is not None)
+
+    # -- state ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything to restore from, JSON-able: per agent its compact timeline
+        (``Timeline.to_doc``), and event time. Open windows are derived, never stored."""
+        return {"now": self.now, "agents": {a: t.to_doc() for a, t in self.agents.items()}}
+
+    @classmethod
+    def restore(cls, windowing: Windowing, lateness_ms: int, doc: dict[str, Any]) -> "AgentCore":
+        """The core as snapshotted; every open window is taken again as changed (its
+        records are versioned by event time, so one sent twice replaces itself)."""
+        core = cls(windowing, lateness_ms)
+        core.agents = {a: Timeline.from_doc(t) for a, t in doc["agents"].items()}
+        if doc["now"] is not None:
+            core.advance(doc["now"])
+        return core
+
+
+def _fold_late(timeline: Timeline, p: Presence) -> None:
+    """A presence event older than the floor, newer than the marker: into the base."""
+    timeline.base = timeline.base.then(p)
+    timeline.marker = (p.ts, p.event_id)

@@ -1,0 +1,234 @@
+"""ccpulse/core/agents.py: time in state split at window boundaries, METRICS.md's
+attribution per queue, live counts, de-duplication, lateness and folding. Pure: no services."""
+
+from __future__ import annotations
+
+import calendar
+import json
+
+import pytest
+
+from ccpulse.core.agents import (
+    ACW_MS, ANY_CHANNEL, AVAILABLE_MS, AWAY_MS, LOGGED_IN, LOGGED_OUT, ON_CONTACT_MS, STAFFED,
+    STATE_CHANGED, AgentCore, Contact, Presence,
+)
+from ccpulse.core.kpis import AGENT, QUEUE, occupancy, utilization
+from ccpulse.core.windowing import Windowing
+
+SIZES = (60, 900, 3600, 86400)
+LATE = 120_000
+H9 = calendar.timegm((2026, 11, 22, 9, 0, 0)) * 1000  # 09:00:00Z
+
+
+def at(hh: int, mm: int, ss: int = 0) -> int:
+    return calendar.timegm((2026, 11, 22, hh, mm, ss)) * 1000
+
+
+def core(sizes: tuple[int, ...] = SIZES, tz: str = "UTC", day_start: int = 0) -> AgentCore:
+    return AgentCore(Windowing(sizes, tz, day_start), LATE)
+
+
+def figures(c: AgentCore) -> dict:
+    """Every window the core reported, the last report of each."""
+    out: dict = {}
+    for change in c.take():
+        out[change.key] = change.counters
+    return out
+
+
+def login(ts: int, eid: str, *queues: str, state: str | None = None, reason: str | None = None) -> Presence:
+    return Presence(ts, eid, LOGGED_IN, state, reason, tuple(queues))
+
+
+def change(ts: int, eid: str, state: str, reason: str | None = None, queues: tuple[str, ...] | None = None) -> Presence:
+    return Presence(ts, eid, STATE_CHANGED, state, reason, queues)
+
+
+def test_the_boundary_split_of_metrics_md() -> None:
+    # available 08:59:30-09:00:45 adds 30 s to 08:59 and 45 s to 09:00
+    c = core()
+    c.advance(at(8, 59, 0))
+    c.apply("a-1", login(at(8, 59, 30), "e1", "billing"))
+    c.apply("a-1", change(at(9, 0, 45), "e2", "away", "break"))
+    c.advance(at(9, 0, 45))
+    f = figures(c)
+    assert f[(60, at(8, 59), QUEUE, "billing", ANY_CHANNEL)][AVAILABLE_MS] == 30_000
+    assert f[(60, at(9, 0), QUEUE, "billing", ANY_CHANNEL)][AVAILABLE_MS] == 45_000
+    assert f[(900, at(8, 45), AGENT, "a-1", ANY_CHANNEL)][AVAILABLE_MS] == 30_000
+    assert f[(900, at(9, 0), AGENT, "a-1", ANY_CHANNEL)] == {STAFFED: 45_000, AVAILABLE_MS: 45_000}
+    c.advance(at(9, 2, 0))
+    f = figures(c)
+    assert f[(60, at(9, 1), QUEUE, "billing", ANY_CHANNEL)] == {STAFFED: 60_000, AWAY_MS: 60_000,
+                                                                "away_ms:break": 60_000}
+
+
+def test_the_split_follows_the_day_start_and_time_zone() -> None:
+    # Kolkata +05:30, day starting 06:00 local = 00:30Z: 00:29:30Z-00:30:45Z crosses the day.
+    c = core(tz="Asia/Kolkata", day_start=6)
+    c.advance(at(0, 0))
+    c.apply("a-1", login(at(0, 29, 30), "e1", "q"))
+    c.apply("a-1", Presence(at(0, 30, 45), "e2", LOGGED_OUT))
+    c.advance(at(0, 31))
+    f = figures(c)
+    day = [(k, v) for k, v in f.items() if k[0] == 86400 and k[2] == AGENT]
+    assert sorted((k[1], v[STAFFED]) for k, v in day) == [(at(0, 30) - 86_400_000, 30_000), (at(0, 30), 45_000)]
+    # the 1 h windows follow the +05:30 offset: they start at hh:30Z
+    hours = sorted((k[1], v[STAFFED]) for k, v in f.items() if k[0] == 3600 and k[2] == AGENT)
+    assert hours == [(at(23, 30) - 86_400_000, 30_000), (at(0, 30), 45_000)]
+
+
+def test_on_contact_wins_and_counts_for_the_contacts_queue_and_channel() -> None:
+    c = core()
+    c.advance(at(9, 0))
+    c.apply("a-1", login(at(9, 0), "e1", "billing", "sales"))
+    c.upsert("a-1", ("c-1", 0), Contact(1, "support", "voice", at(9, 1), at(9, 3)))
+    c.apply("a-1", change(at(9, 3), "e2", "after_contact_work"))
+    c.apply("a-1", change(at(9, 4), "e3", "available"))
+    c.advance(at(9, 5))
+    hour = {k[3:]: v for k, v in figures(c).items() if k[0] == 3600}
+    assert hour[("a-1", ANY_CHANNEL)] == {STAFFED: 300_000, AVAILABLE_MS: 120_000, ON_CONTACT_MS: 120_000,
+                                         ACW_MS: 60_000}
+    # staffed and available: every queue served; on contact and ACW: the contact's queue x channel
+    for q in ("billing", "sales"):
+        assert hour[(q, ANY_CHANNEL)] == {STAFFED: 300_000, AVAILABLE_MS: 120_000}
+    assert hour[("support", "voice")] == {ON_CONTACT_MS: 120_000, ACW_MS: 60_000}
+
+
+def test_acw_counts_for_the_contact_that_ended_last() -> None:
+    c = core()
+    c.advance(at(9, 0))
+    c.apply("a-1", login(at(9, 0), "e1", "q"))
+    c.upsert("a-1", ("c-1", 0), Contact(1, "billing", "voice", at(9, 0), at(9, 2)))
+    c.upsert("a-1", ("c-2", 0), Contact(1, "sales", "chat", at(9, 1), at(9, 3)))
+    c.apply("a-1", change(at(9, 3), "e2", "after_contact_work"))
+    c.advance(at(9, 4))
+    hour = {k[3:]: v for k, v in figures(c).items() if k[0] == 3600 and k[2] == QUEUE}
+    assert hour[("sales", "chat")] == {ON_CONTACT_MS: 120_000, ACW_MS: 60_000}
+    assert hour[("billing", "voice")] == {ON_CONTACT_MS: 120_000}
+
+
+def test_an_agent_without_presence_events_is_only_on_contact() -> None:
+    c = core()
+    c.advance(at(9, 0))
+    c.upsert("a-9", ("c-1", 0), Contact(1, "billing", "voice", at(9, 0), at(9, 1)))
+    c.advance(at(9, 30))
+    agent = figures(c)[(900, at(9, 0), AGENT, "a-9", ANY_CHANNEL)]
+    assert agent == {ON_CONTACT_MS: 60_000}
+    assert utilization(agent.get(ON_CONTACT_MS, 0), 0, agent.get(STAFFED, 0)) is None
+    assert c.instant("a-9").state is None  # type: ignore[union-attr]
+
+
+def test_occupancy_and_utilization() -> None:
+    assert occupancy(30, 10, 40) == 0.5
+    assert occupancy(0, 0, 0) is None
+    assert utilization(30, 10, 80) == 0.5
+    assert utilization(5, 0, 0) is None
+
+
+def test_out_of_order_within_lateness_equals_in_order_and_duplicates_count_once() -> None:
+    events = [login(at(9, 0), "e1", "q"), change(at(9, 1, 10), "e2", "away", "lunch"),
+              change(at(9, 2, 20), "e3", "available"), Presence(at(9, 3), "e4", LOGGED_OUT)]
+    ordered, shuffled = core(), core()
+    for c, seq in ((ordered, events), (shuffled, [events[2], events[0], events[3], events[2], events[1]])):
+        c.advance(at(9, 0))
+        for i, p in enumerate(seq):
+            c.apply("a-1", p)
+            c.advance(at(9, 0) + 30_000 * (i + 1))
+        c.advance(at(9, 10))
+    assert figures(ordered) == figures(shuffled) != {}
+    assert shuffled.duplicates == 1
+
+
+def test_a_later_contact_version_replaces_and_a_removal_retracts() -> None:
+    c = core()
+    c.advance(at(9, 0))
+    c.apply("a-1", login(at(9, 0), "e1", "q"))
+    c.upsert("a-1", ("c-1", 0), Contact(1, "q", "voice", at(9, 1), None))
+    c.advance(at(9, 2))
+    c.upsert("a-1", ("c-1", 0), Contact(3, "q", "voice", at(9, 1), at(9, 1, 30)))
+    assert not c.upsert("a-1", ("c-1", 0), Contact(2, "q", "voice", at(9, 1), None))  # older: ignored
+    c.advance(at(9, 3))
+    assert figures(c)[(900, at(9, 0), AGENT, "a-1", ANY_CHANNEL)][ON_CONTACT_MS] == 30_000
+    c.remove("a-1", ("c-1", 0), 4, at(9, 1))  # the answer moved to another agent
+    c.advance(at(9, 4))
+    assert ON_CONTACT_MS not in figures(c)[(900, at(9, 0), AGENT, "a-1", ANY_CHANNEL)]
+    assert not c.upsert("a-1", ("c-1", 0), Contact(3, "q", "voice", at(9, 1), at(9, 1, 30)))
+
+
+def test_late_changes_leave_final_windows_alone() -> None:
+    c = core()
+    c.advance(at(9, 0))
+    c.apply("a-1", login(at(9, 0), "e1", "q"))
+    c.advance(at(9, 10))
+    first = figures(c)
+    final_minute = (60, at(9, 5), QUEUE, "q", ANY_CHANNEL)
+    assert first[final_minute] == {STAFFED: 60_000, AVAILABLE_MS: 60_000}
+    c.apply("a-1", Presence(at(9, 5), "e2", LOGGED_OUT))  # 5 min late: its minute is final
+    assert c.late_events == 1 and c.late_ms > 0
+    after = figures(c)
+    assert final_minute not in after  # not sent again
+    assert after[(900, at(9, 0), AGENT, "a-1", ANY_CHANNEL)][STAFFED] == 300_000  # open: corrected
+
+
+def test_final_windows_are_reported_once_and_memory_is_folded() -> None:
+    c = core(sizes=(60, 900))
+    c.advance(at(9, 0))
+    c.apply("a-1", login(at(9, 0), "e1", "q"))
+    for i in range(12):
+        c.apply("a-1", change(at(9, 5 * i + 1), f"s{i}", "away" if i % 2 else "available", "break"))
+        c.upsert("a-1", (f"c-{i}", 0), Contact(1, "q", "voice", at(9, 5 * i + 2), at(9, 5 * i + 3)))
+    c.advance(at(10, 30))
+    changes = c.take()
+    finals = [ch.key for ch in changes if ch.final]
+    assert len(finals) == len(set(finals))
+    timeline = c.agents["a-1"]
+    assert not timeline.events and len(timeline.contacts) == 1  # only the last ended contact stays
+    assert c.instant("a-1").state == "away"  # type: ignore[union-attr]
+    # an event folded away arrives again: nothing changes
+    assert not c.apply("a-1", change(at(9, 1), "s0", "available"))
+
+
+def test_live_counts_per_queue() -> None:
+    c = core()
+    c.advance(at(9, 0))
+    c.apply("a-1", login(at(9, 0), "e1", "billing", "sales"))
+    c.apply("a-2", login(at(9, 0), "e2", "billing", state="away", reason="lunch"))
+    c.apply("a-3", login(at(9, 0), "e3", "billing"))
+    c.upsert("a-3", ("c-1", 0), Contact(1, "billing", "voice", at(9, 1), None))
+    c.apply("a-4", login(at(9, 0), "e4", "sales"))
+    c.upsert("a-4", ("c-2", 0), Contact(1, "sales", "chat", at(9, 1), at(9, 2)))
+    c.apply("a-4", change(at(9, 2), "e5", "after_contact_work"))
+    c.advance(at(9, 3))
+    live = c.live()
+    assert live[("billing", ANY_CHANNEL)] == {"staffed": 3, "available": 1, "away": 1, "away:lunch": 1}
+    assert live[("sales", ANY_CHANNEL)] == {"staffed": 2, "available": 1}
+    assert live[("billing", "voice")] == {"on_contact": 1}
+    assert live[("sales", "chat")] == {"after_contact_work": 1}
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5])
+def test_snapshot_restore_and_the_redelivered_tail_give_the_same_figures(cut: int) -> None:
+    w = Windowing(SIZES)
+    script = [("p", login(at(9, 0), "e1", "q")), ("t", at(9, 1)),
+              ("c", Contact(1, "q", "voice", at(9, 1, 30), None)), ("t", at(9, 2)),
+              ("c", Contact(2, "q", "voice", at(9, 1, 30), at(9, 3))), ("p", change(at(9, 3), "e2", "away", "x")),
+              ("t", at(9, 4)), ("p", Presence(at(9, 5), "e3", LOGGED_OUT)), ("t", at(9, 20))]
+
+    def feed(c: AgentCore, steps: list) -> dict:
+        out: dict = {}
+        for kind, item in steps:
+            if kind == "p":
+                c.apply("a-1", item)
+            elif kind == "c":
+                c.upsert("a-1", ("c-1", 0), item)
+            else:
+                c.advance(item)
+            out.update({ch.key: ch.counters for ch in c.take()})
+        return out
+
+    whole = feed(AgentCore(w, LATE), script)
+    first = AgentCore(w, LATE)
+    seen = feed(first, script[:cut + 2])
+    restored = AgentCore.restore(w, LATE, json.loads(json.dumps(first.snapshot())))
+    seen.update(feed(restored, script[cut:]))
+    assert seen == whole
