@@ -72,3 +72,16 @@ def test_no_source_configured_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("ccpulse connect: no webhook source is configured: set at least one of "
                                   "connect.twilio_auth_token") and done.stderr.count("\n") == 1
+
+
+def test_a_port_out_of_range_is_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCPULSE_")}
+    env.update(CCPULSE_CONFIG=str(tmp_path / "none.toml"), CCPULSE_CONNECT_JIRA_SECRET="jira-secret-1")
+    (tmp_path / "none.toml").write_text("")
+    done = subprocess.run([sys.executable, "-m", "ccpulse.cli", "connect", "http", "--port", "70000"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (1, "ccpulse connect: --port 70000: not a TCP port (1-65535)\n")

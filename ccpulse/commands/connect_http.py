@@ -204,6 +204,8 @@ def run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     s = settings()
     host = args.host or s.connect.http_bind
     port = args.port or s.connect.http_port
+    if not 1 <= port <= 65535:
+        raise CommandError(f"--port {port}: not a TCP port (1-65535)")
     served, left_out = served_sources(s)
     if not served:
         raise CommandError("no webhook source is configured: set at least one of connect.twilio_auth_token, "
