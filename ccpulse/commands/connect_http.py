@@ -31,7 +31,7 @@ from ccpulse.commands.errors import CommandError
 from ccpulse.config import Settings
 from ccpulse.connectors.base import MappingError
 from ccpulse.connectors.registry import SOURCES, WebhookRequest, WebhookSource
-from ccpulse.log_limit import CountedLines
+from ccpulse.log_limit import CountedLines, LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,10 @@ class Receiver:
                                      "having acknowledged them all", ["source"], buckets=ACK_BUCKETS,
                                      registry=self.registry)
         self.kafka_problem: str | None = None
+        # A platform misconfigured or an attacker can repeat these many times a second: summed lines.
         self._refusals = CountedLines(log.warning, "webhook requests refused with 401")
+        self._dead_letters = CountedLines(log.warning, "webhook payloads dead-lettered")
+        self._mapper_errors = LogLimiter(60.0)
 
     def app(self) -> Any:
         from aiohttp import web
@@ -130,7 +133,8 @@ class Receiver:
         except MappingError as exc:
             return await self._dead_letter(source, body, exc.reason, exc.detail)
         except Exception as exc:  # a mapper's bug on some input: dead-lettered, never a 500 retried forever
-            log.exception("%s: the mapper failed on a request (dead-lettered as mapper_error)", source.name)
+            if self._mapper_errors.allow(time.monotonic()) is not None:
+                log.exception("%s: the mapper failed on a request (dead-lettered as mapper_error)", source.name)
             return await self._dead_letter(source, body, "mapper_error", f"{type(exc).__name__}: {exc}"[:300])
         if not mapped:
             return self._answer(source, "ignored", 200)
@@ -152,7 +156,7 @@ class Receiver:
             # Not stored yet: the platform must send it again.
             return self._unavailable(source, exc)
         self.mapping_failures.labels(source.name, reason).inc()
-        log.warning("%s: payload dead-lettered (%s: %s)", source.name, reason, detail[:200])
+        self._dead_letters.note(f"{source.name} {reason}", time.monotonic())
         return self._answer(source, "dead_lettered", 200)
 
     def _unavailable(self, source: WebhookSource, exc: BaseException) -> Any:
@@ -188,6 +192,7 @@ class Receiver:
         while True:
             self.kafka_problem = await diagnose(self.settings.kafka, timeout=HEALTH_PROBE_SECONDS * 2)
             self._refusals.flush(time.monotonic())
+            self._dead_letters.flush(time.monotonic())
             await asyncio.sleep(HEALTH_PROBE_SECONDS)
 
 

@@ -32,7 +32,7 @@ import hmac
 from typing import Any
 
 from ccpulse.connectors.base import Mapped, MappingError, event_id
-from ccpulse.connectors.payload import dig, epoch, ident, rfc3339, same_secret
+from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ident, rfc3339, same_secret
 
 SOURCE = "jira"
 SIGNATURE_HEADER = "X-Hub-Signature"
@@ -59,7 +59,7 @@ def map_event(doc: dict[str, Any], queue_rule: str = "project") -> list[Mapped]:
     if kind not in ("jira:issue_created", "comment_created", "jira:issue_updated"):
         return []
     issue_id = ident(doc, "issue", "id")
-    base: dict[str, Any] = {"interaction_id": f"jira-{issue_id}", "channel": CHANNEL}
+    base: dict[str, Any] = {"interaction_id": checked_id(f"jira-{issue_id}", "issue.id"), "channel": CHANNEL}
     if kind == "jira:issue_created":
         created = dig(doc, "issue", "fields", "created", required=False)
         ev = dict(base, event_id=event_id(SOURCE, issue_id, "created"), type="ticket.created",
@@ -84,7 +84,7 @@ def _comment(doc: dict[str, Any], base: dict[str, Any], issue_id: str) -> Mapped
               occurred_at=rfc3339(created, "comment.created") if created else _sent_at(doc),
               sender="customer" if customer else "agent", public=_public(comment))
     if not customer:
-        ev["agent_id"] = author
+        ev["agent_id"] = checked_name(author, "comment.author.accountId")
     return Mapped("ticket", ev)
 
 
@@ -110,16 +110,18 @@ def _status(doc: dict[str, Any], base: dict[str, Any], issue_id: str) -> list[Ma
 
 def _queue(doc: dict[str, Any], rule: str) -> str:
     fields = dig(doc, "issue", "fields")
+    if not isinstance(fields, dict):
+        raise MappingError("wrong_type", "issue.fields must be an object")
     if rule == "request_type":
         # The request type sits in a custom field whose id differs per site: found by its shape.
         for value in fields.values():
             name = dig(value, "requestType", "name", required=False)
             if isinstance(name, str) and name:
-                return name
+                return checked_name(name, "the request type's name")
     key = dig(fields, "project", "key", required=False)
     if not isinstance(key, str) or not key:
         raise MappingError("missing_field", "issue.fields.project.key is required")
-    return key
+    return checked_name(key, "issue.fields.project.key")
 
 
 def _sent_at(doc: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ccpulse.connectors.base import MappingError
 from ccpulse.core.timestamps import format_ms
-from schemas.events import parse_timestamp_ms
+from schemas.events import MAX_ID_CHARS, name_problem, parse_timestamp_ms
 
 # Atlassian writes offsets without a colon (2026-01-05T08:00:00.000+0000); RFC 3339 has one.
 _COLONLESS_OFFSET = re.compile(r"([+-]\d{2})(\d{2})\Z")
@@ -39,6 +39,26 @@ def ident(doc: Any, *path: str, required: bool = True) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise MappingError("wrong_type", f"{'.'.join(path)} must be a non-empty string or integer")
     return str(value)
+
+
+def checked_id(value: str, where: str) -> str:
+    """An interaction id as the pipeline accepts it (1-128 characters), else ``MappingError``."""
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise MappingError("invalid_value", f"{where} must be 1-{MAX_ID_CHARS} characters")
+    return value
+
+
+def checked_name(value: str, where: str) -> str:
+    """A queue or agent name as the pipeline accepts it (README "Names"), else ``MappingError``.
+
+    Refused here rather than by the pipeline, so the dead letter holds the platform's own
+    payload, under the connector's name, instead of the event made from it.
+    """
+    checked_id(value, where)
+    problem = name_problem(value)
+    if problem is not None:
+        raise MappingError("invalid_value", f"{where} {value[:64]!r} {problem}")
+    return value
 
 
 def rfc3339(text: Any, where: str) -> str:

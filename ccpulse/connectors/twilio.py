@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from ccpulse.connectors.base import Family, Mapped, MappingError, event_id
-from ccpulse.connectors.payload import epoch, same_secret
+from ccpulse.connectors.payload import checked_id, checked_name, epoch, same_secret
 
 SOURCE = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -105,7 +105,7 @@ def map_callback(params: Mapping[str, str]) -> list[Mapped]:
         return [_worker_activity(params)]
     if event_type not in _CONTACT_EVENTS:
         return []
-    task = _required(params, "TaskSid")
+    task = checked_id(_required(params, "TaskSid"), "TaskSid")
     family = _family(params)
     at = _occurred_at(params)
     base: dict[str, Any] = {"occurred_at": at, "interaction_id": task}
@@ -117,7 +117,7 @@ def map_callback(params: Mapping[str, str]) -> list[Mapped]:
             doc["customer_id"] = customer
     elif event_type == "reservation.accepted":
         doc = dict(base, event_id=event_id(SOURCE, task, "accepted", params.get("ReservationSid", "")),
-                   type=f"{family}.answered", agent_id=_required(params, "WorkerSid"))
+                   type=f"{family}.answered", agent_id=checked_name(_required(params, "WorkerSid"), "WorkerSid"))
     elif event_type == "task.canceled":
         doc = dict(base, event_id=event_id(SOURCE, task, "canceled"), type=f"{family}.abandoned")
         reason = params.get("TaskCanceledReason")
@@ -133,7 +133,7 @@ def map_callback(params: Mapping[str, str]) -> list[Mapped]:
 
 
 def _worker_activity(params: Mapping[str, str]) -> Mapped:
-    worker = _required(params, "WorkerSid")
+    worker = checked_name(_required(params, "WorkerSid"), "WorkerSid")
     activity = _required(params, "WorkerActivityName")
     at = _occurred_at(params)
     # The activity SID and the time tell two updates of one worker apart; a retry repeats both.
@@ -167,7 +167,9 @@ def _family(params: Mapping[str, str]) -> Family:
 
 
 def _queue(params: Mapping[str, str]) -> str:
-    return params.get("TaskQueueName") or _required(params, "TaskQueueSid")
+    if params.get("TaskQueueName"):
+        return checked_name(params["TaskQueueName"], "TaskQueueName")
+    return checked_name(_required(params, "TaskQueueSid"), "TaskQueueSid")
 
 
 def _attributes(params: Mapping[str, str]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import hmac
 from typing import Any
 
 from ccpulse.connectors.base import Mapped, MappingError, event_id
-from ccpulse.connectors.payload import dig, ident, rfc3339, same_secret
+from ccpulse.connectors.payload import checked_id, checked_name, dig, ident, rfc3339, same_secret
 from schemas.events import parse_timestamp_ms
 
 SOURCE = "zendesk"
@@ -81,7 +81,7 @@ def map_event(doc: dict[str, Any], agent_channel: str = "support") -> list[Mappe
     if kind not in ("ticket.created", "ticket.comment_added", "ticket.status_changed"):
         return []
     ticket = ident(doc, "detail", "id")
-    interaction = f"zendesk-{ticket}"
+    interaction = checked_id(f"zendesk-{ticket}", "detail.id")
     at = rfc3339(dig(doc, "time"), "time")
     base: dict[str, Any] = {"occurred_at": at, "interaction_id": interaction}
     channel = _channel(doc)
@@ -89,7 +89,8 @@ def map_event(doc: dict[str, Any], agent_channel: str = "support") -> list[Mappe
         base["channel"] = channel
     if kind == "ticket.created":
         ev = dict(base, event_id=event_id(SOURCE, ticket, "created"), type="ticket.created",
-                  queue=ident(doc, "detail", "group_id", required=False) or "unassigned")
+                  queue=checked_name(ident(doc, "detail", "group_id", required=False) or "unassigned",
+                                     "detail.group_id"))
         requester = ident(doc, "detail", "requester_id", required=False)
         if requester:
             ev["customer_id"] = requester
@@ -117,7 +118,7 @@ def _comment(doc: dict[str, Any], base: dict[str, Any], ticket: str) -> list[Map
     ev = dict(base, event_id=event_id(SOURCE, ticket, "comment", ident(comment, "id")), type="ticket.replied",
               sender="agent" if agent else "customer", public=public is not False)
     if agent:
-        ev["agent_id"] = author
+        ev["agent_id"] = checked_name(author, "event.comment.author.id")
     return [Mapped("ticket", ev)]
 
 
@@ -140,7 +141,7 @@ def _status(doc: dict[str, Any], base: dict[str, Any], ticket: str) -> list[Mapp
 def _agent_state(doc: dict[str, Any], agent_channel: str) -> list[Mapped]:
     if dig(doc, "event", "channel", required=False) != agent_channel:
         return []
-    agent = ident(doc, "detail", "agent_id")
+    agent = checked_name(ident(doc, "detail", "agent_id") or "", "detail.agent_id")
     new = str(dig(doc, "event", "new_state")).lower()
     at = rfc3339(dig(doc, "event", "updated_at", required=False) or dig(doc, "time"), "event.updated_at")
     states = {"online": "available", "away": "away"}
