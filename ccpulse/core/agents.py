@@ -153,7 +153,8 @@ class Timeline:
     marker: tuple[int, str] | None = None
     events: list[Presence] = field(default_factory=list)  # ordered by (ts, event_id)
     contacts: dict[ContactKey, Contact] = field(default_factory=dict)
-    removed: dict[ContactKey, tuple[int, int]] = field(default_factory=dict)  # -> (version, answered)
+    # Contacts removed or folded away -> (version, answered): newer versions only, from now on
+    removed: dict[ContactKey, tuple[int, int]] = field(default_factory=dict)
 
     def has(self, event_id: str) -> bool:
         return any(p.event_id == event_id for p in self.events)
@@ -201,8 +202,9 @@ class Timeline:
     def fold(self, floor: int, keep_removed_ms: int) -> None:
         """Forget what only final windows need: events before ``floor`` go into the base,
         contacts over before it go, all but the one that ended last (after-contact work).
-        A removal is kept ``keep_removed_ms`` longer: an older upsert of its contact read
-        again later (input delivered again after a crash) would bring it back."""
+        A removed or dropped contact's version is kept ``keep_removed_ms`` longer: an older
+        upsert of it read again later (input delivered again after a crash) would bring
+        it back."""
         n = 0
         while n < len(self.events) and self.events[n].ts < floor:
             self.base = self.base.then(self.events[n])
@@ -211,7 +213,10 @@ class Timeline:
         del self.events[:n]
         over = [(c.ended, key) for key, c in self.contacts.items() if c.ended is not None and c.ended <= floor]
         for _ended, key in sorted(over)[:-1]:
-            del self.contacts[key]
+            # Its version stays (as a removal's does): an older upsert of it read again
+            # must not bring it back.
+            gone = self.contacts.pop(key)
+            self.removed[key] = (gone.version, gone.answered)
         for key in [key for key, (_v, answered) in self.removed.items() if answered + keep_removed_ms < floor]:
             del self.removed[key]
 
@@ -313,7 +318,7 @@ class AgentCore:
         accrues, windows past their lateness become final, the rest is folded away."""
         if self.now is None:
             self.now = now_ms
-            self._rebuild()
+            self._rebuild(restored=False)
             return
         if now_ms <= self.now:
             return
@@ -418,13 +423,22 @@ class AgentCore:
             counters[name] += ms
             self._dirty.add(key)
 
-    def _rebuild(self) -> None:
-        """Open windows from the timelines (at the first event time, and after a restore)."""
+    def _rebuild(self, restored: bool) -> None:
+        """Open windows from the timelines, at the first event time: also the windows
+        already final then, sent final once, unless ``restored`` (they were sent before
+        the snapshot was written)."""
         self.windows.clear()
         floor = self.floor()
+        closed: dict[WindowKey, Counter] = {}
         for agent, timeline in self.agents.items():
             timeline.fold(floor, self.keep_removed_ms)  # type: ignore[arg-type]
-            self._add(time_in_state(agent, timeline, floor, self.now, self.windowing), late=False)  # type: ignore[arg-type]
+            counted = time_in_state(agent, timeline, floor, self.now, self.windowing)  # type: ignore[arg-type]
+            if not restored:
+                for (key, name), ms in counted.items():
+                    if ms and self.is_final(key[0], key[1]):
+                        closed.setdefault(key, Counter())[name] += ms
+            self._add(counted, late=False)
+        self._finals += [WindowChange(key, dict(c), True) for key, c in sorted(closed.items())]
         self._dirty = set(self.windows)
 
     # -- output ---------------------------------------------------------------
@@ -439,6 +453,10 @@ class AgentCore:
         for change in out:
             change.counters = {k: v for k, v in change.counters.items() if v}
         return out
+
+    def mark_queue(self, queue: str) -> None:
+        """Take every open window of ``queue`` again as changed (its records' keys changed)."""
+        self._dirty.update(key for key in self.windows if key[2] == QUEUE and key[3] == queue)
 
     def instant(self, agent: str) -> Instant | None:
         """``agent``'s situation at event time."""
@@ -466,7 +484,8 @@ class AgentCore:
         core = cls(windowing, lateness_ms)
         core.agents = {a: Timeline.from_doc(t) for a, t in doc["agents"].items()}
         if doc["now"] is not None:
-            core.advance(doc["now"])
+            core.now = doc["now"]
+            core._rebuild(restored=True)
         return core
 
 

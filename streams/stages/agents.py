@@ -1,0 +1,306 @@
+"""The agent stage: agent presence joined with contacts, per partition (docs/agents.md).
+
+It reads two co-partitioned topics, both keyed by ``agent_id``:
+
+- ``agents``: presence events (EVENTS.md "Agents"), decoded with ``decode_agent``; a
+  refused one is dead-lettered with its reason. One not keyed by its agent id, or not on
+  that key's partition, is forwarded to ``<app>-agent-facts`` keyed by it (as the
+  pipeline forwards to ``<app>-rekey``), so every fact of an agent meets on one partition.
+- ``<app>-agent-facts``: what the pipeline says about agents (``contact_fact`` /
+  ``removal_fact``: one versioned upsert per answered segment, sent when it is answered,
+  ended or retracted), forwarded presence events, and clocks (``clock_fact``: input
+  partitions' event time, every partition's own sources, as the pipeline's clocks).
+
+Event time is the slowest active source among all the clocks read, once every expected
+source (each partition of the input topics and of ``agents``) has reported: no window
+closes while a pipeline partition may still send a contact for it.
+
+One ``AgentCore`` (ccpulse/core/agents.py) per partition holds the timelines. ``on_batch``
+and ``on_tick`` return an ``AgentOutput``: the changed agents (one table entry each,
+``Timeline.to_doc``), the partition record (event time, sources, queue channels), and a
+partial per changed window for the merge stage, versioned by event time (a final one is
+sent after every open one of its window, also after a restore). No Faust here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, MutableMapping
+
+import orjson
+
+from ccpulse.config import Settings
+from ccpulse.core.agents import ANY_CHANNEL, AgentCore, Contact, Presence, Timeline, WindowChange, WindowKey
+from ccpulse.core.kpis import QUEUE
+from ccpulse.core.watermark import InputWatermarks, low_watermark
+from ccpulse.core.windowing import Windowing
+from schemas.events import AgentEvent, Rejection, decode_agent
+from schemas.records import dead_letter, window_record_key
+from streams.stages.io import Consumed, Failure, Message, TablePut
+from streams.stages.pipeline import key_partition
+from streams.stages.validation import FAMILIES, processing_error
+
+STAGE = "agents"
+# The fields of an <app>-agent-facts message: exactly one per message.
+CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
+# With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
+CHANNELS_FIELD = "channels"
+
+
+def contact_fact(agent: str, interaction_id: str, segment: int, contact: Contact) -> Message:
+    """The pipeline's upsert of one answered segment, keyed by its agent."""
+    return Message(agent.encode(), orjson.dumps({CONTACT_FIELD: [agent, interaction_id, segment, *contact]}))
+
+
+def removal_fact(agent: str, interaction_id: str, segment: int, version: int, answered: int) -> Message:
+    """The segment is no longer ``agent``'s (its answer moved to another agent)."""
+    return Message(agent.encode(), orjson.dumps({REMOVED_FIELD: [agent, interaction_id, segment, version, answered]}))
+
+
+def clock_fact(report: dict[str, list], channels: dict[str, list[str]] | None = None) -> Message:
+    """Sources' event time ({source: [newest, idle]}), for EVERY partition of the topic."""
+    doc: dict[str, Any] = {CLOCK_FIELD: report}
+    if channels:
+        doc[CHANNELS_FIELD] = channels
+    return Message(None, orjson.dumps(doc))
+
+
+@dataclass
+class AgentOutput:
+    """What must be written before the records behind it are acknowledged, in this order."""
+
+    forwards: list[Message] = field(default_factory=list)  # -> <app>-agent-facts
+    dead_letters: list[Message] = field(default_factory=list)  # -> events.dead-letter
+    agents: list[TablePut] = field(default_factory=list)  # agent -> {"p", "t"}, each changed agent once
+    records: list[TablePut] = field(default_factory=list)  # str(partition) -> its record
+    partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
+    clocks: list[Message] = field(default_factory=list)  # -> EVERY partition of <app>-agent-facts
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class _Partition:
+    core: AgentCore
+    own: InputWatermarks  # this partition of `agents`, as a source of event time
+    sources: dict[str, list] = field(default_factory=dict)  # every clock read: source -> [newest, idle]
+    channels: dict[str, set[str]] = field(default_factory=dict)  # queue -> channels seen
+    changed: set[str] = field(default_factory=set)  # agents changed since the last output
+    touched: bool = False
+
+
+class AgentStage:
+    def __init__(self, settings: Settings, facts_topic: str,
+                 agents: MutableMapping[str, dict[str, Any] | None],
+                 records: MutableMapping[str, dict[str, Any] | None]) -> None:
+        """``agents``, ``records``: the agent table's and the partition records' data."""
+        w = settings.windows
+        self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
+        self.lateness_ms = int(w.allowed_lateness_seconds * 1000)
+        self.idle_ms = int(w.source_idle_seconds * 1000)
+        self.max_future_ms = int(settings.max_future_seconds * 1000)
+        self.partitions = settings.kafka.partitions
+        self.agents_topic = settings.topics.name("agents")
+        self.facts_topic = facts_topic
+        # Event time waits for every partition of the contact topics and of `agents`.
+        inputs = [settings.topics.name(attr) for attr in FAMILIES] + [self.agents_topic]
+        self.expected = frozenset(f"{t}/{p}" for t in inputs for p in range(self.partitions))
+        self.table = agents
+        self.records = records
+        self.parts: dict[int, _Partition] = {}
+
+    # -- partitions -------------------------------------------------------------
+
+    def assign(self, partition: int) -> AgentCore:
+        """Own ``partition``: its core rebuilt from the tables (windows are derived)."""
+        stored = self.records.get(str(partition)) or {}
+        core = AgentCore.restore(self.windowing, self.lateness_ms, {
+            "now": stored.get("now"),
+            "agents": {a: e["t"] for a, e in list(self.table.items()) if e is not None and e["p"] == partition}})
+        self.parts[partition] = _Partition(
+            core, InputWatermarks(self.idle_ms), dict(stored.get("sources", {})),
+            {q: set(chs) for q, chs in stored.get("channels", {}).items()})
+        return core
+
+    def revoke(self, partition: int) -> None:
+        self.parts.pop(partition, None)
+
+    def _part(self, partition: int) -> _Partition:
+        part = self.parts.get(partition)
+        if part is None:
+            self.assign(partition)
+            part = self.parts[partition]
+        return part
+
+    # -- input ----------------------------------------------------------------
+
+    def on_batch(self, records: Iterable[Consumed], now_ms: int) -> AgentOutput:
+        """Records of ``agents`` and ``<app>-agent-facts``, each partition's in offset order.
+        ``now_ms``: the wall clock (the future bound of EVENTS.md, idle sources)."""
+        out = AgentOutput()
+        for record in records:
+            try:
+                self._one(record, now_ms, out)
+            except Exception as exc:  # one record's failure costs that record only (issue 14)
+                out.failures.append(Failure(record.message, exc))
+                out.dead_letters.append(Message(None, dead_letter(
+                    record.value if isinstance(record.value, bytes) else None,
+                    processing_error(STAGE, exc), record.topic, record.partition, record.offset, now_ms)))
+        return self._output(out, now_ms)
+
+    def _one(self, record: Consumed, now_ms: int, out: AgentOutput) -> None:
+        part = self._part(record.partition)
+        if record.topic == self.agents_topic:
+            self._presence(part, record, record.value, (record.topic, record.partition, record.offset),
+                           now_ms, out, forwarded=False)
+            return
+        doc = orjson.loads(record.value)
+        if CLOCK_FIELD in doc:
+            for source, (ts, idle) in doc[CLOCK_FIELD].items():
+                held = part.sources.get(source)
+                part.sources[source] = [max(ts, held[0]) if held else ts, bool(idle)]
+            for queue, channels in doc.get(CHANNELS_FIELD, {}).items():
+                self._channels(part, queue, channels)
+            part.touched = True
+        elif CONTACT_FIELD in doc:
+            agent, iid, seg, *rest = doc[CONTACT_FIELD]
+            contact = Contact(*rest)
+            self._channels(part, contact.queue, [contact.channel])
+            if part.core.upsert(agent, (iid, seg), contact):
+                part.changed.add(agent)
+        elif REMOVED_FIELD in doc:
+            agent, iid, seg, version, answered = doc[REMOVED_FIELD]
+            if part.core.remove(agent, (iid, seg), version, answered):
+                part.changed.add(agent)
+        elif PRESENCE_FIELD in doc:
+            source = doc[PRESENCE_FIELD]["source"]
+            self._presence(part, record, doc[PRESENCE_FIELD]["payload"].encode(), tuple(source),  # type: ignore[arg-type]
+                           now_ms, out, forwarded=True)
+        else:
+            raise ValueError(f"an {self.facts_topic} message needs one of {CONTACT_FIELD}, {REMOVED_FIELD}, "
+                             f"{PRESENCE_FIELD}, {CLOCK_FIELD}")
+
+    def _presence(self, part: _Partition, record: Consumed, raw: bytes, origin: tuple[str, int, int],
+                  now_ms: int, out: AgentOutput, forwarded: bool) -> None:
+        event = decode_agent(raw, now_ms, self.max_future_ms)
+        if isinstance(event, Rejection):
+            out.dead_letters.append(Message(record.message.key if record.message is not None else None,
+                                            dead_letter(raw, event, *origin, now_ms)))
+            return
+        if not forwarded:
+            part.own.seen(f"{record.topic}/{record.partition}", event.occurred_at_ms, now_ms)
+            key = event.agent_id.encode()
+            given = getattr(record.message, "key", key) if record.message is not None else key
+            if given != key or key_partition(key, self.partitions) != record.partition:
+                out.forwards.append(Message(key, orjson.dumps(
+                    {PRESENCE_FIELD: {"source": list(origin), "payload": raw.decode("utf-8")}})))
+                return
+        if part.core.apply(event.agent_id, presence(event)):
+            part.changed.add(event.agent_id)
+
+    def _channels(self, part: _Partition, queue: str, channels: Iterable[str]) -> None:
+        known = part.channels.setdefault(queue, set())
+        new = set(channels) - known
+        if new:
+            known |= new
+            part.touched = True
+            # Open windows of the queue go out again, on the new channel too.
+            part.core.mark_queue(queue)
+
+    # -- time -----------------------------------------------------------------
+
+    def on_tick(self, now_ms: int) -> AgentOutput:
+        """The wall clock: own sources' idleness, and event time from every clock read."""
+        return self._output(AgentOutput(), now_ms)
+
+    def event_time(self, partition: int) -> int | None:
+        """The slowest active source of ``partition``'s clocks, once every expected one reported."""
+        part = self.parts[partition]
+        if not self.expected <= part.sources.keys():
+            return None
+        values = [v for v in part.sources.values() if v[0] >= 0]
+        return low_watermark(values) if values else None
+
+    # -- output ---------------------------------------------------------------
+
+    def _output(self, out: AgentOutput, now_ms: int) -> AgentOutput:
+        for partition, part in self.parts.items():
+            report = part.own.report(now_ms)
+            if report is not None:
+                out.clocks.append(clock_fact(report))
+            event_time = self.event_time(partition)
+            if event_time is not None and (part.core.now is None or event_time > part.core.now):
+                part.core.advance(event_time)
+                part.touched = True
+            out.partials += self._partials(partition, part, part.core.take())
+            for agent in sorted(part.changed):
+                out.agents.append(TablePut(partition, agent, {"p": partition, "t": part.core.agents[agent].to_doc()}))
+            part.changed.clear()
+            if part.touched:
+                out.records.append(TablePut(partition, str(partition), self.record(partition)))
+                part.touched = False
+        for put in out.agents:
+            self.table[put.key] = put.value
+        for put in out.records:
+            self.records[put.key] = put.value
+        return out
+
+    def record(self, partition: int) -> dict[str, Any]:
+        part = self.parts[partition]
+        return {"now": part.core.now, "sources": dict(part.sources),
+                "channels": {q: sorted(chs) for q, chs in part.channels.items()}}
+
+    def _partials(self, partition: int, part: _Partition, changes: list[WindowChange]) -> list[Message]:
+        """One partial per changed record key. An agent serves a queue, not one of its
+        channels: a queue's staffed, available and away time go on its record of every
+        channel it is known on (on ANY_CHANNEL while none is), each with that channel's
+        own on-contact and after-contact-work time: one partial holds both, since a
+        partial replaces the source's previous one of its key."""
+        changed = {change.key: change for change in changes}
+
+        def counters(key: WindowKey) -> dict[str, int]:
+            change = changed.get(key)
+            held = change.counters if change is not None else part.core.windows.get(key, {})
+            return {k: v for k, v in held.items() if v}
+
+        outputs: dict[WindowKey, bool] = {}  # record key -> final
+        for change in changes:
+            size, start, scope, name, channel = change.key
+            if scope == QUEUE and channel == ANY_CHANNEL:
+                for ch in sorted(part.channels.get(name, ())) or [ANY_CHANNEL]:
+                    outputs[(size, start, scope, name, ch)] = change.final
+            else:
+                outputs[change.key] = change.final
+        now = part.core.now or 0
+        out = []
+        for key, final in outputs.items():
+            size, start, scope, name, channel = key
+            counts = counters(key)
+            if scope == QUEUE and channel != ANY_CHANNEL:
+                counts.update(counters((size, start, scope, name, ANY_CHANNEL)))
+            out.append(Message(window_record_key(key).encode(), {
+                "kind": "window", "key": list(key), "partition": f"agents-{partition}", "version": now,
+                "final": final, "watermark": now, "end": self.windowing.end(size, start),
+                "agg": {"counts": counts, "tops": {}}}))
+        return out
+
+    # -- state ----------------------------------------------------------------
+
+    def snapshot(self, partition: int) -> dict[str, Any]:
+        """Everything ``restore`` needs: the partition record and every agent's timeline."""
+        part = self.parts[partition]
+        return {"record": self.record(partition),
+                "agents": {a: t.to_doc() for a, t in part.core.agents.items()}}
+
+    def restore(self, partition: int, snap: dict[str, Any]) -> None:
+        self.records[str(partition)] = snap["record"]
+        for agent, doc in snap["agents"].items():
+            self.table[agent] = {"p": partition, "t": doc}
+        self.assign(partition)
+
+
+def presence(event: AgentEvent) -> Presence:
+    kind = event.type.split(".", 1)[1]
+    return Presence(event.occurred_at_ms, event.event_id, kind, event.state, event.reason, event.queues)
+
+
+__all__ = ["AgentStage", "AgentOutput", "Timeline", "contact_fact", "removal_fact", "clock_fact", "presence"]

@@ -1,0 +1,157 @@
+"""streams/stages/agents.py without a broker: presence and contact facts in, per-window
+partials and table entries out; event time from every expected source's clock; bad
+input dead-lettered; keyless presence forwarded; only changed windows sent; a restore
+sends the same figures."""
+
+from __future__ import annotations
+
+import calendar
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from ccpulse.config import Settings, WindowSettings
+from ccpulse.core.agents import Contact
+from streams.stages.agents import AgentStage, clock_fact, contact_fact
+from streams.stages.io import Consumed
+from streams.stages.pipeline import key_partition
+
+FACTS = "app-agent-facts"
+PARTITIONS = 2
+
+
+def at(hh: int, mm: int, ss: int = 0) -> int:
+    return calendar.timegm((2026, 11, 22, hh, mm, ss)) * 1000
+
+
+WALL = at(10, 0)
+
+
+@dataclass
+class Msg:
+    key: bytes | None
+
+
+def settings() -> Settings:
+    base = Settings()
+    return replace(base, kafka=replace(base.kafka, partitions=PARTITIONS),
+                   windows=replace(WindowSettings(), sizes=(60, 900), allowed_lateness_seconds=60))
+
+
+AGENT = next(f"a-{i}" for i in range(100) if key_partition(f"a-{i}".encode(), PARTITIONS) == 0)
+OTHER = next(f"a-{i}" for i in range(100) if key_partition(f"a-{i}".encode(), PARTITIONS) == 1)
+
+
+def presence(eid: str, etype: str, ts: int, agent: str = AGENT, **extra: Any) -> bytes:
+    doc = {"event_id": eid, "type": etype, "occurred_at": f"2026-11-22T{ts // 1000 % 86400 // 3600:02d}:"
+           f"{ts // 60000 % 60:02d}:{ts // 1000 % 60:02d}Z", "agent_id": agent, **extra}
+    return orjson.dumps(doc)
+
+
+def on_agents(value: bytes, offset: int, partition: int = 0, key: bytes | None = None) -> Consumed:
+    return Consumed("agents", partition, offset, value, Msg(AGENT.encode() if key is None else key))
+
+
+def on_facts(value: bytes, offset: int, partition: int = 0) -> Consumed:
+    return Consumed(FACTS, partition, offset, value, Msg(None))
+
+
+def clocks(ts: int, offset: int = 0, partition: int = 0) -> Consumed:
+    report = {f"{t}/{p}": [ts, False] for t in ("calls", "chats", "tickets", "agents") for p in range(PARTITIONS)}
+    return on_facts(clock_fact(report).value, offset, partition)
+
+
+def stage() -> tuple[AgentStage, dict, dict]:
+    table: dict = {}
+    records: dict = {}
+    return AgentStage(settings(), FACTS, table, records), table, records
+
+
+def partials(out: Any) -> dict[tuple, dict]:
+    return {tuple(m.value["key"]): m.value for m in out.partials}
+
+
+def test_presence_and_contacts_make_window_partials_once_event_time_allows() -> None:
+    s, table, records = stage()
+    out = s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+                      on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "voice", at(9, 1), at(9, 3))).value, 0)],
+                     WALL)
+    assert not out.partials  # no clock yet: event time unknown
+    assert table[AGENT]["p"] == 0 and [p.key for p in out.agents] == [AGENT]
+    out = s.on_batch([clocks(at(9, 5), 1)], WALL)
+    got = partials(out)
+    queue = got[(900, at(9, 0), "q", "billing", "voice")]
+    assert queue["agg"]["counts"] == {"staffed_ms": 300_000, "available_ms": 180_000, "on_contact_ms": 120_000}
+    assert queue["partition"] == "agents-0" and queue["version"] == at(9, 5) and not queue["final"]
+    assert got[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"]["staffed_ms"] == 300_000
+    assert got[(60, at(9, 2), "q", "billing", "voice")]["final"]  # 09:03 + 60 s lateness <= 09:05
+    assert records["0"]["now"] == at(9, 5)
+    # nothing changed, event time did not move: nothing sent again
+    assert not s.on_tick(WALL + 1000).partials
+
+
+def test_event_time_waits_for_every_expected_source() -> None:
+    s, _t, _r = stage()
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0)], WALL)
+    partial = {"calls/0": [at(9, 5), False]}
+    out = s.on_batch([on_facts(clock_fact(partial).value, 0)], WALL)
+    assert not out.partials and s.event_time(0) is None
+
+
+def test_bad_presence_is_dead_lettered_and_the_rest_applied() -> None:
+    s, table, _r = stage()
+    out = s.on_batch([on_agents(b"not json", 0),
+                      on_agents(presence("e1", "agent.state_changed", at(9, 0), state="busy"), 1),
+                      on_agents(presence("e2", "agent.logged_in", at(9, 0), queues=["q"]), 2),
+                      on_facts(b'{"what": 1}', 0)], WALL)
+    reasons = [m.value["reason"] for m in out.dead_letters]
+    assert reasons == ["not_json", "invalid_value", "processing_error"]
+    assert [m.value["offset"] for m in out.dead_letters] == [0, 1, 0]
+    assert len(out.failures) == 1 and AGENT in table
+
+
+def test_presence_on_the_wrong_partition_is_forwarded_and_applied_where_its_agent_lives() -> None:
+    s, table, _r = stage()
+    out = s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), agent=OTHER, queues=["q"]), 7,
+                                partition=0, key=None)], WALL)
+    assert OTHER not in table and len(out.forwards) == 1 and out.forwards[0].key == OTHER.encode()
+    out = s.on_batch([on_facts(out.forwards[0].value, 0, partition=1)], WALL)
+    assert table[OTHER]["p"] == 1
+
+
+def test_a_queue_on_two_channels_gets_its_staffed_time_on_both_records() -> None:
+    s, _t, _r = stage()
+    out = s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+                      on_facts(clock_fact({}, {"billing": ["voice", "chat"]}).value, 0),
+                      on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "chat", at(9, 1), at(9, 2))).value, 1),
+                      clocks(at(9, 4), 2)], WALL)
+    got = partials(out)
+    assert got[(900, at(9, 0), "q", "billing", "chat")]["agg"]["counts"] == {
+        "staffed_ms": 240_000, "available_ms": 180_000, "on_contact_ms": 60_000}
+    assert got[(900, at(9, 0), "q", "billing", "voice")]["agg"]["counts"] == {
+        "staffed_ms": 240_000, "available_ms": 180_000}
+
+
+def test_a_restore_sends_the_same_figures_and_later_the_same_finals() -> None:
+    script = [on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0),
+              clocks(at(9, 3), 0),
+              on_agents(presence("e2", "agent.state_changed", at(9, 3), state="away", reason="lunch"), 1),
+              clocks(at(9, 20), 1)]
+    whole, _t, _r = stage()
+    expected: dict = {}
+    for record in script:
+        expected.update(partials(whole.on_batch([record], WALL)))
+    first, table, records = stage()
+    seen: dict = {}
+    for record in script[:3]:
+        seen.update(partials(first.on_batch([record], WALL)))
+    snap = json.loads(json.dumps(first.snapshot(0)))
+    again, _t2, _r2 = stage()
+    again.restore(0, snap)
+    for record in script[2:]:  # the last record read again, then the rest
+        seen.update(partials(again.on_batch([record], WALL)))
+    assert {k: (v["agg"], v["final"]) for k, v in seen.items()} == {
+        k: (v["agg"], v["final"]) for k, v in expected.items()}
+    assert seen[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"]["away_ms:lunch"] == 12 * 60_000
