@@ -189,3 +189,40 @@ def test_every_fixture_maps_without_error_and_every_event_is_valid() -> None:
     assert len(names) >= 15
     for name in names:
         assert_valid(map_record(fixture(name)))
+
+
+def mutations(doc: Any) -> Any:
+    """Every copy of ``doc`` with one value (at any depth) replaced by a value of another shape."""
+    odd = (None, 0, -1, 1e300, True, "", "x|y", "\u200b", [], {}, ["a"], {"a": 1})
+
+    def walk(node: Any, replace: Any) -> Any:
+        if isinstance(node, dict):
+            for k in list(node):
+                for value in odd:
+                    yield replace(dict(node, **{k: value}))
+                yield from walk(node[k], lambda sub, k=k: replace(dict(node, **{k: sub})))
+        elif isinstance(node, list):
+            for i in range(len(node)):
+                yield from walk(node[i], lambda sub, i=i: replace(node[:i] + [sub] + node[i + 1:]))
+
+    yield from walk(doc, lambda whole: whole)
+
+
+def assert_maps_or_refuses(map_record: Any, docs: Sequence[dict[str, Any]]) -> int:
+    """Whatever a payload holds, the mapper returns valid events or raises ``MappingError``: never
+    another exception, never an event the pipeline would dead-letter."""
+    n = 0
+    for doc in docs:
+        for changed in mutations(doc):
+            n += 1
+            try:
+                out = map_record(changed)
+            except MappingError:
+                continue
+            assert_valid(out)
+    return n
+
+
+def test_any_field_of_any_shape_maps_to_valid_events_or_a_mapping_error() -> None:
+    docs = [fixture(p.name) for p in sorted(FIXTURES.glob("*.json"))]
+    assert assert_maps_or_refuses(map_record, docs) > 5000

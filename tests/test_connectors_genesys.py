@@ -98,3 +98,10 @@ def test_an_unknown_acd_outcome_is_a_mapping_error() -> None:
 def test_every_fixture_maps_and_every_event_is_valid() -> None:
     for path in sorted(FIXTURES.glob("*.json")):
         assert_valid(map_record(json.loads(path.read_text())))
+
+
+def test_any_field_of_any_shape_maps_to_valid_events_or_a_mapping_error() -> None:
+    from tests.test_connectors_amazon_connect import assert_maps_or_refuses
+
+    docs = [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("*.json"))]
+    assert assert_maps_or_refuses(map_record, docs) > 3000

@@ -236,20 +236,25 @@ def agent_event(doc: Any, queue_names: Mapping[str, str] | None = None) -> list[
     if etype == "LOGOUT":
         return event("agent.logged_out")
     current = _snapshot(doc.get("CurrentAgentSnapshot"), names, "CurrentAgentSnapshot")
+
+    def logged_in() -> list[Mapped]:
+        # No inbound queue (an outbound-only routing profile): staffed for no queue ccpulse counts.
+        return event("agent.logged_in", queues=current.queues, **current.fields()) if current.queues else []
+
     if etype == "LOGIN":
-        if current.state is None:
-            return []  # logged in but Offline: staffed from the first change out of it
-        return event("agent.logged_in", queues=current.queues, **current.fields())
+        # Logged in but Offline: staffed from the first change out of it.
+        return [] if current.state is None else logged_in()
     previous_doc = doc.get("PreviousAgentSnapshot")
     previous = _snapshot(previous_doc, names, "PreviousAgentSnapshot") if previous_doc is not None else None
     if current.state is None:
         return [] if previous is not None and previous.state is None else event("agent.logged_out")
     if previous is not None and previous.state is None:
-        return event("agent.logged_in", queues=current.queues, **current.fields())
+        return logged_in()
     if previous is not None and (previous.state, previous.reason, previous.queues) == (
             current.state, current.reason, current.queues):
         return []
-    return event("agent.state_changed", queues=current.queues, **current.fields())
+    queues = {"queues": current.queues} if current.queues else {}  # EVENTS.md: a list replaces, none keeps
+    return event("agent.state_changed", **queues, **current.fields())
 
 
 class _Snapshot:
