@@ -49,6 +49,19 @@ INSERT_SETTINGS = {
 }
 
 
+# A column DEFAULT that is a constant: a value rows may carry (a column added to an existing
+# table, e.g. schemas/clickhouse/003a_*.sql, that records carry only when it is not 0).
+_CONSTANT_DEFAULT = re.compile(r"-?\d+(?:\.\d*)?(?:e[+-]?\d+)?|'[^'\\]*'|NULL", re.IGNORECASE)
+
+
+def insert_columns(described: Sequence[Sequence[Any]]) -> list[str]:
+    """The columns an insert names, from ``DESCRIBE TABLE`` rows (name, type, default kind,
+    default expression, ...): all but those the store fills itself, a DEFAULT it computes
+    (raw_events.ingested_at = now64(3)), MATERIALIZED or ALIAS."""
+    return [row[0] for row in described
+            if row[2] == "" or (row[2] == "DEFAULT" and _CONSTANT_DEFAULT.fullmatch(row[3].strip()))]
+
+
 class ClickHouseUnavailable(RuntimeError):
     """The store cannot be reached or opened (one-line message for the CLI)."""
 
@@ -228,8 +241,7 @@ class ClickHouseWriter:
             self.client.command(statement)
         self.apply_retention()
         for table in TABLES:
-            described = self.client.query(f"DESCRIBE TABLE {table}").result_rows
-            self._columns[table] = [row[0] for row in described if row[2] != "DEFAULT"]
+            self._columns[table] = insert_columns(self.client.query(f"DESCRIBE TABLE {table}").result_rows)
             # The batch keeps what ReplacingMergeTree would: the newest version per sorting key.
             key = self.client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
                                     "AND name = {t:String}", parameters={"t": table}).result_rows[0][0]

@@ -334,6 +334,21 @@ def test_window_records_carry_the_new_figures_and_match_their_schema(scope: str,
     assert not errors
 
 
+@pytest.mark.parametrize("scope, schema", [(QUEUE, "kpi-window"), (AGENT, "agent-window")])
+def test_a_window_without_exits_or_hold_publishes_the_record_it_did_before(scope: str, schema: str) -> None:
+    """Same values, same fields: what ``ccpulse same-day`` compares against the code before."""
+    name = "billing" if scope == QUEUE else "a-7"
+    record = records.window_record((900, T0, scope, name, "voice"), T0 + 900_000,
+                                   agg_of(offered=3, answered=2, handled=1, handle_ms=60_000, transfers=1),
+                                   Settings().thresholds_for(name, "voice"), version=5, final=True, now_ms=T0)
+    assert set(record) == set(load(schema)["required"])
+    assert record["queue" if scope == QUEUE else "agent_id"] == name
+    # One hold ending in the window (its first ended before) brings every new figure in.
+    again = records.window_record((900, T0, scope, name, "voice"), T0 + 900_000, agg_of(offered=1, hold_ms=5_000),
+                                  Settings().thresholds_for(name, "voice"), version=5, final=True, now_ms=T0)
+    assert (again["held"], again["hold_seconds"], again["avg_hold_seconds"]) == (0, 5.0, None)
+
+
 def test_the_schema_of_kpi_windows_requires_nothing_old_records_lack() -> None:
     old = _record(QUEUE)
     for name in ("flowed_out", "callbacks_requested", "held", "hold_seconds", "avg_hold_seconds"):
@@ -385,14 +400,20 @@ def test_a_store_created_before_the_new_columns_gets_them_and_stores_them(tmp_pa
         next_day = dict(day, window_start=records.format_ms(T0 + 15 * 3600 * S),
                         window_end=records.format_ms(T0 + 39 * 3600 * S), flowed_out=2, held=1, hold_seconds=10.0,
                         avg_hold_seconds=10.0)
-        writer.insert_now("kpi_windows", [day, next_day])
+        plain = records.window_record((86400, T0 - 9 * 3600 * S, QUEUE, "plain", "voice"), T0 + 15 * 3600 * S,
+                                      agg_of(offered=1), VOICE, version=3, final=True, now_ms=T0)
+        assert "flowed_out" not in plain
+        writer.insert_now("kpi_windows", [day, next_day, plain])
         writer.insert_now("agent_windows", [_record(AGENT)])
         _, inters = feed(MIXED)
         writer.insert_now("interactions", [r for i in inters.values() for r in records.interaction_rows(i, 1)])
         c = writer.client
         assert c.query("SELECT flowed_out, callbacks_requested, held, hold_seconds, avg_hold_seconds "
-                       "FROM kpi_windows FINAL ORDER BY window_start").result_rows == [
+                       "FROM kpi_windows FINAL WHERE queue = 'billing' ORDER BY window_start").result_rows == [
             (1, 1, 2, 50.0, 25.0), (2, 1, 1, 10.0, 10.0)]
+        # A record without them (a window with none) stores 0, and null for the average.
+        assert c.query("SELECT flowed_out, callbacks_requested, held, hold_seconds, avg_hold_seconds, offered "
+                       "FROM kpi_windows FINAL WHERE queue = 'plain'").result_rows == [(0, 0, 0, 0.0, None, 1)]
         assert c.query("SELECT held, hold_seconds FROM agent_windows FINAL").result_rows == [(1, 30.0)]
         assert dict(c.query("SELECT interaction_id, (outcome, exit_reason, holds, hold_ms) FROM interactions FINAL "
                             "WHERE segment = 0").result_rows) == {
@@ -401,14 +422,14 @@ def test_a_store_created_before_the_new_columns_gets_them_and_stores_them(tmp_pa
         # The monthly rollup sums the counters and recomputes the average hold from them (the
         # two days are a Sunday and a Monday: two weeks).
         month = c.query("SELECT flowed_out, callbacks_requested, held, hold_seconds, avg_hold_seconds, days "
-                        "FROM kpi_monthly").result_rows
+                        "FROM kpi_monthly WHERE queue = 'billing'").result_rows
         assert month == [(3, 2, 3, 60.0, 20.0, 2)]
-        assert c.query("SELECT count() FROM kpi_weekly").result_rows == [(2,)]
-        daily = c.query("SELECT avg_hold_seconds FROM kpi_daily ORDER BY period_start").result_rows
+        assert c.query("SELECT count() FROM kpi_weekly WHERE queue = 'billing'").result_rows == [(2,)]
+        daily = c.query("SELECT avg_hold_seconds FROM kpi_daily WHERE queue = 'billing' ORDER BY period_start").result_rows
         assert daily == [(25.0,), (10.0,)]
     # Opening it again changes nothing (the migration runs at every start).
     with ClickHouseWriter(dsn) as writer:
-        assert writer.client.query("SELECT count() FROM kpi_windows FINAL").result_rows == [(2,)]
+        assert writer.client.query("SELECT count() FROM kpi_windows FINAL").result_rows == [(3,)]
 
 
 # -- Prometheus ---------------------------------------------------------------------
@@ -432,3 +453,12 @@ def test_prometheus_counts_flow_outs_callbacks_and_hold_like_the_other_queue_cou
     assert samples[("ccpulse_queue_transferred_out_total", "billing")] == 1  # D's flow-out to "spill"
     assert samples[("ccpulse_queue_offered_total", "spill")] == 1
     assert samples[("ccpulse_queue_waiting", "billing")] == 0
+
+
+def test_inserts_name_constant_default_columns_and_leave_computed_ones_to_the_store() -> None:
+    from sinks.clickhouse import insert_columns
+    described = [("a", "Int64", "", ""), ("flowed_out", "Int64", "DEFAULT", "0"),
+                 ("hold_seconds", "Float64", "DEFAULT", "0."), ("x", "Float64", "DEFAULT", "-1.5"),
+                 ("tag", "String", "DEFAULT", "'n/a'"), ("ingested_at", "DateTime64(3, 'UTC')", "DEFAULT", "now64(3)"),
+                 ("m", "Int64", "MATERIALIZED", "a + 1"), ("al", "Int64", "ALIAS", "a")]
+    assert insert_columns(described) == ["a", "flowed_out", "hold_seconds", "x", "tag"]
