@@ -107,9 +107,27 @@ def test_bad_presence_is_dead_lettered_and_the_rest_applied() -> None:
                       on_agents(presence("e2", "agent.logged_in", at(9, 0), queues=["q"]), 2),
                       on_facts(b'{"what": 1}', 0)], WALL)
     reasons = [m.value["reason"] for m in out.dead_letters]
-    assert reasons == ["not_json", "invalid_value", "processing_error"]
-    assert [m.value["offset"] for m in out.dead_letters] == [0, 1, 0]
-    assert len(out.failures) == 1 and AGENT in table
+    assert reasons == ["not_json", "invalid_value"]
+    assert [m.value["offset"] for m in out.dead_letters] == [0, 1]
+    # a malformed internal record is the shell's to dead-letter (processing_error), once
+    assert [f.message for f in out.failures] == [Msg(None)] and AGENT in table
+
+
+def test_a_malformed_contact_fact_changes_nothing_and_is_reported() -> None:
+    s, table, _r = stage()
+    bad = [[AGENT, "c-1", 0, 1, "q", "voice", "09:00", None], [AGENT, "c-1", 0, True, "q", "voice", 1, None],
+           [AGENT, "c-1", 0, 1, "q", "voice", 5, 4], [AGENT, "c-1", 0]]
+    out = s.on_batch([on_facts(orjson.dumps({"contact": b}), i) for i, b in enumerate(bad)], WALL)
+    assert len(out.failures) == 4 and AGENT not in table
+    assert all("contact" in str(f.error) for f in out.failures)
+
+
+def test_live_counts_per_queue_and_channel() -> None:
+    s, _t, _r = stage()
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+                on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "voice", at(9, 1), None)).value, 0),
+                clocks(at(9, 2), 1)], WALL)
+    assert s.live(0) == {("billing", "voice"): {"staffed": 1, "on_contact": 1}}
 
 
 def test_presence_on_the_wrong_partition_is_forwarded_and_applied_where_its_agent_lives() -> None:

@@ -450,7 +450,7 @@ class AgentCore:
         for key in sorted(self._dirty):
             out.append(WindowChange(key, {k: v for k, v in self.windows[key].items() if v}, False))
         self._dirty.clear()
-        for change in out:
+        for change in out:  # finals too: a counter back at zero is no counter
             change.counters = {k: v for k, v in change.counters.items() if v}
         return out
 

@@ -36,9 +36,10 @@ from ccpulse.core.watermark import InputWatermarks, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
+from sinks.prometheus import PipelineMetrics
 from streams.stages.io import Consumed, Failure, Message, TablePut
 from streams.stages.pipeline import key_partition
-from streams.stages.validation import FAMILIES, processing_error
+from streams.stages.validation import FAMILIES
 
 STAGE = "agents"
 # The fields of an <app>-agent-facts message: exactly one per message.
@@ -91,8 +92,10 @@ class _Partition:
 class AgentStage:
     def __init__(self, settings: Settings, facts_topic: str,
                  agents: MutableMapping[str, dict[str, Any] | None],
-                 records: MutableMapping[str, dict[str, Any] | None]) -> None:
+                 records: MutableMapping[str, dict[str, Any] | None],
+                 metrics: PipelineMetrics | None = None) -> None:
         """``agents``, ``records``: the agent table's and the partition records' data."""
+        self.metrics = metrics
         w = settings.windows
         self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
         self.lateness_ms = int(w.allowed_lateness_seconds * 1000)
@@ -141,10 +144,9 @@ class AgentStage:
             try:
                 self._one(record, now_ms, out)
             except Exception as exc:  # one record's failure costs that record only (issue 14)
-                out.failures.append(Failure(record.message, exc))
-                out.dead_letters.append(Message(None, dead_letter(
-                    record.value if isinstance(record.value, bytes) else None,
-                    processing_error(STAGE, exc), record.topic, record.partition, record.offset, now_ms)))
+                out.failures.append(Failure(record.message, exc))  # dead-lettered by the shell
+        if self.metrics is not None and out.dead_letters:
+            self.metrics.dead_lettered.inc(len(out.dead_letters))
         return self._output(out, now_ms)
 
     def _one(self, record: Consumed, now_ms: int, out: AgentOutput) -> None:
@@ -162,13 +164,12 @@ class AgentStage:
                 self._channels(part, queue, channels)
             part.touched = True
         elif CONTACT_FIELD in doc:
-            agent, iid, seg, *rest = doc[CONTACT_FIELD]
-            contact = Contact(*rest)
+            agent, iid, seg, contact = _contact(doc[CONTACT_FIELD])
             self._channels(part, contact.queue, [contact.channel])
             if part.core.upsert(agent, (iid, seg), contact):
                 part.changed.add(agent)
         elif REMOVED_FIELD in doc:
-            agent, iid, seg, version, answered = doc[REMOVED_FIELD]
+            agent, iid, seg, version, answered = _fields(REMOVED_FIELD, doc[REMOVED_FIELD], (str, str, int, int, int))
             if part.core.remove(agent, (iid, seg), version, answered):
                 part.changed.add(agent)
         elif PRESENCE_FIELD in doc:
@@ -183,6 +184,8 @@ class AgentStage:
                   now_ms: int, out: AgentOutput, forwarded: bool) -> None:
         event = decode_agent(raw, now_ms, self.max_future_ms)
         if isinstance(event, Rejection):
+            if self.metrics is not None:
+                self.metrics.events_invalid.labels(event.reason).inc()
             out.dead_letters.append(Message(record.message.key if record.message is not None else None,
                                             dead_letter(raw, event, *origin, now_ms)))
             return
@@ -283,6 +286,18 @@ class AgentStage:
                 "agg": {"counts": counts, "tops": {}}}))
         return out
 
+    def live(self, partition: int) -> dict[tuple[str, str], dict[str, int]]:
+        """Agents per queue x channel in each state at ``partition``'s event time (the
+        queue-level counts on every channel the queue is known on, as the windows)."""
+        part = self.parts[partition]
+        counts = part.core.live()
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for (queue, channel), c in counts.items():
+            targets = [channel] if channel != ANY_CHANNEL else sorted(part.channels.get(queue, ())) or [ANY_CHANNEL]
+            for ch in targets:
+                out.setdefault((queue, ch), {}).update({k: v for k, v in c.items() if v})
+        return out
+
     # -- state ----------------------------------------------------------------
 
     def snapshot(self, partition: int) -> dict[str, Any]:
@@ -296,6 +311,25 @@ class AgentStage:
         for agent, doc in snap["agents"].items():
             self.table[agent] = {"p": partition, "t": doc}
         self.assign(partition)
+
+
+def _fields(name: str, values: Any, types: tuple[type, ...]) -> list[Any]:
+    """``values`` checked against ``types`` (bools are not ints), read whole before any
+    state changes: a malformed fact changes nothing and names what is wrong."""
+    if not isinstance(values, list) or len(values) != len(types):
+        raise ValueError(f"{name}: a list of {len(types)} values expected")
+    for i, (value, kind) in enumerate(zip(values, types)):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{name}[{i}]: {kind.__name__} expected, got {type(value).__name__}")
+    return values
+
+
+def _contact(values: Any) -> tuple[str, str, int, Contact]:
+    agent, iid, seg, version, queue, channel, answered, ended = _fields(
+        CONTACT_FIELD, values, (str, str, int, int, str, str, int, object))
+    if ended is not None and (not isinstance(ended, int) or isinstance(ended, bool) or ended < answered):
+        raise ValueError(f"{CONTACT_FIELD}[7]: ended must be null or epoch ms not before answered")
+    return agent, iid, seg, Contact(version, queue, channel, answered, ended)
 
 
 def presence(event: AgentEvent) -> Presence:
