@@ -49,8 +49,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ccpulse.connectors.base import Family, Mapped, MappingError, event_id
-from ccpulse.connectors.payload import dig, ident, rfc3339
-from schemas.events import MAX_ID_CHARS, MAX_REASON_CHARS, name_problem
+from ccpulse.connectors.payload import checked_id, checked_name, dig, ident, rfc3339
+from schemas.events import MAX_REASON_CHARS
 
 SOURCE = "connect"
 CONTACT_EVENT = "Amazon Connect Contact Event"
@@ -319,9 +319,7 @@ def _contact_id(doc: dict[str, Any], key: str) -> str:
     value = _get(doc, key)
     if not isinstance(value, str) or not value:
         raise MappingError("missing_field", f"{key} is required")
-    if len(value) > MAX_ID_CHARS:
-        raise MappingError("invalid_value", f"{key} is longer than {MAX_ID_CHARS} characters")
-    return value
+    return checked_id(value, key)
 
 
 def _arn_id(arn: Any, marker: str, where: str) -> str:
@@ -339,26 +337,17 @@ def _queue(arn: Any, name: Any, names: Mapping[str, str], where: str) -> str:
     else:
         qid = _arn_id(arn, "/queue/", where)
         queue = names.get(qid) or (name if isinstance(name, str) and name else qid)
-    return _checked_name(queue, where)
+    return checked_name(queue, where)
 
 
 def _agent_id(arn: Any, where: str) -> str:
-    return _checked_name(_arn_id(arn, "/agent/", where), where)
-
-
-def _checked_name(name: str, where: str) -> str:
-    """A name the pipeline takes (README "Names"), or ``MappingError`` here rather than a dead
-    letter there."""
-    problem = name_problem(name) if len(name) <= MAX_ID_CHARS else f"is longer than {MAX_ID_CHARS} characters"
-    if problem is not None:
-        raise MappingError("invalid_value", f"{where} {name[:64]!r} {problem}")
-    return name
+    return checked_name(_arn_id(arn, "/agent/", where), where)
 
 
 def _reason(status: str, where: str) -> str:
     """An away status name as a reason code: lower case, spaces as underscores (``On Break`` -> ``on_break``)."""
     code = "_".join(status.lower().split())[:MAX_REASON_CHARS]
-    return _checked_name(code, where)
+    return checked_name(code, where)
 
 
 def _links(contact: str, initial: Any, previous: Any, method: Any) -> dict[str, str]:

@@ -33,8 +33,7 @@ import re
 from typing import Any, Mapping
 
 from ccpulse.connectors.base import Family, Mapped, MappingError, event_id
-from ccpulse.connectors.payload import dig, epoch, ident
-from schemas.events import MAX_ID_CHARS, name_problem
+from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ident
 
 SOURCE = "genesys"
 MEDIA_FAMILY: dict[str, Family] = {"VOICE": "call", "CALLBACK": "call", "CHAT": "chat", "MESSAGE": "chat"}
@@ -78,7 +77,7 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
     family = MEDIA_FAMILY.get(media) if isinstance(media, str) else None
     if family is None:
         return []  # EMAIL, COBROWSE, VIDEO, SCREENSHARE: not counted (README)
-    conversation = _checked(ident(body, "conversationId"), "eventBody.conversationId", is_name=False)
+    conversation = checked_id(_required(ident(body, "conversationId")), "eventBody.conversationId")
     occurred = epoch(dig(body, "eventTime"), "eventBody.eventTime", 1)
     queue_id = ident(body, "queueId", required=kind == "acd.start")
     if kind == "user.end" and queue_id is None:
@@ -89,7 +88,7 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
     doc: dict[str, Any] = {"event_id": eid, "occurred_at": occurred, "interaction_id": conversation,
                            "schema_version": 1}
     if queue_id is not None:
-        doc["queue"] = _checked(queue_names.get(queue_id, queue_id), "eventBody.queueId")
+        doc["queue"] = checked_name(queue_names.get(queue_id, queue_id), "eventBody.queueId")
     if kind == "acd.start":
         doc["type"] = f"{family}.offered"
     elif kind == "user.end":
@@ -98,7 +97,7 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
         outcome = dig(body, "acdOutcome")
         if outcome == "ANSWERED":
             doc["type"] = f"{family}.answered"
-            doc["agent_id"] = _checked(ident(body, "answeredUserId"), "eventBody.answeredUserId")
+            doc["agent_id"] = checked_name(_required(ident(body, "answeredUserId")), "eventBody.answeredUserId")
         elif outcome == "ABANDON":
             doc["type"] = f"{family}.abandoned"
         elif outcome == "FLOW_OUT":
@@ -110,11 +109,6 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
     return [Mapped(family, doc)]
 
 
-def _checked(value: str | None, where: str, is_name: bool = True) -> str:
-    """An id or name the pipeline takes, or ``MappingError`` here rather than its dead letter."""
-    assert value is not None  # ``ident`` raised for a required one
-    problem = (f"is longer than {MAX_ID_CHARS} characters" if len(value) > MAX_ID_CHARS
-               else name_problem(value) if is_name else None)
-    if problem is not None:
-        raise MappingError("invalid_value", f"{where} {value[:64]!r} {problem}")
+def _required(value: str | None) -> str:
+    assert value is not None  # ``ident`` raises for a required field that is absent
     return value
