@@ -99,3 +99,28 @@ def recount(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tupl
                     out[(size, wstart, scope, name, channel)][fname] += step_ms
             t += step_ms
     return {k: dict(v) for k, v in out.items()}
+
+
+def live_at(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tuple]], t: int
+            ) -> dict[tuple[str, str], dict[str, int]]:
+    """Agents per (queue, channel) in each state at ``t``, from scratch (channel "" for
+    staffed, available, away; the contact's for on contact and after-contact work)."""
+    out: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for agent in set(presence) | set(contacts):
+        mine = contacts.get(agent, {})
+        unique = list({p[1]: p for p in presence.get(agent, [])}.values())
+        staffed, state, reason, queues = declared_at(unique, t)
+        open_ = {(q, ch) for q, ch, ans, end in mine.values() if ans <= t and (end is None or t < end)}
+        ended = [(end, key, q, ch) for key, (q, ch, ans, end) in mine.items() if end is not None and end <= t]
+        for q in queues if staffed else ():
+            out[(q, "")]["staffed"] += 1
+            if not open_ and state in ("available", "away"):
+                out[(q, "")][state] += 1
+                if state == "away":
+                    out[(q, "")][f"away:{reason}"] += 1
+        for q, ch in open_:
+            out[(q, ch)]["on_contact"] += 1
+        if not open_ and staffed and state == "after_contact_work" and ended:
+            _e, _k, q, ch = max(ended)
+            out[(q, ch)]["after_contact_work"] += 1
+    return {k: dict(v) for k, v in out.items()}

@@ -1,6 +1,7 @@
 """The agent core (ccpulse/core/agents.py) equals a brute-force recount (tests/reference_agents.py)
 under shuffling within the lateness, duplicates, and a crash mid-run (snapshot, restore,
-the tail delivered again): every window's figures, exactly, in milliseconds."""
+the tail delivered again): every window's figures, exactly, in milliseconds, and the
+live counts per queue at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from ccpulse.core.agents import LOGGED_IN, LOGGED_OUT, STATE_CHANGED, AgentCore, Contact, Presence
 from ccpulse.core.windowing import Windowing
-from tests.reference_agents import recount
+from tests.reference_agents import live_at, recount
 
 GRID = 15_000  # every time lies on it, so the reference's 15 s steps are exact
 LATE = 120_000
@@ -118,3 +119,4 @@ def test_core_equals_the_brute_force_recount(s: dict[str, Any]) -> None:
     got = {k: v for k, v in seen.items() if v}
     assert got == {k: v for k, v in expected.items() if v}
     assert restored.late_ms == 0
+    assert {k: dict(v) for k, v in restored.live().items() if v} == live_at(s["presence"], s["contacts"], end)

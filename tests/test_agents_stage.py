@@ -173,3 +173,18 @@ def test_a_restore_sends_the_same_figures_and_later_the_same_finals() -> None:
     assert {k: (v["agg"], v["final"]) for k, v in seen.items()} == {
         k: (v["agg"], v["final"]) for k, v in expected.items()}
     assert seen[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"]["away_ms:lunch"] == 12 * 60_000
+
+
+def test_open_windows_go_out_at_most_every_second_agent_ones_every_five_finals_at_once() -> None:
+    s, _t, _r = stage()
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0), clocks(at(9, 0, 10), 1)],
+               WALL)
+    out = s.on_batch([clocks(at(9, 0, 20), 2)], WALL + 500)  # event time moved, 0.5 s later
+    assert not out.partials
+    out = s.on_batch([clocks(at(9, 0, 30), 3)], WALL + 1000)
+    scopes = {tuple(m.value["key"])[2] for m in out.partials}
+    assert scopes == {"q"} and all(m.value["agg"]["counts"]["staffed_ms"] == 30_000 for m in out.partials)
+    out = s.on_batch([clocks(at(9, 2), 4)], WALL + 1200)  # 09:00 closes (60 s lateness): final at once
+    assert [(tuple(m.value["key"])[:2], m.value["final"]) for m in out.partials] == [((60, at(9, 0)), True)]
+    out = s.on_tick(WALL + 5000)
+    assert {tuple(m.value["key"])[2] for m in out.partials} == {"q", "a"}

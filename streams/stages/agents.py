@@ -31,14 +31,14 @@ import orjson
 
 from ccpulse.config import Settings
 from ccpulse.core.agents import ANY_CHANNEL, AgentCore, Contact, Presence, Timeline, WindowChange, WindowKey
-from ccpulse.core.kpis import QUEUE
+from ccpulse.core.kpis import AGENT, QUEUE
 from ccpulse.core.watermark import InputWatermarks, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
 from sinks.prometheus import PipelineMetrics
 from streams.stages.io import Consumed, Failure, Message, TablePut
-from streams.stages.pipeline import key_partition
+from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, key_partition
 from streams.stages.validation import FAMILIES
 
 STAGE = "agents"
@@ -46,6 +46,10 @@ STAGE = "agents"
 CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
 # With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
 CHANNELS_FIELD = "channels"
+# Open windows go out at most this often per scope (wall clock ms): a queue's as the
+# merge publishes (once a second per key, METRICS.md); an agent's as the pipeline
+# sends its open agent windows.
+OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_PARTIALS_SECONDS * 1000)}
 
 
 def contact_fact(agent: str, interaction_id: str, segment: int, contact: Contact) -> Message:
@@ -87,6 +91,8 @@ class _Partition:
     channels: dict[str, set[str]] = field(default_factory=dict)  # queue -> channels seen
     changed: set[str] = field(default_factory=set)  # agents changed since the last output
     touched: bool = False
+    pending: set[WindowKey] = field(default_factory=set)  # open windows changed, not sent yet
+    sent_ms: dict[str, int] = field(default_factory=dict)  # scope -> wall clock of its last open send
 
 
 class AgentStage:
@@ -234,7 +240,7 @@ class AgentStage:
             if event_time is not None and (part.core.now is None or event_time > part.core.now):
                 part.core.advance(event_time)
                 part.touched = True
-            out.partials += self._partials(partition, part, part.core.take())
+            out.partials += self._partials(partition, part, self._due(part, now_ms))
             for agent in sorted(part.changed):
                 out.agents.append(TablePut(partition, agent, {"p": partition, "t": part.core.agents[agent].to_doc()}))
             part.changed.clear()
@@ -251,6 +257,26 @@ class AgentStage:
         part = self.parts[partition]
         return {"now": part.core.now, "sources": dict(part.sources),
                 "channels": {q: sorted(chs) for q, chs in part.channels.items()}}
+
+    def _due(self, part: _Partition, now_ms: int) -> list[WindowChange]:
+        """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope
+        (event time moving changes every staffed agent's current windows at each batch)."""
+        due = []
+        for change in part.core.take():
+            if change.final:
+                part.pending.discard(change.key)
+                due.append(change)
+            else:
+                part.pending.add(change.key)
+        for scope, every in OPEN_EVERY_MS.items():
+            if now_ms - part.sent_ms.get(scope, -every) < every:
+                continue
+            keys = sorted(k for k in part.pending if k[2] == scope)
+            if keys:
+                part.sent_ms[scope] = now_ms
+                part.pending.difference_update(keys)
+                due += [WindowChange(k, dict(part.core.windows.get(k, {})), False) for k in keys]
+        return due
 
     def _partials(self, partition: int, part: _Partition, changes: list[WindowChange]) -> list[Message]:
         """One partial per changed record key. An agent serves a queue, not one of its
