@@ -226,3 +226,11 @@ def assert_maps_or_refuses(map_record: Any, docs: Sequence[dict[str, Any]]) -> i
 def test_any_field_of_any_shape_maps_to_valid_events_or_a_mapping_error() -> None:
     docs = [fixture(p.name) for p in sorted(FIXTURES.glob("*.json"))]
     assert assert_maps_or_refuses(map_record, docs) > 5000
+
+
+def test_an_older_model_completed_event_naming_the_agent_without_timestamps_is_an_end_not_an_abandon() -> None:
+    doc = fixture("contact_event_legacy_connected_to_agent.json")
+    doc["detail"]["EventType"] = "COMPLETED"
+    out = map_record(doc)
+    assert [(m.event["type"], m.event["occurred_at"]) for m in out] == [("call.ended", "2021-05-01T18:43:48.000Z")]
+    assert_valid(out)

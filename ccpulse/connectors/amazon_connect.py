@@ -55,11 +55,10 @@ from schemas.events import MAX_REASON_CHARS
 SOURCE = "connect"
 CONTACT_EVENT = "Amazon Connect Contact Event"
 CHANNEL_FAMILY: dict[str, Family] = {"VOICE": "call", "CHAT": "chat"}
-# Contact event types that change nothing ccpulse counts: the IVR leg (INITIATED,
-# CONNECTED_TO_SYSTEM), data updates, answering-machine detection; DISCONNECTED of an
-# answered contact waits for COMPLETED, which carries the end of after contact work.
-IGNORED_EVENT_TYPES = frozenset(("INITIATED", "CONNECTED_TO_SYSTEM", "CONTACT_DATA_UPDATED",
-                                 "AMD_DISABLED", "AMD_ERROR", "AMD_DETECTED"))
+# The contact event types ccpulse counts; the others (INITIATED, CONNECTED_TO_SYSTEM,
+# CONTACT_DATA_UPDATED, answering-machine detection, and types added later, which the
+# docs say to expect) change nothing it counts.
+COUNTED_EVENT_TYPES = frozenset(("QUEUED", "CONNECTED_TO_AGENT", "DISCONNECTED", "COMPLETED"))
 # DisconnectReason values (CTR data model) for which a queued contact did not hang up
 # itself: the system took it out of the queue.
 FLOW_OUT_DISCONNECTS = {"CONTACT_FLOW_DISCONNECT": "flow_disconnect", "EXPIRED": "timeout",
@@ -108,10 +107,7 @@ def contact_event(detail: Any, queue_names: Mapping[str, str] | None = None,
     etype = _get(detail, "eventType")
     if not isinstance(etype, str):
         raise MappingError("missing_field", "detail.eventType is required")
-    if etype in IGNORED_EVENT_TYPES:
-        return []
-    if etype not in ("QUEUED", "CONNECTED_TO_AGENT", "DISCONNECTED", "COMPLETED"):
-        # New event types appear over time (the docs say to expect them): nothing to count.
+    if etype not in COUNTED_EVENT_TYPES:
         return []
     contact = _contact_id(detail, "contactId")
     family = _family(_get(detail, "channel"))
@@ -146,7 +142,8 @@ def contact_event(detail: Any, queue_names: Mapping[str, str] | None = None,
     # DISCONNECTED / COMPLETED
     if enqueued is None and _get(queue_info, "queueArn") is None:
         return []  # never queued (IVR hang-up, outbound): not offered, not abandoned
-    if connected is not None:
+    # The older event model names the agent without timestamps: an agent means answered.
+    if connected is not None or _get(agent_info, "agentArn") is not None:
         if etype == "DISCONNECTED":
             return []  # the end comes with COMPLETED, after the after contact work
         end = _get(agent_info, "afterContactWorkEndTimestamp")
