@@ -98,10 +98,10 @@ def segment_outcomes(seg: Segment, th: Thresholds) -> list[tuple[int, str, int]]
 
 def agent_outcomes(seg: Segment) -> list[tuple[int, str, int]]:
     out: list[tuple[int, str, int]] = [(ts, "transfers", 1) for ts in seg.transfer_times]
-    for index, (start, end) in enumerate(seg.holds):
-        out.append((end, "hold_ms", end - start))
-        if index == 0:
-            out.append((end, "held", 1))
+    if seg.holds:  # rare: no call for it on most segments
+        first_end = seg.holds[0][1]
+        out.append((first_end, "held", 1))
+        out += [(end, "hold_ms", end - start) for start, end in seg.holds]
     handle = seg.handle_ms
     if handle is not None:
         out += [(seg.ended, "handled", 1), (seg.ended, "handle_ms", handle)]

@@ -170,7 +170,8 @@ _NAME_FIELDS = (3, 4, 5, 6, 12)
 def step_row(s: Step, base: int, ref: Callable[[str | None], int | None]) -> list[Any]:
     kind = _KIND_CODE.get((s.step, s.sender))
     row = [s.ts - base, [s.step, s.sender] if kind is None else kind, s.event_id, ref(s.queue), ref(s.agent),
-           ref(s.customer), ref(s.to_queue), s.wrapup_ms, s.public, s.csat, s.nps, s.complaint, ref(s.reason)]
+           ref(s.customer), ref(s.to_queue), s.wrapup_ms, s.public, s.csat, s.nps, s.complaint,
+           None if s.reason is None else ref(s.reason)]  # rare: no call for it on most steps
     while len(row) > 3:
         default = _ROW_DEFAULTS[len(row) - 1]
         last = row[-1]
@@ -441,8 +442,10 @@ class Fold:
             seg = [ref(last.queue), last.entered - b, _EXITS.index(last.exit),
                    None if last.left is None else last.left - b, ref(last.agent),
                    [t - b for t in last.transfer_times], None if last.ended is None else last.ended - b,
-                   last.wrapup_ms, [[start - b, end - b] for start, end in last.holds],
-                   None if last.hold_from is None else last.hold_from - b, ref(last.reason)]
+                   # Rarely set (an in-order step's cost is counted in calls): no call when not.
+                   last.wrapup_ms, [[start - b, end - b] for start, end in last.holds] if last.holds else [],
+                   None if last.hold_from is None else last.hold_from - b,
+                   None if last.reason is None else ref(last.reason)]
             _drop_defaults(seg, _SEG_DEFAULTS, 3)
         complaint = self.complaint
         row = [b, self.count, self.last_ts - b, self.tail_order, ref(self.queue), self.phase, seg, self.segments,
@@ -477,8 +480,8 @@ class Fold:
              reason) = seg + list(_SEG_DEFAULTS[len(seg):])
             f.last = Segment(names[q], entered + b, _EXITS[exit_], None if left is None else left + b,
                              name(agent), [t + b for t in transfers], None if ended is None else ended + b, wrapup,
-                             [(start + b, end + b) for start, end in holds],
-                             None if hold_from is None else hold_from + b, name(reason))
+                             [(start + b, end + b) for start, end in holds] if holds else [],
+                             None if hold_from is None else hold_from + b, None if reason is None else names[reason])
         f.pending = [t + b for t in pending]
         f.first_customer = None if first_customer is None else first_customer + b
         if complaint is not None:
