@@ -188,3 +188,19 @@ def test_open_windows_go_out_at_most_every_second_agent_ones_every_five_finals_a
     assert [(tuple(m.value["key"])[:2], m.value["final"]) for m in out.partials] == [((60, at(9, 0)), True)]
     out = s.on_tick(WALL + 5000)
     assert {tuple(m.value["key"])[2] for m in out.partials} == {"q", "a"}
+
+
+def test_the_pipelines_facts_of_answered_segments_reach_the_agent() -> None:
+    from ccpulse.core.lifecycle import Segment
+    from streams.stages.agents import segment_facts
+
+    segments = [Segment("billing", at(8, 59), "transferred", at(9, 0)),
+                Segment("sales", at(9, 0), "answered", at(9, 1), agent=AGENT, ended=at(9, 4)),
+                Segment("support", at(9, 4), None)]
+    facts = segment_facts("c-1", "voice", enumerate(segments), 42)
+    assert [f.key for f in facts] == [AGENT.encode()]
+    s, _t, _r = stage()
+    out = s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["sales"]), 0),
+                      on_facts(facts[0].value, 0), clocks(at(9, 5), 1)], WALL)
+    assert partials(out)[(900, at(9, 0), "q", "sales", "voice")]["agg"]["counts"]["on_contact_ms"] == 180_000
+    assert not s.on_batch([on_facts(facts[0].value, 2)], WALL).agents  # the same version again: nothing

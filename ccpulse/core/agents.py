@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from ccpulse.core.kpis import AGENT, AGENT_MIN_WINDOW_S, QUEUE
 from ccpulse.core.windowing import Windowing
@@ -371,8 +371,8 @@ class AgentCore:
 
     def remove(self, agent: str, key: ContactKey, version: int, answered: int) -> bool:
         """The segment is no longer ``agent``'s (a retraction moved its answer elsewhere).
-        Remembered until the floor passes ``answered``, so an older upsert of it read
-        later (a redelivery) does not bring it back."""
+        Its version is remembered a day past the open windows (``Timeline.fold``), so an
+        older upsert of it read later (a redelivery) does not bring it back."""
         timeline = self.agents.setdefault(agent, Timeline())
         if version <= self._version(timeline, key):
             self.duplicates += 1
@@ -391,7 +391,7 @@ class AgentCore:
         held, gone = timeline.contacts.get(key), timeline.removed.get(key)
         return max(held.version if held else -1, gone[0] if gone else -1)
 
-    def _change(self, agent: str, timeline: Timeline, t: int, mutate: Any) -> None:
+    def _change(self, agent: str, timeline: Timeline, t: int, mutate: Callable[[], None]) -> None:
         """Apply ``mutate`` to ``timeline``, and to every open window what it changes
         from ``t`` on: the figures after less the figures before."""
         if self.now is None:

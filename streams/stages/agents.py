@@ -32,6 +32,7 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.agents import ANY_CHANNEL, AgentCore, Contact, Presence, Timeline, WindowChange, WindowKey
 from ccpulse.core.kpis import AGENT, QUEUE
+from ccpulse.core.lifecycle import Segment
 from ccpulse.core.watermark import InputWatermarks, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
@@ -55,6 +56,17 @@ OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_PARTIALS_SECONDS * 1000)}
 def contact_fact(agent: str, interaction_id: str, segment: int, contact: Contact) -> Message:
     """The pipeline's upsert of one answered segment, keyed by its agent."""
     return Message(agent.encode(), orjson.dumps({CONTACT_FIELD: [agent, interaction_id, segment, *contact]}))
+
+
+def segment_facts(interaction_id: str, channel: str, segments: Iterable[tuple[int, Segment]],
+                  version: int) -> list[Message]:
+    """The contact facts of the answered segments among (index, segment): what the pipeline
+    sends for the segments a step changed, with the version it applied the step at (the
+    agent stage keeps the highest, so sending one again changes nothing)."""
+    return [contact_fact(seg.agent, interaction_id, index,
+                         Contact(version, seg.queue, channel, seg.left, seg.ended))
+            for index, seg in segments
+            if seg.exit == "answered" and seg.agent and seg.left is not None]
 
 
 def removal_fact(agent: str, interaction_id: str, segment: int, version: int, answered: int) -> Message:
@@ -363,4 +375,5 @@ def presence(event: AgentEvent) -> Presence:
     return Presence(event.occurred_at_ms, event.event_id, kind, event.state, event.reason, event.queues)
 
 
-__all__ = ["AgentStage", "AgentOutput", "Timeline", "contact_fact", "removal_fact", "clock_fact", "presence"]
+__all__ = ["AgentStage", "AgentOutput", "Timeline", "contact_fact", "removal_fact", "clock_fact", "presence",
+           "segment_facts"]
