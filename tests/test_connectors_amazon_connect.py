@@ -7,8 +7,6 @@ amazon_connect/README.md); every mapped event must pass the pipeline's own valid
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
@@ -16,24 +14,16 @@ import pytest
 from ccpulse.connectors import amazon_connect
 from ccpulse.connectors.amazon_connect import agent_event, contact_event, contact_record, map_record
 from ccpulse.connectors.base import Mapped, MappingError
-from schemas import events as schema
+from tests.connector_support import FIXTURES as ALL_FIXTURES
+from tests.connector_support import assert_valid
+from tests.connector_support import fixture as source_fixture
+from tests.test_connectors_webhook_fuzz import JSON_VALUES, mangled, outcome, paths
 
-FIXTURES = Path(__file__).parent / "fixtures" / "connectors" / "amazon_connect"
+FIXTURES = ALL_FIXTURES / "amazon_connect"
 
 
 def fixture(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def assert_valid(mapped: Sequence[Mapped]) -> None:
-    """Every mapped event passes the validation the pipeline applies to its topic."""
-    now = int(time.time() * 1000)
-    for m in mapped:
-        if m.family == "agent":
-            result = schema.validate_agent(m.event, now)
-        else:
-            result = schema.validate(m.event, m.family, now)
-        assert not isinstance(result, schema.Rejection), (m.event, result)
+    return source_fixture("amazon_connect", name.removesuffix(".json"))
 
 
 def brief(mapped: Sequence[Mapped]) -> list[tuple[str, str, str | None, str | None, str]]:
@@ -191,41 +181,21 @@ def test_every_fixture_maps_without_error_and_every_event_is_valid() -> None:
         assert_valid(map_record(fixture(name)))
 
 
-def mutations(doc: Any) -> Any:
-    """Every copy of ``doc`` with one value (at any depth) replaced by a value of another shape."""
-    odd = (None, 0, -1, 1e300, True, "", "x|y", "\u200b", [], {}, ["a"], {"a": 1})
-
-    def walk(node: Any, replace: Any) -> Any:
-        if isinstance(node, dict):
-            for k in list(node):
-                for value in odd:
-                    yield replace(dict(node, **{k: value}))
-                yield from walk(node[k], lambda sub, k=k: replace(dict(node, **{k: sub})))
-        elif isinstance(node, list):
-            for i in range(len(node)):
-                yield from walk(node[i], lambda sub, i=i: replace(node[:i] + [sub] + node[i + 1:]))
-
-    yield from walk(doc, lambda whole: whole)
-
-
-def assert_maps_or_refuses(map_record: Any, docs: Sequence[dict[str, Any]]) -> int:
-    """Whatever a payload holds, the mapper returns valid events or raises ``MappingError``: never
-    another exception, never an event the pipeline would dead-letter."""
+def fuzz(map_record: Any, docs: Sequence[Any]) -> int:
+    """Every documented payload with one field mangled (each path, each JSON type): valid events
+    or a ``MappingError``, never another exception nor an event the pipeline would dead-letter."""
     n = 0
     for doc in docs:
-        for changed in mutations(doc):
-            n += 1
-            try:
-                out = map_record(changed)
-            except MappingError:
-                continue
-            assert_valid(out)
+        for path in paths(doc):
+            for value in JSON_VALUES:
+                outcome(map_record, mangled(doc, path, value))
+                n += 1
     return n
 
 
 def test_any_field_of_any_shape_maps_to_valid_events_or_a_mapping_error() -> None:
     docs = [fixture(p.name) for p in sorted(FIXTURES.glob("*.json"))]
-    assert assert_maps_or_refuses(map_record, docs) > 5000
+    assert fuzz(map_record, docs) > 5000
 
 
 def test_an_older_model_completed_event_naming_the_agent_without_timestamps_is_an_end_not_an_abandon() -> None:
