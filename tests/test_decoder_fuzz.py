@@ -31,16 +31,24 @@ def _pool() -> list[tuple[str, dict[str, Any]]]:
     start = datetime(2026, 1, 5, 8, tzinfo=timezone.utc)
     # Low rates over two days: tickets need hours to be solved, reopened and rated.
     voice = SimulationConfig(rate=0.005, seed=3, start=start, transfer_probability=0.3,
-                             rating_probability=0.5, repeat_probability=0.2)
+                             rating_probability=0.5, repeat_probability=0.2,
+                             hold_probability=0.3, max_wait=10.0, callback_probability=0.2)
     chat = ChatConfig(rate=0.005, seed=3, start=start, queues=(QueueModel("chat-support", agents=1),),
                       patience_mean=30.0, rating_probability=0.5)
     ticket = TicketConfig(rate=0.005, seed=3, start=start, reopen_probability=0.3, rating_probability=0.5)
-    return list(generate_mixed_events(voice, chat, ticket, 2 * 86400))
+    # The chat simulator has no flow-outs nor callbacks: written here as a platform sends them.
+    chats = [("chat", {"event_id": f"cx-{n}", "type": etype, "occurred_at": "2026-01-05T09:00:00.000Z",
+                       "interaction_id": f"cx-{n}", "queue": "chat-support", "schema_version": 1, **extra})
+             for n, (etype, extra) in enumerate([
+                 ("chat.flowed_out", {"reason": "no_agents"}),
+                 ("chat.flowed_out", {"reason": "overflow", "to_queue": "chat-overflow"}),
+                 ("chat.callback_requested", {})])]
+    return list(generate_mixed_events(voice, chat, ticket, 2 * 86400)) + chats
 
 
 POOL = _pool()
 STRING_FIELDS = ("event_id", "type", "occurred_at", "interaction_id", "queue", "agent_id", "customer_id",
-                 "to_queue", "to_agent", "sender", "channel")
+                 "to_queue", "to_agent", "sender", "channel", "reason")
 INT_FIELDS = ("schema_version", "csat", "nps")
 ID_FIELDS = ("event_id", "interaction_id", "queue", "agent_id", "to_queue", "to_agent")
 ALWAYS_REQUIRED = ("event_id", "type", "occurred_at", "interaction_id")
@@ -60,7 +68,7 @@ def required_fields(doc: dict[str, Any]) -> set[str]:
     step = step_of(doc)
     need = set(ALWAYS_REQUIRED)
     need |= {"offered": {"queue"}, "answered": {"agent_id"}, "message": {"sender"},
-             "replied": {"sender"}}.get(step, set())
+             "replied": {"sender"}, "flowed_out": {"reason"}}.get(step, set())
     if step == "transferred":  # to_queue and/or to_agent
         need |= {f for f in ("to_queue", "to_agent") if f in doc} if len(
             {"to_queue", "to_agent"} & doc.keys()) == 1 else set()
@@ -97,6 +105,9 @@ def check_contract(result: Event | Rejection, family: str) -> None:
     assert 1 <= d.get("csat", 1) <= 5 and 0 <= d.get("nps", 0) <= 10
     assert 0 <= d.get("wrapup_seconds", 0) <= 86400
     assert d.get("sender", "agent") in ("agent", "customer")
+    reason = d.get("reason")
+    assert reason is None or (1 <= len(reason) <= 64 and name_problem(reason) is None), reason
+    assert (reason is not None) == (result.step == "flowed_out")
 
 
 def to_wire(ev: Event) -> dict[str, Any]:
