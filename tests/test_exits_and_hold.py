@@ -425,7 +425,8 @@ def test_a_store_created_before_the_new_columns_gets_them_and_stores_them(tmp_pa
                         "FROM kpi_monthly WHERE queue = 'billing'").result_rows
         assert month == [(3, 2, 3, 60.0, 20.0, 2)]
         assert c.query("SELECT count() FROM kpi_weekly WHERE queue = 'billing'").result_rows == [(2,)]
-        daily = c.query("SELECT avg_hold_seconds FROM kpi_daily WHERE queue = 'billing' ORDER BY period_start").result_rows
+        daily = c.query("SELECT avg_hold_seconds FROM kpi_daily WHERE queue = 'billing' "
+                        "ORDER BY period_start").result_rows
         assert daily == [(25.0,), (10.0,)]
     # Opening it again changes nothing (the migration runs at every start).
     with ClickHouseWriter(dsn) as writer:

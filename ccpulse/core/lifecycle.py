@@ -194,7 +194,8 @@ def step_from_row(row: list[Any], base: int, names: list[str]) -> Step:
 
 # Where the current segment stands (Fold.phase).
 DONE, WAITING, SERVING = 0, 1, 2
-_EXITS = (None, "answered", "abandoned", "transferred", "flowed_out", "callback_requested")  # Segment.exit, as a fold writes it
+# Segment.exit, as a fold writes it (new exits last: codes stay)
+_EXITS = (None, "answered", "abandoned", "transferred", "flowed_out", "callback_requested")
 # Fold.flags
 _FIRST_RESPONSE_DONE, _OPEN_TICKET, _ENDED = 1, 2, 4
 
@@ -320,7 +321,7 @@ class Fold:
             else:
                 waiting.exit, waiting.left, waiting.reason = kind, s.ts, s.reason
                 self.phase = DONE
-                # Out of the queue and never answered: nothing more will be counted for it.
+                # Over, as after an abandon: it expires after the lateness, not the horizon.
                 self._set(_ENDED, True)
         elif kind == "held":
             if serving is not None and serving.hold_from is None:
