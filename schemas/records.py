@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from ccpulse.config import Thresholds
-from ccpulse.core.kpis import EXIT_AND_HOLD_FIGURES, QUEUE, WindowAgg, WindowKey, has_exits_or_hold, kpi_figures
+from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures
 from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection, format_ms
@@ -55,16 +55,13 @@ def window_record(key: WindowKey, end_ms: int, agg: WindowAgg, th: Thresholds, v
         "window_end": format_ms(end_ms),
     }
     figures = kpi_figures(agg, th)
-    if not has_exits_or_hold(agg):
-        for figure in EXIT_AND_HOLD_FIGURES:
-            del figures[figure]
     if scope == QUEUE:
         record.update({"queue": name, "channel": channel,
                        "waiting_at_start": waiting_at_start, "waiting_at_end": waiting_at_end})
         record.update(figures)
     else:
         record.update({"agent_id": name, "channel": channel})
-        record.update({k: figures[k] for k in AGENT_FIELDS if k in figures or k not in EXIT_AND_HOLD_FIGURES})
+        record.update({k: figures[k] for k in AGENT_FIELDS})
     record.update({"version": version, "final": final, "published_at": format_ms(now_ms)})
     return record
 

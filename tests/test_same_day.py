@@ -61,6 +61,21 @@ def test_a_field_on_one_side_only_is_a_difference() -> None:
     extra["abandon_rate"] = 0.1
     diff = compare_keyed("kpi.windows", topic(), topic(**{KEY: extra}))
     assert [(d.field, d.old, d.new) for d in diff.differences] == [("abandon_rate", None, 0.1)]
+    lost = window()
+    del lost["service_level"]
+    diff = compare_keyed("kpi.windows", topic(), topic(**{KEY: lost}))
+    assert [(d.field, d.old, d.new) for d in diff.differences] == [("service_level", 0.75, None)]
+
+
+def test_a_figure_added_since_is_no_difference_while_it_is_0_or_null() -> None:
+    """The old version had no such figure: nothing it would count happened (issue 16's fields)."""
+    new = {key: {**record, "flowed_out": 0, "avg_hold_seconds": None} for key, record in topic().items()}
+    diff = compare_keyed("kpi.windows", topic(), new)
+    assert diff.same and diff.added == {"flowed_out", "avg_hold_seconds"}
+    assert "fields added, 0 or null throughout: avg_hold_seconds, flowed_out" in verdict([diff])
+    new[KEY]["flowed_out"] = 1
+    diff = compare_keyed("kpi.windows", topic(), new)
+    assert [(d.field, d.old, d.new) for d in diff.differences] == [("flowed_out", None, 1)]
 
 
 def test_the_sentinel_is_left_out_and_open_windows_found() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from ccpulse.commands.connect_publish import ConnectorPublisher, PublishError
 from ccpulse.commands.errors import CommandError
 from ccpulse.config import Settings
-from ccpulse.connectors.base import MappingError
+from ccpulse.connectors.base import MAPPER_ERROR, MappingError
 from ccpulse.connectors.registry import SOURCES, WebhookRequest, WebhookSource
 from ccpulse.log_limit import CountedLines, LogLimiter
 
@@ -135,7 +135,7 @@ class Receiver:
         except Exception as exc:  # a mapper's bug on some input: dead-lettered, never a 500 retried forever
             if self._mapper_errors.allow(time.monotonic()) is not None:
                 log.exception("%s: the mapper failed on a request (dead-lettered as mapper_error)", source.name)
-            return await self._dead_letter(source, body, "mapper_error", f"{type(exc).__name__}: {exc}"[:300])
+            return await self._dead_letter(source, body, MAPPER_ERROR, f"{type(exc).__name__}: {exc}"[:300])
         if not mapped:
             return self._answer(source, "ignored", 200)
         started = time.monotonic()

@@ -25,6 +25,13 @@ class Mapped:
         return str(self.event["agent_id"] if self.family == "agent" else self.event["interaction_id"])
 
 
+# Dead-letter reasons of the connectors beyond the pipeline's own (schemas.events.REASONS,
+# which the mappers reuse where they fit); schemas/json/dead-letter.schema.json lists both.
+MAPPER_ERROR = "mapper_error"  # the mapper itself failed (a bug): the payload is kept for a replay
+CONNECTOR_REASONS = ("bad_line", "unknown_event", "unknown_outcome", "unknown_shape", "unsupported_channel",
+                     MAPPER_ERROR)
+
+
 class MappingError(ValueError):
     """A payload this connector cannot turn into events: dead-lettered with ``reason``, never retried."""
 

@@ -313,18 +313,6 @@ COUNT_FIELDS = ("offered", "answered", "abandoned", "short_abandoned", "answered
                 "handled", "first_responses", "agent_responses", "solved", "reopened", "one_touch",
                 "csat_responses", "csat_satisfied", "nps_responses", "nps_promoters",
                 "nps_detractors", "complaints", "flowed_out", "callbacks_requested", "held")
-# The figures of flow-outs, callback requests and hold (issue 16). A record carries them only
-# when its window has one: a stream without those events publishes exactly the records it
-# did before (``ccpulse same-day`` compares them field by field). Absent reads 0 (the
-# average: null).
-EXIT_AND_HOLD_FIGURES = ("flowed_out", "callbacks_requested", "held", "hold_seconds", "avg_hold_seconds")
-_EXIT_AND_HOLD_COUNTERS = ("flowed_out", "callbacks_requested", "held", "hold_ms")
-
-
-def has_exits_or_hold(agg: WindowAgg) -> bool:
-    return any(agg.counts.get(name) for name in _EXIT_AND_HOLD_COUNTERS)
-
-
 def kpi_figures(agg: WindowAgg, th: Thresholds) -> dict[str, Any]:
     """Counters plus derived figures, in the units of the published record (seconds)."""
     c = agg.counts

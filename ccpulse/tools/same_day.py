@@ -99,14 +99,18 @@ class KeyedDiff:
     only_old: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)  # every differing field
+    # Fields only the new version publishes (a KPI added since), each 0 or null wherever
+    # the old version had no such field: what a stream without those events must give.
+    added: set[str] = field(default_factory=set)
 
     @property
     def same(self) -> bool:
         return not (self.differing or self.only_old or self.only_new)
 
     def counts(self) -> str:
+        added = f" (fields added, 0 or null throughout: {', '.join(sorted(self.added))})" if self.added else ""
         return (f"{self.topic}: {self.keys:,} keys, {self.identical:,} identical, {self.differing:,} differing, "
-                f"{len(self.only_old):,} only in old, {len(self.only_new):,} only in new")
+                f"{len(self.only_old):,} only in old, {len(self.only_new):,} only in new{added}")
 
     def first(self, limit: int = 10) -> list[str]:
         lines = [f"  {d}" for d in self.differences[:limit]]
@@ -119,8 +123,10 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
                   ignored: frozenset[str] = IGNORED_FIELDS) -> KeyedDiff:
     """Every field of every key, except ``ignored`` (bookkeeping: version, published_at).
 
-    A field present on one side only differs (shown as None on the other); maps and
-    lists are compared as chaos compares them (sketch buckets in any order).
+    A field present on one side only differs (shown as None on the other), except a
+    field the new version added whose value is 0 or null: the old version had no such
+    figure, and nothing it would count happened. Maps and lists are compared as chaos
+    compares them (sketch buckets in any order).
     """
     diff = KeyedDiff(topic)
     for key in sorted(set(old) | set(new)):
@@ -129,8 +135,10 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
         if a is None or b is None:
             (diff.only_new if a is None else diff.only_old).append(key)
             continue
+        added = {name for name in set(b) - set(a) if b[name] in (0, None)}
+        diff.added |= added
         fields = [name for name in sorted(set(a) | set(b))
-                  if name not in ignored and _norm(a.get(name)) != _norm(b.get(name))]
+                  if name not in ignored and name not in added and _norm(a.get(name)) != _norm(b.get(name))]
         if fields:
             diff.differing += 1
             diff.differences.extend(Difference(key, name, a.get(name), b.get(name)) for name in fields)
