@@ -115,7 +115,10 @@ class PipelineShell:
 
     async def write(self, covered: list[Any]) -> None:
         pipe, outbox, topics = self.pipe, self.outbox, self.pipe.topics
-        out = self.stage.checkpoint(int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        if not self.app.rebalancing:  # which input partitions have records left to read (see reading)
+            self.stage.reading(now_ms, self.reading_state())  # (partitions with an engine only)
+        out = self.stage.checkpoint(now_ms)
         if pipe.direct_rows is not None:  # (1) role all: ClickHouse first
             if not await pipe.direct_rows.store(out.raw_events, out.interactions):
                 return  # stopping: nothing acknowledged, the next owner reads it again
@@ -165,8 +168,12 @@ class PipelineShell:
             self.drop(partition)
         for partition in partitions:
             self.ensure(partition, now_ms)
-        self.stage.on_tick(now_ms, {(tp.topic, tp.partition): self.caught_up(tp) for tp in tps})
+        self.stage.on_tick(now_ms, self.reading_state(tps))
         await self.checkpoint()
+
+    def reading_state(self, tps: set[TP] | None = None) -> dict[tuple[str, int], bool]:
+        """Every owned input partition (or ``tps``): whether it has nothing left to read."""
+        return {(tp.topic, tp.partition): self.caught_up(tp) for tp in (self.owned() if tps is None else tps)}
 
     def caught_up(self, tp: TP) -> bool:
         """Nothing left to read: the offset expected next has reached the partition's end."""

@@ -510,3 +510,45 @@ def test_the_checkpoint_reports_each_partitions_event_time_to_the_merge_and_fcr_
     stage.revoke(2, forget_interactions=False)
     stage.assign(2, record, now_ms=NOW)  # given back, from its stored record: reported again
     assert stage.checkpoint(NOW).merge_clocks == {"2": T0}
+
+
+def test_a_partition_with_records_left_to_read_is_not_idle_however_long_it_delivered_nothing() -> None:
+    # A replay keyed by interaction, read by a worker that stalls (a slow ClickHouse write
+    # holds the agent while the timers tick): calls/1 delivered up to 08:00:30 with more
+    # fetched behind it, calls/0 is at 10:00. Silent for source_idle_seconds, calls/1 must
+    # still hold event time back: "idle" by silence alone made its next records late.
+    stage = PipelineStage(settings(source_idle_seconds=5.0, allowed_lateness_seconds=60.0), REKEY)
+    idle_everywhere(stage)
+    a, b, c = iid_on(0, "a"), iid_on(1, "b"), iid_on(1, "c")
+    stage.on_batch("calls", 0, [Rec(a.encode(), call(a, 1, "offered", T0 + 7_200_000), 0)], NOW)
+    stage.on_batch("calls", 1, [Rec(b.encode(), call(b, 1, "offered", T0 + 30_000), 0)], NOW)
+    behind = {**EVERY, ("calls", 1): False}  # calls/1: records fetched, not yet delivered
+    for at in range(NOW, NOW + 12_000, 1_000):
+        stage.on_tick(at, behind)
+        clocks_back(stage, stage.checkpoint(at), at)
+    assert {e.record.watermark for e in stage.engines.values()} == {T0 + 30_000}
+    stage.on_batch("calls", 1, [Rec(c.encode(), call(c, 1, "offered", T0 + 40_000), 1)], NOW + 12_000)
+    assert stage.engines[1].record.late_events == 0
+    # Read to its end, it goes idle like any other once silent for source_idle_seconds.
+    for at in range(NOW + 12_000, NOW + 19_000, 1_000):
+        stage.on_tick(at, EVERY)
+        clocks_back(stage, stage.checkpoint(at), at)
+    assert {e.record.watermark for e in stage.engines.values()} == {T0 + 7_200_000}
+
+
+def test_a_partition_a_replay_has_begun_to_fill_holds_event_time_before_it_delivers() -> None:
+    # A running worker, every input partition idle; a replay keyed by interaction starts.
+    # calls/0's first records are read, calls/1's are there but not delivered yet: its old
+    # idle report must not let calls/0 move event time past them.
+    stage = PipelineStage(settings(source_idle_seconds=5.0, allowed_lateness_seconds=60.0), REKEY)
+    idle_everywhere(stage)
+    a, b = iid_on(0, "a"), iid_on(1, "b")
+    stage.on_batch("calls", 0, [Rec(a.encode(), call(a, 1, "offered", T0 + 7_200_000), 0)], NOW)
+    stage.reading(NOW, {**EVERY, ("calls", 1): False})  # what the shell tells before each checkpoint
+    clocks_back(stage, stage.checkpoint(NOW))
+    assert {e.record.watermark for e in stage.engines.values()} == {0}
+    stage.on_batch("calls", 1, [Rec(b.encode(), call(b, 1, "offered", T0 + 30_000), 0)], NOW + 200)
+    stage.reading(NOW + 200, EVERY)
+    clocks_back(stage, stage.checkpoint(NOW + 200), NOW + 200)
+    assert {e.record.watermark for e in stage.engines.values()} == {T0 + 30_000}
+    assert stage.engines[1].record.late_events == 0

@@ -316,17 +316,27 @@ class PipelineStage:
 
     # -- time -----------------------------------------------------------------
 
-    def on_tick(self, now_ms: int, caught_up: Mapping[tuple[str, int], bool]) -> None:
-        """Move event time and close windows. ``caught_up``: every input partition
-        (topic, partition) assigned to this worker, and whether it has nothing left to read."""
+    def reading(self, now_ms: int, caught_up: Mapping[tuple[str, int], bool]) -> None:
+        """``caught_up``: every input partition (topic, partition) assigned to this worker,
+        and whether it has nothing left to read. Told at each tick and before each
+        checkpoint: a partition a replay has just begun to fill must be reported active in
+        the same clock as the first records read on the others, or they move event time
+        past its records. A partition without an engine yet (not rebuilt) is left to on_tick."""
         for (topic, partition), done in caught_up.items():
+            sources = self._sources.get(partition)
+            if sources is not None and topic != self.rekey_topic:  # rekey: clocks speak for it
+                sources.assigned(f"{topic}/{partition}", now_ms, done)
+        for partition, sources in self._sources.items():
+            self._note(partition, sources.report(now_ms))
+
+    def on_tick(self, now_ms: int, caught_up: Mapping[tuple[str, int], bool]) -> None:
+        """Move event time and close windows. ``caught_up``: as ``reading`` takes it."""
+        for _topic, partition in caught_up:
             self._engine(partition, now_ms)
-            if topic != self.rekey_topic:  # not a source of event time (clocks speak for it)
-                self._sources[partition].assigned(f"{topic}/{partition}", now_ms, done)
+        self.reading(now_ms, caught_up)
         self._late.flush(now_ms / 1000)
         for partition, engine in self.engines.items():
             before = (engine.record.watermark, engine.record.final_through)
-            self._note(partition, self._sources[partition].report(now_ms))
             arrived_at, watermark_then = self._arrival[partition]
             quiet = now_ms - arrived_at
             if quiet >= self.idle_close_ms and watermark_then:
@@ -386,10 +396,16 @@ class PipelineStage:
             for (queue, channel), live in engine.take_live():
                 out.partials.append(Message(*live_partial(partition, queue, channel, live,
                                                           engine.version(False), watermark)))
+        # One clock for every partition that has news: an engine computes event time once
+        # per clock, and between two of them it saw one partition's new report beside the
+        # other's stale one (an idle partition that has since begun to fill).
+        clock: dict[str, list] = {}
         for partition, report in self._report.items():
             if self._clock_sent.get(partition) != report:
                 self._clock_sent[partition] = report
-                out.clocks.append(Message(None, orjson.dumps({CLOCK_FIELD: report})))
+                clock.update(report)
+        if clock:
+            out.clocks.append(Message(None, orjson.dumps({CLOCK_FIELD: clock})))
         # Taken with the partials above, which cover it (every window it closes is among
         # them): the merge forgets a final window, and FCR decides a contact, only behind it.
         for partition, engine in self.engines.items():
