@@ -7,16 +7,22 @@ amazon_connect/README.md); every mapped event must pass the pipeline's own valid
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from typing import Any, Sequence
 
 import pytest
 
+from ccpulse.config import DEFAULT_THRESHOLDS
 from ccpulse.connectors import amazon_connect
 from ccpulse.connectors.amazon_connect import agent_event, contact_event, contact_record, map_record
 from ccpulse.connectors.base import Mapped, MappingError
+from ccpulse.core.kpis import agent_outcomes, segment_outcomes
+from ccpulse.core.lifecycle import Interaction, Step
 from tests.connector_support import FIXTURES as ALL_FIXTURES
 from tests.connector_support import assert_valid
 from tests.connector_support import fixture as source_fixture
+from schemas.events import Event, validate
 from tests.test_connectors_webhook_fuzz import JSON_VALUES, mangled, outcome, paths
 
 FIXTURES = ALL_FIXTURES / "amazon_connect"
@@ -29,6 +35,42 @@ def fixture(name: str) -> dict[str, Any]:
 def brief(mapped: Sequence[Mapped]) -> list[tuple[str, str, str | None, str | None, str]]:
     return [(m.event["type"], m.event.get("interaction_id") or m.event["agent_id"], m.event.get("queue"),
              m.event.get("agent_id"), m.event["occurred_at"]) for m in mapped]
+
+
+# The figures the core derives per queue; the rest of segment_outcomes (sketch, buckets) is not looked at.
+FIGURES = ("offered", "answered", "abandoned", "transferred_out", "flowed_out", "transfers", "handled",
+           "handle_ms", "wait_answered_ms", "wait_abandoned_ms")
+
+
+def tally(mapped: Sequence[Mapped]) -> tuple[dict[tuple[str, str], int], int]:
+    """What the pipeline's core derives from ``mapped`` fed in this order: per (queue, figure), and the
+    steps it could not place (orphans). Pure: the core's own Interaction and KPI functions."""
+    now = int(time.time() * 1000)
+    interactions: dict[str, Interaction] = {}
+    for m in mapped:
+        ev = validate(m.event, m.family, now)
+        assert isinstance(ev, Event), (m.event, ev)
+        step = Step(ev.occurred_at_ms, ev.step, ev.event_id, ev.queue, ev.agent_id, ev.details.get("to_queue"),
+                    round(ev.details.get("wrapup_seconds", 0) * 1000))
+        interactions.setdefault(ev.interaction_id, Interaction(ev.interaction_id, ev.channel)).add(step)
+    counts: Counter[tuple[str, str]] = Counter()
+    orphans = 0
+    for inter in interactions.values():
+        derived = inter.derive()
+        orphans += derived.orphan_steps
+        for seg in derived.segments:
+            for _ts, name, n in segment_outcomes(seg, DEFAULT_THRESHOLDS["voice"]) + agent_outcomes(seg):
+                if name in FIGURES:
+                    counts[(seg.queue, name)] += n
+    return dict(counts), orphans
+
+
+def in_every_order(mapped: Sequence[Mapped]) -> tuple[dict[tuple[str, str], int], int]:
+    """``tally`` of the events as mapped, reversed and interleaved: arrival order must not matter."""
+    orders = [list(mapped), list(reversed(mapped)), list(mapped[1::2]) + list(mapped[::2])]
+    results = [tally(order) for order in orders]
+    assert all(r == results[0] for r in results), results
+    return results[0]
 
 
 QUEUE = "a1b2c3d4-5678-90ab-cdef-EXAMPLE33333"
@@ -68,13 +110,83 @@ def test_a_contact_never_queued_is_neither_offered_nor_abandoned() -> None:
     assert contact_record(fixture("ctr_ivr_only.json")) == []
 
 
-def test_a_transferred_contact_is_offered_in_its_new_queue_and_linked_to_the_first() -> None:
+NEW_CONTACT, NEW_QUEUE = "a1b2c3d4-5678-90ab-cdef-EXAMPLE55555", "a1b2c3d4-5678-90ab-cdef-EXAMPLE66666"
+FIRST_LEG = ("contact_event_queued.json", "contact_event_connected_to_agent.json",
+             "contact_event_disconnected_answered.json", "contact_event_completed.json")
+SECOND_LEG = ("contact_event_queued_transfer.json", "contact_event_connected_to_agent_transfer.json",
+              "contact_event_completed_transfer.json")
+
+
+def test_an_agent_transfer_is_counted_on_the_contact_it_came_from_and_the_new_contact_waits_in_its_queue() -> None:
     out = map_record(fixture("contact_event_queued_transfer.json"))
-    assert brief(out) == [("call.offered", "a1b2c3d4-5678-90ab-cdef-EXAMPLE55555",
-                           "a1b2c3d4-5678-90ab-cdef-EXAMPLE66666", None, "2021-08-04T17:32:00.000Z")]
+    # The transfer at the new contact's initiationTimestamp (when the agent started it), on the
+    # previous contact; the new contact offered in its queue at its enqueueTimestamp.
+    assert brief(out) == [("call.offered", NEW_CONTACT, NEW_QUEUE, None, "2021-08-04T17:32:00.000Z"),
+                          ("call.transferred", CONTACT, None, None, "2021-08-04T17:31:58.000Z")]
     assert out[0].event["attributes"] == {"initial_contact_id": CONTACT, "previous_contact_id": CONTACT,
                                           "initiation_method": "TRANSFER"}
+    assert out[1].event["to_agent"] == NEW_QUEUE and "to_queue" not in out[1].event
+    assert out[1].key == CONTACT
     assert_valid(out)
+
+
+def test_a_transferred_contact_s_figures_do_not_depend_on_the_order_its_events_arrive_in() -> None:
+    # The first contact's after contact work ends (17:34:10) after the new contact queued
+    # (17:32:00) and was answered (17:32:40): the case that must not turn into an abandon.
+    mapped = [m for name in FIRST_LEG + SECOND_LEG for m in map_record(fixture(name))]
+    assert in_every_order(mapped) == ({
+        # 17:29:04 -> 17:29:09 wait, handled 17:29:09 -> 17:34:10 (talk + ACW, as Connect's own handle time)
+        (QUEUE, "offered"): 1, (QUEUE, "answered"): 1, (QUEUE, "wait_answered_ms"): 5_000, (QUEUE, "transfers"): 1,
+        (QUEUE, "handled"): 1, (QUEUE, "handle_ms"): 301_000,
+        # queued 17:32:00, answered 17:32:40, after contact work to 17:37:00
+        (NEW_QUEUE, "offered"): 1, (NEW_QUEUE, "answered"): 1, (NEW_QUEUE, "wait_answered_ms"): 40_000,
+        (NEW_QUEUE, "handled"): 1, (NEW_QUEUE, "handle_ms"): 260_000,
+    }, 0)
+
+
+def test_contact_records_of_a_transfer_give_the_same_figures_and_the_live_events_the_same_ids() -> None:
+    first, second = fixture("ctr_agent_transfer_first.json"), fixture("ctr_agent_transfer_second.json")
+    mapped = contact_record(first) + contact_record(second)
+    basic, support = "BasicQueue", "SupportQueue"  # a contact record names its queue
+    assert in_every_order(mapped) == ({
+        (basic, "offered"): 1, (basic, "answered"): 1, (basic, "wait_answered_ms"): 7_000, (basic, "transfers"): 1,
+        (basic, "handled"): 1, (basic, "handle_ms"): 65_000,  # 15:00:49 -> ACW end 15:01:54
+        (support, "offered"): 1, (support, "answered"): 1, (support, "wait_answered_ms"): 28_000,
+        (support, "handled"): 1, (support, "handle_ms"): 180_000,  # 15:01:40 -> ACW end 15:04:40
+    }, 0)
+    transfer = [m for m in mapped if m.event["type"] == "call.transferred"]
+    assert brief(transfer) == [("call.transferred", first["ContactId"], None, None, "2022-04-08T15:01:10.000Z")]
+    # The same contact seen live: its QUEUED event gives the record's ids, so a replay dedups.
+    live = contact_event({"eventType": "QUEUED", "contactId": second["ContactId"], "channel": "VOICE",
+                          "initiationMethod": "TRANSFER", "initiationTimestamp": second["InitiationTimestamp"],
+                          "initialContactId": first["ContactId"], "previousContactId": first["ContactId"],
+                          "queueInfo": {"queueArn": second["Queue"]["ARN"], "queueType": "STANDARD",
+                                        "enqueueTimestamp": second["Queue"]["EnqueueTimestamp"]}})
+    assert {m.event["event_id"] for m in live} <= {m.event["event_id"] for m in mapped}
+    assert len(live) == 2
+    assert_valid(mapped)
+
+
+def test_only_an_agent_s_transfer_is_a_transfer_and_it_counts_where_it_came_from() -> None:
+    doc = fixture("contact_event_queued_transfer.json")
+    # A flow moving a waiting contact to another queue is the first contact's flow-out, not an agent transfer.
+    doc["detail"]["initiationMethod"] = "QUEUE_TRANSFER"
+    assert [m.event["type"] for m in map_record(doc)] == ["call.offered"]
+    # A second transfer (A -> B -> C) counts on B, the contact it came from.
+    doc["detail"].update(initiationMethod="TRANSFER", previousContactId="contact-b")
+    assert [m.event["interaction_id"] for m in map_record(doc)] == [NEW_CONTACT, "contact-b"]
+    # Without a previous contact id (older events), the initial one.
+    del doc["detail"]["previousContactId"]
+    assert map_record(doc)[1].event["interaction_id"] == CONTACT
+    # To an agent (quick connect to the agent's own queue): to_agent is that agent.
+    doc["detail"]["queueInfo"].update(queueType="AGENT", queueArn=doc["detail"]["queueInfo"]["queueArn"].replace(
+        "/queue/a1b2c3d4-5678-90ab-cdef-EXAMPLE66666", "/queue/agent/a1b2c3d4-5678-90ab-cdef-EXAMPLE77777"))
+    assert map_record(doc)[1].event["to_agent"] == "a1b2c3d4-5678-90ab-cdef-EXAMPLE77777"
+    # No initiationTimestamp: the transfer is dated when the new contact queued.
+    del doc["detail"]["initiationTimestamp"]
+    assert map_record(doc)[1].event["occurred_at"] == "2021-08-04T17:32:00.000Z"
+    # Its other events map as before, without a second transfer.
+    assert [m.event["type"] for m in map_record(fixture("contact_event_completed_transfer.json"))] == ["call.ended"]
 
 
 def test_the_older_documented_sample_with_pascal_case_keys_maps_with_the_envelope_time() -> None:

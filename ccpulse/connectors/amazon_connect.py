@@ -21,16 +21,28 @@ Sources (field names and meanings checked against AWS's own documentation):
   https://docs.aws.amazon.com/connect/latest/adminguide/ctr-data-model.html
   (``ContactId``, ``Channel``, ``Queue.ARN|Name|EnqueueTimestamp|DequeueTimestamp``,
   ``Agent.ARN|ConnectedToAgentTimestamp|AfterContactWorkEndTimestamp``,
-  ``DisconnectTimestamp``, ``DisconnectReason``, ``NextContactId``, ``PreviousContactId``).
+  ``DisconnectTimestamp``, ``DisconnectReason`` (CUSTOMER_DISCONNECT, AGENT_DISCONNECT,
+  THIRD_PARTY_DISCONNECT, TELECOM_PROBLEM, BARGED, CONTACT_FLOW_DISCONNECT, OTHER; tasks
+  also EXPIRED, API: none says "transferred"), ``NextContactId``, ``PreviousContactId``,
+  ``InitialContactId``, ``InitiationMethod`` (INBOUND, OUTBOUND, TRANSFER, QUEUE_TRANSFER,
+  CALLBACK, API, DISCONNECT, MONITOR), ``InitiationTimestamp``).
 
 The judgements (README "Connectors" > "Amazon Connect"), in short:
 
-- One Connect contact is one interaction (its ``contactId``): a transfer makes a new
-  contact, which is offered in the queue it goes to with its own wait; the pipeline's
-  ``*.transferred`` is not sent, because the first contact's end reaches ccpulse apart
-  from (and often before) the new one, and ending the interaction there would turn the
-  new queue visit into an abandon. ``initial_contact_id`` / ``previous_contact_id``
-  attributes link the contacts in the raw store.
+- One Connect contact is one interaction (its ``contactId``), as Connect itself counts
+  them. An agent's transfer (``initiationMethod`` TRANSFER: "transferred by an agent to
+  another agent or to a queue, using quick connects ... This results in a new CTR") makes
+  a new contact, offered in the queue it goes to with its own wait, and a
+  ``*.transferred`` on the contact it came from (``previousContactId``, else
+  ``initialContactId``) at the new contact's ``initiationTimestamp`` ("for TRANSFER ...
+  when the transfer was initiated", CTR data model), with ``to_agent`` = the destination
+  (the agent of an agent queue, else the queue), never ``to_queue``: that would move the
+  first interaction into the new queue, while the first contact's own end (its COMPLETED,
+  after its after contact work) still comes, and nothing in it says it was transferred
+  (contact events name no next contact; ``disconnectReason`` has no transfer value), so
+  it would end the new queue visit as an abandon. The first contact's handle time is its
+  own talk + hold + ACW, as in Connect's per-contact metrics. ``initial_contact_id`` /
+  ``previous_contact_id`` attributes link the contacts in the raw store.
 - Abandoned counts only contacts that were queued and left before an agent (Connect's
   "abandoned over queued"); one that never reached a queue (IVR, outbound) maps to nothing.
   A queued contact the flow moved on (``nextContactId``) or the flow disconnected is a
@@ -63,6 +75,9 @@ COUNTED_EVENT_TYPES = frozenset(("QUEUED", "CONNECTED_TO_AGENT", "DISCONNECTED",
 # itself: the system took it out of the queue.
 FLOW_OUT_DISCONNECTS = {"CONTACT_FLOW_DISCONNECT": "flow_disconnect", "EXPIRED": "timeout",
                         "API": "api_disconnect"}
+# InitiationMethod of a contact an agent made by transferring another (quick connects).
+# QUEUE_TRANSFER, a flow moving a waiting contact on, is the first contact's flow-out.
+AGENT_TRANSFER = "TRANSFER"
 # AgentStatus.Type (newer streams) or, when absent, AgentStatus.Name.
 ROUTABLE_STATUS = "Available"
 OFFLINE_STATUS = "Offline"
@@ -133,7 +148,9 @@ def contact_event(detail: Any, queue_names: Mapping[str, str] | None = None,
                          queue=queue)
         offered["attributes"] = _links(contact, _get(detail, "initialContactId"),
                                        _get(detail, "previousContactId"), _get(detail, "initiationMethod"))
-        return [Mapped(family, offered)]
+        return [Mapped(family, offered), *_transfer_in(
+            family, contact, offered, _get(queue_info, "queueArn"), _get(detail, "initiationTimestamp"),
+            "detail.initiationTimestamp")]
     if etype == "CONNECTED_TO_AGENT":
         agent = _agent_id(_get(agent_info, "agentArn"), "detail.agentInfo.agentArn")
         return [Mapped(family, _event(family, contact, "answered",
@@ -177,7 +194,8 @@ def contact_record(ctr: Any, queue_names: Mapping[str, str] | None = None) -> li
     offered = _event(family, contact, "offered", rfc3339(enqueued, "Queue.EnqueueTimestamp"), queue=queue)
     offered["attributes"] = _links(contact, ctr.get("InitialContactId"), ctr.get("PreviousContactId"),
                                    ctr.get("InitiationMethod"))
-    out = [Mapped(family, offered)]
+    out = [Mapped(family, offered), *_transfer_in(family, contact, offered, _get(queue_doc, "ARN"),
+                                                  ctr.get("InitiationTimestamp"), "InitiationTimestamp")]
     agent_doc = ctr.get("Agent")
     connected = _get(agent_doc, "ConnectedToAgentTimestamp")
     disconnected = ctr.get("DisconnectTimestamp")
@@ -357,6 +375,30 @@ def _links(contact: str, initial: Any, previous: Any, method: Any) -> dict[str, 
     if isinstance(method, str) and method:
         out["initiation_method"] = method
     return out
+
+
+def _transfer_in(family: Family, contact: str, offered: dict[str, Any], queue_arn: Any, initiated: Any,
+                 where: str) -> list[Mapped]:
+    """The ``*.transferred`` an agent's transfer counts, on the contact it came from, if ``contact`` is one.
+
+    ``offered`` is the new contact's offer (its queue, time and ``_links`` attributes). Dated
+    when the agent started the transfer, so it falls inside the first contact's handling
+    whatever that contact's own events say; without that time, when the new contact queued.
+    """
+    links = offered["attributes"]
+    source = links.get("previous_contact_id") or links.get("initial_contact_id")
+    if links.get("initiation_method") != AGENT_TRANSFER or source is None:
+        return []
+    # A quick connect to an agent queues the contact in that agent's own queue
+    # (ARN .../queue/agent/ID): the destination is the agent, from live events and records alike.
+    if isinstance(queue_arn, str) and "/queue/agent/" in queue_arn:
+        to = _agent_id(_arn_id(queue_arn, "/queue/agent/", "queue ARN"), "queue ARN")
+    else:
+        to = offered["queue"]
+    occurred = rfc3339(initiated, where) if initiated is not None else offered["occurred_at"]
+    return [Mapped(family, {"event_id": event_id(SOURCE, contact, "transfer_in"), "type": f"{family}.transferred",
+                            "occurred_at": occurred, "interaction_id": checked_id(source, "previousContactId"),
+                            "to_agent": to, "schema_version": 1})]
 
 
 def _queue_exit(family: Family, contact: str, occurred: str, disconnect_reason: Any,
