@@ -22,7 +22,7 @@ from ccpulse.config import Settings
 from ccpulse.core.engine import PartitionRecord
 from ccpulse.core.lifecycle import Interaction
 from sinks.prometheus import PipelineMetrics
-from streams import codecs
+from streams import codecs, memory
 from streams.context import Pipeline
 from streams.kafka_consumer import InOrderApp, convert_recovered_values
 from streams.outbox import Outbox
@@ -94,6 +94,8 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     pipe.outbox = Outbox(app)
     pipe.metrics = PipelineMetrics(lambda: pipe.engines, lambda: pipe.fcr_engines, lambda: dict(pipe.tables.items()))
     app.pipeline = pipe  # type: ignore[attr-defined]
+    # Every role: glibc keeps what a backlog freed unless asked (measured in streams/memory.py).
+    memory.register(app)
 
     t = settings.topics
     internal = dict(partitions=settings.kafka.partitions, internal=True, replicas=1)

@@ -59,13 +59,25 @@ def install(path: str | None = None) -> None:
     threading.Thread(target=_serve, args=(path,), name="memory-probe", daemon=True).start()
 
 
+# Under tracemalloc: the top sites when RSS last grew by PEAK_STEP (what a transient peak
+# allocated, freed by the time a report is asked for; glibc may keep those pages).
+PEAK_STEP = 32 * 1024  # kB
+_at_peak: dict[str, Any] = {}
+
+
 def _serve(path: str) -> None:
     request = path + ".request"
+    peak_seen = 0
     while True:
         try:
             with open(request, encoding="utf-8") as f:
                 options = f.read()
         except FileNotFoundError:
+            rss = status().get("VmRSS", 0)
+            if tracemalloc.is_tracing() and rss > peak_seen + PEAK_STEP:
+                peak_seen = rss
+                _at_peak.clear()
+                _at_peak.update(rss_kb=rss, **traced(20))
             time.sleep(0.2)
             continue
         try:
@@ -271,6 +283,8 @@ def traced(top: int = 40) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     """A human-readable summary of one report (MB unless said)."""
     mb = 1 / 1024
+    if "error" in report:
+        return f"the probe failed: {report['error']}"
     s, r = report.get("status", {}), report.get("smaps_rollup", {})
     lines = [f"RSS {s.get('VmRSS', 0) * mb:.0f} MB: anonymous {r.get('Anonymous', 0) * mb:.0f}, "
              f"file-backed {(r.get('Rss', 0) - r.get('Anonymous', 0)) * mb:.0f}; peak {s.get('VmHWM', 0) * mb:.0f}"]
