@@ -12,12 +12,14 @@ from ccpulse.connectors.base import MappingError
 from ccpulse.connectors.genesys import map_record
 from tests.connector_support import FIXTURES as ALL_FIXTURES
 from tests.connector_support import assert_valid
-from tests.test_connectors_amazon_connect import brief, fuzz
+from tests.test_connectors_amazon_connect import brief, fuzz, in_every_order
 
 FIXTURES = ALL_FIXTURES / "genesys"
 CONV = "8e2f4b2c-1c3a-4f4e-9d0e-2a6d7c1b5f00"
 Q1, Q2 = "5b5f0a8e-3e2d-4f0a-9c1b-7d2e6f3a1c01", "5b5f0a8e-3e2d-4f0a-9c1b-7d2e6f3a1c02"
 U1 = "0f1e2d3c-4b5a-4968-8776-655443322101"
+# One interaction per queue visit of the conversation (README, Connectors > Genesys Cloud).
+VISIT1, VISIT2 = f"{CONV}:{Q1}", f"{CONV}:{Q2}"
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -30,14 +32,62 @@ def test_a_conversation_transferred_to_a_second_queue_maps_to_two_queue_visits()
              "customer_end.json")
     out = [m for name in names for m in map_record(fixture(name))]
     assert brief(out) == [
-        ("call.offered", CONV, Q1, None, "2024-03-04T10:00:20.000Z"),
-        ("call.answered", CONV, Q1, U1, "2024-03-04T10:00:35.000Z"),
-        ("call.ended", CONV, Q1, None, "2024-03-04T10:02:35.000Z"),
-        ("call.offered", CONV, Q2, None, "2024-03-04T10:02:35.500Z"),
-        ("call.abandoned", CONV, Q2, None, "2024-03-04T10:03:15.500Z"),
+        ("call.offered", VISIT1, Q1, None, "2024-03-04T10:00:20.000Z"),
+        ("call.answered", VISIT1, Q1, U1, "2024-03-04T10:00:35.000Z"),
+        ("call.transferred", VISIT1, Q1, None, "2024-03-04T10:02:35.000Z"),
+        ("call.ended", VISIT1, Q1, None, "2024-03-04T10:02:35.000Z"),
+        ("call.offered", VISIT2, Q2, None, "2024-03-04T10:02:35.500Z"),
+        ("call.abandoned", VISIT2, Q2, None, "2024-03-04T10:03:15.500Z"),
     ]
-    assert {m.key for m in out} == {CONV} and len({m.event["event_id"] for m in out}) == len(out)
+    assert out[2].event["to_agent"] == "transfer" and "to_queue" not in out[2].event
+    assert {m.key for m in out} == {VISIT1, VISIT2} and len({m.event["event_id"] for m in out}) == len(out)
+    assert all(m.event["attributes"] == {"conversation_id": CONV} for m in out)
     assert_valid(out)
+
+
+@pytest.mark.parametrize("new_visit", ["acd_start_transfer.json", "acd_start_transfer_same_ms.json"])
+def test_a_transfer_is_counted_once_and_the_next_queue_visit_keeps_its_own_wait_in_any_order(new_visit: str) -> None:
+    # The new queue's acd.start may carry the very millisecond of the agent's user.end (a
+    # blind transfer): it must not be taken for an offer while the first visit is handled.
+    mapped = [m for name in ("acd_start.json", "acd_end_answered.json", "user_end_transfer.json", new_visit,
+                             "acd_end_abandon.json") for m in map_record(fixture(name))]
+    entered = {"acd_start_transfer.json": 10 * 60 + 2 * 60 + 35.5, "acd_start_transfer_same_ms.json": 10 * 60 + 155}
+    assert in_every_order(mapped) == ({
+        # 10:00:20 -> 10:00:35 wait, handled to the transfer at 10:02:35
+        (Q1, "offered"): 1, (Q1, "answered"): 1, (Q1, "wait_answered_ms"): 15_000, (Q1, "transfers"): 1,
+        (Q1, "handled"): 1, (Q1, "handle_ms"): 120_000,
+        # abandoned at 10:03:15.500
+        (Q2, "offered"): 1, (Q2, "abandoned"): 1,
+        (Q2, "wait_abandoned_ms"): round((10 * 60 + 195.5 - entered[new_visit]) * 1000),
+    }, 0)
+
+
+def test_a_user_who_never_took_the_call_ends_nothing() -> None:
+    # NO_ANSWER_TRANSFER (and NOT_AVAILABLE, DND, FORWARD): the call went on to someone
+    # else before this user took it; ending the visit there would make it an abandon.
+    assert map_record(fixture("user_end_no_answer.json")) == []
+    for kind in ("NOT_AVAILABLE_TRANSFER", "DND_TRANSFER", "FORWARD_TRANSFER"):
+        doc = fixture("user_end_no_answer.json")
+        doc["detail"]["eventBody"]["disconnectType"] = kind
+        assert map_record(doc) == [], kind
+    mapped = [m for name in ("acd_start.json", "user_end_no_answer.json", "acd_end_answered.json")
+              for m in map_record(fixture(name))]
+    assert in_every_order(mapped) == ({(Q1, "offered"): 1, (Q1, "answered"): 1, (Q1, "wait_answered_ms"): 15_000},
+                                      0)
+
+
+def test_a_consult_or_conference_transfer_is_a_transfer_and_other_ends_are_plain_ends() -> None:
+    for kind, types in (("CONSULT_TRANSFER", ["call.transferred", "call.ended"]),
+                        ("CONFERENCE_TRANSFER", ["call.transferred", "call.ended"]),
+                        ("PEER", ["call.ended"]), ("CLIENT", ["call.ended"])):
+        doc = fixture("user_end_transfer.json")
+        doc["detail"]["eventBody"]["disconnectType"] = kind
+        out = map_record(doc)
+        assert [m.event["type"] for m in out] == types, kind
+        assert_valid(out)
+    doc = fixture("user_end_transfer.json")
+    del doc["detail"]["eventBody"]["disconnectType"]
+    assert [m.event["type"] for m in map_record(doc)] == ["call.ended"]
 
 
 def test_a_flow_out_is_neither_an_answer_nor_an_abandon() -> None:

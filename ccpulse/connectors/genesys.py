@@ -17,11 +17,25 @@ Sources (topic names and fields checked against Genesys' own documentation):
   EventBridge event whose ``detail`` is ``{"topicName": ..., "version": ..., "eventBody":
   {...}, "metadata": {...}}``, the same object the notification service sends.
 
-The judgements (README "Connectors" > "Genesys Cloud"), in short: one conversation is
-one interaction. ``acd.start`` -> offered in its queue; ``acd.end`` ANSWERED -> answered
+- ``user.end``'s ``disconnectType`` (the SDK models' enum: ENDPOINT, CLIENT, SYSTEM,
+  TRANSFER, CONSULT_TRANSFER, CONFERENCE_TRANSFER, FORWARD_TRANSFER, NO_ANSWER_TRANSFER,
+  NOT_AVAILABLE_TRANSFER, DND_TRANSFER, PEER, ERROR, OTHER, SPAM, TIMEOUT, ...;
+  ``UserEndDetailEventTopicUserEndEvent``).
+
+The judgements (README "Connectors" > "Genesys Cloud"), in short: each queue visit of a
+conversation is one interaction, ``<conversationId>:<queueId>`` (``attributes.conversation_id``
+links them). ``acd.start`` -> offered in its queue; ``acd.end`` ANSWERED -> answered
 (``answeredUserId``), ABANDON -> abandoned, FLOW_OUT -> flowed out; ``user.end`` of an
-ACD-routed agent -> ended (the agent's handling is over; a transfer ends it too, and the
-next ``acd.start`` is then a new queue segment of the same conversation). ``customer.*``,
+ACD-routed agent -> ended (the agent's handling is over). An agent's transfer (``user.end``
+TRANSFER, CONSULT_TRANSFER, CONFERENCE_TRANSFER) is also ``*.transferred`` at the same
+time, ``to_agent`` = the kind of transfer (the event does not say where the call went;
+never ``to_queue``: the next queue's own ``acd.start`` is its offer there). Not one
+interaction for the whole conversation: the next queue's ``acd.start`` can carry the
+very millisecond of (or an earlier time than) the transferring agent's ``user.end``, and
+in one interaction it would sort as an offer while the call is still handled (an orphan),
+its answer and end with it. A ``user.end`` of a user who never took the call
+(NO_ANSWER_, NOT_AVAILABLE_, DND_, FORWARD_TRANSFER: it went on to someone else) maps to
+nothing: it would end the visit while waiting, an abandon. ``customer.*``,
 ``user.start``, ``acw`` and other topics map to nothing (see the README for why).
 
 Pure: no Kafka, no HTTP. ``MappingError`` for a payload that cannot be mapped.
@@ -38,6 +52,10 @@ from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ide
 SOURCE = "genesys"
 MEDIA_FAMILY: dict[str, Family] = {"VOICE": "call", "CALLBACK": "call", "CHAT": "chat", "MESSAGE": "chat"}
 _TOPIC = re.compile(r"v2\.detail\.events\.conversation\.([^.]+)\.(.+)\Z")
+# user.end disconnectType of an agent who handed the call on; its lower case is the to_agent.
+AGENT_TRANSFERS = frozenset(("TRANSFER", "CONSULT_TRANSFER", "CONFERENCE_TRANSFER"))
+# user.end disconnectType of a user the call was offered to who never took it.
+NOT_TAKEN = frozenset(("NO_ANSWER_TRANSFER", "NOT_AVAILABLE_TRANSFER", "DND_TRANSFER", "FORWARD_TRANSFER"))
 
 
 def map_record(doc: Any, queue_names: Mapping[str, str] | None = None) -> list[Mapped]:
@@ -79,20 +97,31 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
         return []  # EMAIL, COBROWSE, VIDEO, SCREENSHARE: not counted (README)
     conversation = checked_id(_required(ident(body, "conversationId")), "eventBody.conversationId")
     occurred = epoch(dig(body, "eventTime"), "eventBody.eventTime", 1)
-    queue_id = ident(body, "queueId", required=kind == "acd.start")
-    if kind == "user.end" and queue_id is None:
+    # The queue visit is the interaction: an ACD event without its queue cannot be placed.
+    queue_id = ident(body, "queueId", required=kind != "user.end")
+    if queue_id is None:
         return []  # a call straight to a user, never offered in a queue: its end would be an orphan
+    disconnect = body.get("disconnectType") if kind == "user.end" else None
+    if not isinstance(disconnect, str):
+        disconnect = None  # absent or not a name: a plain end
+    if disconnect in NOT_TAKEN:
+        return []
     # The platform's own ids of the happening: a redelivery is the same event.
     eid = event_id(SOURCE, conversation, kind, body.get("participantId"), body.get("sessionId"),
                    body.get("eventTime"))
-    doc: dict[str, Any] = {"event_id": eid, "occurred_at": occurred, "interaction_id": conversation,
-                           "schema_version": 1}
-    if queue_id is not None:
-        doc["queue"] = checked_name(queue_names.get(queue_id, queue_id), "eventBody.queueId")
+    doc: dict[str, Any] = {"event_id": eid, "occurred_at": occurred,
+                           "interaction_id": checked_id(f"{conversation}:{queue_id}", "eventBody.queueId"),
+                           "queue": checked_name(queue_names.get(queue_id, queue_id), "eventBody.queueId"),
+                           "attributes": {"conversation_id": conversation}, "schema_version": 1}
     if kind == "acd.start":
         doc["type"] = f"{family}.offered"
     elif kind == "user.end":
         doc["type"] = f"{family}.ended"
+        if disconnect in AGENT_TRANSFERS:
+            transfer = dict(doc, event_id=event_id(SOURCE, conversation, "transfer", body.get("participantId"),
+                                                   body.get("sessionId"), body.get("eventTime")),
+                            type=f"{family}.transferred", to_agent=disconnect.lower())
+            return [Mapped(family, transfer), Mapped(family, doc)]
     else:
         outcome = dig(body, "acdOutcome")
         if outcome == "ANSWERED":
