@@ -232,3 +232,25 @@ def test_snapshot_restore_and_the_redelivered_tail_give_the_same_figures(cut: in
     restored = AgentCore.restore(w, LATE, json.loads(json.dumps(first.snapshot())))
     seen.update(feed(restored, script[cut:]))
     assert seen == whole
+
+
+def test_moving_event_time_costs_nothing_per_agent_until_figures_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ccpulse.core.agents as agents
+
+    c = core()
+    c.advance(at(9, 0))
+    for i in range(50):
+        c.apply(f"a-{i}", login(at(9, 0), f"e{i}", "q"))
+    c.take()
+    calls = []
+    real = agents.time_in_state
+    monkeypatch.setattr(agents, "time_in_state", lambda *a: calls.append(1) or real(*a))
+    for ms in range(1000, 50_000, 1000):  # 49 moves within one minute: no window closes
+        c.advance(at(9, 0) + ms)
+    assert not calls
+    f = {ch.key: ch.counters for ch in c.take()}  # reading them accrues every agent once
+    assert len(calls) == 50 and f[(60, at(9, 0), QUEUE, "q", ANY_CHANNEL)][STAFFED] == 50 * 49_000
+    calls.clear()
+    c.advance(at(9, 3))  # the 09:00 minute closes: every agent accrues once, first
+    assert len(calls) == 50
+    assert [ch for ch in c.take() if ch.final][0].counters[STAFFED] == 50 * 60_000

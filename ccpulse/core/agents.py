@@ -49,6 +49,7 @@ STAFFED, AVAILABLE_MS, ON_CONTACT_MS, ACW_MS, AWAY_MS = (
 AWAY_BY_REASON = "away_ms:"
 
 ContactKey = tuple[str, int]  # (interaction_id, segment index)
+_FOREVER = 1 << 62  # after every instant a timestamp can hold
 # (size_s, window_start_ms, scope, name, channel): scope AGENT (name = agent id, channel
 # ANY_CHANNEL) or QUEUE (name = queue), as ccpulse/core/kpis.py scopes its windows.
 WindowKey = tuple[int, int, str, str, str]
@@ -155,6 +156,11 @@ class Timeline:
     contacts: dict[ContactKey, Contact] = field(default_factory=dict)
     # Contacts removed or folded away -> (version, answered): newer versions only, from now on
     removed: dict[ContactKey, tuple[int, int]] = field(default_factory=dict)
+    # Event time up to which its time is in the open windows (None: not yet counted). Not
+    # stored: a restore counts everything from the floor again.
+    accrued: int | None = field(default=None, repr=False, compare=False)
+    # (from, situation, until): the situation holds on [from, until); not stored
+    _cache: tuple[int, Instant, int] | None = field(default=None, repr=False, compare=False)
 
     def has(self, event_id: str) -> bool:
         return any(p.event_id == event_id for p in self.events)
@@ -175,22 +181,30 @@ class Timeline:
                 last, follows = (c.ended, key), (c.queue, c.channel)
         return Instant(declared, frozenset(open_), follows)
 
-    def changes(self, a: int, b: int) -> list[int]:
-        """The instants in (a, b) at which the agent's situation may change."""
-        points = {p.ts for p in self.events}
+    def next_change(self, t: int) -> int | None:
+        """The first instant after ``t`` at which the agent's situation may change."""
+        later = [p.ts for p in self.events if p.ts > t]
         for c in self.contacts.values():
-            points.add(c.answered)
-            if c.ended is not None:
-                points.add(c.ended)
-        return sorted(t for t in points if a < t < b)
+            later += [x for x in (c.answered, c.ended) if x is not None and x > t]
+        return min(later, default=None)
 
     def pieces(self, a: int, b: int) -> Iterable[tuple[int, int, Instant]]:
         """[x0, x1) pieces of [a, b), the situation constant on each."""
-        if a >= b:
-            return
-        bounds = [a, *self.changes(a, b), b]
-        for x0, x1 in zip(bounds, bounds[1:]):
-            yield x0, x1, self.at(x0)
+        x0 = a
+        while x0 < b:
+            cached = self._cache
+            if cached is None or not cached[0] <= x0 < cached[2]:
+                # Event time moves a little at a time: the situation at its last move
+                # nearly always still holds, and then a piece costs no scan.
+                following = self.next_change(x0)
+                cached = self._cache = (x0, self.at(x0), _FOREVER if following is None else following)
+            x1 = min(cached[2], b)
+            yield x0, x1, cached[1]
+            x0 = x1
+
+    def changed(self) -> None:
+        """Forget the cached situation: the events or contacts changed."""
+        self._cache = None
 
     def insert(self, p: Presence) -> None:
         order = (p.ts, p.event_id)
@@ -210,8 +224,12 @@ class Timeline:
             self.base = self.base.then(self.events[n])
             self.marker = (self.events[n].ts, self.events[n].event_id)
             n += 1
-        del self.events[:n]
+        if n:
+            del self.events[:n]
+            self._cache = None
         over = [(c.ended, key) for key, c in self.contacts.items() if c.ended is not None and c.ended <= floor]
+        if len(over) > 1:
+            self._cache = None
         for _ended, key in sorted(over)[:-1]:
             # Its version stays (as a removal's does): an older upsert of it read again
             # must not bring it back.
@@ -300,6 +318,8 @@ class AgentCore:
         self.late_events = 0  # presence events in a window already final
         self.late_ms = 0  # milliseconds a change would have moved in final windows (not applied)
         self.duplicates = 0
+        self._folded_at: int | None = None
+        self._ends: dict[tuple[int, int], int] = {}  # (size, start) -> end, for is_final
 
     # -- time -----------------------------------------------------------------
 
@@ -311,7 +331,12 @@ class AgentCore:
         return min(self.windowing.start(closed, size) for size in self.windowing.sizes)
 
     def is_final(self, size: int, start: int) -> bool:
-        return self.now is not None and self.windowing.end(size, start) <= self.now - self.lateness_ms
+        end = self._ends.get((size, start))
+        if end is None:
+            if len(self._ends) > 4096:  # open windows are few: keep it bounded anyway
+                self._ends.clear()
+            end = self._ends[(size, start)] = self.windowing.end(size, start)
+        return self.now is not None and end <= self.now - self.lateness_ms
 
     def advance(self, now_ms: int) -> None:
         """Event time moves to ``now_ms`` (never back): time in the current states
@@ -322,16 +347,23 @@ class AgentCore:
             return
         if now_ms <= self.now:
             return
-        before = self.now
-        for agent, timeline in self.agents.items():
-            self._add(time_in_state(agent, timeline, before, now_ms, self.windowing))
+        closed_before, closed_now = self.now - self.lateness_ms, now_ms - self.lateness_ms
+        if all(self.windowing.start(closed_before, size) == self.windowing.start(closed_now, size)
+               for size in self.windowing.sizes):
+            # No window closes: time in the current states accrues when figures are read
+            # (``take``) or the agent changes, not at each move (thousands of agents).
+            self.now = now_ms
+            return
+        self._accrue(now_ms)  # everything up to the new event time, before windows close
         self.now = now_ms
         for key in [k for k in self.windows if self.is_final(k[0], k[1])]:
             self._finals.append(WindowChange(key, dict(self.windows.pop(key)), True))
             self._dirty.discard(key)
         floor = self.floor()
-        for timeline in self.agents.values():
-            timeline.fold(floor, self.keep_removed_ms)  # type: ignore[arg-type]
+        if floor != self._folded_at:  # it moves once per window of the longest size
+            self._folded_at = floor
+            for timeline in self.agents.values():
+                timeline.fold(floor, self.keep_removed_ms)  # type: ignore[arg-type]
 
     # -- input ----------------------------------------------------------------
 
@@ -391,18 +423,34 @@ class AgentCore:
         held, gone = timeline.contacts.get(key), timeline.removed.get(key)
         return max(held.version if held else -1, gone[0] if gone else -1)
 
+    def _accrue(self, to: int) -> None:
+        """Every agent's time up to ``to`` into the windows (``to`` >= event time)."""
+        for agent, timeline in self.agents.items():
+            self._accrue_one(agent, timeline, to)
+
+    def _accrue_one(self, agent: str, timeline: Timeline, to: int) -> None:
+        since = timeline.accrued if timeline.accrued is not None else self.floor()
+        if since is not None and since < to:
+            self._add(time_in_state(agent, timeline, since, to, self.windowing))
+        timeline.accrued = to
+
     def _change(self, agent: str, timeline: Timeline, t: int, mutate: Callable[[], None]) -> None:
         """Apply ``mutate`` to ``timeline``, and to every open window what it changes
         from ``t`` on: the figures after less the figures before."""
+        if self.now is not None:
+            self._accrue_one(agent, timeline, self.now)
         if self.now is None:
             mutate()
+            timeline.changed()
             return
         lo = max(t, self.floor())  # type: ignore[type-var]
         if lo >= self.now:
             mutate()  # in the future of event time: it counts as time gets there
+            timeline.changed()
             return
         before = time_in_state(agent, timeline, lo, self.now, self.windowing)
         mutate()
+        timeline.changed()
         after = time_in_state(agent, timeline, lo, self.now, self.windowing)
         after.subtract(before)
         self._add(after)
@@ -438,6 +486,7 @@ class AgentCore:
                     if ms and self.is_final(key[0], key[1]):
                         closed.setdefault(key, Counter())[name] += ms
             self._add(counted, late=False)
+            timeline.accrued = self.now
         self._finals += [WindowChange(key, dict(c), True) for key, c in sorted(closed.items())]
         self._dirty = set(self.windows)
 
@@ -446,12 +495,19 @@ class AgentCore:
     def take(self) -> list[WindowChange]:
         """Every window that became final, then every open window that changed, since
         the last call (each once; counters in milliseconds, zero counters left out)."""
+        if self.now is not None:
+            self._accrue(self.now)
         out, self._finals = self._finals, []
         for key in sorted(self._dirty):
             out.append(WindowChange(key, {k: v for k, v in self.windows[key].items() if v}, False))
         self._dirty.clear()
         for change in out:  # finals too: a counter back at zero is no counter
             change.counters = {k: v for k, v in change.counters.items() if v}
+        return out
+
+    def take_finals(self) -> list[WindowChange]:
+        """The windows that became final since the last call, without accruing open ones."""
+        out, self._finals = self._finals, []
         return out
 
     def mark_queue(self, queue: str) -> None:

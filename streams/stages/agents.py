@@ -271,18 +271,21 @@ class AgentStage:
                 "channels": {q: sorted(chs) for q, chs in part.channels.items()}}
 
     def _due(self, part: _Partition, now_ms: int) -> list[WindowChange]:
-        """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope
-        (event time moving changes every staffed agent's current windows at each batch)."""
-        due = []
-        for change in part.core.take():
-            if change.final:
-                part.pending.discard(change.key)
-                due.append(change)
-            else:
-                part.pending.add(change.key)
-        for scope, every in OPEN_EVERY_MS.items():
-            if now_ms - part.sent_ms.get(scope, -every) < every:
-                continue
+        """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope.
+        Reading open figures accrues every agent's time, so it is done only then (event
+        time moves at every batch, and with it every staffed agent's current windows)."""
+        due = part.core.take_finals()
+        scopes = [scope for scope, every in OPEN_EVERY_MS.items()
+                  if now_ms - part.sent_ms.get(scope, -every) >= every]
+        if scopes:
+            for change in part.core.take():
+                if change.final:
+                    due.append(change)
+                else:
+                    part.pending.add(change.key)
+        for change in due:
+            part.pending.discard(change.key)
+        for scope in scopes:
             keys = sorted(k for k in part.pending if k[2] == scope)
             if keys:
                 part.sent_ms[scope] = now_ms
