@@ -204,3 +204,33 @@ def test_the_pipelines_facts_of_answered_segments_reach_the_agent() -> None:
                       on_facts(facts[0].value, 0), clocks(at(9, 5), 1)], WALL)
     assert partials(out)[(900, at(9, 0), "q", "sales", "voice")]["agg"]["counts"]["on_contact_ms"] == 180_000
     assert not s.on_batch([on_facts(facts[0].value, 2)], WALL).agents  # the same version again: nothing
+
+
+def contact_clocks(ts: int, offset: int, partition: int = 0) -> Consumed:
+    """The pipeline's clocks: the contact topics only."""
+    report = {f"{t}/{p}": [ts, False] for t in ("calls", "chats", "tickets") for p in range(PARTITIONS)}
+    return on_facts(clock_fact(report).value, offset, partition)
+
+
+def test_event_time_moves_when_no_agent_events_are_sent_at_all() -> None:
+    s, _t, _r = stage()
+    caught_up = {("agents", p): True for p in range(PARTITIONS)}
+    out = s.on_batch([on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "voice", at(9, 0), at(9, 2))).value, 0),
+                      contact_clocks(at(9, 5), 1)], WALL)
+    s.on_tick(WALL, caught_up)
+    out = s.on_tick(WALL + 10_000, caught_up)  # past source_idle_seconds: agents/p reported idle
+    assert out.clocks
+    got: dict = {}
+    for i, clock in enumerate(out.clocks):  # each goes to every partition of the facts topic
+        got.update(partials(s.on_batch([on_facts(clock.value, 10 + i, p) for p in range(PARTITIONS)], WALL + 10_000)))
+    assert got[(900, at(9, 0), "q", "billing", "voice")]["agg"]["counts"] == {"on_contact_ms": 120_000}
+    assert got[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"] == {"on_contact_ms": 120_000}
+
+
+def test_a_quiet_stream_closes_its_windows_with_the_wall_clock() -> None:
+    s, _t, _r = stage()
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0), clocks(at(9, 1), 1)], WALL)
+    idle_close = int(settings().windows.idle_close_seconds * 1000)
+    out = s.on_tick(WALL + idle_close + 15 * 60_000)  # nothing read for 15 min past idle_close_seconds
+    finals = {tuple(m.value["key"])[:2] for m in out.partials if m.value["final"]}
+    assert (900, at(9, 0)) in finals and (60, at(9, 10)) in finals

@@ -25,7 +25,7 @@ sent after every open one of its window, also after a restore). No Faust here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, MutableMapping
+from typing import Any, Iterable, Mapping, MutableMapping
 
 import orjson
 
@@ -105,6 +105,8 @@ class _Partition:
     touched: bool = False
     pending: set[WindowKey] = field(default_factory=set)  # open windows changed, not sent yet
     sent_ms: dict[str, int] = field(default_factory=dict)  # scope -> wall clock of its last open send
+    # (wall clock ms, event time) when input last moved event time or changed an agent
+    active: tuple[int, int | None] = (0, None)
 
 
 class AgentStage:
@@ -118,6 +120,7 @@ class AgentStage:
         self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
         self.lateness_ms = int(w.allowed_lateness_seconds * 1000)
         self.idle_ms = int(w.source_idle_seconds * 1000)
+        self.idle_close_ms = int(w.idle_close_seconds * 1000)
         self.max_future_ms = int(settings.max_future_seconds * 1000)
         self.partitions = settings.kafka.partitions
         self.agents_topic = settings.topics.name("agents")
@@ -229,8 +232,14 @@ class AgentStage:
 
     # -- time -----------------------------------------------------------------
 
-    def on_tick(self, now_ms: int) -> AgentOutput:
-        """The wall clock: own sources' idleness, and event time from every clock read."""
+    def on_tick(self, now_ms: int, caught_up: Mapping[tuple[str, int], bool] | None = None) -> AgentOutput:
+        """The wall clock: own sources' idleness, and event time from every clock read.
+        ``caught_up``: every partition of ``agents`` assigned here, and whether it has
+        nothing left to read (one that never delivers is reported idle, as the pipeline's
+        sources are: without it, a center sending no agent events would stop event time)."""
+        for (topic, partition), done in (caught_up or {}).items():
+            if topic == self.agents_topic:
+                self._part(partition).own.assigned(f"{topic}/{partition}", now_ms, done)
         return self._output(AgentOutput(), now_ms)
 
     def event_time(self, partition: int) -> int | None:
@@ -252,6 +261,17 @@ class AgentStage:
             if event_time is not None and (part.core.now is None or event_time > part.core.now):
                 part.core.advance(event_time)
                 part.touched = True
+                part.active = (now_ms, part.core.now)
+            elif part.changed:
+                part.active = (now_ms, part.core.now)
+            else:
+                moved_at, then = part.active
+                quiet = now_ms - moved_at
+                if then is not None and quiet >= self.idle_close_ms:
+                    # Nothing read for a while: event time follows the wall clock, as the
+                    # pipeline's does, so the last windows of a quiet stream still close.
+                    part.core.advance(then + quiet)
+                    part.touched = True
             out.partials += self._partials(partition, part, self._due(part, now_ms))
             for agent in sorted(part.changed):
                 out.agents.append(TablePut(partition, agent, {"p": partition, "t": part.core.agents[agent].to_doc()}))
