@@ -254,3 +254,18 @@ def test_moving_event_time_costs_nothing_per_agent_until_figures_are_read(monkey
     c.advance(at(9, 3))  # the 09:00 minute closes: every agent accrues once, first
     assert len(calls) == 50
     assert [ch for ch in c.take() if ch.final][0].counters[STAFFED] == 50 * 60_000
+
+
+def test_published_figures_in_seconds_with_the_ratios() -> None:
+    from ccpulse.core.agents import state_figures
+
+    counts = {STAFFED: 3_600_000, AVAILABLE_MS: 900_000, ON_CONTACT_MS: 1_800_000, ACW_MS: 300_000,
+              AWAY_MS: 600_000, "away_ms:lunch": 450_000, "away_ms:": 150_000, "handled": 4}
+    f = state_figures(counts)
+    assert f == {"staffed_seconds": 3600.0, "available_seconds": 900.0, "on_contact_seconds": 1800.0,
+                 "after_contact_work_seconds": 300.0, "away_seconds": 600.0,
+                 "away_seconds_by_reason": {"": 150.0, "lunch": 450.0},
+                 "occupancy": 2_100_000 / 3_000_000, "utilization": 2_100_000 / 3_600_000}
+    empty = state_figures({ON_CONTACT_MS: 1000})
+    assert empty["staffed_seconds"] == 0 and empty["utilization"] is None and empty["occupancy"] == 1.0
+    assert state_figures({})["occupancy"] is None and state_figures({})["away_seconds_by_reason"] == {}

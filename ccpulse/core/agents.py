@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple
 
-from ccpulse.core.kpis import AGENT, AGENT_MIN_WINDOW_S, QUEUE
+from ccpulse.core.kpis import AGENT, AGENT_MIN_WINDOW_S, QUEUE, occupancy, utilization
 from ccpulse.core.windowing import Windowing
 
 LOGGED_IN, STATE_CHANGED, LOGGED_OUT = "logged_in", "state_changed", "logged_out"
@@ -292,6 +292,19 @@ def live_counts(instants: Iterable[Instant]) -> dict[tuple[str, str], Counter]:
         # The same attribution as the windows: one instant's counters, counted once each.
         for queue, channel, name in set(queue_counters(inst)):
             out.setdefault((queue, channel), Counter())[name.replace("_ms", "")] += 1
+    return out
+
+
+def state_figures(counts: dict[str, int]) -> dict[str, Any]:
+    """A window's time-in-state counters as a record publishes them: seconds, away time
+    by reason, occupancy and utilization (null on an empty denominator)."""
+    ms = {name: counts.get(name, 0) for name in (STAFFED, AVAILABLE_MS, ON_CONTACT_MS, ACW_MS, AWAY_MS)}
+    out: dict[str, Any] = {name.replace("_ms", "_seconds"): value / 1000 for name, value in ms.items()}
+    out["away_seconds_by_reason"] = {name[len(AWAY_BY_REASON):]: value / 1000
+                                     for name, value in sorted(counts.items())
+                                     if name.startswith(AWAY_BY_REASON) and value}
+    out["occupancy"] = occupancy(ms[ON_CONTACT_MS], ms[ACW_MS], ms[AVAILABLE_MS])
+    out["utilization"] = utilization(ms[ON_CONTACT_MS], ms[ACW_MS], ms[STAFFED])
     return out
 
 
