@@ -234,3 +234,11 @@ def test_a_quiet_stream_closes_its_windows_with_the_wall_clock() -> None:
     out = s.on_tick(WALL + idle_close + 15 * 60_000)  # nothing read for 15 min past idle_close_seconds
     finals = {tuple(m.value["key"])[:2] for m in out.partials if m.value["final"]}
     assert (900, at(9, 0)) in finals and (60, at(9, 10)) in finals
+
+
+def test_a_malformed_clock_moves_no_source() -> None:
+    s, _t, _r = stage()
+    s.on_batch([clocks(at(9, 0), 0)], WALL)
+    bad = orjson.dumps({"clock": {"calls/0": [at(9, 30), False], "calls/1": ["late", False]}})
+    out = s.on_batch([on_facts(bad, 1)], WALL)
+    assert len(out.failures) == 1 and s.parts[0].sources["calls/0"] == [at(9, 0), False]

@@ -178,11 +178,15 @@ class AgentStage:
             return
         doc = orjson.loads(record.value)
         if CLOCK_FIELD in doc:
-            for source, (ts, idle) in doc[CLOCK_FIELD].items():
+            # Read whole before anything changes: a malformed clock moves no source.
+            report = {str(source): _fields(f"{CLOCK_FIELD}[{source!r}]", value, (int, bool))
+                      for source, value in doc[CLOCK_FIELD].items()}
+            channels = {str(q): [str(ch) for ch in chs] for q, chs in doc.get(CHANNELS_FIELD, {}).items()}
+            for source, (ts, idle) in report.items():
                 held = part.sources.get(source)
-                part.sources[source] = [max(ts, held[0]) if held else ts, bool(idle)]
-            for queue, channels in doc.get(CHANNELS_FIELD, {}).items():
-                self._channels(part, queue, channels)
+                part.sources[source] = [max(ts, held[0]) if held else ts, idle]
+            for queue, names in channels.items():
+                self._channels(part, queue, names)
             part.touched = True
         elif CONTACT_FIELD in doc:
             agent, iid, seg, contact = _contact(doc[CONTACT_FIELD])
