@@ -39,6 +39,7 @@ from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
 from sinks.prometheus import PipelineMetrics
 from streams.stages.io import Consumed, Failure, Message, TablePut
+from streams.stages.partials import agents_source
 from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, key_partition
 from streams.stages.validation import FAMILIES
 
@@ -346,7 +347,7 @@ class AgentStage:
             if scope == QUEUE and channel != ANY_CHANNEL:
                 counts.update(counters((size, start, scope, name, ANY_CHANNEL)))
             out.append(Message(window_record_key(key).encode(), {
-                "kind": "window", "key": list(key), "partition": f"agents-{partition}", "version": now,
+                "kind": "window", "key": list(key), "partition": agents_source(partition), "version": now,
                 "final": final, "watermark": now, "end": self.windowing.end(size, start),
                 "agg": {"counts": counts, "tops": {}}}))
         return out

@@ -3,7 +3,7 @@ a queue's live state, as the merge stage reads them (streams/merge.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from ccpulse.core.engine import LiveQueue, Snapshot
 from schemas.records import window_record_key
@@ -32,3 +32,23 @@ def live_partial(partition: int, queue: str, channel: str, live: LiveQueue, vers
         "waiting": sum(live.waiting.values()),
         "oldest_entered": min(live.waiting) if live.waiting else None,
         "agents": sorted(live.busy), "open_tickets": live.open_tickets}
+
+
+def agents_source(partition: int) -> str:
+    """The merge's name of one agent-stage partition as a source (FCR's are ``fcr-<p>``):
+    apart from the pipeline's partition numbers, which share the partials' topic."""
+    return f"agents-{partition}"
+
+
+def agents_live_partial(partition: int, queue: str, channel: str, counts: Mapping[str, int],
+                        event_time: int) -> tuple[bytes, dict[str, Any]]:
+    """(key, value) of the agents per state of one queue x channel on one partition of
+    the agent stage (``AgentStage.live``: staffed, available, on_contact,
+    after_contact_work, away, ``away:<reason>``). Versioned by the stage's event time,
+    like its window partials; a queue whose agents are gone is sent once with no counts,
+    so the merge drops what this partition said before."""
+    return live_key(queue, channel).encode(), {
+        "kind": "agents_live", "queue": queue, "channel": channel, "partition": agents_source(partition),
+        "version": event_time, "watermark": event_time,
+        "counts": {name: n for name, n in sorted(counts.items()) if n}}
+
