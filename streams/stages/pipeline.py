@@ -50,9 +50,6 @@ from streams.stages.validation import FAMILIES, decode_event, processing_error, 
 log = logging.getLogger(__name__)
 
 STAGE = "pipeline"
-# Keys whose partition is remembered: an interaction's events share one key, so this
-# covers every open interaction of a busy partition; past it the cache starts over.
-PARTITION_CACHE_KEYS = 100_000
 # A record of <app>-rekey with only this field is a clock: {source: [newest event time, idle]}
 # of one partition's input sources (ccpulse/core/watermark.py), not an event.
 CLOCK_FIELD = "clock"
@@ -129,7 +126,6 @@ class PipelineStage:
         self._arrival: dict[int, tuple[int, int]] = {}
         # partition -> source -> one past the last offset read: their sum orders versions
         self._positions: dict[int, dict[str, int]] = {}
-        self._partition_of: dict[bytes, int] = {}
         # partition -> its input sources' newest report, and the one last sent as a clock
         self._report: dict[int, dict[str, list]] = {}
         self._clock_sent: dict[int, dict[str, list]] = {}
@@ -237,7 +233,7 @@ class PipelineStage:
         if not rekeyed:  # a forwarded event's time is its input partition's, told by clocks
             sources.seen(source, result.occurred_at_ms, now_ms)
         key = result.interaction_id.encode()
-        if not rekeyed and (record.key != key or self._partition(key) != partition):
+        if not rekeyed and (record.key != key or not self._belongs(result.interaction_id, key, partition)):
             # Keyless, keyed otherwise, or placed by another partitioner: the events of
             # one interaction must meet on one partition. (A re-keyed record is applied
             # where it arrives: the same partitioner over the same partition count placed it.)
@@ -286,13 +282,15 @@ class PipelineStage:
             self._out.contacts.append(contact_message(self.hasher, fold.customer, iid, fold.first_entered,
                                                       fold.first_queue, inter.channel))
 
-    def _partition(self, key: bytes) -> int:
-        partition = self._partition_of.get(key)
-        if partition is None:
-            if len(self._partition_of) >= PARTITION_CACHE_KEYS:
-                self._partition_of.clear()
-            partition = self._partition_of[key] = key_partition(key, self.partitions)
-        return partition
+    def _belongs(self, iid: str, key: bytes, partition: int) -> bool:
+        """Whether ``key``, ``iid`` encoded, hashes to ``partition``. An interaction held for
+        this partition was checked with its first event: murmur2 is pure Python (about 2% of
+        a worker), and a cache of every open key beside the table cost 10 MB with 100,000
+        open (tests/test_pipeline_memory.py)."""
+        inter = self.interactions.get(iid)
+        if inter is not None and inter.partition == partition:
+            return True
+        return key_partition(key, self.partitions) == partition
 
     def _dead_letter(self, key: bytes | None, raw: bytes | None, rejection: Rejection,
                      origin: tuple[str, int, int], now_ms: int) -> None:
