@@ -119,9 +119,10 @@ DASHBOARDS = load_dashboards()
 
 # ---------------------------------------------------------------- dashboards
 
-def test_the_four_dashboards_are_there() -> None:
+def test_the_five_dashboards_are_there() -> None:
     uids = {d["uid"] for d in DASHBOARDS.values()}
-    assert {"ccpulse-wallboard", "ccpulse-service-trends", "ccpulse-agents", "ccpulse-pipeline"} <= uids
+    assert {"ccpulse-wallboard", "ccpulse-service-trends", "ccpulse-agents", "ccpulse-staffing",
+            "ccpulse-pipeline"} <= uids
 
 
 @pytest.mark.parametrize("name", list(DASHBOARDS))
@@ -218,6 +219,35 @@ def test_wallboard_has_one_row_per_queue_with_big_stats() -> None:
         assert p["options"]["colorMode"] == "background"
         for target in p["targets"]:
             assert '$queue' in target["expr"], (p["title"], "filtered by the repeated queue")
+
+
+# The contract's agent series (METRICS.md "Agents and staffing") and store columns: the
+# "Agents and staffing" dashboard shows each of them in at least one panel.
+AGENT_SERIES = ("ccpulse_queue_agents", "ccpulse_queue_agents_away", "ccpulse_queue_occupancy",
+                "ccpulse_queue_agents_required", "ccpulse_queue_agents_gap",
+                "ccpulse_queue_agent_state_seconds_total")
+AGENT_COLUMNS = ("staffed_seconds", "available_seconds", "on_contact_seconds", "after_contact_work_seconds",
+                 "away_seconds", "away_seconds_by_reason", "occupancy", "utilization")
+
+
+def test_agents_and_staffing_dashboard_shows_every_agent_figure() -> None:
+    board = next((d for d in DASHBOARDS.values() if d["uid"] == "ccpulse-staffing"), None)
+    assert board is not None, "no dashboard with uid ccpulse-staffing (Agents and staffing)"
+    exprs = " ".join(t["expr"] for _p, t in prometheus_targets(board))
+    for series in AGENT_SERIES:
+        assert re.search(rf"\b{series}\b", exprs), f"no panel reads {series}"
+    sql = " ".join(t["rawSql"] for _p, t in clickhouse_targets(board))
+    for table in ("kpi_windows", "agent_windows"):
+        assert re.search(rf"\bFROM {table} FINAL\b", sql), f"no panel reads {table} (latest versions)"
+    for column in AGENT_COLUMNS:
+        assert re.search(rf"\b{column}\b", sql), f"no panel reads the {column} column"
+    # The gap is red when the queue is short (agents_gap > 0), green otherwise.
+    [gap] = [p for p in query_panels(board) if p["type"] == "stat"
+             and any("ccpulse_queue_agents_gap" in t["expr"] for t in p["targets"])]
+    defaults = gap["fieldConfig"]["defaults"]
+    steps = [(s["value"], s["color"]) for s in defaults["thresholds"]["steps"]]
+    assert steps[0] == (None, "green") and steps[-1][1] == "red" and 0 < steps[-1][0] <= 1, steps
+    assert defaults["color"]["mode"] == "thresholds" and gap["options"]["colorMode"] == "background"
 
 
 def test_service_level_stat_panels_have_red_amber_green_thresholds() -> None:
