@@ -10,6 +10,8 @@ workers; labels never carry customer or interaction ids.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -17,8 +19,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from ccpulse.core.agents import ACW_MS, AVAILABLE_MS, AWAY_MS, ON_CONTACT_MS, STAFFED
 from ccpulse.core.engine import PartitionEngine
 from ccpulse.core.kpis import WAIT_BUCKETS_S
+
+log = logging.getLogger(__name__)
+
+# The ``state`` label of the agent series -> the agent core's millisecond counter.
+AGENT_STATES = {"staffed": STAFFED, "available": AVAILABLE_MS, "on_contact": ON_CONTACT_MS,
+                "after_contact_work": ACW_MS, "away": AWAY_MS}
 
 # counter name suffix -> (state field, scale, help)
 KPI_COUNTERS = {
@@ -116,6 +125,14 @@ class PipelineMetrics:
             "Unix time the Kafka cluster stopped answering (0: it answers)", registry=self.registry)
         self.registry.register(KpiCollector(engines, fcr_engines))
         self.registry.register(TableSizeCollector(tables))
+
+    def watch_agents(self, totals: Callable[[], Mapping[int, Mapping[tuple[str, str], Mapping[str, int]]]]) -> None:
+        """Expose the agent stage's seconds in each state (``AgentStage.state_totals``), read at scrape time."""
+        self.registry.register(AgentStateCollector(totals))
+
+    def watch_queue_state(self, records: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """Expose the live agent gauges of the merged ``kpi.queue-state`` records this worker owns."""
+        self.registry.register(QueueStateCollector(records))
 
     def watch_producer(self, failed: Callable[[], Mapping[str, int]], failing: Callable[[], bool]) -> None:
         """Expose the outbox's delivery failures (streams/outbox.py), read at scrape time."""
@@ -227,6 +244,105 @@ class KpiCollector(Collector):
 
 def _bound(value: float) -> str:
     return str(int(value)) if value.is_integer() else str(value)
+
+
+class AgentStateCollector(Collector):
+    """``ccpulse_queue_agent_state_seconds_total{queue,channel,state,partition}``: cumulative
+    seconds agents spent in each state, per queue (METRICS.md attribution), from the agent
+    stage's cores: final windows (stored) plus open ones, so a restart or a rebalance
+    counts nothing twice, and the series of a partition given up disappear. A queue's
+    staffed, available and away time is on each of its channels: not additive across
+    channels (sum by state within one channel, or max across channels)."""
+
+    def __init__(self, totals: Callable[[], Mapping[int, Mapping[tuple[str, str], Mapping[str, int]]]]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterable:
+        family = CounterMetricFamily(
+            "ccpulse_queue_agent_state_seconds",
+            "Seconds agents spent in each state (staffed = logged in), per queue they serve; "
+            "a queue's staffed, available and away time is on each of its channels",
+            labels=["queue", "channel", "state", "partition"])
+        for partition, queues in sorted(dict(self._totals()).items()):
+            for (queue, channel), counters in sorted(queues.items()):
+                for state, counter in AGENT_STATES.items():
+                    family.add_metric([queue, channel, state, f"agents-{partition}"], counters.get(counter, 0) / 1000)
+        yield family
+
+
+# kpi.queue-state field -> the ``state`` label of ccpulse_queue_agents
+LIVE_AGENT_FIELDS = {"staffed": "agents_staffed", "available": "agents_available",
+                     "on_contact": "agents_on_contact", "after_contact_work": "agents_after_contact_work",
+                     "away": "agents_away"}
+
+
+class QueueStateCollector(Collector):
+    """The live agent gauges, from the merged ``kpi.queue-state`` records (one worker owns
+    each queue x channel: no partition label). A null ratio or requirement (no data yet)
+    is no sample, never a 0 that would read as "nobody needed"."""
+
+    def __init__(self, records: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        self._records = records
+        self._refused: set[tuple[Any, Any]] = set()  # logged once per key
+
+    def collect(self) -> Iterable:
+        labels = ["queue", "channel"]
+        agents = GaugeMetricFamily("ccpulse_queue_agents", "Agents serving the queue now, by state "
+                                   "(staffed = logged in; on contact and after-contact work for this "
+                                   "channel's contacts)", labels=[*labels, "state"])
+        away = GaugeMetricFamily("ccpulse_queue_agents_away", "Agents serving the queue away now, by reason",
+                                 labels=[*labels, "reason"])
+        occupancy = GaugeMetricFamily("ccpulse_queue_occupancy", "Occupancy now: agents on contact or in "
+                                      "after-contact work over those and the available ones", labels=labels)
+        required = GaugeMetricFamily("ccpulse_queue_agents_required", "Agents the queue needs now to meet its "
+                                     "service-level target (Erlang C over the last 15 minutes)", labels=labels)
+        gap = GaugeMetricFamily("ccpulse_queue_agents_gap", "agents_required - (staffed - away): positive "
+                                "means short of agents now", labels=labels)
+        for record in list(self._records()):
+            problem = _queue_state_problem(record)
+            if problem is not None:
+                key = (record.get("queue"), record.get("channel")) if isinstance(record, Mapping) else (None, None)
+                if key not in self._refused:
+                    self._refused.add(key)
+                    log.warning("queue-state record of %r not exposed on /metrics: %s", key, problem)
+                continue
+            values = [record["queue"], record["channel"]]
+            for state, name in LIVE_AGENT_FIELDS.items():
+                agents.add_metric([*values, state], record.get(name) or 0)
+            for reason, n in sorted((record.get("agents_away_by_reason") or {}).items()):
+                away.add_metric([*values, reason], n)
+            for family, name in ((occupancy, "occupancy_now"), (required, "agents_required"), (gap, "agents_gap")):
+                if record.get(name) is not None:
+                    family.add_metric(values, record[name])
+        yield from (agents, away, occupancy, required, gap)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _queue_state_problem(record: Any) -> str | None:
+    """Why a queue-state record cannot be exposed (None: it can), checked whole first, so a
+    malformed one costs its own series only, never the scrape."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("queue"), str) \
+            or not isinstance(record.get("channel"), str):
+        return "queue and channel must be strings"
+    for name in LIVE_AGENT_FIELDS.values():
+        if record.get(name) is not None and not _count(record[name]):
+            return f"{name} must be a count"
+    reasons = record.get("agents_away_by_reason")
+    if reasons is not None and (not isinstance(reasons, Mapping)
+                                or not all(isinstance(k, str) and _count(v) for k, v in reasons.items())):
+        return "agents_away_by_reason must map reasons to counts"
+    occupancy = record.get("occupancy_now")
+    if occupancy is not None and (isinstance(occupancy, bool) or not isinstance(occupancy, (int, float))
+                                  or not math.isfinite(occupancy)):
+        return "occupancy_now must be a number or null"
+    for name in ("agents_required", "agents_gap"):
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name} must be an integer or null"
+    return None
 
 
 class TableSizeCollector(Collector):

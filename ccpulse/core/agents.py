@@ -334,6 +334,11 @@ class AgentCore:
         self.duplicates = 0
         self._folded_at: int | None = None
         self._ends: dict[tuple[int, int], int] = {}  # (size, start) -> end, for is_final
+        # Milliseconds per (queue, channel) and counter of every final queue window of the
+        # smallest size: with the open ones, the cumulative counters of /metrics. Stored
+        # (open windows are derived on a restore, final ones are not), so the count
+        # continues after a restart and never counts a window twice.
+        self.totals: dict[tuple[str, str], Counter] = {}
 
     # -- time -----------------------------------------------------------------
 
@@ -373,6 +378,7 @@ class AgentCore:
         for key in [k for k in self.windows if self.is_final(k[0], k[1])]:
             self._finals.append(WindowChange(key, dict(self.windows.pop(key)), True))
             self._dirty.discard(key)
+            self._total(key, self._finals[-1].counters)
         floor = self.floor()
         if floor != self._folded_at:  # it moves once per window of the longest size
             self._folded_at = floor
@@ -502,7 +508,28 @@ class AgentCore:
             self._add(counted, late=False)
             timeline.accrued = self.now
         self._finals += [WindowChange(key, dict(c), True) for key, c in sorted(closed.items())]
+        for key, c in closed.items():
+            self._total(key, c)
         self._dirty = set(self.windows)
+
+    def _total(self, key: WindowKey, counters: dict[str, int]) -> None:
+        """A window that became final into ``totals`` (queue windows of the smallest size)."""
+        size, _start, scope, queue, channel = key
+        if size == self.windowing.sizes[0] and scope == QUEUE:
+            self.totals.setdefault((queue, channel), Counter()).update(counters)
+
+    def running_totals(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Cumulative milliseconds per (queue, channel) and counter: the final queue windows
+        of the smallest size plus the open ones as last read (``take``). Once every window
+        is final, each counter equals the sum of the final windows of any size."""
+        out = {qc: dict(c) for qc, c in self.totals.items()}
+        smallest = self.windowing.sizes[0]
+        for (size, _start, scope, queue, channel), counters in list(self.windows.items()):
+            if size == smallest and scope == QUEUE:
+                into = out.setdefault((queue, channel), {})
+                for name, ms in counters.items():
+                    into[name] = into.get(name, 0) + ms
+        return out
 
     # -- output ---------------------------------------------------------------
 
@@ -545,7 +572,12 @@ class AgentCore:
     def snapshot(self) -> dict[str, Any]:
         """Everything to restore from, JSON-able: per agent its compact timeline
         (``Timeline.to_doc``), and event time. Open windows are derived, never stored."""
-        return {"now": self.now, "agents": {a: t.to_doc() for a, t in self.agents.items()}}
+        return {"now": self.now, "agents": {a: t.to_doc() for a, t in self.agents.items()},
+                "totals": self.totals_doc()}
+
+    def totals_doc(self) -> list[list[Any]]:
+        """``totals`` JSON-able: [[queue, channel, {counter: ms}], ...]."""
+        return [[q, ch, {k: v for k, v in sorted(c.items()) if v}] for (q, ch), c in sorted(self.totals.items())]
 
     @classmethod
     def restore(cls, windowing: Windowing, lateness_ms: int, doc: dict[str, Any]) -> "AgentCore":
@@ -553,6 +585,8 @@ class AgentCore:
         records are versioned by event time, so one sent twice replaces itself)."""
         core = cls(windowing, lateness_ms)
         core.agents = {a: Timeline.from_doc(t) for a, t in doc["agents"].items()}
+        # Absent in what was stored before the totals existed: they start from 0 there.
+        core.totals = {(q, ch): Counter(c) for q, ch, c in doc.get("totals", [])}
         if doc["now"] is not None:
             core.now = doc["now"]
             core._rebuild(restored=True)

@@ -139,7 +139,7 @@ class AgentStage:
         """Own ``partition``: its core rebuilt from the tables (windows are derived)."""
         stored = self.records.get(str(partition)) or {}
         core = AgentCore.restore(self.windowing, self.lateness_ms, {
-            "now": stored.get("now"),
+            "now": stored.get("now"), "totals": stored.get("totals", []),
             "agents": {a: e["t"] for a, e in list(self.table.items()) if e is not None and e["p"] == partition}})
         self.parts[partition] = _Partition(
             core, InputWatermarks(self.idle_ms), dict(stored.get("sources", {})),
@@ -293,7 +293,8 @@ class AgentStage:
     def record(self, partition: int) -> dict[str, Any]:
         part = self.parts[partition]
         return {"now": part.core.now, "sources": dict(part.sources),
-                "channels": {q: sorted(chs) for q, chs in part.channels.items()}}
+                "channels": {q: sorted(chs) for q, chs in part.channels.items()},
+                "totals": part.core.totals_doc()}
 
     def _due(self, part: _Partition, now_ms: int) -> list[WindowChange]:
         """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope.
@@ -362,6 +363,21 @@ class AgentStage:
             targets = [channel] if channel != ANY_CHANNEL else sorted(part.channels.get(queue, ())) or [ANY_CHANNEL]
             for ch in targets:
                 out.setdefault((queue, ch), {}).update({k: v for k, v in c.items() if v})
+        return out
+
+    def state_totals(self) -> dict[int, dict[tuple[str, str], dict[str, int]]]:
+        """Per owned partition, cumulative milliseconds per queue x channel and counter
+        (``AgentCore.running_totals``), a queue's staffed, available and away time on
+        every channel it is known on, as its window records carry them."""
+        out: dict[int, dict[tuple[str, str], dict[str, int]]] = {}
+        for partition, part in list(self.parts.items()):
+            mine = out[partition] = {}
+            for (queue, channel), counters in part.core.running_totals().items():
+                targets = [channel] if channel != ANY_CHANNEL else sorted(part.channels.get(queue, ())) or [ANY_CHANNEL]
+                for ch in targets:
+                    into = mine.setdefault((queue, ch), {})
+                    for name, ms in counters.items():
+                        into[name] = into.get(name, 0) + ms
         return out
 
     # -- state ----------------------------------------------------------------
