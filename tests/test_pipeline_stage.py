@@ -552,3 +552,20 @@ def test_a_partition_a_replay_has_begun_to_fill_holds_event_time_before_it_deliv
     clocks_back(stage, stage.checkpoint(NOW + 200), NOW + 200)
     assert {e.record.watermark for e in stage.engines.values()} == {T0 + 30_000}
     assert stage.engines[1].record.late_events == 0
+
+
+def test_a_partition_that_looks_unread_for_good_stops_holding_event_time_after_idle_close() -> None:
+    # A transactional producer's log ends in a commit marker the consumer never delivers:
+    # calls/1 looks behind for good. It holds event time back as long as a quiet stream
+    # would (idle_close_seconds), not forever.
+    stage = PipelineStage(settings(source_idle_seconds=5.0, idle_close_seconds=30.0), REKEY)
+    idle_everywhere(stage)
+    a, b = iid_on(0, "a"), iid_on(1, "b")
+    stage.on_batch("calls", 0, [Rec(a.encode(), call(a, 1, "offered", T0 + 7_200_000), 0)], NOW)
+    stage.on_batch("calls", 1, [Rec(b.encode(), call(b, 1, "offered", T0 + 30_000), 0)], NOW)
+    behind = {**EVERY, ("calls", 1): False}
+    for at in range(NOW, NOW + 31_000, 1_000):
+        stage.on_tick(at, behind)
+        clocks_back(stage, stage.checkpoint(at), at)
+        expected = T0 + 30_000 if at < NOW + 30_000 else T0 + 7_200_000
+        assert {e.record.watermark for e in stage.engines.values()} == {expected}, at - NOW

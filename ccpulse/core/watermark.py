@@ -51,8 +51,11 @@ class InputWatermarks:
     arrived: dict[str, int] = field(default_factory=dict)  # source -> wall-clock ms of its last event
     # Assigned sources that delivered nothing yet -> wall-clock ms since they have had nothing to read.
     caught_up_since: dict[str, int] = field(default_factory=dict)
-    # Sources with records left to read at the last look (``assigned``): never idle.
+    # Sources with records left to read at the last look (``assigned``): not idle...
     behind: set[str] = field(default_factory=set)
+    # ... unless silent this long (None: ever). A log ending in a transaction marker looks
+    # unread for good (the marker is never delivered), and must not hold event time forever.
+    behind_limit_ms: int | None = None
     _reported: dict[str, list] = field(default_factory=dict)
 
     def seen(self, source: str, ts: int, now_ms: int) -> None:
@@ -84,9 +87,12 @@ class InputWatermarks:
 
     def report(self, now_ms: int) -> dict[str, list] | None:
         """Every source's [newest event time, idle], or None when nothing changed since the last report."""
-        behind = self.behind
-        state = {source: [ts, now_ms - self.arrived[source] >= self.idle_ms and source not in behind]
-                 for source, ts in self.newest.items()}
+        behind, limit = self.behind, self.behind_limit_ms
+        state = {}
+        for source, ts in self.newest.items():
+            silent = now_ms - self.arrived[source]
+            state[source] = [ts, silent >= self.idle_ms and (source not in behind
+                                                             or (limit is not None and silent >= limit))]
         # No event time of its own (-1): the consumer keeps the one it holds and marks it idle,
         # or active while records wait to be read (reported idle before, it held nothing back).
         state.update({source: [-1, True] for source, since in self.caught_up_since.items()

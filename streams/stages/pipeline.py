@@ -154,7 +154,10 @@ class PipelineStage:
                                  self.settings.limits.max_steps_per_interaction, self.input_sources)
         engine.rebuild(interactions)
         self.engines[partition] = engine
-        self._sources[partition] = InputWatermarks(self.idle_ms)
+        # Records left to read hold event time back for as long as a quiet stream would
+        # (idle_close_seconds): past that, a stalled agent is no likelier than a log ending
+        # in a transaction marker, which looks unread for good.
+        self._sources[partition] = InputWatermarks(self.idle_ms, behind_limit_ms=max(self.idle_ms, self.idle_close_ms))
         self._arrival[partition] = (now_ms, record.watermark)
         self._positions[partition] = {}
         return engine
