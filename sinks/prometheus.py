@@ -276,6 +276,25 @@ LIVE_AGENT_FIELDS = {"staffed": "agents_staffed", "available": "agents_available
                      "away": "agents_away"}
 
 
+class LatestQueueStates:
+    """The newest ``kpi.queue-state`` record per queue x channel a merge worker published,
+    with the merge partition it came from: what the live gauges read. ``records(owned)``
+    forgets those of partitions the worker no longer owns (their series disappear; the
+    new owner publishes them)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str], tuple[int, Mapping[str, Any]]] = {}
+
+    def update(self, partition: int, record: Mapping[str, Any]) -> None:
+        self._latest[(record.get("queue"), record.get("channel"))] = (partition, record)  # type: ignore[index]
+
+    def records(self, owned: Iterable[int]) -> list[Mapping[str, Any]]:
+        mine = set(owned)
+        for key in [k for k, (p, _r) in self._latest.items() if p not in mine]:
+            del self._latest[key]
+        return [record for _p, record in self._latest.values()]
+
+
 class QueueStateCollector(Collector):
     """The live agent gauges, from the merged ``kpi.queue-state`` records (one worker owns
     each queue x channel: no partition label). A null ratio or requirement (no data yet)

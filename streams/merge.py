@@ -14,7 +14,10 @@ import time
 from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.stages.io import Consumed
-from streams.stages.merge import PUBLISH_SECONDS, STAGE, MergeOutput, MergeStage
+from sinks.prometheus import LatestQueueStates
+from streams.stages.merge import KPI_QUEUE_STATE, PUBLISH_SECONDS, STAGE, MergeOutput, MergeStage
+from streams.stages.partials import live_key
+from streams.stages.pipeline import key_partition
 
 
 def register(pipe: Pipeline) -> None:
@@ -22,6 +25,12 @@ def register(pipe: Pipeline) -> None:
     merged = pipe.tables.merged
     stage = MergeStage(pipe.settings, merged.data, metrics=pipe.metrics)
     guard = stage_guard(pipe)
+    # The live agent gauges of /metrics read the newest queue-state record of each queue
+    # this worker merges (a queue's live partials are keyed by live_key: its partition).
+    queue_states = LatestQueueStates()
+    partials_topic, partitions = pipe.internal("window-partials"), pipe.settings.kafka.partitions
+    pipe.metrics.watch_queue_state(lambda: queue_states.records(
+        tp.partition for tp in app.assignor.assigned_actives() if tp.topic == partials_topic))
 
     def write(out: MergeOutput) -> None:
         for failure in out.failures:
@@ -30,6 +39,9 @@ def register(pipe: Pipeline) -> None:
             outbox.put(merged, put.partition, put.key, put.value)
         for record in out.records:
             outbox.send(pipe.topics.named(record.topic), record.key, record.value)
+            if record.topic == KPI_QUEUE_STATE:
+                queue_states.update(key_partition(live_key(record.value["queue"], record.value["channel"]).encode(),
+                                                  partitions), record.value)
         for delete in out.deletes:
             outbox.delete(merged, delete.partition, delete.key)
 

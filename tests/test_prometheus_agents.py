@@ -203,3 +203,20 @@ def test_a_malformed_queue_state_record_costs_its_own_series_only(bad: dict[str,
     agents = samples(registry, "ccpulse_queue_agents")
     assert agents[(("channel", "voice"), ("queue", "sales"), ("state", "staffed"))] == 2
     assert not any(dict(k).get("queue") in ("billing", None) for k in agents)
+
+
+def test_the_latest_queue_state_per_key_and_only_of_owned_partitions() -> None:
+    from sinks.prometheus import LatestQueueStates
+
+    latest = LatestQueueStates()
+    latest.update(0, queue_state("billing", "voice", agents_staffed=1))
+    latest.update(0, queue_state("billing", "voice", agents_staffed=2))
+    latest.update(1, queue_state("sales", "chat", agents_staffed=5))
+    metrics = PipelineMetrics(dict)
+    owned = {0, 1}
+    metrics.watch_queue_state(lambda: latest.records(owned))
+    got = samples(metrics.registry, "ccpulse_queue_agents")
+    assert got[(("channel", "voice"), ("queue", "billing"), ("state", "staffed"))] == 2
+    assert got[(("channel", "chat"), ("queue", "sales"), ("state", "staffed"))] == 5
+    owned.discard(1)  # a rebalance gave partition 1 away: its queues' series go
+    assert {dict(k)["queue"] for k in samples(metrics.registry, "ccpulse_queue_agents")} == {"billing"}
