@@ -98,6 +98,7 @@ def collect(trim: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"status": status(), "smaps_rollup": smaps_rollup(), "mappings": mappings(),
                            "mallinfo2": mallinfo2(), "pymalloc": pymalloc()}
     out["types"] = type_sizes()
+    out["dict_shapes"] = dict_shapes()
     out["tables"] = faust_tables()
     if tracemalloc.is_tracing():
         out["tracemalloc"] = traced()
@@ -231,6 +232,22 @@ def type_sizes(top: int = 40) -> list[tuple[str, int, int]]:
     return [(k, count[k], v) for k, v in size.most_common(top)]
 
 
+def dict_shapes(top: int = 15) -> list[tuple[str, int, int]]:
+    """(the first keys of a dict, count, bytes) of the commonest dict shapes: who the dicts are."""
+    count: Counter[str] = Counter()
+    size: Counter[str] = Counter()
+    # Dicts of atomic values only are not tracked by gc: found through their holders.
+    dicts = {id(d): d for o in gc.get_objects() for d in (o, *gc.get_referents(o)) if type(d) is dict}
+    for obj in dicts.values():
+        try:
+            shape = ",".join(sorted(str(k)[:20] for k in list(obj)[:6])) or "{}"
+        except RuntimeError:  # changed meanwhile by the worker's thread
+            continue
+        count[shape] += 1
+        size[shape] += sys.getsizeof(obj)
+    return [(k, count[k], size[k]) for k, _ in size.most_common(top)]
+
+
 def _add(obj: Any, count: Counter[str], size: Counter[str], seen: set[int]) -> None:
     if id(obj) in seen:
         return
@@ -300,6 +317,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{k} {v * mb:.0f}/{a * mb:.0f}" for k, v, a in report.get("mappings", [])[:10]))
     lines.append("types (count, MB by getsizeof):")
     lines += [f"  {name:<40} {n:>10,} {b / 2**20:8.1f}" for name, n, b in report.get("types", [])[:20]]
+    lines.append("dict shapes (count, MB):")
+    lines += [f"  {shape[:70]:<70} {n:>9,} {b / 2**20:8.1f}" for shape, n, b in report.get("dict_shapes", [])]
     if report.get("tables"):
         lines.append("tables: " + ", ".join(f"{k} {n:,}" for k, n in report["tables"]))
     t = report.get("tracemalloc")
