@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import sys
-from typing import Any
+from typing import Any, Mapping
 
-from ccpulse.config import Thresholds
-from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures
+from ccpulse.config import Thresholds, channel_kind
+from ccpulse.core.agents import AFTER_CONTACT_WORK, AVAILABLE, AWAY, ON_CONTACT, state_figures
+from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures, occupancy
+from ccpulse.core.staffing import agents_gap, agents_required_for_kind
 from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection, format_ms
@@ -62,20 +64,62 @@ def window_record(key: WindowKey, end_ms: int, agg: WindowAgg, th: Thresholds, v
     else:
         record.update({"agent_id": name, "channel": channel})
         record.update({k: figures[k] for k in AGENT_FIELDS})
+    # Every record carries them (0, {}, null without agent events): a stable record for
+    # consumers. A queue's staffed, available and away time is on each of its channels'
+    # records, so it does not add up across channels (docs/agents.md).
+    record.update(state_figures(agg.counts))
     record.update({"version": version, "final": final, "published_at": format_ms(now_ms)})
     return record
 
 
+# The agent stage's live counts (AgentStage.live, agents_live partials): agents per state,
+# and per away reason under AWAY_REASON + reason.
+STAFFED = "staffed"
+LIVE_STATES = (STAFFED, AVAILABLE, ON_CONTACT, AFTER_CONTACT_WORK, AWAY)
+AWAY_REASON = AWAY + ":"
+
+
+def live_agent_figures(counts: Mapping[str, int], channel: str, last15: dict[str, Any],
+                       service_level_target: float | None, last15_seconds: float | None,
+                       chat_sessions_per_agent: int) -> dict[str, Any]:
+    """The live agent fields of ``kpi.queue-state`` from the summed agent counts and the
+    rolling view's figures (``kpi_figures``): Erlang C at the view's arrival rate and
+    handle time; null without a service-level target or a known handle time."""
+    n = {state: counts.get(state, 0) for state in LIVE_STATES}
+    required = None
+    if service_level_target is not None and last15_seconds:
+        required = agents_required_for_kind(
+            channel_kind(channel), last15["offered"] / last15_seconds, last15["aht_seconds"],
+            service_level_target, last15["service_level_seconds"],
+            chat_sessions_per_agent=chat_sessions_per_agent)
+    return {
+        **{f"agents_{state}": value for state, value in n.items()},
+        "agents_away_by_reason": {name[len(AWAY_REASON):]: value for name, value in sorted(counts.items())
+                                  if name.startswith(AWAY_REASON) and value},
+        "occupancy_now": occupancy(n[ON_CONTACT], n[AFTER_CONTACT_WORK], n[AVAILABLE]),
+        "agents_required": required,
+        "agents_gap": agents_gap(required, n[STAFFED], n[AWAY]),
+    }
+
+
 def queue_state_record(queue: str, channel: str, as_of_ms: int, waiting: int,
                        oldest_entered_ms: int | None, agents_busy: int, open_tickets: int,
-                       last15: WindowAgg, th: Thresholds, now_ms: int) -> dict[str, Any]:
-    """The ``kpi.queue-state`` value: live state plus the rolling last-15-minutes KPIs."""
+                       last15: WindowAgg, th: Thresholds, now_ms: int, *,
+                       agent_counts: Mapping[str, int] | None = None,
+                       service_level_target: float | None = None, last15_seconds: float | None = None,
+                       chat_sessions_per_agent: int = 1) -> dict[str, Any]:
+    """The ``kpi.queue-state`` value: live state plus the rolling last-15-minutes KPIs.
+
+    ``agent_counts``: agents per state summed over the agent stage's partitions (see
+    ``live_agent_figures``); ``last15_seconds``: the span of ``last15``, for the arrival rate."""
     figures = kpi_figures(last15, th)
     longest = None if oldest_entered_ms is None else max(0, as_of_ms - oldest_entered_ms) / 1000
     return {
         "queue": queue, "channel": channel, "as_of": format_ms(as_of_ms),
         "waiting": waiting, "longest_wait_seconds": longest, "agents_busy": agents_busy,
         "open_tickets": open_tickets,
+        **live_agent_figures(agent_counts or {}, channel, figures, service_level_target, last15_seconds,
+                             chat_sessions_per_agent),
         "last_15m": {k: figures[k] for k in (
             "offered", "answered", "abandoned", "service_level", "service_level_seconds",
             "abandonment_rate", "asa_seconds", "immediate_response_rate",

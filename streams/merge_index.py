@@ -45,7 +45,7 @@ class MergeIndex:
         self._aggs.pop(key, None)
         parts = entry["parts"].values()
         if entry["kind"] == "live":
-            if any(p["waiting"] for p in parts):
+            if any(p.get("waiting") for p in parts):  # the agent stage's parts have no waiting
                 self._waiting.add(key)
             else:
                 self._waiting.discard(key)

@@ -9,18 +9,24 @@ wallboard and ``/api/windows`` read them with these helpers.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections import Counter
+from typing import Any, Mapping, Protocol
 
 from ccpulse.config import Settings
 from ccpulse.core.kpis import QUEUE, WindowAgg
-from schemas.records import window_record, window_record_key
-from streams.stages.partials import live_key
+from schemas.records import queue_state_record, window_record, window_record_key
+from streams.stages.partials import AGENTS_SOURCE_PREFIX, live_key
 
 Entry = dict[str, Any]
 # The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".
 FCR_SOURCE_PREFIX = "fcr-"
 # An agent window's entry key: its record key behind this (record keys of queues and agents may meet).
 AGENT_PREFIX = "agent|"
+# The rolling view of kpi.queue-state (its last_15m, and the load agents_required is sized for).
+ROLLING_WINDOW_MS = 15 * 60 * 1000
+# Live partials of a queue x channel: the pipeline's (kind "live") and the agent stage's
+# ("agents_live", from its sources AGENTS_SOURCE_PREFIX + partition) share its entry.
+LIVE_KINDS = ("live", "agents_live")
 
 
 class WithSettings(Protocol):
@@ -37,7 +43,7 @@ def live_queue(key: str) -> tuple[str, str]:
 
 def entry_key(partial: dict[str, Any]) -> tuple[str, Entry]:
     """A live or window partial's key in the merged table, and the fields a new entry starts with."""
-    if partial.get("kind") == "live":
+    if partial.get("kind") in LIVE_KINDS:
         return (live_key(partial["queue"], partial["channel"]),
                 {"kind": "live", "queue": partial["queue"], "channel": partial["channel"]})
     key = window_record_key(tuple(partial["key"]))
@@ -77,3 +83,24 @@ def merged_record(entry: Entry, pipe: WithSettings, now_ms: int, agg: WindowAgg 
     if scope == QUEUE:
         record["fcr_final"] = all(part["final"] for part in fcr_parts) if fcr_parts else None
     return record
+
+
+def queue_state(pipe: WithSettings, queue: str, channel: str, parts: Mapping[str, dict[str, Any]], as_of: int,
+                last15: WindowAgg, now_ms: int) -> dict[str, Any]:
+    """The ``kpi.queue-state`` record of a live entry's parts (source -> part; none yet: {}):
+    waiting and busy agents from the pipeline's parts, agents per state summed over the
+    agent stage's, and ``last15`` the rolling view's counters."""
+    contacts = [p for source, p in parts.items() if not source.startswith(AGENTS_SOURCE_PREFIX)]
+    agents: Counter[str] = Counter()
+    for source, part in parts.items():
+        if source.startswith(AGENTS_SOURCE_PREFIX):
+            agents.update(part["counts"])
+    oldest = [p["oldest_entered"] for p in contacts if p["oldest_entered"] is not None]
+    busy = set().union(*(p["agents"] for p in contacts))
+    target = pipe.settings.targets.for_queue(queue, channel).get("service_level")
+    return queue_state_record(
+        queue, channel, as_of, sum(p["waiting"] for p in contacts), min(oldest) if oldest else None, len(busy),
+        sum(p["open_tickets"] for p in contacts), last15, pipe.settings.thresholds_for(queue, channel), now_ms,
+        agent_counts=agents, service_level_target=None if target is None else target.value,
+        last15_seconds=ROLLING_WINDOW_MS / 1000,
+        chat_sessions_per_agent=pipe.settings.staffing.chat_sessions_per_agent)

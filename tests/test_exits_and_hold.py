@@ -346,7 +346,10 @@ def test_a_window_without_exits_or_hold_publishes_them_as_0_and_null(scope: str,
     record = records.window_record((900, T0, scope, name, "voice"), T0 + 900_000,
                                    agg_of(offered=3, answered=2, handled=1, handle_ms=60_000, transfers=1),
                                    Settings().thresholds_for(name, "voice"), version=5, final=True, now_ms=T0)
-    assert set(record) == set(load(schema)["required"]) | set(NEW_FIGURES if scope == QUEUE else NEW_FIGURES[2:])
+    # (and the time-in-state figures, tests/test_merge_agents.py)
+    from ccpulse.core.agents import state_figures
+    assert set(record) == set(load(schema)["required"]) | set(NEW_FIGURES if scope == QUEUE else NEW_FIGURES[2:]) \
+        | set(state_figures({}))
     assert (record["held"], record["hold_seconds"], record["avg_hold_seconds"]) == (0, 0.0, None)
     if scope == QUEUE:
         assert (record["flowed_out"], record["callbacks_requested"]) == (0, 0)

@@ -2,7 +2,9 @@
 
 - window partials -> one ``kpi.windows`` (queue) or ``kpi.agents`` (agent) record per window;
 - live partials -> one ``kpi.queue-state`` record per queue x channel, with the
-  rolling last-15-minutes KPIs summed from the queue's 1-minute windows;
+  rolling last-15-minutes KPIs summed from the queue's 1-minute windows; the agent
+  stage's ``agents_live`` partials (one per agent-stage partition) share the entry and
+  add the live agent counts and the staff the queue needs;
 - clock partials -> each source's event time on each merge partition, which says
   when a final window may be forgotten (ccpulse/core/merge_clock.py).
 
@@ -27,14 +29,13 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.kpis import QUEUE
 from ccpulse.core.merge_clock import MergeClock, expected_sources
-from schemas.records import queue_state_record
 from sinks.prometheus import PipelineMetrics
 from streams.merge_index import MergeIndex
-from streams.merged import Entry, entry_key, live_key, live_queue, merged_record, record_key
+from streams.merged import (LIVE_KINDS, ROLLING_WINDOW_MS, Entry, entry_key, live_key, live_queue, merged_record,
+                            queue_state, record_key)
 from streams.stages.io import Consumed, Failure, TablePut
 
 STAGE = "merge"
-ROLLING_WINDOW_MS = 15 * 60 * 1000
 ROLLING_SIZE_S = 60
 # A final merged window is kept this long (event time) after its end, so a
 # straggling partial is still merged and the rolling view still sees it.
@@ -102,7 +103,7 @@ class MergeOutput:
     deletes: list[TableDelete] = field(default_factory=list)  # merged table; already out of the mapping
 
 
-_KINDS = ("window", "live")
+_KINDS = ("window", *LIVE_KINDS)
 _NUMBER = (int, float)
 
 
@@ -125,6 +126,10 @@ def _part(kind: str, partial: dict[str, Any]) -> dict[str, Any]:
         for name in ("waiting_at_start", "waiting_at_end"):
             if not isinstance(part.get(name, 0), int):
                 raise ValueError(f"window partial: {name!r} is not an integer")
+    elif kind == "agents_live":
+        counts = part.get("counts")
+        if not (isinstance(counts, dict) and all(type(v) is int and v >= 0 for v in counts.values())):
+            raise ValueError("agents_live partial: 'counts' is not an object of agent counts (integers >= 0)")
     else:
         _need(part, "waiting", int)
         _need(part, "open_tickets", int)
@@ -305,14 +310,8 @@ class MergeStage:
     def _queue_state(self, key: str, now_ms: int) -> dict[str, Any] | None:
         queue, channel = live_queue(key)
         entry = self.merged.get(key)
-        parts = entry["parts"].values() if entry else []
-        oldest = [p["oldest_entered"] for p in parts if p["oldest_entered"] is not None]
-        agents = set().union(*(p["agents"] for p in parts)) if parts else set()
         last15 = self.index.rolling_agg(self.merged, queue, channel, self.as_of - ROLLING_WINDOW_MS)
-        return queue_state_record(
-            queue, channel, self.as_of, sum(p["waiting"] for p in parts),
-            min(oldest) if oldest else None, len(agents), sum(p["open_tickets"] for p in parts),
-            last15, self.settings.thresholds_for(queue, channel), now_ms)
+        return queue_state(self, queue, channel, entry["parts"] if entry else {}, self.as_of, last15, now_ms)
 
     def _expire(self, out: MergeOutput) -> None:
         for key in self.index.final():

@@ -34,10 +34,14 @@ def live_partial(partition: int, queue: str, channel: str, live: LiveQueue, vers
         "agents": sorted(live.busy), "open_tickets": live.open_tickets}
 
 
+# The merge's sources of agent-stage parts are named AGENTS_SOURCE_PREFIX + partition.
+AGENTS_SOURCE_PREFIX = "agents-"
+
+
 def agents_source(partition: int) -> str:
     """The merge's name of one agent-stage partition as a source (FCR's are ``fcr-<p>``):
     apart from the pipeline's partition numbers, which share the partials' topic."""
-    return f"agents-{partition}"
+    return f"{AGENTS_SOURCE_PREFIX}{partition}"
 
 
 def agents_live_partial(partition: int, queue: str, channel: str, counts: Mapping[str, int],
