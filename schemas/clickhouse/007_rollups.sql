@@ -19,6 +19,8 @@
 --   denominator is NULL, as in kpi_windows;
 -- * service level: each day contributes the numerator and denominator of the
 --   formula its record names (service_level_formula), then those are summed;
+-- * agent time in state: the seconds and the away-by-reason map are summed, occupancy
+--   and utilization recomputed from those sums (as ccpulse/core/kpis.py does);
 --   `service_level_formula` is that formula, or 'mixed' if it changed within the period;
 -- * percentiles of the answered wait come from the summed DDSketch
 --   (sumMap(wait_sketch)) with the same rule as ccpulse/core/sketch.py: the lower
@@ -67,6 +69,13 @@ SELECT
     if(handled > 0, handle_time_sum_seconds / handled, NULL) AS aht_seconds,
     held, hold_seconds,
     if(held > 0, hold_seconds / held, NULL) AS avg_hold_seconds,
+    staffed_seconds, available_seconds, on_contact_seconds, after_contact_work_seconds, away_seconds,
+    away_seconds_by_reason,
+    if(on_contact_seconds + after_contact_work_seconds + available_seconds > 0,
+       (on_contact_seconds + after_contact_work_seconds)
+       / (on_contact_seconds + after_contact_work_seconds + available_seconds), NULL) AS occupancy,
+    if(staffed_seconds > 0, (on_contact_seconds + after_contact_work_seconds) / staffed_seconds, NULL)
+       AS utilization,
     if(answered > 0, transfers / answered, NULL) AS transfer_rate,
     first_responses, first_response_sum_seconds,
     if(first_responses > 0, first_response_sum_seconds / first_responses, NULL) AS first_response_avg_seconds,
@@ -124,6 +133,12 @@ FROM
                 sum(handle_time_sum_seconds) AS handle_time_sum_seconds,
                 sum(held) AS held,
                 sum(hold_seconds) AS hold_seconds,
+                sum(staffed_seconds) AS staffed_seconds,
+                sum(available_seconds) AS available_seconds,
+                sum(on_contact_seconds) AS on_contact_seconds,
+                sum(after_contact_work_seconds) AS after_contact_work_seconds,
+                sum(away_seconds) AS away_seconds,
+                sumMap(away_seconds_by_reason) AS away_seconds_by_reason,
                 sum(first_responses) AS first_responses,
                 sum(first_response_sum_seconds) AS first_response_sum_seconds,
                 sum(agent_responses) AS agent_responses,
