@@ -271,3 +271,18 @@ def test_a_bad_agents_live_partial_fails_alone(counts: Any) -> None:
     out = merge.batch(bad, good)
     assert len(out.failures) == 1 and "counts" in str(out.failures[0].error)
     assert queue_state(out)["agents_staffed"] == 1
+
+
+def test_same_day_accepts_the_agent_fields_a_stream_without_agent_events_gives() -> None:
+    """``ccpulse same-day`` against a version before issue 16 (records with only the fields
+    the schemas require): a field it lacks is accepted while 0 or null, and an empty map
+    (no away reason) is as empty."""
+    from ccpulse.tools.same_day import compare_keyed
+    out = Merge().batch(pipeline_window(at(9, 0), 900, offered=1),
+                        pipeline_window(at(9, 0), 900, scope=AGENT, name="a-9", answered=1))
+    for topic, schema in ((KPI_WINDOWS, "kpi-window"), (KPI_AGENTS, "agent-window")):
+        new = published(out, topic)
+        required = set(load(schema)["required"])
+        old = {k: {name: v for name, v in record.items() if name in required} for k, record in new.items()}
+        diff = compare_keyed(topic, old, new)
+        assert diff.same and NONE.keys() <= diff.added, diff.first()

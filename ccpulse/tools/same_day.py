@@ -124,7 +124,7 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
     """Every field of every key, except ``ignored`` (bookkeeping: version, published_at).
 
     A field present on one side only differs (shown as None on the other), except a
-    field the new version added whose value is 0 or null: the old version had no such
+    field the new version added whose value is 0, null or empty: the old version had no such
     figure, and nothing it would count happened. Maps and lists are compared as chaos
     compares them (sketch buckets in any order).
     """
@@ -135,7 +135,7 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
         if a is None or b is None:
             (diff.only_new if a is None else diff.only_old).append(key)
             continue
-        added = {name for name in set(b) - set(a) if b[name] in (0, None)}
+        added = {name for name in set(b) - set(a) if b[name] in (0, None, {})}  # {}: a map of nothing
         diff.added |= added
         fields = [name for name in sorted(set(a) | set(b))
                   if name not in ignored and name not in added and _norm(a.get(name)) != _norm(b.get(name))]
