@@ -3,8 +3,9 @@
 The JSON is read from the same merged table that ``streams/merge.py`` publishes
 ``kpi.queue-state`` and ``kpi.windows`` from, with the same rules:
 
-- live state (waiting now, longest current wait, agents busy, open tickets):
-  the ``live|queue|channel`` entry, summed over its partitions (agents as a set);
+- live state (waiting now, longest current wait, agents busy, open tickets, and the
+  agents per state, required and the gap): the ``live|queue|channel`` entry, made into
+  the ``kpi.queue-state`` record by the merge's own ``streams.merged.queue_state``;
 - last 15 minutes: the queue's 1-minute windows whose end is after
   ``as_of - 15 min``, merged;
 - today: the 1-day window containing ``as_of`` (the newest day window of the queue);
@@ -21,16 +22,16 @@ from __future__ import annotations
 
 import time
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 from ccpulse.config import channel_kind
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
 from ccpulse.core.sla import SlaTargets
 from ccpulse.core.windowing import DAY, Windowing
 from schemas.events import format_ms
-from schemas.records import queue_state_record, window_name
-from streams.stages.merge import ROLLING_SIZE_S, ROLLING_WINDOW_MS
-from streams.merged import merged_agg
+from schemas.records import window_name
+from streams.merged import ROLLING_WINDOW_MS, merged_agg, queue_state
+from streams.stages.merge import ROLLING_SIZE_S
 from streams.web_auth import guarded, login_redirect
 
 # A tile's service level is judged against the queue's ``[targets]`` service_level
@@ -42,6 +43,11 @@ KIND_ORDER = {"voice": 0, "chat": 1, "ticket": 2}
 # Live traffic keeps event time within seconds of the wall clock (a quiet input's
 # event time follows the clock too); minutes apart, the board is not showing now.
 REPLAY_AFTER_MS = 5 * 60 * 1000
+# The live agent fields of kpi.queue-state a tile shows (METRICS.md "Agents and staffing").
+AGENT_FIELDS = ("agents_staffed", "agents_available", "agents_on_contact", "agents_after_contact_work",
+                "agents_away", "agents_away_by_reason", "occupancy_now", "agents_required", "agents_gap")
+# Away reasons a tile has room for.
+AWAY_TOP = 3
 WINDOW_FIELDS = ("offered", "answered", "abandoned", "service_level", "service_level_seconds",
                  "abandonment_rate", "asa_seconds", "first_response_avg_seconds", "csat")
 
@@ -61,6 +67,12 @@ def sl_target(targets: SlaTargets, queue: str, channel: str) -> float | None:
     """The queue's configured service-level target ([targets.<kind>], [queues.<q>.targets.<kind>])."""
     target = targets.for_queue(queue, channel).get("service_level")
     return None if target is None else target.value
+
+
+def away_top(by_reason: dict[str, int], n: int = AWAY_TOP) -> list[list[Any]]:
+    """The ``n`` reasons with the most agents away, ``[reason, agents]``; ties by reason, so the
+    tile does not flicker between equal reasons."""
+    return [[reason, count] for reason, count in sorted(by_reason.items(), key=lambda rc: (-rc[1], rc[0]))[:n]]
 
 
 def channel_sort_key(queue: str, channel: str) -> tuple[int, str, str]:
@@ -87,14 +99,14 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
     day_start = windowing.start(as_of, DAY) if DAY in w.sizes else None
     since = as_of - ROLLING_WINDOW_MS
 
-    live: dict[tuple[str, str], Iterable[dict[str, Any]]] = {}
+    live: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     rolling: dict[tuple[str, str], WindowAgg] = {}
     today: dict[tuple[str, str], WindowAgg] = {}
     queues: set[tuple[str, str]] = set()
     for entry in entries:
         if entry["kind"] == "live":
             qc = (entry["queue"], entry["channel"])
-            live[qc] = list(entry["parts"].values())
+            live[qc] = entry["parts"]
             queues.add(qc)
             continue
         size, start, scope, name, channel = entry["key"]
@@ -111,14 +123,9 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
     for queue, channel in sorted(queues, key=lambda qc: channel_sort_key(*qc)):
         th = pipe.settings.thresholds_for(queue, channel)
         target = sl_target(pipe.settings.targets, queue, channel)
-        parts = live.get((queue, channel), [])
-        oldest = [p["oldest_entered"] for p in parts if p.get("oldest_entered") is not None]
-        agents = set().union(*(p.get("agents", ()) for p in parts))
         # The same record as kpi.queue-state (live state + rolling last 15 minutes).
-        state = queue_state_record(
-            queue, channel, as_of, sum(p.get("waiting", 0) for p in parts),
-            min(oldest) if oldest else None, len(agents), sum(p.get("open_tickets", 0) for p in parts),
-            rolling.get((queue, channel), WindowAgg()), th, now_ms)
+        state = queue_state(pipe, queue, channel, live.get((queue, channel), {}), as_of,
+                            rolling.get((queue, channel), WindowAgg()), now_ms)
         kind = channel_kind(channel)
         row: dict[str, Any] = {
             "queue": queue, "channel": channel, "channel_kind": kind,
@@ -126,6 +133,8 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
             "longest_wait_seconds": state["longest_wait_seconds"],
             "agents_busy": state["agents_busy"],
             "open_tickets": state["open_tickets"] if kind == "ticket" else None,
+            **{name: state[name] for name in AGENT_FIELDS},
+            "agents_away_top": away_top(state["agents_away_by_reason"]),
             "last_15m": _window_view(rolling.get((queue, channel), WindowAgg()), th, target),
             "today": None,
             "open_sla_breaches": [],

@@ -486,3 +486,105 @@ def test_mode_says_replay_when_event_time_is_far_from_the_wall_clock(behind_ms: 
 
 def test_no_event_time_has_no_mode() -> None:
     assert wb.wallboard(pipe_of(), now_ms=T0)["mode"] is None
+
+
+# -- agents and staffing (issue 16) ---------------------------------------------------
+
+AGENT_FIELDS = ("agents_staffed", "agents_available", "agents_on_contact", "agents_after_contact_work",
+                "agents_away", "agents_away_by_reason", "occupancy_now", "agents_required", "agents_gap")
+
+
+def merged_by_the_merge_stage(*partials: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The merged table and the ``kpi.queue-state`` records a real MergeStage makes of ``partials``."""
+    from streams.stages.merge import KPI_QUEUE_STATE, MergeStage
+    from streams.stages.io import Consumed
+
+    table: dict[str, Any] = {}
+    stage = MergeStage(Settings(), table)
+    decoded = [json.loads(json.dumps(p)) for p in partials]  # as the merge agent reads them
+    out = stage.on_batch([Consumed("ccpulse-window-partials", 0, i, p, None) for i, p in enumerate(decoded)],
+                         generation=1, now_ms=T0 + S, mono=1000.0, publish=True)
+    assert out.failures == []
+    return table, {p.key.decode(): p.value for p in out.records if p.topic == KPI_QUEUE_STATE}
+
+
+def agents_live(partition: int, queue: str, channel: str, **counts: int) -> dict[str, Any]:
+    """The agent stage's live partial (streams/stages/partials.py); ``away_<reason>=n`` -> ``away:<reason>``."""
+    from streams.stages.partials import agents_live_partial
+
+    named = {name.replace("away_", "away:", 1) if name.startswith("away_") else name: n
+             for name, n in counts.items()}
+    return agents_live_partial(partition, queue, channel, named, T0)[1]
+
+
+def minute(queue: str, channel: str, **counts: int) -> dict[str, Any]:
+    """A pipeline window partial of the minute at T0 (the rolling view agents_required is sized on)."""
+    return {"kind": "window", "key": [60, T0, QUEUE, queue, channel], "partition": 0, "version": 1,
+            "final": False, "agg": agg(**counts), "end": T0 + MIN, "watermark": T0,
+            "waiting_at_start": 0, "waiting_at_end": 0}
+
+
+# 60 calls in the last 15 minutes answered with 300 s of handle time each: 0.0667/s x 300 s is a
+# load of 20 Erlangs, so Erlang C needs more than 20 agents for 80% in 20 s.
+BUSY_MINUTE = dict(offered=60, answered=60, answered_within_target=50, handled=60, handle_ms=60 * 300_000)
+
+
+def test_live_agents_are_summed_over_the_agent_stage_partitions_as_kpi_queue_state_says() -> None:
+    table, published = merged_by_the_merge_stage(
+        minute("billing", "voice", **BUSY_MINUTE),
+        agents_live(0, "billing", "voice", staffed=14, available=2, on_contact=8, after_contact_work=1, away=3,
+                    away_lunch=2, away_break=1),
+        agents_live(1, "billing", "voice", staffed=9, available=1, on_contact=6, away=2, away_lunch=1,
+                    away_training=1),
+        agents_live(1, "tier1", "email", staffed=3, on_contact=3),
+        minute("tier1", "email", offered=4, answered=4, handled=4, handle_ms=4 * 600_000))
+    body = wb.wallboard(pipe_of(*table.items()), now_ms=T0 + S)
+    billing = row(body, "billing", "voice")
+    assert (billing["agents_staffed"], billing["agents_available"], billing["agents_on_contact"],
+            billing["agents_after_contact_work"], billing["agents_away"]) == (23, 3, 14, 1, 5)
+    assert billing["agents_away_by_reason"] == {"lunch": 3, "break": 1, "training": 1}
+    # The tile's "top reasons": most agents first, then by name; at most AWAY_TOP.
+    assert billing["agents_away_top"] == [["lunch", 3], ["break", 1], ["training", 1]][:wb.AWAY_TOP]
+    assert billing["occupancy_now"] == pytest.approx(15 / 18)
+    # Short: Erlang C wants more than the 18 working (23 staffed - 5 away).
+    assert billing["agents_required"] > 20 and billing["agents_gap"] == billing["agents_required"] - 18 > 0
+    # One truth: the tile's agent figures are those of the kpi.queue-state record.
+    for key, record in published.items():
+        tile = row(body, record["queue"], record["channel"])
+        assert {f: tile[f] for f in AGENT_FIELDS} == {f: record[f] for f in AGENT_FIELDS}, key
+    tier1 = row(body, "tier1", "email")
+    assert (tier1["agents_staffed"], tier1["agents_on_contact"]) == (3, 3)
+    assert (tier1["agents_required"], tier1["agents_gap"]) == (None, None)  # tickets: no queueing model
+    json.dumps(body, allow_nan=False)
+
+
+def test_away_top_reasons_are_the_most_common_first() -> None:
+    assert wb.away_top({}) == []
+    assert wb.away_top({"": 2, "lunch": 2, "break": 5, "meeting": 1, "training": 1}) == \
+        [["break", 5], ["", 2], ["lunch", 2]]
+
+
+def test_without_agent_events_the_counts_are_zero_and_the_requirement_unknown_until_a_handle_time() -> None:
+    # A center that sends no agent events: no agent parts, nothing handled yet.
+    table, _ = merged_by_the_merge_stage(minute("billing", "voice", offered=3),
+                                         live_partial_of("billing", "voice"))
+    q = row(wb.wallboard(pipe_of(*table.items()), now_ms=T0 + S), "billing", "voice")
+    assert (q["agents_staffed"], q["agents_available"], q["agents_on_contact"], q["agents_away"]) == (0, 0, 0, 0)
+    assert (q["agents_away_by_reason"], q["agents_away_top"]) == ({}, [])
+    assert (q["occupancy_now"], q["agents_required"], q["agents_gap"]) == (None, None, None)
+
+
+def test_a_queue_whose_agents_left_is_shown_with_zero_agents() -> None:
+    # The agent stage sends a queue whose agents are all gone once with no counts.
+    table, _ = merged_by_the_merge_stage(
+        minute("billing", "voice", **BUSY_MINUTE),
+        agents_live(0, "billing", "voice", staffed=2, available=2),
+        {**agents_live(0, "billing", "voice"), "version": T0 + 1})
+    q = row(wb.wallboard(pipe_of(*table.items()), now_ms=T0 + S), "billing", "voice")
+    assert (q["agents_staffed"], q["agents_available"]) == (0, 0)
+    assert q["agents_gap"] == q["agents_required"] > 0  # nobody working: short by all it needs
+
+
+def live_partial_of(queue: str, channel: str) -> dict[str, Any]:
+    return {"kind": "live", "queue": queue, "channel": channel, "partition": 0, "version": 1, "watermark": T0,
+            "waiting": 0, "oldest_entered": None, "agents": [], "open_tickets": 0}
