@@ -16,8 +16,8 @@ from typing import Any, Mapping
 from ccpulse.config import Thresholds, channel_kind
 from ccpulse.core.agents import AFTER_CONTACT_WORK, AVAILABLE, AWAY, ON_CONTACT, state_figures
 from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures, occupancy
-from ccpulse.core.staffing import agents_gap, agents_required_for_kind
 from ccpulse.core.lifecycle import Interaction, Step
+from ccpulse.core.staffing import agents_gap, agents_required_for_kind
 from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection, format_ms
 
@@ -74,8 +74,8 @@ def window_record(key: WindowKey, end_ms: int, agg: WindowAgg, th: Thresholds, v
 
 # The agent stage's live counts (AgentStage.live, agents_live partials): agents per state,
 # and per away reason under AWAY_REASON + reason.
-STAFFED = "staffed"
-LIVE_STATES = (STAFFED, AVAILABLE, ON_CONTACT, AFTER_CONTACT_WORK, AWAY)
+LIVE_STAFFED = "staffed"
+LIVE_STATES = (LIVE_STAFFED, AVAILABLE, ON_CONTACT, AFTER_CONTACT_WORK, AWAY)
 AWAY_REASON = AWAY + ":"
 
 
@@ -98,7 +98,7 @@ def live_agent_figures(counts: Mapping[str, int], channel: str, last15: dict[str
                                   if name.startswith(AWAY_REASON) and value},
         "occupancy_now": occupancy(n[ON_CONTACT], n[AFTER_CONTACT_WORK], n[AVAILABLE]),
         "agents_required": required,
-        "agents_gap": agents_gap(required, n[STAFFED], n[AWAY]),
+        "agents_gap": agents_gap(required, n[LIVE_STAFFED], n[AWAY]),
     }
 
 

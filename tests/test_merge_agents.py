@@ -286,3 +286,16 @@ def test_same_day_accepts_the_agent_fields_a_stream_without_agent_events_gives()
         old = {k: {name: v for name, v in record.items() if name in required} for k, record in new.items()}
         diff = compare_keyed(topic, old, new)
         assert diff.same and NONE.keys() <= diff.added, diff.first()
+
+
+def test_the_queue_s_own_service_level_target_sizes_it_and_none_gives_null() -> None:
+    from ccpulse.core.sla import MIN as AT_LEAST, SlaTargets, Target
+    strict = {"service_level": Target("service_level", AT_LEAST, 0.95)}
+    s = settings()
+    s = replace(s, targets=SlaTargets(queues={("billing", "voice"): strict, ("spare", "voice"): {}}))
+    parts = [pipeline_minute("voice", queue=q, offered=90, handled=30, handle_ms=30 * 180 * S)
+             for q in ("billing", "spare")]
+    out = Merge(s).batch(*parts, live_part(0, {"staffed": 20}, at(10, 0)),
+                         live_part(0, {"staffed": 20}, at(10, 0), queue="spare"))
+    assert queue_state(out)["agents_required"] == agents_required(0.1, 180.0, 0.95, 20.0) == 25  # SL(24) = 0.934
+    assert (queue_state(out, "spare")["agents_required"], queue_state(out, "spare")["agents_gap"]) == (None, None)
