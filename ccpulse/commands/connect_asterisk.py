@@ -255,7 +255,7 @@ class QueueLogFollower:
 async def follow(settings: Settings, queue_log: Path, state_file: Path, from_start: bool,
                  stop: asyncio.Event, poll_seconds: float = POLL_SECONDS) -> None:
     """Follow ``queue_log`` until ``stop`` is set: map, publish, then save the position."""
-    from ccpulse.commands.connect_publish import ConnectorPublisher, PublishError
+    from ccpulse.commands.connect_publish import ConnectorPublisher, until_stored
     from ccpulse.connectors.asterisk import QueueLogMapper
     from ccpulse.connectors.base import MappingError
 
@@ -296,7 +296,7 @@ async def follow(settings: Settings, queue_log: Path, state_file: Path, from_sta
                     dead.append((raw, "not_utf8", "the line is not UTF-8"))
                 except MappingError as exc:
                     dead.append((raw, exc.reason, exc.detail))
-            await _until_stored(lambda: _store(publisher, mapped, dead), stop, PublishError)
+            await until_stored(lambda: _store(publisher, mapped, dead), stop)
             if follower.position is not None:
                 save_state(state_file, FollowerState(follower.position, mapper.snapshot()))
     finally:
@@ -309,22 +309,6 @@ async def _store(publisher: Any, mapped: list[Any], dead: list[tuple[bytes, str,
     for raw, reason, detail in dead:
         log.warning("queue_log line dead-lettered (%s: %s)", reason, detail)
         await publisher.dead_letter(raw, reason, detail)
-
-
-async def _until_stored(step: Callable[[], Any], stop: asyncio.Event, error: type[Exception]) -> None:
-    """Retry ``step`` until Kafka took it: the position is not saved before, so nothing is lost."""
-    backoff = 0.5
-    while True:
-        try:
-            await step()
-            return
-        except error as exc:
-            log.warning("Kafka did not take the batch, retrying in %.1f s: %s", backoff, exc)
-        try:
-            await asyncio.wait_for(stop.wait(), backoff)
-            raise CommandError("stopped before Kafka took the last lines; they are read again at the next start")
-        except asyncio.TimeoutError:
-            backoff = min(backoff * 2, 10.0)
 
 
 def run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:

@@ -86,8 +86,7 @@ async def consume(settings: Any, source: str, topic: str, group: str, stop: asyn
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import CommitFailedError, KafkaError
 
-    from ccpulse.commands.connect_asterisk import _until_stored
-    from ccpulse.commands.connect_publish import ConnectorPublisher, PublishError
+    from ccpulse.commands.connect_publish import ConnectorPublisher, until_stored
     from ccpulse.kafka_security import client_kwargs, describe, quiet_client_logs
 
     source_map = mapper(source)
@@ -127,7 +126,7 @@ async def consume(settings: Any, source: str, topic: str, group: str, stop: asyn
                     mapped += events
                 offsets[tp] = records[-1].offset + 1
             # Until Kafka took it; stopped before, the batch is not committed: read again at the next start.
-            await _until_stored(lambda: _publish(publisher, mapped, dead), stop, PublishError)
+            await until_stored(lambda: _publish(publisher, mapped, dead), stop)
             tally.events += len(mapped)
             for _raw, reason, _detail in dead:
                 tally.dead[reason] = tally.dead.get(reason, 0) + 1

@@ -9,17 +9,41 @@ copies that had gone through are deduplicated by their deterministic event ids.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from ccpulse.commands.errors import CommandError
 from ccpulse.commands.simulate import encode
 from ccpulse.config import Settings
 from ccpulse.connectors.base import FAMILY_TOPIC_ATTR, Mapped
 
+log = logging.getLogger("ccpulse.connect")
+
 
 class PublishError(CommandError):
     """Kafka did not take (all of) a batch, or cannot be reached: one line, naming the broker."""
+
+
+async def until_stored(step: Callable[[], Awaitable[Any]], stop: asyncio.Event,
+                       error: type[Exception] = PublishError) -> None:
+    """Retry ``step`` (publish one batch) until Kafka took it, or give up when ``stop`` is set.
+
+    The caller acknowledges its source (position saved, offsets committed) only after this
+    returned: given up, the batch is read from the source again at the next start.
+    """
+    backoff = 0.5
+    while True:
+        try:
+            await step()
+            return
+        except error as exc:
+            log.warning("Kafka did not take the batch, retrying in %.1f s: %s", backoff, exc)
+        try:
+            await asyncio.wait_for(stop.wait(), backoff)
+            raise CommandError("stopped before Kafka took the last batch; it is read again at the next start")
+        except asyncio.TimeoutError:
+            backoff = min(backoff * 2, 10.0)
 
 
 class ConnectorPublisher:
