@@ -41,3 +41,32 @@ def test_the_stage_keeps_nothing_per_key_beside_the_interactions_table() -> None
     left = (tracemalloc.get_traced_memory()[0] - before) / (OPEN - 10)
     tracemalloc.stop()
     assert left < 16, f"{left:.0f} bytes per interaction stay in the stage once the table let it go"
+
+
+class _Topic:
+    def get_topic_name(self) -> str:
+        return "t"
+
+
+def test_messages_waiting_in_the_outbox_cost_their_size_not_a_page() -> None:
+    """orjson 3.13 allocates every ``dumps`` result at about 4 KiB (ijl/orjson#483); the
+    outbox holds each message from the stage's batch until the broker acknowledged it
+    (thousands per checkpoint while a backlog is read)."""
+    from types import SimpleNamespace
+
+    import orjson
+
+    from streams.outbox import Outbox
+
+    outbox = Outbox(SimpleNamespace())
+    topic = _Topic()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):
+        outbox.send(topic, b"k", orjson.dumps({"interaction_id": f"i{i}", "queue": "q1"}))  # as stages do
+        outbox.send(topic, b"k", {"interaction_id": f"i{i}", "queue": "q1"})  # dumped by the outbox
+    per_message = (tracemalloc.get_traced_memory()[0] - before) / 4000
+    tracemalloc.stop()
+    assert len(outbox) == 4000
+    assert per_message < 200, f"{per_message:.0f} bytes per queued message of about 40"
