@@ -3,7 +3,8 @@
 The in-stream breach detector (``streams/sla.py``) and these rules share one
 source of truth: the same targets, per channel kind and per queue, and the same
 hold-down (``for:`` = ``targets.hold.open_seconds``, ``keep_firing_for:`` =
-``targets.hold.resolve_seconds``). Every expression works on the metric names
+``targets.hold.resolve_seconds``, or a target's own ``open_seconds`` /
+``resolve_seconds``: one rule per hold-down). Every expression works on the metric names
 of ``/metrics`` summed ``without (instance, partition)``, so several workers
 add up.
 
@@ -14,6 +15,12 @@ add up.
 | asa_seconds | increase(answer_wait_seconds_sum[15m]) / increase(answer_wait_seconds_count[15m]) |
 | longest_wait_seconds | max without (instance, partition) (ccpulse_queue_longest_wait_seconds) |
 | first_response_p90_seconds | tickets (channel not voice/chat): p90 of the answered wait over 1 h |
+| occupancy | (on_contact + after_contact_work) / (on_contact + after_contact_work + available) of increase(agent_state_seconds[15m]) |
+| agents_gap | max without (instance, partition) (ccpulse_queue_agents_gap) |
+
+Occupancy in the stream is that of each final 15-minute window; here it is the last 15
+minutes at each evaluation (the same formula over a sliding window, as service level).
+A null ``agents_gap`` (no handle time yet) is no sample: no alert, as no observation.
 
 The ticket p90 alert compares the share of first responses within the target
 (``le`` bucket = target) with 90 % when the target is a bucket bound of
@@ -36,7 +43,7 @@ from typing import Iterable, Mapping
 
 from ccpulse.config import SERVICE_LEVEL_FORMULAS, Settings
 from ccpulse.core.kpis import WAIT_BUCKETS_S
-from ccpulse.core.sla import CHANNEL_KINDS, KPIS, MIN, Target
+from ccpulse.core.sla import CHANNEL_KINDS, KPIS, MIN, Hold, Target
 
 DEFAULT_PATH = "deploy/prometheus/rules/ccpulse-sla.rules.yml"
 GROUP = "ccpulse-sla"
@@ -63,6 +70,12 @@ SERVICE_LEVEL = "ccpulse:queue_service_level:ratio15m"
 ABANDONMENT = "ccpulse:queue_abandonment_rate:ratio15m"
 ASA = "ccpulse:queue_asa_seconds:mean15m"
 LONGEST = "ccpulse:queue_longest_wait_seconds:max"
+AGENTS_GAP = "ccpulse:queue_agents_gap:max"
+AGENT_BUSY = "ccpulse:queue_agent_busy_seconds:increase15m"
+AGENT_AVAILABLE = "ccpulse:queue_agent_available_seconds:increase15m"
+OCCUPANCY = "ccpulse:queue_occupancy:ratio15m"
+# Per queue x channel, the states summed (a queue's available time is on each channel's series).
+AGENT_SUM = "sum without (instance, partition, state)"
 FRT_P90 = "ccpulse:queue_first_response_p90_seconds:1h"
 
 SL_FORMULAS = {
@@ -90,6 +103,10 @@ ALERTS = {
     "first_response_p90_seconds": ("CcpulseSlaTicketFirstResponseP90AboveTarget",
                                    "p90 of the ticket first response time over the last hour",
                                    "humanizeDuration"),
+    "occupancy": ("CcpulseSlaOccupancyAboveTarget", "agent occupancy over the last 15 minutes",
+                  "humanizePercentage"),
+    "agents_gap": ("CcpulseSlaAgentsGapAboveTarget", "agents_gap (agents short of the requirement now)",
+                   "humanize"),
 }
 assert set(ALERTS) == set(KPIS)
 
@@ -163,6 +180,10 @@ def kpi_expression(kpi: str, scope: Scope) -> str:
         return f"{ASA}{sel}"
     if kpi == "longest_wait_seconds":
         return f"{LONGEST}{sel}"
+    if kpi == "occupancy":
+        return f"{OCCUPANCY}{sel}"
+    if kpi == "agents_gap":
+        return f"{AGENTS_GAP}{sel}"
     raise ValueError(kpi)
 
 
@@ -195,6 +216,12 @@ def recording_rules() -> list[tuple[str, str]]:
         (LONGEST, "max without (instance, partition) (ccpulse_queue_longest_wait_seconds)"),
         (FRT_P90, "histogram_quantile(0.9, sum by (le, queue, channel) "
                   '(rate(ccpulse_queue_answer_wait_seconds_bucket{channel!~"voice|chat"}[1h])))'),
+        (AGENTS_GAP, "max without (instance, partition) (ccpulse_queue_agents_gap)"),
+        (AGENT_BUSY, f"{AGENT_SUM} (increase(ccpulse_queue_agent_state_seconds_total"
+                     '{state=~"on_contact|after_contact_work"}[15m]))'),
+        (AGENT_AVAILABLE, f"{AGENT_SUM} (increase(ccpulse_queue_agent_state_seconds_total"
+                          '{state="available"}[15m]))'),
+        (OCCUPANCY, f"{AGENT_BUSY} / ({AGENT_BUSY} + {AGENT_AVAILABLE})"),
     ]
     return rules
 
@@ -206,9 +233,12 @@ class Alert:
     expr_terms: tuple[str, ...]
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
+    hold: Hold  # for: / keep_firing_for:
 
 
 def alerts(settings: Settings) -> list[Alert]:
+    """One alert per KPI, or one per distinct hold-down of its targets (a target may set
+    its own: ``for:`` is per rule), all of one name."""
     out = []
     all_scopes = scopes(settings)
     for kpi, (name, what, humanize) in ALERTS.items():
@@ -217,32 +247,36 @@ def alerts(settings: Settings) -> list[Alert]:
             continue
         severities = {target.severity for _, target in pairs}
         uniform = len(severities) == 1
-        terms = []
-        for scope, target in pairs:
-            labels = {"target": f"{target.op} {number(target.value)}"}
-            if not uniform:
-                labels["severity"] = target.severity
-            terms.append(_term(kpi, scope, target, labels))
-        labels = {"kpi": kpi}
-        if uniform:
-            labels = {"severity": next(iter(severities)), "kpi": kpi}
-        annotations = {
-            "summary": f"SLA breach: {what} of {{{{ $labels.queue }}}}/{{{{ $labels.channel }}}}"
-                       " misses its target",
-            "description": f"The {what} of queue {{{{ $labels.queue }}}} ({{{{ $labels.channel }}}}) is "
-                           f"{{{{ $value | {humanize} }}}}, target {{{{ $labels.target }}}}, for at least "
-                           f"{duration(settings.targets.hold.open_seconds)}.",
-        }
-        if kpi == "first_response_p90_seconds":
-            annotations["description"] += (" (p90 interpolated from the wait histogram: at the top finite "
-                                           "bucket bound it means at least that.)")
-        out.append(Alert(name, kpi, tuple(terms), labels, annotations))
+        holds = sorted({target.hold_in(settings.targets.hold) for _, target in pairs},
+                       key=lambda h: (h.open_seconds, h.resolve_seconds))
+        for hold in holds:
+            terms = []
+            for scope, target in pairs:
+                if target.hold_in(settings.targets.hold) != hold:
+                    continue
+                labels = {"target": f"{target.op} {number(target.value)}"}
+                if not uniform:
+                    labels["severity"] = target.severity
+                terms.append(_term(kpi, scope, target, labels))
+            labels = {"kpi": kpi}
+            if uniform:
+                labels = {"severity": next(iter(severities)), "kpi": kpi}
+            annotations = {
+                "summary": f"SLA breach: {what} of {{{{ $labels.queue }}}}/{{{{ $labels.channel }}}}"
+                           " misses its target",
+                "description": f"The {what} of queue {{{{ $labels.queue }}}} ({{{{ $labels.channel }}}}) is "
+                               f"{{{{ $value | {humanize} }}}}, target {{{{ $labels.target }}}}, for at least "
+                               f"{duration(hold.open_seconds)}.",
+            }
+            if kpi == "first_response_p90_seconds":
+                annotations["description"] += (" (p90 interpolated from the wait histogram: at the top finite "
+                                               "bucket bound it means at least that.)")
+            out.append(Alert(name, kpi, tuple(terms), labels, annotations, hold))
     return out
 
 
 def generate(settings: Settings) -> str:
     """The rules file for ``settings`` (deterministic: the same config gives the same bytes)."""
-    hold = settings.targets.hold
     lines = [
         "# Generated by `ccpulse rules` from the [targets] of the ccpulse config (ccpulse/alert_rules.py).",
         "# Do not edit: change the config and run `ccpulse rules` (`ccpulse rules --check` in CI).",
@@ -257,9 +291,9 @@ def generate(settings: Settings) -> str:
         lines += [f"      - alert: {alert.name}", "        expr: |-"]
         for i, term in enumerate(alert.expr_terms):
             lines.append("          " + ("" if i == 0 else "or ") + term)
-        lines.append(f"        for: {duration(hold.open_seconds)}")
-        if hold.resolve_seconds > 0:
-            lines.append(f"        keep_firing_for: {duration(hold.resolve_seconds)}")
+        lines.append(f"        for: {duration(alert.hold.open_seconds)}")
+        if alert.hold.resolve_seconds > 0:
+            lines.append(f"        keep_firing_for: {duration(alert.hold.resolve_seconds)}")
         lines.append("        labels:")
         lines += [f"          {k}: {_quote(v)}" for k, v in alert.labels.items()]
         lines.append("        annotations:")

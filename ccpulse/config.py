@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping
 
 from ccpulse.core.params import DEFAULT_MAX_STEPS_PER_INTERACTION, Thresholds
 from ccpulse.core.scorecard import ScorecardSettings, parse_scorecard
-from ccpulse.core.sla import SlaTargets, parse_targets
+from ccpulse.core.sla import OCCUPANCY_WINDOW_S, SlaTargets, parse_targets
 from ccpulse.kafka_security import KafkaSecurityError, ssl_context
 from schemas.events import name_problem
 
@@ -461,6 +461,14 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"windows.{name}: {value:g} must be {'positive' if positive else 'at least 0'}")
     if not 0 <= w.day_start_hour <= 23:
         raise ConfigError("windows.day_start_hour: must be 0-23")
+    if OCCUPANCY_WINDOW_S not in w.sizes:
+        # Occupancy is observed on final 15-minute windows: without them a target never fires.
+        scoped = [(f"targets.{k}", t) for k, t in s.targets.kinds.items()] + \
+                 [(f"queues.{q}.targets.{k}", t) for (q, k), t in s.targets.queues.items()]
+        for where, targets in scoped:
+            if "occupancy" in targets:
+                raise ConfigError(f"{where}.occupancy: needs {OCCUPANCY_WINDOW_S} s windows "
+                                  f"(windows.sizes {_shown(list(w.sizes))} has none)")
     try:
         from zoneinfo import ZoneInfo
         ZoneInfo(w.timezone)

@@ -8,6 +8,7 @@ its structure is checked either way.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,13 +17,17 @@ import pytest
 import yaml
 
 from ccpulse import cli
-from ccpulse.alert_rules import ALERTS, DEFAULT_PATH, generate
+from ccpulse.alert_rules import ALERTS, DEFAULT_PATH, alerts, generate
 from ccpulse.config import load_settings
 from ccpulse.core.sla import KPIS
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / DEFAULT_PATH
 PROMTOOL_TESTS = ROOT / "deploy/prometheus/tests/sla_test.yml"
+# The agents and staffing targets are opt-in: their rules come from an example config.
+AGENTS_CONFIG = ROOT / "deploy/prometheus/tests/agents.toml"
+AGENTS_RULES = ROOT / "deploy/prometheus/tests/agents-sla.rules.yml"
+AGENTS_PROMTOOL_TESTS = ROOT / "deploy/prometheus/tests/agents_test.yml"
 ALERTMANAGER = ROOT / "deploy/alertmanager/alertmanager.yml"
 
 
@@ -98,17 +103,47 @@ def test_committed_rules_pass_promtool_check() -> None:
 
 
 def test_promtool_unit_tests_fire_and_resolve_every_alert() -> None:
-    text = PROMTOOL_TESTS.read_text(encoding="utf-8")
+    text = PROMTOOL_TESTS.read_text(encoding="utf-8") + AGENTS_PROMTOOL_TESTS.read_text(encoding="utf-8")
     for name, _what, _humanize in ALERTS.values():
         assert f"alertname: {name}" in text, f"no promtool test for {name}"
     run_promtool("test", "rules", str(PROMTOOL_TESTS))
+
+
+def test_agent_rules_are_generated_from_their_example_config_and_pass_promtool() -> None:
+    """A queue short of agents for 5 minutes (its own hold-down) and occupancy above 85 %
+    over 15 minutes, in promtool (deploy/prometheus/tests/agents_test.yml)."""
+    settings = load_settings(AGENTS_CONFIG, env={})
+    assert AGENTS_RULES.read_text(encoding="utf-8") == generate(settings), \
+        f"{AGENTS_RULES} is out of date: CCPULSE_CONFIG={AGENTS_CONFIG} ccpulse rules --output {AGENTS_RULES}"
+    run_promtool("check", "rules", str(AGENTS_RULES))
+    rules = yaml.safe_load(AGENTS_RULES.read_text(encoding="utf-8"))["groups"][0]["rules"]
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    assert alerts["CcpulseSlaAgentsGapAboveTarget"]["for"] == "5m"
+    assert alerts["CcpulseSlaOccupancyAboveTarget"]["for"] == "1m"
+    assert alerts["CcpulseSlaServiceLevelBelowTarget"]["for"] == "1m"
+    run_promtool("test", "rules", str(AGENTS_PROMTOOL_TESTS))
+
+
+def test_targets_with_their_own_hold_down_get_a_rule_each(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, "[targets.voice]\nagents_gap = { max = 0, open_seconds = 300 }\n"
+                                       "[targets.chat]\nagents_gap = { max = 1 }\n"
+                                       "[queues.vip.targets.voice]\nagents_gap = { max = -1, open_seconds = 60 }\n")
+    gaps = [a for a in alerts(settings) if a.kpi == "agents_gap"]
+    assert [(a.hold.open_seconds, len(a.expr_terms)) for a in gaps] == [(60, 2), (300, 1)]
+    assert any('queue="vip"' in t and "> -1" in t for t in gaps[0].expr_terms)
+    assert any('channel="chat"' in t and "> 1" in t for t in gaps[0].expr_terms)
+    assert 'channel="voice"' in gaps[1].expr_terms[0] and 'queue!~"vip"' in gaps[1].expr_terms[0]
+    path = tmp_path / "gap.rules.yml"
+    path.write_text(generate(settings), encoding="utf-8")
+    run_promtool("check", "rules", str(path))
 
 
 def test_one_alert_per_kpi_with_the_hold_down_and_labels() -> None:
     doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     rules = doc["groups"][0]["rules"]
     alerts = {r["alert"]: r for r in rules if "alert" in r}
-    assert {r["labels"]["kpi"] for r in alerts.values()} == set(KPIS)
+    # occupancy and agents_gap have no default target (opt-in: agents_test.yml tests them).
+    assert {r["labels"]["kpi"] for r in alerts.values()} == set(KPIS) - {"occupancy", "agents_gap"}
     for rule in alerts.values():
         assert rule["for"] == "1m" and rule["keep_firing_for"] == "1m"
         assert rule["labels"]["severity"] in ("critical", "warning")
@@ -119,7 +154,7 @@ def test_one_alert_per_kpi_with_the_hold_down_and_labels() -> None:
     assert 'le="86400"' in alerts["CcpulseSlaTicketFirstResponseP90AboveTarget"]["expr"]
     recorded = {r["record"]: r["expr"] for r in rules if "record" in r}
     assert recorded["ccpulse:queue_first_response_p90_seconds:1h"].startswith("histogram_quantile(0.9,")
-    assert all("without (instance, partition)" in e for n, e in recorded.items() if "increase15m" in n)
+    assert all(re.search(r"without \(instance, partition[,)]", e) for n, e in recorded.items() if "increase15m" in n)
 
 
 def test_rules_of_a_custom_config_pass_promtool(tmp_path: Path) -> None:

@@ -297,11 +297,12 @@ def test_values_read_from_the_records() -> None:
     record = {"queue": "q", "channel": "voice", "longest_wait_seconds": None,
               "last_15m": {"service_level": None, "abandonment_rate": 0.5, "asa_seconds": 12.5}}
     assert queue_state_values(record) == {"service_level": None, "abandonment_rate": 0.5,
-                                          "asa_seconds": 12.5, "longest_wait_seconds": 0.0}
+                                          "asa_seconds": 12.5, "longest_wait_seconds": 0.0,
+                                          "agents_gap": None}
     window = {"window": "1h", "final": True, "channel": "email", "wait_answered_p90_seconds": 7.0}
     assert window_values(window) == {"first_response_p90_seconds": 7.0}
     assert window_values({**window, "final": False}) is None
-    assert window_values({**window, "window": "15m"}) is None
+    assert window_values({**window, "window": "15m"}) == {"occupancy": None}  # no agent data: null
     assert window_values({**window, "channel": "chat"}) is None
 
 
@@ -428,3 +429,92 @@ def test_breach_gauge_and_clickhouse_rows() -> None:
     assert 'ccpulse_sla_breach_open{channel="voice",kpi="asa_seconds",queue="billing"} 0.0' in text
     row = breach_row(event.to_record(T0))
     assert (row["target_op"], row["target_value"], row["state"]) == (">=", 0.8, "open")
+
+
+# --- agents and staffing targets (issue 16) ------------------------------------------------
+
+AGENT_TARGETS = """
+[targets.voice]
+agents_gap = { max = 0 }
+occupancy = { max = 0.85 }
+
+[targets.chat]
+agents_gap = { max = -1, severity = "critical" }
+
+[targets.ticket]
+occupancy = { max = 0.9 }
+
+[queues.billing.targets.voice]
+agents_gap = { max = 2 }
+occupancy = false
+"""
+
+
+def test_agent_targets_in_the_config(tmp_path: Path) -> None:
+    t = settings_from(tmp_path, AGENT_TARGETS).targets
+    voice = t.for_queue("sales", "voice")
+    assert (voice["agents_gap"].op, voice["agents_gap"].value) == ("<=", 0.0)
+    assert (voice["occupancy"].op, voice["occupancy"].value, voice["occupancy"].severity) == ("<=", 0.85, "warning")
+    # One spare agent wanted on chat: a negative gap target is allowed (agents, not a duration).
+    assert t.for_queue("sales", "chat")["agents_gap"].value == -1 and t.for_queue("x", "chat")["agents_gap"].severity == "critical"
+    assert t.for_queue("x", "email")["occupancy"].value == 0.9
+    billing = t.for_queue("billing", "voice")
+    assert billing["agents_gap"].value == 2 and "occupancy" not in billing
+    assert not billing["agents_gap"].violated(2) and billing["agents_gap"].violated(3)
+    # Opt-in: by default neither carries a target (a center sending no agent events
+    # has nobody staffed, so every queue with traffic would be "short").
+    assert not any(k in targets for targets in SlaTargets().kinds.values() for k in ("agents_gap", "occupancy"))
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[targets.ticket]\nagents_gap = { max = 0 }", "targets.ticket.agents_gap"),
+    ("[targets.voice]\nagents_gap = { min = 0 }", "targets.voice.agents_gap.min"),
+    ("[targets.voice]\nagents_gap = { max = 0.5 }", "targets.voice.agents_gap.max"),
+    ("[targets.voice]\noccupancy = { max = 85 }", "targets.voice.occupancy.max"),
+    ("[targets.voice]\noccupancy = { min = 0.5 }", "targets.voice.occupancy.min"),
+    ("[windows]\nsizes = [60, 3600]\n[targets.voice]\noccupancy = { max = 0.85 }", "targets.voice.occupancy"),
+    ("[windows]\nsizes = [60, 3600]\n[queues.b.targets.chat]\noccupancy = { max = 0.85 }",
+     "queues.b.targets.chat.occupancy"),
+])
+def test_every_agent_target_error_names_its_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).startswith(key + ":")
+
+
+def test_agent_values_read_from_the_records() -> None:
+    state = {"queue": "q", "channel": "voice", "longest_wait_seconds": 0, "last_15m": {}, "agents_gap": 3}
+    assert queue_state_values(state)["agents_gap"] == 3
+    assert queue_state_values({**state, "agents_gap": None})["agents_gap"] is None
+    # A record of before issue 16 has no gap: no data, not "not short".
+    assert queue_state_values({k: v for k, v in state.items() if k != "agents_gap"})["agents_gap"] is None
+    window = {"window": "15m", "final": True, "channel": "voice", "occupancy": 0.9}
+    assert window_values(window) == {"occupancy": 0.9}
+    assert window_values({**window, "channel": "email"}) == {"occupancy": 0.9}
+    assert window_values({**window, "occupancy": None}) == {"occupancy": None}
+    assert window_values({**window, "final": False}) is None
+    assert window_values({**window, "window": "1h"}) is None
+    assert window_values({**window, "window": "1m"}) is None
+
+
+def test_a_target_may_set_its_own_hold_down(tmp_path: Path) -> None:
+    """"Short of agents for 5 minutes" while the other KPIs keep the 1-minute hold-down."""
+    t = settings_from(tmp_path, "[targets.voice]\nagents_gap = { max = 0, open_seconds = 300 }\n"
+                                "[queues.b.targets.voice]\nagents_gap = { max = 1 }\n"
+                                "[queues.c.targets.voice]\nagents_gap = { resolve_seconds = 0 }\n").targets
+    gap = t.for_queue("x", "voice")["agents_gap"]
+    assert gap.hold_in(t.hold) == Hold(300, 60) and t.for_queue("x", "voice")["service_level"].hold_in(t.hold) == Hold(60, 60)
+    assert t.for_queue("b", "voice")["agents_gap"].hold_in(t.hold) == Hold(300, 60)  # inherited
+    assert t.for_queue("c", "voice")["agents_gap"].hold_in(t.hold) == Hold(300, 0)
+    q = QueueSla("x", "voice")
+    targets = t.for_queue("x", "voice")
+    assert q.observe({"agents_gap": 2}, T0, targets, t.hold, seq=(T0, 0), source="state") == []
+    assert q.observe({"agents_gap": 2}, T0 + 299_000, targets, t.hold, seq=(T0 + 299_000, 0), source="state") == []
+    [event] = q.tick(T0 + 300_000, targets, t.hold)
+    assert (event.kpi, event.state, event.observed) == ("agents_gap", "open", 2)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[targets.voice]\nagents_gap = { max = 0, open_seconds = -5 }", "targets.voice.agents_gap.open_seconds"),
+    ("[targets.voice]\nasa_seconds = { max = 5, resolve_seconds = 'x' }", "targets.voice.asa_seconds.resolve_seconds"),
+])
+def test_a_targets_hold_down_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).startswith(key + ":")

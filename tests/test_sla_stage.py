@@ -181,7 +181,8 @@ def test_final_hourly_ticket_windows_become_observations_keyed_by_queue() -> Non
     out = SlaWindowsStage().on_batch([rec(w), rec(window(channel="voice")), rec(window(final=False)),
                                       rec(window(size=900)), rec(["not", "a", "dict"])])
     assert out.failures == []
-    [m] = out.messages
+    m, fifteen = out.messages  # the 15-minute one carries occupancy (test below)
+    assert orjson.loads(fifteen.value)["source"] == "windows-15m"
     assert m.key == b"support|email"
     end = T0 + 3_600_000
     assert orjson.loads(m.value) == {"queue": "support", "channel": "email",
@@ -214,3 +215,44 @@ def test_a_window_the_scorecard_cannot_be_built_from_is_a_failure() -> None:
     out = ScorecardStage(ScorecardSettings()).on_batch([rec(bad), rec(window(size=900), offset=1)], NOW)
     assert [(f.message, type(f.error)) for f in out.failures] == [(("msg", 0, 0), KeyError)]
     assert len(out.messages) == 1
+
+
+# --- agents and staffing (issue 16) ----------------------------------------------------------
+
+def test_a_queue_short_of_agents_for_the_hold_down_opens_one_breach_and_resolves() -> None:
+    from ccpulse.core.sla import DEFAULT_TARGETS, MAX, Target
+
+    hold = Hold(300, 60)  # "short of agents for 5 minutes"
+    voice = {**DEFAULT_TARGETS["voice"], "agents_gap": Target("agents_gap", MAX, 0.0)}
+    stage = SlaStage(SlaTargets({**DEFAULT_TARGETS, "voice": voice}, hold=hold), {}, lambda: {0})
+
+    def short(seconds: float, gap: int | None, offset: int) -> Consumed:
+        return rec({**state("billing", seconds, 0.9), "agents_gap": gap}, offset=offset)
+
+    out = stage.on_batch([short(0, 2, 0), short(120, 1, 1), short(240, None, 2)], NOW)
+    assert out.breaches == []  # a null (handle time unknown) breaks the run
+    out = stage.on_batch([short(250, 2, 3), short(500, 1, 4)], NOW)
+    assert out.breaches == []  # short for 250 s only
+    out = stage.on_batch([short(550, 0, 5), short(560, 3, 6), short(860, 3, 7)], NOW)
+    [breach] = values(out.breaches)
+    assert (breach["kpi"], breach["state"], breach["observed"], breach["target"]) == (
+        "agents_gap", "open", 3, {"op": "<=", "value": 0.0})
+    assert breach["violating_since"] == format_ms(T0 + 560_000)
+    out = stage.on_batch([short(870, -1, 8), short(930, 0, 9)], NOW)
+    assert [(b["kpi"], b["state"]) for b in values(out.breaches)] == [("agents_gap", "resolved")]
+
+
+def test_occupancy_from_final_15_minute_windows_opens_a_breach() -> None:
+    from ccpulse.core.sla import DEFAULT_TARGETS, MAX, Target
+
+    voice = {**DEFAULT_TARGETS["voice"], "occupancy": Target("occupancy", MAX, 0.85)}
+    stage = SlaStage(SlaTargets({**DEFAULT_TARGETS, "voice": voice}, hold=Hold(HOLD_S, HOLD_S)), {}, lambda: {0})
+    busy = [{**window(channel="voice", size=900, version=v), "occupancy": 0.95} for v in (1, 2)]
+    busy[1] = {**busy[1], "window_start": format_ms(T0 + 900_000), "window_end": format_ms(T0 + 1_800_000)}
+    sent = SlaWindowsStage().on_batch([rec(w, offset=i) for i, w in enumerate(busy)])
+    assert [orjson.loads(m.value)["source"] for m in sent.messages] == ["windows-15m"] * 2
+    assert [orjson.loads(m.value)["values"] for m in sent.messages] == [{"occupancy": 0.95}] * 2
+    out = stage.on_batch([rec(orjson.loads(m.value), offset=i) for i, m in enumerate(sent.messages)], NOW)
+    [breach] = values(out.breaches)
+    assert (breach["kpi"], breach["queue"], breach["channel"], breach["observed"]) == (
+        "occupancy", "support", "voice", 0.95)

@@ -79,7 +79,14 @@ KPIS: dict[str, KpiSpec] = {spec.name: spec for spec in (
     KpiSpec("first_response_p90_seconds", MAX, ("ticket",),
             "kpi.windows 1h final wait_answered_p90_seconds (tickets)",
             "Ticket first response time p90 (last full hour)", "seconds"),
+    # Issue 16. No default targets: a center that sends no agent events has nobody staffed.
+    KpiSpec("occupancy", MAX, CHANNEL_KINDS, "kpi.windows 15m final occupancy",
+            "Occupancy (last full 15 minutes)", "ratio"),
+    KpiSpec("agents_gap", MAX, ("voice", "chat"), "kpi.queue-state agents_gap (live)",
+            "Agents short of the requirement now", "agents"),
 )}
+# The final windows occupancy is observed on (window_values): a target needs this size.
+OCCUPANCY_WINDOW_S = 900
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,21 @@ class Target:
     direction: str  # MIN or MAX
     value: float
     severity: str = "warning"
+    # This target's own hold-down, over [targets.hold] (None: that one): e.g. a queue short
+    # of agents for 5 minutes, while the other KPIs open after 1.
+    open_seconds: float | None = None
+    resolve_seconds: float | None = None
 
     @property
     def op(self) -> str:
         return OPS[self.direction]
+
+    def hold_in(self, hold: "Hold") -> "Hold":
+        """The hold-down in force for this target, ``hold`` being [targets.hold]."""
+        if self.open_seconds is None and self.resolve_seconds is None:
+            return hold
+        return Hold(hold.open_seconds if self.open_seconds is None else self.open_seconds,
+                    hold.resolve_seconds if self.resolve_seconds is None else self.resolve_seconds)
 
     def violated(self, observed: float) -> bool:
         return observed < self.value if self.direction == MIN else observed > self.value
@@ -197,15 +215,22 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+HOLD_KEYS = ("open_seconds", "resolve_seconds")
+
+
+def _seconds(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if number < 0:
+        raise ValueError(f"{where}: must not be negative")
+    return number
+
+
 def _parse_hold(table: Mapping[str, Any], where: str) -> Hold:
     values = {}
     for key, value in table.items():
-        if key not in ("open_seconds", "resolve_seconds"):
-            raise ValueError(f"{where}.{key}: unknown setting (known: open_seconds, resolve_seconds)")
-        number = _number(value, f"{where}.{key}")
-        if number < 0:
-            raise ValueError(f"{where}.{key}: must not be negative")
-        values[key] = number
+        if key not in HOLD_KEYS:
+            raise ValueError(f"{where}.{key}: unknown setting (known: {', '.join(HOLD_KEYS)})")
+        values[key] = _seconds(value, f"{where}.{key}")
     return Hold(**values)
 
 
@@ -233,6 +258,7 @@ def _parse_target(info: KpiSpec, table: Mapping[str, Any], inherited: Target | N
     wrong = MAX if info.direction == MIN else MIN
     value: float | None = None
     severity = inherited.severity if inherited else info.severity
+    holds = {name: getattr(inherited, name) if inherited else None for name in HOLD_KEYS}
     for key, raw in table.items():
         if key == info.direction:
             value = _number(raw, f"{where}.{key}")
@@ -244,17 +270,24 @@ def _parse_target(info: KpiSpec, table: Mapping[str, Any], inherited: Target | N
             if raw not in SEVERITIES:
                 raise ValueError(f"{where}.severity: {raw!r} is not one of {', '.join(SEVERITIES)}")
             severity = raw
+        elif key in HOLD_KEYS:
+            holds[key] = _seconds(raw, f"{where}.{key}")
         else:
-            raise ValueError(f"{where}.{key}: unknown setting (known: {info.direction}, severity)")
+            raise ValueError(f"{where}.{key}: unknown setting (known: {info.direction}, severity, "
+                             f"{', '.join(HOLD_KEYS)})")
     if value is None:
         if inherited is None:
             raise ValueError(f"{where}: missing {info.direction} (e.g. {{ {info.direction} = ... }})")
         value = inherited.value
-    if value < 0:
+    if info.unit == "agents":
+        # A gap is a whole number of agents, and may be negative: max = -1 wants a spare.
+        if not value.is_integer():
+            raise ValueError(f"{where}.{info.direction}: {value:g} is a number of agents and must be whole")
+    elif value < 0:
         raise ValueError(f"{where}.{info.direction}: must not be negative")
     if info.unit == "ratio" and value > 1:
         raise ValueError(f"{where}.{info.direction}: {value:g} is a ratio and must be between 0 and 1")
-    return Target(info.name, info.direction, value, severity)
+    return Target(info.name, info.direction, value, severity, **holds)
 
 
 # --- the detector --------------------------------------------------------------------------
@@ -324,7 +357,9 @@ class Detector:
 
     def observe(self, value: float | None, at: int, target: Target, hold: Hold,
                 queue: str, channel: str) -> Breach | None:
-        """Apply one observation; the transition it completes, if any."""
+        """Apply one observation; the transition it completes, if any. ``hold``: [targets.hold]
+        (the target's own hold-down, if it has one, is used instead)."""
+        hold = target.hold_in(hold)
         if self.last_at is not None and at < self.last_at:
             return None  # older than what was applied: a re-delivery
         self.last_at, self.last_value = at, value
@@ -490,20 +525,29 @@ def queue_state_values(record: Mapping[str, Any]) -> dict[str, float | None]:
     service_level, abandonment_rate, asa_seconds: the rolling last 15 minutes
     (null when no contact left the queue in that time). longest_wait_seconds: the
     live state; nobody waiting is a wait of 0 (compliant), not missing data.
+    agents_gap: live; null (no handle time yet, or a record of before issue 16) is
+    missing data.
     """
     last = record.get("last_15m") or {}
     longest = record.get("longest_wait_seconds")
     return {"service_level": last.get("service_level"),
             "abandonment_rate": last.get("abandonment_rate"),
             "asa_seconds": last.get("asa_seconds"),
-            "longest_wait_seconds": 0.0 if longest is None else float(longest)}
+            "longest_wait_seconds": 0.0 if longest is None else float(longest),
+            "agents_gap": record.get("agents_gap")}
 
 
 def window_values(record: Mapping[str, Any]) -> dict[str, float | None] | None:
-    """The KPIs one ``kpi.windows`` record feeds (final 1-hour windows of ticket channels)."""
-    if record.get("window") != "1h" or not record.get("final") or channel_kind(record["channel"]) != "ticket":
+    """The KPIs one ``kpi.windows`` record feeds: final 1-hour windows of ticket channels
+    (first response p90), final 15-minute windows of any channel (occupancy; null when
+    no agent was available or busy for the queue)."""
+    if not record.get("final"):
         return None
-    return {"first_response_p90_seconds": record.get("wait_answered_p90_seconds")}
+    if record.get("window") == "1h" and channel_kind(record["channel"]) == "ticket":
+        return {"first_response_p90_seconds": record.get("wait_answered_p90_seconds")}
+    if record.get("window") == "15m":
+        return {"occupancy": record.get("occupancy")}
+    return None
 
 
 __all__ = [

@@ -6,8 +6,9 @@
   re-keys from kpi.windows. Each transition is one ``sla.breaches`` message, returned
   ahead of the state that follows from it: the shell sends it before the state is
   written, so a crash in between re-derives and re-sends the same transition.
-- ``SlaWindowsStage`` (agent ``sla-windows``): a final 1-hour ticket window becomes an
-  observation keyed ``queue|channel`` on ``<app>-sla-observations``.
+- ``SlaWindowsStage`` (agent ``sla-windows``): a final 1-hour ticket window (first
+  response p90) and a final 15-minute window (occupancy) become an observation keyed
+  ``queue|channel`` on ``<app>-sla-observations``.
 - ``ScorecardStage`` (agent ``scorecards``): one kpi.scorecards record per final window
   of 15 minutes or more, keyed as the window.
 
@@ -30,8 +31,9 @@ from schemas.events import parse_timestamp_ms
 from streams.stages.io import Consumed, Failure, Sends, TablePut, each
 from streams.stages.io import Message
 
-# The ``source`` of the observations SlaWindowsStage sends (a QueueSla orders each source's records).
-WINDOWS_SOURCE = "windows-1h"
+# The ``source`` of the observations SlaWindowsStage sends, per window (a QueueSla orders
+# each source's records): "windows-1h" (ticket first response), "windows-15m" (occupancy).
+WINDOWS_SOURCE = "windows-{window}"
 
 Entry = dict[str, Any]  # a sla-state value: {"p": partition, **QueueSla.to_dict()}
 
@@ -134,8 +136,9 @@ class SlaStage:
 
 
 class SlaWindowsStage:
-    """Final 1-hour ticket windows as observations keyed ``queue|channel``, so that both
-    inputs of a queue's SLA meet on one partition of the sla stage."""
+    """Final windows a target reads (``window_values``) as observations keyed
+    ``queue|channel``, so that both inputs of a queue's SLA meet on one partition of the
+    sla stage."""
 
     def on_batch(self, records: Iterable[Consumed]) -> Sends:
         return each(records, self._one)
@@ -149,7 +152,7 @@ class SlaWindowsStage:
         end = _ms(record["window_end"])
         return Message(f"{record['queue']}|{record['channel']}".encode(), orjson.dumps(
             {"queue": record["queue"], "channel": record["channel"], "values": values,
-             "at": end, "seq": [end, record["version"]], "source": WINDOWS_SOURCE}))
+             "at": end, "seq": [end, record["version"]], "source": WINDOWS_SOURCE.format(window=record["window"])}))
 
 
 class ScorecardStage:
