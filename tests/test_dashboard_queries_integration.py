@@ -7,7 +7,9 @@ One module-scoped run:
    scraping the worker every second, with every rule file of deploy/prometheus/rules loaded;
 3. history: a few thousand mixed voice/chat/ticket events from
    ``generate_mixed_events`` over about two hours of event time (45 minutes a week ago,
-   so week-over-week panels have a last week, and the 100 minutes before now),
+   so week-over-week panels have a last week, and the 100 minutes before now), with the
+   agents' events (logins, after-contact work, breaks and lunch with reasons, holds; every
+   agent logged out at the end of each part, so no one stays staffed across the gaps),
    published with ``publish_mixed(..., speed=None)``, plus a few invalid messages and a
    duplicate so the bad-input panels have series;
 4. live traffic: live-timestamped mixed events published in real time (speed 1) for
@@ -88,14 +90,25 @@ CHAT_QUEUES = (simulate.QueueModel("chat-support", 4),)
 TICKET_QUEUES = (simulate.QueueModel("tier1", 5),)
 
 
-def mixed(start: datetime, seconds: float, seed: int, scale: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
+def mixed(start: datetime, seconds: float, seed: int, scale: float = 1.0,
+          break_interval: float = 900.0, break_duration: float = 240.0) -> list[tuple[str, dict[str, Any]]]:
+    """Calls, chats and tickets with the agents' events, every agent logged out at ``start + seconds``."""
     voice = simulate.SimulationConfig(
         rate=0.1 * scale, queues=VOICE_QUEUES, service_mean=60.0, wrapup_mean=10.0, patience_mean=90.0,
-        seed=seed, start=start, transfer_probability=0.05, repeat_probability=0.1, rating_probability=0.3)
-    chat = sc.ChatConfig(rate=0.04 * scale, queues=CHAT_QUEUES, seed=seed, start=start)
+        seed=seed, start=start, transfer_probability=0.05, repeat_probability=0.1, rating_probability=0.3,
+        agent_events=True, break_interval=break_interval, break_duration=break_duration, hold_probability=0.2)
+    chat = sc.ChatConfig(rate=0.04 * scale, queues=CHAT_QUEUES, seed=seed, start=start, agent_events=True)
     ticket = sc.TicketConfig(rate=0.02 * scale, queues=TICKET_QUEUES, first_reply_mean=900.0,
                              solve_after_mean=1200.0, customer_reply_mean=900.0, seed=seed, start=start)
-    return list(sc.generate_mixed_events(voice, chat, ticket, seconds))
+    events = list(sc.generate_mixed_events(voice, chat, ticket, seconds))  # all before start + seconds
+    return events + logouts(events, start + timedelta(seconds=seconds), f"{seed}")
+
+
+def logouts(events: list[tuple[str, dict[str, Any]]], at: datetime, tag: str) -> list[tuple[str, dict[str, Any]]]:
+    """``agent.logged_out`` at ``at`` for every agent of ``events``: the end of a shift."""
+    agents = sorted({e["agent_id"] for family, e in events if family == "agent"})
+    return [("agent", {"event_id": f"logout-{tag}-{agent}", "type": "agent.logged_out", "agent_id": agent,
+                       "occurred_at": iso(at), "schema_version": 1}) for agent in agents]
 
 
 def history(now: datetime) -> list[tuple[str, dict[str, Any]]]:
@@ -103,10 +116,7 @@ def history(now: datetime) -> list[tuple[str, dict[str, Any]]]:
     last_week = datetime.combine(now.date() - timedelta(days=7), datetime.min.time(), timezone.utc) \
         + timedelta(hours=10)
     start, end = now - timedelta(minutes=100), now - timedelta(minutes=1)
-    cut = sc._occurred_at  # noqa: SLF001 - the mixed stream's own ordering key
-    older = [e for e in mixed(last_week, 2700, seed=21) if cut(e) < iso(start)]
-    recent = [e for e in mixed(start, (end - start).total_seconds(), seed=22) if cut(e) < iso(end)]
-    return older + recent
+    return mixed(last_week, 2700, seed=21) + mixed(start, (end - start).total_seconds(), seed=22)
 
 
 def iso(moment: datetime) -> str:
@@ -114,8 +124,12 @@ def iso(moment: datetime) -> str:
 
 
 def publish(bootstrap: str, prefix: str, events: list[tuple[str, dict[str, Any]]], speed: float | None) -> int:
-    topics = {"call": f"{prefix}calls", "chat": f"{prefix}chats", "ticket": f"{prefix}tickets"}
-    return asyncio.run(publish_mixed(events, bootstrap, topics, speed))
+    """Publishes every event; returns the contact events among them (what ``events_consumed`` counts)."""
+    topics = {"call": f"{prefix}calls", "chat": f"{prefix}chats", "ticket": f"{prefix}tickets",
+              "agent": f"{prefix}agents"}
+    sent = asyncio.run(publish_mixed(events, bootstrap, topics, speed))
+    assert sent == len(events), f"{sent} of {len(events)} events acknowledged"
+    return sum(1 for family, _ in events if family != "agent")
 
 
 # ---------------------------------------------------------------- PromQL
@@ -331,7 +345,9 @@ def publish_history(bootstrap: str, worker: WorkerProcess, now: datetime) -> int
 def evaluate_while_live(bootstrap: str, worker: WorkerProcess, prom: PrometheusServer,
                         timings: dict[str, float]) -> dict[str, Any]:
     """Live events in real time; every PromQL expression evaluated while they flow."""
-    live = mixed(datetime.now(timezone.utc), LIVE_SECONDS, seed=23, scale=15.0)
+    # Breaks every few seconds: agents are away (by reason) while PromQL is evaluated.
+    live = mixed(datetime.now(timezone.utc), LIVE_SECONDS, seed=23, scale=15.0, break_interval=10.0,
+                 break_duration=30.0)
     live_sent: list[int] = []
     publisher = threading.Thread(
         target=lambda: live_sent.append(publish(bootstrap, worker.prefix, live, 1.0)), daemon=True)
@@ -541,7 +557,7 @@ def test_clickhouse_panel_query_returns_the_columns_it_uses(run, name: str, titl
 
 def test_every_clickhouse_panel_was_checked() -> None:
     assert len(clickhouse_cases()) >= 12
-    assert {name for name, _, _ in clickhouse_cases()} == {"service-trends.json", "agents.json"}
+    assert {name for name, _, _ in clickhouse_cases()} == {"service-trends.json", "agents.json", "staffing.json"}
 
 
 # ---------------------------------------------------------------- the trend model itself

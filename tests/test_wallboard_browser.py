@@ -6,8 +6,10 @@ the test sees it update in place. Chromium comes from Debian (`chromium`); witho
 it the test fails, it does not skip.
 
 The test checks that every number on the page is the JSON API's, that they grow
-as more events arrive, that the header turns stale when the worker stops, and
-writes the 1920x1080 screenshot ``docs/wallboard.png``.
+as more events arrive, that the agent tiles (staffed, available, on contact,
+after-contact work, away with its top reasons, required, the gap) show the live
+agent events and the gap is red where the queue is short, that the header turns
+stale when the worker stops, and writes the 1920x1080 screenshot ``docs/wallboard.png``.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ READ_DOM = """(() => ({
   tiles: [...document.querySelectorAll('#tiles .tile')].map(t => ({
     queue: t.dataset.queue, channel: t.dataset.channel, probe: t.dataset.probe ?? null,
     sl_status: t.querySelector('.sl').dataset.status,
+    gap_short: t.querySelector('.gap').dataset.short ?? null,
+    gap_red: getComputedStyle(t.querySelector('.gap')).backgroundColor === 'rgb(220, 38, 38)',
     fields: [...t.querySelectorAll('[data-field]')].map(
       e => [e.dataset.field, e.dataset.value ?? null, e.textContent, e.dataset.format])})),
 }))()"""
@@ -154,9 +158,13 @@ def js_round(x: float) -> int:
 
 def fmt(value: Any, form: str) -> str:
     if value is None:
-        return "–"
+        return "\u2014"  # an em dash: no value is never shown as 0
     if form == "int":
         return str(js_round(value))
+    if form == "signed":
+        return ("+" if value > 0 else "") + str(js_round(value))
+    if form == "reasons":
+        return "\n".join(f"{reason or 'no reason'} {n}" for reason, n in value)
     if form == "pct":
         return f"{js_round(value * 100)}%"
     if form == "dur":
@@ -204,6 +212,9 @@ def differences(dom: dict[str, Any], api: dict[str, Any]) -> list[str]:
         check(where, tile["fields"], row)
         if tile["sl_status"] != row["last_15m"]["service_level_status"]:
             diffs.append(f"{where}: SL colour {tile['sl_status']} != {row['last_15m']['service_level_status']}")
+        short = row["agents_gap"] is not None and row["agents_gap"] > 0
+        if (tile["gap_short"], tile["gap_red"]) != (str(short).lower(), short):
+            diffs.append(f"{where}: gap {row['agents_gap']} shown red={tile['gap_red']}")
     return diffs
 
 
@@ -215,13 +226,16 @@ class LiveEvents:
 
     def __init__(self, worker: WorkerProcess, seconds: float = 120) -> None:
         start = live_start()
+        # Agent events on: agents log in, wrap up, and take breaks with reasons every few seconds;
+        # support (2 agents for 7.5 Erlangs) is short, so its gap is red.
         voice = SimulationConfig(rate=2.0, queues=(QueueModel("billing", agents=20, weight=2),
                                                    QueueModel("support", agents=2),
                                                    QueueModel("sales", agents=1)),
-                                 service_mean=15, wrapup_mean=1, patience_mean=8, seed=11, start=start)
+                                 service_mean=15, wrapup_mean=1, patience_mean=8, seed=11, start=start,
+                                 agent_events=True, break_interval=6.0, break_duration=4.0, hold_probability=0.3)
         chat = ChatConfig(rate=0.5, queues=(QueueModel("chat-support", agents=3),), concurrency=2,
                           patience_mean=20, messages_mean=4, agent_reply_mean=2, customer_reply_mean=2,
-                          rating_probability=0.9, transfer_probability=0, seed=11, start=start)
+                          rating_probability=0.9, transfer_probability=0, seed=11, start=start, agent_events=True)
         ticket = TicketConfig(rate=0.5, queues=(QueueModel("tier1", agents=4),), channels=("email", "web"),
                               first_reply_mean=6, solve_after_mean=8, close_after_solve=20,
                               customer_reply_mean=8, rating_probability=0.5, seed=11, start=start)
@@ -249,7 +263,8 @@ class LiveEvents:
                 channel = {"call": "voice", "chat": "chat"}.get(family) or ev["channel"]
                 self.offered[(ev["queue"], channel, ev["occurred_at"][:10])] += 1
         prefix = self.worker.prefix
-        topics = {"call": f"{prefix}calls", "chat": f"{prefix}chats", "ticket": f"{prefix}tickets"}
+        topics = {"call": f"{prefix}calls", "chat": f"{prefix}chats", "ticket": f"{prefix}tickets",
+                  "agent": f"{prefix}agents"}
         if batch:
             asyncio.run(publish_mixed(batch, self.worker.bootstrap, topics, None))
         self.published += len(batch)
@@ -343,6 +358,12 @@ def settled(worker: WorkerProcess, events: LiveEvents) -> dict[str, Any] | None:
     return body if got == {k: want.get(k, 0) for k in got} and set(want) <= set(got) else None
 
 
+def short_of_agents(body: dict[str, Any]) -> bool:
+    """Support (2 agents for 7.5 Erlangs) short, once a handle time is known."""
+    return any((q["queue"], q["channel"]) == ("support", "voice") and (q["agents_gap"] or 0) > 0
+               for q in body["queues"])
+
+
 def today_offered(dom: dict[str, Any]) -> dict[tuple[str, str], int]:
     return {(t["queue"], t["channel"]): json.loads(dict((f[0], f[1]) for f in t["fields"])["today.offered"])
             for t in dom["tiles"]}
@@ -372,7 +393,7 @@ def test_wallboard_page_shows_the_api_numbers_live(worker: WorkerProcess, browse
     shown = {(t["queue"], t["channel"]): dict((f[0], f[2]) for f in t["fields"])["last_15m.service_level_target"]
              for t in first["tiles"]}
     assert shown[("sales", "voice")] == "95%" and shown[("support", "voice")] == "80%", shown
-    assert all(text == "–" for (_q, channel), text in shown.items() if channel not in ("voice", "chat")), shown
+    assert all(text == "\u2014" for (_q, channel), text in shown.items() if channel not in ("voice", "chat")), shown
     before = today_offered(first)
     assert sum(before.values()) > 0
     browser.evaluate("document.querySelectorAll('#tiles .tile').forEach(t => t.dataset.probe = 'kept')")
@@ -387,6 +408,25 @@ def test_wallboard_page_shows_the_api_numbers_live(worker: WorkerProcess, browse
     assert sum(after.values()) > sum(before.values())
     assert all(after[k] >= n for k, n in before.items())
     assert sum(after.values()) == sum(events.offered_on(body["queues"][0]["today"]["window_start"][:10]).values())
+
+    # The agent tiles: the agent events reached them (logged in, per state), and support, 2 agents
+    # for 7.5 Erlangs, is short once its handle time is known: its gap is red and signed.
+    wait_until(lambda: short_of_agents(api(worker)), 30, "a queue short of agents in /api/wallboard", 0.5)
+    third, body = page_equals_api(browser, worker)
+    tiles = {(t["queue"], t["channel"]): dict((f[0], f[2]) for f in t["fields"]) for t in third["tiles"]}
+    rows = {(q["queue"], q["channel"]): q for q in body["queues"]}
+    assert rows[("billing", "voice")]["agents_staffed"] > 0 and rows[("chat-support", "chat")]["agents_staffed"] == 3
+    for t in third["tiles"]:
+        key, q = (t["queue"], t["channel"]), rows[(t["queue"], t["channel"])]
+        assert q["agents_staffed"] == sum(q[f"agents_{s}"] for s in (
+            "available", "on_contact", "after_contact_work", "away")), (key, q)
+        if q["agents_gap"] is not None and q["agents_gap"] > 0:
+            assert t["gap_red"] and tiles[key]["agents_gap"] == f"+{q['agents_gap']}", (key, q["agents_gap"])
+        else:
+            assert not t["gap_red"], (key, q["agents_gap"])
+        if q["channel_kind"] == "ticket":  # no queueing model for a backlog: no value, not 0
+            assert (tiles[key]["agents_required"], tiles[key]["agents_gap"]) == ("\u2014", "\u2014"), key
+    assert next(t for t in third["tiles"] if (t["queue"], t["channel"]) == ("support", "voice"))["gap_red"]
     browser.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 20_000
     assert SCREENSHOT.read_bytes()[16:24] == WIDTH.to_bytes(4, "big") + HEIGHT.to_bytes(4, "big")
