@@ -110,7 +110,7 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
     eid = event_id(SOURCE, conversation, kind, body.get("participantId"), body.get("sessionId"),
                    body.get("eventTime"))
     doc: dict[str, Any] = {"event_id": eid, "occurred_at": occurred,
-                           "interaction_id": checked_id(f"{conversation}:{queue_id}", "eventBody.queueId"),
+                           "interaction_id": checked_id(f"{conversation}:{queue_id}", "conversationId:queueId"),
                            "queue": checked_name(queue_names.get(queue_id, queue_id), "eventBody.queueId"),
                            "attributes": {"conversation_id": conversation}, "schema_version": 1}
     if kind == "acd.start":
