@@ -269,3 +269,59 @@ def test_published_figures_in_seconds_with_the_ratios() -> None:
     empty = state_figures({ON_CONTACT_MS: 1000})
     assert empty["staffed_seconds"] == 0 and empty["utilization"] is None and empty["occupancy"] == 1.0
     assert state_figures({})["occupancy"] is None and state_figures({})["away_seconds_by_reason"] == {}
+
+
+def shift(c: AgentCore) -> None:
+    """A whole shift of two agents, 09:00-17:00, as a backlog read in one go."""
+    c.apply("a-1", login(at(9, 0), "e1", "billing", "sales"))
+    c.upsert("a-1", ("c-1", 0), Contact(2, "billing", "voice", at(9, 10), at(9, 20)))
+    c.apply("a-1", change(at(9, 20), "e2", "after_contact_work"))
+    c.apply("a-1", change(at(9, 22), "e3", "available"))
+    c.apply("a-1", change(at(12, 0), "e4", "away", "lunch"))
+    c.apply("a-1", change(at(12, 30), "e5", "available"))
+    c.upsert("a-1", ("c-2", 1), Contact(2, "sales", "chat", at(16, 50), at(17, 5)))
+    c.apply("a-1", Presence(at(17, 0), "e6", LOGGED_OUT))
+    c.apply("a-2", login(at(10, 0), "f1", "sales", state="away", reason="training"))
+    c.upsert("a-2", ("c-3", 0), Contact(1, "sales", "voice", at(13, 0), None))
+
+
+def shift_reference(now: int, sizes: tuple[int, ...]) -> dict:
+    from tests.reference_agents import recount
+
+    presence = {"a-1": [(at(9, 0), "e1", LOGGED_IN, None, None, ("billing", "sales")),
+                        (at(9, 20), "e2", STATE_CHANGED, "after_contact_work", None, None),
+                        (at(9, 22), "e3", STATE_CHANGED, "available", None, None),
+                        (at(12, 0), "e4", STATE_CHANGED, "away", "lunch", None),
+                        (at(12, 30), "e5", STATE_CHANGED, "available", None, None),
+                        (at(17, 0), "e6", LOGGED_OUT, None, None, None)],
+                "a-2": [(at(10, 0), "f1", LOGGED_IN, "away", "training", ("sales",))]}
+    contacts = {"a-1": {("c-1", 0): ("billing", "voice", at(9, 10), at(9, 20)),
+                        ("c-2", 1): ("sales", "chat", at(16, 50), at(17, 5))},
+                "a-2": {("c-3", 0): ("sales", "voice", at(13, 0), None)}}
+    return recount(presence, contacts, at(8, 0), now, 60_000, sizes)
+
+
+@pytest.mark.parametrize("sizes", [SIZES, (60, 900)], ids=["with a day", "15 min longest"])
+@pytest.mark.parametrize("warm", [False, True], ids=["cold start", "worker behind"])
+def test_a_backlog_read_in_one_go_gives_every_window_final_and_exact(warm: bool, sizes: tuple[int, ...]) -> None:
+    # A replay, a connector's --from-start, a worker catching up: the whole shift is
+    # read before event time moves, then event time jumps past hundreds of windows.
+    c = core(sizes)
+    if warm:
+        c.advance(at(8, 0))  # event time known, far behind what the batch carries
+    shift(c)
+    now = at(17, 30)
+    c.advance(now)
+    changes = c.take()
+    got = {ch.key: ch.counters for ch in changes}
+    expected = {k: v for k, v in shift_reference(now, sizes).items() if v}
+    assert got == expected
+    w = c.windowing
+    for ch in changes:  # past its lateness: sent final, never open first
+        assert ch.final == (w.end(ch.key[0], ch.key[1]) + LATE <= now), ch.key
+    assert got[(900, at(9, 0), AGENT, "a-1", ANY_CHANNEL)] == {
+        STAFFED: 900_000, AVAILABLE_MS: 600_000, ON_CONTACT_MS: 300_000}
+    assert c.late_events == 0 and c.late_ms == 0  # read before any of it was final: none late
+    # Once final, an event for 17:10 IS late: its window was final before it was read.
+    c.apply("a-1", change(at(17, 10), "e9", "away", "x"))
+    assert c.late_events == 1 and c.late_ms > 0

@@ -182,6 +182,11 @@ class Timeline:
                 last, follows = (c.ended, key), (c.queue, c.channel)
         return Instant(declared, frozenset(open_), follows)
 
+    def first_instant(self, default: int) -> int:
+        """The earliest instant its events or contacts speak of (``default`` if none)."""
+        times = [p.ts for p in self.events] + [c.answered for c in self.contacts.values()]
+        return min(times, default=default)
+
     def next_change(self, t: int) -> int | None:
         """The first instant after ``t`` at which the agent's situation may change."""
         later = [p.ts for p in self.events if p.ts > t]
@@ -496,11 +501,17 @@ class AgentCore:
         already final then, sent final once, unless ``restored`` (they were sent before
         the snapshot was written)."""
         self.windows.clear()
-        floor = self.floor()
+        floor: int = self.floor()  # type: ignore[assignment]
         closed: dict[WindowKey, Counter] = {}
         for agent, timeline in self.agents.items():
-            timeline.fold(floor, self.keep_removed_ms)  # type: ignore[arg-type]
-            counted = time_in_state(agent, timeline, floor, self.now, self.windowing)  # type: ignore[arg-type]
+            # A cold start read its backlog before event time was known: every window from
+            # its first instant on is counted, those already past their lateness sent final
+            # (as the engine closes what a catch-up put past it). Folding first, as a
+            # restore does, dropped every window before the floor: they were never sent.
+            since = floor if restored else min(floor, timeline.first_instant(floor))
+            counted = time_in_state(agent, timeline, since, self.now, self.windowing)  # type: ignore[arg-type]
+            timeline.fold(floor, self.keep_removed_ms)
+            timeline.changed()
             if not restored:
                 for (key, name), ms in counted.items():
                     if ms and self.is_final(key[0], key[1]):
