@@ -242,3 +242,37 @@ def test_a_malformed_clock_moves_no_source() -> None:
     bad = orjson.dumps({"clock": {"calls/0": [at(9, 30), False], "calls/1": ["late", False]}})
     out = s.on_batch([on_facts(bad, 1)], WALL)
     assert len(out.failures) == 1 and s.parts[0].sources["calls/0"] == [at(9, 0), False]
+
+
+def test_a_shift_read_in_one_batch_comes_out_final_and_exact() -> None:
+    # A replay or a worker catching up: the whole shift and the clocks saying it is over
+    # arrive in one batch, before this stage knew any event time.
+    s, _t, _r = stage()
+    wall = at(18, 0)
+    idle_clock = {f"{t}/{p}": [at(17, 0), True] for t in ("calls", "chats", "tickets", "agents")
+                  for p in range(PARTITIONS)}
+    batch = [on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+             on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "voice", at(9, 10), at(9, 20))).value, 0),
+             on_agents(presence("e2", "agent.state_changed", at(12, 0), state="away", reason="lunch"), 1),
+             on_agents(presence("e3", "agent.state_changed", at(12, 30), state="available"), 2),
+             on_agents(presence("e4", "agent.logged_out", at(17, 0)), 3),
+             on_facts(clock_fact(idle_clock).value, 1)]
+    idle_close = int(settings().windows.idle_close_seconds * 1000)
+    first: dict[tuple, dict] = {}
+    last: dict[tuple, dict] = {}
+    for out in (s.on_batch(batch, wall), s.on_tick(wall + idle_close + 3_600_000)):
+        for m in out.partials:
+            first.setdefault(tuple(m.value["key"]), m.value)
+            last[tuple(m.value["key"])] = m.value
+    agent = {k[1]: v for k, v in last.items() if k[0] == 900 and k[2] == "a"}
+    assert sorted(agent) == [at(9, 0) + i * 900_000 for i in range(32)]  # 09:00 ... 16:45, none lost
+    assert all(v["final"] for v in agent.values())
+    assert agent[at(9, 0)]["agg"]["counts"] == {"staffed_ms": 900_000, "available_ms": 600_000,
+                                                "on_contact_ms": 300_000}
+    assert agent[at(12, 15)]["agg"]["counts"] == {"staffed_ms": 900_000, "away_ms": 900_000,
+                                                  "away_ms:lunch": 900_000}
+    assert last[(60, at(9, 15), "q", "billing", "voice")]["agg"]["counts"] == {"staffed_ms": 60_000,
+                                                                               "on_contact_ms": 60_000}
+    # Past its lateness when the batch was read: sent final, never open first.
+    assert all(v["final"] for k, v in first.items() if s.windowing.end(k[0], k[1]) + 60_000 <= at(17, 0))
+    assert s.parts[0].core.late_events == 0 and s.parts[0].core.late_ms == 0
