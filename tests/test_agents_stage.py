@@ -229,7 +229,10 @@ def test_event_time_moves_when_no_agent_events_are_sent_at_all() -> None:
 
 def test_a_quiet_stream_closes_its_windows_with_the_wall_clock() -> None:
     s, _t, _r = stage()
-    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0), clocks(at(9, 1), 1)], WALL)
+    # Every source says it has nothing left to read (idle); a source still active holds
+    # event time (test_agent_events_ahead_of_a_contact_source_finalise_nothing_it_can_still_change).
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0),
+                each_source({"rest": [at(9, 1), True]})], WALL)
     idle_close = int(settings().windows.idle_close_seconds * 1000)
     out = s.on_tick(WALL + idle_close + 15 * 60_000)  # nothing read for 15 min past idle_close_seconds
     finals = {tuple(m.value["key"])[:2] for m in out.partials if m.value["final"]}
@@ -276,3 +279,45 @@ def test_a_shift_read_in_one_batch_comes_out_final_and_exact() -> None:
     # Past its lateness when the batch was read: sent final, never open first.
     assert all(v["final"] for k, v in first.items() if s.windowing.end(k[0], k[1]) + 60_000 <= at(17, 0))
     assert s.parts[0].core.late_events == 0 and s.parts[0].core.late_ms == 0
+
+
+def each_source(report: dict[str, list]) -> Consumed:
+    """A clock with ``report`` over every expected source ("rest": every one not named)."""
+    rest = report.pop("rest")
+    full = {f"{t}/{p}": list(rest) for t in ("calls", "chats", "tickets", "agents") for p in range(PARTITIONS)}
+    return on_facts(clock_fact({**full, **report}).value, 0)
+
+
+def contact_behind(s: AgentStage, behind: list, wall: int) -> None:
+    """Agent events up to 17:00 read; one contact source behind (``behind``)."""
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+                on_agents(presence("e2", "agent.logged_out", at(17, 0)), 1),
+                each_source({"calls/1": behind, "rest": [at(17, 0), False]})], wall)
+
+
+def test_agent_events_ahead_of_a_contact_source_finalise_nothing_it_can_still_change() -> None:
+    # calls/1 holds event time at 09:05 (its worker is slow, or restarting). No agent
+    # event moves for a long while: event time must not follow the wall clock past it.
+    s, _t, _r = stage()
+    wall = at(18, 0)
+    contact_behind(s, [at(9, 5), False], wall)
+    assert s.parts[0].core.now == at(9, 5)
+    idle_close = int(settings().windows.idle_close_seconds * 1000)
+    s.on_tick(wall + idle_close + 3_600_000)
+    assert s.parts[0].core.now == at(9, 5)
+    # The pipeline catches up: the contact at 09:10 is counted, not late.
+    out = s.on_batch([on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "voice", at(9, 10),
+                                                                     at(9, 12))).value, 5),
+                      each_source({"rest": [at(17, 0), True]})], wall + idle_close + 3_600_000)
+    assert s.parts[0].core.late_ms == 0
+    assert partials(out)[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"]["on_contact_ms"] == 120_000
+
+
+def test_a_contact_source_with_records_waiting_and_no_time_yet_holds_agent_event_time() -> None:
+    # A replay has just begun to fill calls/1: its reader reports it active with no time
+    # of its own (-1, ccpulse/core/watermark.py), as the engine takes it: it holds event time.
+    s, _t, _r = stage()
+    contact_behind(s, [-1, False], at(18, 0))
+    assert s.event_time(0) is None and s.parts[0].core.now is None
+    s.on_batch([each_source({"calls/1": [at(9, 30), False], "rest": [at(17, 0), False]})], at(18, 0))
+    assert s.parts[0].core.now == at(9, 30)

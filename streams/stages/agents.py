@@ -142,7 +142,10 @@ class AgentStage:
             "now": stored.get("now"), "totals": stored.get("totals", []),
             "agents": {a: e["t"] for a, e in list(self.table.items()) if e is not None and e["p"] == partition}})
         self.parts[partition] = _Partition(
-            core, InputWatermarks(self.idle_ms), dict(stored.get("sources", {})),
+            # Records left to read hold event time for as long as the pipeline lets them
+            # (a log ending in a transaction marker looks unread for good).
+            core, InputWatermarks(self.idle_ms, behind_limit_ms=max(self.idle_ms, self.idle_close_ms)),
+            dict(stored.get("sources", {})),
             {q: set(chs) for q, chs in stored.get("channels", {}).items()})
         return core
 
@@ -248,12 +251,20 @@ class AgentStage:
         return self._output(AgentOutput(), now_ms)
 
     def event_time(self, partition: int) -> int | None:
-        """The slowest active source of ``partition``'s clocks, once every expected one reported."""
+        """The slowest active source of ``partition``'s clocks, once every expected one reported.
+        As the engine takes them (``PartitionEngine.observe``): an active source with records
+        waiting and no time of its own (-1: a replay just began to fill it) holds event
+        time where it is, and a name no longer expected (another config) holds nothing.
+        Dropping the -1 ones let agent events run ahead of contacts still unread."""
         part = self.parts[partition]
         if not self.expected <= part.sources.keys():
             return None
-        values = [v for v in part.sources.values() if v[0] >= 0]
-        return low_watermark(values) if values else None
+        value = low_watermark(part.sources[source] for source in self.expected)
+        return value if value >= 0 else None
+
+    def _all_idle(self, part: _Partition) -> bool:
+        """Every expected source reported idle: nothing more is coming from any of them."""
+        return all(part.sources.get(source, (0, False))[1] for source in self.expected)
 
     # -- output ---------------------------------------------------------------
 
@@ -272,9 +283,12 @@ class AgentStage:
             else:
                 moved_at, then = part.active
                 quiet = now_ms - moved_at
-                if then is not None and quiet >= self.idle_close_ms:
+                if then is not None and quiet >= self.idle_close_ms and self._all_idle(part):
                     # Nothing read for a while: event time follows the wall clock, as the
                     # pipeline's does, so the last windows of a quiet stream still close.
+                    # Only once every source waited for says it has nothing left: one still
+                    # active (a pipeline worker slow or restarting) may send contacts for
+                    # these windows, and its own windows do not close either.
                     part.core.advance(then + quiet)
                     part.touched = True
             out.partials += self._partials(partition, part, self._due(part, now_ms))
