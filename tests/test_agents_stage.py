@@ -321,3 +321,21 @@ def test_a_contact_source_with_records_waiting_and_no_time_yet_holds_agent_event
     assert s.event_time(0) is None and s.parts[0].core.now is None
     s.on_batch([each_source({"calls/1": [at(9, 30), False], "rest": [at(17, 0), False]})], at(18, 0))
     assert s.parts[0].core.now == at(9, 30)
+
+
+def test_contacts_ahead_of_an_agent_source_finalise_nothing_its_events_can_still_change() -> None:
+    # The reverse: agents/1 (a keyless producer's partition, read by a slow worker) is at
+    # 09:05 while the contacts are at 17:00. Its events, forwarded here, are not late.
+    s, _t, _r = stage()
+    wall = at(18, 0)
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+                each_source({"agents/1": [at(9, 5), False], "rest": [at(17, 0), False]})], wall)
+    idle_close = int(settings().windows.idle_close_seconds * 1000)
+    later = wall + idle_close + 3_600_000
+    s.on_tick(later)
+    assert s.parts[0].core.now == at(9, 5)
+    forwarded = s.on_batch([on_agents(presence("e2", "agent.state_changed", at(9, 10), state="away",
+                                               reason="lunch"), 0, partition=1, key=None)], later).forwards
+    out = s.on_batch([on_facts(forwarded[0].value, 5), each_source({"rest": [at(17, 0), True]})], later)
+    assert s.parts[0].core.late_events == 0 and s.parts[0].core.late_ms == 0
+    assert partials(out)[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"]["away_ms:lunch"] == 300_000
