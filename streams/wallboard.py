@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Any
 
 from ccpulse.config import channel_kind
+from ccpulse.core.agents import ANY_CHANNEL
 from ccpulse.core.kpis import QUEUE, WindowAgg, kpi_figures
 from ccpulse.core.sla import SlaTargets
 from ccpulse.core.windowing import DAY, Windowing
@@ -106,11 +107,15 @@ def wallboard(pipe: Any, now_ms: int | None = None) -> dict[str, Any]:
     for entry in entries:
         if entry["kind"] == "live":
             qc = (entry["queue"], entry["channel"])
+            if qc[1] == ANY_CHANNEL:
+                # Agents of a queue no contact or clock named a channel for yet (docs/agents.md):
+                # a tile is per channel, the queue gets its tiles with its channels.
+                continue
             live[qc] = entry["parts"]
             queues.add(qc)
             continue
         size, start, scope, name, channel = entry["key"]
-        if scope != QUEUE:
+        if scope != QUEUE or channel == ANY_CHANNEL:
             continue
         qc = (name, channel)
         queues.add(qc)

@@ -588,3 +588,13 @@ def test_a_queue_whose_agents_left_is_shown_with_zero_agents() -> None:
 def live_partial_of(queue: str, channel: str) -> dict[str, Any]:
     return {"kind": "live", "queue": queue, "channel": channel, "partition": 0, "version": 1, "watermark": T0,
             "waiting": 0, "oldest_entered": None, "agents": [], "open_tickets": 0}
+
+
+def test_a_queue_no_contact_was_seen_on_yet_gets_no_tile_until_its_channel_is_known() -> None:
+    # The agent stage publishes a queue's agents on channel "" until a contact or a clock
+    # names the queue's channels (docs/agents.md): a tile is per channel, so none yet.
+    table, published = merged_by_the_merge_stage(agents_live(0, "billing", "", staffed=4, available=4),
+                                                 agents_live(0, "sales", "voice", staffed=2, available=2))
+    assert "billing|" in published  # kpi.queue-state still has it
+    body = wb.wallboard(pipe_of(*table.items()), now_ms=T0 + S)
+    assert [(q["queue"], q["channel"]) for q in body["queues"]] == [("sales", "voice")]
