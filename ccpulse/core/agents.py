@@ -20,7 +20,9 @@ on-contact for each open contact's queue and channel, after-contact work for the
 and channel of the contact that ended last.
 
 Event time (``advance``) bounds what is counted: figures cover [start of the oldest
-open window, event time). Time accrues when figures are read (``take``), when an agent
+open window, event time); at the first event time (a cold start that read a backlog
+before event time was known) from the first instant read, the windows already past
+their lateness sent final once. Time accrues when figures are read (``take``), when an agent
 changes, and before windows close; a move of event time alone costs nothing per agent. A window is final once event time is past its end plus the
 lateness; what it holds then never changes, and a change that would touch it is
 counted late (``late_ms``) instead. Timeline parts are folded away once every window
