@@ -220,3 +220,16 @@ def test_the_latest_queue_state_per_key_and_only_of_owned_partitions() -> None:
     assert got[(("channel", "chat"), ("queue", "sales"), ("state", "staffed"))] == 5
     owned.discard(1)  # a rebalance gave partition 1 away: its queues' series go
     assert {dict(k)["queue"] for k in samples(metrics.registry, "ccpulse_queue_agents")} == {"billing"}
+
+
+def test_an_agent_stage_given_the_metrics_exposes_its_seconds_there() -> None:
+    """The shell builds the stage with the worker's PipelineMetrics: nothing else to wire."""
+    from streams.stages.agents import AgentStage
+    from tests.test_agents_stage import FACTS, settings
+
+    metrics = PipelineMetrics(dict)
+    s = AgentStage(settings(), FACTS, {}, {}, metrics=metrics)
+    s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
+                clocks(at(9, 5), 1)], WALL)
+    got = samples(metrics.registry, "ccpulse_queue_agent_state_seconds_total")
+    assert got[(("channel", ""), ("partition", "agents-0"), ("queue", "billing"), ("state", "staffed"))] == 300

@@ -132,6 +132,9 @@ class AgentStage:
         self.table = agents
         self.records = records
         self.parts: dict[int, _Partition] = {}
+        if metrics is not None:
+            # /metrics reads the seconds in each state from the cores at scrape time.
+            metrics.watch_agents(self.state_totals)
 
     # -- partitions -------------------------------------------------------------
 
