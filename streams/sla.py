@@ -9,11 +9,13 @@ streams/stages/sla.py (their logic and unit tests: tests/test_sla_stage.py).
 - ``sla`` keeps one :class:`~ccpulse.core.sla.QueueSla` per queue x channel in the
   ``sla-state`` table (so a restart recovers open breaches and never re-opens
   them) and feeds it: service_level, abandonment_rate and asa_seconds from the
-  record's rolling ``last_15m``, longest_wait_seconds from the live state; the
-  ticket first-response p90 from the final 1-hour ``kpi.windows`` records (the
-  answered wait of a ticket *is* its first response time), which
-  ``sla-windows`` re-keys by queue|channel onto ``<app>-sla-observations`` so
-  that both inputs of a queue meet on one partition.
+  record's rolling ``last_15m``, longest_wait_seconds and agents_gap from the live
+  state; the ticket first-response p90 from the final 1-hour ``kpi.windows`` records
+  (the answered wait of a ticket *is* its first response time) and occupancy from the
+  final 15-minute ones, which ``sla-windows`` re-keys by queue|channel onto
+  ``<app>-sla-observations`` so that both inputs of a queue meet on one partition.
+  A target's own hold-down (``open_seconds``, ``resolve_seconds``) replaces
+  ``[targets.hold]`` for it (ccpulse/core/sla.py).
 - Event time is the records' ``as_of``. When it moves on, every queue's last
   values still stand (``QueueSla.tick``): a queue that stopped publishing
   because nothing changed still completes its hold-down.
