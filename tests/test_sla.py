@@ -518,3 +518,26 @@ def test_a_target_may_set_its_own_hold_down(tmp_path: Path) -> None:
 ])
 def test_a_targets_hold_down_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     assert config_error(tmp_path, text).startswith(key + ":")
+
+
+def test_agent_breaches_validate_and_become_clickhouse_rows() -> None:
+    from schemas.records import breach_row
+
+    validator = Draft202012Validator(load("sla-breach"))
+    targets = {"agents_gap": Target("agents_gap", MAX, -1.0, open_seconds=300),
+               "occupancy": Target("occupancy", MAX, 0.85)}
+    q = QueueSla("billing", "voice")
+    events = []
+    for i, (gap, occ) in enumerate([(1, 0.9), (0, 0.95), (2, 0.7), (1, 0.7)]):
+        at = T0 + i * 100_000
+        events += q.observe({"agents_gap": gap, "occupancy": occ}, at, targets, HOLD, seq=(at, 0), source="state")
+    # occupancy: open at 100 s (1-minute hold), resolved at 300 s; the gap: short from 0 s,
+    # open at 300 s only (its own 5 minutes).
+    assert [(e.kpi, e.state, e.as_of - T0) for e in events] == [
+        ("occupancy", "open", 100_000), ("agents_gap", "open", 300_000), ("occupancy", "resolved", 300_000)]
+    for event in events:
+        record = event.to_record(T0)
+        assert not list(validator.iter_errors(record)), record
+        row = breach_row(record)
+        assert (row["kpi"], row["target_value"]) == (event.kpi, event.target.value)
+    assert events[1].to_record(T0)["target"] == {"op": "<=", "value": -1.0}
