@@ -32,55 +32,23 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.agents import ANY_CHANNEL, AgentCore, Contact, Presence, Timeline, WindowChange, WindowKey
 from ccpulse.core.kpis import AGENT, QUEUE
-from ccpulse.core.lifecycle import Segment
 from ccpulse.core.watermark import InputWatermarks, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
 from sinks.prometheus import PipelineMetrics
+from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_FIELD, CONTACT_FIELD, PRESENCE_FIELD, REMOVED_FIELD,
+                                        clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
 from streams.stages.partials import agents_source
 from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, key_partition
 from streams.stages.validation import FAMILIES
 
 STAGE = "agents"
-# The fields of an <app>-agent-facts message: exactly one per message.
-CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
-# With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
-CHANNELS_FIELD = "channels"
 # Open windows go out at most this often per scope (wall clock ms): a queue's as the
 # merge publishes (once a second per key, METRICS.md); an agent's as the pipeline
 # sends its open agent windows.
 OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_PARTIALS_SECONDS * 1000)}
-
-
-def contact_fact(agent: str, interaction_id: str, segment: int, contact: Contact) -> Message:
-    """The pipeline's upsert of one answered segment, keyed by its agent."""
-    return Message(agent.encode(), orjson.dumps({CONTACT_FIELD: [agent, interaction_id, segment, *contact]}))
-
-
-def segment_facts(interaction_id: str, channel: str, segments: Iterable[tuple[int, Segment]],
-                  version: int) -> list[Message]:
-    """The contact facts of the answered segments among (index, segment): what the pipeline
-    sends for the segments a step changed, with the version it applied the step at (the
-    agent stage keeps the highest, so sending one again changes nothing)."""
-    return [contact_fact(seg.agent, interaction_id, index,
-                         Contact(version, seg.queue, channel, seg.left, seg.ended))
-            for index, seg in segments
-            if seg.exit == "answered" and seg.agent and seg.left is not None]
-
-
-def removal_fact(agent: str, interaction_id: str, segment: int, version: int, answered: int) -> Message:
-    """The segment is no longer ``agent``'s (its answer moved to another agent)."""
-    return Message(agent.encode(), orjson.dumps({REMOVED_FIELD: [agent, interaction_id, segment, version, answered]}))
-
-
-def clock_fact(report: dict[str, list], channels: dict[str, list[str]] | None = None) -> Message:
-    """Sources' event time ({source: [newest, idle]}), for EVERY partition of the topic."""
-    doc: dict[str, Any] = {CLOCK_FIELD: report}
-    if channels:
-        doc[CHANNELS_FIELD] = channels
-    return Message(None, orjson.dumps(doc))
 
 
 @dataclass

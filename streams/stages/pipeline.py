@@ -25,7 +25,7 @@ No Faust here: tests drive it with plain records.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, MutableMapping, Protocol
 
 import orjson
@@ -33,7 +33,7 @@ from aiokafka.partitioner import murmur2
 
 from ccpulse.config import Settings
 from ccpulse.core.engine import PartitionEngine, PartitionRecord
-from ccpulse.core.lifecycle import Interaction
+from ccpulse.core.lifecycle import STEP_ORDER, Derivation, Fold, Interaction, Step
 from ccpulse.core.watermark import InputWatermarks, input_sources
 from ccpulse.core.windowing import Windowing
 from ccpulse.log_limit import CountedLines
@@ -41,6 +41,7 @@ from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection
 from schemas.records import dead_letter, event_message, step_from_message, window_label
 from sinks.prometheus import PipelineMetrics
+from streams.stages.agent_facts import ANSWER_STEPS, answer_of, changed_facts, clock_fact, segment_facts
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
 from streams.stages.fcr import WATERMARK_FIELD, contact_message
 from streams.stages.io import Message
@@ -92,6 +93,12 @@ class Checkpoint:
     merge_clocks: dict[str, int] = field(default_factory=dict)
     # The same as FCR's clock -> EVERY partition of <app>-contacts, after the contacts.
     fcr_clocks: list[Message] = field(default_factory=list)
+    # Answered segments that changed (contact / removal facts, keyed by agent id)
+    # -> <app>-agent-facts, for the agent stage (docs/agents.md, "The join")
+    agent_facts: list[Message] = field(default_factory=list)
+    # The input clock and the queue channels seen -> EVERY partition of <app>-agent-facts,
+    # after ``agent_facts`` (they cover them)
+    agent_clocks: list[Message] = field(default_factory=list)
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -134,6 +141,10 @@ class PipelineStage:
         self._time_reported: dict[int, int] = {}
         self._expiry_due_ms: int | None = None  # when on_tick next looks for interactions to forget
         self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
+        # (queue, channel) seen, and those not told to the agent stage yet (queue -> channels):
+        # it puts a queue's staffed time on each channel's record (docs/agents.md)
+        self._queue_channels: set[tuple[str, str]] = set()
+        self._channels_new: dict[str, list[str]] = {}
         # The raw events go to the store from the checkpoint in the all-in-one role only
         # (the writer role reads them from the input): not collected otherwise.
         self.keep_raw_events = True
@@ -152,8 +163,10 @@ class PipelineStage:
         engine = PartitionEngine(partition, self.windowing, w.allowed_lateness_seconds,
                                  self.settings.thresholds_for, w.interaction_horizon_seconds, record,
                                  self.settings.limits.max_steps_per_interaction, self.input_sources)
+        interactions = list(interactions)
         engine.rebuild(interactions)
         self.engines[partition] = engine
+        self._resend_agent_facts(engine, interactions)
         # Records left to read hold event time back for as long as a quiet stream would
         # (idle_close_seconds): past that, a stalled agent is no likelier than a log ending
         # in a transaction marker, which looks unread for good.
@@ -161,6 +174,18 @@ class PipelineStage:
         self._arrival[partition] = (now_ms, record.watermark)
         self._positions[partition] = {}
         return engine
+
+    def _resend_agent_facts(self, engine: PartitionEngine, interactions: list[Interaction]) -> None:
+        """The last segment of every interaction rebuilt, again: a crash between the changelog
+        and the agent facts of one checkpoint reaching Kafka would lose those facts for good
+        (the steps read again are duplicates then). The same facts, with a newer version."""
+        version = engine.record.last_offset + 1
+        for inter in interactions:
+            fold = inter.fold()
+            if answer_of(fold.last) is not None:
+                engine.record.last_offset = version
+                self._out.agent_facts += segment_facts(inter.interaction_id, inter.channel,
+                                                       [(fold.segments - 1, fold.last)], version)
 
     def revoke(self, partition: int, forget_interactions: bool = True) -> None:
         """Another worker owns ``partition`` now; its interactions go with it (unless the
@@ -260,6 +285,11 @@ class PipelineStage:
         inter = self.interactions.get(iid)
         if inter is None:
             inter = Interaction(iid, event.channel, partition=partition)
+        # Positions start from nothing after a restart or a rebalance (only what this owner
+        # read counts): above the persisted last version, so a change read now outranks
+        # every partial and agent fact sent before for the same thing.
+        version = max(version, engine.record.last_offset + 1)
+        saved = inter.save()  # the interaction before the step, for the agent facts (no copy)
         # The engine keeps the highest version (see on_batch). No source: event time
         # moves only with the clocks (see the module docstring).
         outcome = engine.apply(inter, step, version, moves_time=False)
@@ -269,6 +299,7 @@ class PipelineStage:
         self._touched.add(partition)
         if outcome.duplicate:
             return
+        self._agent_facts(inter, saved, step, outcome.fold, version)
         self.interactions[iid] = inter
         self._out.interactions[iid] = inter
         if self.keep_raw_events:
@@ -284,6 +315,50 @@ class PipelineStage:
             # Customers meet on the FCR partition by a keyed hash (streams/fcr.py).
             self._out.contacts.append(contact_message(self.hasher, fold.customer, iid, fold.first_entered,
                                                       fold.first_queue, inter.channel))
+
+    def _agent_facts(self, inter: Interaction, saved: bytes, step: Step, fold: Fold | None, version: int) -> None:
+        """The facts of the answered segments ``step`` changed (docs/agents.md, "The join").
+        Hot path: an in-order step that cannot touch an answer costs two comparisons."""
+        if fold is None:
+            return
+        queue = fold.queue
+        if queue is not None and (queue, inter.channel) not in self._queue_channels:
+            self._queue_channels.add((queue, inter.channel))
+            self._channels_new.setdefault(queue, []).append(inter.channel)
+        # An in-order step leaves the fold at its own time and order; a refold at a later one.
+        # (A tie of both, ordered by event id, is looked at below for the steps that matter:
+        # among the others a tie reorders nothing an answer depends on.)
+        kind = step.step
+        in_order = fold.last_ts == step.ts and fold.tail_order == STEP_ORDER.get(kind, 9)
+        if in_order:
+            if kind not in ANSWER_STEPS:
+                return
+            if kind != "transferred" and not fold.orphans:
+                # An answer or an end that took: it changed the last segment, at its own time.
+                # (A tie that re-ordered two such steps leaves the loser an orphan: not here.)
+                answer = answer_of(fold.last)
+                if answer is not None and step.ts in (answer[1], answer[2]):
+                    self._out.agent_facts += segment_facts(inter.interaction_id, inter.channel,
+                                                           [(fold.segments - 1, fold.last)], version)
+                return
+        before = Interaction(inter.interaction_id, inter.channel)
+        before.restore(saved)
+        if in_order:
+            prior = before.fold()
+            if not prior.count or before.follows(prior, step):
+                # Only the segment it found open can change: the step folded again on a
+                # copy says how (the engine's own code, so the same answer).
+                seg, index = prior.last, prior.segments - 1
+                if seg is None:
+                    return
+                was = {index: replace(seg)}
+                prior.step(step, Derivation([], 0, False))
+                self._out.agent_facts += changed_facts(inter.interaction_id, inter.channel, was, {index: seg}, version)
+                return
+        # Out of order: any segment may have changed, and an answer may have moved.
+        old = dict(enumerate(before.derive().segments))
+        self._out.agent_facts += changed_facts(inter.interaction_id, inter.channel, old,
+                                               dict(enumerate(inter.derive().segments)), version)
 
     def _belongs(self, iid: str, key: bytes, partition: int) -> bool:
         """Whether ``key``, ``iid`` encoded, hashes to ``partition``. An interaction held for
@@ -360,10 +435,24 @@ class PipelineStage:
             if engine is None or engine.record.watermark - inter.last_ts < engine.lateness_ms:
                 continue  # still active: the cheap test first, the derivation only if needed
             if engine.expirable(inter):
+                self._end_open_contact(engine, inter)
                 engine.count_expired(inter)
                 del self.interactions[iid]
                 self._out.expired.append((inter.partition, iid))
                 self._touched.add(inter.partition)
+
+    def _end_open_contact(self, engine: PartitionEngine, inter: Interaction) -> None:
+        """An interaction forgotten while answered and not ended: its agent's contact ends
+        when it became forgettable (its last step + the horizon: the same whenever the scan
+        runs), or the agent would stay on contact for good."""
+        fold = inter.fold()
+        answer = answer_of(fold.last)
+        if answer is None or answer[2] is not None:
+            return
+        seg = replace(fold.last, ended=fold.last_ts + engine.horizon_ms)  # type: ignore[type-var]
+        engine.record.last_offset += 1  # above every fact sent of it (see _apply)
+        self._out.agent_facts += segment_facts(inter.interaction_id, inter.channel,
+                                               [(fold.segments - 1, seg)], engine.record.last_offset)
 
     def _close(self, partition: int, engine: PartitionEngine, partials: list[Message]) -> None:
         """The final partials of every window the watermark has passed by its lateness."""
@@ -407,6 +496,9 @@ class PipelineStage:
                 clock.update(report)
         if clock:
             out.clocks.append(Message(None, orjson.dumps({CLOCK_FIELD: clock})))
+        if clock or self._channels_new:  # the agent stage's event time waits for the same sources
+            out.agent_clocks.append(clock_fact(clock, self._channels_new))
+            self._channels_new = {}
         # Taken with the partials above, which cover it (every window it closes is among
         # them): the merge forgets a final window, and FCR decides a contact, only behind it.
         for partition, engine in self.engines.items():

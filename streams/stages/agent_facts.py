@@ -1,0 +1,84 @@
+"""The messages of ``<app>-agent-facts`` (docs/agents.md, "The join"): what the pipeline
+says about agents, keyed by agent id, read by the agent stage (streams/stages/agents.py).
+
+Apart from both stages: the pipeline writes them and the agent stage reads them, and the
+agent stage already imports the pipeline stage (its partitioner), so the builders cannot
+live in either without a cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import orjson
+
+from ccpulse.core.agents import Contact
+from ccpulse.core.lifecycle import Segment
+from streams.stages.io import Message
+
+# The fields of an <app>-agent-facts message: exactly one per message.
+CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
+# With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
+CHANNELS_FIELD = "channels"
+# The steps that can change an answered segment's (agent, answered, ended) when they come
+# in order (tickets: a public agent reply answers, closed ends). Any other step in order
+# only opens a waiting segment, ends a waiting one, or changes nothing an agent is in.
+ANSWER_STEPS = frozenset({"answered", "transferred", "ended", "replied", "closed"})
+
+Answer = tuple[str, int, int | None]  # (agent, answered, ended) of an answered segment
+
+
+def answer_of(seg: Segment | None) -> Answer | None:
+    """What the agent stage knows of a segment: its agent's contact, if it was answered."""
+    if seg is None or seg.exit != "answered" or not seg.agent or seg.left is None:
+        return None
+    return seg.agent, seg.left, seg.ended
+
+
+def contact_fact(agent: str, interaction_id: str, segment: int, contact: Contact) -> Message:
+    """The pipeline's upsert of one answered segment, keyed by its agent."""
+    return Message(agent.encode(), orjson.dumps({CONTACT_FIELD: [agent, interaction_id, segment, *contact]}))
+
+
+def segment_facts(interaction_id: str, channel: str, segments: Iterable[tuple[int, Segment]],
+                  version: int) -> list[Message]:
+    """The contact facts of the answered segments among (index, segment): what the pipeline
+    sends for the segments a step changed, with the version it applied the step at (the
+    agent stage keeps the highest, so sending one again changes nothing)."""
+    out = []
+    for index, seg in segments:
+        answer = answer_of(seg)
+        if answer is not None:
+            out.append(contact_fact(answer[0], interaction_id, index,
+                                    Contact(version, seg.queue, channel, answer[1], answer[2])))
+    return out
+
+
+def removal_fact(agent: str, interaction_id: str, segment: int, version: int, answered: int) -> Message:
+    """The segment is no longer ``agent``'s (its answer moved to another agent)."""
+    return Message(agent.encode(), orjson.dumps({REMOVED_FIELD: [agent, interaction_id, segment, version, answered]}))
+
+
+def changed_facts(interaction_id: str, channel: str, before: dict[int, Segment], after: dict[int, Segment],
+                  version: int) -> list[Message]:
+    """The facts that take the agent stage from ``before`` to ``after`` (segment index ->
+    segment): an upsert per answered segment that changed, a removal to the agent a
+    segment is no longer answered by."""
+    out: list[Message] = []
+    for index in sorted(before.keys() | after.keys()):
+        was, now = answer_of(before.get(index)), answer_of(after.get(index))
+        if was == now:
+            continue
+        if was is not None and (now is None or now[0] != was[0]):
+            out.append(removal_fact(was[0], interaction_id, index, version, was[1]))
+        if now is not None:
+            out += segment_facts(interaction_id, channel, [(index, after[index])], version)
+    return out
+
+
+def clock_fact(report: dict[str, list], channels: dict[str, list[str]] | None = None) -> Message:
+    """Sources' event time ({source: [newest, idle]}), for EVERY partition of the topic."""
+    doc: dict[str, Any] = {CLOCK_FIELD: report}
+    if channels:
+        doc[CHANNELS_FIELD] = channels
+    return Message(None, orjson.dumps(doc))

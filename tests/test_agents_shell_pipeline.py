@@ -1,0 +1,176 @@
+"""The pipeline's side of the agent join (docs/agents.md, "The join"), without Kafka: what
+``PipelineStage`` checkpoints for ``<app>-agent-facts`` (contact facts of answered
+segments, removals, the end of an expired contact, clocks with the queue channels), read
+by a real ``AgentStage`` the way the topic delivers it: the agent's time on contact is
+the handle time the events say, whatever the order they came in, across a restart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from ccpulse.config import Settings, WindowSettings
+from ccpulse.core.timestamps import format_ms
+from schemas.events import parse_timestamp_ms
+from streams.stages.agents import AgentStage
+from streams.stages.io import Consumed
+from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
+
+PARTITIONS = 2
+REKEY, FACTS = "ccpulse-rekey", "ccpulse-agent-facts"
+T0 = parse_timestamp_ms("2026-01-05T08:00:00Z")
+NOW = T0 + 3_600_000
+MIN = 60_000
+
+
+@dataclass
+class Rec:
+    key: bytes | None
+    value: bytes | None
+    offset: int
+
+
+def settings() -> Settings:
+    base = Settings()
+    return replace(base, kafka=replace(base.kafka, partitions=PARTITIONS),
+                   windows=replace(WindowSettings(), sizes=(900,), allowed_lateness_seconds=60,
+                                   interaction_horizon_seconds=3600))
+
+
+def iid_on(partition: int, prefix: str = "i") -> str:
+    n = 0
+    while key_partition(f"{prefix}{n}".encode(), PARTITIONS) != partition:
+        n += 1
+    return f"{prefix}{n}"
+
+
+def call(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
+    doc = {"event_id": f"{iid}-{n}", "type": f"call.{kind}", "occurred_at": format_ms(ts),
+           "interaction_id": iid, **extra}
+    if kind == "offered":
+        doc.setdefault("queue", "billing")
+    return orjson.dumps(doc)
+
+
+class Facts:
+    """<app>-agent-facts as the agent stage reads it: keyed facts on their key's partition,
+    clocks on every partition, in the order the checkpoints wrote them."""
+
+    def __init__(self) -> None:
+        self.stage = AgentStage(settings(), FACTS, {}, {})
+        self.offsets = [0] * PARTITIONS
+        # No agent events at all: every partition of `agents` idle (its clock says so).
+        self.read([Consumed(FACTS, p, 0, orjson.dumps({"clock": {f"agents/{q}": [-1, True]
+                                                                  for q in range(PARTITIONS)}}))
+                   for p in range(PARTITIONS)])
+
+    def read(self, records: list[Consumed]) -> None:
+        self.stage.on_batch(records, NOW)
+
+    def checkpoint(self, out: Checkpoint) -> None:
+        records = []
+        for m in out.agent_facts:
+            p = key_partition(m.key, PARTITIONS)
+            records.append(Consumed(FACTS, p, self._next(p), m.value))
+        for m in out.agent_clocks:
+            records += [Consumed(FACTS, p, self._next(p), m.value) for p in range(PARTITIONS)]
+        self.read(records)
+
+    def _next(self, p: int) -> int:
+        self.offsets[p] += 1
+        return self.offsets[p]
+
+    def on_contact(self, agent: str, start: int = T0) -> int:
+        """The agent's on-contact milliseconds in the 15-minute window from ``start``."""
+        core = self.stage.parts[key_partition(agent.encode(), PARTITIONS)].core
+        core.take()  # time in state accrues when read (ccpulse/core/agents.py)
+        return core.windows.get((900, start, "a", agent, ""), {}).get("on_contact_ms", 0)
+
+
+def run(stage: PipelineStage, facts: Facts, partition: int, records: list[Rec], until: int) -> Checkpoint:
+    """Read ``records`` on calls/``partition``, then move event time to ``until`` everywhere."""
+    stage.on_batch("calls", partition, records, NOW)
+    out = stage.checkpoint(NOW)
+    facts.checkpoint(out)
+    clock = orjson.dumps({"clock": {f"{t}/{p}": [until, False] for t in ("calls", "chats", "tickets")
+                                    for p in range(PARTITIONS)}})
+    facts.read([Consumed(FACTS, p, facts._next(p), clock) for p in range(PARTITIONS)])
+    return out
+
+
+def test_an_answered_and_ended_call_puts_its_agent_on_contact_for_its_handle_time() -> None:
+    stage, facts = PipelineStage(settings(), REKEY), Facts()
+    iid = iid_on(0)
+    k = iid.encode()
+    out = run(stage, facts, 0, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
+                                Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1),
+                                Rec(k, call(iid, 3, "held", T0 + 3 * MIN), 2),
+                                Rec(k, call(iid, 4, "ended", T0 + 6 * MIN), 3)], T0 + 10 * MIN)
+    # One fact per step that changed the answer (answered, ended), none for the hold or offer.
+    assert [orjson.loads(m.value)["contact"][6:] for m in out.agent_facts] == [
+        [T0 + 2 * MIN, None], [T0 + 2 * MIN, T0 + 6 * MIN]]
+    assert facts.on_contact("ann") == 4 * MIN
+    # The clock tells every agent partition the queue's channels.
+    assert all(part.channels == {"billing": {"voice"}} for part in facts.stage.parts.values())
+
+
+def test_an_answer_moved_by_a_late_event_goes_from_one_agent_to_the_other() -> None:
+    stage, facts = PipelineStage(settings(), REKEY), Facts()
+    iid = iid_on(1)
+    k = iid.encode()
+    run(stage, facts, 1, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
+                          Rec(k, call(iid, 3, "answered", T0 + 3 * MIN, agent_id="bob"), 1),
+                          Rec(k, call(iid, 4, "ended", T0 + 8 * MIN), 2)], T0 + 5 * MIN)
+    assert facts.on_contact("bob") == 2 * MIN  # open window: only as far as event time
+    # The earlier answer arrives late: it was ann who answered, at minute 2.
+    out = run(stage, facts, 1, [Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 3)], T0 + 10 * MIN)
+    assert [next(iter(orjson.loads(m.value))) for m in out.agent_facts] == ["removed", "contact"]
+    assert facts.on_contact("bob") == 0
+    assert facts.on_contact("ann") == 6 * MIN
+
+
+def test_a_transfer_to_another_queue_ends_the_first_agents_contact() -> None:
+    stage, facts = PipelineStage(settings(), REKEY), Facts()
+    iid = iid_on(0)
+    k = iid.encode()
+    run(stage, facts, 0, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
+                          Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1),
+                          Rec(k, call(iid, 3, "transferred", T0 + 4 * MIN, to_queue="sales"), 2),
+                          Rec(k, call(iid, 4, "answered", T0 + 5 * MIN, agent_id="bob"), 3),
+                          Rec(k, call(iid, 5, "ended", T0 + 9 * MIN), 4)], T0 + 12 * MIN)
+    assert facts.on_contact("ann") == 2 * MIN
+    assert facts.on_contact("bob") == 4 * MIN
+
+
+def test_a_contact_that_never_ends_is_ended_when_its_interaction_expires() -> None:
+    stage, facts = PipelineStage(settings(), REKEY), Facts()
+    iid = iid_on(0)
+    k = iid.encode()
+    run(stage, facts, 0, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
+                          Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1)], T0 + 5 * MIN)
+    # Event time far past the horizon, and two expiry scans.
+    stage.engines[0].advance(T0 + 3 * 3_600_000)
+    stage.on_tick(NOW, {})
+    stage.on_tick(NOW + 3_600_000, {})
+    out = stage.checkpoint(NOW)
+    assert out.expired
+    ended = [orjson.loads(m.value)["contact"] for m in out.agent_facts]
+    horizon = settings().windows.interaction_horizon_seconds * 1000
+    assert [c[7] for c in ended] == [T0 + 2 * MIN + horizon]  # when it became expirable
+
+
+def test_after_a_restart_the_next_change_outranks_what_was_sent_before() -> None:
+    first, facts = PipelineStage(settings(), REKEY), Facts()
+    iid = iid_on(0)
+    k = iid.encode()
+    # Partition 0's rekey source was read far, so versions before the crash are high.
+    first.on_batch(REKEY, 0, [Rec(None, orjson.dumps({"clock": {}}), 5000)], NOW)
+    run(first, facts, 0, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
+                          Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1)], T0 + 3 * MIN)
+    # A restart: the tables as the checkpoint left them; calls/0 read on from offset 2 first.
+    second = PipelineStage(settings(), REKEY, interactions=dict(first.interactions))
+    second.assign(0, first.engines[0].record, list(first.interactions.values()), NOW)
+    run(second, facts, 0, [Rec(k, call(iid, 3, "ended", T0 + 6 * MIN), 2)], T0 + 10 * MIN)
+    assert facts.on_contact("ann") == 4 * MIN
