@@ -541,3 +541,14 @@ def test_agent_breaches_validate_and_become_clickhouse_rows() -> None:
         row = breach_row(record)
         assert (row["kpi"], row["target_value"]) == (event.kpi, event.target.value)
     assert events[1].to_record(T0)["target"] == {"op": "<=", "value": -1.0}
+
+
+def test_only_agents_gap_may_be_negative_in_a_breach_record() -> None:
+    validator = Draft202012Validator(load("sla-breach"))
+    det = Detector()
+    [opened] = [e for e in feed(det, [(0.1, 0), (0.2, 60)])]
+    record = opened.to_record(T0)
+    assert not list(validator.iter_errors(record))
+    assert list(validator.iter_errors({**record, "observed": -1}))  # a service level cannot be negative
+    gap = {**record, "kpi": "agents_gap", "observed": -1, "worst_observed": -1, "target": {"op": "<=", "value": -2}}
+    assert not list(validator.iter_errors(gap))
