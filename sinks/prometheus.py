@@ -72,6 +72,7 @@ class PipelineMetrics:
                  fcr_engines: Callable[[], Mapping[int, Any]] = dict,
                  tables: Callable[[], Mapping[str, Any]] = dict) -> None:
         self.registry = CollectorRegistry()
+        self._watched: dict[str, Collector] = {}  # watch_agents/watch_queue_state sources
         self.events_consumed = Counter(
             "ccpulse_events_consumed", "Input messages consumed", ["topic"], registry=self.registry)
         self.events_invalid = Counter(
@@ -127,12 +128,21 @@ class PipelineMetrics:
         self.registry.register(TableSizeCollector(tables))
 
     def watch_agents(self, totals: Callable[[], Mapping[int, Mapping[tuple[str, str], Mapping[str, int]]]]) -> None:
-        """Expose the agent stage's seconds in each state (``AgentStage.state_totals``), read at scrape time."""
-        self.registry.register(AgentStateCollector(totals))
+        """Expose the agent stage's seconds in each state (``AgentStage.state_totals``), read at
+        scrape time. Called again, it replaces the source (one agent stage per worker)."""
+        self._watch("agents", AgentStateCollector(totals))
 
     def watch_queue_state(self, records: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
-        """Expose the live agent gauges of the merged ``kpi.queue-state`` records this worker owns."""
-        self.registry.register(QueueStateCollector(records))
+        """Expose the live agent gauges of the merged ``kpi.queue-state`` records this worker
+        owns. Called again, it replaces the source."""
+        self._watch("queue_state", QueueStateCollector(records))
+
+    def _watch(self, name: str, collector: Collector) -> None:
+        # A second registration of the same series would raise at start: replace instead.
+        if name in self._watched:
+            self.registry.unregister(self._watched[name])
+        self._watched[name] = collector
+        self.registry.register(collector)
 
     def watch_producer(self, failed: Callable[[], Mapping[str, int]], failing: Callable[[], bool]) -> None:
         """Expose the outbox's delivery failures (streams/outbox.py), read at scrape time."""

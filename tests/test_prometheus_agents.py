@@ -233,3 +233,13 @@ def test_an_agent_stage_given_the_metrics_exposes_its_seconds_there() -> None:
                 clocks(at(9, 5), 1)], WALL)
     got = samples(metrics.registry, "ccpulse_queue_agent_state_seconds_total")
     assert got[(("channel", ""), ("partition", "agents-0"), ("queue", "billing"), ("state", "staffed"))] == 300
+
+
+def test_watching_again_replaces_the_source() -> None:
+    metrics = PipelineMetrics(dict)
+    metrics.watch_queue_state(lambda: [queue_state("a", "voice", agents_staffed=1)])
+    metrics.watch_queue_state(lambda: [queue_state("b", "voice", agents_staffed=2)])
+    metrics.watch_agents(lambda: {})
+    metrics.watch_agents(lambda: {0: {("q", "voice"): {"staffed_ms": 5000}}})
+    assert {dict(k)["queue"] for k in samples(metrics.registry, "ccpulse_queue_agents")} == {"b"}
+    assert list(samples(metrics.registry, "ccpulse_queue_agent_state_seconds_total").values()) == [5, 0, 0, 0, 0]
