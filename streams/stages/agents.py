@@ -40,7 +40,7 @@ from sinks.prometheus import PipelineMetrics
 from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_FIELD, CONTACT_FIELD, PRESENCE_FIELD, REMOVED_FIELD,
                                         clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
-from streams.stages.partials import agents_source
+from streams.stages.partials import agents_live_partial, agents_source
 from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, key_partition
 from streams.stages.validation import FAMILIES
 
@@ -49,6 +49,9 @@ STAGE = "agents"
 # merge publishes (once a second per key, METRICS.md); an agent's as the pipeline
 # sends its open agent windows.
 OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_PARTIALS_SECONDS * 1000)}
+# Live counts are looked at (every agent's situation) at most this often (wall clock ms):
+# kpi.queue-state changes at most once a second per key (METRICS.md).
+LIVE_EVERY_MS = 1000
 
 
 @dataclass
@@ -60,6 +63,7 @@ class AgentOutput:
     agents: list[TablePut] = field(default_factory=list)  # agent -> {"p", "t"}, each changed agent once
     records: list[TablePut] = field(default_factory=list)  # str(partition) -> its record
     partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
+    live: list[Message] = field(default_factory=list)  # agents_live partials -> <app>-window-partials
     clocks: list[Message] = field(default_factory=list)  # -> EVERY partition of <app>-agent-facts
     failures: list[Failure] = field(default_factory=list)
 
@@ -76,6 +80,9 @@ class _Partition:
     sent_ms: dict[str, int] = field(default_factory=dict)  # scope -> wall clock of its last open send
     # (wall clock ms, event time) when input last moved event time or changed an agent
     active: tuple[int, int | None] = (0, None)
+    # (queue, channel) -> the live counts last sent (None: sent before a restore, not known)
+    live_sent: dict[tuple[str, str], dict[str, int] | None] = field(default_factory=dict)
+    live_ms: int = -LIVE_EVERY_MS  # wall clock of the last look at the live counts
 
 
 class AgentStage:
@@ -117,7 +124,8 @@ class AgentStage:
             # (a log ending in a transaction marker looks unread for good).
             core, InputWatermarks(self.idle_ms, behind_limit_ms=max(self.idle_ms, self.idle_close_ms)),
             dict(stored.get("sources", {})),
-            {q: set(chs) for q, chs in stored.get("channels", {}).items()})
+            {q: set(chs) for q, chs in stored.get("channels", {}).items()},
+            live_sent={(q, ch): None for q, ch in stored.get("live", [])})
         return core
 
     def revoke(self, partition: int) -> None:
@@ -263,6 +271,7 @@ class AgentStage:
                     part.core.advance(then + quiet)
                     part.touched = True
             out.partials += self._partials(partition, part, self._due(part, now_ms))
+            out.live += self._live(partition, part, now_ms)
             for agent in sorted(part.changed):
                 out.agents.append(TablePut(partition, agent, {"p": partition, "t": part.core.agents[agent].to_doc()}))
             part.changed.clear()
@@ -279,7 +288,26 @@ class AgentStage:
         part = self.parts[partition]
         return {"now": part.core.now, "sources": dict(part.sources),
                 "channels": {q: sorted(chs) for q, chs in part.channels.items()},
-                "totals": part.core.totals_doc()}
+                "totals": part.core.totals_doc(),
+                # the queues whose live counts this partition said were not zero: a new owner
+                # sends them again, zero if they are gone (the merge keeps what a source said)
+                "live": sorted(list(key) for key in part.live_sent)}
+
+    def _live(self, partition: int, part: _Partition, now_ms: int) -> list[Message]:
+        """An ``agents_live`` partial per queue x channel whose counts changed since sent,
+        once more with no counts when they went to zero."""
+        if part.core.now is None or now_ms - part.live_ms < LIVE_EVERY_MS:
+            return []
+        part.live_ms = now_ms
+        current = self.live(partition)
+        out = [Message(*agents_live_partial(partition, queue, channel, current.get((queue, channel), {}),
+                                            part.core.now))
+               for queue, channel in sorted(current.keys() | part.live_sent.keys())
+               if part.live_sent.get((queue, channel)) != current.get((queue, channel), {})]
+        if current.keys() != part.live_sent.keys():
+            part.touched = True
+        part.live_sent = {key: counts for key, counts in current.items() if counts}
+        return out
 
     def _due(self, part: _Partition, now_ms: int) -> list[WindowChange]:
         """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope.
