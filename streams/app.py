@@ -3,6 +3,7 @@
     calls/chats/tickets/<app>-rekey ──pipeline──▶ <app>-window-partials ──merge──▶ kpi.windows ──▶ kpi_windows (CH)
                                         │  ├──▶ <app>-rekey (events not on their interaction's partition)
                                         │  ├──▶ <app>-contacts ──fcr──▶ <app>-window-partials
+                                        │  ├──▶ <app>-agent-facts ◀── agents ──agents──▶ <app>-window-partials
                                         │  └──▶ events.dead-letter
                                         └──▶ raw_events, interactions (CH; role compute: <app>-interactions)
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
     pipe.topics.rekey = app.topic(pipe.internal("rekey"), schema=raw, **internal)
     pipe.topics.partials = app.topic(pipe.internal("window-partials"), schema=json_, **internal)
     pipe.topics.contacts = app.topic(pipe.internal("contacts"), schema=raw, **internal)
+    pipe.topics.agent_facts = app.topic(pipe.internal("agent-facts"), schema=raw, **internal)
     pipe.topics.interactions = app.topic(pipe.internal("interactions"), schema=json_, compacting=True,
                                             **internal)
     for name in ("kpi_windows", "kpi_agents", "kpi_queue_state", "dead_letter", "sla_breaches",
@@ -127,15 +129,20 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
                                           codecs.customer_from_dict)
     pipe.tables.fcr_records = _table(app, "fcr-records", "orjson", settings, None)
     pipe.tables.sla = _table(app, "sla-state", "orjson", settings, None)
+    pipe.tables.agent_timelines = _table(app, "agent-timelines", "orjson", settings, None)
+    pipe.tables.agent_records = _table(app, "agent-records", "orjson", settings, None)
 
     # The input topics and <app>-rekey are co-partitioned (checked at start,
     # streams.topics.partition_mismatch), so Faust assigns partition p of all four to one worker.
     pipe.topics.input = app.batch_topic(t.name("calls"), t.name("chats"), t.name("tickets"),
                                            pipe.internal("rekey"))
-    from streams import fcr, merge, pipeline, sla, storage, wallboard, web
+    # Co-partitioned too: the agent stage meets an agent's presence and contacts on one partition.
+    pipe.topics.agent_input = app.batch_topic(t.name("agents"), pipe.internal("agent-facts"))
+    from streams import agents, fcr, merge, pipeline, sla, storage, wallboard, web
     if settings.clickhouse.enabled and role == "all":
         storage.register(pipe)  # first: the pipeline's checkpoint stores through it
     pipeline.register(pipe)
+    agents.register(pipe)
     fcr.register(pipe)
     merge.register(pipe)
     sla.register(pipe)

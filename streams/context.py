@@ -48,6 +48,8 @@ class Topics:
     kpi_scorecards: Any = None
     input: Any = None  # calls, chats, tickets and <app>-rekey, in envelopes (the pipeline)
     input_raw: Any = None  # calls, chats, tickets record by record (the writer role's raw events)
+    agent_facts: Any = None  # <app>-agent-facts: the pipeline's contacts by agent, forwarded presence, clocks
+    agent_input: Any = None  # agents and <app>-agent-facts, in envelopes (the agent stage)
 
     def named(self, name: str) -> Any:
         """The topic of a settings name ([topics] kpi_windows, ...), for stages built from a list."""
@@ -66,6 +68,8 @@ class Tables:
     fcr_customers: Any = None
     fcr_records: Any = None
     sla: Any = None
+    agent_timelines: Any = None  # agent id -> {"p": partition, "t": Timeline.to_doc()}
+    agent_records: Any = None  # str(partition) -> the agent stage's partition record
 
     def items(self) -> list[tuple[str, Any]]:
         """(name, table) of the tables this role has."""

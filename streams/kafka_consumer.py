@@ -190,6 +190,15 @@ def drop_faust_index(app: Any) -> None:
 # and must place each message where ``send`` would have.
 
 
+def caught_up(consumer: Any, tp: Any) -> bool:
+    """Nothing left to read on ``tp``: the offset expected next (``InOrderTracker``) has
+    reached the partition's end."""
+    order = getattr(consumer, "order", None)
+    expected = order.expected(tp) if order is not None else None
+    end = consumer.highwater(tp)
+    return expected is not None and end is not None and expected >= end
+
+
 def aiokafka_producer(app: Any) -> Any:
     """The aiokafka producer behind Faust's producer (started if it is not yet)."""
     return app.producer._ensure_producer()

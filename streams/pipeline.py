@@ -33,6 +33,7 @@ from schemas.records import interaction_rows, raw_event_row
 from streams.context import Pipeline
 from streams.fcr import customer_hasher
 from streams.guard import stage_guard
+from streams.kafka_consumer import caught_up
 from streams.stages.merge import ClockSender
 from streams.stages.pipeline import PipelineStage
 
@@ -133,6 +134,11 @@ class PipelineShell:
         for m in out.clocks:  # after the events they cover, by the same producer
             for partition in range(self.settings.kafka.partitions):
                 outbox.send(topics.rekey, None, m.value, partition)
+        for m in out.agent_facts:  # the agent stage's side of the join (docs/agents.md)
+            outbox.send(topics.agent_facts, m.key, m.value)
+        for m in out.agent_clocks:  # after the facts they cover
+            for partition in range(self.settings.kafka.partitions):
+                outbox.send(topics.agent_facts, None, m.value, partition)
         for m in out.dead_letters:
             outbox.send(topics.dead_letter, m.key, m.value)
         for m in out.partials:
@@ -176,12 +182,7 @@ class PipelineShell:
         return {(tp.topic, tp.partition): self.caught_up(tp) for tp in (self.owned() if tps is None else tps)}
 
     def caught_up(self, tp: TP) -> bool:
-        """Nothing left to read: the offset expected next has reached the partition's end."""
-        consumer = self.app.consumer
-        order = getattr(consumer, "order", None)  # streams/kafka_consumer.InOrderConsumer
-        expected = order.expected(tp) if order is not None else None
-        end = consumer.highwater(tp)
-        return expected is not None and end is not None and expected >= end
+        return caught_up(self.app.consumer, tp)
 
     def on_revoked(self, revoked: Any) -> None:
         for tp in revoked:

@@ -89,6 +89,9 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         # complaining at first start that they are missing).
         # Events not on their interaction's partition, forwarded by the pipeline to come back there.
         internal("rekey"): {**keep_week, "max.message.bytes": str(EVENT_MESSAGE_MAX_BYTES)},
+        # The pipeline's contacts by agent, presence events off their agent's partition, clocks
+        # (co-partitioned with agents: docs/agents.md).
+        internal("agent-facts"): {**keep_week, "max.message.bytes": str(EVENT_MESSAGE_MAX_BYTES)},
         internal("window-partials"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
         internal("contacts"): keep_week,
         internal("interactions"): compact,
@@ -116,8 +119,10 @@ async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list
         existing = set(await admin.list_topics())
         inputs = [settings.topics.name(attr) for attr in ("calls", "chats", "tickets")]
         # Checked before creating anything: topics created now would take kafka.partitions
-        # and hide the count the existing ones share (the one to advise).
-        copartitioned = [name for name in inputs + [f"{settings.topics.prefix}{settings.app_id}-rekey"]
+        # and hide the count the existing ones share (the one to advise). `agents` meets the
+        # pipeline's facts by partition number on <app>-agent-facts: the same count.
+        internal = [f"{settings.topics.prefix}{settings.app_id}-{suffix}" for suffix in ("rekey", "agent-facts")]
+        copartitioned = [name for name in inputs + [settings.topics.name("agents")] + internal
                          if name in existing]
         problem = partition_mismatch(await _partition_counts(admin, copartitioned), settings.kafka.partitions)
         if problem is not None:

@@ -194,8 +194,9 @@ def test_clickhouse_interaction_rows_say_how_each_contact_left_and_its_hold(run)
         ("N", 1): ("retention-overflow", "answered", None, 0, 0),
         ("P", 0): (Q, "flowed_out", "no_agents", 0, 0),
     }
+    # (channel "": the agent stage's time-in-state record of the same agent, issue 16)
     agent = run["client"].query("SELECT held, hold_seconds FROM agent_windows FINAL WHERE agent_id = 'ag-1' "
-                                "AND window = '15m'").result_rows
+                                "AND window = '15m' AND channel = 'voice'").result_rows
     assert agent == [(1, 50.0)]
 
 
