@@ -10,7 +10,8 @@ buffered) a checkpoint writes what the stage collected, in this order
    until they are stored (a ClickHouse outage holds the checkpoint, and with it the
    agent: backpressure, nothing acknowledged);
 2. the changelog of each changed interaction, once, and each changed partition record;
-3. re-keyed events then the clocks (event time, see streams/stages/pipeline.py), dead letters, window/live partials (with the merge clock), contacts
+3. re-keyed events then the clocks (event time, see streams/stages/pipeline.py), the agent
+   facts then their clocks (streams/agents.py), dead letters, window/live partials (with the merge clock), contacts
    (with the FCR clock), interaction rows (compute role);
 4. the producer flush;
 

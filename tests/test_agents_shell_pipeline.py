@@ -174,3 +174,23 @@ def test_after_a_restart_the_next_change_outranks_what_was_sent_before() -> None
     second.assign(0, first.engines[0].record, list(first.interactions.values()), NOW)
     run(second, facts, 0, [Rec(k, call(iid, 3, "ended", T0 + 6 * MIN), 2)], T0 + 10 * MIN)
     assert facts.on_contact("ann") == 4 * MIN
+
+
+def test_facts_lost_in_a_crash_are_sent_again_when_the_partition_is_rebuilt() -> None:
+    first, facts = PipelineStage(settings(), REKEY), Facts()
+    iid, old = iid_on(0), iid_on(0, "old")
+    k = iid.encode()
+    first.on_batch("calls", 0, [Rec(old.encode(), call(old, 1, "offered", T0 - 3_600_000), 0),
+                                Rec(old.encode(), call(old, 2, "answered", T0 - 3_599_000, agent_id="bob"), 1),
+                                Rec(old.encode(), call(old, 3, "ended", T0 - 3_500_000), 2),
+                                Rec(k, call(iid, 1, "offered", T0 + MIN), 3),
+                                Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 4)], NOW)
+    first.engines[0].advance(T0 + 3 * MIN)
+    lost = first.checkpoint(NOW)  # the changelog reached Kafka, its agent facts did not
+    assert lost.agent_facts
+    second = PipelineStage(settings(), REKEY, interactions=dict(first.interactions))
+    second.assign(0, first.engines[0].record, list(first.interactions.values()), NOW)
+    out = run(second, facts, 0, [], T0 + 5 * MIN)
+    # Only the open contact: the old one ended long before the lateness.
+    assert [orjson.loads(m.value)["contact"][:2] for m in out.agent_facts] == [["ann", iid]]
+    assert facts.on_contact("ann") == 3 * MIN

@@ -178,11 +178,15 @@ class PipelineStage:
     def _resend_agent_facts(self, engine: PartitionEngine, interactions: list[Interaction]) -> None:
         """The last segment of every interaction rebuilt, again: a crash between the changelog
         and the agent facts of one checkpoint reaching Kafka would lose those facts for good
-        (the steps read again are duplicates then). The same facts, with a newer version."""
+        (the steps read again are duplicates then). The same facts, with a newer version.
+        Only contacts still open or ended within the lateness: an older end changes only
+        final windows of the agent stage, and a partition holds hours of interactions."""
         version = engine.record.last_offset + 1
+        recent = engine.record.watermark - engine.lateness_ms
         for inter in interactions:
             fold = inter.fold()
-            if answer_of(fold.last) is not None:
+            answer = answer_of(fold.last)
+            if answer is not None and (answer[2] is None or answer[2] >= recent):
                 engine.record.last_offset = version
                 self._out.agent_facts += segment_facts(inter.interaction_id, inter.channel,
                                                        [(fold.segments - 1, fold.last)], version)
