@@ -90,3 +90,43 @@ def test_the_short_day_is_fixed_by_its_seed_and_has_every_channel() -> None:
     first, again = day_events(SHORT), day_events(SHORT)
     assert first == again and len(first) > 1000
     assert {family for family, _ in first} == {"call", "chat", "ticket"}
+
+
+def test_one_warm_up_contact_per_input_partition_keyed_to_it_before_the_day() -> None:
+    """Every input partition reports an event time before the day (the old worker's start-up gap)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from ccpulse.tools.chaos import SENTINEL_QUEUE, _ms
+    from ccpulse.tools.same_day import DAY_START, warm_up_records
+
+    partitions = {"call": 3, "chat": 2, "ticket": 1}
+    records = warm_up_records(partitions)
+    contacts = {(family, partition, key) for family, partition, key, _ in records}
+    assert sorted((f, p) for f, p, _ in contacts) == [("call", 0), ("call", 1), ("call", 2), ("chat", 0),
+                                                      ("chat", 1), ("ticket", 0)]
+    for family, partition, key, event in records:
+        # Keyed as the day's events are (by interaction), so the key lands on its partition too.
+        every = list(range(partitions[family]))
+        assert DefaultPartitioner()(key.encode(), every, every) == partition
+        assert event["interaction_id"] == key and event["queue"] == SENTINEL_QUEUE
+        assert _ms(event["occurred_at"]) < _ms(DAY_START.isoformat()) - 86400 * 1000
+    # Neither the closing sentinels' contacts nor each other's: each contact is new.
+    assert len({key for _, _, key, _ in records}) == 6 and not any("chaos-sentinel" in k for _, _, k, _ in records)
+    assert len({e["event_id"] for *_, e in records}) == len(records) == 12
+    windows = {f"1m|x|{SENTINEL_QUEUE}|voice": window(queue=SENTINEL_QUEUE, offered=3),
+               f"1m|x|{SENTINEL_QUEUE}|chat": window(queue=SENTINEL_QUEUE, offered=2)}
+    from ccpulse.tools.same_day import warm_up_counted
+
+    assert warm_up_counted(windows) == 5
+    assert without_sentinel(topic(**windows)) == topic()
+
+
+def test_late_events_on_either_side_make_the_verdict_say_so() -> None:
+    same = compare_keyed("kpi.windows", topic(), topic())
+    clean = verdict([same], {"old": 0, "new": 0})
+    assert clean.startswith("IDENTICAL: ") and "late events: old 0, new 0" in clean and "NOT CLEAN" not in clean
+    dirty = verdict([same], {"old": 3, "new": 0})
+    assert dirty.startswith("IDENTICAL, NOT CLEAN (late events: old 3, new 0): ")
+    different = verdict([compare_keyed("kpi.windows", topic(), topic(**{KEY: window(answered=9)}))],
+                        {"old": 0, "new": 2})
+    assert different.startswith("DIFFERENT, NOT CLEAN (late events: old 0, new 2): ")

@@ -130,9 +130,11 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def sentinel_events(family: str, partition: int, at_ms: int) -> list[dict[str, Any]]:
-    """A contact that starts and ends at ``at_ms``: moves event time, leaves nothing open."""
-    iid = f"chaos-sentinel-{family}-{partition}"
+def sentinel_events(family: str, partition: int, at_ms: int, iid: str | None = None) -> list[dict[str, Any]]:
+    """A contact that starts and ends at ``at_ms``: moves event time, leaves nothing open.
+
+    ``iid``: another contact than the closing one of this partition (same-day's warm-up)."""
+    iid = iid or f"chaos-sentinel-{family}-{partition}"
     first, last = {"call": ("call.offered", "call.abandoned"), "chat": ("chat.offered", "chat.abandoned"),
                    "ticket": ("ticket.created", "ticket.closed")}[family]
     base = {"occurred_at": _iso(at_ms), "interaction_id": iid, "queue": SENTINEL_QUEUE, "schema_version": 1}

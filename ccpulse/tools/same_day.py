@@ -8,6 +8,19 @@ topics, its own output topics and store (the bench's ``BenchApp``/``WorkerProc``
 so ``--old`` works like the bench's ``--worker-pythonpath``: the current venv's
 Python with ``PYTHONPATH`` at the tree).
 
+Before the day is published, each worker reads one warm-up contact per input
+partition (calls, chats, tickets x partitions; a sentinel contact of queue
+``chaos-sentinel``, keyed by an interaction id that the producer's partitioner
+sends to that partition, two days of event time before the day) and the tool
+waits until its ``kpi.windows`` counts every one of them (``offered`` of the
+sentinel's 1-minute windows). So every input partition has reported an event
+time before the first event of the day is read: a worker that lets a partition
+which has not reported yet not hold event time back (the old worker's start-up
+gap, fixed in 2a488bd/e1c68a8) cannot count events of the day's first backlog
+late, and the comparison shows what the code changes, not a start-up race. The
+warm-up windows and contacts close with the day's first events and stay out of
+the comparison like the closing sentinels.
+
 Once a worker has read the day, one sentinel contact per input partition, two
 days of event time later (queue ``chaos-sentinel``, as ``ccpulse chaos`` does,
 excluded from the comparison), closes every window, FCR decision and open
@@ -17,6 +30,11 @@ reach so it cannot make the runs differ. When every window is final on its
 for a few seconds, the worker is stopped. Then the newest version per key of
 both ``kpi.windows`` (and ``kpi.agents``) is compared field by field, ignoring
 ``version`` and ``published_at``. Exit 0 when identical, 1 otherwise.
+
+Before a worker is stopped, its ``ccpulse_late_events_total`` (/metrics, both
+versions) is read; both are printed, and a verdict with late events on either
+side says ``NOT CLEAN``: a late event is counted in no window, so that side's
+KPIs depend on the order it read its partitions in, not on the day alone.
 """
 
 from __future__ import annotations
@@ -34,6 +52,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from ccpulse.tools.chaos_checks import IGNORED_FIELDS, _norm
 
 # The day simulated: a Monday from midnight UTC, so the day window is whole.
@@ -44,6 +64,10 @@ INPUT_PREFIX = "day."
 # of the last event, plus the lateness: every window, decision and open contact closes.
 SENTINEL_GAP_MS = (2 * 86400 + 600) * 1000
 # Event time advances by events only: the two workers' wall clocks never matter.
+# The warm-up contacts' event time: their windows, FCR decisions and contacts all close
+# with the day's first events, and no event of the day is before them.
+WARM_UP_MS = int(DAY_START.timestamp() * 1000) - SENTINEL_GAP_MS
+WARM_UP_ID = "same-day-warm-up"
 WORKER_WINDOWS = "\n[windows]\nidle_close_seconds = 864000\n"
 STABLE_SECONDS = 5.0
 
@@ -147,10 +171,48 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
     return diff
 
 
-def verdict(diffs: list[KeyedDiff]) -> str:
-    if all(d.same for d in diffs):
-        return "IDENTICAL: " + "; ".join(d.counts() for d in diffs)
-    return "DIFFERENT: " + "; ".join(d.counts() for d in diffs)
+def verdict(diffs: list[KeyedDiff], late: Mapping[str, int] | None = None) -> str:
+    """``late``: late events per side; any at all makes the comparison not clean."""
+    head = "IDENTICAL" if all(d.same for d in diffs) else "DIFFERENT"
+    counts = "; ".join(d.counts() for d in diffs)
+    if late is None:
+        return f"{head}: {counts}"
+    lates = "late events: " + ", ".join(f"{side} {n:,}" for side, n in late.items())
+    if any(late.values()):
+        return f"{head}, NOT CLEAN ({lates}): {counts}"
+    return f"{head}: {counts}; {lates}"
+
+
+def warm_up_key(family: str, partition: int, partitions: int) -> str:
+    """An interaction id the producer's default partitioner (murmur2 of the key, as for the
+    day's events, keyed by interaction) sends to ``partition`` of ``partitions``."""
+    every = list(range(partitions))
+    for n in range(100_000):
+        iid = f"{WARM_UP_ID}-{family}-{partition}-{n}"
+        if DefaultPartitioner()(iid.encode(), every, every) == partition:
+            return iid
+    raise RuntimeError(f"no warm-up key found for {family} partition {partition} of {partitions}")
+
+
+def warm_up_records(partitions: Mapping[str, int], at_ms: int = WARM_UP_MS
+                    ) -> list[tuple[str, int, str, dict[str, Any]]]:
+    """(family, partition, key, event): one sentinel contact (two events) per input partition."""
+    from ccpulse.tools.chaos import sentinel_events
+
+    out = []
+    for family, count in partitions.items():
+        for partition in range(count):
+            key = warm_up_key(family, partition, count)
+            out += [(family, partition, key, ev) for ev in sentinel_events(family, partition, at_ms, key)]
+    return out
+
+
+def warm_up_counted(records: Mapping[str, Mapping[str, Any]]) -> int:
+    """Sentinel contacts counted in ``kpi.windows`` (their 1-minute windows' ``offered``)."""
+    from ccpulse.tools.chaos import SENTINEL_QUEUE
+
+    return sum(int(v.get("offered") or 0) for v in records.values()
+               if v.get("queue") == SENTINEL_QUEUE and v.get("window") == "1m")
 
 
 def without_sentinel(records: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -176,6 +238,7 @@ class Side:
     worker: Any = None  # bench_worker.WorkerProc
     group: str = ""
     topics: list[str] = field(default_factory=list)  # what its consumer group must have read
+    late: int = 0  # its ccpulse_late_events_total when every window was final
 
     def windows(self, bootstrap: str) -> dict[str, dict[str, Any]]:
         from ccpulse.tools.chaos_worker import latest_by_key
@@ -210,8 +273,10 @@ def make_side(label: str, root: Path, bootstrap: str, code: Path) -> Side:
 
 
 def run_day(old_code: Path, new_code: Path, plan: DayPlan, seed: int, root: Path, bootstrap: str,
-            say: Callable[[str], None]) -> list[KeyedDiff]:
-    """Publish the day, run each worker alone until every window is final, compare their outputs."""
+            say: Callable[[str], None], late: dict[str, int]) -> list[KeyedDiff]:
+    """Publish the day, run each worker alone until every window is final, compare their outputs.
+
+    ``late`` gets each side's late events."""
     from ccpulse.commands.simulate import encode
     from ccpulse.tools.chaos import _ms
 
@@ -226,6 +291,7 @@ def run_day(old_code: Path, new_code: Path, plan: DayPlan, seed: int, root: Path
     for side in sides:
         run_side(side, events, last_ms, plan, bootstrap, say)
     old, new = sides
+    late.update({side.label: side.late for side in sides})
     return [compare_keyed("kpi.windows", old.windows(bootstrap), new.windows(bootstrap)),
             compare_keyed("kpi.agents", old.agents(bootstrap), new.agents(bootstrap))]
 
@@ -237,15 +303,14 @@ def run_side(side: Side, events: list[tuple[str, bytes]], last_ms: int, plan: Da
     from ccpulse.tools.bench import ensure_topics
     from ccpulse.tools.bench_worker import WorkerProc
     from ccpulse.tools.chaos import _publish_sentinels
+    from ccpulse.tools.chaos_worker import latest_by_key
 
     asyncio.run(ensure_topics(side.app))
     role = side.app.topology()["all"]
     side.group = role.group
     side.topics = [t for t in role.topics if t not in side.app.steady_topics]
     inputs = side.app.input_topics
-    sent = asyncio.run(bench_kafka.produce_all(bootstrap, bench_kafka.event_messages(events, inputs)))
-    if sent != len(events):
-        raise RuntimeError(f"only {sent} of {len(events)} events were acknowledged by the broker")
+    warm_ups = asyncio.run(_publish_warm_up(bootstrap, inputs))
     say(f"{side.label} worker ({side.app.code}) ...")
     side.worker = WorkerProc(side.app, "all", 0)
     side.worker.start()
@@ -253,6 +318,14 @@ def run_side(side: Side, events: list[tuple[str, bytes]], last_ms: int, plan: Da
         side.worker.wait_healthy()
         started = time.monotonic()
         deadline = started + plan.timeout
+        # The day goes in only once every partition's warm-up contact is counted: every input
+        # partition has reported an event time before the day's first event is read.
+        _wait(say, deadline, side, f"its {warm_ups} warm-up contacts are counted",
+              lambda: warm_up_counted(latest_by_key(bootstrap, side.app.kpi_windows_topic)) >= warm_ups)
+        sent = asyncio.run(bench_kafka.produce_all(bootstrap, bench_kafka.event_messages(events, inputs)))
+        if sent != len(events):
+            raise RuntimeError(f"only {sent} of {len(events)} events were acknowledged by the broker")
+        say(f"  warm-up counted in {time.monotonic() - started:.0f}s; the day published")
         # The sentinels go in once the whole day is read, so no event of the day can be
         # late because a sentinel of another partition was read first.
         input_set = set(inputs.values())
@@ -276,8 +349,37 @@ def run_side(side: Side, events: list[tuple[str, bytes]], last_ms: int, plan: Da
 
         _wait(say, deadline, side, "every window is final", settled)
         say(f"  every window final {time.monotonic() - started:.0f}s after the worker was healthy")
+        side.late = _late_events(side)
+        say(f"  {side.label} worker: {side.late:,} late events")
     finally:
         side.worker.stop()
+
+
+async def _publish_warm_up(bootstrap: str, inputs: Mapping[str, str]) -> int:
+    """Publishes the warm-up contacts to ``inputs`` (family -> topic); returns how many."""
+    from aiokafka import AIOKafkaProducer
+
+    from ccpulse.commands.simulate import encode
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        partitions = {family: len(await producer.partitions_for(topic)) for family, topic in inputs.items()}
+        records = warm_up_records(partitions)
+        for family, partition, key, event in records:
+            await producer.send_and_wait(inputs[family], encode(event), key=key.encode(), partition=partition)
+    finally:
+        await producer.stop()
+    return len({(family, partition) for family, partition, _, _ in records})
+
+
+def _late_events(side: Side) -> int:
+    from ccpulse.tools.bench_worker import metric_sum
+
+    status, text = side.worker.get("/metrics", timeout=30.0)
+    if status != 200:
+        raise RuntimeError(f"{side.label} worker: /metrics answered {status}; log: {side.worker.log_path}")
+    return int(metric_sum(text, "ccpulse_late_events_total"))
 
 
 def _wait(say: Callable[[str], None], deadline: float, side: Side, what: str,
@@ -340,7 +442,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         say(f"old: {old}\nnew: {new}\nstarting a private Kafka broker in {root} ...")
         info = local_kafka.start(root / "kafka", free_port(), True)
-        diffs = run_day(old, new, plan, args.seed, root, info.bootstrap, say)
+        late: dict[str, int] = {}
+        diffs = run_day(old, new, plan, args.seed, root, info.bootstrap, say, late)
     except (RuntimeError, OSError, KafkaError, asyncio.TimeoutError) as exc:
         raise CommandError(str(exc) or type(exc).__name__) from None
     finally:
@@ -353,12 +456,13 @@ def run_from_args(args: argparse.Namespace) -> int:
             say(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    print(verdict(diffs))
+    print(verdict(diffs, late))
     for diff in diffs:
         if not diff.same:
             print(f"first differences of {diff.topic}:")
             print("\n".join(diff.first(args.show)))
-    return 0 if all(d.same for d in diffs) else 1
+    # Late events on either side: the sides may agree by chance, not because the day says so.
+    return 0 if all(d.same for d in diffs) and not any(late.values()) else 1
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
