@@ -390,6 +390,14 @@ class PartitionEngine:
         if values:
             self.record.watermark = max(self.record.watermark, low_watermark(values))
 
+    def input_idle(self) -> bool:
+        """Every source event time waits for reported idle: nothing more is coming from any.
+        Only then may a quiet stream's event time follow the wall clock: a source still
+        active (records left to read, a slow worker) may yet send events for these windows."""
+        known = self.record.sources
+        names = self.expected_sources or known.keys()
+        return bool(names) and all(known[source][1] if source in known else False for source in names)
+
     def advance(self, watermark: int) -> None:
         """Let event time move without events (ticks from the input, or a quiet stream)."""
         self.record.watermark = max(self.record.watermark, watermark)

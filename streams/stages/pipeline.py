@@ -129,8 +129,13 @@ class PipelineStage:
         self.hasher = hasher  # contacts for FCR are sent only once it is known
         self.engines: dict[int, PartitionEngine] = {}
         self._sources: dict[int, InputWatermarks] = {}
-        # partition -> (wall clock ms of its last applied event, event time then)
-        self._arrival: dict[int, tuple[int, int]] = {}
+        # partition -> wall clock ms of its last applied event: how long its input has been quiet
+        self._arrival: dict[int, int] = {}
+        # partition -> (wall clock ms, event time) when the input last moved it (an applied
+        # event, a clock read back): a quiet stream follows the wall clock from there. Not the
+        # event time at the last event alone: a backlog read before every input partition has
+        # reported is all applied at event time 0, and the clocks move it only afterwards.
+        self._moved: dict[int, tuple[int, int]] = {}
         # partition -> source -> one past the last offset read: their sum orders versions
         self._positions: dict[int, dict[str, int]] = {}
         # partition -> its input sources' newest report, and the one last sent as a clock
@@ -171,7 +176,8 @@ class PipelineStage:
         # (idle_close_seconds): past that, a stalled agent is no likelier than a log ending
         # in a transaction marker, which looks unread for good.
         self._sources[partition] = InputWatermarks(self.idle_ms, behind_limit_ms=max(self.idle_ms, self.idle_close_ms))
-        self._arrival[partition] = (now_ms, record.watermark)
+        self._arrival[partition] = now_ms
+        self._moved[partition] = (now_ms, record.watermark)
         self._positions[partition] = {}
         return engine
 
@@ -198,6 +204,7 @@ class PipelineStage:
         self.engines.pop(partition, None)
         self._sources.pop(partition, None)
         self._arrival.pop(partition, None)
+        self._moved.pop(partition, None)
         self._positions.pop(partition, None)
         self._report.pop(partition, None)
         self._clock_sent.pop(partition, None)
@@ -249,7 +256,10 @@ class PipelineStage:
         if rekeyed:
             doc = orjson.loads(raw)  # type: ignore[arg-type]
             if CLOCK_FIELD in doc:  # another partition's input event time (see the module docstring)
+                before = engine.record.watermark
                 engine.observe(doc[CLOCK_FIELD])
+                if engine.record.watermark != before:
+                    self._moved[partition] = (now_ms, engine.record.watermark)
                 self._touched.add(partition)
                 return
             if END_OF_INPUT_FIELD in doc:  # a replay's end (streams/stages/end_of_input.py)
@@ -309,7 +319,8 @@ class PipelineStage:
         if self.keep_raw_events:
             self._out.raw_events.append(doc)
         self.records_since_checkpoint += 1
-        self._arrival[partition] = (now_ms, engine.record.watermark)
+        self._arrival[partition] = now_ms
+        self._moved[partition] = (now_ms, engine.record.watermark)
         if outcome.late_window is not None:
             self._late.note(window_label(outcome.late_window), now_ms / 1000)
         fold = outcome.fold
@@ -417,12 +428,11 @@ class PipelineStage:
         self._late.flush(now_ms / 1000)
         for partition, engine in self.engines.items():
             before = (engine.record.watermark, engine.record.final_through)
-            arrived_at, watermark_then = self._arrival[partition]
-            quiet = now_ms - arrived_at
-            if quiet >= self.idle_close_ms and watermark_then:
-                # Nothing applied for a while: event time follows the wall clock, so the
-                # last windows of a quiet stream still close.
-                engine.advance(watermark_then + quiet)
+            moved_at, moved_to = self._moved[partition]
+            if now_ms - self._arrival[partition] >= self.idle_close_ms and moved_to and engine.input_idle():
+                # Nothing applied for a while and nothing left to read anywhere: event time
+                # follows the wall clock, so the last windows of a quiet stream still close.
+                engine.advance(moved_to + now_ms - moved_at)
             self._close(partition, engine, self._out.partials)
             if (engine.record.watermark, engine.record.final_through) != before:
                 self._touched.add(partition)
