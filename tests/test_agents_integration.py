@@ -266,3 +266,12 @@ def test_clickhouse_holds_the_same_seconds(run) -> None:
 
 def test_the_worker_stopped_cleanly(run) -> None:
     assert run["exit_code"] == 0
+
+
+def test_the_minute_windows_add_up_to_the_shift(run) -> None:
+    minutes = [r for k, r in run["windows"].items() if k.startswith("1m|") and r["queue"] == Q
+               and r["channel"] == "voice" and r["window_start"] < "2026-01-05T08:15"]
+    assert all(r["final"] for r in minutes)
+    sums = {state: sum(r[f"{state}_seconds"] for r in minutes) for state in STATES}
+    assert sums == pytest.approx({state: float(QUEUE[state]) for state in STATES}), \
+        sorted((r["window_start"][11:16], r["available_seconds"], r["on_contact_seconds"]) for r in minutes)
