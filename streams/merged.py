@@ -15,7 +15,8 @@ from typing import Any, Mapping, Protocol
 from ccpulse.config import Settings
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import queue_state_record, window_record, window_record_key
-from streams.stages.partials import AGENTS_SOURCE_PREFIX, live_key
+from ccpulse.core.merge_clock import AGENTS_SOURCE_PREFIX
+from streams.stages.partials import live_key
 
 Entry = dict[str, Any]
 # The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".

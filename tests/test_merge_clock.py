@@ -17,13 +17,15 @@ def clock(partitions: int = 2) -> MergeClock:
     return MergeClock(expected_sources(partitions), HORIZON, LATENESS, RETENTION)
 
 
-def test_sources_are_every_lifecycle_and_fcr_partition() -> None:
-    assert expected_sources(2) == {"0", "1", "fcr-0", "fcr-1"}
+def test_sources_are_every_lifecycle_fcr_and_agent_stage_partition() -> None:
+    # An agent stage lagging behind sends its final time-in-state parts late: they must not
+    # find their window forgotten (and be dropped as a redelivery).
+    assert expected_sources(2) == {"0", "1", "fcr-0", "fcr-1", "agents-0", "agents-1"}
 
 
 def test_nothing_is_done_until_every_source_has_reported() -> None:
     c = clock()
-    for source in ("0", "1", "fcr-0"):
+    for source in ("0", "1", "fcr-0", "agents-0", "agents-1"):
         c.observe(0, source, 100 * MIN)
     assert c.slowest(0) is None and not c.done_with(0, 0)
     c.observe(0, "fcr-1", 100 * MIN)
@@ -34,6 +36,7 @@ def test_the_slowest_source_decides_and_clocks_never_go_back() -> None:
     c = clock(1)
     c.observe(3, "0", 500 * MIN)
     c.observe(3, "fcr-0", 40 * MIN)
+    c.observe(3, "agents-0", 500 * MIN)
     c.observe(3, "fcr-0", 30 * MIN)  # an older clock re-delivered
     assert c.slowest(3) == 40 * MIN
     end = 40 * MIN - HORIZON - LATENESS - RETENTION
@@ -44,6 +47,7 @@ def test_clocks_are_per_merge_partition_and_unknown_sources_ignored() -> None:
     c = clock(1)
     c.observe(0, "0", 100 * MIN)
     c.observe(0, "fcr-0", 100 * MIN)
+    c.observe(0, "agents-0", 100 * MIN)
     c.observe(0, "fcr-7", 1)  # not a source of this deployment
     assert c.done_with(0, 0) and c.slowest(1) is None and not c.done_with(1, 0)
 

@@ -233,6 +233,8 @@ def test_a_final_window_is_forgotten_once_every_source_is_past_it_and_a_late_cop
     s.batch(clock("0", later))
     assert s.tick().deletes == []  # fcr-0 has not reported: nothing is forgotten
     s.batch(clock("fcr-0", later))
+    assert s.tick().deletes == []  # agents-0 has not reported either
+    s.batch(clock("agents-0", later))
     out = s.tick()
     assert out.deletes == [TableDelete(0, wkey(T0))]  # the open one stays
     assert list(s.table) == [wkey(T0 + MIN)]

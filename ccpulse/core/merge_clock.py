@@ -1,7 +1,8 @@
 """When may the merge stage forget a final window? Per merge partition, the slowest source's clock.
 
 A merged window has parts from several sources: each lifecycle partition ("0",
-"1", ...) and each FCR partition ("fcr-0", ...). A part is final once its source's
+"1", ...), each FCR partition ("fcr-0", ...) and each agent-stage partition
+("agents-0", ...: time in state, issue 16). A part is final once its source's
 event time passes the window's close (end + lateness for KPI parts, end + FCR
 horizon + lateness for FCR parts). Forgetting the window on the *newest* event time
 any source reported loses the part of a source that lags behind -- an FCR stage
@@ -25,9 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# The merge's name of an agent-stage partition as a source: apart from the pipeline's
+# partition numbers, which share the partials' topic.
+AGENTS_SOURCE_PREFIX = "agents-"
+
+
 def expected_sources(partitions: int) -> frozenset[str]:
-    """The lifecycle and FCR partitions whose parts a merged window can have."""
-    return frozenset({str(p) for p in range(partitions)} | {f"fcr-{p}" for p in range(partitions)})
+    """The lifecycle, FCR and agent-stage partitions whose parts a merged window can have."""
+    return frozenset({str(p) for p in range(partitions)} | {f"fcr-{p}" for p in range(partitions)}
+                     | {f"{AGENTS_SOURCE_PREFIX}{p}" for p in range(partitions)})
 
 
 @dataclass

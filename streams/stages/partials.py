@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ccpulse.core.engine import LiveQueue, Snapshot
+from ccpulse.core.merge_clock import AGENTS_SOURCE_PREFIX
 from schemas.records import window_record_key
 
 
@@ -34,8 +35,6 @@ def live_partial(partition: int, queue: str, channel: str, live: LiveQueue, vers
         "agents": sorted(live.busy), "open_tickets": live.open_tickets}
 
 
-# The merge's sources of agent-stage parts are named AGENTS_SOURCE_PREFIX + partition.
-AGENTS_SOURCE_PREFIX = "agents-"
 
 
 def agents_source(partition: int) -> str:
