@@ -130,3 +130,22 @@ def test_late_events_on_either_side_make_the_verdict_say_so() -> None:
     different = verdict([compare_keyed("kpi.windows", topic(), topic(**{KEY: window(answered=9)}))],
                         {"old": 0, "new": 2})
     assert different.startswith("DIFFERENT, NOT CLEAN (late events: old 0, new 2): ")
+
+
+def test_windows_the_closing_sentinel_cannot_close_are_left_out() -> None:
+    """Windows past the day that only the sentinel's event time made (the agent stage's
+    time-in-state of every queue, each minute) can never be final: neither waited for nor compared."""
+    from ccpulse.tools.chaos import _ms
+    from ccpulse.tools.same_day import LATENESS_MARGIN_MS, within_reach
+
+    sentinel_ms = _ms("2026-01-07T01:09:59.000Z")
+    records = topic(**{"1m|2026-01-07T01:08:00.000Z|billing|voice": window(
+        window_start="2026-01-07T01:08:00.000Z", window_end="2026-01-07T01:09:00.000Z", final=False),
+        "1h|2026-01-07T01:00:00.000Z|billing|voice": window(
+        window="1h", window_start="2026-01-07T01:00:00.000Z", window_end="2026-01-07T02:00:00.000Z", final=False),
+        "1m|2026-01-06T12:00:00.000Z|billing|voice": window(window_end="2026-01-06T12:01:00.000Z")})
+    kept = within_reach(records, sentinel_ms)
+    assert set(kept) == set(topic()) | {"1m|2026-01-06T12:00:00.000Z|billing|voice"}
+    assert open_windows(kept) == []
+    edge = {"k": window(window_end="2026-01-07T00:59:59.000Z")}
+    assert within_reach(edge, _ms("2026-01-07T00:59:59.000Z") + LATENESS_MARGIN_MS) == edge

@@ -27,7 +27,10 @@ excluded from the comparison), closes every window, FCR decision and open
 interaction by event time alone; idle-close, a wall-clock rule, is set out of
 reach so it cannot make the runs differ. When every window is final on its
 ``kpi.windows``, its consumer group has nothing left to read and nothing changed
-for a few seconds, the worker is stopped. Then the newest version per key of
+for a few seconds, the worker is stopped. Windows ending less than a lateness margin
+(10 min) before the closing sentinels are not the day's: they exist only because the
+sentinels moved event time there (a worker may publish every queue's minutes up to
+event time), can never be final, and are neither waited for nor compared. Then the newest version per key of
 both ``kpi.windows`` (and ``kpi.agents``) is compared field by field, ignoring
 ``version`` and ``published_at``. Exit 0 when identical, 1 otherwise.
 
@@ -62,7 +65,9 @@ SEED = 15
 INPUT_PREFIX = "day."
 # Past the day window (1 d), the FCR horizon (1 d) and the interaction horizon (1 d)
 # of the last event, plus the lateness: every window, decision and open contact closes.
-SENTINEL_GAP_MS = (2 * 86400 + 600) * 1000
+# The lateness (120 s by default) with room to spare.
+LATENESS_MARGIN_MS = 600 * 1000
+SENTINEL_GAP_MS = 2 * 86400 * 1000 + LATENESS_MARGIN_MS
 # Event time advances by events only: the two workers' wall clocks never matter.
 # The warm-up contacts' event time: their windows, FCR decisions and contacts all close
 # with the day's first events, and no event of the day is before them.
@@ -221,6 +226,17 @@ def without_sentinel(records: Mapping[str, dict[str, Any]]) -> dict[str, dict[st
     return {k: v for k, v in records.items() if v.get("queue") != SENTINEL_QUEUE}
 
 
+def within_reach(records: Mapping[str, dict[str, Any]], sentinel_ms: int) -> dict[str, dict[str, Any]]:
+    """Records of windows the closing sentinel closes: ending a lateness margin before it.
+
+    Later windows exist only because the sentinel moved event time there (the agent stage
+    publishes every queue's minutes up to event time) and can never be final."""
+    from ccpulse.tools.chaos import _ms
+
+    cutoff = sentinel_ms - LATENESS_MARGIN_MS
+    return {k: v for k, v in records.items() if "window_end" not in v or _ms(v["window_end"]) <= cutoff}
+
+
 def open_windows(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Keys not final yet: the window itself, or its FCR part (null: no FCR part)."""
     return [k for k, v in records.items() if not v.get("final") or v.get("fcr_final") is False]
@@ -239,16 +255,20 @@ class Side:
     group: str = ""
     topics: list[str] = field(default_factory=list)  # what its consumer group must have read
     late: int = 0  # its ccpulse_late_events_total when every window was final
+    sentinel_ms: int = 0  # event time of the closing sentinels
 
     def windows(self, bootstrap: str) -> dict[str, dict[str, Any]]:
         from ccpulse.tools.chaos_worker import latest_by_key
 
-        return without_sentinel(latest_by_key(bootstrap, self.app.kpi_windows_topic))
+        return self._of_the_day(latest_by_key(bootstrap, self.app.kpi_windows_topic))
 
     def agents(self, bootstrap: str) -> dict[str, dict[str, Any]]:
         from ccpulse.tools.chaos_worker import latest_by_key
 
-        return without_sentinel(latest_by_key(bootstrap, f"{self.app.name}.kpi.agents"))
+        return self._of_the_day(latest_by_key(bootstrap, f"{self.app.name}.kpi.agents"))
+
+    def _of_the_day(self, records: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return within_reach(without_sentinel(records), self.sentinel_ms)
 
     def lag(self, bootstrap: str, only: set[str] | None = None) -> int:
         from ccpulse.tools.chaos_worker import group_lag
@@ -330,7 +350,8 @@ def run_side(side: Side, events: list[tuple[str, bytes]], last_ms: int, plan: Da
         # late because a sentinel of another partition was read first.
         input_set = set(inputs.values())
         _wait(say, deadline, side, "the day's input is read", lambda: side.lag(bootstrap, input_set) == 0)
-        asyncio.run(_publish_sentinels(bootstrap, side.app.input_prefix, last_ms + SENTINEL_GAP_MS))
+        side.sentinel_ms = last_ms + SENTINEL_GAP_MS
+        asyncio.run(_publish_sentinels(bootstrap, side.app.input_prefix, side.sentinel_ms))
         say(f"  read in {time.monotonic() - started:.0f}s; sentinels published")
         state: dict[str, Any] = {}
 
