@@ -95,8 +95,8 @@ SECOND_CALLS = [
     call("C4-2", "answered", "08:10:30", "C4", agent_id=B),
     call("C2-3", "ended", "08:11:00", "C2"),
     call("C4-3", "ended", "08:12:30", "C4"),
-    # Event time to 08:20: past 08:15 + the 2 minutes of lateness, the window is final.
-    call("T2-1", "offered", "08:20:00", "T2", queue="tick"),
+    # Event time to 08:40: past 08:15 + the lateness (CONFIG), the window is final.
+    call("T2-1", "offered", "08:40:00", "T2", queue="tick"),
 ]
 
 SECONDS = {
@@ -120,6 +120,18 @@ def occupancy(s: dict) -> float:
 def utilization(s: dict) -> float:
     """METRICS.md: (on contact + after-contact work) / staffed."""
     return busy(s) / s["staffed"]
+
+
+# The shift is produced minutes of event time at once, agent events before the calls of the
+# same minutes: 15 minutes of lateness keep a window open until both sides were read (in
+# a live center each event is produced as it happens; an input partition with nothing to
+# read does not hold event time back, so a burst ahead on one topic closes windows).
+CONFIG = "[windows]\nallowed_lateness_seconds = 900\n"
+
+
+def worker_for(kafka_bootstrap: str, tmp: Path, name: str) -> WorkerProcess:
+    (tmp / "ccpulse.toml").write_text(CONFIG)
+    return WorkerProcess.create(kafka_bootstrap, tmp, name)
 
 
 def agents_keyed(docs: list[dict]) -> list[tuple[bytes | None, bytes]]:
@@ -151,7 +163,7 @@ def gauge(metrics: dict, name: str, **labels: str) -> float | None:
 @pytest.fixture(scope="module")
 def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp: Path = tmp_path_factory.mktemp("agents")
-    worker = WorkerProcess.create(kafka_bootstrap, tmp, "agentshift")
+    worker = worker_for(kafka_bootstrap, tmp, "agentshift")
     worker.start()
     try:
         p = worker.prefix

@@ -14,23 +14,16 @@ import pytest
 
 from tests.test_agents_integration import (A, AWAY_BY_REASON, B, FIRST_AGENTS, FIRST_CALLS, Q, QUEUE, QUEUE_KEY,
                                            SECOND_AGENTS, SECOND_CALLS, SECONDS, STATES, agent_key, agents_keyed,
-                                           calls_keyed, check_seconds, live_state)
-from tests.worker_process import WorkerProcess, latest_windows, produce, wait_until
+                                           calls_keyed, check_seconds, live_state, worker_for)
+from tests.worker_process import latest_windows, produce, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-CRASH_MINUTES = pytest.mark.xfail(strict=False, reason=(
-    "open (issue 16): after a SIGKILL right after answers were read, the agent stage sometimes closes "
-    "the 1-minute windows of those answers before their contact facts reach it (08:09-08:11 final "
-    "without ag-A's/ag-B's contacts: up to 150 s on_contact counted available); the 15-minute window, "
-    "open then, is right. Not seen without the crash (tests/test_agents_integration.py checks the minutes)"))
 
 
 @pytest.fixture(scope="module")
 def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp: Path = tmp_path_factory.mktemp("agents-crash")
-    worker = WorkerProcess.create(kafka_bootstrap, tmp, "agentcrash")
+    worker = worker_for(kafka_bootstrap, tmp, "agentcrash")
     worker.start()
     try:
         p = worker.prefix
@@ -75,7 +68,6 @@ def test_kpi_windows_after_the_crash_hold_the_queues_seconds(run) -> None:
     assert record["answered"] == 4
 
 
-@CRASH_MINUTES
 def test_metrics_after_the_crash_count_each_second_once(run) -> None:
     totals = {state: 0.0 for state in STATES}
     for (name, labels), value in run["metrics"].items():
@@ -86,7 +78,6 @@ def test_metrics_after_the_crash_count_each_second_once(run) -> None:
     assert totals == pytest.approx({state: float(QUEUE[state]) for state in STATES})
 
 
-@CRASH_MINUTES
 def test_the_minute_windows_after_the_crash_add_up_to_the_shift(run) -> None:
     minutes = [r for k, r in run["windows"].items() if k.startswith("1m|") and r["queue"] == Q
                and r["channel"] == "voice" and r["window_start"] < "2026-01-05T08:15"]
