@@ -149,3 +149,17 @@ def test_windows_the_closing_sentinel_cannot_close_are_left_out() -> None:
     assert open_windows(kept) == []
     edge = {"k": window(window_end="2026-01-07T00:59:59.000Z")}
     assert within_reach(edge, _ms("2026-01-07T00:59:59.000Z") + LATENESS_MARGIN_MS) == edge
+
+
+def test_keys_differing_only_by_figures_added_since_are_told_apart() -> None:
+    """A new figure that is not 0 still differs, but the counts say which keys differ only by
+    figures the old version did not publish, and which in a figure it did (issue 16's agent seconds)."""
+    new = topic(**{KEY: window(on_contact_seconds=180.0), OTHER: window(answered=9, on_contact_seconds=60.0),
+                   "1m|2026-01-06T00:00:00.000Z|billing|voice": window(
+                       window_start="2026-01-06T00:00:00.000Z", offered=0, answered=0, service_level=None,
+                       wait_sketch={}, on_contact_seconds=60.0)})
+    diff = compare_keyed("kpi.windows", topic(), new)
+    assert not diff.same and (diff.differing, len(diff.only_new)) == (2, 1)
+    assert (diff.added_only_differing, diff.added_only_new) == (1, 1)
+    assert "2 differing (1 only in figures added since), 0 only in old, 1 only in new (1 only with figures " \
+           "added since)" in diff.counts()

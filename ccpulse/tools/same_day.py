@@ -131,6 +131,11 @@ class KeyedDiff:
     # Fields only the new version publishes (a KPI added since), each 0 or null wherever
     # the old version had no such field: what a stream without those events must give.
     added: set[str] = field(default_factory=set)
+    # Of differing / only_new: keys whose every difference is in a figure the old version never
+    # published (a KPI added since) -- what the new code adds, not a change of an old figure.
+    added_only_differing: int = 0
+    added_only_new: int = 0
+    old_fields: set[str] = field(default_factory=set)  # every field the old version published
 
     @property
     def same(self) -> bool:
@@ -138,11 +143,17 @@ class KeyedDiff:
 
     def counts(self) -> str:
         added = f" (fields added, 0 or null throughout: {', '.join(sorted(self.added))})" if self.added else ""
-        return (f"{self.topic}: {self.keys:,} keys, {self.identical:,} identical, {self.differing:,} differing, "
-                f"{len(self.only_old):,} only in old, {len(self.only_new):,} only in new{added}")
+        differing = (f" ({self.added_only_differing:,} only in figures added since)"
+                     if self.added_only_differing else "")
+        only_new = f" ({self.added_only_new:,} only with figures added since)" if self.added_only_new else ""
+        return (f"{self.topic}: {self.keys:,} keys, {self.identical:,} identical, {self.differing:,} differing"
+                f"{differing}, {len(self.only_old):,} only in old, {len(self.only_new):,} only in new{only_new}"
+                f"{added}")
 
     def first(self, limit: int = 10) -> list[str]:
-        lines = [f"  {d}" for d in self.differences[:limit]]
+        # A changed figure of the old version first: figures added since would hide it.
+        ordered = sorted(self.differences, key=lambda d: d.field not in self.old_fields)
+        lines = [f"  {d}" for d in ordered[:limit]]
         lines += [f"  only in old: {k}" for k in self.only_old[:limit]]
         lines += [f"  only in new: {k}" for k in self.only_new[:limit]]
         return lines
@@ -158,11 +169,14 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
     compares them (sketch buckets in any order).
     """
     diff = KeyedDiff(topic)
+    old_fields = diff.old_fields = {name for record in old.values() for name in record}
     for key in sorted(set(old) | set(new)):
         diff.keys += 1
         a, b = old.get(key), new.get(key)
         if a is None or b is None:
             (diff.only_new if a is None else diff.only_old).append(key)
+            if a is None and old and not any(_figure(b.get(name)) for name in old_fields - ignored):
+                diff.added_only_new += 1
             continue
         added = {name for name in set(b) - set(a) if b[name] in (0, None, {})}  # {}: a map of nothing
         diff.added |= added
@@ -170,10 +184,24 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
                   if name not in ignored and name not in added and _norm(a.get(name)) != _norm(b.get(name))]
         if fields:
             diff.differing += 1
+            diff.added_only_differing += all(name not in old_fields for name in fields)
             diff.differences.extend(Difference(key, name, a.get(name), b.get(name)) for name in fields)
         else:
             diff.identical += 1
     return diff
+
+
+def _figure(value: Any) -> bool:
+    """A value that counts something: a number not 0, a map or list with one (not a name or flag)."""
+    if isinstance(value, bool) or isinstance(value, str) or value is None:
+        return False
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, Mapping):
+        return any(_figure(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_figure(v) for v in value)
+    return True
 
 
 def verdict(diffs: list[KeyedDiff], late: Mapping[str, int] | None = None) -> str:
