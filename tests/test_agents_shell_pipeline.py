@@ -194,3 +194,58 @@ def test_facts_lost_in_a_crash_are_sent_again_when_the_partition_is_rebuilt() ->
     # Only the open contact: the old one ended long before the lateness.
     assert [orjson.loads(m.value)["contact"][:2] for m in out.agent_facts] == [["ann", iid]]
     assert facts.on_contact("ann") == 3 * MIN
+
+
+def ticket(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
+    doc = {"event_id": f"{iid}-{n}", "type": f"ticket.{kind}", "occurred_at": format_ms(ts),
+           "interaction_id": iid, **extra}
+    if kind == "created":
+        doc.setdefault("queue", "tier1")
+    if kind == "replied":
+        doc.setdefault("sender", "agent")
+    return orjson.dumps(doc)
+
+
+def test_a_ticket_answered_by_an_agent_never_puts_it_on_contact() -> None:
+    # METRICS.md: on contact is an answered, not ended call or chat; a ticket's channel is
+    # its own (email, web...), so the family decides, whatever the channel is called.
+    stage, facts = PipelineStage(settings(), REKEY), Facts()
+    for n, channel in enumerate(("email", "web", "social")):
+        iid = iid_on(0, f"t{n}-")
+        k = iid.encode()
+        stage.on_batch("tickets", 0, [Rec(k, ticket(iid, 1, "created", T0 + MIN, channel=channel), 3 * n),
+                                      Rec(k, ticket(iid, 2, "replied", T0 + 2 * MIN, agent_id="tia"), 3 * n + 1),
+                                      Rec(k, ticket(iid, 3, "replied", T0 + 3 * MIN, agent_id="tia",
+                                                    public=False), 3 * n + 2)], NOW)
+    # An out-of-order reply (refolds the ticket) and its expiry: no fact either.
+    iid = iid_on(0, "late-")
+    k = iid.encode()
+    stage.on_batch("tickets", 0, [Rec(k, ticket(iid, 2, "replied", T0 + 4 * MIN, agent_id="tia"), 9),
+                                  Rec(k, ticket(iid, 1, "created", T0 + MIN), 10)], NOW)
+    out = stage.checkpoint(NOW)
+    assert not out.dead_letters and len(stage.interactions) == 4
+    assert out.agent_facts == []
+    facts.checkpoint(out)
+    stage.engines[0].advance(T0 + 3 * 3_600_000)
+    stage.on_tick(NOW, {})
+    stage.on_tick(NOW + 3_600_000, {})
+    assert stage.checkpoint(NOW).agent_facts == []
+    assert facts.on_contact("tia") == 0
+
+
+def test_an_open_contact_expires_at_its_answer_plus_the_horizon_whatever_followed() -> None:
+    # One rule with the agent core: an answered contact with no end is on contact at most
+    # the horizon after its answer, so the expiry's end changes no window the core closed.
+    stage, facts = PipelineStage(settings(), REKEY), Facts()
+    iid = iid_on(0)
+    k = iid.encode()
+    run(stage, facts, 0, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
+                          Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1),
+                          Rec(k, call(iid, 3, "held", T0 + 40 * MIN), 2)], T0 + 45 * MIN)
+    stage.engines[0].advance(T0 + 4 * 3_600_000)
+    stage.on_tick(NOW, {})
+    stage.on_tick(NOW + 3_600_000, {})
+    out = stage.checkpoint(NOW)
+    assert out.expired
+    horizon = int(settings().windows.interaction_horizon_seconds * 1000)
+    assert [orjson.loads(m.value)["contact"][7] for m in out.agent_facts] == [T0 + 2 * MIN + horizon]

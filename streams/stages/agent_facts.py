@@ -14,16 +14,23 @@ import orjson
 
 from ccpulse.core.agents import Contact
 from ccpulse.core.lifecycle import Segment
+from schemas.events import FAMILY_CHANNEL
 from streams.stages.io import Message
 
 # The fields of an <app>-agent-facts message: exactly one per message.
 CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
 # With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
 CHANNELS_FIELD = "channels"
-# The steps that can change an answered segment's (agent, answered, ended) when they come
-# in order (tickets: a public agent reply answers, closed ends). Any other step in order
-# only opens a waiting segment, ends a waiting one, or changes nothing an agent is in.
-ANSWER_STEPS = frozenset({"answered", "transferred", "ended", "replied", "closed"})
+# METRICS.md: on contact = handling an answered, not ended call or chat. A ticket's answer
+# (a reply) does not hold its agent until it closes. The interaction keeps only its channel:
+# these families' own channels, which a ticket cannot take (schemas/events.py rejects a
+# ticket on voice or chat), so the family decides, not what a ticket's channel is called.
+CONTACT_FAMILIES = ("call", "chat")
+CONTACT_CHANNELS = frozenset(FAMILY_CHANNEL[family] for family in CONTACT_FAMILIES)
+# The steps of those families that can change an answered segment's (agent, answered,
+# ended) when they come in order. Any other step in order only opens a waiting segment,
+# ends a waiting one, or changes nothing an agent is in.
+ANSWER_STEPS = frozenset({"answered", "transferred", "ended"})
 
 Answer = tuple[str, int, int | None]  # (agent, answered, ended) of an answered segment
 
@@ -44,8 +51,11 @@ def segment_facts(interaction_id: str, channel: str, segments: Iterable[tuple[in
                   version: int) -> list[Message]:
     """The contact facts of the answered segments among (index, segment): what the pipeline
     sends for the segments a step changed, with the version it applied the step at (the
-    agent stage keeps the highest, so sending one again changes nothing)."""
-    out = []
+    agent stage keeps the highest, so sending one again changes nothing). None for a
+    ticket (``CONTACT_CHANNELS``)."""
+    out: list[Message] = []
+    if channel not in CONTACT_CHANNELS:
+        return out
     for index, seg in segments:
         answer = answer_of(seg)
         if answer is not None:
@@ -63,8 +73,10 @@ def changed_facts(interaction_id: str, channel: str, before: dict[int, Segment],
                   version: int) -> list[Message]:
     """The facts that take the agent stage from ``before`` to ``after`` (segment index ->
     segment): an upsert per answered segment that changed, a removal to the agent a
-    segment is no longer answered by."""
+    segment is no longer answered by. None for a ticket (``CONTACT_CHANNELS``)."""
     out: list[Message] = []
+    if channel not in CONTACT_CHANNELS:
+        return out
     for index in sorted(before.keys() | after.keys()):
         was, now = answer_of(before.get(index)), answer_of(after.get(index))
         if was == now:

@@ -457,13 +457,14 @@ class PipelineStage:
 
     def _end_open_contact(self, engine: PartitionEngine, inter: Interaction) -> None:
         """An interaction forgotten while answered and not ended: its agent's contact ends
-        when it became forgettable (its last step + the horizon: the same whenever the scan
-        runs), or the agent would stay on contact for good."""
+        at its answer + the horizon (the same whenever the scan runs), or the agent would
+        stay on contact for good. The agent core caps an open contact there already
+        (``AgentCore.upsert``), so this end changes no window it has closed since."""
         fold = inter.fold()
         answer = answer_of(fold.last)
         if answer is None or answer[2] is not None:
             return
-        seg = replace(fold.last, ended=fold.last_ts + engine.horizon_ms)  # type: ignore[type-var]
+        seg = replace(fold.last, ended=answer[1] + engine.horizon_ms)
         engine.record.last_offset += 1  # above every fact sent of it (see _apply)
         self._out.agent_facts += segment_facts(inter.interaction_id, inter.channel,
                                                [(fold.segments - 1, seg)], engine.record.last_offset)
