@@ -31,7 +31,7 @@ from faust.types import TP
 from streams.context import Pipeline
 from streams.guard import stage_guard
 from streams.kafka_consumer import caught_up
-from streams.pipeline import CHECKPOINT_ENVELOPES, CHECKPOINT_SECONDS, TICK_SECONDS
+from streams.pipeline import CHECKPOINT_ENVELOPES, CHECKPOINT_SECONDS, register_shell
 from streams.stages.agents import STAGE, AgentOutput, AgentStage
 from streams.stages.io import Consumed, TablePut
 from streams.stages.merge import ClockSender
@@ -153,24 +153,6 @@ class AgentShell:
 
 
 def register(pipe: Pipeline) -> AgentShell:
-    app = pipe.app
     shell = AgentShell(pipe)
-
-    @app.agent(pipe.topics.agent_input, name="agents")
-    async def agents(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.noack().events():
-            await shell.on_envelope(event)
-
-    @app.timer(CHECKPOINT_SECONDS, name="agents-checkpoint")
-    async def checkpoint_idle() -> None:
-        await shell.on_idle()
-
-    @app.timer(TICK_SECONDS, name="agents-tick")
-    async def tick() -> None:
-        await shell.on_tick()
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
-        shell.on_revoked(revoked)
-
+    register_shell(pipe, shell, pipe.topics.agent_input, "agents")
     return shell

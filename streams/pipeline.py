@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable, Protocol
 
 from faust.types import TP
 
@@ -191,28 +191,45 @@ class PipelineShell:
                 self.drop(tp.partition)
 
 
-def register(pipe: Pipeline) -> PipelineShell:
-    app = pipe.app
-    shell = PipelineShell(pipe)
+class EnvelopeShell(Protocol):
+    """What ``register_shell`` wires: a stage shell fed envelopes, checkpointed on a timer."""
 
-    @app.agent(pipe.topics.input, name="pipeline")
-    async def pipeline(stream):  # type: ignore[no-untyped-def]
-        shell.stage.hasher = await customer_hasher(pipe)
+    async def on_envelope(self, event: Any) -> None: ...
+    async def on_idle(self) -> None: ...
+    async def on_tick(self) -> None: ...
+    def on_revoked(self, revoked: Any) -> None: ...
+
+
+def register_shell(pipe: Pipeline, shell: EnvelopeShell, topic: Any, name: str,
+                   before: Callable[[], Awaitable[None]] | None = None) -> None:
+    """The Faust side every envelope stage shares: one agent reading ``topic`` without
+    automatic acks (the shell acknowledges after its checkpoint), a checkpoint timer for
+    a stream gone quiet, a tick timer, and the revocation hook. ``before`` runs once
+    when the agent starts, before its first envelope."""
+    app = pipe.app
+
+    async def consume(stream):  # type: ignore[no-untyped-def]
+        if before is not None:
+            await before()
         async for event in stream.noack().events():
             await shell.on_envelope(event)
 
-    @app.timer(CHECKPOINT_SECONDS, name="pipeline-checkpoint")
-    async def checkpoint_idle() -> None:
-        await shell.on_idle()
-
-    @app.timer(TICK_SECONDS, name="pipeline-tick")
-    async def tick() -> None:
-        await shell.on_tick()
+    app.agent(topic, name=name)(consume)
+    app.timer(CHECKPOINT_SECONDS, name=f"{name}-checkpoint")(shell.on_idle)
+    app.timer(TICK_SECONDS, name=f"{name}-tick")(shell.on_tick)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
         shell.on_revoked(revoked)
 
+
+def register(pipe: Pipeline) -> PipelineShell:
+    shell = PipelineShell(pipe)
+
+    async def hasher() -> None:
+        shell.stage.hasher = await customer_hasher(pipe)
+
+    register_shell(pipe, shell, pipe.topics.input, "pipeline", before=hasher)
     return shell
 
 
