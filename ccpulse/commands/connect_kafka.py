@@ -26,10 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import orjson
-
 from ccpulse.commands.errors import CommandError
 from ccpulse.connectors.base import Mapped, MappingError
+from ccpulse.connectors.payload import json_document
 
 log = logging.getLogger("ccpulse.connect.kafka")
 
@@ -52,17 +51,7 @@ def mapper(source: str) -> Callable[[Any, Mapping[str, str]], list[Mapped]]:
 def map_value(source_map: Callable[[Any, Mapping[str, str]], list[Mapped]], value: bytes | None,
               queue_names: Mapping[str, str]) -> list[Mapped]:
     """One record's value -> its events; ``MappingError`` (not JSON, not a payload of the source)."""
-    if value is None:
-        raise MappingError("not_json", "empty record (no value)")
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MappingError("not_utf8", "the record is not UTF-8") from None
-        raise MappingError("not_json", "the record is not JSON") from None
-    return source_map(doc, queue_names)
+    return source_map(json_document(value, "record"), queue_names)
 
 
 @dataclass

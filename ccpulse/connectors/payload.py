@@ -10,12 +10,28 @@ import hmac
 import re
 from typing import Any
 
+import orjson
+
 from ccpulse.connectors.base import MappingError
 from ccpulse.core.timestamps import format_ms
 from schemas.events import MAX_ID_CHARS, name_problem, parse_timestamp_ms
 
 # Atlassian writes offsets without a colon (2026-01-05T08:00:00.000+0000); RFC 3339 has one.
 _COLONLESS_OFFSET = re.compile(r"([+-]\d{2})(\d{2})\Z")
+
+
+def json_document(raw: bytes | None, what: str = "body") -> Any:
+    """A payload's JSON; ``MappingError`` (not_utf8, not_json) naming ``what`` it was."""
+    if raw is None:
+        raise MappingError("not_json", f"empty {what} (no value)")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MappingError("not_utf8", f"the {what} is not UTF-8") from None
+        raise MappingError("not_json", f"the {what} is not JSON") from None
 
 
 def dig(doc: Any, *path: str, required: bool = True) -> Any:

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
-import orjson
-
 from ccpulse.config import ConnectSettings
 from ccpulse.connectors import amazon_connect, genesys, jira, twilio, zendesk
 from ccpulse.connectors.base import Mapped, MappingError
-from ccpulse.connectors.payload import same_secret
+from ccpulse.connectors.payload import json_document, same_secret
 
 # Why a request was refused (the 401's reason in the log and the refusals counter).
 UNSIGNED, BAD_SIGNATURE, STALE = "unsigned", "bad_signature", "stale"
@@ -56,14 +54,7 @@ def _form(body: bytes) -> list[tuple[str, str]]:
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MappingError("not_utf8", "the body is not UTF-8") from None
-        raise MappingError("not_json", "the body is not JSON") from None
+    doc = json_document(body)
     if not isinstance(doc, dict):
         raise MappingError("not_object", f"JSON {type(doc).__name__}, expected an object")
     return doc
