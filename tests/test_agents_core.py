@@ -325,3 +325,33 @@ def test_a_backlog_read_in_one_go_gives_every_window_final_and_exact(warm: bool,
     # Once final, an event for 17:10 IS late: its window was final before it was read.
     c.apply("a-1", change(at(17, 10), "e9", "away", "x"))
     assert c.late_events == 1 and c.late_ms > 0
+
+
+def test_an_open_contact_counts_at_most_the_horizon_after_its_answer() -> None:
+    # Answered at 09:00, never ended, horizon 1 h: on contact 09:00-10:00 only, and the
+    # windows after 10:00 become final with nothing (the pipeline's expiry ends it there too).
+    c = AgentCore(Windowing(SIZES), LATE, horizon_ms=3_600_000)
+    c.advance(at(8, 59))
+    c.upsert("a-1", ("i1", 0), Contact(1, "billing", "voice", H9, None))
+    c.advance(at(12, 0))
+    f = figures(c)
+    assert f[(3600, at(9, 0), AGENT, "a-1", ANY_CHANNEL)] == {ON_CONTACT_MS: 3_600_000}
+    assert f[(3600, at(9, 0), QUEUE, "billing", "voice")] == {ON_CONTACT_MS: 3_600_000}
+    for hh in (10, 11):
+        assert not f.get((3600, at(hh, 0), AGENT, "a-1", ANY_CHANNEL))
+        assert not f.get((900, at(hh, 30), AGENT, "a-1", ANY_CHANNEL))
+    assert c.instant("a-1").state is None
+    # The expiry's end, when it comes, changes nothing; nor does a restore.
+    c.upsert("a-1", ("i1", 0), Contact(2, "billing", "voice", H9, H9 + 3_600_000))
+    c.advance(at(13, 0))
+    assert c.late_ms == 0
+    figures(c)
+    assert c.windows[(86400, at(0, 0), AGENT, "a-1", ANY_CHANNEL)] == {ON_CONTACT_MS: 3_600_000}
+    again = AgentCore(Windowing(SIZES), LATE)  # a snapshot stored without the cap
+    again.advance(at(8, 59))
+    again.upsert("a-1", ("i1", 0), Contact(1, "billing", "voice", H9, None))
+    restored = AgentCore.restore(Windowing(SIZES), LATE, json.loads(json.dumps(again.snapshot())),
+                                 horizon_ms=3_600_000)
+    restored.advance(at(13, 0))
+    figures(restored)
+    assert restored.windows[(86400, at(0, 0), AGENT, "a-1", ANY_CHANNEL)] == {ON_CONTACT_MS: 3_600_000}

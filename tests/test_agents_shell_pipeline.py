@@ -242,6 +242,9 @@ def test_an_open_contact_expires_at_its_answer_plus_the_horizon_whatever_followe
     run(stage, facts, 0, [Rec(k, call(iid, 1, "offered", T0 + MIN), 0),
                           Rec(k, call(iid, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1),
                           Rec(k, call(iid, 3, "held", T0 + 40 * MIN), 2)], T0 + 45 * MIN)
+    # Before any expiry: the agent stage has ann on contact until answer + horizon only.
+    run(stage, facts, 0, [], T0 + 70 * MIN)
+    assert facts.on_contact("ann", T0 + 60 * MIN) == 2 * MIN
     stage.engines[0].advance(T0 + 4 * 3_600_000)
     stage.on_tick(NOW, {})
     stage.on_tick(NOW + 3_600_000, {})

@@ -13,6 +13,7 @@ Per agent, a timeline built from two inputs:
 At every instant the agent is in exactly one state: on_contact (any open interval; it
 wins over every declared state and over being logged out), else its declared state
 (available, away with a reason, after_contact_work) while logged in, else offline.
+An open contact counts at most the interaction horizon after its answer (``capped``).
 Figures are the milliseconds in each state per window, split exactly at window
 boundaries (``Windowing``'s arithmetic), per agent (windows of 15 min and more) and per
 queue: staffed, available and away for every queue the agent serves at the instant,
@@ -325,9 +326,10 @@ class WindowChange:
 class AgentCore:
     """Every agent of one partition of the agents topic, and their open windows."""
 
-    def __init__(self, windowing: Windowing, lateness_ms: int) -> None:
+    def __init__(self, windowing: Windowing, lateness_ms: int, horizon_ms: int | None = None) -> None:
         self.windowing = windowing
         self.lateness_ms = lateness_ms
+        self.horizon_ms = horizon_ms
         # A removal outlives its windows by a day (or the longest window): input read again
         # after a crash is one checkpoint's, far less event time even in a full-speed replay.
         self.keep_removed_ms = max(86_400, *windowing.sizes) * 1000
@@ -413,9 +415,11 @@ class AgentCore:
         return True
 
     def upsert(self, agent: str, key: ContactKey, contact: Contact) -> bool:
-        """An answered segment of ``agent``; False if its version is not above the held one."""
+        """An answered segment of ``agent``; False if its version is not above the held one.
+        One with no end is held as ended at its answer + ``horizon_ms`` (``capped``)."""
         timeline = self.agents.setdefault(agent, Timeline())
         held = timeline.contacts.get(key)
+        contact = self.capped(contact)
         if contact.version <= self._version(timeline, key):
             self.duplicates += 1
             return False
@@ -444,6 +448,17 @@ class AgentCore:
 
         self._change(agent, timeline, answered if held is None else min(answered, held.answered), change)
         return True
+
+    def capped(self, contact: Contact) -> Contact:
+        """``contact`` with no end ends at its answer + the interaction horizon: the pipeline
+        forgets an interaction that went quiet and ends its open contact exactly there
+        (streams/stages/pipeline.py, ``_end_open_contact``), but only when its expiry scan
+        runs. Were it open until then, the windows up to it would close with the agent on
+        contact (for good, had the end been lost); capped, they close right, and the
+        expiry's end changes nothing. An end that does come later still counts in full."""
+        if contact.ended is not None or self.horizon_ms is None:
+            return contact
+        return contact._replace(ended=contact.answered + self.horizon_ms)
 
     @staticmethod
     def _version(timeline: Timeline, key: ContactKey) -> int:
@@ -593,11 +608,14 @@ class AgentCore:
         return [[q, ch, {k: v for k, v in sorted(c.items()) if v}] for (q, ch), c in sorted(self.totals.items())]
 
     @classmethod
-    def restore(cls, windowing: Windowing, lateness_ms: int, doc: dict[str, Any]) -> "AgentCore":
+    def restore(cls, windowing: Windowing, lateness_ms: int, doc: dict[str, Any],
+                horizon_ms: int | None = None) -> "AgentCore":
         """The core as snapshotted; every open window is taken again as changed (its
         records are versioned by event time, so one sent twice replaces itself)."""
-        core = cls(windowing, lateness_ms)
+        core = cls(windowing, lateness_ms, horizon_ms)
         core.agents = {a: Timeline.from_doc(t) for a, t in doc["agents"].items()}
+        for timeline in core.agents.values():  # stored before the horizon was given to it
+            timeline.contacts = {key: core.capped(c) for key, c in timeline.contacts.items()}
         # Absent in what was stored before the totals existed: they start from 0 there.
         core.totals = {(q, ch): Counter(c) for q, ch, c in doc.get("totals", [])}
         if doc["now"] is not None:

@@ -95,6 +95,8 @@ class AgentStage:
         w = settings.windows
         self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
         self.lateness_ms = int(w.allowed_lateness_seconds * 1000)
+        # An open contact counts at most this long after its answer (AgentCore.capped).
+        self.horizon_ms = int(w.interaction_horizon_seconds * 1000)
         self.idle_ms = int(w.source_idle_seconds * 1000)
         self.idle_close_ms = int(w.idle_close_seconds * 1000)
         self.max_future_ms = int(settings.max_future_seconds * 1000)
@@ -118,7 +120,8 @@ class AgentStage:
         stored = self.records.get(str(partition)) or {}
         core = AgentCore.restore(self.windowing, self.lateness_ms, {
             "now": stored.get("now"), "totals": stored.get("totals", []),
-            "agents": {a: e["t"] for a, e in list(self.table.items()) if e is not None and e["p"] == partition}})
+            "agents": {a: e["t"] for a, e in list(self.table.items()) if e is not None and e["p"] == partition}},
+            self.horizon_ms)
         self.parts[partition] = _Partition(
             # Records left to read hold event time for as long as the pipeline lets them
             # (a log ending in a transaction marker looks unread for good).
