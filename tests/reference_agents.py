@@ -17,6 +17,9 @@ state of someone logged in); queues, when given, replace the list; logged_out en
 staffed. Any open contact makes the agent on_contact, over every declared state and
 over being logged out. Away time counts by reason ("" when none); after-contact work
 counts for the queue and channel of the contact that ended last before the instant.
+A contact with no end counts as ended at its answer + ``horizon_ms`` when given (the
+same cap as the core's ``AgentCore.capped`` and the pipeline's expiry of a quiet
+interaction): on contact at most that long, and the contact that ended last from then.
 """
 
 from __future__ import annotations
@@ -57,9 +60,16 @@ def declared_at(presence: list[tuple], t: int) -> tuple[bool, str | None, str, t
     return staffed, state, reason, queues
 
 
+def capped(mine: dict[Any, tuple], horizon_ms: int | None) -> dict[Any, tuple]:
+    """One agent's contacts, each with no end ended at its answer + ``horizon_ms``."""
+    if horizon_ms is None:
+        return mine
+    return {key: (q, ch, ans, ans + horizon_ms if end is None else end) for key, (q, ch, ans, end) in mine.items()}
+
+
 def recount(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tuple]], start_ms: int,
-            end_ms: int, step_ms: int, sizes_s: tuple[int, ...], day_start_hour: int = 0
-            ) -> dict[tuple, dict[str, int]]:
+            end_ms: int, step_ms: int, sizes_s: tuple[int, ...], day_start_hour: int = 0,
+            horizon_ms: int | None = None) -> dict[tuple, dict[str, int]]:
     """(size, window_start, scope, name, channel) -> field -> ms, over [start_ms, end_ms).
     scope "a": per agent (windows of 15 min and more), "q": per queue; channel "" for a
     queue's figures that do not come from a contact (staffed, available, away)."""
@@ -67,7 +77,7 @@ def recount(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tupl
     agents = set(presence) | set(contacts)
     unique = {a: list({p[1]: p for p in reversed(presence.get(a, []))}.values()) for a in agents}
     for agent in sorted(agents):
-        mine = contacts.get(agent, {})
+        mine = capped(contacts.get(agent, {}), horizon_ms)
         t = start_ms
         while t < end_ms:
             staffed, state, reason, queues = declared_at(unique[agent], t)
@@ -101,13 +111,13 @@ def recount(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tupl
     return {k: dict(v) for k, v in out.items()}
 
 
-def live_at(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tuple]], t: int
-            ) -> dict[tuple[str, str], dict[str, int]]:
+def live_at(presence: dict[str, list[tuple]], contacts: dict[str, dict[Any, tuple]], t: int,
+            horizon_ms: int | None = None) -> dict[tuple[str, str], dict[str, int]]:
     """Agents per (queue, channel) in each state at ``t``, from scratch (channel "" for
     staffed, available, away; the contact's for on contact and after-contact work)."""
     out: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for agent in set(presence) | set(contacts):
-        mine = contacts.get(agent, {})
+        mine = capped(contacts.get(agent, {}), horizon_ms)
         unique = list({p[1]: p for p in presence.get(agent, [])}.values())
         staffed, state, reason, queues = declared_at(unique, t)
         open_ = {(q, ch) for q, ch, ans, end in mine.values() if ans <= t and (end is None or t < end)}

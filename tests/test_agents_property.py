@@ -86,6 +86,9 @@ def scenario(draw: Any) -> dict[str, Any]:
     crash = draw(st.integers(0, n))
     again = draw(st.integers(0, crash))
     sizes = draw(st.sampled_from(((60, 900, 3600, 86400), (60, 900))))
+    # An open contact counts at most the horizon after its answer; longer than any contact
+    # that ends here (20 steps), as the interaction horizon is longer than a contact.
+    horizon = draw(st.sampled_from((GRID * 21, GRID * 100, None)))
     # Figures read (accrued) after some deliveries only: event time moves in between.
     reads = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     # Batches: event time moves after the last record of a batch only (the stage advances
@@ -93,7 +96,8 @@ def scenario(draw: Any) -> dict[str, Any]:
     first = draw(st.sampled_from((1, n, n // 2, draw(st.integers(1, max(1, n))))))
     ends = [i + 1 == first or (i + 1 > first and draw(st.booleans())) for i in range(n)]
     return {"arrivals": [(e, item) for _k, e, item in arrivals], "reads": reads, "ends": ends, "crash": crash,
-            "again": again, "presence": presence, "contacts": contacts, "sizes": sizes}
+            "again": again, "presence": presence, "contacts": contacts, "sizes": sizes,
+            "horizon": horizon}
 
 
 def deliver(core: AgentCore, arrivals: list, reads: list[bool], ends: list[bool], seen: dict,
@@ -121,16 +125,17 @@ def test_core_equals_the_brute_force_recount(s: dict[str, Any]) -> None:
     windowing = Windowing(s["sizes"], "UTC", 6)
     arrivals = s["arrivals"]
     seen: dict = {}
-    first = AgentCore(windowing, LATE)
+    first = AgentCore(windowing, LATE, s["horizon"])
     newest = deliver(first, arrivals[:s["crash"]], s["reads"], s["ends"], seen, None)
     # The crash: the state as last written, the input again from an earlier offset.
-    restored = AgentCore.restore(windowing, LATE, json.loads(json.dumps(first.snapshot())))
+    restored = AgentCore.restore(windowing, LATE, json.loads(json.dumps(first.snapshot())), s["horizon"])
     newest = deliver(restored, arrivals[s["again"]:], s["reads"][s["again"]:], s["ends"][s["again"]:], seen, newest)
     end = max([e for e, _ in arrivals], default=T0)
     restored.advance(end)
     seen.update({change.key: change.counters for change in restored.take()})
-    expected = recount(s["presence"], s["contacts"], T0, end, GRID, s["sizes"], 6)
+    expected = recount(s["presence"], s["contacts"], T0, end, GRID, s["sizes"], 6, s["horizon"])
     got = {k: v for k, v in seen.items() if v}
     assert got == {k: v for k, v in expected.items() if v}
     assert restored.late_ms == 0
-    assert {k: dict(v) for k, v in restored.live().items() if v} == live_at(s["presence"], s["contacts"], end)
+    assert {k: dict(v) for k, v in restored.live().items() if v} == live_at(s["presence"], s["contacts"], end,
+                                                                                   s["horizon"])
