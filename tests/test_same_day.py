@@ -12,7 +12,7 @@ OTHER = "1m|2026-01-05T08:01:00.000Z|billing|voice"
 
 def window(**changes: object) -> dict:
     record = {"window": "1m", "window_start": "2026-01-05T08:00:00.000Z", "queue": "billing", "channel": "voice",
-              "offered": 12, "answered": 10, "service_level": 0.75, "final": True, "fcr_final": True,
+              "offered": 12, "answered": 10, "service_level": 0.75, "final": True, "fcr_final": True, "service_level_seconds": 20.0,
               "wait_sketch": {"3": 4, "1": 2}, "version": 7, "published_at": "2026-12-06T00:00:00.000Z"}
     record.update(changes)
     return record
@@ -157,7 +157,7 @@ def test_keys_differing_only_by_figures_added_since_are_told_apart() -> None:
     new = topic(**{KEY: window(on_contact_seconds=180.0), OTHER: window(answered=9, on_contact_seconds=60.0),
                    "1m|2026-01-06T00:00:00.000Z|billing|voice": window(
                        window_start="2026-01-06T00:00:00.000Z", offered=0, answered=0, service_level=None,
-                       wait_sketch={}, on_contact_seconds=60.0)})
+                       wait_sketch={}, on_contact_seconds=60.0)})  # service_level_seconds: a setting
     diff = compare_keyed("kpi.windows", topic(), new)
     assert not diff.same and (diff.differing, len(diff.only_new)) == (2, 1)
     assert (diff.added_only_differing, diff.added_only_new) == (1, 1)

@@ -170,12 +170,16 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
     """
     diff = KeyedDiff(topic)
     old_fields = diff.old_fields = {name for record in old.values() for name in record}
+    # A field with one value in every old record is a setting published with each (the
+    # service-level threshold), not a figure a key without events would have as 0.
+    settings = _constant_fields(old)
     for key in sorted(set(old) | set(new)):
         diff.keys += 1
         a, b = old.get(key), new.get(key)
         if a is None or b is None:
             (diff.only_new if a is None else diff.only_old).append(key)
-            if a is None and old and not any(_figure(b.get(name)) for name in old_fields - ignored):
+            if a is None and old and not any(_figure(b.get(name)) and settings.get(name, ()) != b.get(name)
+                                             for name in old_fields - ignored):
                 diff.added_only_new += 1
             continue
         added = {name for name in set(b) - set(a) if b[name] in (0, None, {})}  # {}: a map of nothing
@@ -189,6 +193,21 @@ def compare_keyed(topic: str, old: Mapping[str, Mapping[str, Any]], new: Mapping
         else:
             diff.identical += 1
     return diff
+
+
+def _constant_fields(records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    varying: set[str] = set()
+    for record in records.values():
+        for name, value in record.items():
+            if name in varying:
+                continue
+            if name in values and values[name] != value:
+                varying.add(name)
+                del values[name]
+            else:
+                values[name] = value
+    return values
 
 
 def _figure(value: Any) -> bool:
