@@ -12,8 +12,9 @@ OTHER = "1m|2026-01-05T08:01:00.000Z|billing|voice"
 
 def window(**changes: object) -> dict:
     record = {"window": "1m", "window_start": "2026-01-05T08:00:00.000Z", "queue": "billing", "channel": "voice",
-              "offered": 12, "answered": 10, "service_level": 0.75, "final": True, "fcr_final": True, "service_level_seconds": 20.0,
-              "wait_sketch": {"3": 4, "1": 2}, "version": 7, "published_at": "2026-12-06T00:00:00.000Z"}
+              "offered": 12, "answered": 10, "service_level": 0.75, "final": True, "fcr_final": True,
+              "service_level_seconds": 20.0, "wait_sketch": {"3": 4, "1": 2}, "version": 7,
+              "published_at": "2026-12-06T00:00:00.000Z"}
     record.update(changes)
     return record
 
