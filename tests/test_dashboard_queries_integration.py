@@ -120,7 +120,9 @@ def history(now: datetime) -> list[tuple[str, dict[str, Any]]]:
 
 
 def iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    # Milliseconds kept: a logout stamped at the whole second could precede the
+    # simulator's break of that same second, and the agent would stay away on break.
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def publish(bootstrap: str, prefix: str, events: list[tuple[str, dict[str, Any]]], speed: float | None) -> int:
