@@ -164,3 +164,16 @@ def test_keys_differing_only_by_figures_added_since_are_told_apart() -> None:
     assert (diff.added_only_differing, diff.added_only_new) == (1, 1)
     assert "2 differing (1 only in figures added since), 0 only in old, 1 only in new (1 only with figures " \
            "added since)" in diff.counts()
+
+
+def test_no_wall_clock_rule_can_move_event_time_during_a_run() -> None:
+    """A source quiet for source_idle_seconds stops holding event time back: while the tool waits
+    for the warm-up to be counted every partition went quiet, and the old worker then counted
+    403 events of the day late (tickets read after calls). Only events may move event time."""
+    import tomllib
+
+    from ccpulse.tools.same_day import FULL, WORKER_WINDOWS
+
+    windows = tomllib.loads(WORKER_WINDOWS)["windows"]
+    for key in ("idle_close_seconds", "source_idle_seconds"):
+        assert windows.get(key, 0) > FULL.timeout, key

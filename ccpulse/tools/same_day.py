@@ -25,7 +25,9 @@ Once a worker has read the day, one sentinel contact per input partition, two
 days of event time later (queue ``chaos-sentinel``, as ``ccpulse chaos`` does,
 excluded from the comparison), closes every window, FCR decision and open
 interaction by event time alone; idle-close, a wall-clock rule, is set out of
-reach so it cannot make the runs differ. When every window is final on its
+reach so it cannot make the runs differ; so is a quiet source's idle rule
+(``source_idle_seconds``), else a partition quiet since its warm-up would not hold event
+time back when the day arrives. When every window is final on its
 ``kpi.windows``, its consumer group has nothing left to read and nothing changed
 for a few seconds, the worker is stopped. Windows ending less than a lateness margin
 (10 min) before the closing sentinels are not the day's: they exist only because the
@@ -68,12 +70,14 @@ INPUT_PREFIX = "day."
 # The lateness (120 s by default) with room to spare.
 LATENESS_MARGIN_MS = 600 * 1000
 SENTINEL_GAP_MS = 2 * 86400 * 1000 + LATENESS_MARGIN_MS
-# Event time advances by events only: the two workers' wall clocks never matter.
 # The warm-up contacts' event time: their windows, FCR decisions and contacts all close
 # with the day's first events, and no event of the day is before them.
 WARM_UP_MS = int(DAY_START.timestamp() * 1000) - SENTINEL_GAP_MS
 WARM_UP_ID = "same-day-warm-up"
-WORKER_WINDOWS = "\n[windows]\nidle_close_seconds = 864000\n"
+# Event time advances by events only: the two workers' wall clocks never matter. A source
+# quiet for source_idle_seconds stops holding event time back: every partition is quiet while
+# the warm-up is counted, and the old worker then counted 403 events of the day late.
+WORKER_WINDOWS = "\n[windows]\nidle_close_seconds = 864000\nsource_idle_seconds = 864000\n"
 STABLE_SECONDS = 5.0
 
 
