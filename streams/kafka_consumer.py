@@ -192,11 +192,33 @@ def drop_faust_index(app: Any) -> None:
 
 def caught_up(consumer: Any, tp: Any) -> bool:
     """Nothing left to read on ``tp``: the offset expected next (``InOrderTracker``) has
-    reached the partition's end."""
+    reached the partition's end.
+
+    Before anything was delivered from ``tp`` with no committed offset to start from
+    (a fresh group on an empty topic: nothing ever is), the tracker expects nothing;
+    then aiokafka's fetch position after its offset reset says where reading starts, as
+    long as it handed out no record yet. Without it an empty partition looked unread and
+    held event time back for ``idle_close_seconds`` (a day, in ``ccpulse chaos``)."""
     order = getattr(consumer, "order", None)
     expected = order.expected(tp) if order is not None else None
     end = consumer.highwater(tp)
+    if expected is None and order is not None and order.handed_out(tp) is None:
+        expected = fetch_position(consumer, tp)
     return expected is not None and end is not None and expected >= end
+
+
+def fetch_position(consumer: Any, tp: Any) -> Optional[int]:
+    """Where aiokafka fetches ``tp`` from next (its subscription state), or None while it
+    has no valid position (an offset reset under way)."""
+    try:
+        subscription = consumer._thread._ensure_consumer()._subscription.subscription
+    except AttributeError:
+        return None
+    assignment = subscription.assignment if subscription is not None else None
+    state = assignment.state_value(tp) if assignment is not None else None
+    if state is None or not state.has_valid_position:
+        return None
+    return int(state.position)
 
 
 def aiokafka_producer(app: Any) -> Any:
@@ -399,6 +421,10 @@ class InOrderTracker:
             return True
         self._suspects[tp] = (expected, offset, None)
         return None
+
+    def handed_out(self, tp: Any) -> Optional[int]:
+        """One past the last record of ``tp`` aiokafka handed out since the last seek, if any."""
+        return self._fetched.get(tp, self._fetched_in_seek.get(tp))
 
     def fetched(self, tp: Any, end: int) -> None:
         """aiokafka handed out records of ``tp`` up to ``end`` (exclusive)."""
