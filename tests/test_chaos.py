@@ -147,3 +147,18 @@ def test_short_chaos_run_loses_nothing_and_counts_nothing_twice(tmp_path: Path) 
     assert results["crash"]["figures"]["kills"] and results["crash"]["recover_seconds"]
     for group, proc, _report, out in runs:
         assert proc.returncode == 0, f"{group}: {out.read_text(errors='replace')[-3000:]}"
+
+
+def test_only_windows_the_sentinel_closes_are_judged() -> None:
+    """Windows after the workload exist only because the agent stage counts open calls'
+    agents on contact up to event time; the sentinel cannot close them (issue 16)."""
+    from ccpulse.tools.chaos_checks import closed_by_sentinel
+
+    def rec(queue: str, start: str, end: str) -> dict:
+        return {"queue": queue, "window_start": f"2026-01-05T{start}:00.000Z", "window_end": f"2026-01-05T{end}:00.000Z"}
+
+    workload = [rec("billing", "08:00", "08:05"), rec("billing", "08:04", "08:05")]
+    after = [rec("billing", "08:14", "08:15"), rec("billing", "08:15", "08:20")]
+    sentinel = [rec("chaos-sentinel", "08:15", "08:20"), rec("chaos-sentinel", "08:16", "08:17")]
+    assert closed_by_sentinel(workload + after, "chaos-sentinel", 120_000) == workload + after  # no sentinel yet
+    assert closed_by_sentinel(workload + after + sentinel, "chaos-sentinel", 120_000) == workload

@@ -308,9 +308,20 @@ def log(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+# What the sentinel closes (chaos_checks.closed_by_sentinel): the largest lateness any
+# scenario's worker config uses.
+LATENESS_MS = 120_000
+
+
+def closed_windows(records: Any) -> list[Any]:
+    return chaos_checks.closed_by_sentinel(records, SENTINEL_QUEUE, LATENESS_MS)
+
+
 def non_sentinel_windows(bootstrap: str, prefix: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in latest_by_key(bootstrap, f"{prefix}kpi.windows").items()
-            if v.get("queue") != SENTINEL_QUEUE}
+    """The windows the sentinel closes, by key (the sentinel's own left out)."""
+    latest = latest_by_key(bootstrap, f"{prefix}kpi.windows")
+    kept = {id(v) for v in closed_windows(latest.values())}
+    return {k: v for k, v in latest.items() if id(v) in kept}
 
 
 def wait_final(bootstrap: str, workers: list[ChaosWorker], timeout: float) -> float:
@@ -358,10 +369,10 @@ def collect(bootstrap: str, workers: list[ChaosWorker], store_owner: ChaosWorker
     for w in workers:
         w.stop()
     prefix = workers[0].prefix
-    kafka = chaos_checks.index_windows(latest_by_key(bootstrap, f"{prefix}kpi.windows").values(),
+    kafka = chaos_checks.index_windows(closed_windows(latest_by_key(bootstrap, f"{prefix}kpi.windows").values()),
                                        frozenset({SENTINEL_QUEUE}))
     dump = dump_store(store_owner.store_path)
-    store = chaos_checks.index_windows(dump["kpi_windows"], frozenset({SENTINEL_QUEUE}))
+    store = chaos_checks.index_windows(closed_windows(dump["kpi_windows"]), frozenset({SENTINEL_QUEUE}))
     dead = [json.loads(v) for _, v, _ in read_topic(bootstrap, f"{prefix}events.dead-letter")]
     outcome = Outcome(kafka, store, dump, dead)
     # Kept for the evidence when a comparison fails.
@@ -716,14 +727,15 @@ def scenario_broker_restart(run: Run) -> ScenarioResult:
 
 
 def partition_labels(worker: ChaosWorker) -> tuple[set[str], set[str]]:
-    """Partitions on the worker's KPI series: pipeline partitions and FCR ("fcr-N") ones."""
+    """Partitions on the worker's KPI series: pipeline partitions, and those of the stages
+    with topics of their own ("fcr-N", "agents-N": owned apart from the pipeline's)."""
     kpi, fcr = set(), set()
     for (name, labels), _ in worker.metrics().items():
         if not name.startswith("ccpulse_"):
             continue
         for key, value in labels:
             if key == "partition":
-                (fcr if value.startswith("fcr-") else kpi).add(value)
+                (fcr if value.startswith(("fcr-", "agents-")) else kpi).add(value)
     return kpi, fcr
 
 

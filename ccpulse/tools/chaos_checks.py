@@ -60,6 +60,24 @@ def to_ms(value: Any) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
 
 
+def closed_by_sentinel(records: Iterable[Mapping[str, Any]], sentinel_queue: str,
+                       lateness_ms: int) -> list[Mapping[str, Any]]:
+    """The records of windows the sentinel closes, the sentinel's own left out.
+
+    The sentinel is at or after its newest window's start; a window ending a lateness
+    before that is closed by it. Later windows exist only because event time moved
+    there: the agent stage counts the agents of calls the workload left open as on
+    contact up to event time, and no event comes to close those windows. Before any
+    sentinel window is read, every record is kept (nothing closed them yet)."""
+    records = list(records)
+    starts = [to_ms(r["window_start"]) for r in records if r.get("queue") == sentinel_queue]
+    kept = [r for r in records if r.get("queue") != sentinel_queue]
+    if not starts:
+        return kept
+    cutoff = max(starts) - lateness_ms
+    return [r for r in kept if to_ms(r["window_end"]) <= cutoff]
+
+
 def index_windows(records: Iterable[Mapping[str, Any]], exclude_queues: frozenset[str]) -> dict[WindowId, dict[str, Any]]:
     out: dict[WindowId, dict[str, Any]] = {}
     for record in records:
