@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 
 from ccpulse import kafka_security, probes
 from ccpulse.config import Settings
+from ccpulse.core.merge_clock import fcr_source
 from ccpulse.pseudonym import CustomerIdHasher, secret_bytes
 from streams.context import Pipeline
 from streams.guard import stage_guard
@@ -122,7 +123,7 @@ def register(pipe: Pipeline) -> None:
 
     def drop(partition: int) -> None:
         stage.revoke(partition)
-        merge_clock.forget(f"fcr-{partition}")
+        merge_clock.forget(fcr_source(partition))
 
     @app.agent(pipe.topics.contacts, name="fcr")
     async def fcr(stream):  # type: ignore[no-untyped-def]

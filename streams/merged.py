@@ -15,12 +15,10 @@ from typing import Any, Mapping, Protocol
 from ccpulse.config import Settings
 from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import queue_state_record, window_record, window_record_key
-from ccpulse.core.merge_clock import AGENTS_SOURCE_PREFIX
+from ccpulse.core.merge_clock import AGENTS_SOURCE_PREFIX, FCR_SOURCE_PREFIX
 from streams.stages.partials import live_key
 
 Entry = dict[str, Any]
-# The source of a delayed FCR part (streams/fcr.py): "fcr-<partition>".
-FCR_SOURCE_PREFIX = "fcr-"
 # An agent window's entry key: its record key behind this (record keys of queues and agents may meet).
 AGENT_PREFIX = "agent|"
 # The rolling view of kpi.queue-state (its last_15m, and the load agents_required is sized for).

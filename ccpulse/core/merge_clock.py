@@ -26,14 +26,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-# The merge's name of an agent-stage partition as a source: apart from the pipeline's
-# partition numbers, which share the partials' topic.
+# The merge's names of an FCR and an agent-stage partition as sources: apart from the
+# pipeline's partition numbers, which share the partials' topic.
+FCR_SOURCE_PREFIX = "fcr-"
 AGENTS_SOURCE_PREFIX = "agents-"
+
+
+def fcr_source(partition: int) -> str:
+    return f"{FCR_SOURCE_PREFIX}{partition}"
 
 
 def expected_sources(partitions: int) -> frozenset[str]:
     """The lifecycle, FCR and agent-stage partitions whose parts a merged window can have."""
-    return frozenset({str(p) for p in range(partitions)} | {f"fcr-{p}" for p in range(partitions)}
+    return frozenset({str(p) for p in range(partitions)} | {fcr_source(p) for p in range(partitions)}
                      | {f"{AGENTS_SOURCE_PREFIX}{p}" for p in range(partitions)})
 
 

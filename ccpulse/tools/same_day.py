@@ -59,7 +59,7 @@ from typing import Any, Callable, Mapping
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from ccpulse.tools.chaos_checks import IGNORED_FIELDS, _norm
+from ccpulse.tools.chaos_checks import IGNORED_FIELDS, _norm, to_ms
 
 # The day simulated: a Monday from midnight UTC, so the day window is whole.
 DAY_START = datetime(2026, 1, 5, 0, 0, tzinfo=timezone.utc)
@@ -282,10 +282,8 @@ def within_reach(records: Mapping[str, dict[str, Any]], sentinel_ms: int) -> dic
 
     Later windows exist only because the sentinel moved event time there (the agent stage
     publishes every queue's minutes up to event time) and can never be final."""
-    from ccpulse.tools.chaos import _ms
-
     cutoff = sentinel_ms - LATENESS_MARGIN_MS
-    return {k: v for k, v in records.items() if "window_end" not in v or _ms(v["window_end"]) <= cutoff}
+    return {k: v for k, v in records.items() if "window_end" not in v or to_ms(v["window_end"]) <= cutoff}
 
 
 def open_windows(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -349,10 +347,9 @@ def run_day(old_code: Path, new_code: Path, plan: DayPlan, seed: int, root: Path
 
     ``late`` gets each side's late events."""
     from ccpulse.commands.simulate import encode
-    from ccpulse.tools.chaos import _ms
 
     day = day_events(plan, seed)
-    last_ms = max(_ms(ev["occurred_at"]) for _, ev in day)
+    last_ms = max(to_ms(ev["occurred_at"]) for _, ev in day)
     events = [(family, encode(ev)) for family, ev in day]
     del day
     say(f"the simulated day: {len(events):,} events (seed {seed})")

@@ -26,6 +26,7 @@ import orjson
 
 from ccpulse.config import Settings
 from ccpulse.core.fcr import Contact, FcrEngine, FcrRecord, FcrSnapshot
+from ccpulse.core.merge_clock import fcr_source
 from ccpulse.core.windowing import Windowing
 from ccpulse.pseudonym import CustomerIdHasher
 from schemas.records import window_record_key
@@ -85,7 +86,7 @@ def contact_message(hasher: CustomerIdHasher, customer_id: str, interaction_id: 
 def fcr_partial(snap: FcrSnapshot, partition: int, watermark: int, end: int) -> Message:
     """An FCR partial for the merge stage: its own source, so it never replaces the KPI part."""
     return Message(window_record_key(snap.key).encode(), {
-        "kind": "window", "key": list(snap.key), "partition": f"fcr-{partition}",
+        "kind": "window", "key": list(snap.key), "partition": fcr_source(partition),
         "version": snap.version, "final": snap.final, "watermark": watermark,
         "end": end,
         "agg": {"counts": {"fcr_contacts": snap.contacts, "fcr_decided": snap.decided,
@@ -204,7 +205,7 @@ class FcrStage:
             for snap in engine.close() + engine.take_dirty():
                 out.partials.append(fcr_partial(snap, partition, engine.record.watermark,
                                                 self.windowing.end(snap.key[0], snap.key[1])))
-            out.clocks[f"fcr-{partition}"] = engine.record.watermark
+            out.clocks[fcr_source(partition)] = engine.record.watermark
             if engine.record.final_through != before:
                 out.records.append(self._record_put(partition))
         if now - self._last_expiry >= EXPIRY_SCAN_SECONDS:
