@@ -74,8 +74,14 @@ def closed_by_sentinel(records: Iterable[Mapping[str, Any]], sentinel_queue: str
     kept = [r for r in records if r.get("queue") != sentinel_queue]
     if not starts:
         return kept
-    cutoff = max(starts) - lateness_ms
-    return [r for r in kept if to_ms(r["window_end"]) <= cutoff]
+    return [r for r in kept if ends_by(r, max(starts) - lateness_ms)]
+
+
+def ends_by(record: Mapping[str, Any], cutoff_ms: int) -> bool:
+    """Whether the record's window ends at or before ``cutoff_ms``: the one test both
+    chaos and same-day use for "a window the closing sentinel closes" (a record with no
+    window, e.g. an FCR part keyed apart, always is)."""
+    return "window_end" not in record or to_ms(record["window_end"]) <= cutoff_ms
 
 
 def index_windows(records: Iterable[Mapping[str, Any]], exclude_queues: frozenset[str]) -> dict[WindowId, dict[str, Any]]:

@@ -59,7 +59,7 @@ from typing import Any, Callable, Mapping
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from ccpulse.tools.chaos_checks import IGNORED_FIELDS, _norm, to_ms
+from ccpulse.tools.chaos_checks import IGNORED_FIELDS, _norm, ends_by, to_ms
 
 # The day simulated: a Monday from midnight UTC, so the day window is whole.
 DAY_START = datetime(2026, 1, 5, 0, 0, tzinfo=timezone.utc)
@@ -282,8 +282,7 @@ def within_reach(records: Mapping[str, dict[str, Any]], sentinel_ms: int) -> dic
 
     Later windows exist only because the sentinel moved event time there (the agent stage
     publishes every queue's minutes up to event time) and can never be final."""
-    cutoff = sentinel_ms - LATENESS_MARGIN_MS
-    return {k: v for k, v in records.items() if "window_end" not in v or to_ms(v["window_end"]) <= cutoff}
+    return {k: v for k, v in records.items() if ends_by(v, sentinel_ms - LATENESS_MARGIN_MS)}
 
 
 def open_windows(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
