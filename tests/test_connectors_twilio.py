@@ -10,6 +10,7 @@ import pytest
 from ccpulse.connectors import twilio
 from ccpulse.connectors.base import MappingError
 from tests.connector_support import assert_valid, fixture
+from tests.test_connectors_amazon_connect import in_every_order
 
 # Twilio's published example (docs "Validating requests"; TwilioDevEd/api-snippets
 # security/signature_validation): auth token 12345, this URL and these parameters.
@@ -43,24 +44,61 @@ def test_default_port_spelled_either_way() -> None:
     assert not twilio.verify("https://ccpulse.example.com:8443/twilio", [("A", "1")], signature, "tok-12345")
 
 
-def test_a_voice_task_maps_offered_answered_moved_ended() -> None:
+TASK = "WT11111111111111111111111111111111"
+BILLING, SALES = "WQ33333333333333333333333333333333", "WQ77777777777777777777777777777777"
+
+
+def in_queue(params: dict, sid: str, name: str) -> dict:
+    """A callback of the fixtures' task while it is in another queue."""
+    return dict(params, TaskQueueSid=sid, TaskQueueName=name)
+
+
+def test_a_voice_task_maps_offered_answered_ended() -> None:
     offered = twilio.map_callback(fixture("twilio", "task-queue.entered"))
     answered = twilio.map_callback(fixture("twilio", "reservation.accepted"))
-    moved = twilio.map_callback(fixture("twilio", "task-queue.moved"))
     ended = twilio.map_callback(fixture("twilio", "task.completed"))
-    everything = offered + answered + moved + ended
+    everything = offered + answered + ended
     assert_valid(everything)
-    task = "WT11111111111111111111111111111111"
     assert [(m.family, m.event["type"], m.event["occurred_at"]) for m in everything] == [
         ("call", "call.offered", "2026-01-05T08:00:05.000Z"),
         ("call", "call.answered", "2026-01-05T08:00:25.000Z"),
-        ("call", "call.transferred", "2026-01-05T08:00:40.000Z"),
         ("call", "call.ended", "2026-01-05T08:02:10.000Z"),
     ]
-    assert all(m.event["interaction_id"] == task and m.key == task for m in everything)
+    # One interaction per queue visit of the task (README "Twilio TaskRouter").
+    assert all(m.event["interaction_id"] == f"{TASK}:{BILLING}" == m.key for m in everything)
     assert offered[0].event["queue"] == "billing" and offered[0].event["customer_id"] == "+14155550101"
     assert answered[0].event["agent_id"] == "WK44444444444444444444444444444444"
-    assert moved[0].event["to_queue"] == "sales"
+
+
+def test_a_task_its_workflow_moves_leaves_the_first_queue_and_waits_again_in_the_next() -> None:
+    # task-queue.moved names the queue the task LEFT (Twilio: "A task leaves its current queue to
+    # move to a new queue"); the task-queue.entered that follows names the new one.
+    moved = twilio.map_callback(fixture("twilio", "task-queue.moved"))
+    entered = twilio.map_callback(fixture("twilio", "task-queue.entered.after-move"))
+    mapped = (twilio.map_callback(fixture("twilio", "task-queue.entered")) + moved + entered
+              + twilio.map_callback(in_queue(fixture("twilio", "reservation.accepted"), SALES, "sales"))
+              + twilio.map_callback(in_queue(fixture("twilio", "task.completed"), SALES, "sales")))
+    assert_valid(mapped)
+    # billing 08:00:05 -> moved on 08:00:15; sales 08:00:15 -> answered 08:00:25 -> completed 08:02:10
+    assert in_every_order(mapped) == ({
+        ("billing", "offered"): 1, ("billing", "flowed_out"): 1,
+        ("sales", "offered"): 1, ("sales", "answered"): 1, ("sales", "wait_answered_ms"): 10_000,
+        ("sales", "handled"): 1, ("sales", "handle_ms"): 105_000,
+    }, 0)
+    [left] = moved
+    assert left.event["interaction_id"] == f"{TASK}:{BILLING}" and "to_queue" not in left.event
+    assert entered[0].event["interaction_id"] == f"{TASK}:{SALES}" and entered[0].event["queue"] == "sales"
+    # Each visit's offer names the customer: FCR and repeat contacts see one caller.
+    assert {m.event.get("customer_id") for m in mapped if m.event["type"] == "call.offered"} == {"+14155550101"}
+
+
+@pytest.mark.parametrize("name", ["task-queue.entered", "reservation.accepted", "task.canceled", "task.completed",
+                                  "task-queue.moved"])
+def test_a_contact_event_without_its_queue_cannot_be_placed(name: str) -> None:
+    # Twilio's event reference lists TaskQueueSid on all of them: without it the visit is unknown.
+    with pytest.raises(MappingError) as err:
+        twilio.map_callback(dict(fixture("twilio", name), TaskQueueSid=""))
+    assert err.value.reason == "missing_field" and "TaskQueueSid" in str(err.value)
 
 
 def test_canceled_before_acceptance_is_an_abandon() -> None:
@@ -79,12 +117,15 @@ def test_chat_channels_and_refused_channels() -> None:
     assert err.value.reason == "unsupported_channel"
 
 
-def test_ids_are_deterministic_and_a_later_queue_entry_is_the_same_offer() -> None:
+def test_ids_are_deterministic_and_each_queue_entry_is_an_offer_of_its_own() -> None:
     entered = fixture("twilio", "task-queue.entered")
-    again = twilio.map_callback(entered)  # Twilio retrying the callback
-    later = twilio.map_callback(dict(entered, TaskQueueName="sales", Timestamp="1767600041"))
-    assert twilio.map_callback(entered)[0].event == again[0].event
-    assert later[0].event["event_id"] == again[0].event["event_id"]
+    first = twilio.map_callback(entered)[0].event
+    assert twilio.map_callback(entered)[0].event == first  # Twilio retrying the callback: the same id
+    elsewhere = twilio.map_callback(in_queue(entered, SALES, "sales"))[0].event
+    assert elsewhere["interaction_id"] != first["interaction_id"] and elsewhere["event_id"] != first["event_id"]
+    # Back in billing later (a workflow step targeting it again): a second visit, not a retry.
+    again = twilio.map_callback(dict(entered, Timestamp="1767600100"))[0].event
+    assert again["interaction_id"] == first["interaction_id"] and again["event_id"] != first["event_id"]
 
 
 @pytest.mark.parametrize("activity, expected", [

@@ -14,15 +14,27 @@ Vendor documentation this follows:
   cannot be told from a retry: replays are harmless here because every event id is
   derived from Twilio's own ids (a replay dedups in the pipeline).
 
-The mapping (README "Twilio TaskRouter" has the judgements):
-- task-queue.entered -> *.offered (the task's first queue: the offer's id is the task's,
-  so a later entry into another queue is the same offer again and dedups);
+The mapping (README "Twilio TaskRouter" has the judgements). Each queue visit of a task is
+one interaction, ``<TaskSid>:<TaskQueueSid>``, as each Genesys or Asterisk queue visit is:
+``task-queue.moved`` names the queue the task LEAVES ("A task leaves its current queue to
+move to a new queue during workflow processing"; consumers of the stream such as Twilio's
+realtime-stats samples drop the task from that queue's map on it), and only the
+``task-queue.entered`` that follows names the new one. A stateless receiver (no memory
+across requests, restarts or replicas) cannot know the new queue on the moved event, and
+in one interaction the next entry would be a second offer while waiting (an orphan).
+The event reference lists TaskQueueSid on every event mapped here (reservation.*, task.*
+but task.created, task-queue.*): one without it cannot be placed and is refused.
+- task-queue.entered -> *.offered in the queue (customer_id from TaskAttributes.from, on
+  every visit, so FCR and repeat contacts see one caller);
 - reservation.accepted -> *.answered (agent_id = WorkerSid);
 - task.canceled -> *.abandoned (TaskRouter cancels only pending or reserved tasks:
   always before acceptance);
 - task.completed -> *.ended; handle time runs from acceptance to completion, so it
   includes the wrapping phase (Twilio's wrap-up); task.wrapup itself maps to nothing;
-- task-queue.moved -> *.transferred with to_queue = the event's TaskQueueName;
+- task-queue.moved -> *.flowed_out, reason ``transfer``, on the visit it left: TaskRouter's
+  workflow took the waiting task out of the queue (EVENTS.md's flow-out, as Connect's
+  flow moving a contact on); not ``*.transferred``, which EVENTS.md gives a destination
+  (to_queue or to_agent) the moved event does not name;
 - worker.activity.update -> agent.state_changed / agent.logged_out by activity name;
 - every other event type: nothing (acknowledged, not published).
 The family comes from TaskChannelUniqueName: voice -> calls; chat, sms, messaging and
@@ -56,6 +68,8 @@ OFFLINE_ACTIVITIES = frozenset({"offline"})
 AVAILABLE_ACTIVITIES = frozenset({"available", "idle", "ready"})
 _WRAP_UP = re.compile(r"wrap|acw|after.?(call|contact)", re.IGNORECASE)
 _REASON_CHARS = re.compile(r"[^a-z0-9]+")
+# Connect's reason for a flow moving a waiting contact on: the same happening, the same reason.
+MOVED_REASON = "transfer"
 _CONTACT_EVENTS = ("task-queue.entered", "reservation.accepted", "task.canceled", "task.completed",
                    "task-queue.moved")
 
@@ -108,9 +122,12 @@ def map_callback(params: Mapping[str, str]) -> list[Mapped]:
     task = checked_id(_required(params, "TaskSid"), "TaskSid")
     family = _family(params)
     at = _occurred_at(params)
-    base: dict[str, Any] = {"occurred_at": at, "interaction_id": task}
+    queue_sid = _required(params, "TaskQueueSid")
+    base: dict[str, Any] = {"occurred_at": at,
+                            "interaction_id": checked_id(f"{task}:{queue_sid}", "TaskSid:TaskQueueSid")}
     if event_type == "task-queue.entered":
-        doc = dict(base, event_id=event_id(SOURCE, task, "offered"), type=f"{family}.offered",
+        # The time tells a later visit to the same queue from Twilio retrying this callback.
+        doc = dict(base, event_id=event_id(SOURCE, task, "offered", queue_sid, at), type=f"{family}.offered",
                    queue=_queue(params))
         customer = _attributes(params).get("from")
         if isinstance(customer, str) and customer:
@@ -125,10 +142,9 @@ def map_callback(params: Mapping[str, str]) -> list[Mapped]:
             doc["attributes"] = {"canceled_reason": reason[:200]}
     elif event_type == "task.completed":
         doc = dict(base, event_id=event_id(SOURCE, task, "completed"), type=f"{family}.ended")
-    else:  # task-queue.moved
-        to_queue = _queue(params)
-        doc = dict(base, event_id=event_id(SOURCE, task, "moved", to_queue, at), type=f"{family}.transferred",
-                   to_queue=to_queue)
+    else:  # task-queue.moved: out of the queue it names, to one its next task-queue.entered names
+        doc = dict(base, event_id=event_id(SOURCE, task, "moved", queue_sid, at), type=f"{family}.flowed_out",
+                   reason=MOVED_REASON)
     return [Mapped(family, doc)]
 
 
