@@ -14,7 +14,7 @@ import sys
 from typing import Any, Mapping
 
 from ccpulse.config import Thresholds, channel_kind
-from ccpulse.core.agents import AFTER_CONTACT_WORK, AVAILABLE, AWAY, ON_CONTACT, state_figures
+from ccpulse.core.agents import AFTER_CONTACT_WORK, AVAILABLE, AWAY, ON_CONTACT, PRESENCE_SEEN, state_figures
 from ccpulse.core.kpis import QUEUE, WindowAgg, WindowKey, kpi_figures, occupancy
 from ccpulse.core.lifecycle import Interaction, Step
 from ccpulse.core.staffing import agents_gap, agents_required_for_kind
@@ -84,8 +84,11 @@ def live_agent_figures(counts: Mapping[str, int], channel: str, last15: dict[str
                        chat_sessions_per_agent: int) -> dict[str, Any]:
     """The live agent fields of ``kpi.queue-state`` from the summed agent counts and the
     rolling view's figures (``kpi_figures``): Erlang C at the view's arrival rate and
-    handle time; null without a service-level target or a known handle time."""
+    handle time; null without a service-level target or a known handle time. The gap is
+    null too while no presence was ever seen for the queue (``PRESENCE_SEEN``; a staffed
+    agent is presence too): zero staffed there means "not reported", not "nobody"."""
     n = {state: counts.get(state, 0) for state in LIVE_STATES}
+    known = counts.get(PRESENCE_SEEN, 0) > 0 or n[LIVE_STAFFED] > 0
     required = None
     if service_level_target is not None and last15_seconds:
         required = agents_required_for_kind(
@@ -98,7 +101,7 @@ def live_agent_figures(counts: Mapping[str, int], channel: str, last15: dict[str
                                   if name.startswith(AWAY_REASON) and value},
         "occupancy_now": occupancy(n[ON_CONTACT], n[AFTER_CONTACT_WORK], n[AVAILABLE]),
         "agents_required": required,
-        "agents_gap": agents_gap(required, n[LIVE_STAFFED], n[AWAY]),
+        "agents_gap": agents_gap(required, n[LIVE_STAFFED], n[AWAY]) if known else None,
     }
 
 

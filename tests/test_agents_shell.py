@@ -38,15 +38,16 @@ def test_live_counts_go_out_when_they_change_at_most_once_a_second_and_once_more
                       clocks(at(9, 1), 1)], WALL)
     assert lives(out) == {("billing", ""): {
         "kind": "agents_live", "queue": "billing", "channel": "", "partition": "agents-0",
-        "version": at(9, 1), "watermark": at(9, 1), "counts": {"staffed": 1, "available": 1}}}
+        "version": at(9, 1), "watermark": at(9, 1), "counts": {"staffed": 1, "available": 1, "presence_seen": 1}}}
     # A break within the same second waits for the next one; nothing changed, nothing sent.
     assert not lives(s.on_batch([on_agents(presence("e2", "agent.state_changed", at(9, 1), state="away",
                                                     reason="lunch"), 1), clocks(at(9, 2), 2)], WALL + 500))
-    assert lives(s.on_tick(WALL + 1000))[("billing", "")]["counts"] == {"staffed": 1, "away": 1, "away:lunch": 1}
+    assert lives(s.on_tick(WALL + 1000))[("billing", "")]["counts"] == {"staffed": 1, "away": 1, "away:lunch": 1,
+                                                                        "presence_seen": 1}
     assert not lives(s.on_tick(WALL + 2000))
     gone = lives(s.on_batch([on_agents(presence("e3", "agent.logged_out", at(9, 2)), 2), clocks(at(9, 3), 3)],
                             WALL + 3000))
-    assert gone[("billing", "")]["counts"] == {}
+    assert gone[("billing", "")]["counts"] == {"presence_seen": 1}  # no agents, and known (agents_gap)
     assert not lives(s.on_tick(WALL + 5000))
 
 
@@ -58,4 +59,4 @@ def test_a_restored_partition_clears_what_it_said_before_the_crash() -> None:
     # A crash before the zero went out: the new owner knows the queue had agents.
     again = AgentStage(settings(), FACTS, table, records)
     again.assign(0)
-    assert lives(again.on_batch([clocks(at(9, 2), 2)], WALL + 2000))[("billing", "")]["counts"] == {}
+    assert lives(again.on_batch([clocks(at(9, 2), 2)], WALL + 2000))[("billing", "")]["counts"] == {"presence_seen": 1}

@@ -127,7 +127,8 @@ def test_live_counts_per_queue_and_channel() -> None:
     s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["billing"]), 0),
                 on_facts(contact_fact(AGENT, "c-1", 0, Contact(1, "billing", "voice", at(9, 1), None)).value, 0),
                 clocks(at(9, 2), 1)], WALL)
-    assert s.live(0) == {("billing", "voice"): {"staffed": 1, "on_contact": 1}}
+    # presence_seen: billing had presence here (AgentCore.known, tests/test_agents_gap_known.py)
+    assert s.live(0) == {("billing", "voice"): {"staffed": 1, "on_contact": 1, "presence_seen": 1}}
 
 
 def test_presence_on_the_wrong_partition_is_forwarded_and_applied_where_its_agent_lives() -> None:

@@ -7,6 +7,7 @@ import calendar
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -576,13 +577,29 @@ def test_without_agent_events_the_counts_are_zero_and_the_requirement_unknown_un
 
 def test_a_queue_whose_agents_left_is_shown_with_zero_agents() -> None:
     # The agent stage sends a queue whose agents are all gone once with no counts.
+    # The agent stage sends a queue whose agents are all gone once with no agents, and
+    # the mark that it had presence data (a queue it knows stays known).
     table, _ = merged_by_the_merge_stage(
         minute("billing", "voice", **BUSY_MINUTE),
         agents_live(0, "billing", "voice", staffed=2, available=2),
-        {**agents_live(0, "billing", "voice"), "version": T0 + 1})
+        {**agents_live(0, "billing", "voice", presence_seen=1), "version": T0 + 1})
     q = row(wb.wallboard(pipe_of(*table.items()), now_ms=T0 + S), "billing", "voice")
     assert (q["agents_staffed"], q["agents_available"]) == (0, 0)
     assert q["agents_gap"] == q["agents_required"] > 0  # nobody working: short by all it needs
+
+
+def test_a_queue_no_presence_was_ever_seen_for_has_a_requirement_and_no_gap() -> None:
+    # Calls handled, no agent events (none wired yet): not a red "short" tile.
+    table, published = merged_by_the_merge_stage(minute("billing", "voice", **BUSY_MINUTE),
+                                                 live_partial_of("billing", "voice"))
+    q = row(wb.wallboard(pipe_of(*table.items()), now_ms=T0 + S), "billing", "voice")
+    assert q["agents_required"] > 20 and q["agents_gap"] is None
+    assert published["billing|voice"]["agents_gap"] is None
+    # The tile marks the gap short by `get(...) > 0` (null > 0 is false in JS) and shows
+    # null as an em dash, never 0.
+    page = (Path(wb.__file__).parent / "wallboard.html").read_text()
+    assert "get(data, el.dataset.shortField) > 0" in page
+    assert 'if (value === null || value === undefined) return "\\u2014"' in page
 
 
 def live_partial_of(queue: str, channel: str) -> dict[str, Any]:

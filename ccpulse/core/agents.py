@@ -51,6 +51,10 @@ ANY_CHANNEL = ""
 STAFFED, AVAILABLE_MS, ON_CONTACT_MS, ACW_MS, AWAY_MS = (
     "staffed_ms", "available_ms", "on_contact_ms", "after_contact_work_ms", "away_ms")
 AWAY_BY_REASON = "away_ms:"
+# A queue's live count that is not agents: 1 where some presence event ever named the
+# queue (``AgentCore.known``). Summed over partitions, > 0 tells a queue with presence data
+# whose agents are all gone (short) from one nobody sends presence for (agents_gap null).
+PRESENCE_SEEN = "presence_seen"
 
 ContactKey = tuple[str, int]  # (interaction_id, segment index)
 _FOREVER = 1 << 62  # after every instant a timestamp can hold
@@ -165,6 +169,10 @@ class Timeline:
     accrued: int | None = field(default=None, repr=False, compare=False)
     # (from, situation, until): the situation holds on [from, until); not stored
     _cache: tuple[int, Instant, int] | None = field(default=None, repr=False, compare=False)
+
+    def queues(self) -> set[str]:
+        """Every queue its base and events name."""
+        return set(self.base.queues).union(*(p.queues or () for p in self.events))
 
     def has(self, event_id: str) -> bool:
         return any(p.event_id == event_id for p in self.events)
@@ -343,6 +351,9 @@ class AgentCore:
         self.duplicates = 0
         self._folded_at: int | None = None
         self._ends: dict[tuple[int, int], int] = {}  # (size, start) -> end, for is_final
+        # Every queue a presence event ever named: kept for good (stored), as a timeline
+        # forgets a queue its agent no longer serves once the events are folded.
+        self.known: set[str] = set()
         # Milliseconds per (queue, channel) and counter of every final queue window of the
         # smallest size: with the open ones, the cumulative counters of /metrics. Stored
         # (open windows are derived on a restore, final ones are not), so the count
@@ -399,6 +410,7 @@ class AgentCore:
     def apply(self, agent: str, p: Presence) -> bool:
         """One presence event; False if it changed nothing (a duplicate, or older than
         the newest event already folded away, which it could not change)."""
+        self.known.update(p.queues or ())  # even one that changes no timeline: it is presence data
         timeline = self.agents.setdefault(agent, Timeline())
         if timeline.has(p.event_id) or (timeline.marker is not None and (p.ts, p.event_id) <= timeline.marker):
             self.duplicates += 1
@@ -601,7 +613,7 @@ class AgentCore:
         """Everything to restore from, JSON-able: per agent its compact timeline
         (``Timeline.to_doc``), and event time. Open windows are derived, never stored."""
         return {"now": self.now, "agents": {a: t.to_doc() for a, t in self.agents.items()},
-                "totals": self.totals_doc()}
+                "totals": self.totals_doc(), "known": sorted(self.known)}
 
     def totals_doc(self) -> list[list[Any]]:
         """``totals`` JSON-able: [[queue, channel, {counter: ms}], ...]."""
@@ -618,6 +630,9 @@ class AgentCore:
             timeline.contacts = {key: core.capped(c) for key, c in timeline.contacts.items()}
         # Absent in what was stored before the totals existed: they start from 0 there.
         core.totals = {(q, ch): Counter(c) for q, ch, c in doc.get("totals", [])}
+        # Absent in what was stored before it existed: what the timelines still name.
+        core.known = set(doc.get("known", ())).union(
+            *(t.queues() for t in core.agents.values()))
         if doc["now"] is not None:
             core.now = doc["now"]
             core._rebuild(restored=True)

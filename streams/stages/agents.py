@@ -24,13 +24,15 @@ sent after every open one of its window, also after a restore). No Faust here.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, MutableMapping
 
 import orjson
 
 from ccpulse.config import Settings
-from ccpulse.core.agents import ANY_CHANNEL, AgentCore, Contact, Presence, Timeline, WindowChange, WindowKey
+from ccpulse.core.agents import (ANY_CHANNEL, PRESENCE_SEEN, AgentCore, Contact, Presence, Timeline, WindowChange,
+                                 WindowKey)
 from ccpulse.core.kpis import AGENT, QUEUE
 from ccpulse.core.watermark import InputWatermarks, low_watermark
 from ccpulse.core.windowing import Windowing
@@ -119,7 +121,7 @@ class AgentStage:
         """Own ``partition``: its core rebuilt from the tables (windows are derived)."""
         stored = self.records.get(str(partition)) or {}
         core = AgentCore.restore(self.windowing, self.lateness_ms, {
-            "now": stored.get("now"), "totals": stored.get("totals", []),
+            "now": stored.get("now"), "totals": stored.get("totals", []), "known": stored.get("known", []),
             "agents": {a: e["t"] for a, e in list(self.table.items()) if e is not None and e["p"] == partition}},
             self.horizon_ms)
         self.parts[partition] = _Partition(
@@ -208,8 +210,11 @@ class AgentStage:
                 out.forwards.append(Message(key, orjson.dumps(
                     {PRESENCE_FIELD: {"source": list(origin), "payload": raw.decode("utf-8")}})))
                 return
+        known = len(part.core.known)
         if part.core.apply(event.agent_id, presence(event)):
             part.changed.add(event.agent_id)
+        if len(part.core.known) != known:
+            part.touched = True  # the partition record keeps the queues known
 
     def _channels(self, part: _Partition, queue: str, channels: Iterable[str]) -> None:
         known = part.channels.setdefault(queue, set())
@@ -292,6 +297,7 @@ class AgentStage:
         return {"now": part.core.now, "sources": dict(part.sources),
                 "channels": {q: sorted(chs) for q, chs in part.channels.items()},
                 "totals": part.core.totals_doc(),
+                "known": sorted(part.core.known),  # AgentCore.known: a gap is null until then
                 # the queues whose live counts this partition said were not zero: a new owner
                 # sends them again, zero if they are gone (the merge keeps what a source said)
                 "live": sorted(list(key) for key in part.live_sent)}
@@ -371,9 +377,12 @@ class AgentStage:
 
     def live(self, partition: int) -> dict[tuple[str, str], dict[str, int]]:
         """Agents per queue x channel in each state at ``partition``'s event time (the
-        queue-level counts on every channel the queue is known on, as the windows)."""
+        queue-level counts on every channel the queue is known on, as the windows), and
+        ``PRESENCE_SEEN`` on every queue a presence event ever named here."""
         part = self.parts[partition]
         counts = part.core.live()
+        for queue in part.core.known:
+            counts.setdefault((queue, ANY_CHANNEL), Counter())[PRESENCE_SEEN] = 1
         out: dict[tuple[str, str], dict[str, int]] = {}
         for (queue, channel), c in counts.items():
             targets = [channel] if channel != ANY_CHANNEL else sorted(part.channels.get(queue, ())) or [ANY_CHANNEL]
