@@ -28,8 +28,11 @@ links them). ``acd.start`` -> offered in its queue; ``acd.end`` ANSWERED -> answ
 (``answeredUserId``), ABANDON -> abandoned, FLOW_OUT -> flowed out; ``user.end`` of an
 ACD-routed agent -> ended (the agent's handling is over). An agent's transfer (``user.end``
 TRANSFER, CONSULT_TRANSFER, CONFERENCE_TRANSFER) is also ``*.transferred`` at the same
-time, ``to_agent`` = the kind of transfer (the event does not say where the call went;
-never ``to_queue``: the next queue's own ``acd.start`` is its offer there). Not one
+time, ``attributes.transfer`` = the kind in lower case (as Asterisk's). Neither ``user.end``
+nor the next ``acd.start`` names where the call went (the SDK models have no such field),
+and EVENTS.md gives a transfer ``to_queue`` and/or ``to_agent``: ``to_agent`` is
+``unknown`` (Asterisk's word for a destination it cannot name), never ``to_queue`` (the
+next queue's own ``acd.start`` is its offer there). Not one
 interaction for the whole conversation: the next queue's ``acd.start`` can carry the
 very millisecond of (or an earlier time than) the transferring agent's ``user.end``, and
 in one interaction it would sort as an offer while the call is still handled (an orphan),
@@ -52,8 +55,10 @@ from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ide
 SOURCE = "genesys"
 MEDIA_FAMILY: dict[str, Family] = {"VOICE": "call", "CALLBACK": "call", "CHAT": "chat", "MESSAGE": "chat"}
 _TOPIC = re.compile(r"v2\.detail\.events\.conversation\.([^.]+)\.(.+)\Z")
-# user.end disconnectType of an agent who handed the call on; its lower case is the to_agent.
+# user.end disconnectType of an agent who handed the call on; its lower case is attributes.transfer.
 AGENT_TRANSFERS = frozenset(("TRANSFER", "CONSULT_TRANSFER", "CONFERENCE_TRANSFER"))
+# The to_agent of a transfer whose destination Genesys does not report (EVENTS.md requires one).
+UNNAMED_DESTINATION = "unknown"
 # user.end disconnectType of a user the call was offered to who never took it.
 NOT_TAKEN = frozenset(("NO_ANSWER_TRANSFER", "NOT_AVAILABLE_TRANSFER", "DND_TRANSFER", "FORWARD_TRANSFER"))
 
@@ -120,7 +125,8 @@ def detail_event(kind: str, body: dict[str, Any], queue_names: Mapping[str, str]
         if disconnect in AGENT_TRANSFERS:
             transfer = dict(doc, event_id=event_id(SOURCE, conversation, "transfer", body.get("participantId"),
                                                    body.get("sessionId"), body.get("eventTime")),
-                            type=f"{family}.transferred", to_agent=disconnect.lower())
+                            type=f"{family}.transferred", to_agent=UNNAMED_DESTINATION,
+                            attributes=dict(doc["attributes"], transfer=disconnect.lower()))
             return [Mapped(family, transfer), Mapped(family, doc)]
     else:
         outcome = dig(body, "acdOutcome")
