@@ -12,7 +12,10 @@ measures, with every KPI, window and sink enabled:
 4. peak RSS of the workers, and RSS with many interactions open on many queues;
 5. the bank month (``../shared/data/anonymous-bank-1999-01.tsv``) replayed with
    ``ccpulse replay --speed max`` into a running worker: until every day is final on
-   ``kpi.windows`` and in ClickHouse (ccpulse/tools/bench_replay.py).
+   ``kpi.windows`` and in ClickHouse (ccpulse/tools/bench_replay.py);
+6. the webhook receiver, ``ccpulse connect http`` with signatures on: acknowledged
+   requests/s and time to 2xx, each 2xx checked against the input topic
+   (ccpulse/tools/bench_connect_http.py).
 
 It prints one table and writes it as JSON. Figures depend on the machine and
 its load; the load average is recorded with each scenario.
@@ -38,7 +41,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_JSON = "bench/results/latest.json"
-SCENARIOS = ("throughput", "latency", "memory", "replay")
+SCENARIOS = ("throughput", "latency", "memory", "replay", "connect-http")
+# The workloads of the throughput and latency scenarios (--agent-mix): the contacts alone
+# (the figures of issue 15), or with the agent side of the simulation on the agents topic.
+PLAIN_MIX = "plain"
+AGENT_MIX = "agents"
+
+
+def mix_tag(mix: str) -> str:
+    """What a scenario's name carries for its mix, e.g. ``throughput[agents] 1 worker``;
+    nothing for the plain mix, so its rows keep the names earlier results have."""
+    return "" if mix == PLAIN_MIX else f"[{mix}]"
+
+
+AGENT_MIX_OPTIONS = {"only": (AGENT_MIX,), "both": (PLAIN_MIX, AGENT_MIX)}  # --agent-mix [only|both]
 
 
 @dataclass(frozen=True)
@@ -55,13 +71,17 @@ class Plan:
     publish_interval: float | None  # None: the worker's default (windows.publish_interval_seconds)
     scenarios: tuple[str, ...] = SCENARIOS
     replay_limit: int | None = None  # the bank replay's first N interactions; None: the whole month
+    mixes: tuple[str, ...] = (PLAIN_MIX,)  # workloads of the throughput and latency scenarios, in turn
+    http_requests: int = 30_000  # signed webhook requests sent to `ccpulse connect http`
+    http_concurrency: int = 64  # clients sending them at once
 
 
 FULL = Plan(events=200_000, workers=(1, 2, 3), loads=(1000, 5000), latency_seconds=30.0, probe_hz=4.0,
             open_interactions=100_000, open_queues=1000, publish_interval=None)
 # The bank replay's first 2,000 calls in event time: its first three days.
 SHORT = Plan(events=5_000, workers=(1, 2), loads=(200,), latency_seconds=10.0, probe_hz=4.0,
-             open_interactions=5_000, open_queues=50, publish_interval=None, replay_limit=2000)
+             open_interactions=5_000, open_queues=50, publish_interval=None, replay_limit=2000,
+             http_requests=1_000)
 
 # Targets of issue 7; the latency ones apply at this offered load.
 TARGET_LOAD = 5000
@@ -93,6 +113,29 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+# Issue 16: with agent events in the mix, throughput and latency stay within 10% of the plain mix's.
+MIX_TOLERANCE = 0.10
+
+
+def mix_comparison(rates: dict[tuple[str, int], float], p99s: dict[tuple[str, int, str], float],
+                   target_load: int) -> list[Row]:
+    """Rows "agents vs plain": each figure measured in both mixes, as a ratio. The targets
+    apply where the plain figure has one (one worker; latency at ``target_load``)."""
+    rows: list[Row] = []
+    for (mix, n), rate in rates.items():
+        plain = rates.get((PLAIN_MIX, n))
+        if mix != PLAIN_MIX and plain:
+            target = f">= {1 - MIX_TOLERANCE:g}" if n == 1 else ""
+            rows.append(Row(f"{mix} vs plain", f"throughput {n} worker{'s' if n > 1 else ''}, ratio",
+                            rate / plain, "x", target))
+    for (mix, load, sink), p99 in p99s.items():
+        plain = p99s.get((PLAIN_MIX, load, sink))
+        if mix != PLAIN_MIX and plain:
+            target = f"<= {1 + MIX_TOLERANCE:g}" if load == target_load else ""
+            rows.append(Row(f"{mix} vs plain", f"latency @{load}/s {sink} p99, ratio", p99 / plain, "x", target))
+    return rows
 
 
 @dataclass
@@ -140,12 +183,17 @@ class Bench:
     workers: list[Any] = field(default_factory=list)  # every WorkerProc started, for cleanup
     memory_timeout: float = 600.0
     replay_timeout: float = 900.0
+    mix: str = PLAIN_MIX  # the workload of the scenario running (Plan.mixes), in its rows' names
+    rates: dict[tuple[str, int], float] = field(default_factory=dict)  # (mix, workers) -> events/s
+    p99s: dict[tuple[str, int, str], float] = field(default_factory=dict)  # (mix, load, sink) -> s
 
     def app(self, name: str, input_prefix: str, windows: dict[str, Any] | None = None) -> Any:
         from ccpulse.tools.bench_worker import BenchApp
 
+        if self.mix != PLAIN_MIX:  # apps and input topics of their own: the other mix's stay as they were
+            name, input_prefix = f"{name}-{self.mix}", f"{self.mix}.{input_prefix}"
         app = BenchApp(name, self.root, self.bootstrap, self.code, input_prefix, self.plan.publish_interval,
-                       windows=windows or {})
+                       windows=windows or {}, agent_mix=self.mix != PLAIN_MIX)
         app.write_config()
         return app
 
@@ -163,48 +211,62 @@ class Bench:
 
     async def run(self) -> Report:
         scenarios = self.plan.scenarios
+        # Each scenario in every mix back to back: the pairs compared ran under the most similar load.
         if "throughput" in scenarios:
-            await self.throughputs()
+            for mix in self.plan.mixes:
+                self.mix = mix
+                await self.throughputs()
         if "latency" in scenarios:
             for load_rate in self.plan.loads:
-                await self.latency(load_rate)
+                for mix in self.plan.mixes:
+                    self.mix = mix
+                    await self.latency(load_rate)
+        self.mix = PLAIN_MIX
+        self.report.rows.extend(mix_comparison(self.rates, self.p99s, TARGET_LOAD))
         if "memory" in scenarios:
             await self.memory()
         if "replay" in scenarios:
             await self.replay()
+        if "connect-http" in scenarios:
+            await self.connect_http()
         return self.report
 
     async def throughputs(self) -> None:
         from ccpulse.tools import bench_kafka
 
         r = self.report
+        tag = mix_tag(self.mix)
         source = self.app("source", "bench.")
         await ensure_topics(source)
-        self.say(f"producing {self.plan.events:,} simulated events ...")
-        events = bench_kafka.simulated_events(self.plan.events)
+        self.say(f"producing {self.plan.events:,} simulated events{tag} ...")
+        events = bench_kafka.simulated_events(self.plan.events, agent_mix=source.agent_mix)
+        types = bench_kafka.type_counts(events)
         t0 = time.monotonic()
         sent = await bench_kafka.produce_all(self.bootstrap, bench_kafka.event_messages(events, source.input_topics))
         produce_s = time.monotonic() - t0
         del events
-        r.details["produce"] = {"events": sent, "seconds": round(produce_s, 2)}
+        r.details[f"produce{tag}"] = {"events": sent, "seconds": round(produce_s, 2), "types": types}
         self.say(f"  {sent:,} events in {produce_s:.1f}s ({sent / produce_s:,.0f}/s)")
+        if source.agent_mix:  # every input event counts in events/s: say how many are the agents'
+            agent_share = sum(v for k, v in types.items() if k.startswith("agent.")) / max(sum(types.values()), 1)
+            r.add(f"mix{tag}", "agent events share of input", 100 * agent_share, "%")
 
         load = _loadavg()
         self.say("ceiling: plain aiokafka consumer, read + orjson.loads ...")
         ceiling = await bench_kafka.ceiling(self.bootstrap, list(source.input_topics.values()), sent)
-        r.details["ceiling"] = {"events": ceiling.events, "seconds": round(ceiling.seconds, 3),
-                                "loadavg": load}
-        r.add("ceiling", "plain consumer read+decode", ceiling.rate, "events/s")
+        r.details[f"ceiling{tag}"] = {"events": ceiling.events, "seconds": round(ceiling.seconds, 3),
+                                      "loadavg": load}
+        r.add(f"ceiling{tag}", "plain consumer read+decode", ceiling.rate, "events/s")
         self.say(f"  {ceiling.rate:,.0f} events/s")
 
         rates: dict[int, float] = {}
         for n in self.plan.workers:
-            rates[n] = await self.throughput(n, sent, ceiling.rate)
+            rates[n] = self.rates[(self.mix, n)] = await self.throughput(n, sent, ceiling.rate)
         if 1 in rates:
             for n in self.plan.workers:
                 if n > 1 and rates[1] > 0:
                     target = ">= 1.7" if n == 2 else ""
-                    r.add(f"scaling {n} workers", f"throughput / 1 worker", rates[n] / rates[1], "x", target)
+                    r.add(f"scaling{tag} {n} workers", f"throughput / 1 worker", rates[n] / rates[1], "x", target)
 
     def _lag_note(self, lag: int) -> None:
         self.say(f"  ... {lag:,} messages not yet committed by every stage")
@@ -220,8 +282,9 @@ class Bench:
         topology = app.topology()
         roles = ["all"] if n == 1 else ["compute"] * n + ["writer"]
         groups = [topology["all"]] if n == 1 else [topology["compute"], topology["writer"]]
+        app.check_agent_stage(groups)  # the watch below waits for the agent stage's commits too
         load = _loadavg()
-        self.say(f"throughput, {n} worker(s) ({' + '.join(roles)}) on {events:,} events ...")
+        self.say(f"throughput{mix_tag(self.mix)}, {n} worker(s) ({' + '.join(roles)}) on {events:,} events ...")
         started = time.monotonic()
         procs = [self.spawn(app, role, i) for i, role in enumerate(roles)]
         compute = [p for p in procs if p.role != "writer"]
@@ -261,7 +324,7 @@ class Bench:
             p.sample_rss()
             p.stop()
         peak = max(p.peak_rss for p in procs) / 2**20
-        scenario = f"throughput {n} worker" + ("s" if n > 1 else "")
+        scenario = f"throughput{mix_tag(self.mix)} {n} worker" + ("s" if n > 1 else "")
         writes = await bench_writes.written(self.bootstrap, app.name) if n == 1 else None
         self.report.add(scenario, "sustained events/s", rate, "events/s", ">= 20000" if n == 1 else "")
         self.report.add(scenario, "ratio to ceiling", rate / ceiling_rate, "x", ">= 0.5" if n == 1 else "")
@@ -302,15 +365,15 @@ class Bench:
         await ensure_topics(app)
         topology = app.topology()
         load = _loadavg()
-        self.say(f"latency at {rate:,} events/s offered for {self.plan.latency_seconds:.0f}s ...")
+        self.say(f"latency{mix_tag(self.mix)} at {rate:,} events/s offered for {self.plan.latency_seconds:.0f}s ...")
         worker = self.spawn(app, "all", 0)
         await asyncio.to_thread(worker.wait_healthy)
         run = LatencyRun(self.bootstrap, app, worker, topology["all"].group, rate,
-                         self.plan.latency_seconds, self.plan.probe_hz)
+                         self.plan.latency_seconds, self.plan.probe_hz, agent_mix=app.agent_mix)
         result = await run.run()
         worker.sample_rss()
         worker.stop()
-        scenario = f"latency @{rate}/s"
+        scenario = f"latency{mix_tag(self.mix)} @{rate}/s"
         at_target = rate == TARGET_LOAD
         self.report.add(scenario, "achieved offered load", result.achieved_rate, "events/s")
         for sink, limit in (("kpi.windows", 1.0), ("/metrics", 1.0), ("ClickHouse", 2.0)):
@@ -321,6 +384,7 @@ class Bench:
                             percentile(values, 50), "s")
             self.report.add(scenario, f"{sink} p99{note}", percentile(values, 99), "s",
                             f"<= {limit:g}" if at_target else "")
+            self.p99s[(self.mix, rate, sink)] = percentile(values, 99)
         self.report.details[scenario] = {
             "probes": result.probes, "missing": result.missing,
             "max_seconds": {k: round(max(v), 3) if v else None for k, v in result.latencies.items()},
@@ -466,6 +530,53 @@ class Bench:
                  f"{result.final_seconds():.1f}s, in ClickHouse after {result.stored_seconds():.1f}s "
                  f"(from the first record published), load {load}")
 
+    # ------------------------------------------------------------ the webhook receiver
+
+    async def connect_http(self) -> None:
+        from ccpulse.tools.bench_connect_http import measure
+
+        requests, concurrency = self.plan.http_requests, self.plan.http_concurrency
+        # The receiver's first requests open its producer's connections: not the steady state.
+        warmup = min(1000, max(50, requests // 10))
+        self.say(f"webhook receiver: a `ccpulse connect http` process, {requests:,} signed Twilio callbacks "
+                 f"from {concurrency} clients (after {warmup:,} to warm up) ...")
+        load = _loadavg()
+        run = await asyncio.to_thread(measure, self.bootstrap, requests, concurrency, warmup,
+                                      self.root / "connect-http", self.code)
+        rows = connect_http_rows(run)
+        self.report.rows.extend(rows)
+        self.report.details["connect-http"] = {
+            "requests": run.sent, "warmup": run.warmup, "concurrency": run.concurrency,
+            "seconds": round(run.seconds, 3), "answers_by_status": run.statuses,
+            "stored_events": run.stored_events, "acknowledged_not_stored": run.unstored,
+            "loadavg_start": load, "loadavg_end": _loadavg()}
+        figures = {r.metric.split(" (")[0]: r.value for r in rows}
+        self.say(f"  {figures['acknowledged and stored requests/s']:,.0f} requests/s, time to 2xx "
+                 f"p50 {figures['time to 2xx p50']:.1f} ms, p99 {figures['time to 2xx p99']:.1f} ms; "
+                 f"{run.ok:,} of {run.sent:,} answered 2xx, {run.unstored:,} of them not on Kafka, load {load}")
+
+
+def connect_http_rows(run: Any) -> list[Row]:
+    """The receiver's table rows from a ``bench_connect_http.HttpRun``.
+
+    Only a 2xx whose events are on the input topic counts as acknowledged: a receiver
+    answering before storing gets no rate and no latency, and its unstored row says NO.
+    """
+    from ccpulse.tools.bench_connect_http import TARGET_P99_MS, TARGET_REQUESTS_PER_SECOND
+
+    ms = [s * 1000 for s in run.latencies]
+    rate = len(run.latencies) / run.seconds if run.seconds > 0 else 0.0
+    others = ", ".join(f"{status}: {n}" for status, n in sorted(run.statuses.items())
+                       if not status.startswith("2"))
+    s = "connect-http"
+    return [Row(s, "acknowledged and stored requests/s", rate, "requests/s", f">= {TARGET_REQUESTS_PER_SECOND:g}"),
+            Row(s, "time to 2xx p50", percentile(ms, 50), "ms"),
+            Row(s, "time to 2xx p99", percentile(ms, 99), "ms", f"<= {TARGET_P99_MS:g}"),
+            Row(s, "requests sent", run.sent, "requests"),
+            Row(s, "answered 2xx", run.ok, "requests"),
+            Row(s, "answered otherwise" + (f" ({others})" if others else ""), run.non_2xx, "requests", "<= 0"),
+            Row(s, "answered 2xx, events not on Kafka", run.unstored, "requests", "<= 0")]
+
 
 def open_contacts(count: int, queues: int, topic: str) -> Any:
     """``count`` call.offered events spread over ``queues`` queues and the last 10 minutes, never answered."""
@@ -535,6 +646,13 @@ def add_parser(subparsers: Any) -> None:
                        help="override windows.publish_interval_seconds for the workers (default: theirs)")
     bench.add_argument("--only", type=_scenarios, default=None,
                        help=f"run only these scenarios, e.g. replay or latency,memory (of {','.join(SCENARIOS)})")
+    bench.add_argument("--agent-mix", nargs="?", const="only", choices=tuple(AGENT_MIX_OPTIONS), default=None,
+                       help="throughput and latency with agent events in the simulated mix (the demo's agent "
+                            "side: presence, breaks, after-contact work, holds, flow-outs, callbacks); "
+                            "'both': also without, rows [agents] beside the plain ones and their ratios")
+    bench.add_argument("--http-requests", type=_positive_int, default=None,
+                       help=f"signed webhook requests of the connect-http scenario "
+                            f"(default {FULL.http_requests:,}; --short {SHORT.http_requests:,})")
     bench.add_argument("--json", default=DEFAULT_JSON, help="where to write the results (default %(default)s)")
     bench.add_argument("--worker-pythonpath", default=None,
                        help="run the workers from this source tree (e.g. a git worktree of another version)")
@@ -584,6 +702,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         changes["loads"] = args.loads
     if args.only is not None:
         changes["scenarios"] = args.only
+    if args.agent_mix is not None:
+        changes["mixes"] = AGENT_MIX_OPTIONS[args.agent_mix]
+    if args.http_requests is not None:
+        changes["http_requests"] = args.http_requests
     if args.publish_interval is not None:
         if not args.publish_interval > 0:
             raise ValueError("--publish-interval: must be a positive number of seconds")

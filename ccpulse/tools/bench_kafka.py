@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -17,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from ccpulse.connectors.base import Mapped
 from ccpulse.probes import coordinated
 from ccpulse.commands.simulate import QueueModel, SimulationConfig, encode
 from ccpulse.commands.simulate_channels import ChatConfig, TicketConfig, generate_mixed_events
@@ -30,21 +32,34 @@ CHAT = ChatConfig(rate=3.0, queues=(QueueModel("chat-support", agents=200),))
 TICKET = TicketConfig(rate=1.0)
 
 
-def simulated_events(count: int, seed: int = 1) -> list[tuple[str, bytes]]:
-    """``count`` (family, encoded event) pairs of the mixed voice + chat + ticket simulation."""
-    from dataclasses import replace
-
-    stream = generate_mixed_events(replace(VOICE, seed=seed), replace(CHAT, seed=seed),
-                                   replace(TICKET, seed=seed), math.inf)
+def simulated_events(count: int, seed: int = 1, agent_mix: bool = False) -> list[tuple[str, bytes]]:
+    """``count`` (family, encoded event) pairs of the mixed voice + chat + ticket simulation
+    (``agent_mix``: with the agent side, see ``simulated_dicts``)."""
+    stream = simulated_dicts(seed, agent_mix)
     return [(family, encode(ev)) for family, ev in itertools.islice(stream, count)]
 
 
-def simulated_dicts(seed: int) -> Iterator[tuple[str, dict]]:
-    """The same simulation as dicts, endless (the paced latency load rewrites their times)."""
+def simulated_dicts(seed: int, agent_mix: bool = False) -> Iterator[tuple[str, dict]]:
+    """The same simulation as dicts, endless (the paced latency load rewrites their times).
+
+    ``agent_mix`` turns the agent side on as ``ccpulse demo`` does (its ``demo_options``:
+    presence on the ``agent`` family, breaks, after-contact work, holds, flow-outs,
+    callbacks), so the bench measures the demo's mix with the bench's staffing.
+    """
     from dataclasses import replace
 
-    return generate_mixed_events(replace(VOICE, seed=seed), replace(CHAT, seed=seed),
-                                 replace(TICKET, seed=seed), math.inf)
+    voice, chat, ticket = replace(VOICE, seed=seed), replace(CHAT, seed=seed), replace(TICKET, seed=seed)
+    if agent_mix:
+        from ccpulse.commands.demo import demo_options
+
+        voice, chat, ticket = demo_options(voice, chat, ticket)
+    return generate_mixed_events(voice, chat, ticket, math.inf)
+
+
+def type_counts(events: Iterable[tuple[str, bytes]]) -> dict[str, int]:
+    """Events per ``type``, commonest first: what a mix holds."""
+    counts = Counter(orjson.loads(value)["type"] for _family, value in events)
+    return dict(counts.most_common())
 
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
@@ -78,9 +93,8 @@ async def produce_all(bootstrap: str, messages: Iterable[tuple[str, bytes | None
 def event_messages(events: Iterable[tuple[str, bytes]], topics: Mapping[str, str]
                    ) -> Iterator[tuple[str, bytes | None, bytes]]:
     for family, value in events:
-        # The producer keys by interaction like ccpulse simulate does.
-        iid = orjson.loads(value)["interaction_id"]
-        yield topics[family], iid.encode(), value
+        # Keyed as ccpulse simulate publishes: by interaction, by agent on the agents topic.
+        yield topics[family], Mapped(family, orjson.loads(value)).key.encode(), value  # type: ignore[arg-type]
 
 
 @dataclass

@@ -22,14 +22,16 @@ they were sent; probes 250 ms apart almost always do.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable, Iterator, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from ccpulse.connectors.base import Mapped
 from ccpulse.probes import coordinated
 from ccpulse.tools.bench_kafka import partitions_of, producer, simulated_dicts
 from ccpulse.tools.bench_worker import BenchApp, WorkerProc, metric_sum
@@ -108,6 +110,7 @@ class LatencyRun:
     rate: int
     seconds: float
     probe_hz: float
+    agent_mix: bool = False  # the load includes the agent side (ccpulse bench --agent-mix)
     book: ProbeBook = field(default_factory=ProbeBook)
     sent_load: int = 0
 
@@ -150,7 +153,7 @@ class LatencyRun:
 
     async def _load(self, prod: Any, stop: asyncio.Event) -> None:
         """The background load: ``rate`` events/s, each stamped with the wall clock when sent."""
-        events = simulated_dicts(seed=7)
+        events = simulated_dicts(seed=7, agent_mix=self.agent_mix)
         topics = self.app.input_topics
         started = time.monotonic()
         pending: list[asyncio.Future] = []
@@ -158,11 +161,8 @@ class LatencyRun:
             due = int((time.monotonic() - started) * self.rate) - self.sent_load
             if due > 0:
                 now = format_ms(int(time.time() * 1000))
-                for _ in range(due):
-                    family, ev = next(events)
-                    ev["occurred_at"] = now
-                    pending.append(await prod.send(topics[family], orjson.dumps(ev),
-                                                   key=ev["interaction_id"].encode()))
+                for topic, key, value in load_messages(itertools.islice(events, due), topics, now):
+                    pending.append(await prod.send(topic, value, key=key))
                 self.sent_load += due
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
@@ -227,6 +227,15 @@ class LatencyRun:
             self.book.stored_through({tp.partition: meta.offset for tp, meta in offsets.items()
                                       if tp.topic == topic}, at)
             await asyncio.sleep(max(0.0, tick + 0.1 - time.monotonic()))
+
+
+def load_messages(events: Iterable[tuple[str, dict[str, Any]]], topics: Mapping[str, str], now: str
+                  ) -> Iterator[tuple[str, bytes, bytes]]:
+    """(topic, key, value) of simulated events restamped ``now``, keyed as EVENTS.md asks
+    (by agent on the agents topic)."""
+    for family, ev in events:
+        ev["occurred_at"] = now
+        yield topics[family], Mapped(family, ev).key.encode(), orjson.dumps(ev)  # type: ignore[arg-type]
 
 
 def _epoch_ms(text: str) -> int:

@@ -52,6 +52,7 @@ class BenchApp:
     publish_interval: float | None = None
     effective_publish_interval: float | None = None  # as the worker's code reads its config
     windows: dict[str, Any] = field(default_factory=dict)  # more [windows] settings (TOML values)
+    agent_mix: bool = False  # the input includes agent events: <input_prefix>agents is an input topic too
 
     @property
     def dir(self) -> Path:
@@ -63,8 +64,20 @@ class BenchApp:
 
     @property
     def input_topics(self) -> dict[str, str]:
-        return {"call": f"{self.input_prefix}calls", "chat": f"{self.input_prefix}chats",
-                "ticket": f"{self.input_prefix}tickets"}
+        """Family -> input topic, as the simulator's families name them."""
+        topics = {"call": f"{self.input_prefix}calls", "chat": f"{self.input_prefix}chats",
+                  "ticket": f"{self.input_prefix}tickets"}
+        if self.agent_mix:
+            topics["agent"] = f"{self.input_prefix}agents"
+        return topics
+
+    def check_agent_stage(self, groups: list[GroupTopics]) -> None:
+        """With the agent mix, the groups waited for must consume the agents topic: else the
+        figure would leave the agent stage's work out (a worker tree without that stage)."""
+        topic = self.input_topics.get("agent")
+        if topic is not None and not any(topic in g.topics for g in groups):
+            raise RuntimeError(f"no consumer group of {self.name} reads {topic}: the workers of "
+                               f"{self.code} run no agent stage, so --agent-mix cannot measure it")
 
     def write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +87,8 @@ class BenchApp:
             settings["publish_interval_seconds"] = self.publish_interval
         windows = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
         windows = f"\n[windows]\n{windows}" if windows else ""
+        # Only with the mix: the plain config stays readable by a worker of an older tree.
+        agents = f'agents = "{self.input_topics["agent"]}"\n' if self.agent_mix else ""
         self.config_path.write_text(f"""app_id = "{n}"
 state_dir = "{self.dir / 'state'}"
 
@@ -84,7 +99,7 @@ bootstrap = "{self.bootstrap}"
 calls = "{self.input_topics['call']}"
 chats = "{self.input_topics['chat']}"
 tickets = "{self.input_topics['ticket']}"
-dead_letter = "{n}.events.dead-letter"
+{agents}dead_letter = "{n}.events.dead-letter"
 kpi_windows = "{n}.kpi.windows"
 kpi_agents = "{n}.kpi.agents"
 kpi_queue_state = "{n}.kpi.queue-state"
