@@ -44,6 +44,9 @@ def test_short_bench_reports_every_figure(tmp_path: Path) -> None:
     replay = "replay bank, first 2,000 calls"
     expected |= {(replay, m) for m in ("replay publishing", "every day final on kpi.windows",
                                        "every day final in ClickHouse", "worker CPU until then")}
+    expected |= {("connect-http", m) for m in ("acknowledged and stored requests/s", "time to 2xx p50",
+                                               "time to 2xx p99", "requests sent", "answered 2xx",
+                                               "answered otherwise", "answered 2xx, events not on Kafka")}
     missing = expected - metrics
     assert not missing, f"figures missing from the JSON: {sorted(missing)}"
     memory = {(s, m) for s, m in metrics if s.startswith("memory ")}
@@ -51,9 +54,14 @@ def test_short_bench_reports_every_figure(tmp_path: Path) -> None:
     assert any(s.endswith("(compute + writer)") and m.startswith("RSS") and m.endswith("compute worker")
                for s, m in memory), memory
     assert any(m == "RSS, writer with the embedded store" for s, m in memory), memory
+    # The receiver's counts of what went wrong are 0 in a good run; every figure is above 0.
+    counts = {"answered otherwise", "answered 2xx, events not on Kafka"}
     for row in rows:
         value = row["value"]
-        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, row
+        floor = 0 if row["metric"].split(" (")[0] in counts else 1e-9
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value >= floor, row
+    http = doc["details"]["connect-http"]
+    assert http["requests"] == 1000 and http["acknowledged_not_stored"] == 0, http
     assert doc["meta"]["loadavg_start"] and doc["meta"]["short"] is True
     # The throughput figure is events over the measured time, not a constant.
     one = doc["details"]["throughput 1 worker"]

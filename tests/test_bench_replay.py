@@ -73,6 +73,6 @@ def test_only_selects_scenarios_and_short_replays_a_cut_of_the_month() -> None:
     plan = plan_from_args(parser.parse_args(["bench", "--only", "replay"]))
     assert plan.scenarios == ("replay",) and plan.replay_limit is None
     assert FULL.replay_limit is None and SHORT.replay_limit is not None
-    assert set(FULL.scenarios) == {"throughput", "latency", "memory", "replay"}
+    assert set(FULL.scenarios) == {"throughput", "latency", "memory", "replay", "connect-http"}
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--only", "nonsense"])
