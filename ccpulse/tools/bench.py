@@ -542,7 +542,7 @@ class Bench:
                  f"from {concurrency} clients (after {warmup:,} to warm up) ...")
         load = _loadavg()
         run = await asyncio.to_thread(measure, self.bootstrap, requests, concurrency, warmup,
-                                      self.root / "connect-http", self.code)
+                                      self.root / "connect-http")
         rows = connect_http_rows(run)
         self.report.rows.extend(rows)
         self.report.details["connect-http"] = {

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from ccpulse.connectors import twilio
 from ccpulse.probes import free_port
@@ -154,11 +154,13 @@ def load_and_verify(base: str, bootstrap: str, topics: dict[str, str], requests:
 
 
 def measure(bootstrap: str, requests: int, concurrency: int = 64, warmup: int = 1000,
-            workdir: Path | None = None, code: Path | None = None) -> HttpRun:
+            workdir: Path | None = None) -> HttpRun:
     """Start a receiver on ``bootstrap`` (its own topic prefix), load it, stop it, verify on Kafka.
 
-    ``code``: the source tree the receiver runs from (``bench --worker-pythonpath``);
-    ``workdir`` keeps its log and state (``bench --keep``), else a temporary directory.
+    The receiver runs from this tree, also under ``bench --worker-pythonpath`` (that
+    option is the workers'): its requests are checked with this tree's mapper, so
+    another tree's event ids would read as not stored. ``workdir`` keeps its log and
+    state (``bench --keep``); without it, a temporary directory.
     """
     from ccpulse.config import load_settings
     from ccpulse.connectors.base import FAMILY_TOPIC_ATTR
@@ -173,15 +175,13 @@ def measure(bootstrap: str, requests: int, concurrency: int = 64, warmup: int = 
         env.update(CCPULSE_KAFKA_BOOTSTRAP=bootstrap, CCPULSE_TOPIC_PREFIX=f"benchhttp{secrets.token_hex(4)}.",
                    CCPULSE_STATE_DIR=str(root / "state"), CCPULSE_CONFIG=str(config),
                    CCPULSE_CONNECT_HTTP_PORT=str(port), CCPULSE_CONNECT_TWILIO_AUTH_TOKEN=_TOKEN)
-        if code is not None:
-            env["PYTHONPATH"] = str(code)
         settings = load_settings(config, env=env)
         # The topics the receiver publishes to, named as its own publisher names them.
         topics = {family: settings.topics.name(attr) for family, attr in FAMILY_TOPIC_ATTR.items()}
         log_path = root / "receiver.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "ccpulse.cli", "connect", "http"], env=env,
-                                    cwd=code, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_healthy(base, proc, log_path)
