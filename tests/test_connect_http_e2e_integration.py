@@ -45,7 +45,7 @@ def tw(event: str, task: str, when: str, queue: str = "tw-billing", channel: str
        **extra: str) -> Callable[[str], Signed]:
     name = {"worker.activity.update": "worker.activity.update"}.get(event, event)
     params = dict(fixture("twilio", name), TaskSid=task, Timestamp=str(int(at(when))), TaskQueueName=queue,
-                  TaskChannelUniqueName=channel, **extra)
+                  TaskQueueSid=f"WQ-{queue}", TaskChannelUniqueName=channel, **extra)
     return lambda base: twilio_request(base, params)
 
 
@@ -107,8 +107,9 @@ DAY_SCRIPT: list[Callable[[str], Signed]] = [
     tw("task-queue.entered", "WT-3", "08:02:00"), tw("task.canceled", "WT-3", "08:02:04"),  # 4 s: short abandon
     tw("task-queue.entered", "WT-4", "08:03:00"), tw("task.canceled", "WT-4", "08:03:40"),
     tw("task.wrapup", "WT-2", "08:03:00"), tw("task.completed", "WT-2", "08:03:30"),
-    # WT-5 moves to tw-sales while waiting, and TaskRouter reports it entering tw-sales too (the same offer).
-    tw("task-queue.entered", "WT-5", "08:04:00"), tw("task-queue.moved", "WT-5", "08:04:20", queue="tw-sales"),
+    # WT-5's workflow moves it on while waiting: task-queue.moved names the queue it left (tw-billing),
+    # the task-queue.entered that follows the new one (tw-sales: a visit of its own, with its own wait).
+    tw("task-queue.entered", "WT-5", "08:04:00"), tw("task-queue.moved", "WT-5", "08:04:20"),
     tw("task-queue.entered", "WT-5", "08:04:20", queue="tw-sales"),
     tw("reservation.accepted", "WT-5", "08:04:50", queue="tw-sales", WorkerSid="WK-c"),
     tw("task.completed", "WT-1", "08:05:10"), tw("task.completed", "WT-5", "08:06:50", queue="tw-sales"),
@@ -139,8 +140,9 @@ DAY_WATERMARK = [tw("task-queue.entered", "WT-wm", "10:00:00"), zd_created("Zwm"
 
 DAY_EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
     # WT-1 (10 s, handled 300 s), WT-2 (30 s, handled 120 s), WT-3 short abandon, WT-4 abandon (40 s),
-    # WT-5 left for tw-sales while waiting.
-    ("tw-billing", "voice"): dict(offered=5, answered=2, abandoned=1, short_abandoned=1, transferred_out=1,
+    # WT-5 moved on by its workflow while waiting (20 s): a flow-out of tw-billing, not a transfer.
+    ("tw-billing", "voice"): dict(offered=5, answered=2, abandoned=1, short_abandoned=1, transferred_out=0,
+                                  flowed_out=1,
                                   answered_within_target=1, wait_answered_sum_seconds=40.0, handled=2,
                                   handle_time_sum_seconds=420.0, waiting_at_end=0),
     ("tw-sales", "voice"): dict(offered=1, answered=1, abandoned=0, wait_answered_sum_seconds=30.0, handled=1,
