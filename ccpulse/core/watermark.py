@@ -37,6 +37,13 @@ def input_sources(topics: Iterable[str], partitions: int) -> frozenset[str]:
     return frozenset(f"{topic}/{p}" for topic in topics for p in range(partitions))
 
 
+def lifecycle_source(partition: int) -> str:
+    """A pipeline partition's own event time as a source of the stages fed by what it
+    derives (FCR, the agent stage): behind it, every event it will apply was applied,
+    including those that reached it through ``<app>-rekey``, which its input clock does not wait for."""
+    return f"lifecycle/{partition}"
+
+
 def low_watermark(sources: Iterable[list]) -> int:
     """Event time from [newest, idle] per source: the slowest active one, or the newest if all idle."""
     values = list(sources)

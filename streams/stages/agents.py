@@ -34,7 +34,7 @@ from ccpulse.config import Settings
 from ccpulse.core.agents import (ANY_CHANNEL, PRESENCE_SEEN, AgentCore, Contact, Presence, Timeline, WindowChange,
                                  WindowKey)
 from ccpulse.core.kpis import AGENT, QUEUE
-from ccpulse.core.watermark import InputWatermarks, low_watermark
+from ccpulse.core.watermark import InputWatermarks, input_sources, lifecycle_source, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
@@ -107,7 +107,11 @@ class AgentStage:
         self.facts_topic = facts_topic
         # Event time waits for every partition of the contact topics and of `agents`.
         inputs = [settings.topics.name(attr) for attr in FAMILIES] + [self.agents_topic]
-        self.expected = frozenset(f"{t}/{p}" for t in inputs for p in range(self.partitions))
+        self.expected = input_sources(inputs, self.partitions)
+        # And for each pipeline partition's own event time: the facts of the events it applies
+        # from <app>-rekey come after their input clock said they were read (docs/agents.md).
+        # Waited for once reported: the pipeline sends it in the clock with its first input report.
+        self.pipelines = frozenset(lifecycle_source(p) for p in range(self.partitions))
         self.table = agents
         self.records = records
         self.parts: dict[int, _Partition] = {}
@@ -246,12 +250,16 @@ class AgentStage:
         part = self.parts[partition]
         if not self.expected <= part.sources.keys():
             return None
-        value = low_watermark(part.sources[source] for source in self.expected)
+        value = low_watermark(part.sources[source] for source in self._waited(part))
         return value if value >= 0 else None
 
+    def _waited(self, part: _Partition) -> frozenset[str]:
+        """The sources event time waits for: the expected ones and the pipeline partitions' own."""
+        return self.expected | (self.pipelines & part.sources.keys())
+
     def _all_idle(self, part: _Partition) -> bool:
-        """Every expected source reported idle: nothing more is coming from any of them."""
-        return all(part.sources.get(source, (0, False))[1] for source in self.expected)
+        """Every source waited for reported idle: nothing more is coming from any of them."""
+        return all(part.sources.get(source, (0, False))[1] for source in self._waited(part))
 
     # -- output ---------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from aiokafka.partitioner import murmur2
 from ccpulse.config import Settings
 from ccpulse.core.engine import PartitionEngine, PartitionRecord
 from ccpulse.core.lifecycle import STEP_ORDER, Derivation, Fold, Interaction, Step
-from ccpulse.core.watermark import InputWatermarks, input_sources
+from ccpulse.core.watermark import InputWatermarks, input_sources, lifecycle_source
 from ccpulse.core.windowing import Windowing
 from ccpulse.log_limit import CountedLines
 from ccpulse.pseudonym import CustomerIdHasher
@@ -144,6 +144,8 @@ class PipelineStage:
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
         # partition -> the event time last reported to the merge and FCR (checkpoint)
         self._time_reported: dict[int, int] = {}
+        # partition -> [its event time, its input idle] last sent to the agent stage (checkpoint)
+        self._facts_sent: dict[int, list] = {}
         self._expiry_due_ms: int | None = None  # when on_tick next looks for interactions to forget
         self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
         # (queue, channel) seen, and those not told to the agent stage yet (queue -> channels):
@@ -209,6 +211,7 @@ class PipelineStage:
         self._report.pop(partition, None)
         self._clock_sent.pop(partition, None)
         self._time_reported.pop(partition, None)  # its next owner reports it; if it comes back, so do we
+        self._facts_sent.pop(partition, None)
         self._touched.discard(partition)
         if not forget_interactions:
             return
@@ -511,8 +514,17 @@ class PipelineStage:
                 clock.update(report)
         if clock:
             out.clocks.append(Message(None, orjson.dumps({CLOCK_FIELD: clock})))
-        if clock or self._channels_new:  # the agent stage's event time waits for the same sources
-            out.agent_clocks.append(clock_fact(clock, self._channels_new))
+        # The agent stage waits for the same sources, and for each partition's own event time
+        # (-1 before it has one), sent after the facts it covers: an input clock runs ahead of
+        # the facts of the events forwarded through <app>-rekey (docs/agents.md, "The join").
+        agent_clock = dict(clock)
+        for partition, engine in self.engines.items():
+            facts = [engine.record.watermark or -1, engine.input_idle()]
+            if self._facts_sent.get(partition) != facts:
+                self._facts_sent[partition] = facts
+                agent_clock[lifecycle_source(partition)] = facts
+        if agent_clock or self._channels_new:
+            out.agent_clocks.append(clock_fact(agent_clock, self._channels_new))
             self._channels_new = {}
         # Taken with the partials above, which cover it (every window it closes is among
         # them): the merge forgets a final window, and FCR decides a contact, only behind it.
@@ -523,7 +535,7 @@ class PipelineStage:
                 out.merge_clocks[str(partition)] = watermark
         if out.merge_clocks:
             out.fcr_clocks.append(Message(None, orjson.dumps(
-                {WATERMARK_FIELD: {f"lifecycle/{p}": wm for p, wm in out.merge_clocks.items()}})))
+                {WATERMARK_FIELD: {lifecycle_source(int(p)): wm for p, wm in out.merge_clocks.items()}})))
         out.records = {p: self.engines[p].record for p in sorted(self._touched) if p in self.engines}
         self._touched.clear()
         return out

@@ -1,0 +1,177 @@
+"""Agent events far ahead of the calls in a backlog close no agent window early (issue 16:
+"a crash or a rebalance changes no figure"; the figures must not depend on how far apart
+the topics are read). No broker: a real ``PipelineStage`` and a real ``AgentStage``, their
+outputs carried the way the topics deliver them (rekey and agent-facts partitions in
+order, clocks to every partition), the finals compared with a brute-force recount
+(tests/reference_agents.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from ccpulse.config import Settings, WindowSettings
+from ccpulse.core.timestamps import format_ms
+from schemas.events import parse_timestamp_ms
+from streams.stages.agents import AgentOutput, AgentStage
+from streams.stages.io import Consumed, Message
+from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
+from tests.reference_agents import recount
+
+PARTITIONS = 2
+REKEY, FACTS = "ccpulse-rekey", "ccpulse-agent-facts"
+T0 = parse_timestamp_ms("2026-01-05T08:00:00Z")
+HOUR, MIN = 3_600_000, 60_000
+NOW = T0 + 6 * HOUR  # the wall clock: the backlog is hours old
+LATENESS_MS = 60_000
+SIZES = (60, 900)
+INPUTS = ("calls", "chats", "tickets")
+
+
+@dataclass
+class Rec:
+    key: bytes | None
+    value: bytes | None
+    offset: int
+
+
+def settings() -> Settings:
+    base = Settings()
+    return replace(base, kafka=replace(base.kafka, partitions=PARTITIONS),
+                   windows=replace(WindowSettings(), sizes=SIZES, allowed_lateness_seconds=LATENESS_MS / 1000,
+                                   interaction_horizon_seconds=3600))
+
+
+def iid_on(partition: int, prefix: str) -> str:
+    n = 0
+    while key_partition(f"{prefix}{n}".encode(), PARTITIONS) != partition:
+        n += 1
+    return f"{prefix}{n}"
+
+
+def call(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
+    doc = {"event_id": f"{iid}-{n}", "type": f"call.{kind}", "occurred_at": format_ms(ts),
+           "interaction_id": iid, **extra}
+    if kind == "offered":
+        doc.setdefault("queue", "billing")
+    return orjson.dumps(doc)
+
+
+def agent_event(eid: str, kind: str, ts: int, **extra: Any) -> bytes:
+    return orjson.dumps({"event_id": eid, "type": f"agent.{kind}", "occurred_at": format_ms(ts),
+                         "agent_id": "ann", **extra})
+
+
+class Topics:
+    """The pipeline and the agent stage, with <app>-rekey and <app>-agent-facts between
+    them as Kafka delivers them; every partial the agent stage sends, in order."""
+
+    def __init__(self) -> None:
+        self.pipeline = PipelineStage(settings(), REKEY)
+        self.agents = AgentStage(settings(), FACTS, {}, {})
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.rekey: dict[int, list[Rec]] = {p: [] for p in range(PARTITIONS)}
+        self.sent: list[dict[str, Any]] = []
+
+    def _next(self, topic: str, p: int) -> int:
+        n = self.offsets.get((topic, p), 0)
+        self.offsets[topic, p] = n + 1
+        return n
+
+    def facts(self, keyed: list[Message], everywhere: list[Message], now: int) -> None:
+        records = [Consumed(FACTS, p, self._next(FACTS, p), m.value)
+                   for m in keyed for p in [key_partition(m.key, PARTITIONS)]]
+        records += [Consumed(FACTS, p, self._next(FACTS, p), m.value) for m in everywhere for p in range(PARTITIONS)]
+        self.collect(self.agents.on_batch(records, now), now)
+
+    def collect(self, out: AgentOutput, now: int) -> None:
+        self.sent += [m.value for m in out.partials]
+        if out.forwards or out.clocks:  # the agent stage's own clock comes back through the topic
+            self.facts(out.forwards, out.clocks, now)
+
+    def read_agents(self, events: list[bytes], now: int) -> None:
+        p = key_partition(b"ann", PARTITIONS)
+        records = [Consumed("agents", p, self._next("agents", p), raw, Rec(b"ann", raw, 0)) for raw in events]
+        self.collect(self.agents.on_batch(records, now), now)
+        self.agents_tick(now)
+
+    def agents_tick(self, now: int) -> None:
+        self.collect(self.agents.on_tick(now, {("agents", p): True for p in range(PARTITIONS)}), now)
+
+    def checkpoint(self, now: int) -> Checkpoint:
+        """The pipeline's checkpoint written: rekey (forwards, then clocks), agent facts, then their clocks."""
+        out = self.pipeline.checkpoint(now)
+        for m in out.rekey:
+            p = key_partition(m.key, PARTITIONS)
+            self.rekey[p].append(Rec(m.key, m.value, self._next(REKEY, p)))
+        for m in out.clocks:
+            for p in range(PARTITIONS):
+                self.rekey[p].append(Rec(None, m.value, self._next(REKEY, p)))
+        self.facts(out.agent_facts, out.agent_clocks, now)
+        return out
+
+    def read_rekey(self, now: int) -> None:
+        for p in range(PARTITIONS):
+            records, self.rekey[p] = self.rekey[p], []
+            self.pipeline.on_batch(REKEY, p, records, now)
+
+    def inputs_caught_up(self, now: int) -> None:
+        self.pipeline.reading(now, {(t, p): True for t in INPUTS for p in range(PARTITIONS)})
+
+
+def test_agent_events_hours_ahead_close_no_window_a_forwarded_contact_still_changes() -> None:
+    # The agent side of the backlog is read to 12:00 before the contact side has its facts
+    # out: ann's call 08:02-08:06 was produced without a key on calls/0, so the pipeline
+    # forwards it through <app>-rekey to the partition its interaction lives on, which
+    # applies it (and sends its facts) only once it reads <app>-rekey. calls/0 and calls/1
+    # were read to 10:00 meanwhile: their input clocks say so before those facts exist.
+    t = Topics()
+    t.read_agents([agent_event("a1", "logged_in", T0, queues=["billing"]),
+                   agent_event("a2", "state_changed", T0 + 30 * MIN, state="away", reason="lunch"),
+                   agent_event("a3", "state_changed", T0 + 90 * MIN, state="available"),
+                   agent_event("a4", "logged_out", T0 + 4 * HOUR)], NOW)
+    x, y, z = iid_on(1, "x"), iid_on(0, "y"), iid_on(1, "z")
+    t.pipeline.on_batch("calls", 0, [Rec(None, call(x, 1, "offered", T0 + 1 * MIN), 0),
+                                     Rec(None, call(x, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1),
+                                     Rec(None, call(x, 3, "ended", T0 + 6 * MIN), 2),
+                                     Rec(y.encode(), call(y, 1, "offered", T0 + 2 * HOUR), 3)], NOW)
+    t.pipeline.on_batch("calls", 1, [Rec(z.encode(), call(z, 1, "offered", T0 + 2 * HOUR), 0)], NOW)
+    idle_ms = int(settings().windows.source_idle_seconds * 1000)
+    t.inputs_caught_up(NOW)
+    t.inputs_caught_up(NOW + idle_ms)  # chats and tickets: nothing to read, reported idle
+    t.checkpoint(NOW + idle_ms)
+    t.agents_tick(NOW + idle_ms)
+    before_facts = len(t.sent)
+    # Now the pipeline reads <app>-rekey: the call is applied on partition 1, its facts go out.
+    t.read_rekey(NOW + idle_ms)
+    t.checkpoint(NOW + idle_ms)
+    t.read_rekey(NOW + idle_ms)
+    t.checkpoint(NOW + idle_ms)
+    t.agents_tick(NOW + idle_ms + 1000)
+
+    core = t.agents.parts[key_partition(b"ann", PARTITIONS)].core
+    event_time = core.now
+    assert event_time is not None and event_time >= T0 + 2 * HOUR - 1000
+    early = [tuple(p["key"]) for p in t.sent[:before_facts]
+             if p["final"] and p["key"][1] < T0 + 6 * MIN and p["key"][1] + p["key"][0] * 1000 > T0 + 2 * MIN]
+    assert early == [], f"published final before the call's facts were read: {early[:4]}"
+    assert (core.late_events, core.late_ms) == (0, 0)
+
+    # Every final window equals a recount from scratch of what was sent.
+    presence = {"ann": [(T0, "a1", "logged_in", None, None, ("billing",)),
+                        (T0 + 30 * MIN, "a2", "state_changed", "away", "lunch", None),
+                        (T0 + 90 * MIN, "a3", "state_changed", "available", None, None),
+                        (T0 + 4 * HOUR, "a4", "logged_out", None, None, None)]}
+    contacts = {"ann": {(x, 0): ("billing", "voice", T0 + 2 * MIN, T0 + 6 * MIN)}}
+    expected = recount(presence, contacts, T0, event_time, 1000, SIZES)
+    finals = {tuple(p["key"]): p for p in t.sent if p["final"]}
+    assert finals, "no window went final"
+    for key, partial in finals.items():
+        size, start, scope, name, channel = key
+        want = dict(expected.get(key, {}))
+        if scope == "q":  # a queue's staffed, available, away time go on each channel's record
+            want.update(expected.get((size, start, scope, name, ""), {}))
+        assert partial["agg"]["counts"] == want, (format_ms(start), key)
+    assert finals[(900, T0, "a", "ann", "")]["agg"]["counts"]["on_contact_ms"] == 4 * MIN
