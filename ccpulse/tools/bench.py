@@ -38,7 +38,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ccpulse.tools.bench_connect_http import HttpRun
 
 DEFAULT_JSON = "bench/results/latest.json"
 SCENARIOS = ("throughput", "latency", "memory", "replay", "connect-http")
@@ -556,8 +559,8 @@ class Bench:
                  f"{run.ok:,} of {run.sent:,} answered 2xx, {run.unstored:,} of them not on Kafka, load {load}")
 
 
-def connect_http_rows(run: Any) -> list[Row]:
-    """The receiver's table rows from a ``bench_connect_http.HttpRun``.
+def connect_http_rows(run: HttpRun) -> list[Row]:
+    """The receiver's table rows from one measured load.
 
     Only a 2xx whose events are on the input topic counts as acknowledged: a receiver
     answering before storing gets no rate and no latency, and its unstored row says NO.
