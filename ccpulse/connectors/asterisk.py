@@ -43,7 +43,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from ccpulse.connectors.base import Mapped, MappingError, event_id
+from ccpulse.connectors.base import UNNAMED_DESTINATION, Mapped, MappingError, event_id
 from ccpulse.core.timestamps import format_ms
 from schemas.events import MAX_ID_CHARS, name_problem
 
@@ -172,7 +172,7 @@ class QueueLogMapper:
             target = f"{method}:{data[1]}" if len(data) > 1 and data[1] else method
         else:
             target = "@".join(part for part in data[:2] if part)
-        to_agent = target[:MAX_ID_CHARS] if target and name_problem(target[:MAX_ID_CHARS]) is None else "unknown"
+        to_agent = target[:MAX_ID_CHARS] if target and name_problem(target[:MAX_ID_CHARS]) is None else UNNAMED_DESTINATION
         self._transfers[uniqueid] = (transfers + 1, epoch)
         self._transfers.move_to_end(uniqueid)
         return [call("call.transferred", "transferred", agent_id=agent, to_agent=to_agent,

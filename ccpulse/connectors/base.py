@@ -27,6 +27,9 @@ class Mapped:
 
 # Dead-letter reasons of the connectors beyond the pipeline's own (schemas.events.REASONS,
 # which the mappers reuse where they fit); schemas/json/dead-letter.schema.json lists both.
+# The to_agent of a transfer whose platform does not say where it went: EVENTS.md's
+# *.transferred needs to_queue or to_agent, and a made-up destination would be worse.
+UNNAMED_DESTINATION = "unknown"
 MAPPER_ERROR = "mapper_error"  # the mapper itself failed (a bug): the payload is kept for a replay
 CONNECTOR_REASONS = ("bad_line", "unknown_event", "unknown_outcome", "unknown_shape", "unsupported_channel",
                      MAPPER_ERROR)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ccpulse.connectors.base import Family, Mapped, MappingError, event_id
+from ccpulse.connectors.base import UNNAMED_DESTINATION, Family, Mapped, MappingError, event_id
 from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ident
 
 SOURCE = "genesys"
@@ -57,8 +57,6 @@ MEDIA_FAMILY: dict[str, Family] = {"VOICE": "call", "CALLBACK": "call", "CHAT": 
 _TOPIC = re.compile(r"v2\.detail\.events\.conversation\.([^.]+)\.(.+)\Z")
 # user.end disconnectType of an agent who handed the call on; its lower case is attributes.transfer.
 AGENT_TRANSFERS = frozenset(("TRANSFER", "CONSULT_TRANSFER", "CONFERENCE_TRANSFER"))
-# The to_agent of a transfer whose destination Genesys does not report (EVENTS.md requires one).
-UNNAMED_DESTINATION = "unknown"
 # user.end disconnectType of a user the call was offered to who never took it.
 NOT_TAKEN = frozenset(("NO_ANSWER_TRANSFER", "NOT_AVAILABLE_TRANSFER", "DND_TRANSFER", "FORWARD_TRANSFER"))
 
