@@ -70,7 +70,9 @@ class Topics:
 
     def __init__(self) -> None:
         self.pipeline = PipelineStage(settings(), REKEY)
-        self.agents = AgentStage(settings(), FACTS, {}, {})
+        self.table: dict[str, Any] = {}
+        self.records: dict[str, Any] = {}
+        self.agents = AgentStage(settings(), FACTS, self.table, self.records)
         self.offsets: dict[tuple[str, int], int] = {}
         self.rekey: dict[int, list[Rec]] = {p: [] for p in range(PARTITIONS)}
         self.sent: list[dict[str, Any]] = []
@@ -119,6 +121,26 @@ class Topics:
 
     def inputs_caught_up(self, now: int) -> None:
         self.pipeline.reading(now, {(t, p): True for t in INPUTS for p in range(PARTITIONS)})
+
+    def restart_agents(self) -> None:
+        """The agent stage's worker restarted (or its partitions moved): rebuilt from its tables."""
+        self.agents = AgentStage(settings(), FACTS, self.table, self.records)
+        for p in range(PARTITIONS):
+            self.agents.assign(p)
+
+    def settle(self, now: int, seconds: int = 10) -> int:
+        """Both sides tick once a second with nothing new to read; the wall clock after."""
+        for _ in range(seconds):
+            now += 1000
+            self.pipeline.on_tick(now, {(t, p): True for t in INPUTS for p in range(PARTITIONS)})
+            self.checkpoint(now)
+            self.read_rekey(now)
+            self.checkpoint(now)
+            self.agents_tick(now)
+        return now
+
+    def ann(self) -> Any:
+        return self.agents.parts[key_partition(b"ann", PARTITIONS)].core
 
 
 def test_agent_events_hours_ahead_close_no_window_a_forwarded_contact_still_changes() -> None:
@@ -175,3 +197,94 @@ def test_agent_events_hours_ahead_close_no_window_a_forwarded_contact_still_chan
             want.update(expected.get((size, start, scope, name, ""), {}))
         assert partial["agg"]["counts"] == want, (format_ms(start), key)
     assert finals[(900, T0, "a", "ann", "")]["agg"]["counts"]["on_contact_ms"] == 4 * MIN
+
+
+def finals_match_a_recount(t: Topics, presence: list[tuple], contacts: dict[Any, tuple]) -> None:
+    """Every final window sent equals a recount from scratch, and none was sent twice differently."""
+    expected = recount({"ann": presence}, {"ann": contacts}, T0, t.ann().now, 1000, SIZES)
+    finals: dict[tuple, dict[str, Any]] = {}
+    for partial in t.sent:
+        key = tuple(partial["key"])
+        if key in finals:
+            assert partial["agg"] == finals[key]["agg"], ("a final window changed", key)
+        if partial["final"]:
+            finals[key] = partial
+    assert finals, "no window went final"
+    for key, partial in finals.items():
+        size, start, scope, name, channel = key
+        want = dict(expected.get(key, {}))
+        if scope == "q":
+            want.update(expected.get((size, start, scope, name, ""), {}))
+        assert partial["agg"]["counts"] == want, (format_ms(start), key)
+
+
+SHIFT = [(T0, "a1", "logged_in", None, None, ("billing",)),
+         (T0 + 6 * MIN, "a2", "state_changed", "away", "lunch", None),
+         (T0 + 10 * MIN, "a3", "state_changed", "available", None, None),
+         (T0 + 14 * MIN, "a4", "logged_out", None, None, None)]
+
+
+def shift_events(rows: list[tuple]) -> list[bytes]:
+    out = []
+    for ts, eid, kind, state, reason, queues in rows:
+        extra = {k: v for k, v in (("state", state), ("reason", reason), ("queues", queues)) if v is not None}
+        out.append(agent_event(eid, kind, ts, **extra))
+    return out
+
+
+def test_an_idle_claim_older_than_the_agent_events_closes_nothing_before_the_calls_are_read() -> None:
+    # Every input idle, and said so once, long ago. Then a burst: the agent events of
+    # 08:00-08:14 are read, and the calls of the same minutes, produced a moment later,
+    # are read by the pipeline after that. The claim "calls/0 has nothing to read" was
+    # made before the agent events moved event time: it may not let it pass them.
+    t = Topics()
+    idle_ms = int(settings().windows.source_idle_seconds * 1000)
+    wall = t.settle(NOW + idle_ms)
+    t.read_agents(shift_events(SHIFT), wall)
+    before = len(t.sent)
+    c, tick = iid_on(0, "c"), iid_on(1, "t")
+    t.pipeline.on_batch("calls", 0, [Rec(c.encode(), call(c, 1, "offered", T0 + 1 * MIN), 0),
+                                     Rec(c.encode(), call(c, 2, "answered", T0 + 2 * MIN, agent_id="ann"), 1),
+                                     Rec(c.encode(), call(c, 3, "ended", T0 + 5 * MIN), 2)], wall)
+    t.pipeline.on_batch("calls", 1, [Rec(tick.encode(), call(tick, 1, "offered", T0 + 40 * MIN), 0)], wall)
+    t.inputs_caught_up(wall)
+    t.checkpoint(wall)
+    early = [tuple(p["key"]) for p in t.sent[:before] if p["final"]]
+    assert early == [], f"final before the calls were read: {early[:4]}"
+    t.settle(wall)
+    core = t.ann()
+    assert core.now is not None and core.now >= T0 + 30 * MIN
+    assert (core.late_events, core.late_ms) == (0, 0)
+    finals_match_a_recount(t, SHIFT, {(c, 0): ("billing", "voice", T0 + 2 * MIN, T0 + 5 * MIN)})
+
+
+def test_after_a_restart_the_idle_claims_read_before_it_hold_until_said_again() -> None:
+    # The first minutes read and reported by both sides, all quiet; the agent stage's
+    # worker restarts (its partitions rebuilt from the tables, with the sources as they
+    # were). Its agent backlog is read first; the call of the same minutes is read by the
+    # pipeline after. The stored "calls/0 idle" is from before the restart.
+    t = Topics()
+    idle_ms = int(settings().windows.source_idle_seconds * 1000)
+    wall = NOW
+    t.read_agents(shift_events(SHIFT[:1]), wall)
+    c, tick = iid_on(0, "c"), iid_on(1, "t")
+    t.pipeline.on_batch("calls", 1, [Rec(tick.encode(), call(tick, 1, "offered", T0 + 3 * MIN), 0)], wall)
+    wall = t.settle(wall + idle_ms)
+    stored = t.ann().now
+    assert stored is not None and T0 < stored < T0 + 4 * MIN
+    t.restart_agents()
+    t.read_agents(shift_events(SHIFT[1:]), wall)
+    before = len(t.sent)
+    t.pipeline.on_batch("calls", 0, [Rec(c.encode(), call(c, 1, "offered", T0 + 4 * MIN), 0),
+                                     Rec(c.encode(), call(c, 2, "answered", T0 + 7 * MIN, agent_id="ann"), 1),
+                                     Rec(c.encode(), call(c, 3, "ended", T0 + 9 * MIN), 2)], wall)
+    t.pipeline.on_batch("calls", 1, [Rec(tick.encode(), call(tick, 2, "abandoned", T0 + 40 * MIN), 1)], wall)
+    t.inputs_caught_up(wall)
+    t.checkpoint(wall)
+    early = [tuple(p["key"]) for p in t.sent[:before] if p["final"] and p["key"][1] >= T0 + 4 * MIN]
+    assert early == [], f"final before the call was read: {early[:4]}"
+    t.settle(wall)
+    core = t.ann()
+    assert core.now is not None and core.now >= T0 + 30 * MIN
+    assert (core.late_events, core.late_ms) == (0, 0)
+    finals_match_a_recount(t, SHIFT, {(c, 0): ("billing", "voice", T0 + 7 * MIN, T0 + 9 * MIN)})

@@ -94,8 +94,9 @@ def run(stage: PipelineStage, facts: Facts, partition: int, records: list[Rec], 
     stage.on_batch("calls", partition, records, NOW)
     out = stage.checkpoint(NOW)
     facts.checkpoint(out)
-    # The input partitions and each pipeline partition's own event time (lifecycle/p).
-    clock = orjson.dumps({"clock": {f"{t}/{p}": [until, False] for t in ("calls", "chats", "tickets", "lifecycle")
+    # Every source, each pipeline partition's own event time (lifecycle/p) too, in one clock.
+    clock = orjson.dumps({"clock": {f"{t}/{p}": [until, False]
+                                    for t in ("calls", "chats", "tickets", "lifecycle", "agents")
                                     for p in range(PARTITIONS)}})
     facts.read([Consumed(FACTS, p, facts._next(p), clock) for p in range(PARTITIONS)])
     return out

@@ -39,8 +39,8 @@ from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
 from sinks.prometheus import PipelineMetrics
-from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_FIELD, CONTACT_FIELD, PRESENCE_FIELD, REMOVED_FIELD,
-                                        clock_fact, contact_fact, removal_fact, segment_facts)
+from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_AGAIN_MS, CLOCK_FIELD, CONTACT_FIELD, PRESENCE_FIELD,
+                                        REMOVED_FIELD, clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
 from streams.stages.partials import agents_live_partial, agents_source
 from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, key_partition
@@ -85,6 +85,13 @@ class _Partition:
     # (queue, channel) -> the live counts last sent (None: sent before a restore, not known)
     live_sent: dict[tuple[str, str], dict[str, int] | None] = field(default_factory=dict)
     live_ms: int = -LIVE_EVERY_MS  # wall clock of the last look at the live counts
+    # Where in this partition's clocks (the count read) a source was last said, and where any
+    # source last moved forward: an idle claim said before that is stale (``claims``). In
+    # memory only: after a restore every stored claim is older than what is read next.
+    clocks_read: int = 0
+    said_at: dict[str, int] = field(default_factory=dict)
+    moved_at: int = 0
+    reported: dict[str, list] = field(default_factory=dict)  # `own`'s last report
 
 
 class AgentStage:
@@ -115,6 +122,7 @@ class AgentStage:
         self.table = agents
         self.records = records
         self.parts: dict[int, _Partition] = {}
+        self.clock_ms = 0  # wall clock of the last clock of `agents` sent
         if metrics is not None:
             # /metrics reads the seconds in each state from the cores at scrape time.
             metrics.watch_agents(self.state_totals)
@@ -174,9 +182,13 @@ class AgentStage:
             report = {str(source): _fields(f"{CLOCK_FIELD}[{source!r}]", value, (int, bool))
                       for source, value in doc[CLOCK_FIELD].items()}
             channels = {str(q): [str(ch) for ch in chs] for q, chs in doc.get(CHANNELS_FIELD, {}).items()}
+            part.clocks_read += 1
             for source, (ts, idle) in report.items():
                 held = part.sources.get(source)
+                if ts > (held[0] if held else -1):
+                    part.moved_at = part.clocks_read
                 part.sources[source] = [max(ts, held[0]) if held else ts, idle]
+                part.said_at[source] = part.clocks_read
             for queue, names in channels.items():
                 self._channels(part, queue, names)
             part.touched = True
@@ -250,24 +262,42 @@ class AgentStage:
         part = self.parts[partition]
         if not self.expected <= part.sources.keys():
             return None
-        value = low_watermark(part.sources[source] for source in self._waited(part))
+        value = low_watermark(self.claims(part).values())
         return value if value >= 0 else None
 
-    def _waited(self, part: _Partition) -> frozenset[str]:
-        """The sources event time waits for: the expected ones and the pipeline partitions' own."""
-        return self.expected | (self.pipelines & part.sources.keys())
+    def claims(self, part: _Partition) -> dict[str, list]:
+        """[newest, idle] of every source event time waits for (the expected ones and the
+        pipeline partitions' own), as of this partition's clocks: an idle claim said before
+        some source last moved forward counts as active at its time. Idle means "nothing left
+        to read" when it was said, by a sender that did not see the records since: agent
+        events read ahead of calls produced a moment later, or a claim stored before a
+        restart, let event time pass the calls before the pipeline said it had them. Each
+        sender says its clock again at least every ``CLOCK_AGAIN_MS``."""
+        waited = self.expected | (self.pipelines & part.sources.keys())
+        return {source: [ts, idle and part.said_at.get(source, -1) >= part.moved_at]
+                for source in waited if source in part.sources for ts, idle in [part.sources[source]]}
 
     def _all_idle(self, part: _Partition) -> bool:
-        """Every source waited for reported idle: nothing more is coming from any of them."""
-        return all(part.sources.get(source, (0, False))[1] for source in self._waited(part))
+        """Every source waited for said idle, as of now: nothing more is coming from any of them."""
+        claims = self.claims(part)
+        return self.expected <= claims.keys() and all(idle for _ts, idle in claims.values())
 
     # -- output ---------------------------------------------------------------
 
     def _output(self, out: AgentOutput, now_ms: int) -> AgentOutput:
-        for partition, part in self.parts.items():
+        # Every owned partition of `agents` in one clock, whole, and again at least every
+        # CLOCK_AGAIN_MS: a reader takes an idle claim only as of where it read it (``claims``).
+        whole: dict[str, list] = {}
+        news = False
+        for part in self.parts.values():
             report = part.own.report(now_ms)
             if report is not None:
-                out.clocks.append(clock_fact(report))
+                part.reported, news = report, True
+            whole.update(part.reported)
+        if whole and (news or now_ms - self.clock_ms >= CLOCK_AGAIN_MS):
+            self.clock_ms = now_ms
+            out.clocks.append(clock_fact(whole))
+        for partition, part in self.parts.items():
             event_time = self.event_time(partition)
             if event_time is not None and (part.core.now is None or event_time > part.core.now):
                 part.core.advance(event_time)

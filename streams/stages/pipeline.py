@@ -41,7 +41,8 @@ from ccpulse.pseudonym import CustomerIdHasher
 from schemas.events import Event, Rejection
 from schemas.records import dead_letter, event_message, step_from_message, window_label
 from sinks.prometheus import PipelineMetrics
-from streams.stages.agent_facts import ANSWER_STEPS, answer_of, changed_facts, clock_fact, segment_facts
+from streams.stages.agent_facts import (ANSWER_STEPS, CLOCK_AGAIN_MS, answer_of, changed_facts, clock_fact,
+                                        segment_facts)
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
 from streams.stages.fcr import WATERMARK_FIELD, contact_message
 from streams.stages.io import Message
@@ -144,8 +145,9 @@ class PipelineStage:
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
         # partition -> the event time last reported to the merge and FCR (checkpoint)
         self._time_reported: dict[int, int] = {}
-        # partition -> [its event time, its input idle] last sent to the agent stage (checkpoint)
-        self._facts_sent: dict[int, list] = {}
+        # lifecycle/<p> -> [p's event time, its input idle] last sent to the agent stage, and when
+        self._facts_sent: dict[str, list] = {}
+        self._agent_clock_ms: int | None = None
         self._expiry_due_ms: int | None = None  # when on_tick next looks for interactions to forget
         self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
         # (queue, channel) seen, and those not told to the agent stage yet (queue -> channels):
@@ -211,7 +213,6 @@ class PipelineStage:
         self._report.pop(partition, None)
         self._clock_sent.pop(partition, None)
         self._time_reported.pop(partition, None)  # its next owner reports it; if it comes back, so do we
-        self._facts_sent.pop(partition, None)
         self._touched.discard(partition)
         if not forget_interactions:
             return
@@ -517,15 +518,19 @@ class PipelineStage:
         # The agent stage waits for the same sources, and for each partition's own event time
         # (-1 before it has one), sent after the facts it covers: an input clock runs ahead of
         # the facts of the events forwarded through <app>-rekey (docs/agents.md, "The join").
-        agent_clock = dict(clock)
-        for partition, engine in self.engines.items():
-            facts = [engine.record.watermark or -1, engine.input_idle()]
-            if self._facts_sent.get(partition) != facts:
-                self._facts_sent[partition] = facts
-                agent_clock[lifecycle_source(partition)] = facts
-        if agent_clock or self._channels_new:
-            out.agent_clocks.append(clock_fact(agent_clock, self._channels_new))
-            self._channels_new = {}
+        # Whole, and at least every CLOCK_AGAIN_MS: it takes an idle claim only as of the clock
+        # it read it in (AgentStage.claims).
+        facts = {lifecycle_source(p): [engine.record.watermark or -1, engine.input_idle()]
+                 for p, engine in self.engines.items()}
+        again = now_ms is not None and (self._agent_clock_ms is None
+                                        or now_ms - self._agent_clock_ms >= CLOCK_AGAIN_MS)
+        if clock or facts != self._facts_sent or self._channels_new or (again and facts):
+            whole = {source: value for report in self._report.values() for source, value in report.items()}
+            whole.update(facts)
+            out.agent_clocks.append(clock_fact(whole, self._channels_new))
+            self._facts_sent, self._channels_new = facts, {}
+            if now_ms is not None:
+                self._agent_clock_ms = now_ms
         # Taken with the partials above, which cover it (every window it closes is among
         # them): the merge forgets a final window, and FCR decides a contact, only behind it.
         for partition, engine in self.engines.items():
