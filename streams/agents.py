@@ -15,8 +15,8 @@ returned since the last one, in this order:
 
 and only then acknowledges the envelopes it covers, so no offset is committed whose
 effects are not written. A timer ticks the stage once a second (idle ``agents``
-partitions, event time following the wall clock when nothing moves it, live counts)
-and checkpoints what that produced.
+partitions, the clock of ``agents`` said again, event time following the wall clock
+when nothing moves it, live counts) and checkpoints what that produced.
 """
 
 from __future__ import annotations

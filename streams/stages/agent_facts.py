@@ -21,9 +21,10 @@ from streams.stages.io import Message
 CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
 # With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
 CHANNELS_FIELD = "channels"
-# A sender's clock goes out whole (every source it reports) at least this often (wall clock
-# ms), changed or not: the agent stage takes an idle claim only as of where it read it, and
-# one read before another sender's source moved forward holds until it is said again.
+# A sender's clock goes out whole (every source it reports), and again, unchanged, once
+# this long (wall clock ms) has passed, at its next tick (once a second): the agent stage
+# takes an idle claim only as of where it read it, and one read before another sender's
+# source moved forward holds until it is said again.
 CLOCK_AGAIN_MS = 1000
 # METRICS.md: on contact = handling an answered, not ended call or chat. A ticket's answer
 # (a reply) does not hold its agent until it closes. The interaction keeps only its channel:

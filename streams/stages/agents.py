@@ -12,8 +12,10 @@ It reads two co-partitioned topics, both keyed by ``agent_id``:
   partitions' event time, every partition's own sources, as the pipeline's clocks).
 
 Event time is the slowest active source among all the clocks read, once every expected
-source (each partition of the input topics and of ``agents``) has reported: no window
-closes while a pipeline partition may still send a contact for it.
+source (each partition of the input topics and of ``agents``) has reported, and behind
+each pipeline partition's own event time (``lifecycle/<p>``): no window closes while a
+pipeline partition may still send a contact for it. An idle claim counts only as of
+where it was read (``claims``).
 
 One ``AgentCore`` (ccpulse/core/agents.py) per partition holds the timelines. ``on_batch``
 and ``on_tick`` return an ``AgentOutput``: the changed agents (one table entry each,
