@@ -15,7 +15,7 @@ import orjson
 from ccpulse.config import Settings, WindowSettings
 from ccpulse.core.timestamps import format_ms
 from schemas.events import parse_timestamp_ms
-from streams.stages.agents import AgentOutput, AgentStage
+from streams.stages.agents import AgentOutput, AgentStage, clock_fact
 from streams.stages.io import Consumed, Message
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
 from tests.reference_agents import recount
@@ -288,3 +288,24 @@ def test_after_a_restart_the_idle_claims_read_before_it_hold_until_said_again() 
     assert core.now is not None and core.now >= T0 + 30 * MIN
     assert (core.late_events, core.late_ms) == (0, 0)
     finals_match_a_recount(t, SHIFT, {(c, 0): ("billing", "voice", T0 + 7 * MIN, T0 + 9 * MIN)})
+
+
+def test_a_quiet_night_with_both_senders_saying_their_clocks_again_moves_event_time_on() -> None:
+    # Everything idle; the pipeline's partitions follow the wall clock (lifecycle/p moves a
+    # second a tick), the agent stage says its idle `agents` clock again each tick, and the
+    # two land in the same order every time (agents first). An idle claim lets event time go
+    # as far as anything had reached when it was said: it moves on, a tick behind.
+    s = AgentStage(settings(), FACTS, {}, {})
+    start = T0 + HOUR
+
+    def clock(report: dict[str, list], offset: int) -> Consumed:
+        return Consumed(FACTS, 0, offset, clock_fact(report).value)
+
+    agents = {f"agents/{p}": [start, True] for p in range(PARTITIONS)}
+    inputs = {f"{t}/{p}": [start, True] for t in INPUTS for p in range(PARTITIONS)}
+    offset = 0
+    for second in range(10):
+        pipeline = {**inputs, **{f"lifecycle/{p}": [start + second * 1000, True] for p in range(PARTITIONS)}}
+        s.on_batch([clock(agents, offset), clock(pipeline, offset + 1)], NOW + second * 1000)
+        offset += 2
+    assert s.parts[0].core.now == start + 8 * 1000

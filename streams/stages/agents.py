@@ -87,12 +87,10 @@ class _Partition:
     # (queue, channel) -> the live counts last sent (None: sent before a restore, not known)
     live_sent: dict[tuple[str, str], dict[str, int] | None] = field(default_factory=dict)
     live_ms: int = -LIVE_EVERY_MS  # wall clock of the last look at the live counts
-    # Where in this partition's clocks (the count read) a source was last said, and where any
-    # source last moved forward: an idle claim said before that is stale (``claims``). In
-    # memory only: after a restore every stored claim is older than what is read next.
-    clocks_read: int = 0
-    said_at: dict[str, int] = field(default_factory=dict)
-    moved_at: int = 0
+    # source -> the newest time any source waited for had reached in this partition's clocks
+    # when the source was last said: how far its idle claim lets event time go (``claims``).
+    # In memory only: a claim stored before a restore lets it go no further than its own time.
+    licence: dict[str, int] = field(default_factory=dict)
     reported: dict[str, list] = field(default_factory=dict)  # `own`'s last report
 
 
@@ -184,13 +182,12 @@ class AgentStage:
             report = {str(source): _fields(f"{CLOCK_FIELD}[{source!r}]", value, (int, bool))
                       for source, value in doc[CLOCK_FIELD].items()}
             channels = {str(q): [str(ch) for ch in chs] for q, chs in doc.get(CHANNELS_FIELD, {}).items()}
-            part.clocks_read += 1
             for source, (ts, idle) in report.items():
                 held = part.sources.get(source)
-                if ts > (held[0] if held else -1):
-                    part.moved_at = part.clocks_read
                 part.sources[source] = [max(ts, held[0]) if held else ts, idle]
-                part.said_at[source] = part.clocks_read
+            newest = self._newest(part)  # one clock is one snapshot of its sender's sources
+            for source in report:
+                part.licence[source] = newest
             for queue, names in channels.items():
                 self._channels(part, queue, names)
             part.touched = True
@@ -267,17 +264,28 @@ class AgentStage:
         value = low_watermark(self.claims(part).values())
         return value if value >= 0 else None
 
+    def _waited(self, part: _Partition) -> list[str]:
+        """The sources event time waits for: the expected ones and the pipeline partitions' own."""
+        return [s for s in self.expected | (self.pipelines & part.sources.keys()) if s in part.sources]
+
+    def _newest(self, part: _Partition) -> int:
+        return max((part.sources[source][0] for source in self._waited(part)), default=-1)
+
     def claims(self, part: _Partition) -> dict[str, list]:
-        """[newest, idle] of every source event time waits for (the expected ones and the
-        pipeline partitions' own), as of this partition's clocks: an idle claim said before
-        some source last moved forward counts as active at its time. Idle means "nothing left
-        to read" when it was said, by a sender that did not see the records since: agent
-        events read ahead of calls produced a moment later, or a claim stored before a
-        restart, let event time pass the calls before the pipeline said it had them. Each
-        sender says its clock again at least every ``CLOCK_AGAIN_MS``."""
-        waited = self.expected | (self.pipelines & part.sources.keys())
-        return {source: [ts, idle and part.said_at.get(source, -1) >= part.moved_at]
-                for source in waited if source in part.sources for ts, idle in [part.sources[source]]}
+        """[newest, idle] of every source event time waits for. "Nothing left to read" is
+        true when said, by a sender that has not seen what came since: it lets event time go
+        only as far as any source had reached when it was said (its licence); past that, the
+        source counts as active at its licence. Agent events read ahead of calls produced a
+        moment later, or a claim stored before a restart, let event time pass those calls
+        before the pipeline said it had them. Each sender says its clock again about every
+        ``CLOCK_AGAIN_MS``, which moves the licence on."""
+        newest = self._newest(part)
+        out = {}
+        for source in self._waited(part):
+            ts, idle = part.sources[source]
+            licence = part.licence.get(source, -1)
+            out[source] = [ts, True] if idle and newest <= licence else [max(ts, licence) if idle else ts, False]
+        return out
 
     def _all_idle(self, part: _Partition) -> bool:
         """Every source waited for said idle, as of now: nothing more is coming from any of them."""
