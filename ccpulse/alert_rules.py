@@ -20,7 +20,7 @@ add up.
 
 Occupancy in the stream is that of each final 15-minute window; here it is the last 15
 minutes at each evaluation (the same formula over a sliding window, as service level).
-A null ``agents_gap`` (no handle time yet) is no sample: no alert, as no observation.
+A null ``agents_gap`` (no handle time yet, or no agent event ever named the queue) is no sample: no alert, as no observation.
 
 The ticket p90 alert compares the share of first responses within the target
 (``le`` bucket = target) with 90 % when the target is a bucket bound of

@@ -525,8 +525,8 @@ def queue_state_values(record: Mapping[str, Any]) -> dict[str, float | None]:
     service_level, abandonment_rate, asa_seconds: the rolling last 15 minutes
     (null when no contact left the queue in that time). longest_wait_seconds: the
     live state; nobody waiting is a wait of 0 (compliant), not missing data.
-    agents_gap: live; null (no handle time yet, or a record of before issue 16) is
-    missing data.
+    agents_gap: live; null (no handle time yet, no agent event ever named the queue,
+    or a record of before issue 16) is missing data.
     """
     last = record.get("last_15m") or {}
     longest = record.get("longest_wait_seconds")
