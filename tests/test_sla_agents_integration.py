@@ -17,7 +17,9 @@ A scripted shift of queue ``staff`` (voice), every figure known by construction:
   away, present = 3 - 2 = 1 agent for a requirement of 2: ``agents_gap`` = 1 > 0;
 - the final 15-minute window 08:00-08:15 has occupancy (30 x 24 s on contact) /
   (that + 180 s of ``ag-calls`` available + 2 x 900 s) = 720 / 2700 = 0.267, above its
-  target 0.25: an occupancy breach.
+  target 0.25: an occupancy breach. The calls stop at 08:27:24; in 08:30-08:45 nobody is
+  on contact (occupancy 0), and once that window is final (event time moved on by a
+  call of another queue, given up at once) the breach resolves.
 
 Every hold-down is measured in event time (the records' ``as_of``, streams/sla.py), and
 event time here moves only with the script: ``idle_close_seconds`` is out of reach, so
@@ -82,8 +84,13 @@ def ms(text: str) -> int:
 START = ms("08:00:00")
 BLIP = (ms("08:16:00"), ms("08:17:00"))
 SHORT = (ms("08:20:00"), ms("08:25:00"))
-END = ms("08:27:00")
+END = ms("08:27:00")  # the last call is offered
+SHIFT_END = END + HANDLE_S * 1000  # and ended
 WINDOW_END = ms("08:15:00")
+# Event time after the shift: the window 08:30-08:45 is final from 08:50 (the lateness).
+QUIET_WINDOW_END = ms("08:45:00")
+TICKS_FROM = ms("08:51:00")
+TICK = "elsewhere"
 # By construction (module docstring): the first 15-minute window's occupancy.
 OCCUPANCY = (30 * HANDLE_S) / (30 * HANDLE_S + 30 * (EVERY_S - HANDLE_S) + 2 * 900)
 
@@ -149,6 +156,14 @@ class Shift:
             return records[-1] if records and check(records[-1]) else None
         return wait_until(latest, 60, f"kpi.queue-state of {Q}: {what}", interval=0.5)
 
+    def tick(self, at_ms: int) -> None:
+        """A call of another queue, given up at once: moves event time on, nothing for ``Q``."""
+        iid = f"tick-{at_ms}"
+        base = {"interaction_id": iid, "queue": TICK, "occurred_at": format_ms(at_ms)}
+        produce(self.bootstrap, f"{self.prefix}calls",
+                [(iid.encode(), orjson.dumps({**base, "event_id": f"{iid}-{etype}", "type": f"call.{etype}"}))
+                 for etype in ("offered", "abandoned")], one_at_a_time=True)
+
     def breaches(self) -> list[dict[str, Any]]:
         return [json.loads(v) for _k, v in read_topic(self.bootstrap, f"{self.prefix}sla.breaches")]
 
@@ -182,12 +197,24 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
                             interval=0.5)
         metrics_open = worker.metrics()
         shift.agents([presence("state_changed", SHORT[1], w, state="available") for w in SPARE], away=0)
-        shift.calls_until(END, away=0)
+        shift.calls_until(SHIFT_END, away=0)
         wait_until(lambda: shift.breach("agents_gap", "resolved"), 60, "the agents_gap breach resolved",
                    interval=0.5)
         wait_until(lambda: shift.breach("occupancy", "open"), 60, "an open occupancy breach", interval=0.5)
-        records = shift.breaches()
         metrics_end = worker.metrics()
+        # No call after SHIFT_END: nobody is on contact in 08:30-08:45 (occupancy 0). Event time
+        # moves on a minute at a time, by another queue, until that window is final and its
+        # occupancy has held the resolve hold-down.
+        ticks = iter(range(TICKS_FROM, TICKS_FROM + 40 * 60_000, 60_000))
+
+        def occupancy_resolved() -> list[dict[str, Any]]:
+            found = shift.breach("occupancy", "resolved")
+            if not found:
+                shift.tick(next(ticks))
+            return found
+
+        wait_until(occupancy_resolved, 90, "the occupancy breach resolved", interval=1.0)
+        records = shift.breaches()
     finally:
         exit_code = worker.stop()
     yield dict(warm=warm, blip=blip, short=short, after_blip=after_blip, opened=opened, breaches=records,
@@ -248,7 +275,7 @@ def test_staffing_up_resolves_the_breach(run) -> None:
     assert done["breach_id"] == opened["breach_id"] and done["version"] == 2
     assert done["observed"] <= 0
     # Compliant from the moment the spares were back, for the resolve hold-down.
-    assert SHORT[1] + GAP_RESOLVE_S * 1000 <= ms(done["resolved_at"]) <= END
+    assert SHORT[1] + GAP_RESOLVE_S * 1000 <= ms(done["resolved_at"]) <= SHIFT_END
     assert done["duration_seconds"] == (ms(done["resolved_at"]) - ms(done["opened_at"])) / 1000
     gauge = run["metrics_end"].get(("ccpulse_sla_breach_open",
                                     (("channel", "voice"), ("kpi", "agents_gap"), ("queue", Q))))
@@ -267,8 +294,19 @@ def test_occupancy_above_target_on_the_final_15_minute_window_opens_a_breach(run
     assert ms(first["opened_at"]) >= WINDOW_END + max(LATENESS_S, 60) * 1000
 
 
-def test_no_other_breach_and_every_record_validates(run) -> None:
-    assert {b["kpi"] for b in run["breaches"]} == {"agents_gap", "occupancy"}, run["breaches"]
+def test_an_occupancy_within_target_on_a_later_final_window_resolves_it(run) -> None:
+    states = [b["state"] for b in of(run, "occupancy")]
+    assert states == ["open", "resolved"], of(run, "occupancy")
+    opened, done = of(run, "occupancy")
+    assert done["breach_id"] == opened["breach_id"]
+    assert done["observed"] == 0  # nobody on contact in 08:30-08:45, everybody available
+    assert done["worst_observed"] >= OCCUPANCY
+    assert ms(done["resolved_at"]) >= QUIET_WINDOW_END + 60_000
+
+
+def test_no_other_breach_of_the_queue_and_every_record_validates(run) -> None:
+    # (the queue that moves event time on at the end may breach its own default targets)
+    assert {b["kpi"] for b in run["breaches"] if b["queue"] == Q} == {"agents_gap", "occupancy"}, run["breaches"]
     validator = Draft202012Validator(load("sla-breach"))
     for record in run["breaches"]:
         errors = sorted(validator.iter_errors(record), key=str)
