@@ -145,7 +145,8 @@ class PipelineStage:
         self._touched: set[int] = set()  # partitions whose record changed since the checkpoint
         # partition -> the event time last reported to the merge and FCR (checkpoint)
         self._time_reported: dict[int, int] = {}
-        # lifecycle/<p> -> [p's event time, its input idle] last sent to the agent stage, and when
+        # lifecycle/<p> -> [p's event time, its input idle] last sent to the agent stage; when the
+        # agent clock last went out (wall clock ms)
         self._facts_sent: dict[str, list] = {}
         self._agent_clock_ms: int | None = None
         self._expiry_due_ms: int | None = None  # when on_tick next looks for interactions to forget
@@ -518,8 +519,8 @@ class PipelineStage:
         # The agent stage waits for the same sources, and for each partition's own event time
         # (-1 before it has one), sent after the facts it covers: an input clock runs ahead of
         # the facts of the events forwarded through <app>-rekey (docs/agents.md, "The join").
-        # Whole, and at least every CLOCK_AGAIN_MS: it takes an idle claim only as of the clock
-        # it read it in (AgentStage.claims).
+        # Whole, and again once CLOCK_AGAIN_MS passed: an idle claim moves its event time only
+        # as far as anything had reached where it read the claim (AgentStage.claims).
         facts = {lifecycle_source(p): [engine.record.watermark or -1, engine.input_idle()]
                  for p, engine in self.engines.items()}
         again = now_ms is not None and (self._agent_clock_ms is None
