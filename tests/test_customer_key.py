@@ -35,7 +35,9 @@ def test_no_module_builds_a_hasher_or_an_hmac_of_its_own() -> None:
     offenders = []
     for package in ("ccpulse", "streams", "sinks", "schemas"):
         for path in (ROOT / package).rglob("*.py"):
-            if path == ROOT / "ccpulse" / "pseudonym.py":
+            # pseudonym.py: the customer id's hash; connectors/payload.py: the platforms'
+            # webhook signatures (their secrets, their algorithms), each in one place.
+            if path in (ROOT / "ccpulse" / "pseudonym.py", ROOT / "ccpulse" / "connectors" / "payload.py"):
                 continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Call):

@@ -27,12 +27,10 @@ The mapping (README "Jira Service Management" has the judgements):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any
 
 from ccpulse.connectors.base import Mapped, MappingError, event_id
-from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ident, rfc3339, same_secret
+from ccpulse.connectors.payload import checked_id, checked_name, dig, epoch, ident, rfc3339, same_secret, signature
 
 SOURCE = "jira"
 SIGNATURE_HEADER = "X-Hub-Signature"
@@ -40,7 +38,7 @@ CHANNEL = "web"  # the service desk portal (Jira's email channel is not told apa
 
 
 def expected_signature(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return "sha256=" + signature(secret, body, "sha256").hex()
 
 
 def verify(body: bytes, signature: str | None, secret: str) -> bool:

@@ -6,6 +6,7 @@ path, so the dead letter says what the platform sent that ccpulse could not use.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from typing import Any
@@ -97,6 +98,13 @@ def epoch(value: Any, where: str, unit_ms: int) -> str:
     if number is None or not 0 <= number * unit_ms < 253_402_300_800_000:
         raise MappingError("bad_timestamp", f"{where} {str(value)[:64]!r} is not an epoch time")
     return format_ms(int(number * unit_ms))
+
+
+def signature(secret: str, message: bytes, algorithm: str) -> bytes:
+    """HMAC of ``message`` with a platform's shared ``secret`` (``algorithm``: sha1, sha256):
+    every webhook signature the connectors check, computed in one place (the customer id
+    hash is ccpulse.pseudonym's, a different key for a different purpose)."""
+    return hmac.new(secret.encode("utf-8"), message, getattr(hashlib, algorithm)).digest()
 
 
 def same_secret(expected: str | bytes, given: str | bytes) -> bool:

@@ -44,15 +44,13 @@ the social messaging channels -> chats; any other channel is refused (dead-lette
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import re
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from ccpulse.connectors.base import Family, Mapped, MappingError, event_id
-from ccpulse.connectors.payload import checked_id, checked_name, epoch, same_secret
+from ccpulse.connectors.payload import checked_id, checked_name, epoch, same_secret, signature
 
 SOURCE = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -78,8 +76,7 @@ def expected_signature(url: str, params: Sequence[tuple[str, str]], auth_token: 
     """Twilio's signature of a request to ``url`` with these POST parameters."""
     # Sorted by name and, for a name given twice, by value: what Twilio's own helpers do.
     data = url + "".join(name + value for name, value in sorted(params))
-    digest = hmac.new(auth_token.encode("utf-8"), data.encode("utf-8"), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return base64.b64encode(signature(auth_token, data.encode("utf-8"), "sha1")).decode("ascii")
 
 
 def verify(url: str, params: Sequence[tuple[str, str]], signature: str | None, auth_token: str) -> bool:

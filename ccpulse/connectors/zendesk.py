@@ -30,12 +30,10 @@ The mapping (README "Zendesk" has the judgements):
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 from typing import Any
 
 from ccpulse.connectors.base import Mapped, MappingError, event_id
-from ccpulse.connectors.payload import checked_id, checked_name, dig, ident, rfc3339, same_secret
+from ccpulse.connectors.payload import checked_id, checked_name, dig, ident, rfc3339, same_secret, signature
 from schemas.events import parse_timestamp_ms
 
 SOURCE = "zendesk"
@@ -51,8 +49,7 @@ _OPEN_STATUSES = frozenset({"NEW", "OPEN", "PENDING", "HOLD"})
 
 
 def expected_signature(timestamp: str, body: bytes, secret: str) -> str:
-    digest = hmac.new(secret.encode("utf-8"), timestamp.encode("utf-8") + body, hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return base64.b64encode(signature(secret, timestamp.encode("utf-8") + body, "sha256")).decode("ascii")
 
 
 def verify(body: bytes, signature: str | None, timestamp: str | None, secret: str, now_ms: int,
