@@ -142,7 +142,15 @@ def test_kpi_windows_equal_sql_recomputation_from_interactions(store, window: st
         r = {k: (0 if v is None else v) for k, v in zip(result.column_names, row)}
         expected[(r["queue"], r["channel"], r["w"].replace(tzinfo=None))] = r
     assert expected, "the recomputation found no data"
-    assert set(engine) == set(expected)
+    # Windows no contact entered or left may hold agent seconds only: the calls the run
+    # leaves answered and unended keep their agents on contact up to the interaction
+    # horizon (issue 16), which the contact recomputation cannot see.
+    agent_only = set(engine) - set(expected)
+    for key in agent_only:
+        got = engine[key]
+        assert got["offered"] == got["answered"] == got["abandoned"] == got["handled"] == 0, key
+        assert got["on_contact_seconds"] > 0 and got["final"] is True, key
+    assert set(engine) - agent_only == set(expected)
     for key, want in expected.items():
         got = engine[key]
         for name in ("offered", "answered", "abandoned", "short_abandoned", "answered_within_target",
