@@ -20,6 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ccpulse.config import KafkaSettings
+from ccpulse.core.merge_clock import expected_sources
 from tests.worker_process import WorkerProcess, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -68,7 +70,8 @@ def test_a_lagging_fcr_part_still_merges_and_a_resent_part_after_forgetting_is_s
         def merged_entries() -> float:
             return worker.metrics()[("ccpulse_table_entries", (("table", "merged"),))]
 
-        ahead = [s for s in ("0", "1", "2", "3", "fcr-0", "fcr-1", "fcr-2", "fcr-3") if s != lagging]
+        # Every source the merge waits for (the lifecycle, FCR and agent-stage partitions).
+        ahead = sorted(expected_sources(KafkaSettings().partitions) - {lagging})
         # The KPI part, final, then every source's clock far ahead -- but the FCR partition
         # that still owes its part of the window reports an old clock.
         produce(kafka_bootstrap, partials, [partial("0", 4000, {"offered": 1}, later)]
