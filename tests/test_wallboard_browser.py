@@ -353,7 +353,9 @@ def page_equals_api(browser: Browser, worker: WorkerProcess, attempts: int = 8) 
 def settled(worker: WorkerProcess, events: LiveEvents) -> dict[str, Any] | None:
     """The API body once every published offer is in today's totals."""
     body = api(worker)
-    if not body["queues"]:
+    # Live once event time is within minutes of the wall clock: the backlog published first
+    # starts it 10 minutes back, and every input partition must report before it moves.
+    if not body["queues"] or body["mode"] != "live":
         return None
     day = body["queues"][0]["today"]["window_start"][:10]
     want = events.offered_on(day)
