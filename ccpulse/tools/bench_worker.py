@@ -117,8 +117,11 @@ dsn = "chdb://{self.dir / 'clickhouse'}"
 
     @property
     def steady_topics(self) -> frozenset[str]:
-        """Re-published every tick while contacts wait, input or not (see OffsetWatch)."""
-        return frozenset({f"{self.name}.kpi.queue-state"})
+        """Written again every second or so, input or not (see OffsetWatch): the queue state
+        while contacts wait, and the clocks the pipeline and the agent stage say again on
+        ``<app>-agent-facts`` (streams/stages/agent_facts.CLOCK_AGAIN_MS). Their lag is
+        almost never 0 at the moment it is read, however caught up the group is."""
+        return frozenset({f"{self.name}.kpi.queue-state", f"{self.name}-agent-facts"})
 
     def env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CCPULSE_")}
