@@ -43,7 +43,7 @@ demo: setup
 	$(BIN)/ccpulse demo
 
 test: setup
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 bench: setup  # ARGS=--short for the quick run; see bench/README.md
 	$(BIN)/ccpulse bench $(ARGS)
