@@ -18,6 +18,8 @@ from schemas.events import parse_timestamp_ms
 from streams.stages.agents import AgentOutput, AgentStage, clock_fact
 from streams.stages.io import Consumed, Message
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
+from tests.agents_support import call
+from tests.agents_support import iid_on as support_iid_on
 from tests.reference_agents import recount
 
 PARTITIONS = 2
@@ -45,18 +47,7 @@ def settings() -> Settings:
 
 
 def iid_on(partition: int, prefix: str) -> str:
-    n = 0
-    while key_partition(f"{prefix}{n}".encode(), PARTITIONS) != partition:
-        n += 1
-    return f"{prefix}{n}"
-
-
-def call(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
-    doc = {"event_id": f"{iid}-{n}", "type": f"call.{kind}", "occurred_at": format_ms(ts),
-           "interaction_id": iid, **extra}
-    if kind == "offered":
-        doc.setdefault("queue", "billing")
-    return orjson.dumps(doc)
+    return support_iid_on(partition, PARTITIONS, prefix)
 
 
 def agent_event(eid: str, kind: str, ts: int, **extra: Any) -> bytes:

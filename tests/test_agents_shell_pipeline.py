@@ -17,6 +17,8 @@ from schemas.events import parse_timestamp_ms
 from streams.stages.agents import AgentStage
 from streams.stages.io import Consumed
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
+from tests.agents_support import call
+from tests.agents_support import iid_on as support_iid_on
 
 PARTITIONS = 2
 REKEY, FACTS = "ccpulse-rekey", "ccpulse-agent-facts"
@@ -40,18 +42,7 @@ def settings() -> Settings:
 
 
 def iid_on(partition: int, prefix: str = "i") -> str:
-    n = 0
-    while key_partition(f"{prefix}{n}".encode(), PARTITIONS) != partition:
-        n += 1
-    return f"{prefix}{n}"
-
-
-def call(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
-    doc = {"event_id": f"{iid}-{n}", "type": f"call.{kind}", "occurred_at": format_ms(ts),
-           "interaction_id": iid, **extra}
-    if kind == "offered":
-        doc.setdefault("queue", "billing")
-    return orjson.dumps(doc)
+    return support_iid_on(partition, PARTITIONS, prefix)
 
 
 class Facts:
