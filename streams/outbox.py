@@ -77,7 +77,6 @@ class Outbox:
         # Batches handed to the producer, until their delivery is known: future -> its messages.
         self._in_flight: dict[asyncio.Future, list[Item]] = {}
         self._failed: list[Item] = []  # messages of batches the producer could not deliver
-        self._redelivering = False  # a flush is sending failed messages again (_delivered_all)
         # Why the last delivery failed, until everything failed since was delivered again.
         self.failure: str | None = None
         self.failed_messages: Counter = Counter()  # topic -> messages not delivered (re-sends too)
@@ -146,19 +145,11 @@ class Outbox:
             for delivery in [d for d in self._in_flight if d.done()]:
                 self._delivered(delivery)
             if not self._failed:
-                self._redelivering = False
                 return
-            # Out of ``_failed`` while sent again: ``settle`` (the commit) must still hold.
             retry, self._failed = self._failed, []
-            self._redelivering = True
-            try:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                await self._send(producer, self._resend(retry))
-            except BaseException:
-                self._failed = retry + self._failed
-                self._redelivering = False
-                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            await self._send(producer, self._resend(retry))
 
     async def _send(self, producer: Any, items: list[Item]) -> None:
         batches: dict[tuple[str, int], tuple[Any, list[Item]]] = {}
@@ -219,7 +210,7 @@ class Outbox:
                 self._delivered(delivery)
         # Batches still in flight were handed over after the flush began: they belong to
         # records acknowledged later, whose offsets are not part of this commit.
-        if self._failed or self._redelivering:
+        if self._failed:
             return False
         if self.failure is not None:
             log.info("the messages the producer failed to deliver are delivered now (%s)", self.failure)

@@ -109,29 +109,3 @@ def test_messages_alone_are_not_waited_for() -> None:
         return producer.log
 
     assert asyncio.run(run()) == [("handed", "app-window-partials")]
-
-
-def test_the_commit_holds_while_a_flush_sends_a_failed_message_again() -> None:
-    """``settle`` (the commit's question) runs beside a stage's flush: while that flush
-    re-sends a message the broker refused, the commit must not go past it."""
-
-    async def run() -> list[bool]:
-        producer = _Producer(fail_first={"app.events.dead-letter"})
-        outbox = _outbox(producer)
-        answers: list[bool] = []
-        real_send = producer.send_batch
-
-        async def send_batch(batch: _Batch, topic: str, partition: int) -> asyncio.Future:
-            future = await real_send(batch, topic, partition)
-            if topic == "app.events.dead-letter" and "failed" in [w for w, _ in producer.log]:
-                answers.append(await outbox.settle())  # the commit asks during the re-send
-            return future
-
-        producer.send_batch = send_batch  # type: ignore[method-assign]
-        outbox.send(_Topic("app.events.dead-letter"), b"d", b"refused once", 0)
-        outbox.put(_Table("app-interactions-changelog"), 0, "iid", {"steps": 1})
-        await outbox.flush()
-        answers.append(await outbox.settle())  # everything delivered now
-        return answers
-
-    assert asyncio.run(run()) == [False, True]
