@@ -20,16 +20,6 @@ Guarantees kept:
 Tables are written here too (the store first, then the changelog with an
 explicit partition): ccpulse's keys always belong to a known partition, and
 its timers must persist state outside any stream event.
-
-A flush hands the messages over first and the table changelogs only once every
-message before them is acknowledged (Quix Streams' checkpoint order: produce, flush
-the producer, then commit state). A changelog says what was already sent: a window
-final through here, an event applied, a partial's version. Were it stored while a
-message it accounts for was lost in a crash, the restarted stage would read its own
-state, find nothing left to send, and the message would be gone for good (the chaos
-crash run lost an FCR contact so: its window's record was stored final, its final
-partial was not). The other way round costs nothing: a message sent twice is
-absolute and versioned, and the input behind it is read again anyway.
 """
 
 from __future__ import annotations
@@ -113,9 +103,7 @@ class Outbox:
         return len(self._items)
 
     async def flush(self) -> None:
-        """Hand every queued message to the producer, then, once they are delivered, the
-        table changelogs queued with them (see the module's docstring). Messages alone
-        are not waited for: Faust's commit does.
+        """Hand every queued message to the producer (not waiting for acks: Faust's commit does).
 
         One record batch per partition, not one ``send`` per message: aiokafka's
         ``send`` costs a metadata check, a partitioner call and a delivery future per
@@ -128,28 +116,7 @@ class Outbox:
             producer = aiokafka_producer(self._app)
             while self._items:
                 items, self._items = self._items, []
-                messages = [item for item in items if item[0] not in self._tables]
-                changelogs = [item for item in items if item[0] in self._tables]
-                await self._send(producer, messages)
-                if changelogs:
-                    if messages or self._in_flight:
-                        await self._delivered_all(producer)
-                    await self._send(producer, changelogs)
-
-    async def _delivered_all(self, producer: Any) -> None:
-        """Wait until everything handed to the producer is delivered, sending again what
-        failed (a broker outage holds the stage here: backpressure, nothing acknowledged)."""
-        delay = 0.05
-        while True:
-            await producer.flush()
-            for delivery in [d for d in self._in_flight if d.done()]:
-                self._delivered(delivery)
-            if not self._failed:
-                return
-            retry, self._failed = self._failed, []
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            await self._send(producer, self._resend(retry))
+                await self._send(producer, items)
 
     async def _send(self, producer: Any, items: list[Item]) -> None:
         batches: dict[tuple[str, int], tuple[Any, list[Item]]] = {}

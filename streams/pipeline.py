@@ -13,8 +13,7 @@ buffered) a checkpoint writes what the stage collected, in this order
 3. re-keyed events then the clocks (event time, see streams/stages/pipeline.py), the agent
    facts then their clocks (streams/agents.py), dead letters, window/live partials (with the merge clock), contacts
    (with the FCR clock), interaction rows (compute role);
-4. the producer flush (the Outbox hands (2) over only once (3) is acknowledged:
-   a stored state must never account for a message a crash lost, streams/outbox.py);
+4. the producer flush;
 
 and only then acknowledges the envelopes it covers, so Faust commits no offset whose
 effects are not written. A timer ticks the stage once a second (idle sources, closing
