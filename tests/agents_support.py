@@ -3,10 +3,12 @@ interaction ids that land on a chosen partition."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
+from ccpulse.config import Settings, WindowSettings
 from ccpulse.core.timestamps import format_ms
 from streams.stages.pipeline import key_partition
 
@@ -26,3 +28,10 @@ def call(iid: str, n: int, kind: str, ts: int, **extra: Any) -> bytes:
     if kind == "offered":
         doc.setdefault("queue", "billing")
     return orjson.dumps(doc)
+
+
+def stage_settings(partitions: int, **windows: Any) -> Settings:
+    """Default settings with ``partitions`` and these ``[windows]`` values."""
+    base = Settings()
+    return replace(base, kafka=replace(base.kafka, partitions=partitions),
+                   windows=replace(WindowSettings(), **windows))

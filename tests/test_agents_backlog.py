@@ -7,18 +7,18 @@ order, clocks to every partition), the finals compared with a brute-force recoun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ccpulse.config import Settings, WindowSettings
+from ccpulse.config import Settings
 from ccpulse.core.timestamps import format_ms
 from schemas.events import parse_timestamp_ms
 from streams.stages.agents import AgentOutput, AgentStage, clock_fact
 from streams.stages.io import Consumed, Message
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
-from tests.agents_support import call
+from tests.agents_support import call, stage_settings
 from tests.agents_support import iid_on as support_iid_on
 from tests.reference_agents import recount
 
@@ -40,10 +40,8 @@ class Rec:
 
 
 def settings() -> Settings:
-    base = Settings()
-    return replace(base, kafka=replace(base.kafka, partitions=PARTITIONS),
-                   windows=replace(WindowSettings(), sizes=SIZES, allowed_lateness_seconds=LATENESS_MS / 1000,
-                                   interaction_horizon_seconds=3600))
+    return stage_settings(PARTITIONS, sizes=SIZES, allowed_lateness_seconds=LATENESS_MS / 1000,
+                          interaction_horizon_seconds=3600)
 
 
 def iid_on(partition: int, prefix: str) -> str:

@@ -6,18 +6,18 @@ the handle time the events say, whatever the order they came in, across a restar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ccpulse.config import Settings, WindowSettings
+from ccpulse.config import Settings
 from ccpulse.core.timestamps import format_ms
 from schemas.events import parse_timestamp_ms
 from streams.stages.agents import AgentStage
 from streams.stages.io import Consumed
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
-from tests.agents_support import call
+from tests.agents_support import call, stage_settings
 from tests.agents_support import iid_on as support_iid_on
 
 PARTITIONS = 2
@@ -35,10 +35,7 @@ class Rec:
 
 
 def settings() -> Settings:
-    base = Settings()
-    return replace(base, kafka=replace(base.kafka, partitions=PARTITIONS),
-                   windows=replace(WindowSettings(), sizes=(900,), allowed_lateness_seconds=60,
-                                   interaction_horizon_seconds=3600))
+    return stage_settings(PARTITIONS, sizes=(900,), allowed_lateness_seconds=60, interaction_horizon_seconds=3600)
 
 
 def iid_on(partition: int, prefix: str = "i") -> str:
