@@ -36,7 +36,8 @@ from streams.fcr import customer_hasher
 from streams.guard import stage_guard
 from streams.kafka_consumer import caught_up
 from streams.stages.merge import ClockSender
-from streams.stages.pipeline import PipelineStage
+from streams.stages.agent_facts import fact_batches
+from streams.stages.pipeline import PipelineStage, key_partition
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ class PipelineShell:
         self.pending: list[Any] = []  # envelopes applied, not yet covered by a checkpoint
         self.last_checkpoint = time.monotonic()
         self.guard = stage_guard(pipe)
+        self._fact_partitions: dict[bytes, int] = {}  # agent key -> its partition (murmur2 is pure Python)
+
+    def fact_partition(self, key: bytes) -> int:
+        partition = self._fact_partitions.get(key)
+        if partition is None:
+            if len(self._fact_partitions) > 100_000:
+                self._fact_partitions.clear()
+            partition = self._fact_partitions[key] = key_partition(key, self.settings.kafka.partitions)
+        return partition
 
     def owned(self) -> set[TP]:
         return {tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.input_names}
@@ -135,8 +145,10 @@ class PipelineShell:
         for m in out.clocks:  # after the events they cover, by the same producer
             for partition in range(self.settings.kafka.partitions):
                 outbox.send(topics.rekey, None, m.value, partition)
-        for m in out.agent_facts:  # the agent stage's side of the join (docs/agents.md)
-            outbox.send(topics.agent_facts, m.key, m.value)
+        # The agent stage's side of the join (docs/agents.md): one message per partition,
+        # where each fact's agent key goes (issue 16 perf; agent_facts.fact_batches).
+        for partition, value in fact_batches(out.agent_facts, self.settings.kafka.partitions, self.fact_partition):
+            outbox.send(topics.agent_facts, None, value, partition)
         for m in out.agent_clocks:  # after the facts they cover
             for partition in range(self.settings.kafka.partitions):
                 outbox.send(topics.agent_facts, None, m.value, partition)

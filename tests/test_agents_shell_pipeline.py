@@ -14,6 +14,7 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.timestamps import format_ms
 from schemas.events import parse_timestamp_ms
+from streams.stages.agent_facts import fact_batches
 from streams.stages.agents import AgentStage
 from streams.stages.io import Consumed
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
@@ -59,9 +60,9 @@ class Facts:
 
     def checkpoint(self, out: Checkpoint) -> None:
         records = []
-        for m in out.agent_facts:
-            p = key_partition(m.key, PARTITIONS)
-            records.append(Consumed(FACTS, p, self._next(p), m.value))
+        # As the shell writes them (streams/pipeline.py): one message per partition.
+        for p, value in fact_batches(out.agent_facts, PARTITIONS, lambda key: key_partition(key, PARTITIONS)):
+            records.append(Consumed(FACTS, p, self._next(p), value))
         for m in out.agent_clocks:
             records += [Consumed(FACTS, p, self._next(p), m.value) for p in range(PARTITIONS)]
         self.read(records)
@@ -242,3 +243,23 @@ def test_an_open_contact_expires_at_its_answer_plus_the_horizon_whatever_followe
     assert out.expired
     horizon = int(settings().windows.interaction_horizon_seconds * 1000)
     assert [orjson.loads(m.value)["contact"][7] for m in out.agent_facts] == [T0 + 2 * MIN + horizon]
+
+
+def test_a_batch_of_facts_is_read_as_its_facts_one_by_one_and_a_bad_fact_costs_only_itself() -> None:
+    from streams.stages.agent_facts import contact_fact
+    from ccpulse.core.agents import Contact
+
+    facts = [contact_fact("a1", "i1", 0, Contact(1, "billing", "voice", T0, None)),
+             contact_fact("a1", "i1", 0, Contact(2, "billing", "voice", T0, T0 + 5 * MIN)),
+             contact_fact("a2", "i2", 0, Contact(3, "billing", "voice", T0 + MIN, T0 + 3 * MIN))]
+    one, batched = Facts(), Facts()
+    one.read([Consumed(FACTS, key_partition(m.key, PARTITIONS), 1 + i, m.value) for i, m in enumerate(facts)])
+    batches = fact_batches(facts, PARTITIONS, lambda key: key_partition(key, PARTITIONS))
+    assert len(batches) <= PARTITIONS and sum(len(orjson.loads(v)["facts"]) for _p, v in batches) == 3
+    bad = [(p, v.replace(b'"facts":[', b'"facts":[{"contact":[1]},')) for p, v in batches]
+    out = batched.stage.on_batch([Consumed(FACTS, p, 1 + i, v) for i, (p, v) in enumerate(bad)], NOW)
+    assert len(out.failures) == len(bad)  # each message once, its good facts applied
+    for p in range(PARTITIONS):
+        if p in one.stage.parts:
+            assert ({a: t.to_doc() for a, t in batched.stage.parts[p].core.agents.items()}
+                    == {a: t.to_doc() for a, t in one.stage.parts[p].core.agents.items()})

@@ -8,7 +8,7 @@ live in either without a cycle.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -21,6 +21,12 @@ from streams.stages.io import Message
 CONTACT_FIELD, REMOVED_FIELD, PRESENCE_FIELD, CLOCK_FIELD = "contact", "removed", "presence", "clock"
 # With a clock: queue -> the channels the sender has seen it on (kpi.windows keys).
 CHANNELS_FIELD = "channels"
+# Several contact / removal facts in one message, in the order they were made: the
+# pipeline's checkpoint sends one such message per partition of <app>-agent-facts, on the
+# partition each fact's agent key hashes to (``fact_batches``), instead of one message per
+# fact (issue 16 perf: 44k messages per 100k events, each a producer send and a consumed
+# record). Same partition, same order per agent, clocks still after the facts they cover.
+FACTS_FIELD = "facts"
 # A sender's clock goes out whole (every source it reports), and again, unchanged, once
 # this long (wall clock ms) has passed, at its next tick (once a second): the agent stage
 # takes an idle claim only as of where it read it, and one read before another sender's
@@ -99,3 +105,16 @@ def clock_fact(report: dict[str, list], channels: dict[str, list[str]] | None = 
     if channels:
         doc[CHANNELS_FIELD] = channels
     return Message(None, orjson.dumps(doc))
+
+
+def fact_batches(facts: list[Message], partitions: int,
+                 partition_of: Callable[[bytes], int]) -> list[tuple[int, bytes]]:
+    """``facts`` (contact / removal facts, each keyed by its agent) grouped into one
+    ``FACTS_FIELD`` message per partition of <app>-agent-facts their keys hash to
+    (``partition_of``), each partition's facts in their order. The values are spliced,
+    not decoded again (each is one JSON object)."""
+    by_partition: dict[int, list[bytes]] = {}
+    for m in facts:
+        by_partition.setdefault(partition_of(m.key), []).append(m.value)
+    return [(p, b'{"' + FACTS_FIELD.encode() + b'":[' + b",".join(values) + b"]}")
+            for p, values in sorted(by_partition.items())]

@@ -41,7 +41,8 @@ from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
 from schemas.records import dead_letter, window_record_key
 from sinks.prometheus import PipelineMetrics
-from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_AGAIN_MS, CLOCK_FIELD, CONTACT_FIELD, PRESENCE_FIELD,
+from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_AGAIN_MS, CLOCK_FIELD, CONTACT_FIELD, FACTS_FIELD,
+                                        PRESENCE_FIELD,
                                         REMOVED_FIELD, clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
 from streams.stages.partials import agents_live_partial, agents_source
@@ -191,15 +192,21 @@ class AgentStage:
             for queue, names in channels.items():
                 self._channels(part, queue, names)
             part.touched = True
-        elif CONTACT_FIELD in doc:
-            agent, iid, seg, contact = _contact(doc[CONTACT_FIELD])
-            self._channels(part, contact.queue, [contact.channel])
-            if part.core.upsert(agent, (iid, seg), contact):
-                part.changed.add(agent)
-        elif REMOVED_FIELD in doc:
-            agent, iid, seg, version, answered = _fields(REMOVED_FIELD, doc[REMOVED_FIELD], (str, str, int, int, int))
-            if part.core.remove(agent, (iid, seg), version, answered):
-                part.changed.add(agent)
+        elif FACTS_FIELD in doc:  # the pipeline's facts of one checkpoint for this partition
+            facts = doc[FACTS_FIELD]
+            if not isinstance(facts, list):
+                raise ValueError(f"{FACTS_FIELD}: a list of facts expected")
+            failed: Exception | None = None
+            for fact in facts:  # one fact's failure costs that fact (the message is dead-lettered once)
+                try:
+                    if not isinstance(fact, dict) or not self._fact(part, fact):
+                        raise ValueError(f"{FACTS_FIELD}: each fact needs one of {CONTACT_FIELD}, {REMOVED_FIELD}")
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after the others
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+        elif self._fact(part, doc):
+            pass
         elif PRESENCE_FIELD in doc:
             source = doc[PRESENCE_FIELD]["source"]
             self._presence(part, record, doc[PRESENCE_FIELD]["payload"].encode(), tuple(source),  # type: ignore[arg-type]
@@ -207,6 +214,21 @@ class AgentStage:
         else:
             raise ValueError(f"an {self.facts_topic} message needs one of {CONTACT_FIELD}, {REMOVED_FIELD}, "
                              f"{PRESENCE_FIELD}, {CLOCK_FIELD}")
+
+    def _fact(self, part: _Partition, doc: dict[str, Any]) -> bool:
+        """A contact or removal fact applied; False if ``doc`` is neither."""
+        if CONTACT_FIELD in doc:
+            agent, iid, seg, contact = _contact(doc[CONTACT_FIELD])
+            self._channels(part, contact.queue, [contact.channel])
+            if part.core.upsert(agent, (iid, seg), contact):
+                part.changed.add(agent)
+            return True
+        if REMOVED_FIELD in doc:
+            agent, iid, seg, version, answered = _fields(REMOVED_FIELD, doc[REMOVED_FIELD], (str, str, int, int, int))
+            if part.core.remove(agent, (iid, seg), version, answered):
+                part.changed.add(agent)
+            return True
+        return False
 
     def _presence(self, part: _Partition, record: Consumed, raw: bytes, origin: tuple[str, int, int],
                   now_ms: int, out: AgentOutput, forwarded: bool) -> None:
