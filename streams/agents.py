@@ -111,6 +111,8 @@ class AgentShell:
                     outbox.send(topics.agent_facts, None, m.value, partition)
             for m in out.partials + out.live:
                 outbox.send(topics.partials, m.key, m.value)
+            for m in out.agent_windows:
+                outbox.send(topics.kpi_agents, m.key, m.value)
             timelines.update((put.key, put) for put in out.agents)
             records.update((put.key, put) for put in out.records)
         for partition, part in list(self.stage.parts.items()):

@@ -10,6 +10,8 @@ import orjson
 
 from ccpulse.config import Settings, WindowSettings
 from ccpulse.core.timestamps import format_ms
+from schemas.events import parse_timestamp_ms
+from schemas.records import window_name
 from streams.stages.pipeline import key_partition
 
 
@@ -35,3 +37,18 @@ def stage_settings(partitions: int, **windows: Any) -> Settings:
     base = Settings()
     return replace(base, kafka=replace(base.kafka, partitions=partitions),
                    windows=replace(WindowSettings(), **windows))
+
+
+STATE_FIELDS = ("staffed", "available", "on_contact", "after_contact_work", "away")
+
+
+def as_partial(record: dict[str, Any], sizes: tuple[int, ...]) -> tuple[tuple, dict[str, Any]]:
+    """(window key, the partial it stands for) of a ``kpi.agents`` record the agent stage
+    publishes itself: its counters back in milliseconds, as its queue partials carry them."""
+    size = next(s for s in sizes if window_name(s) == record["window"])
+    counts = {f"{name}_ms": round(record[f"{name}_seconds"] * 1000) for name in STATE_FIELDS}
+    counts.update({f"away_ms:{reason}": round(seconds * 1000)
+                   for reason, seconds in record["away_seconds_by_reason"].items()})
+    key = (size, parse_timestamp_ms(record["window_start"]), "a", record["agent_id"], record["channel"])
+    return key, {"key": list(key), "version": record["version"], "final": record["final"],
+                 "agg": {"counts": {k: v for k, v in counts.items() if v}, "tops": {}}}

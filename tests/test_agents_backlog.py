@@ -18,7 +18,7 @@ from schemas.events import parse_timestamp_ms
 from streams.stages.agents import AgentOutput, AgentStage, clock_fact
 from streams.stages.io import Consumed, Message
 from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
-from tests.agents_support import call, stage_settings
+from tests.agents_support import as_partial, call, stage_settings
 from tests.agents_support import iid_on as support_iid_on
 from tests.reference_agents import recount
 
@@ -79,6 +79,7 @@ class Topics:
 
     def collect(self, out: AgentOutput, now: int) -> None:
         self.sent += [m.value for m in out.partials]
+        self.sent += [as_partial(m.value, self.agents.settings.windows.sizes)[1] for m in out.agent_windows]
         if out.forwards or out.clocks:  # the agent stage's own clock comes back through the topic
             self.facts(out.forwards, out.clocks, now)
 

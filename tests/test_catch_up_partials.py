@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 
 from ccpulse.core.timestamps import format_ms
-from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, Checkpoint, PipelineStage, key_partition
+from streams.stages.partials import AGENT_WINDOW_SECONDS
+from streams.stages.pipeline import Checkpoint, PipelineStage, key_partition
 from tests.test_pipeline_stage import PARTITIONS, REKEY, T0, Rec, settings
 
 NOW = T0 + 40 * 86_400_000  # the wall clock, well after the replayed days
@@ -68,7 +69,7 @@ def drive(records: list[Rec], batch: int) -> tuple[list[dict[str, Any]], Pipelin
             stage.on_tick(now, {("calls", p): p != 0 or i + batch >= len(records) for p in range(PARTITIONS)})
         write(stage.checkpoint(now))
     for _ in range(3):  # the end: the last clocks go round, the tick closes what they allow
-        now += int(AGENT_PARTIALS_SECONDS * 1000)
+        now += int(AGENT_WINDOW_SECONDS * 1000)
         stage.on_tick(now, every)
         write(stage.checkpoint(now))
     return partials, stage

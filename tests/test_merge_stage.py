@@ -18,7 +18,8 @@ from ccpulse.core.kpis import QUEUE, WindowAgg
 from schemas.records import window_record_key
 from sinks.prometheus import PipelineMetrics
 from streams.stages.io import Consumed, TablePut
-from streams.stages.merge import (AGENT_PUBLISH_SECONDS, KPI_AGENTS, KPI_QUEUE_STATE, KPI_WINDOWS, MergeOutput,
+from streams.stages.partials import AGENT_WINDOW_SECONDS
+from streams.stages.merge import (KPI_AGENTS, KPI_QUEUE_STATE, KPI_WINDOWS, MergeOutput,
                                   MergeStage, TableDelete)
 from streams.stages.partials import live_partial, window_partial
 
@@ -161,7 +162,7 @@ def test_an_open_agent_window_is_published_at_most_every_few_seconds_and_its_fin
     s.mono += 1
     assert records(s.batch(window(0, T0, version=2, scope="a", name="ag-1", handled=2)), KPI_AGENTS) == {}
     assert records(s.tick(), KPI_AGENTS) == {}  # still owed
-    s.mono += AGENT_PUBLISH_SECONDS
+    s.mono += AGENT_WINDOW_SECONDS
     owed = s.tick()
     assert records(owed, KPI_AGENTS)[key]["handled"] == 2
     assert records(s.tick(), KPI_AGENTS) == {}  # paid
@@ -178,10 +179,10 @@ def test_owed_agent_windows_go_out_in_key_order_with_the_fresh_ones_and_then_at_
             window(0, T0, version=1, scope="a", name="ag-2", handled=1))
     s.mono += 1
     s.batch(window(0, T0, version=2, scope="a", name="ag-2", handled=2))  # owed
-    s.mono += AGENT_PUBLISH_SECONDS
+    s.mono += AGENT_WINDOW_SECONDS
     out = s.batch(window(0, T0, version=1, scope="a", name="ag-0", handled=1))
     assert [p.key.decode() for p in out.records] == [ag["ag-0"], ag["ag-2"]]  # ag-1 owes nothing
-    s.mono += AGENT_PUBLISH_SECONDS
+    s.mono += AGENT_WINDOW_SECONDS
     again = s.batch(window(0, T0, version=2, scope="a", name="ag-1", handled=2))
     assert [p.key.decode() for p in again.records] == [ag["ag-1"]]  # its wait was over long ago
 

@@ -361,7 +361,7 @@ def test_the_stage_gives_the_windows_the_old_ingest_and_lifecycle_path_gives(
 
 
 def test_open_agent_windows_go_out_at_most_every_agent_interval_queue_windows_every_checkpoint() -> None:
-    from streams.stages.pipeline import AGENT_PARTIALS_SECONDS
+    from streams.stages.partials import AGENT_WINDOW_SECONDS
 
     def kinds(out: Checkpoint) -> set[str]:
         return {orjson.loads(m.value)["key"][2] if isinstance(m.value, bytes) else m.value["key"][2]
@@ -371,7 +371,7 @@ def test_open_agent_windows_go_out_at_most_every_agent_interval_queue_windows_ev
     stage = PipelineStage(settings(), REKEY)
     p = 0
     iid = iid_on(p)
-    interval = int(AGENT_PARTIALS_SECONDS * 1000)
+    interval = int(AGENT_WINDOW_SECONDS * 1000)
     stage.on_batch("calls", p, [Rec(iid.encode(), call(iid, 1, "offered", T0), 0),
                                 Rec(iid.encode(), call(iid, 2, "answered", T0 + 5_000), 1)], NOW)
     first = stage.checkpoint(NOW)

@@ -35,25 +35,25 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.agents import (ANY_CHANNEL, PRESENCE_SEEN, AgentCore, Contact, Presence, Timeline, WindowChange,
                                  WindowKey)
-from ccpulse.core.kpis import AGENT, QUEUE
+from ccpulse.core.kpis import AGENT, QUEUE, WindowAgg
 from ccpulse.core.watermark import InputWatermarks, input_sources, lifecycle_source, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
-from schemas.records import dead_letter, window_record_key
+from schemas.records import dead_letter, window_record, window_record_key
 from sinks.prometheus import PipelineMetrics
 from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_AGAIN_MS, CLOCK_FIELD, CONTACT_FIELD, FACTS_FIELD,
                                         PRESENCE_FIELD,
                                         REMOVED_FIELD, clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
-from streams.stages.partials import agents_live_partial, agents_source
-from streams.stages.pipeline import AGENT_PARTIALS_SECONDS, key_partition
+from streams.stages.partials import AGENT_WINDOW_SECONDS, agents_live_partial, agents_source
+from streams.stages.pipeline import key_partition
 from streams.stages.validation import FAMILIES
 
 STAGE = "agents"
 # Open windows go out at most this often per scope (wall clock ms): a queue's as the
 # merge publishes (once a second per key, METRICS.md); an agent's as the pipeline
 # sends its open agent windows.
-OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_PARTIALS_SECONDS * 1000)}
+OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_WINDOW_SECONDS * 1000)}
 # Live counts are looked at (every agent's situation) at most this often (wall clock ms):
 # kpi.queue-state changes at most once a second per key (METRICS.md).
 LIVE_EVERY_MS = 1000
@@ -67,7 +67,10 @@ class AgentOutput:
     dead_letters: list[Message] = field(default_factory=list)  # -> events.dead-letter
     agents: list[TablePut] = field(default_factory=list)  # agent -> {"p", "t"}, each changed agent once
     records: list[TablePut] = field(default_factory=list)  # str(partition) -> its record
-    partials: list[Message] = field(default_factory=list)  # -> <app>-window-partials
+    partials: list[Message] = field(default_factory=list)  # queue windows -> <app>-window-partials
+    # Its own agents' windows, whole records -> kpi.agents (``_partials``: no other stage has
+    # a part of them, so they do not go through the merge)
+    agent_windows: list[Message] = field(default_factory=list)
     live: list[Message] = field(default_factory=list)  # agents_live partials -> <app>-window-partials
     clocks: list[Message] = field(default_factory=list)  # -> EVERY partition of <app>-agent-facts
     failures: list[Failure] = field(default_factory=list)
@@ -102,6 +105,7 @@ class AgentStage:
                  metrics: PipelineMetrics | None = None) -> None:
         """``agents``, ``records``: the agent table's and the partition records' data."""
         self.metrics = metrics
+        self.settings = settings
         w = settings.windows
         self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
         self.lateness_ms = int(w.allowed_lateness_seconds * 1000)
@@ -348,7 +352,7 @@ class AgentStage:
                     # these windows, and its own windows do not close either.
                     part.core.advance(then + quiet)
                     part.touched = True
-            out.partials += self._partials(partition, part, self._due(part, now_ms))
+            self._partials(partition, part, self._due(part, now_ms), now_ms, out)
             out.live += self._live(partition, part, now_ms)
             for agent in sorted(part.changed):
                 out.agents.append(TablePut(partition, agent, {"p": partition, "t": part.core.agents[agent].to_doc()}))
@@ -411,12 +415,19 @@ class AgentStage:
                 due += [WindowChange(k, dict(part.core.windows.get(k, {})), False) for k in keys]
         return due
 
-    def _partials(self, partition: int, part: _Partition, changes: list[WindowChange]) -> list[Message]:
-        """One partial per changed record key. An agent serves a queue, not one of its
-        channels: a queue's staffed, available and away time go on its record of every
-        channel it is known on (on ANY_CHANNEL while none is), each with that channel's
-        own on-contact and after-contact-work time: one partial holds both, since a
-        partial replaces the source's previous one of its key."""
+    def _partials(self, partition: int, part: _Partition, changes: list[WindowChange], now_ms: int,
+                  out: AgentOutput) -> None:
+        """One partial per changed queue record key, to the merge, and one ``kpi.agents``
+        record per changed agent window, published here. An agent window (channel
+        ``ANY_CHANNEL``) has no other source: the pipeline's agent windows are per channel,
+        and every fact of an agent meets on its one partition here. Through the merge, each
+        was a partial, a changelog record of the merged table and a record, for a merge
+        of one part (issue 16: a third of what a worker wrote for a center's agents).
+
+        An agent serves a queue, not one of its channels: a queue's staffed, available and
+        away time go on its record of every channel it is known on (on ANY_CHANNEL while
+        none is), each with that channel's own on-contact and after-contact-work time: one
+        partial holds both, since a partial replaces the source's previous one of its key."""
         changed = {change.key: change for change in changes}
 
         def counters(key: WindowKey) -> dict[str, int]:
@@ -433,17 +444,21 @@ class AgentStage:
             else:
                 outputs[change.key] = change.final
         now = part.core.now or 0
-        out = []
         for key, final in outputs.items():
             size, start, scope, name, channel = key
             counts = counters(key)
-            if scope == QUEUE and channel != ANY_CHANNEL:
+            end = self.windowing.end(size, start)
+            if scope == AGENT:
+                out.agent_windows.append(Message(window_record_key(key).encode(), window_record(
+                    key, end, WindowAgg(counts), self.settings.thresholds_for("", channel), version=now,
+                    final=final, now_ms=now_ms)))
+                continue
+            if channel != ANY_CHANNEL:
                 counts.update(counters((size, start, scope, name, ANY_CHANNEL)))
-            out.append(Message(window_record_key(key).encode(), {
+            out.partials.append(Message(window_record_key(key).encode(), {
                 "kind": "window", "key": list(key), "partition": agents_source(partition), "version": now,
-                "final": final, "watermark": now, "end": self.windowing.end(size, start),
+                "final": final, "watermark": now, "end": end,
                 "agg": {"counts": counts, "tops": {}}}))
-        return out
 
     def live(self, partition: int) -> dict[tuple[str, str], dict[str, int]]:
         """Agents per queue x channel in each state at ``partition``'s event time (the

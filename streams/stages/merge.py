@@ -34,16 +34,16 @@ from streams.merge_index import MergeIndex
 from streams.merged import (LIVE_KINDS, ROLLING_WINDOW_MS, Entry, entry_key, live_key, live_queue, merged_record,
                             queue_state, record_key)
 from streams.stages.io import Consumed, Failure, TablePut
+from streams.stages.partials import AGENT_WINDOW_SECONDS
 
 STAGE = "merge"
 ROLLING_SIZE_S = 60
 # A final merged window is kept this long (event time) after its end, so a
 # straggling partial is still merged and the rolling view still sees it.
 FINAL_RETENTION_MS = 20 * 60 * 1000
-# Open agent windows (>= 15 min, thousands of agents) are re-published at most this
-# often; their final record goes out at once. Queue windows and queue state go out
-# with the batch that changed them, without waiting for a timer.
-AGENT_PUBLISH_SECONDS = 10.0
+# Open agent windows are re-published at most every AGENT_WINDOW_SECONDS; their final
+# record goes out at once. Queue windows and queue state go out with the batch that
+# changed them, without waiting for a timer.
 # A batch publishes what it merged at most this often (the shell flushes the rest on a
 # timer as often): each of a window's pipeline partitions sends its partial at its own
 # checkpoint, and publishing per batch sent one window up to 20 times a second, each
@@ -170,7 +170,7 @@ class MergeStage:
                                 int(w.allowed_lateness_seconds * 1000), FINAL_RETENTION_MS)
         self.as_of = 0  # newest event-time watermark reported by any partition
         self._dirty: set[str] = set()  # keys whose merged record must be (re-)published
-        # Open agent windows published less than AGENT_PUBLISH_SECONDS ago -> when, oldest
+        # Open agent windows published less than AGENT_WINDOW_SECONDS ago -> when, oldest
         # first (re-inserted when published again), and those of them changed since: owed.
         # Kept apart from ``_dirty`` so a batch does not sort and look at thousands of them.
         self._agent_published: dict[str, float] = {}
@@ -269,7 +269,7 @@ class MergeStage:
         published = self._agent_published
         while published:
             key, when = next(iter(published.items()))
-            if mono - when < AGENT_PUBLISH_SECONDS:
+            if mono - when < AGENT_WINDOW_SECONDS:
                 break
             # Its wait is over: owed, it is published now; if it changes later, at once.
             del published[key]

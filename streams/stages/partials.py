@@ -9,6 +9,12 @@ from ccpulse.core.engine import LiveQueue, Snapshot
 from ccpulse.core.merge_clock import AGENTS_SOURCE_PREFIX
 from schemas.records import window_record_key
 
+# Open agent windows (>= 15 min: one per agent and size, thousands of them) go out at most
+# this often, from every stage that has a part of them and from the merge: a source that
+# sent them more often than the merge publishes them only wrote partials and changelog
+# records nobody saw. Final ones go out at once.
+AGENT_WINDOW_SECONDS = 10.0
+
 
 def live_key(queue: str, channel: str) -> str:
     """The key of a queue x channel's live partials (also its entry in the merged table)."""

@@ -46,7 +46,7 @@ from streams.stages.agent_facts import (ANSWER_STEPS, CLOCK_AGAIN_MS, answer_of,
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
 from streams.stages.fcr import WATERMARK_FIELD, contact_message
 from streams.stages.io import Message
-from streams.stages.partials import live_partial, window_partial
+from streams.stages.partials import AGENT_WINDOW_SECONDS, live_partial, window_partial
 from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ STAGE = "pipeline"
 # A record of <app>-rekey with only this field is a clock: {source: [newest event time, idle]}
 # of one partition's input sources (ccpulse/core/watermark.py), not an event.
 CLOCK_FIELD = "clock"
-# Open agent windows (>= 15 min, one per agent and size) change with nearly every answer:
-# sent with every checkpoint, their partials outnumbered the input events, and the merge
-# re-publishes an open agent window at most every 10 s anyway (streams/stages/merge.py).
-AGENT_PARTIALS_SECONDS = 5.0
 # How often on_tick looks for interactions to forget: a pass reads every one this worker
 # owns, and an interaction expires hours after its last step, so seconds do not matter.
 EXPIRY_SCAN_SECONDS = 10.0
@@ -484,12 +480,12 @@ class PipelineStage:
 
     def checkpoint(self, now_ms: int | None = None) -> Checkpoint:
         """Everything to write since the last checkpoint, each changed interaction once.
-        Changed open agent windows go out at most every ``AGENT_PARTIALS_SECONDS`` of
+        Changed open agent windows go out at most every ``AGENT_WINDOW_SECONDS`` of
         ``now_ms`` (every time without it); final ones at once, from ``on_tick`` or here
         when clocks read since moved event time."""
         out, self._out = self._out, Checkpoint()
         self.records_since_checkpoint = 0
-        agents = now_ms is None or now_ms - self._agents_sent_ms >= AGENT_PARTIALS_SECONDS * 1000
+        agents = now_ms is None or now_ms - self._agents_sent_ms >= AGENT_WINDOW_SECONDS * 1000
         if agents and now_ms is not None:
             self._agents_sent_ms = now_ms
         for partition, engine in self.engines.items():
