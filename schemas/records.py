@@ -48,15 +48,17 @@ AGENT_FIELDS = ("answered", "handled", "handle_time_sum_seconds", "aht_seconds",
 
 def window_record(key: WindowKey, end_ms: int, agg: WindowAgg, th: Thresholds, version: int,
                   final: bool, now_ms: int, waiting_at_start: int = 0,
-                  waiting_at_end: int = 0) -> dict[str, Any]:
-    """The ``kpi.windows`` value (queue scope) or ``kpi.agents`` value (agent scope)."""
+                  waiting_at_end: int = 0, figures: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``kpi.windows`` value (queue scope) or ``kpi.agents`` value (agent scope).
+    ``figures``: ``kpi_figures(agg, th)`` when the caller already has it (the agent
+    stage's windows carry no contact counters, so theirs never change)."""
     size, start, scope, name, channel = key
     record: dict[str, Any] = {
         "window": window_name(size),
         "window_start": format_ms(start),
         "window_end": format_ms(end_ms),
     }
-    figures = kpi_figures(agg, th)
+    figures = kpi_figures(agg, th) if figures is None else figures
     if scope == QUEUE:
         record.update({"queue": name, "channel": channel,
                        "waiting_at_start": waiting_at_start, "waiting_at_end": waiting_at_end})

@@ -79,7 +79,7 @@ class Topics:
 
     def collect(self, out: AgentOutput, now: int) -> None:
         self.sent += [m.value for m in out.partials]
-        self.sent += [as_partial(m.value, self.agents.settings.windows.sizes)[1] for m in out.agent_windows]
+        self.sent += [as_partial(m.value, self.agents.windowing.sizes)[1] for m in out.agent_windows]
         if out.forwards or out.clocks:  # the agent stage's own clock comes back through the topic
             self.facts(out.forwards, out.clocks, now)
 

@@ -209,15 +209,22 @@ class Timeline:
         """[x0, x1) pieces of [a, b), the situation constant on each."""
         x0 = a
         while x0 < b:
-            cached = self._cache
-            if cached is None or not cached[0] <= x0 < cached[2]:
-                # Event time moves a little at a time: the situation at its last move
-                # nearly always still holds, and then a piece costs no scan.
-                following = self.next_change(x0)
-                cached = self._cache = (x0, self.at(x0), _FOREVER if following is None else following)
-            x1 = min(cached[2], b)
-            yield x0, x1, cached[1]
+            # Event time moves a little at a time: the situation at its last move nearly
+            # always still holds, and then a piece costs no scan.
+            inst = self.situation(x0)
+            x1 = min(self._cache[2], b)  # type: ignore[index]
+            yield x0, x1, inst
             x0 = x1
+
+    def situation(self, t: int) -> Instant:
+        """``at(t)``, from the cached piece when ``t`` is in it (the live counts look at
+        every agent each second, and the situation rarely changed since)."""
+        cached = self._cache
+        if cached is not None and cached[0] <= t < cached[2]:
+            return cached[1]
+        following = self.next_change(t)
+        cached = self._cache = (t, self.at(t), _FOREVER if following is None else following)
+        return cached[1]
 
     def changed(self) -> None:
         """Forget the cached situation: the events or contacts changed."""
@@ -573,15 +580,21 @@ class AgentCore:
 
     # -- output ---------------------------------------------------------------
 
-    def take(self) -> list[WindowChange]:
+    def take(self, scopes: frozenset[str] | None = None) -> list[WindowChange]:
         """Every window that became final, then every open window that changed, since
-        the last call (each once; counters in milliseconds, zero counters left out)."""
+        the last call (each once; counters in milliseconds, zero counters left out).
+        ``scopes``: only the open windows of these scopes; the others stay changed, for
+        a later call (thousands of agent windows change with every second of event time)."""
         if self.now is not None:
             self._accrue(self.now)
         out, self._finals = self._finals, []
-        for key in sorted(self._dirty):
+        if scopes is None:
+            taken, self._dirty = self._dirty, set()
+        else:
+            taken = {key for key in self._dirty if key[2] in scopes}
+            self._dirty -= taken
+        for key in sorted(taken):
             out.append(WindowChange(key, {k: v for k, v in self.windows[key].items() if v}, False))
-        self._dirty.clear()
         for change in out:  # finals too: a counter back at zero is no counter
             change.counters = {k: v for k, v in change.counters.items() if v}
         return out
@@ -600,7 +613,7 @@ class AgentCore:
         timeline = self.agents.get(agent)
         if timeline is None or self.now is None:
             return None
-        return timeline.at(self.now)
+        return timeline.situation(self.now)
 
     def live(self) -> dict[tuple[str, str], Counter]:
         """Agents per queue in each state at event time (``live_counts``)."""

@@ -35,7 +35,7 @@ import orjson
 from ccpulse.config import Settings
 from ccpulse.core.agents import (ANY_CHANNEL, PRESENCE_SEEN, AgentCore, Contact, Presence, Timeline, WindowChange,
                                  WindowKey)
-from ccpulse.core.kpis import AGENT, QUEUE, WindowAgg
+from ccpulse.core.kpis import AGENT, QUEUE, WindowAgg, kpi_figures
 from ccpulse.core.watermark import InputWatermarks, input_sources, lifecycle_source, low_watermark
 from ccpulse.core.windowing import Windowing
 from schemas.events import AgentEvent, Rejection, decode_agent
@@ -84,7 +84,6 @@ class _Partition:
     channels: dict[str, set[str]] = field(default_factory=dict)  # queue -> channels seen
     changed: set[str] = field(default_factory=set)  # agents changed since the last output
     touched: bool = False
-    pending: set[WindowKey] = field(default_factory=set)  # open windows changed, not sent yet
     sent_ms: dict[str, int] = field(default_factory=dict)  # scope -> wall clock of its last open send
     # (wall clock ms, event time) when input last moved event time or changed an agent
     active: tuple[int, int | None] = (0, None)
@@ -105,7 +104,10 @@ class AgentStage:
                  metrics: PipelineMetrics | None = None) -> None:
         """``agents``, ``records``: the agent table's and the partition records' data."""
         self.metrics = metrics
-        self.settings = settings
+        # Its agent windows hold time in state only: their contact figures (0 and null)
+        # are the same for every record (``_partials``).
+        self._agent_thresholds = settings.thresholds_for("", ANY_CHANNEL)
+        self._agent_figures = kpi_figures(WindowAgg(), self._agent_thresholds)
         w = settings.windows
         self.windowing = Windowing(w.sizes, w.timezone, w.day_start_hour)
         self.lateness_ms = int(w.allowed_lateness_seconds * 1000)
@@ -396,23 +398,14 @@ class AgentStage:
         """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope.
         Reading open figures accrues every agent's time, so it is done only then (event
         time moves at every batch, and with it every staffed agent's current windows)."""
-        due = part.core.take_finals()
-        scopes = [scope for scope, every in OPEN_EVERY_MS.items()
-                  if now_ms - part.sent_ms.get(scope, -every) >= every]
-        if scopes:
-            for change in part.core.take():
-                if change.final:
-                    due.append(change)
-                else:
-                    part.pending.add(change.key)
+        scopes = frozenset(scope for scope, every in OPEN_EVERY_MS.items()
+                           if now_ms - part.sent_ms.get(scope, -every) >= every)
+        if not scopes:
+            return part.core.take_finals()
+        due = part.core.take(scopes)
         for change in due:
-            part.pending.discard(change.key)
-        for scope in scopes:
-            keys = sorted(k for k in part.pending if k[2] == scope)
-            if keys:
-                part.sent_ms[scope] = now_ms
-                part.pending.difference_update(keys)
-                due += [WindowChange(k, dict(part.core.windows.get(k, {})), False) for k in keys]
+            if not change.final:
+                part.sent_ms[change.key[2]] = now_ms
         return due
 
     def _partials(self, partition: int, part: _Partition, changes: list[WindowChange], now_ms: int,
@@ -450,8 +443,8 @@ class AgentStage:
             end = self.windowing.end(size, start)
             if scope == AGENT:
                 out.agent_windows.append(Message(window_record_key(key).encode(), window_record(
-                    key, end, WindowAgg(counts), self.settings.thresholds_for("", channel), version=now,
-                    final=final, now_ms=now_ms)))
+                    key, end, WindowAgg(counts), self._agent_thresholds, version=now, final=final,
+                    now_ms=now_ms, figures=self._agent_figures)))
                 continue
             if channel != ANY_CHANNEL:
                 counts.update(counters((size, start, scope, name, ANY_CHANNEL)))
