@@ -641,49 +641,28 @@ class InOrderConsumer(faust_aiokafka.Consumer):
             return False  # after an agent crash too: see on_task_error
         self._commit_tried = False
         done = await super().force_commit(topics, start_new_transaction=start_new_transaction)
-        if not self._commit_tried and (self.held_offsets or self._changes_waiting()):
-            # Nothing new was acknowledged (a quiet input): the held offsets still go once
-            # what failed has been delivered, and a timer's table changes (windows closed
-            # by the wall clock) are stored all the same.
+        if self.held_offsets and not self._commit_tried:
+            # Nothing new was acknowledged (a quiet input): the held offsets still go
+            # once what failed has been delivered.
             done = await self._commit_offsets({}, start_new_transaction=start_new_transaction)
         return done
-
-    def _changes_waiting(self) -> bool:
-        outbox = getattr(getattr(self.app, "pipeline", None), "outbox", None)
-        return outbox is not None and outbox.has_ready()
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         # Faust flushes the producer and commits without asking whether what it flushed
         # was delivered: a record larger than its topic allows failed in a future nobody
         # read ("Future exception was never retrieved") and the offsets of the input
         # behind it were committed all the same, losing its outputs. Here the offsets
-        # wait until the outbox has delivered everything, re-sending what failed, and
-        # has stored the tables' changes after it (``_store_state``).
+        # wait until the outbox has delivered everything, re-sending what failed.
         self._commit_tried = True
         for tp, offset in offsets.items():
             self.held_offsets[tp] = max(offset, self.held_offsets.get(tp, offset))
-        if not await self._store_state():
-            return False
-        offsets, self.held_offsets = self.held_offsets, {}
-        if not offsets:
-            return True
-        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
-
-    async def _store_state(self) -> bool:
-        """A commit's first steps (Quix Streams' checkpoint order): 1. take the table
-        changes of every flush done so far; 2. flush the producer, which holds every
-        message handed over before them; 3. see that all were delivered (re-sending what
-        failed); 4. only then write those changes and wait for them. A state stored never
-        accounts for a message that a crash lost (streams/outbox.py). False: the offsets wait."""
         outbox = getattr(getattr(self.app, "pipeline", None), "outbox", None)
-        if outbox is None:
-            return True
-        changes = outbox.take_ready()
-        await self.app.producer.flush()
-        if not await outbox.settle():
-            outbox.give_back(changes)
-            return False
-        return await outbox.checkpoint(changes)
+        if outbox is not None:
+            await self.app.producer.flush()
+            if not await outbox.settle():
+                return False
+        offsets, self.held_offsets = self.held_offsets, {}
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
     async def on_task_error(self, exc: BaseException) -> None:
         # Faust commits here, and the dead agent's ``take_events`` acknowledges its whole
@@ -701,18 +680,6 @@ class InOrderConsumer(faust_aiokafka.Consumer):
             # Its next owner reads again from the last commit.
             self.held_offsets.pop(tp, None)
         await super().on_partitions_revoked(revoked)
-        # The streams are drained now. The tables' changes not yet stored are written
-        # before the partitions go (their next owner restores from the changelog): a change
-        # held for the next commit would land on top of the new owner's. Stopping or after a
-        # crash they are dropped instead, as nothing more is committed (force_commit).
-        outbox = getattr(getattr(self.app, "pipeline", None), "outbox", None)
-        if outbox is None:
-            return
-        if self.app.should_stop or crash_of(self.app) is not None:
-            outbox.drop_ready()
-        elif not await self._store_state():
-            self.log.warning("table changes not stored before a rebalance (the producer failed); "
-                             "the next commit writes them")
 
     # -- the fetch loop
 

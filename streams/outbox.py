@@ -14,16 +14,8 @@ Guarantees kept:
   commits offsets, and the consumer (streams/kafka_consumer.py) then asks ``settle``
   whether everything was *delivered*: a batch the broker refused (a record larger
   than its topic allows, say) holds the offsets back, and its messages are sent
-  again until they are delivered. Only then are offsets committed.
-- a stored state never accounts for a lost message. Table changelogs are not sent
-  with the messages: a flush keeps each changed key's newest value (``_ready``), and
-  the commit (``checkpoint``) writes them only after every message handed over before
-  them was delivered, then commits the offsets (Quix Streams' checkpoint order).
-  Sent with the messages, a kill -9 could leave a state stored (an FCR record "final
-  through T") while a message it accounts for (the final partial of a window before
-  T) was lost; the restarted stage took the redelivered input as done and never sent
-  it again. A key changed many times between two commits (a merged window, a chat)
-  is also written once, not at each batch.
+  again until they are delivered (a table's changelog as the table holds it then,
+  so a re-sent state never overwrites a newer one). Only then are offsets committed.
 
 Tables are written here too (the store first, then the changelog with an
 explicit partition): ccpulse's keys always belong to a known partition, and
@@ -35,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from faust.serializers import codecs
@@ -58,8 +50,6 @@ def compact(value: bytes) -> bytes:
 
 # topic, key, value, partition (None: the producer's partitioner picks it by key)
 Item = tuple[str, bytes | None, bytes | None, int | None]
-# (changelog topic, key) -> (value, None for a delete; partition): a table key's newest change
-Changes = dict[tuple[str, bytes], tuple[bytes | None, int]]
 
 
 class Outbox:
@@ -73,11 +63,7 @@ class Outbox:
         # (murmur2, 2% of a worker), and every event of an interaction, like every
         # update of a window, has the same key.
         self._partition_of: dict[str, dict[bytes, int]] = {}
-        # Table changes put since the last flush (their messages are not handed over yet),
-        # and those of flushes done (theirs are): the next commit writes the latter.
-        self._staged: Changes = {}
-        self._ready: Changes = {}
-        self._changes_failed = False  # the last checkpoint gave changes back
+        self._tables: dict[str, TableT] = {}  # changelog topic -> its table
         # Batches handed to the producer, until their delivery is known: future -> its messages.
         self._in_flight: dict[asyncio.Future, list[Item]] = {}
         self._failed: list[Item] = []  # messages of batches the producer could not deliver
@@ -103,8 +89,9 @@ class Outbox:
     def _changelog(self, table: TableT, partition: int, key: Any, value: Any) -> None:
         raw_key = codecs.dumps(table.key_serializer, key)
         raw_value = None if value is None else codecs.dumps(table.value_serializer, value)
-        self._staged[(self._name(table.changelog_topic), raw_key)] = (
-            None if raw_value is None else compact(raw_value), partition)
+        name = self._name(table.changelog_topic)
+        self._tables.setdefault(name, table)
+        self._items.append((name, raw_key, None if raw_value is None else compact(raw_value), partition))
 
     def _name(self, topic: TopicT) -> str:
         name = self._names.get(id(topic))
@@ -113,7 +100,7 @@ class Outbox:
         return name
 
     def __len__(self) -> int:
-        return len(self._items) + len(self._staged)
+        return len(self._items)
 
     async def flush(self) -> None:
         """Hand every queued message to the producer (not waiting for acks: Faust's commit does).
@@ -130,62 +117,8 @@ class Outbox:
             while self._items:
                 items, self._items = self._items, []
                 await self._send(producer, items)
-            # Nothing queued (no await since the check): every message of every change put
-            # so far is with the producer, so the next commit may write those changes.
-            self._ready.update(self._staged)
-            self._staged = {}
 
-    def take_ready(self) -> Changes:
-        """The changes a commit writes (``checkpoint``), taken before it flushes the producer."""
-        ready, self._ready = self._ready, {}
-        return ready
-
-    def has_ready(self) -> bool:
-        return bool(self._ready)
-
-    def give_back(self, changes: Changes) -> None:
-        """Changes a commit could not write: the next one writes them (unless newer ones came)."""
-        for key, change in changes.items():
-            self._ready.setdefault(key, change)
-
-    def drop_ready(self) -> None:
-        """Forget the changes not written: the worker stops or an agent crashed, so no
-        offset is committed either, and the next owner rebuilds from the stored state and
-        reads again from the last commit (a crashed batch's half-written state never stored)."""
-        self._staged, self._ready = {}, {}
-
-    async def checkpoint(self, changes: Changes) -> bool:
-        """Write ``changes`` (from ``take_ready``, after the producer delivered every
-        message handed over before they were taken) and wait for them. False if any was
-        not delivered: it is given back, and the offsets wait for the next commit."""
-        if not changes:
-            return True
-        producer = aiokafka_producer(self._app)
-        items = [(topic, key, value, partition) for (topic, key), (value, partition) in changes.items()]
-        deliveries: list[tuple[asyncio.Future, list[Item]]] = []
-        await self._send(producer, items, deliveries.append)
-        failed: Changes = {}
-        for delivery, members in deliveries:
-            try:
-                await asyncio.shield(delivery)
-            except Exception as exc:  # noqa: BLE001 - any refusal holds the commit back
-                self._note_failure(members, exc)
-                for topic, key, value, partition in members:
-                    failed[(topic, key)] = (value, partition)  # type: ignore[index]
-        self._changes_failed = bool(failed)
-        if failed:
-            self.give_back(failed)
-            return False
-        if self.failure is not None and not self._failed:
-            log.info("the table changes the producer failed to deliver are delivered now (%s)", self.failure)
-            self.failure = None
-        return True
-
-    async def _send(self, producer: Any, items: list[Item],
-                    track: Callable[[tuple[asyncio.Future, list[Item]]], None] | None = None) -> None:
-        """Hand ``items`` to the producer, one record batch per partition; each batch's
-        delivery goes to ``track`` (default: ``_track``, read at the next ``settle``)."""
-        keep = track or (lambda pair: self._track(*pair))
+    async def _send(self, producer: Any, items: list[Item]) -> None:
         batches: dict[tuple[str, int], tuple[Any, list[Item]]] = {}
         for item in items:
             topic, key, value, partition = item
@@ -198,12 +131,12 @@ class Outbox:
                 batch, members = batches[tp] = producer.create_batch(), []
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full (a batch holds at least one message, however large): queue it, start the next.
-                keep((await producer.send_batch(batch, topic, partition=partition), members))
+                self._track(await producer.send_batch(batch, topic, partition=partition), members)
                 batch, members = batches[tp] = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None)
             members.append(item)
         for (topic, partition), (batch, members) in batches.items():
-            keep((await producer.send_batch(batch, topic, partition=partition), members))
+            self._track(await producer.send_batch(batch, topic, partition=partition), members)
 
     def _track(self, delivery: asyncio.Future, items: list[Item]) -> None:
         self._in_flight[delivery] = items
@@ -218,23 +151,19 @@ class Outbox:
         exc = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
         if exc is None:
             return
-        self._note_failure(items, exc)
-        self._failed += items
-
-    def _note_failure(self, items: list[Item], exc: BaseException) -> None:
         if self.failure is None:
             log.error("the producer could not deliver %d message(s) to %s: %r; offsets are not "
                       "committed until they are re-sent and delivered", len(items), items[0][0], exc)
         self.failure = f"{items[0][0]}: {type(exc).__name__}: {exc}"[:300]
+        self._failed += items
         for topic, *_rest in items:
             self.failed_messages[topic] += 1
 
     async def settle(self) -> bool:
         """After the producer's flush: True when everything handed to it was delivered.
 
-        Otherwise the messages that failed are sent again, as they were, and waited for;
-        False while any is still not delivered. (Table changes are written after this, by
-        ``checkpoint``: they wait for the messages, never the other way round.)
+        Otherwise the messages that failed are sent again (each table key once, with the
+        value the table holds now) and waited for; False while any is still not delivered.
         """
         for delivery in [d for d in self._in_flight if d.done()]:
             self._delivered(delivery)
@@ -242,7 +171,7 @@ class Outbox:
             async with self._lock:
                 producer = aiokafka_producer(self._app)
                 retry, self._failed = self._failed, []
-                await self._send(producer, retry)
+                await self._send(producer, self._resend(retry))
             await producer.flush()
             for delivery in [d for d in self._in_flight if d.done()]:
                 self._delivered(delivery)
@@ -250,7 +179,7 @@ class Outbox:
         # records acknowledged later, whose offsets are not part of this commit.
         if self._failed:
             return False
-        if self.failure is not None and not self._changes_failed:
+        if self.failure is not None:
             log.info("the messages the producer failed to deliver are delivered now (%s)", self.failure)
             self.failure = None
         return True
@@ -262,6 +191,25 @@ class Outbox:
         return {"ok": False, "detail": f"not delivered ({self.failure}); re-sent every commit interval, "
                                        "input offsets are not committed until it is delivered",
                 "messages_waiting": len(self._failed)}
+
+    def _resend(self, items: list[Item]) -> list[Item]:
+        """What to send again for ``items``: a table's changelog as the table holds it now
+        (a failed older state must not overwrite a newer one), every other message as it was."""
+        out: list[Item] = []
+        current: dict[tuple[str, bytes | None], int] = {}  # (changelog, key) -> its index in ``out``
+        for topic, key, value, partition in items:
+            table = self._tables.get(topic)
+            if table is None:
+                out.append((topic, key, value, partition))
+                continue
+            now = table.data.get(codecs.loads(table.key_serializer, key))
+            raw = None if now is None else codecs.dumps(table.value_serializer, now)
+            if (topic, key) in current:
+                out[current[(topic, key)]] = (topic, key, raw, partition)
+            else:
+                current[(topic, key)] = len(out)
+                out.append((topic, key, raw, partition))
+        return out
 
     async def _partition(self, producer: Any, topic: str, key: bytes | None) -> int:
         partitions = self._partitions.get(topic)
