@@ -169,6 +169,11 @@ class Timeline:
     accrued: int | None = field(default=None, repr=False, compare=False)
     # (from, situation, until): the situation holds on [from, until); not stored
     _cache: tuple[int, Instant, int] | None = field(default=None, repr=False, compare=False)
+    # (the _cache it was made for, from, until, [(window key, [counter, ...]), ...]): where
+    # time in the cached situation goes on [from, until), one window of every size
+    # (``AgentCore._accrue_one``); not stored
+    _plan: tuple[Any, int, int, list[tuple[WindowKey, list[str]]]] | None = field(
+        default=None, repr=False, compare=False)
 
     def queues(self) -> set[str]:
         """Every queue its base and events name."""
@@ -491,9 +496,54 @@ class AgentCore:
 
     def _accrue_one(self, agent: str, timeline: Timeline, to: int) -> None:
         since = timeline.accrued if timeline.accrued is not None else self.floor()
-        if since is not None and since < to:
+        if since is not None and since < to and not self._accrue_planned(agent, timeline, since, to):
             self._add(time_in_state(agent, timeline, since, to, self.windowing))
         timeline.accrued = to
+
+    def _accrue_planned(self, agent: str, timeline: Timeline, since: int, to: int) -> bool:
+        """``time_in_state`` over [since, to) for the common case, every agent once a
+        second: one situation, no window boundary crossed. The windows and counters it
+        adds to are worked out once per situation and window (``Timeline._plan``), so a
+        second on contact costs a few dict updates. False: not that case. The windows
+        are open (they hold ``to`` - 1, and event time is at most ``to``)."""
+        cached = timeline._cache
+        if cached is None or not cached[0] <= since < cached[2] or to > cached[2]:
+            return False
+        plan = timeline._plan
+        if plan is None or plan[0] is not cached or not plan[1] <= since or to > plan[2]:
+            plan = timeline._plan = self._plan(agent, cached, since)
+            if to > plan[2]:
+                return False
+        ms = to - since
+        windows, dirty = self.windows, self._dirty
+        for key, names in plan[3]:
+            counters = windows.get(key)
+            if counters is None:
+                counters = windows[key] = Counter()
+            for name in names:
+                counters[name] += ms
+            dirty.add(key)
+        return True
+
+    def _plan(self, agent: str, cached: tuple[int, Instant, int], t: int
+              ) -> tuple[Any, int, int, list[tuple[WindowKey, list[str]]]]:
+        """Where ``time_in_state`` puts time at ``t`` in the cached situation, and the span
+        around ``t`` it holds for (the situation's, cut at the window boundaries)."""
+        inst = cached[1]
+        mine, queues = agent_counters(inst), queue_counters(inst)
+        lo, hi = cached[0], cached[2]
+        targets: list[tuple[WindowKey, list[str]]] = []
+        for size in self.windowing.sizes:
+            start = self.windowing.start(t, size)
+            end = self.windowing.end(size, start)
+            lo, hi = max(lo, start), min(hi, end)
+            if size >= AGENT_MIN_WINDOW_S and mine:
+                targets.append(((size, start, AGENT, agent, ANY_CHANNEL), list(mine)))
+            by_key: dict[WindowKey, list[str]] = {}
+            for queue, channel, name in queues:
+                by_key.setdefault((size, start, QUEUE, queue, channel), []).append(name)
+            targets += by_key.items()
+        return cached, lo, hi, targets
 
     def _change(self, agent: str, timeline: Timeline, t: int, mutate: Callable[[], None]) -> None:
         """Apply ``mutate`` to ``timeline``, and to every open window what it changes
