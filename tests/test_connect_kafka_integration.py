@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ccpulse.connectors import amazon_connect, genesys
 from ccpulse.core.timestamps import format_ms
-from tests.worker_process import WorkerProcess, latest_windows, produce, read_topic, wait_until
+from tests.worker_process import WorkerProcess, committed, latest_windows, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -257,25 +257,6 @@ async def _create_topics(bootstrap: str, names: list[str]) -> None:
         await admin.create_topics([NewTopic(n, 3, 1) for n in names])
     finally:
         await admin.close()
-
-
-def committed(bootstrap: str, group: str, topic: str) -> bool:
-    """Whether ``group`` has committed every partition of ``topic`` through its end."""
-    async def check() -> bool:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-        await asyncio.gather(admin.start(), consumer.start())
-        try:
-            await consumer._client.force_metadata_update()  # a consumer with no subscription has none
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            ends = await consumer.end_offsets(tps)
-            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-            return bool(tps) and all(tp in offsets and offsets[tp].offset >= ends[tp] for tp in tps)
-        finally:
-            await asyncio.gather(admin.close(), consumer.stop())
-    return asyncio.run(check())
 
 
 def event_ids(bootstrap: str, prefix: str) -> list[str]:

@@ -39,7 +39,7 @@ from ccpulse.commands.simulate import QueueModel, SimulationConfig, generate_cal
 from ccpulse.commands.publish import publish_mixed
 from ccpulse.commands.simulate_channels import TicketConfig, generate_ticket_events
 from schemas.json_schemas import load
-from tests.worker_process import WorkerProcess, read_topic, wait_until
+from tests.worker_process import WorkerProcess, committed, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +183,10 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory):  # type
             return found if done else []
 
         records = wait_until(settled, 120, "the abandonment and first-response breaches", interval=2.0)
+        # The store reads sla.breaches like any consumer: stopped as soon as the last
+        # breach was on Kafka, the worker had not always stored it yet (ClickHouse lacked it).
+        wait_until(lambda: committed(kafka_bootstrap, worker.app_id, breaches_topic), 60,
+                   "the store's commit of every sla.breaches record")
         metrics = worker.metrics()
     finally:
         exit_code = worker.stop()

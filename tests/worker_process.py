@@ -50,6 +50,11 @@ class WorkerProcess:
         return self.env["CCPULSE_TOPIC_PREFIX"]
 
     @property
+    def app_id(self) -> str:
+        """Its Faust app id, which is also its consumer group."""
+        return self.env["CCPULSE_APP_ID"]
+
+    @property
     def bootstrap(self) -> str:
         return self.env["CCPULSE_KAFKA_BOOTSTRAP"]
 
@@ -189,3 +194,26 @@ def latest_windows(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
         if k not in best or record["version"] >= best[k]["version"]:
             best[k] = record
     return best
+
+
+def committed(bootstrap: str, group: str, topic: str) -> bool:
+    """Whether ``group`` has committed every partition of ``topic`` through its end (for a
+    worker's store: every record of it written)."""
+    async def check() -> bool:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await asyncio.gather(admin.start(), consumer.start())
+        try:
+            await consumer._client.force_metadata_update()  # a consumer with no subscription has none
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends = await consumer.end_offsets(tps)
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            # An empty partition has nothing to commit (and no committed offset to read).
+            return bool(tps) and all(ends[tp] == 0 or (tp in offsets and offsets[tp].offset >= ends[tp])
+                                     for tp in tps)
+        finally:
+            await asyncio.gather(admin.close(), consumer.stop())
+    return asyncio.run(check())
