@@ -119,7 +119,22 @@ class Outbox:
                 await self._send(producer, items)
 
     async def _send(self, producer: Any, items: list[Item]) -> None:
+        """Hand ``items`` to the producer, one record batch per partition: every batch of
+        a message topic first, in the order the messages were put, then the changelogs.
+
+        A table's change accounts for messages put before it (the FCR record's "final
+        through T" for the final partials of the windows before T, an interaction's
+        state for its contact). aiokafka sends a node's batches in the order they were
+        handed over (``add_batch`` waits while the partition's previous batch is queued,
+        and a drain takes every batch ready), so handed over after the messages, a
+        change is never stored while a message it accounts for is lost to a kill -9:
+        the redelivered input finds the state before it and sends the messages again
+        (consumers take them idempotently). In the order put, a change put first could
+        be drained alone while a message batch waited for its partition (the chaos
+        crash run lost FCR contacts that way).
+        """
         batches: dict[tuple[str, int], tuple[Any, list[Item]]] = {}
+        changes: list[tuple[str, int, Any, list[Item]]] = []
         for item in items:
             topic, key, value, partition = item
             if partition is None:
@@ -131,11 +146,20 @@ class Outbox:
                 batch, members = batches[tp] = producer.create_batch(), []
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # Full (a batch holds at least one message, however large): queue it, start the next.
-                self._track(await producer.send_batch(batch, topic, partition=partition), members)
+                if topic in self._tables:
+                    changes.append((topic, partition, batch, members))
+                else:
+                    self._track(await producer.send_batch(batch, topic, partition=partition), members)
                 batch, members = batches[tp] = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None)
             members.append(item)
         for (topic, partition), (batch, members) in batches.items():
+            if topic in self._tables:
+                changes.append((topic, partition, batch, members))
+            else:
+                self._track(await producer.send_batch(batch, topic, partition=partition), members)
+        # A table's full batches were put before its last one: the list keeps that order.
+        for topic, partition, batch, members in changes:
             self._track(await producer.send_batch(batch, topic, partition=partition), members)
 
     def _track(self, delivery: asyncio.Future, items: list[Item]) -> None:
