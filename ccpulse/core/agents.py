@@ -288,6 +288,21 @@ class Timeline:
                    {(r[0], r[1]): (r[2], r[3]) for r in doc["r"]})
 
 
+def window_targets(agent: str, mine: list[str], queues: list[tuple[str, str, str]], size: int,
+                   start: int) -> list[tuple[WindowKey, list[str]]]:
+    """The windows of one size and start that an instant's counters (``agent_counters``,
+    ``queue_counters``) add to, with the counters each gets: the one place that says
+    which windows an agent's time lands in."""
+    targets: list[tuple[WindowKey, list[str]]] = []
+    if size >= AGENT_MIN_WINDOW_S and mine:
+        targets.append(((size, start, AGENT, agent, ANY_CHANNEL), mine))
+    by_key: dict[WindowKey, list[str]] = {}
+    for queue, channel, name in queues:
+        by_key.setdefault((size, start, QUEUE, queue, channel), []).append(name)
+    targets += by_key.items()
+    return targets
+
+
 def time_in_state(agent: str, timeline: Timeline, a: int, b: int, windowing: Windowing) -> Counter:
     """Milliseconds per (window key, counter) of ``agent`` over [a, b), split at every
     window boundary of every configured size."""
@@ -302,11 +317,9 @@ def time_in_state(agent: str, timeline: Timeline, a: int, b: int, windowing: Win
             while start < x1:
                 end = windowing.end(size, start)
                 ms = min(x1, end) - max(x0, start)
-                if size >= AGENT_MIN_WINDOW_S:
-                    for name in mine:
-                        out[((size, start, AGENT, agent, ANY_CHANNEL), name)] += ms
-                for queue, channel, name in queues:
-                    out[((size, start, QUEUE, queue, channel), name)] += ms
+                for key, names in window_targets(agent, mine, queues, size, start):
+                    for name in names:
+                        out[(key, name)] += ms
                 start = end
     return out
 
@@ -537,12 +550,7 @@ class AgentCore:
             start = self.windowing.start(t, size)
             end = self.windowing.end(size, start)
             lo, hi = max(lo, start), min(hi, end)
-            if size >= AGENT_MIN_WINDOW_S and mine:
-                targets.append(((size, start, AGENT, agent, ANY_CHANNEL), list(mine)))
-            by_key: dict[WindowKey, list[str]] = {}
-            for queue, channel, name in queues:
-                by_key.setdefault((size, start, QUEUE, queue, channel), []).append(name)
-            targets += by_key.items()
+            targets += window_targets(agent, mine, queues, size, start)
         return cached, lo, hi, targets
 
     def _change(self, agent: str, timeline: Timeline, t: int, mutate: Callable[[], None]) -> None:
