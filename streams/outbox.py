@@ -8,7 +8,8 @@ Kafka producer in one loop at the end of the batch.
 
 Guarantees kept:
 - order: one list, flushed under a lock, so messages reach the producer in the
-  order they were put (a watermark tick never overtakes the events it covers);
+  order they were put (a watermark tick never overtakes the events it covers), and
+  a flush's table changelogs after all of its messages (``_send`` says why);
 - at-least-once: every agent flushes before it takes its next batch, and Faust
   acknowledges a batch only then; Faust's commit flushes the producer before it
   commits offsets, and the consumer (streams/kafka_consumer.py) then asks ``settle``
