@@ -180,7 +180,9 @@ def test_a_restore_sends_the_same_figures_and_later_the_same_finals() -> None:
     assert seen[(900, at(9, 0), "a", AGENT, "")]["agg"]["counts"]["away_ms:lunch"] == 12 * 60_000
 
 
-def test_open_windows_go_out_at_most_every_second_agent_ones_every_ten_finals_at_once() -> None:
+def test_open_windows_go_out_at_most_every_second_agent_ones_every_agent_interval_finals_at_once() -> None:
+    from streams.stages.partials import AGENT_WINDOW_SECONDS
+    every = int(AGENT_WINDOW_SECONDS * 1000)
     s, _t, _r = stage()
     s.on_batch([on_agents(presence("e1", "agent.logged_in", at(9, 0), queues=["q"]), 0), clocks(at(9, 0, 10), 1)],
                WALL)
@@ -192,7 +194,30 @@ def test_open_windows_go_out_at_most_every_second_agent_ones_every_ten_finals_at
     out = s.on_batch([clocks(at(9, 2), 4)], WALL + 1200)  # 09:00 closes (60 s lateness): final at once
     assert [(tuple(m.value["key"])[:2], m.value["final"]) for m in out.partials] == [((60, at(9, 0)), True)]
     assert {k[2] for k in partials(s.on_tick(WALL + 5000))} == {"q"}  # agent ones: not yet
-    assert {k[2] for k in partials(s.on_tick(WALL + 10_000))} == {"a"}
+    # The agent's turn (AgentRota): once in the next interval, an interval after its last.
+    turns = [t for t in range(WALL + 6000, WALL + 2 * every + 1000, 1000)
+             if "a" in {k[2] for k in partials(s.on_tick(t))}]
+    assert len(turns) == 1 and WALL + every <= turns[0] < WALL + 2 * every
+
+
+def test_the_rota_spreads_the_agents_over_the_period_and_keeps_each_turn_at_least_a_period_apart() -> None:
+    from streams.stages.partials import AgentRota
+    rota = AgentRota(10_000, slices=10)
+    assert rota.due(0) == frozenset(range(10))  # the first call: everyone
+    last = dict.fromkeys(range(10), 0)
+    for now in range(1000, 60_000, 1000):
+        due = rota.due(now)
+        assert len(due) <= 1  # one slice a second, not all at once
+        for i in due:
+            assert now - last[i] >= 10_000
+            last[i] = now
+    assert all(60_000 - t <= 11_000 for t in last.values())  # nobody waits much over a period
+    # A stall: the turns missed come at once, then keep their phase (spread again).
+    assert rota.due(95_500) == frozenset(range(10))
+    assert len(rota.due(96_000)) == 1
+    agents = [f"agent-{n}" for n in range(1000)]
+    per_slice = [sum(rota.slice_of(a) == i for a in agents) for i in range(10)]
+    assert min(per_slice) > 60 and rota.slice_of("agent-7") == rota.slice_of("agent-7")
 
 
 def test_the_pipelines_facts_of_answered_segments_reach_the_agent() -> None:

@@ -638,18 +638,21 @@ class AgentCore:
 
     # -- output ---------------------------------------------------------------
 
-    def take(self, scopes: frozenset[str] | None = None) -> list[WindowChange]:
+    def take(self, scopes: frozenset[str] | None = None,
+             agents: Callable[[str], bool] | None = None) -> list[WindowChange]:
         """Every window that became final, then every open window that changed, since
         the last call (each once; counters in milliseconds, zero counters left out).
-        ``scopes``: only the open windows of these scopes; the others stay changed, for
-        a later call (thousands of agent windows change with every second of event time)."""
+        ``scopes``: only the open windows of these scopes; ``agents``: of the agent
+        scope, only the windows of the agents it says yes to. The others stay changed,
+        for a later call (thousands of agent windows change with every second of event time)."""
         if self.now is not None:
             self._accrue(self.now)
         out, self._finals = self._finals, []
         if scopes is None:
             taken, self._dirty = self._dirty, set()
         else:
-            taken = {key for key in self._dirty if key[2] in scopes}
+            taken = {key for key in self._dirty
+                     if key[2] in scopes and (agents is None or key[2] != AGENT or agents(key[3]))}
             self._dirty -= taken
         for key in sorted(taken):
             out.append(WindowChange(key, {k: v for k, v in self.windows[key].items() if v}, False))

@@ -8,7 +8,7 @@ a 1-minute window is visible
 - on ``kpi.windows`` when a record of the probe queue's 1-minute window has
   ``offered`` >= k's rank in that window;
 - on ``/metrics`` when ``sum(ccpulse_queue_offered_total{queue="probe"})`` >= k
-  (scraped at ~20 Hz);
+  (scraped every ``METRICS_SCRAPE_SECONDS``);
 - in ClickHouse when the consumer group that stores ``kpi.windows`` has committed
   past the ``kpi.windows`` record that first showed it. The embedded store can
   only be opened by the worker, and Faust commits only what the ClickHouse writer
@@ -41,6 +41,11 @@ PROBE_QUEUE = "probe"
 WARMUP_SECONDS = 3.0
 SETTLE_SECONDS = 15.0  # after the load: how long a late probe may still show up
 SINKS = ("kpi.windows", "/metrics", "ClickHouse")
+# A scrape renders the whole page (about 300 KB with the bench's 52 queues). At 20 Hz that
+# was half the worker's CPU (py-spy), and every latency it measured, not only /metrics',
+# was the bench's own load: kpi.windows p50 3.4 s at 20 Hz, 0.6 s at 5 Hz (69b3498, one
+# session). 5 Hz still resolves /metrics to 0.2 s (Prometheus itself scrapes every 15 s).
+METRICS_SCRAPE_SECONDS = 0.2
 
 
 @dataclass
@@ -216,7 +221,7 @@ class LatencyRun:
                     self.book.total_offered(int(metric_sum(text, "ccpulse_queue_offered_total", label)), at)
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     pass
-                await asyncio.sleep(max(0.0, tick + 0.05 - time.monotonic()))
+                await asyncio.sleep(max(0.0, tick + METRICS_SCRAPE_SECONDS - time.monotonic()))
 
     async def _watch_store(self, admin: Any, stop: asyncio.Event) -> None:
         topic = self.app.kpi_windows_topic

@@ -45,15 +45,15 @@ from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_AGAIN_MS, CLOCK_FI
                                         PRESENCE_FIELD,
                                         REMOVED_FIELD, clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
-from streams.stages.partials import AGENT_WINDOW_SECONDS, agents_live_partial, agents_source
+from streams.stages.partials import AGENT_WINDOW_SECONDS, AgentRota, agents_live_partial, agents_source
 from streams.stages.pipeline import key_partition
 from streams.stages.validation import FAMILIES
 
 STAGE = "agents"
-# Open windows go out at most this often per scope (wall clock ms): a queue's as the
-# merge publishes (once a second per key, METRICS.md); an agent's as the pipeline
-# sends its open agent windows.
-OPEN_EVERY_MS = {QUEUE: 1000, AGENT: int(AGENT_WINDOW_SECONDS * 1000)}
+# Open queue windows go out at most this often (wall clock ms), as the merge publishes
+# them (once a second per key, METRICS.md); an agent's open windows every
+# AGENT_WINDOW_SECONDS, a slice of the agents at a time (AgentRota).
+QUEUE_OPEN_EVERY_MS = 1000
 # Live counts are looked at (every agent's situation) at most this often (wall clock ms):
 # kpi.queue-state changes at most once a second per key (METRICS.md).
 LIVE_EVERY_MS = 1000
@@ -84,7 +84,8 @@ class _Partition:
     channels: dict[str, set[str]] = field(default_factory=dict)  # queue -> channels seen
     changed: set[str] = field(default_factory=set)  # agents changed since the last output
     touched: bool = False
-    sent_ms: dict[str, int] = field(default_factory=dict)  # scope -> wall clock of its last open send
+    queue_sent_ms: int = -QUEUE_OPEN_EVERY_MS  # wall clock of the last send of open queue windows
+    rota: AgentRota = field(default_factory=lambda: AgentRota(int(AGENT_WINDOW_SECONDS * 1000)))
     # (wall clock ms, event time) when input last moved event time or changed an agent
     active: tuple[int, int | None] = (0, None)
     # (queue, channel) -> the live counts last sent (None: sent before a restore, not known)
@@ -395,17 +396,23 @@ class AgentStage:
         return out
 
     def _due(self, part: _Partition, now_ms: int) -> list[WindowChange]:
-        """Finals at once; open windows at most every ``OPEN_EVERY_MS`` of their scope.
-        Reading open figures accrues every agent's time, so it is done only then (event
-        time moves at every batch, and with it every staffed agent's current windows)."""
-        scopes = frozenset(scope for scope, every in OPEN_EVERY_MS.items()
-                           if now_ms - part.sent_ms.get(scope, -every) >= every)
+        """Finals at once; open queue windows at most every ``QUEUE_OPEN_EVERY_MS``, an
+        agent's open windows at most every ``AGENT_WINDOW_SECONDS``, a slice of the agents
+        at a time (``AgentRota``). Reading open figures accrues every agent's time, so it
+        is done only then (event time moves at every batch, and with it every staffed
+        agent's current windows)."""
+        if part.core.now is None:  # no event time yet: nothing is open, no turn is spent
+            return part.core.take_finals()
+        scopes = {QUEUE} if now_ms - part.queue_sent_ms >= QUEUE_OPEN_EVERY_MS else set()
+        slices = part.rota.due(now_ms)
+        if slices:
+            scopes.add(AGENT)
         if not scopes:
             return part.core.take_finals()
-        due = part.core.take(scopes)
-        for change in due:
-            if not change.final:
-                part.sent_ms[change.key[2]] = now_ms
+        rota = part.rota
+        due = part.core.take(frozenset(scopes), lambda agent: rota.slice_of(agent) in slices)
+        if any(not change.final and change.key[2] == QUEUE for change in due):
+            part.queue_sent_ms = now_ms
         return due
 
     def _partials(self, partition: int, part: _Partition, changes: list[WindowChange], now_ms: int,

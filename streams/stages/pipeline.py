@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, MutableMapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, MutableMapping, Protocol
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -46,7 +46,7 @@ from streams.stages.agent_facts import (ANSWER_STEPS, CLOCK_AGAIN_MS, answer_of,
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
 from streams.stages.fcr import WATERMARK_FIELD, contact_message
 from streams.stages.io import Message
-from streams.stages.partials import AGENT_WINDOW_SECONDS, live_partial, window_partial
+from streams.stages.partials import AGENT_WINDOW_SECONDS, AgentRota, live_partial, window_partial
 from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,10 @@ class PipelineStage:
         self._facts_sent: dict[str, list] = {}
         self._agent_clock_ms: int | None = None
         self._expiry_due_ms: int | None = None  # when on_tick next looks for interactions to forget
-        self._agents_sent_ms = 0  # when changed open agent windows were last sent (checkpoint)
+        # whose changed open agent windows a checkpoint sends: each agent's at most every
+        # AGENT_WINDOW_SECONDS, a slice of the agents at a time (all at once was a burst
+        # every stage's flush and ClickHouse insert queued behind)
+        self._agent_rota = AgentRota(int(AGENT_WINDOW_SECONDS * 1000))
         # (queue, channel) seen, and those not told to the agent stage yet (queue -> channels):
         # it puts a queue's staffed time on each channel's record (docs/agents.md)
         self._queue_channels: set[tuple[str, str]] = set()
@@ -481,13 +484,14 @@ class PipelineStage:
     def checkpoint(self, now_ms: int | None = None) -> Checkpoint:
         """Everything to write since the last checkpoint, each changed interaction once.
         Changed open agent windows go out at most every ``AGENT_WINDOW_SECONDS`` of
-        ``now_ms`` (every time without it); final ones at once, from ``on_tick`` or here
+        ``now_ms``, a slice of the agents at a time (every time without it); final ones at once, from ``on_tick`` or here
         when clocks read since moved event time."""
         out, self._out = self._out, Checkpoint()
         self.records_since_checkpoint = 0
-        agents = now_ms is None or now_ms - self._agents_sent_ms >= AGENT_WINDOW_SECONDS * 1000
-        if agents and now_ms is not None:
-            self._agents_sent_ms = now_ms
+        agents: bool | Callable[[str], bool] = True
+        if now_ms is not None:
+            rota, slices = self._agent_rota, self._agent_rota.due(now_ms)
+            agents = (lambda agent: rota.slice_of(agent) in slices) if slices else False
         for partition, engine in self.engines.items():
             watermark = engine.record.watermark
             if engine.record.final_through < watermark:
