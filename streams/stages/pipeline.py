@@ -484,8 +484,8 @@ class PipelineStage:
     def checkpoint(self, now_ms: int | None = None) -> Checkpoint:
         """Everything to write since the last checkpoint, each changed interaction once.
         Changed open agent windows go out at most every ``AGENT_WINDOW_SECONDS`` of
-        ``now_ms``, a slice of the agents at a time (every time without it); final ones at once, from ``on_tick`` or here
-        when clocks read since moved event time."""
+        ``now_ms``, a slice of the agents at a time (every time without it); final ones
+        at once, from ``on_tick`` or here when clocks read since moved event time."""
         out, self._out = self._out, Checkpoint()
         self.records_since_checkpoint = 0
         agents: bool | Callable[[str], bool] = True
