@@ -135,7 +135,7 @@ class Outbox:
         crash run lost FCR contacts that way).
         """
         batches: dict[tuple[str, int], tuple[Any, list[Item]]] = {}
-        changes: list[tuple[str, int, Any, list[Item]]] = []
+        full: list[tuple[str, int, Any, list[Item]]] = []  # in the order they filled
         for item in items:
             topic, key, value, partition = item
             if partition is None:
@@ -146,22 +146,18 @@ class Outbox:
             if batch is None:
                 batch, members = batches[tp] = producer.create_batch(), []
             if batch.append(key=key, value=value, timestamp=None) is None:
-                # Full (a batch holds at least one message, however large): queue it, start the next.
-                if topic in self._tables:
-                    changes.append((topic, partition, batch, members))
-                else:
-                    self._track(await producer.send_batch(batch, topic, partition=partition), members)
+                # Full (a batch holds at least one message, however large): keep it, start the next.
+                full.append((topic, partition, batch, members))
                 batch, members = batches[tp] = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None)
             members.append(item)
-        for (topic, partition), (batch, members) in batches.items():
-            if topic in self._tables:
-                changes.append((topic, partition, batch, members))
-            else:
-                self._track(await producer.send_batch(batch, topic, partition=partition), members)
-        # A table's full batches were put before its last one: the list keeps that order.
-        for topic, partition, batch, members in changes:
-            self._track(await producer.send_batch(batch, topic, partition=partition), members)
+        # A partition's full batches before its last one, so each partition keeps its order.
+        ordered = full + [(topic, partition, batch, members)
+                          for (topic, partition), (batch, members) in batches.items()]
+        for changelogs in (False, True):
+            for topic, partition, batch, members in ordered:
+                if (topic in self._tables) is changelogs:
+                    self._track(await producer.send_batch(batch, topic, partition=partition), members)
 
     def _track(self, delivery: asyncio.Future, items: list[Item]) -> None:
         self._in_flight[delivery] = items

@@ -425,20 +425,20 @@ class PartitionEngine:
         self.record.final_through = max(self.record.final_through, wm)
         return finals
 
-    def take_dirty(self, agents: bool | Callable[[str], bool] = True) -> list[Snapshot]:
-        """Snapshots of the windows changed since the last call. ``agents=False`` leaves
-        the changed agent windows for a later call: one answer changes three of an agent's
-        windows, and with thousands of agents their partials outnumbered the events; a
-        callable takes those of the agents it says yes to. Unless ``agents`` is True, it
-        leaves too the queue windows the events applied already put past their lateness
-        (``frontier``): they close as soon as the watermark gets there, a clock's round
-        trip later, so their open snapshot would only precede the final one. Catching up
-        (a replay at full speed) that was nearly every window, each sent twice."""
-        if agents is True:
+    def take_dirty(self, agents: Callable[[str], bool] | None = None) -> list[Snapshot]:
+        """Snapshots of the windows changed since the last call. ``agents`` takes only the
+        changed agent windows of the agents it says yes to, and leaves the others for a
+        later call: one answer changes three of an agent's windows, and with thousands of
+        agents their partials outnumbered the events. With ``agents``, it also leaves the
+        queue windows the events applied already put past their lateness (``frontier``):
+        they close as soon as the watermark gets there, a clock's round trip later, so
+        their open snapshot would only precede the final one. Catching up (a replay at
+        full speed) that was nearly every window, each sent twice."""
+        if agents is None:
             keys = set(self.dirty)
             self.dirty.clear()
         else:
-            keys = {k for k in self.dirty if k[2] == QUEUE or (agents is not False and agents(k[3]))}
+            keys = {k for k in self.dirty if k[2] == QUEUE or agents(k[3])}
             self.dirty.difference_update(keys)
         # A change in one window moves waiting_at_start of every later window of its
         # queue (queue windows only: agent windows have no waiting).
@@ -453,7 +453,7 @@ class PartitionEngine:
                 if group in earliest and key[1] > earliest[group]:
                     keys.add(key)
         keys = {k for k in keys if k in self.windows}
-        if agents is not True:
+        if agents is not None:
             passed = {k for k in keys if self.closes_at(k) <= self.frontier}
             keys -= passed
             self.dirty |= passed

@@ -409,8 +409,7 @@ class AgentStage:
             scopes.add(AGENT)
         if not scopes:
             return part.core.take_finals()
-        rota = part.rota
-        due = part.core.take(frozenset(scopes), lambda agent: rota.slice_of(agent) in slices)
+        due = part.core.take(frozenset(scopes), part.rota.takes(slices))
         if any(not change.final and change.key[2] == QUEUE for change in due):
             part.queue_sent_ms = now_ms
         return due

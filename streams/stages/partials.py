@@ -4,7 +4,7 @@ a queue's live state, as the merge stage reads them (streams/merge.py)."""
 from __future__ import annotations
 
 import zlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ccpulse.core.engine import LiveQueue, Snapshot
 from ccpulse.core.merge_clock import AGENTS_SOURCE_PREFIX
@@ -36,7 +36,6 @@ class AgentRota:
     def __init__(self, every_ms: int, slices: int = AGENT_SLICES) -> None:
         self.every_ms, self.slices = every_ms, slices
         self._next: list[int] = []  # slice -> wall clock ms of its next turn
-        self._slice: dict[str, int] = {}
 
     def due(self, now_ms: int) -> frozenset[int]:
         """The slices whose turn it is (all of them at the first call)."""
@@ -50,12 +49,11 @@ class AgentRota:
         return due
 
     def slice_of(self, agent: str) -> int:
-        found = self._slice.get(agent)
-        if found is None:
-            if len(self._slice) >= 100_000:
-                self._slice.clear()
-            found = self._slice[agent] = zlib.crc32(agent.encode()) % self.slices
-        return found
+        return zlib.crc32(agent.encode()) % self.slices
+
+    def takes(self, slices: frozenset[int]) -> Callable[[str], bool]:
+        """Whether an agent's open windows are taken this turn (``slices``: from ``due``)."""
+        return lambda agent: self.slice_of(agent) in slices
 
 
 def live_key(queue: str, channel: str) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping, MutableMapping, Protocol
+from typing import Any, Iterable, Mapping, MutableMapping, Protocol
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -488,10 +488,7 @@ class PipelineStage:
         at once, from ``on_tick`` or here when clocks read since moved event time."""
         out, self._out = self._out, Checkpoint()
         self.records_since_checkpoint = 0
-        agents: bool | Callable[[str], bool] = True
-        if now_ms is not None:
-            rota, slices = self._agent_rota, self._agent_rota.due(now_ms)
-            agents = (lambda agent: rota.slice_of(agent) in slices) if slices else False
+        agents = None if now_ms is None else self._agent_rota.takes(self._agent_rota.due(now_ms))
         for partition, engine in self.engines.items():
             watermark = engine.record.watermark
             if engine.record.final_through < watermark:
