@@ -9,6 +9,8 @@ The end-to-end version with a worker process is tests/test_sink_outage_integrati
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,59 @@ def test_unwritable_store_then_recovery(store: ClickHouseWriter, tmp_path: Path)
 def test_fault_injection_refuses_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(FaultInjectionUnavailable):
         make_store_unwritable(tmp_path / "nothing-here")
+
+
+class _ListedThenRemoved:
+    """A scandir iterator over entries listed before one of them was removed."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self.entries = iter(entries)
+
+    def __enter__(self) -> "_ListedThenRemoved":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self) -> "_ListedThenRemoved":
+        return self
+
+    def __next__(self) -> os.DirEntry[str]:
+        return next(self.entries)
+
+
+def test_fault_injection_ignores_a_part_directory_removed_while_it_walks(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chaos run's sink-outage once failed with FileNotFoundError on a tmp_insert_*
+    directory: chDB removed it between the walk listing it and reading it."""
+    reason = store_unwritable_unsupported(tmp_path)
+    if reason:
+        pytest.skip(f"cannot make a store unwritable here: {reason}")
+    root = tmp_path / "store"
+    (root / "part_1").mkdir(parents=True)
+    (root / "tmp_insert_2" / "inner").mkdir(parents=True)
+    real_scandir = os.scandir
+    listed: list[os.DirEntry[str]] = []
+
+    def scandir(path: Any) -> Any:
+        """Every listing of the root names tmp_insert_2, which is gone once listed."""
+        if isinstance(path, int) or Path(path) != root:
+            return real_scandir(path)
+        if not listed:
+            with real_scandir(path) as it:
+                listed.extend(it)
+            shutil.rmtree(root / "tmp_insert_2")
+        return _ListedThenRemoved(listed)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    restore = make_store_unwritable(root)
+    monkeypatch.undo()
+    try:
+        with pytest.raises(OSError):
+            (root / "part_2").mkdir()
+        with pytest.raises(OSError):
+            (root / "part_1" / "x").touch()
+    finally:
+        restore()
+    (root / "part_2").mkdir()  # writable again, the directory listed after the vanished one too
+    (root / "part_1" / "x").touch()

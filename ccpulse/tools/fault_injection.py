@@ -15,6 +15,7 @@ clears the flag and the next retry succeeds; nothing in the store is damaged.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import subprocess
 import tempfile
@@ -65,9 +66,7 @@ def make_store_unwritable(path: str | Path) -> Callable[[], None]:
     reason = store_unwritable_unsupported(root)
     if reason is not None:
         raise FaultInjectionUnavailable(reason)
-    # Real directories only: the store links data/<db>/<table> to store/<uuid>, and
-    # chattr refuses symlinks.
-    dirs = [str(d) for d in [root, *root.rglob("*")] if d.is_dir() and not d.is_symlink()]
+    dirs = _store_dirs(root)
     done: list[str] = []
     restored = False
 
@@ -84,10 +83,34 @@ def make_store_unwritable(path: str | Path) -> Callable[[], None]:
     for chunk in _chunks(dirs):
         result = subprocess.run(["chattr", "+i", *chunk], capture_output=True, text=True)
         done.extend(chunk)  # a partial failure may have flagged some of them
-        if result.returncode != 0:
+        # The live store keeps removing its tmp_insert_* directories until their parent is
+        # flagged, and chattr fails on one gone in the meantime: retry one by one, and give
+        # up only on a directory that still exists.
+        failed = [d for d in chunk if not _flag(d)] if result.returncode != 0 else []
+        if failed:
             restore()
-            raise FaultInjectionUnavailable(f"chattr +i failed: {result.stderr.strip()[:200]}")
+            raise FaultInjectionUnavailable(f"chattr +i failed on {failed[0]}: {result.stderr.strip()[:200]}")
     return restore
+
+
+def _store_dirs(root: Path) -> list[str]:
+    """The store's real directories, root first and parents before children.
+
+    ``os.walk`` ignores a directory that vanishes between being listed and being read
+    (chDB renames and removes part directories while it runs); ``Path.rglob`` raises
+    FileNotFoundError there. Symlinks are skipped: the store links data/<db>/<table>
+    to store/<uuid>, and chattr refuses symlinks.
+    """
+    dirs = [str(root)]
+    for parent, names, _files in os.walk(root):
+        dirs.extend(os.path.join(parent, n) for n in names if not os.path.islink(os.path.join(parent, n)))
+    return dirs
+
+
+def _flag(path: str) -> bool:
+    """Flag one directory immutable; True when flagged or gone."""
+    result = subprocess.run(["chattr", "+i", path], capture_output=True)
+    return result.returncode == 0 or not os.path.isdir(path)
 
 
 def _chunks(items: list[str], size: int = 200) -> list[list[str]]:
