@@ -151,13 +151,13 @@ class Outbox:
                 batch, members = batches[tp] = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None)
             members.append(item)
-        # A partition's full batches before its last one, so each partition keeps its order.
+        # A partition's full batches before its last one, so each partition keeps its order;
+        # the sort is stable: messages, then changelogs, each still in that order.
         ordered = full + [(topic, partition, batch, members)
                           for (topic, partition), (batch, members) in batches.items()]
-        for changelogs in (False, True):
-            for topic, partition, batch, members in ordered:
-                if (topic in self._tables) is changelogs:
-                    self._track(await producer.send_batch(batch, topic, partition=partition), members)
+        ordered.sort(key=lambda b: b[0] in self._tables)
+        for topic, partition, batch, members in ordered:
+            self._track(await producer.send_batch(batch, topic, partition=partition), members)
 
     def _track(self, delivery: asyncio.Future, items: list[Item]) -> None:
         self._in_flight[delivery] = items

@@ -103,7 +103,7 @@ def _store_dirs(root: Path) -> list[str]:
     """
     dirs = [str(root)]
     for parent, names, _files in os.walk(root):
-        dirs.extend(os.path.join(parent, n) for n in names if not os.path.islink(os.path.join(parent, n)))
+        dirs.extend(d for d in (os.path.join(parent, n) for n in names) if not os.path.islink(d))
     return dirs
 
 

@@ -45,7 +45,7 @@ from streams.stages.agent_facts import (CHANNELS_FIELD, CLOCK_AGAIN_MS, CLOCK_FI
                                         PRESENCE_FIELD,
                                         REMOVED_FIELD, clock_fact, contact_fact, removal_fact, segment_facts)
 from streams.stages.io import Consumed, Failure, Message, TablePut
-from streams.stages.partials import AGENT_WINDOW_SECONDS, AgentRota, agents_live_partial, agents_source
+from streams.stages.partials import AgentRota, agents_live_partial, agents_source
 from streams.stages.pipeline import key_partition
 from streams.stages.validation import FAMILIES
 
@@ -85,7 +85,7 @@ class _Partition:
     changed: set[str] = field(default_factory=set)  # agents changed since the last output
     touched: bool = False
     queue_sent_ms: int = -QUEUE_OPEN_EVERY_MS  # wall clock of the last send of open queue windows
-    rota: AgentRota = field(default_factory=lambda: AgentRota(int(AGENT_WINDOW_SECONDS * 1000)))
+    rota: AgentRota = field(default_factory=AgentRota)
     # (wall clock ms, event time) when input last moved event time or changed an agent
     active: tuple[int, int | None] = (0, None)
     # (queue, channel) -> the live counts last sent (None: sent before a restore, not known)

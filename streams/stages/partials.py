@@ -33,7 +33,7 @@ class AgentRota:
     call takes every agent (a rebuilt partition has all its windows changed); a slice's
     next turn is never sooner than ``every_ms`` after its last."""
 
-    def __init__(self, every_ms: int, slices: int = AGENT_SLICES) -> None:
+    def __init__(self, every_ms: int = int(AGENT_WINDOW_SECONDS * 1000), slices: int = AGENT_SLICES) -> None:
         self.every_ms, self.slices = every_ms, slices
         self._next: list[int] = []  # slice -> wall clock ms of its next turn
 

@@ -46,7 +46,7 @@ from streams.stages.agent_facts import (ANSWER_STEPS, CLOCK_AGAIN_MS, answer_of,
 from streams.stages.end_of_input import END_OF_INPUT_FIELD, EndOfInput, apply_end_of_input, closes_through
 from streams.stages.fcr import WATERMARK_FIELD, contact_message
 from streams.stages.io import Message
-from streams.stages.partials import AGENT_WINDOW_SECONDS, AgentRota, live_partial, window_partial
+from streams.stages.partials import AgentRota, live_partial, window_partial
 from streams.stages.validation import FAMILIES, decode_event, processing_error, too_long
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class PipelineStage:
         # whose changed open agent windows a checkpoint sends: each agent's at most every
         # AGENT_WINDOW_SECONDS, a slice of the agents at a time (all at once was a burst
         # every stage's flush and ClickHouse insert queued behind)
-        self._agent_rota = AgentRota(int(AGENT_WINDOW_SECONDS * 1000))
+        self._agent_rota = AgentRota()
         # (queue, channel) seen, and those not told to the agent stage yet (queue -> channels):
         # it puts a queue's staffed time on each channel's record (docs/agents.md)
         self._queue_channels: set[tuple[str, str]] = set()
