@@ -148,7 +148,10 @@ class AgentShell:
         self.outputs.append(self.stage.on_tick(int(time.time() * 1000), reading))
         await self.checkpoint()
 
-    def on_revoked(self, revoked: Any) -> None:
+    async def on_revoked(self, revoked: Any) -> None:
+        if any(tp.topic in self.input_names for tp in revoked):
+            await self.checkpoint()  # before its next owner recovers the tables (register_shell)
+            await self.outbox.deliver()
         for tp in revoked:
             if tp.topic in self.input_names:
                 self.drop(tp.partition)

@@ -27,7 +27,7 @@ from streams import codecs, memory
 from streams.context import Pipeline
 from streams.kafka_consumer import InOrderApp, convert_recovered_values
 from streams.outbox import Outbox
-from streams.topics import EVENT_MESSAGE_MAX_BYTES
+from streams.topics import EVENT_MESSAGE_MAX_BYTES, TABLES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def broker_credentials(settings: Settings) -> dict[str, Any]:
 
 
 ROLES = ("all", "compute", "writer")
+METADATA_MAX_AGE_MS = 5000
 
 
 def create_app(settings: Settings, role: str = "all") -> faust.App:
@@ -87,6 +88,12 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         producer_max_request_size=EVENT_MESSAGE_MAX_BYTES,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
+        # The group leader assigns only the topics its metadata names. A topic it asked
+        # about a moment before the topic existed (a table's changelog, created by another
+        # worker starting at the same time) stayed unassigned, its table never recovered,
+        # until aiokafka's next refresh: 5 minutes by default. Refreshed this often, the
+        # leader sees it and rebalances to assign it (aiokafka's metadata listener).
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         logging_config=None,
         datadir=f"{settings.state_dir}/faust",
         **broker_credentials(settings),
@@ -153,6 +160,8 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
 
 def _table(app: faust.App, name: str, value_serializer: str, settings: Settings,
            from_dict: Callable[[dict], Any] | None) -> Any:
+    if name not in TABLES:  # its changelog would be left to Faust to create (streams/topics.py)
+        raise ValueError(f"table {name!r} is not in streams.topics.TABLES")
     table = app.Table(name, partitions=settings.kafka.partitions,
                       schema=faust.Schema(key_serializer="json", value_serializer=value_serializer))
     # Faust derives the changelog codecs from key_type/value_type, not from the

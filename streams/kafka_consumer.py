@@ -673,6 +673,18 @@ class InOrderConsumer(faust_aiokafka.Consumer):
         if guard is not None:
             guard.agent_crashed(agent.name if agent is not None else "unknown", exc)
 
+    async def on_stop(self) -> None:
+        # Faust stops its services in the reverse order of their start: the agents have
+        # stopped, and the producer stops after this consumer leaves the group. What the
+        # agents' last checkpoints handed to the producer is delivered first, or it could
+        # land after the partitions' next owners recovered the tables (a stale table entry
+        # restored at the rebalance after that).
+        try:
+            await self.app.producer.flush()
+        except Exception as exc:  # noqa: BLE001 - nothing was committed: the next owner reads it again
+            self.log.warning("could not deliver the last outputs before leaving the group: %r", exc)
+        await super().on_stop()
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.ledger.forget(revoked)
         for tp in revoked:

@@ -119,6 +119,13 @@ class Outbox:
                 items, self._items = self._items, []
                 await self._send(producer, items)
 
+    async def deliver(self) -> None:
+        """``flush``, then wait until the producer has sent everything handed to it: before a
+        revoked partition's next owner reads its changelogs (Faust's own flush in the
+        revocation ran before the stages' last checkpoint)."""
+        await self.flush()
+        await self._app.producer.flush()
+
     async def _send(self, producer: Any, items: list[Item]) -> None:
         """Hand ``items`` to the producer, one record batch per partition: every batch of
         a message topic first, in the order the messages were put, then the changelogs.

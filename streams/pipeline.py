@@ -197,7 +197,10 @@ class PipelineShell:
     def caught_up(self, tp: TP) -> bool:
         return caught_up(self.app.consumer, tp)
 
-    def on_revoked(self, revoked: Any) -> None:
+    async def on_revoked(self, revoked: Any) -> None:
+        if any(tp.topic in self.input_names for tp in revoked):
+            await self.checkpoint()  # see register_shell
+            await self.outbox.deliver()
         for tp in revoked:
             if tp.topic in self.input_names:
                 self.drop(tp.partition)
@@ -209,7 +212,7 @@ class EnvelopeShell(Protocol):
     async def on_envelope(self, event: Any) -> None: ...
     async def on_idle(self) -> None: ...
     async def on_tick(self) -> None: ...
-    def on_revoked(self, revoked: Any) -> None: ...
+    async def on_revoked(self, revoked: Any) -> None: ...
 
 
 def register_shell(pipe: Pipeline, shell: EnvelopeShell, topic: Any, name: str,
@@ -232,7 +235,13 @@ def register_shell(pipe: Pipeline, shell: EnvelopeShell, topic: Any, name: str,
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
-        shell.on_revoked(revoked)
+        # What was read from a revoked partition and not yet checkpointed is written now,
+        # before this worker rejoins the group and the partition's next owner recovers
+        # its tables. Written by the next timer instead, under load it landed after the
+        # new owner had read the changelog, or after its own changes: a stale timeline
+        # or interaction restored at the following rebalance (chaos "rebalance": agents
+        # held on contact after their contacts had ended).
+        await shell.on_revoked(revoked)
 
 
 def register(pipe: Pipeline) -> PipelineShell:

@@ -1,8 +1,10 @@
 """Creating the topics ccpulse reads and writes, with the right partitions and cleanup policy.
 
-Faust creates its own internal topics and changelogs; the input and aggregate
-topics are created here so they do not depend on broker auto-creation defaults
-(``kpi.windows`` must be compacted: one latest record per window key).
+Every topic is created here, before a worker starts: the input and aggregate topics
+so they do not depend on broker auto-creation defaults (``kpi.windows`` must be
+compacted: one latest record per window key), ccpulse's internal topics, and the
+tables' changelogs (``TABLES``: Faust would create them itself, too late for its
+group leader to see them).
 """
 
 from __future__ import annotations
@@ -65,6 +67,22 @@ INPUT_MESSAGE_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
 EVENT_MESSAGE_MAX_BYTES = 4 * MAX_MESSAGE_BYTES
 
 
+# Every Faust table of the worker (streams/app.py registers exactly these). Faust names a
+# table's changelog "<app id>-<table>-changelog" and creates it when the table starts,
+# moments before the consumer joins its group: a group leader whose metadata had not seen
+# one yet assigned its partitions to nobody ("Ignoring missing topic"), for every
+# rebalance after, and the table was never recovered (the agent stage's partition records
+# in the chaos rebalance run: a new owner started cold). So they are created here, with
+# the other topics, before any worker starts.
+TABLES = ("interactions", "partition-records", "merged-windows", "fcr-customers", "fcr-records", "sla-state",
+          "agent-timelines", "agent-records")
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog Faust gives ``table`` (``Collection._changelog_topic_name``)."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
     t = settings.topics
     compact = {"cleanup.policy": "compact"}
@@ -97,6 +115,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         internal("interactions"): compact,
         # kpi.windows observations for the SLA stage, re-keyed by queue|channel.
         internal("sla-observations"): {"cleanup.policy": "delete", "retention.ms": str(86400 * 1000)},
+        **{changelog_topic(settings, table): compact for table in TABLES},
     }
 
 
@@ -132,10 +151,24 @@ async def ensure_topics_async(settings: Settings, timeout: float = 15.0) -> list
                    for name, config in specs.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
+            await _until_served(admin, [topic.name for topic in missing], timeout)
         await _report_small_limits(admin, [name for name in inputs if name in existing])
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+async def _until_served(admin: AIOKafkaAdminClient, topics: list[str], timeout: float) -> None:
+    """Return once a metadata request names every one of ``topics`` (or after ``timeout``).
+    A created topic reaches the brokers' metadata a moment after CreateTopics returns:
+    a worker asking in between is told it does not exist, and aiokafka asks again only
+    at its next metadata refresh."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        served = await _partition_counts(admin, topics)
+        if all(served.get(name) for name in topics) or asyncio.get_running_loop().time() >= deadline:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ccpulse.tools.chaos import SENTINEL_QUEUE, sentinel_events, soak_workload
-from ccpulse.tools.chaos_checks import check_raw, compare_windows, index_windows
+from ccpulse.tools.chaos_checks import check_raw, compare_windows, index_windows, unassigned_changelogs
 from ccpulse.tools.chaos_worker import parse_metrics
 
 
@@ -91,6 +91,30 @@ def test_soak_workload_leaves_some_interactions_open() -> None:
     offered_only = sum(s == {"offered"} for s in early) / len(early)
     answered_open = sum("answered" in s and not s & {"ended", "abandoned"} for s in early) / len(early)
     assert 0.01 < offered_only < 0.15 and 0.02 < answered_open < 0.10
+
+
+ASSIGNMENT = """[2026-12-06 19:58:12,688] [27316] [WARNING] Ignoring missing topic: 'app-agent-records-changelog'
+[2026-12-06 19:58:12,738] [27316] [INFO] Setting newly assigned partitions
++Topic Partition Set------------------------+------------+
+| topic                                     | partitions |
++-------------------------------------------+------------+
+| app-agent-timelines-changelog             | {0-5}      |
+%s| app.calls                                 | {0, 2, 4}  |
++-------------------------------------------+------------+ for group app
+[2026-12-06 19:58:12,743] [27316] [INFO] Executing _on_partitions_assigned
+"""
+
+
+def test_a_changelog_left_out_of_the_last_assignment_fails_the_run() -> None:
+    changelogs = ["app-agent-timelines-changelog", "app-agent-records-changelog"]
+    without = ASSIGNMENT % ""
+    assert unassigned_changelogs("b", without, changelogs) == [
+        "worker b's last assignment has no partition of app-agent-records-changelog: its table is not recovered"]
+    # Left out of a first assignment only, and given in the one after: recovered.
+    with_it = ASSIGNMENT % "| app-agent-records-changelog               | {0-5}      |\n"
+    assert unassigned_changelogs("b", without + with_it, changelogs) == []
+    assert unassigned_changelogs("b", with_it + without, changelogs) != []
+    assert unassigned_changelogs("b", "", changelogs) == ["worker b logged no assignment"]
 
 
 def test_metrics_parser_keeps_labels_with_commas() -> None:

@@ -495,6 +495,14 @@ class Run:
 
         ensure_topics(load_settings(worker.env["CCPULSE_CONFIG"], env=worker.env))
 
+    def changelogs(self, worker: ChaosWorker) -> list[str]:
+        """The changelog topic of every table of ``worker``'s app."""
+        from ccpulse.config import load_settings
+        from streams.topics import TABLES, changelog_topic
+
+        settings = load_settings(worker.env["CCPULSE_CONFIG"], env=worker.env)
+        return [changelog_topic(settings, table) for table in TABLES]
+
 
 def with_reference(run: Run, scenario: ChaosWorker, body: Callable[[Publisher], None],
                    start: list[ChaosWorker] | None = None) -> Publisher:
@@ -818,6 +826,9 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
     if fcr_b & fcr_c:
         checks.append(f"workers b and c both expose FCR series of {sorted(fcr_b & fcr_c)}")
     result.figures["owned_at_end"] = owned
+    changelogs = run.changelogs(b)
+    for name, w in (("a", a), ("b", b), ("c", c)):
+        checks += chaos_checks.unassigned_changelogs(name, w.log_path.read_text(errors="replace"), changelogs)
     got = collect(run.bootstrap, [b, c, writer], writer)
     for w in everyone:
         w.kill9()

@@ -151,3 +151,24 @@ def check_raw(expected_ids: set[str], store: Mapping[str, Any]) -> RawCheck:
     distinct = int(store["raw"]["distinct_ids"])
     return RawCheck(expected=len(expected_ids), stored_distinct=len(stored & expected_ids),
                     rows_final=rows_final, lost=len(expected_ids - stored), twice=max(0, rows_final - distinct))
+
+
+
+# Faust logs each assignment a worker takes as a table of topics, after this line.
+ASSIGNED = "Setting newly assigned partitions"
+
+
+def unassigned_changelogs(name: str, log: str, changelogs: Iterable[str]) -> list[str]:
+    """Which of ``changelogs`` worker ``name``'s last assignment (in its ``log``) left out.
+    Every worker of the group is assigned every changelog partition (its own as active,
+    the others as standby); a group leader whose metadata lacked one ("Ignoring missing
+    topic") assigned it to nobody, and that table was never recovered."""
+    at = log.rfind(ASSIGNED)
+    if at < 0:
+        return [f"worker {name} logged no assignment"]
+    table = log[at:].split(" for group ", 1)[0]
+    names = {cell.strip() for line in table.splitlines() if line.startswith("|")
+             for cell in line.split("|")[1:2]}
+    missing = sorted(set(changelogs) - names)
+    return [f"worker {name}'s last assignment has no partition of {', '.join(missing)}: "
+            "its table is not recovered"] if missing else []
