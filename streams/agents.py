@@ -85,13 +85,16 @@ class AgentShell:
                 or time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS):
             await self.checkpoint()
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, deliver: bool = False) -> None:
+        """``deliver``: also wait until the producer has sent it (``Outbox.deliver``)."""
         async with self.lock:
             covered, self.pending = self.pending, []
             outputs, self.outputs = self.outputs, []
             self.last_checkpoint = time.monotonic()
             try:
                 await self.write(outputs, covered)
+                if deliver:
+                    await self.outbox.deliver()
             except Exception as exc:  # noqa: BLE001 - outside any one record: see PipelineShell.checkpoint
                 self.guard.agent_crashed(STAGE, exc)
 
@@ -150,8 +153,7 @@ class AgentShell:
 
     async def on_revoked(self, revoked: Any) -> None:
         if any(tp.topic in self.input_names for tp in revoked):
-            await self.checkpoint()  # before its next owner recovers the tables (register_shell)
-            await self.outbox.deliver()
+            await self.checkpoint(deliver=True)  # before its next owner recovers the tables (register_shell)
         for tp in revoked:
             if tp.topic in self.input_names:
                 self.drop(tp.partition)

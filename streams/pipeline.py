@@ -113,12 +113,15 @@ class PipelineShell:
         if self.checkpoint_due():
             await self.checkpoint()
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, deliver: bool = False) -> None:
+        """``deliver``: also wait until the producer has sent it (``Outbox.deliver``)."""
         async with self.lock:
             covered, self.pending = self.pending, []
             self.last_checkpoint = time.monotonic()
             try:
                 await self.write(covered)
+                if deliver:
+                    await self.outbox.deliver()
             except Exception as exc:  # noqa: BLE001 - see below
                 # Outside any one record (records fail alone in the stage): the guard stops
                 # every commit and /health says so; a restart reads it all again. The live
@@ -199,8 +202,7 @@ class PipelineShell:
 
     async def on_revoked(self, revoked: Any) -> None:
         if any(tp.topic in self.input_names for tp in revoked):
-            await self.checkpoint()  # see register_shell
-            await self.outbox.deliver()
+            await self.checkpoint(deliver=True)  # see register_shell
         for tp in revoked:
             if tp.topic in self.input_names:
                 self.drop(tp.partition)

@@ -135,3 +135,20 @@ def test_a_revocation_of_other_topics_writes_nothing() -> None:
     shell = AgentShell(app.pipeline)  # type: ignore[attr-defined]
     asyncio.run(shell.on_revoked({TP("some-other-topic", 0)}))
     assert outbox.handed == []
+
+
+def test_a_revocation_whose_outputs_cannot_be_delivered_stops_the_commits_instead_of_crashing_the_app() -> None:
+    # Raised from Faust's revocation, the error would crash the whole app; like any other
+    # checkpoint failure it stops every commit instead (a restart reads it all again).
+    app, outbox = app_with_recording_outbox()
+
+    async def refuse() -> None:
+        raise RuntimeError("the producer could not deliver")
+
+    outbox.deliver = refuse  # type: ignore[method-assign]
+    shell = AgentShell(app.pipeline)  # type: ignore[attr-defined]
+    agents = app.pipeline.settings.topics.name("agents")  # type: ignore[attr-defined]
+    shell.stage.assign(0)
+    asyncio.run(shell.on_revoked({TP(agents, 0)}))
+    assert 0 not in shell.stage.parts
+    assert not shell.guard.health_part()["ok"]

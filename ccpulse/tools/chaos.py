@@ -747,9 +747,15 @@ def partition_labels(worker: ChaosWorker) -> tuple[set[str], set[str]]:
     return kpi, fcr
 
 
-def health_partitions(worker: ChaosWorker) -> set[str]:
-    status, body = worker.health()
-    return {str(p) for p in body.get("partitions", [])} if status == 200 else set()
+def health_partitions(worker: ChaosWorker, healthy_only: bool = True, attempts: int = 3) -> set[str]:
+    """The partitions ``worker``'s /health names; none while it is unhealthy (a rebalance)
+    unless not ``healthy_only``. A request left unanswered (5 s, a loaded machine) is made
+    again: read as "none", it made a worker look as if it had given up every partition."""
+    for _ in range(attempts):
+        status, body = worker.health()
+        if "partitions" in body:
+            return {str(p) for p in body["partitions"]} if status == 200 or not healthy_only else set()
+    return set()
 
 
 def scenario_rebalance(run: Run) -> ScenarioResult:
@@ -776,7 +782,7 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
 
     def body(publisher: Publisher) -> None:
         _wait_for(settled([a, b]), 120)
-        before = {"a": health_partitions(a), "b": health_partitions(b)}
+        before = {"a": health_partitions(a, healthy_only=False), "b": health_partitions(b, healthy_only=False)}
         _wait_for(lambda: publisher.fraction(writer.prefix) >= 0.3 or publisher.done.is_set(), 600)
         targets = input_ends(run.bootstrap, writer.prefix)
         since = c.spawn()
@@ -785,7 +791,7 @@ def scenario_rebalance(run: Run) -> ScenarioResult:
                                                            extra=settled([a, b, c])), 1))
         moves = []
         for name, w in (("a", a), ("b", b)):
-            after = health_partitions(w)
+            after = health_partitions(w, healthy_only=False)
             given_up = before[name] - after
             kpi, _ = partition_labels(w)
             result.figures[f"{name}_partitions_before_after_c"] = [sorted(before[name]), sorted(after)]
