@@ -323,16 +323,44 @@ def _stop_all(state_dir: Path, timeout: float) -> bool:
 def _terminate(pid: int, props: Path, grace: float) -> None:
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, STOP_KILL_GRACE)):
         if not _is_broker(pid, props):
+            _until_exited(pid)
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not _is_broker(pid, props):
+                _until_exited(pid)
                 return
             time.sleep(0.05)
     if _is_broker(pid, props):
         raise LocalKafkaError(f"broker pid {pid} survived SIGKILL")
+
+
+def _until_exited(pid: int) -> None:
+    """Wait (at most STOP_KILL_GRACE) while ``pid`` is still tearing down: its command line
+    is gone before it is (a loaded machine took seconds), and ``stop`` returning then
+    left a running JVM behind."""
+    deadline = time.monotonic() + STOP_KILL_GRACE
+    while _exiting(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _exiting(pid: int) -> bool:
+    """Still there with an empty command line and not yet a zombie. A pid reused by a new
+    process has a command line again, so this never waits on someone else's process."""
+    if not _HAS_PROC:
+        return False
+    try:
+        if Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+    except OSError:
+        pass  # unreadable while the process tears down
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # gone
+    return state not in ("Z", "X")
 
 
 def _spawn_detached(cmd: list[str], log_path: Path, cwd: Path) -> int:
