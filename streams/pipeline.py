@@ -241,8 +241,7 @@ def register_shell(pipe: Pipeline, shell: EnvelopeShell, topic: Any, name: str,
         # before this worker rejoins the group and the partition's next owner recovers
         # its tables. Written by the next timer instead, under load it landed after the
         # new owner had read the changelog, or after its own changes: a stale timeline
-        # or interaction restored at the following rebalance (chaos "rebalance": agents
-        # held on contact after their contacts had ended).
+        # or interaction, restored over newer state at the following rebalance.
         await shell.on_revoked(revoked)
 
 

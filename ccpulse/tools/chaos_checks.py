@@ -153,7 +153,6 @@ def check_raw(expected_ids: set[str], store: Mapping[str, Any]) -> RawCheck:
                     rows_final=rows_final, lost=len(expected_ids - stored), twice=max(0, rows_final - distinct))
 
 
-
 # Faust logs each assignment a worker takes as a table of topics, after this line.
 ASSIGNED = "Setting newly assigned partitions"
 
