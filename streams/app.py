@@ -94,6 +94,11 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         # until aiokafka's next refresh: 5 minutes by default. Refreshed this often, the
         # leader sees it and rebalances to assign it (aiokafka's metadata listener).
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        # Faust's leader topic serves on_leader timers and crontabs, which ccpulse does not
+        # use. Created by Faust as the worker starts, it was missing from the first
+        # assignment's metadata every time, and the refresh above then rebalanced every
+        # worker a few seconds after it started.
+        topic_disable_leader=True,
         logging_config=None,
         datadir=f"{settings.state_dir}/faust",
         **broker_credentials(settings),
