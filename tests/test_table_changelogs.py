@@ -19,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from ccpulse.config import Settings, load_settings
 from ccpulse.tools.chaos_checks import unassigned_changelogs
-from streams.app import METADATA_MAX_AGE_MS, create_app
+from streams.app import create_app
 from streams.topics import TABLES, changelog_topic, ensure_topics, topic_specs
 from tests.worker_process import WorkerProcess, worker_env
 
@@ -69,11 +69,11 @@ def test_ensure_topics_creates_every_changelog_compacted_with_the_partition_coun
     assert policies == {name: "compact" for name in names}
 
 
-def test_a_group_leader_refreshes_its_metadata_within_seconds() -> None:
+def test_a_group_leader_refreshes_its_metadata_within_a_minute() -> None:
     # A topic missing from the leader's metadata is assigned to nobody until the next
     # refresh (aiokafka's default: 5 minutes).
     app = create_app(Settings(), "compute")
-    assert app.conf.consumer_metadata_max_age_ms <= 10_000
+    assert app.conf.consumer_metadata_max_age_ms <= 60_000
 
 
 @pytest.mark.integration
@@ -87,7 +87,7 @@ def test_a_worker_starts_with_every_changelog_assigned_and_no_second_rebalance(
     settings = load_settings(worker.env["CCPULSE_CONFIG"], env=worker.env)
     try:
         worker.start()
-        time.sleep(2 * METADATA_MAX_AGE_MS / 1000)  # two refreshes: time for a second rebalance
+        time.sleep(3)  # a rebalance right after the first assignment would be under way
         status, _ = worker.get("/health")
     finally:
         worker.stop()
