@@ -151,13 +151,6 @@ class AgentShell:
         self.outputs.append(self.stage.on_tick(int(time.time() * 1000), reading))
         await self.checkpoint()
 
-    async def on_revoked(self, revoked: Any) -> None:
-        if any(tp.topic in self.input_names for tp in revoked):
-            await self.checkpoint(deliver=True)  # before its next owner recovers the tables (register_shell)
-        for tp in revoked:
-            if tp.topic in self.input_names:
-                self.drop(tp.partition)
-
 
 def register(pipe: Pipeline) -> AgentShell:
     shell = AgentShell(pipe)

@@ -39,8 +39,12 @@ def broker_credentials(settings: Settings) -> dict[str, Any]:
 
 
 ROLES = ("all", "compute", "writer")
-# How often a consumer refreshes its metadata (aiokafka's default: 5 minutes). Every 5 s cost
-# the latency bench about 0.5 to 1 s of kpi.windows p50 (3 runs against 5 s, one at 60 s).
+# How often a consumer refreshes its metadata (aiokafka's default: 5 minutes). The group
+# leader assigns only the topics its metadata names: a topic it asked about a moment before
+# the topic existed stayed unassigned (a table never recovered) until the next refresh;
+# refreshed, the leader sees it and rebalances to assign it (aiokafka's metadata listener).
+# The topics are created before a worker starts (streams/topics.py): this is the net. Every
+# 5 s cost the latency bench about 0.5 to 1 s of kpi.windows p50 (3 runs; one at 60 s did not).
 METADATA_MAX_AGE_MS = 60_000
 
 
@@ -90,12 +94,6 @@ def create_app(settings: Settings, role: str = "all") -> faust.App:
         producer_max_request_size=EVENT_MESSAGE_MAX_BYTES,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
-        # The group leader assigns only the topics its metadata names. A topic it asked
-        # about a moment before the topic existed (a table's changelog, created by another
-        # worker starting at the same time) stayed unassigned, its table never recovered,
-        # until aiokafka's next refresh: 5 minutes by default. Refreshed every minute, the
-        # leader sees it and rebalances to assign it (aiokafka's metadata listener). The
-        # topics are created before a worker starts (streams/topics.py): this is the net.
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         # Faust's leader topic serves on_leader timers and crontabs, which ccpulse does not
         # use. Created by Faust as the worker starts, it was missing from the first

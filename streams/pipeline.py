@@ -200,21 +200,32 @@ class PipelineShell:
     def caught_up(self, tp: TP) -> bool:
         return caught_up(self.app.consumer, tp)
 
-    async def on_revoked(self, revoked: Any) -> None:
-        if any(tp.topic in self.input_names for tp in revoked):
-            await self.checkpoint(deliver=True)  # see register_shell
-        for tp in revoked:
-            if tp.topic in self.input_names:
-                self.drop(tp.partition)
-
 
 class EnvelopeShell(Protocol):
     """What ``register_shell`` wires: a stage shell fed envelopes, checkpointed on a timer."""
 
+    input_names: set[str]  # the topics it reads
+
     async def on_envelope(self, event: Any) -> None: ...
     async def on_idle(self) -> None: ...
     async def on_tick(self) -> None: ...
-    async def on_revoked(self, revoked: Any) -> None: ...
+    async def checkpoint(self, deliver: bool = False) -> None: ...
+    def drop(self, partition: int) -> None: ...
+
+
+async def revoke_partitions(shell: EnvelopeShell, revoked: Any) -> None:
+    """The revocation of ``revoked``: what was read from them and not yet checkpointed is
+    written and delivered now, before this worker rejoins the group and their next owner
+    recovers the tables; then the shell forgets them. Written by the next timer instead,
+    under load it landed after the new owner had read the changelog, or after its own
+    changes: a stale timeline or interaction, restored over newer state at the following
+    rebalance."""
+    mine = {tp.partition for tp in revoked if tp.topic in shell.input_names}
+    if not mine:
+        return
+    await shell.checkpoint(deliver=True)
+    for partition in sorted(mine):
+        shell.drop(partition)
 
 
 def register_shell(pipe: Pipeline, shell: EnvelopeShell, topic: Any, name: str,
@@ -237,12 +248,7 @@ def register_shell(pipe: Pipeline, shell: EnvelopeShell, topic: Any, name: str,
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
-        # What was read from a revoked partition and not yet checkpointed is written now,
-        # before this worker rejoins the group and the partition's next owner recovers
-        # its tables. Written by the next timer instead, under load it landed after the
-        # new owner had read the changelog, or after its own changes: a stale timeline
-        # or interaction, restored over newer state at the following rebalance.
-        await shell.on_revoked(revoked)
+        await revoke_partitions(shell, revoked)
 
 
 def register(pipe: Pipeline) -> PipelineShell:

@@ -6,8 +6,8 @@ worker had read from a partition it was losing was written by its next timer ins
 under load that landed after the partition's next owner had recovered the tables, or
 after that owner's own changes. The next recovery then restored the stale timeline or
 interaction. Here the shells run on their own, with a recording outbox instead of
-Kafka: the revocation hook must hand the pending changelog records over (and only
-then forget the partition).
+Kafka: the revocation hook (``revoke_partitions``) must hand the pending changelog
+records over (and only then forget the partition).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ccpulse.config import Settings, WindowSettings
 from streams.agents import AgentShell
 from streams.app import create_app
 from streams.kafka_consumer import Envelope
-from streams.pipeline import PipelineShell
+from streams.pipeline import PipelineShell, revoke_partitions
 from streams.stages.pipeline import key_partition
 from tests.agents_support import call, iid_on
 from tests.test_agents_stage import AGENT, at, presence
@@ -98,7 +98,7 @@ def test_the_pipeline_writes_a_revoked_partitions_interactions_before_it_forgets
         await shell.on_envelope(event)
         assert outbox.handed == [] and not event.acked  # read, not yet checkpointed
         owned.clear()
-        await shell.on_revoked({TP(calls, 0)})
+        await revoke_partitions(shell, {TP(calls, 0)})
 
     asyncio.run(run())
     assert (0, iid) in outbox.puts("interactions")
@@ -122,7 +122,7 @@ def test_the_agent_stage_writes_a_revoked_partitions_timelines_before_it_forgets
         await shell.on_envelope(event)
         assert outbox.handed == [] and not event.acked
         owned.clear()
-        await shell.on_revoked({TP(agents, 0)})
+        await revoke_partitions(shell, {TP(agents, 0)})
 
     asyncio.run(run())
     assert outbox.puts("agent-timelines") == [(0, AGENT)]
@@ -133,7 +133,7 @@ def test_the_agent_stage_writes_a_revoked_partitions_timelines_before_it_forgets
 def test_a_revocation_of_other_topics_writes_nothing() -> None:
     app, outbox = app_with_recording_outbox()
     shell = AgentShell(app.pipeline)  # type: ignore[attr-defined]
-    asyncio.run(shell.on_revoked({TP("some-other-topic", 0)}))
+    asyncio.run(revoke_partitions(shell, {TP("some-other-topic", 0)}))
     assert outbox.handed == []
 
 
@@ -149,6 +149,6 @@ def test_a_revocation_whose_outputs_cannot_be_delivered_stops_the_commits_instea
     shell = AgentShell(app.pipeline)  # type: ignore[attr-defined]
     agents = app.pipeline.settings.topics.name("agents")  # type: ignore[attr-defined]
     shell.stage.assign(0)
-    asyncio.run(shell.on_revoked({TP(agents, 0)}))
+    asyncio.run(revoke_partitions(shell, {TP(agents, 0)}))
     assert 0 not in shell.stage.parts
     assert not shell.guard.health_part()["ok"]

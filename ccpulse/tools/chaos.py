@@ -489,18 +489,22 @@ class Run:
     def expected_ids(self, publisher: Publisher, prefix: str) -> set[str]:
         return self.workload.ids | set(publisher.sentinel_ids.get(prefix, []))
 
-    def ensure_topics(self, worker: ChaosWorker) -> None:
+    @staticmethod
+    def settings(worker: ChaosWorker) -> Any:
         from ccpulse.config import load_settings
+
+        return load_settings(worker.env["CCPULSE_CONFIG"], env=worker.env)
+
+    def ensure_topics(self, worker: ChaosWorker) -> None:
         from streams.topics import ensure_topics
 
-        ensure_topics(load_settings(worker.env["CCPULSE_CONFIG"], env=worker.env))
+        ensure_topics(self.settings(worker))
 
     def changelogs(self, worker: ChaosWorker) -> list[str]:
         """The changelog topic of every table of ``worker``'s app."""
-        from ccpulse.config import load_settings
         from streams.topics import TABLES, changelog_topic
 
-        settings = load_settings(worker.env["CCPULSE_CONFIG"], env=worker.env)
+        settings = self.settings(worker)
         return [changelog_topic(settings, table) for table in TABLES]
 
 
